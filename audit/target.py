@@ -1,0 +1,159 @@
+"""Finding, loading and normalizing the user's target.
+
+A target spec is ``path/to/file.py:NAME`` or ``package.module:NAME``; NAME is a zero-argument
+callable returning an ``nn.Module``, a mapping, or an :class:`audit.Target`. Every failure
+raises :class:`TargetError` with one line that says what is wrong and what to do.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional
+
+BUILTIN = "audit.example:build"
+
+
+class TargetError(Exception):
+    """The target cannot be found, loaded, called or understood (exit status 2)."""
+
+
+@dataclass
+class Target:
+    """What a target callable may return instead of a plain dict (contract keys)."""
+
+    model: Any
+    data: Optional[Iterable] = None
+    loss: Optional[Callable] = None
+    optimizer: Optional[Callable] = None
+    step: Optional[Callable] = None
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    where, sep, name = spec.rpartition(":")
+    # A Windows drive letter ("C:\\x.py") has no NAME after it.
+    if not sep or not name or not where or not name.replace(".", "_").isidentifier():
+        raise TargetError(
+            f"target {spec!r} is not 'path/to/file.py:NAME' or 'package.module:NAME'; "
+            "name the callable after a colon"
+        )
+    return where, name
+
+
+def load_callable(spec: str) -> Callable:
+    """Import the object a spec names. A file's folder goes first on ``sys.path``."""
+    where, name = split_spec(spec)
+    if where.endswith(".py") or os.sep in where or "/" in where:
+        path = os.path.abspath(where)
+        if not os.path.isfile(path):
+            raise TargetError(f"target file {where!r} does not exist; check the path")
+        folder = os.path.dirname(path)
+        if sys.path[:1] != [folder]:
+            sys.path.insert(0, folder)
+        module_name = "__audit_target__"
+        spec_obj = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec_obj)
+        sys.modules[module_name] = module
+        try:
+            spec_obj.loader.exec_module(module)
+        except Exception as exc:  # the user's module failed while importing
+            raise TargetError(f"importing {where} failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            module = importlib.import_module(where)
+        except ModuleNotFoundError as exc:
+            if exc.name and where.startswith(exc.name):
+                raise TargetError(
+                    f"cannot import module {where!r}; is it installed, or run from the folder "
+                    "that holds it?"
+                ) from exc
+            raise TargetError(f"importing {where} failed: ModuleNotFoundError: {exc}") from exc
+        except Exception as exc:
+            raise TargetError(f"importing {where} failed: {type(exc).__name__}: {exc}") from exc
+    obj = module
+    for part in name.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise TargetError(f"{where} has no {name!r}; check the name after the colon") from None
+    if not callable(obj):
+        raise TargetError(f"{spec} is a {type(obj).__name__}, not a callable; name a function")
+    return obj
+
+
+def call_target(fn: Callable, spec: str) -> Any:
+    try:
+        return fn()
+    except TypeError as exc:
+        if "argument" in str(exc):
+            raise TargetError(
+                f"{spec} must take no arguments ({exc}); wrap it in a zero-argument function"
+            ) from exc
+        raise TargetError(f"{spec} raised TypeError: {exc}") from exc
+    except Exception as exc:
+        raise TargetError(f"{spec} raised {type(exc).__name__}: {exc}") from exc
+
+
+def normalize(returned: Any, spec: str, *, input_shape: Optional[tuple] = None,
+              num_classes: Optional[int] = None, batch_size: int = 16,
+              batches: int = 4, seed: int = 0):
+    """Turn what the target returned into a :class:`probes.training.TrainingSetup`."""
+    from torch import nn
+
+    from probes import training
+
+    if isinstance(returned, nn.Module):
+        model = returned
+        try:
+            shape = tuple(input_shape) if input_shape else training.infer_input_shape(model)
+        except ValueError as exc:
+            raise TargetError(f"{spec} returned a bare module: {exc}") from None
+        classes = num_classes or training.infer_num_classes(model)
+        data = training.synthetic_batches(shape, classes, batch_size, batches, seed)
+        return training.TrainingSetup(model=model, data=data, synthetic=True,
+                                      description=f"synthetic data, inputs {shape}, {classes} classes")
+    if isinstance(returned, Target):
+        returned = {k: getattr(returned, k) for k in ("model", "data", "loss", "optimizer", "step")}
+    if not isinstance(returned, dict) and hasattr(returned, "keys") and hasattr(returned, "__getitem__"):
+        returned = {k: returned[k] for k in returned.keys()}
+    if not isinstance(returned, dict):
+        raise TargetError(
+            f"{spec} returned a {type(returned).__name__}; return an nn.Module, or a dict / "
+            "audit.Target with 'model' and 'data'"
+        )
+    unknown = set(returned) - {"model", "data", "loss", "optimizer", "step"}
+    if unknown:
+        raise TargetError(
+            f"{spec} returned unknown key(s) {sorted(unknown)}; allowed: model, data, loss, "
+            "optimizer, step"
+        )
+    model = returned.get("model")
+    if not isinstance(model, nn.Module):
+        raise TargetError(f"{spec} returned no nn.Module under 'model'; add one")
+    data = returned.get("data")
+    if data is None:
+        raise TargetError(f"{spec} returned a mapping without 'data'; add a DataLoader or a list of batches")
+    if not hasattr(data, "__iter__") or iter(data) is data:
+        raise TargetError(
+            f"{spec}: 'data' must be re-iterable (a DataLoader or a list), not a one-shot "
+            "iterator or generator"
+        )
+    setup = training.TrainingSetup(model=model, data=data)
+    for key in ("loss", "optimizer", "step"):
+        value = returned.get(key)
+        if value is not None:
+            if not callable(value):
+                raise TargetError(f"{spec}: '{key}' must be callable, got {type(value).__name__}")
+            setattr(setup, key, value)
+    return setup
+
+
+def load_target(spec: Optional[str], **options):
+    """Load, call and normalize a target spec (``None`` means the built-in example)."""
+    spec = spec or BUILTIN
+    fn = load_callable(spec)
+    return normalize(call_target(fn, spec), spec, **options)

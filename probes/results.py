@@ -1,0 +1,310 @@
+"""The result model: plain dataclasses that every audit returns and every reporter reads.
+
+This module is the only thing ``reports/`` imports from ``probes/``, so it must stay free of
+torch and of the measuring code. ``to_dict`` gives the JSON documents fixed by the contract
+(schemas ``audit.determinism/1`` and ``audit.init/1``); ``from_dict`` reads them back, which
+baselines and the gold-file tests rely on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+DETERMINISM_SCHEMA = "audit.determinism/1"
+INIT_SCHEMA = "audit.init/1"
+
+#: Stages in the order one training step flows (contract).
+STAGES = ("init", "data", "rng", "forward", "backward", "optimizer")
+#: Cause sources, in the contract's order.
+SOURCES = (
+    "unseeded_rng",
+    "hash_seed",
+    "dataloader",
+    "nondeterministic_algorithm",
+    "cudnn_benchmark",
+    "thread_count",
+    "unknown",
+)
+#: Finding kinds (contract).
+FINDING_KINDS = (
+    "vanishing_gradients",
+    "exploding_gradients",
+    "vanishing_activations",
+    "exploding_activations",
+    "dead_units",
+    "saturation",
+    "nonfinite",
+)
+BUILTIN_SCHEMES = (
+    "default",
+    "kaiming_normal",
+    "kaiming_uniform",
+    "xavier_normal",
+    "xavier_uniform",
+    "orthogonal",
+    "lsuv",
+)
+
+
+def clean_float(value: Any) -> Optional[float]:
+    """A JSON-safe float: non-finite values become ``None`` (JSON has no NaN)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, float):
+        return clean_float(obj)
+    return obj
+
+
+def _build(cls, data: dict):
+    """Build a dataclass from a dict, ignoring unknown keys (forward compatible)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+@dataclass
+class Divergence:
+    """Where the runs first part (contract's ``first_divergence``)."""
+
+    step: Optional[int]
+    stage: str
+    module: Optional[str] = None
+    tensor: Optional[str] = None
+    max_abs_diff: Optional[float] = None
+
+
+@dataclass
+class Cause:
+    source: str
+    confirmed: bool
+    evidence: str
+    fix: str
+    where: Optional[str] = None
+
+
+@dataclass
+class RngEscape:
+    """Randomness that the matched seed does not reach, seen where the user's code made it."""
+
+    kind: str  # e.g. "numpy.random.default_rng()"
+    where: Optional[str]  # "file.py:12" in the user's code
+    count: int = 1
+    detail: str = ""
+
+
+@dataclass
+class KnobTrial:
+    """One attribution rerun: a knob, and whether it removed the divergence."""
+
+    knob: str
+    source: str
+    removed: bool
+    steps: int
+    detail: str = ""
+
+
+@dataclass
+class GrowthPoint:
+    """How far apart the runs' parameters are after a step."""
+
+    step: int
+    max_abs_diff: Optional[float]
+    rel_l2: Optional[float]
+
+
+@dataclass
+class StepAgreement:
+    """For one step, each stage's state: ``agree``, ``differ`` or ``missing``."""
+
+    step: Optional[int]  # None for the init row
+    stages: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunInfo:
+    """What one run process did."""
+
+    index: int
+    steps_completed: int
+    status: str  # "ok" | "crashed" | "exited" | "ended_early" | "killed"
+    message: str = ""
+    exit_code: Optional[int] = None
+    seconds: Optional[float] = None
+
+
+@dataclass
+class DeterminismResult:
+    verdict: str  # "deterministic" | "nondeterministic"
+    runs: int
+    steps: int
+    seed: int
+    device: str
+    environment: dict = field(default_factory=dict)
+    first_divergence: Optional[Divergence] = None
+    causes: list = field(default_factory=list)  # [Cause]
+    schema: str = DETERMINISM_SCHEMA
+    target: str = ""
+    mode: str = "target"  # "target" | "script"
+    run_info: list = field(default_factory=list)  # [RunInfo]
+    timeline: list = field(default_factory=list)  # [StepAgreement]
+    growth: list = field(default_factory=list)  # [GrowthPoint]
+    rng_escapes: list = field(default_factory=list)  # [RngEscape]
+    knob_trials: list = field(default_factory=list)  # [KnobTrial]
+    detail: dict = field(default_factory=dict)  # free-form localization notes
+    error: Optional[str] = None  # set when a run crashed and the result is partial
+    seconds: Optional[float] = None
+
+    def to_dict(self) -> dict:
+        data = _plain(self)
+        # Contract order first, extras after.
+        head = ["schema", "verdict", "runs", "steps", "seed", "device", "environment",
+                "first_divergence", "causes"]
+        return {**{k: data[k] for k in head}, **{k: v for k, v in data.items() if k not in head}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DeterminismResult":
+        data = dict(data)
+        fd = data.get("first_divergence")
+        data["first_divergence"] = _build(Divergence, fd) if fd else None
+        data["causes"] = [_build(Cause, c) for c in data.get("causes", [])]
+        data["run_info"] = [_build(RunInfo, r) for r in data.get("run_info", [])]
+        data["timeline"] = [_build(StepAgreement, r) for r in data.get("timeline", [])]
+        data["growth"] = [_build(GrowthPoint, r) for r in data.get("growth", [])]
+        data["rng_escapes"] = [_build(RngEscape, r) for r in data.get("rng_escapes", [])]
+        data["knob_trials"] = [_build(KnobTrial, r) for r in data.get("knob_trials", [])]
+        return _build(cls, data)
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "deterministic" and self.error is None
+
+
+# --------------------------------------------------------------------------- init
+
+
+@dataclass
+class LayerStats:
+    """Per module with parameters, in execution order (contract fields first)."""
+
+    name: str
+    type: str
+    depth: int
+    grad_norm: Optional[float] = None
+    weight_norm: Optional[float] = None
+    act_mean: Optional[float] = None
+    act_std: Optional[float] = None
+    dead_fraction: Optional[float] = None
+    saturated_fraction: Optional[float] = None
+    grad_weight_ratio: Optional[float] = None
+    output_grad_norm: Optional[float] = None
+    nonlinearity: str = "linear"
+    nonfinite: bool = False
+
+
+@dataclass
+class Finding:
+    kind: str
+    layer: Optional[str]
+    value: Optional[float]
+    threshold: Optional[float]
+    message: str
+
+
+@dataclass
+class SchemeResult:
+    name: str
+    verdict: str  # "healthy" | "unhealthy"
+    layers: list = field(default_factory=list)  # [LayerStats]
+    findings: list = field(default_factory=list)  # [Finding]
+    loss: list = field(default_factory=list)  # [float]
+    score: Optional[float] = None
+    seconds: Optional[float] = None
+    error: Optional[str] = None
+
+
+@dataclass
+class InitResult:
+    verdict: str  # of the "default" scheme
+    recommended: Optional[str]
+    schemes: list = field(default_factory=list)  # [SchemeResult]
+    schema: str = INIT_SCHEMA
+    target: str = ""
+    steps: int = 0
+    seed: int = 0
+    device: str = "cpu"
+    environment: dict = field(default_factory=dict)
+    thresholds: dict = field(default_factory=dict)
+    recommendation_code: str = ""
+    recommendation_reason: str = ""
+    error: Optional[str] = None
+    seconds: Optional[float] = None
+
+    def to_dict(self) -> dict:
+        data = _plain(self)
+        head = ["schema", "verdict", "recommended", "schemes"]
+        return {**{k: data[k] for k in head}, **{k: v for k, v in data.items() if k not in head}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "InitResult":
+        data = dict(data)
+        schemes = []
+        for s in data.get("schemes", []):
+            s = dict(s)
+            s["layers"] = [_build(LayerStats, x) for x in s.get("layers", [])]
+            s["findings"] = [_build(Finding, x) for x in s.get("findings", [])]
+            schemes.append(_build(SchemeResult, s))
+        data["schemes"] = schemes
+        return _build(cls, data)
+
+    def scheme(self, name: str) -> Optional[SchemeResult]:
+        return next((s for s in self.schemes if s.name == name), None)
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "healthy" and self.error is None
+
+
+# --------------------------------------------------------------------------- the gate
+
+
+@dataclass
+class Check:
+    """One pass/fail statement the CI gate makes (a JUnit testcase, a summary row)."""
+
+    audit: str  # "determinism" | "init"
+    name: str  # e.g. "runs agree"
+    passed: bool
+    message: str = ""
+    fix: str = ""
+    where: Optional[str] = None  # "file.py:12" when the finding has a place in user code
+    skipped: bool = False
+
+
+@dataclass
+class GateResult:
+    """What ``audit check`` ran: each audit's result and the checks drawn from them."""
+
+    checks: list = field(default_factory=list)  # [Check]
+    reports: dict = field(default_factory=dict)  # audit name -> report file name
+    determinism: Optional[DeterminismResult] = None
+    init: Optional[InitResult] = None
+    baseline_regressions: list = field(default_factory=list)  # [str]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed or c.skipped for c in self.checks)

@@ -1,0 +1,124 @@
+"""The training step every audit drives: one protocol, whatever the target supplied.
+
+A :class:`TrainingSetup` is the target after normalization (``audit/target.py`` builds it
+from the user's callable): a model, a re-iterable of batches, and how to turn a batch into a
+scalar loss. :func:`cycle_batches` re-iterates the data when it runs out, as epochs do.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+import torch
+from torch import nn
+
+
+def default_optimizer(params) -> torch.optim.Optimizer:
+    """The optimizer used when the target names none: plain SGD with momentum."""
+    return torch.optim.SGD(params, lr=0.01, momentum=0.9)
+
+
+@dataclass
+class TrainingSetup:
+    model: nn.Module
+    data: Iterable
+    loss: Callable = nn.functional.cross_entropy
+    optimizer: Callable = default_optimizer  # callable(params) -> Optimizer
+    step: Optional[Callable] = None  # callable(model, batch, loss) -> scalar loss
+    synthetic: bool = False  # data made by the tool for a bare module
+    description: str = ""
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor in a (nested) batch to ``device``; other values pass through."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=False)
+    if isinstance(batch, (list, tuple)):
+        moved = [to_device(b, device) for b in batch]
+        return type(batch)(moved) if not hasattr(batch, "_fields") else type(batch)(*moved)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def split_batch(batch: Any) -> tuple[list, list]:
+    """(input tensors, target tensors) of a batch; everything counts as input if not a pair."""
+    if isinstance(batch, (list, tuple)) and len(batch) == 2 and not hasattr(batch, "_fields"):
+        return tensors_in(batch[0]), tensors_in(batch[1])
+    return tensors_in(batch), []
+
+
+def tensors_in(obj: Any) -> list:
+    """Every tensor inside a nested structure, in a stable order."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for item in obj for t in tensors_in(item)]
+    if isinstance(obj, dict):
+        return [t for key in sorted(obj, key=str) for t in tensors_in(obj[key])]
+    return []
+
+
+def compute_loss(setup: TrainingSetup, batch: Any) -> torch.Tensor:
+    """Forward pass and loss for one batch, through the target's ``step`` when it has one."""
+    if setup.step is not None:
+        return setup.step(setup.model, batch, setup.loss)
+    if not (isinstance(batch, (list, tuple)) and len(batch) == 2):
+        raise TypeError(
+            "a batch is not an (inputs, targets) pair; give the target a 'step' callable "
+            "(model, batch, loss) -> scalar loss"
+        )
+    inputs, targets = batch
+    return setup.loss(setup.model(inputs), targets)
+
+
+def cycle_batches(data: Iterable, steps: int) -> Iterator[tuple[int, Any]]:
+    """Yield ``(step, batch)`` for ``steps`` steps, starting a new pass over ``data`` when it ends."""
+    step = 0
+    while step < steps:
+        produced = False
+        for batch in data:
+            produced = True
+            yield step, batch
+            step += 1
+            if step >= steps:
+                return
+        if not produced:
+            raise ValueError("the target's data yielded no batches")
+
+
+def infer_input_shape(model: nn.Module) -> tuple:
+    """A plausible per-sample input shape for a bare module, from its first layer."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv1d):
+            return (module.in_channels, 64)
+        if isinstance(module, nn.Conv2d):
+            side = 224 if module.in_channels == 3 and module.kernel_size[0] >= 7 else 32
+            return (module.in_channels, side, side)
+        if isinstance(module, nn.Conv3d):
+            return (module.in_channels, 16, 16, 16)
+        if isinstance(module, nn.Linear):
+            return (module.in_features,)
+    raise ValueError(
+        "cannot tell what input this model takes; pass --input-shape, e.g. --input-shape 3,32,32"
+    )
+
+
+def infer_num_classes(model: nn.Module) -> int:
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = module
+    return last.out_features if last is not None else 10
+
+
+def synthetic_batches(input_shape: tuple, num_classes: int, batch_size: int, count: int,
+                      seed: int) -> list:
+    """Fixed random ``(inputs, targets)`` batches for a bare module; the same for every run."""
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(count):
+        inputs = torch.randn((batch_size, *input_shape), generator=gen)
+        targets = torch.randint(0, num_classes, (batch_size,), generator=gen)
+        batches.append((inputs, targets))
+    return batches
