@@ -1,0 +1,189 @@
+"""From knob reruns to proven causes, each with its evidence and a fix as code.
+
+:func:`plan` says which knobs are worth a rerun for a divergence; the orchestrator reruns each
+pair of fresh processes with one knob set, up to the divergent step; :func:`causes` keeps the
+knobs that removed the divergence (each a confirmed cause), adds the seed escapes that no
+knob proved (unconfirmed, with their place), and falls back to ``unknown``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from probes.compare import Parting
+from probes.knobs import KNOBS
+from probes.results import Cause, KnobTrial, RngEscape
+
+#: Most specific first: a knob that names a place beats one that names a whole subsystem.
+ORDER = ("seed_escapes", "pythonhashseed", "dataloader", "cudnn_benchmark_off",
+         "deterministic_algorithms", "fill_uninitialized_memory", "one_thread")
+
+
+def plan(parting: Parting, device: str, escapes: list, observed: dict, env: dict) -> list:
+    """The knobs to try, most likely first."""
+    knobs = []
+    if escapes:
+        knobs.append("seed_escapes")
+    if not env.get("PYTHONHASHSEED"):
+        knobs.append("pythonhashseed")
+    if parting.stage in ("data", "rng", "init") or observed.get("loaders"):
+        knobs.append("dataloader")
+    if device.startswith("cuda") and observed.get("cudnn_benchmark"):
+        knobs.append("cudnn_benchmark_off")
+    knobs += ["deterministic_algorithms", "fill_uninitialized_memory"]
+    if (env.get("flags") or {}).get("num_threads", 1) > 1 or observed.get("threads"):
+        knobs.append("one_thread")
+    return [k for k in ORDER if k in knobs]
+
+
+_ESCAPE_FIX = {
+    "numpy.random.default_rng": "rng = np.random.default_rng(seed)  # derive it from your run's seed",
+    "numpy.random.seed": "np.random.seed(seed)  # a fixed seed, not None or the clock",
+    "numpy.random.RandomState": "rs = np.random.RandomState(seed)",
+    "random.Random": "rng = random.Random(seed)",
+    "random.seed": "random.seed(seed)  # a fixed seed, not None or the clock",
+    "random.SystemRandom": "rng = random.Random(seed)  # SystemRandom cannot be seeded",
+    "torch.seed": "torch.manual_seed(seed)  # torch.seed() draws a new seed from the OS",
+    "torch.Generator.seed": "g = torch.Generator().manual_seed(seed)  # not g.seed()",
+    "torch.Generator.manual_seed": "g.manual_seed(seed)  # a fixed seed, not the clock",
+    "torch.manual_seed": "torch.manual_seed(seed)  # a fixed seed, not the clock",
+}
+
+
+def escape_fix(kind: str) -> str:
+    base = kind.split("(")[0]
+    for key, fix in _ESCAPE_FIX.items():
+        if base == key or base.startswith(key + "."):
+            return fix
+    if base.startswith("numpy.random."):
+        return f"{base}(seed)  # give the bit generator a seed"
+    return "seed this generator from your run's seed"
+
+
+def _where_text(parting: Parting) -> str:
+    if parting.stage == "init":
+        return "the initial parameters"
+    return f"step {parting.step} ({parting.stage})"
+
+
+def causes(parting: Parting, trials: list, escapes: list, observed: dict,
+           module: Optional[str], module_where: Optional[str],
+           reproduced: bool = True) -> list:
+    """Causes, most likely first. ``trials`` are :class:`KnobTrial`; escapes :class:`RngEscape`."""
+    removed = [t.knob for t in trials if t.removed]
+    at = _where_text(parting)
+    out: list = []
+    seen_sources = set()
+    caveat = "" if reproduced else " (the divergence is intermittent: the replay did not show it again)"
+
+    def add(cause: Cause):
+        if cause.source not in seen_sources:
+            seen_sources.add(cause.source)
+            out.append(cause)
+
+    for knob in ORDER:
+        if knob not in removed:
+            continue
+        trial = next(t for t in trials if t.knob == knob)
+        proof = f"with {KNOBS[knob].description}, the runs agreed through step {trial.steps - 1}"
+        if knob == "seed_escapes":
+            for esc in escapes:
+                add_escape = Cause(
+                    "unseeded_rng", True,
+                    f"{esc.kind} at {esc.where or 'an unknown place'} is {esc.detail or 'not seeded'}; "
+                    f"the runs part at {at}; {proof}{caveat}",
+                    escape_fix(esc.kind), esc.where)
+                if "unseeded_rng" not in seen_sources:
+                    add(add_escape)
+                else:
+                    out.append(add_escape)
+        elif knob == "pythonhashseed":
+            add(Cause("hash_seed", True,
+                      f"the runs part at {at}, and only when every run has the same "
+                      f"PYTHONHASHSEED do they agree ({proof}): the code depends on the order "
+                      f"of a set or on hash() of strings{caveat}",
+                      "iterate sorted(the_set) instead of the set, and don't use hash() of "
+                      "strings for seeds or ids; or start Python with PYTHONHASHSEED=0 "
+                      "(it cannot be set from inside a running process)", None))
+        elif knob == "dataloader":
+            loader = (observed.get("loaders") or [{}])[0]
+            what = []
+            if loader.get("num_workers"):
+                what.append(f"num_workers={loader['num_workers']}")
+            if loader.get("in_order") is False:
+                what.append("in_order=False")
+            add(Cause("dataloader", True,
+                      f"the runs part at {at}; {proof}"
+                      + (f"; the DataLoader uses {', '.join(what)}" if what else "") + caveat,
+                      "DataLoader(..., in_order=True,\n"
+                      "           generator=torch.Generator().manual_seed(seed),\n"
+                      "           worker_init_fn=lambda i: np.random.seed(torch.initial_seed() % 2**32))\n"
+                      "# or num_workers=0 while you debug",
+                      loader.get("where")))
+        elif knob == "cudnn_benchmark_off":
+            add(Cause("cudnn_benchmark", True,
+                      f"cuDNN autotuning is on and the runs part at {at}; {proof}{caveat}",
+                      "torch.backends.cudnn.benchmark = False",
+                      observed.get("cudnn_benchmark")))
+        elif knob in ("deterministic_algorithms", "fill_uninitialized_memory"):
+            if knob == "fill_uninitialized_memory" and "deterministic_algorithms" in removed:
+                continue
+            in_module = f" in module {module!r}" if module else ""
+            if knob == "fill_uninitialized_memory":
+                evidence = (f"the runs part at {at}{in_module}; deterministic algorithms alone "
+                            f"did not remove it, filling uninitialized memory did: something "
+                            f"reads torch.empty() memory before writing it; {proof}{caveat}")
+                fix = ("torch.use_deterministic_algorithms(True)  # fills torch.empty() memory\n"
+                       "# better: create the tensor with torch.zeros(...) instead of torch.empty(...)")
+            else:
+                evidence = (f"the runs part at {at}{in_module}, where a kernel's result depends on "
+                            f"execution order (atomic adds); {proof}{caveat}")
+                fix = ("torch.use_deterministic_algorithms(True)\n"
+                       "torch.backends.cudnn.deterministic = True\n"
+                       "torch.backends.cudnn.benchmark = False\n"
+                       "# and before the first CUDA call, in the shell or at the top of the script:\n"
+                       "# os.environ[\"CUBLAS_WORKSPACE_CONFIG\"] = \":4096:8\"")
+            add(Cause("nondeterministic_algorithm", True, evidence, fix, module_where))
+        elif knob == "one_thread":
+            threads = observed.get("threads") or {}
+            add(Cause("thread_count", True,
+                      f"the runs part at {at}; {proof}: the result depends on how the work "
+                      f"is split across CPU threads{caveat}",
+                      "torch.set_num_threads(1)  # or the same fixed count in every run and machine",
+                      threads.get("where")))
+
+    for esc in escapes:
+        if "seed_escapes" in removed:
+            break
+        out.append(Cause(
+            "unseeded_rng", False,
+            f"{esc.kind} at {esc.where or 'an unknown place'} is {esc.detail or 'not seeded'}; "
+            f"seeding it did not by itself remove the divergence at {at}",
+            escape_fix(esc.kind), esc.where))
+
+    if not any(c.confirmed for c in out):
+        tried = ", ".join(t.knob for t in trials) or "none"
+        in_module = f" in module {module!r}" if module else ""
+        out.insert(0, Cause(
+            "unknown", False,
+            f"the runs part at {at}{in_module}, and no knob removed it (tried: {tried}){caveat}",
+            "look at what this module computes from sources outside the seed: the time, "
+            "os.urandom, uninitialized memory, threads, or external state",
+            module_where))
+    return out
+
+
+def escapes_from(items: list) -> list:
+    """:class:`RngEscape` records from the escape logs, deduplicated by kind and place."""
+    seen: dict = {}
+    for item in items:
+        key = (item.get("kind"), item.get("where"))
+        if key in seen:
+            seen[key].count += item.get("count", 1)
+        else:
+            seen[key] = RngEscape(kind=item.get("kind", "?"), where=item.get("where"),
+                                  count=item.get("count", 1), detail=item.get("detail", ""))
+    return list(seen.values())
+
+
+def trial(knob: str, removed: bool, steps: int, detail: str = "") -> KnobTrial:
+    return KnobTrial(knob=knob, source=KNOBS[knob].source, removed=removed, steps=steps, detail=detail)

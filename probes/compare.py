@@ -1,0 +1,205 @@
+"""Comparing traces: where two runs first part, and what agreed step by step.
+
+A trace is the list of records :mod:`probes.trace` wrote. Within a step the stages are
+checked in the order the step flows: ``data`` (the batch), ``rng`` (global RNG states just
+before the forward pass, given data and parameters agree), ``forward`` (the loss),
+``backward`` (each gradient), ``optimizer`` (each parameter after the update); ``init`` is
+the parameters before the first step. An RNG state that differs while nothing it could feed
+ever differs is not a divergence: the runs still train bit for bit alike.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Optional
+
+from probes.results import STAGES, StepAgreement
+
+STEP_STAGES = ("data", "rng", "forward", "backward", "optimizer")
+
+
+@dataclass
+class Parting:
+    """Where a pair of runs first differ, and the facts a cause needs."""
+
+    step: Optional[int]
+    stage: str
+    tensor: Optional[str] = None
+    streams: list = field(default_factory=list)  # rng: which generators differ
+    data: Optional[str] = None  # "order" | "content" for the data stage
+
+    def key(self) -> tuple:
+        return (-1 if self.step is None else self.step, STAGES.index(self.stage))
+
+
+def split(records: list) -> tuple[dict, dict, list]:
+    """(params header, init record, step records in order) of a trace."""
+    header = next((r for r in records if r.get("type") == "params"), {})
+    init = next((r for r in records if r.get("type") == "init"), {})
+    steps = [r for r in records if r.get("type") == "step"]
+    return header, init, steps
+
+
+def _first_named(names: list, a: list, b: list) -> Optional[str]:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return names[i] if i < len(names) else str(i)
+    if len(a) != len(b):
+        return names[min(len(a), len(b))] if min(len(a), len(b)) < len(names) else None
+    return None
+
+
+def stage_states(ra: dict, rb: dict) -> dict:
+    """For one step of two runs, each stage's state: 'agree' or 'differ'."""
+    data = ra.get("inputs") != rb.get("inputs") or ra.get("targets") != rb.get("targets")
+    return {
+        "data": "differ" if data else "agree",
+        "rng": "differ" if ra.get("rng") != rb.get("rng") else "agree",
+        "forward": "differ" if ra.get("loss") != rb.get("loss") else "agree",
+        "backward": "differ" if ra.get("grads") != rb.get("grads") else "agree",
+        "optimizer": "differ" if ra.get("params") != rb.get("params") or ra.get("optim") != rb.get("optim") else "agree",
+    }
+
+
+def _data_kind(sa: list, sb: list, upto: int) -> str:
+    """'order' when the same samples arrived in another order (within this step or across the
+    steps so far), else 'content'."""
+    ra, rb = sa[upto], sb[upto]
+    if Counter(ra.get("inputs_rows", [])) == Counter(rb.get("inputs_rows", [])) and \
+            Counter(ra.get("targets_rows", [])) == Counter(rb.get("targets_rows", [])):
+        return "order"
+    seen_a = Counter(r for rec in sa[:upto + 1] for r in rec.get("inputs_rows", []))
+    seen_b = Counter(r for rec in sb[:upto + 1] for r in rec.get("inputs_rows", []))
+    overlap = sum((seen_a & seen_b).values())
+    total = max(sum(seen_a.values()), 1)
+    return "order" if overlap / total > 0.5 and ra.get("inputs_rows") else "content"
+
+
+def first_parting(a: list, b: list) -> Optional[Parting]:
+    """The first place two traces differ, or None if they agree on every step both made."""
+    header, init_a, sa = split(a)
+    _, init_b, sb = split(b)
+    names = header.get("names", [])
+    if init_a.get("params") != init_b.get("params"):
+        return Parting(None, "init", _first_named(names, init_a.get("params", []), init_b.get("params", [])))
+    pending_rng: Optional[Parting] = None
+    for i, (ra, rb) in enumerate(zip(sa, sb)):
+        states = stage_states(ra, rb)
+        step = ra.get("step", i)
+        if states["data"] == "differ":
+            if pending_rng is not None:
+                return pending_rng
+            tensor = "inputs" if ra.get("inputs") != rb.get("inputs") else "targets"
+            return Parting(step, "data", tensor, data=_data_kind(sa, sb, i))
+        if states["rng"] == "differ" and pending_rng is None:
+            streams = sorted(k for k in set(ra["rng"]) | set(rb["rng"])
+                             if ra["rng"].get(k) != rb["rng"].get(k))
+            pending_rng = Parting(step, "rng", None, streams=streams)
+        for stage, key in (("forward", "loss"), ("backward", "grads"), ("optimizer", "params")):
+            if states[stage] == "differ":
+                if pending_rng is not None:
+                    return pending_rng
+                tensor = None
+                if key in ("grads", "params"):
+                    tensor = _first_named(names, ra.get(key, []), rb.get(key, []))
+                    if tensor is None and stage == "optimizer":
+                        tensor = "optimizer state"
+                return Parting(step, stage, tensor)
+    return None
+
+
+def earliest(partings: list) -> Optional[Parting]:
+    found = [p for p in partings if p is not None]
+    return min(found, key=Parting.key) if found else None
+
+
+def timeline(traces: list) -> list:
+    """Per step (and the init row), each stage compared across all runs against run 0."""
+    if not traces:
+        return []
+    splits = [split(t) for t in traces]
+    rows = []
+    inits = [s[1].get("params") for s in splits]
+    init_state = "agree" if all(x == inits[0] for x in inits[1:]) else "differ"
+    if any(x is None for x in inits):
+        init_state = "missing"
+    rows.append(StepAgreement(step=None, stages={"init": init_state}))
+    longest = max(len(s[2]) for s in splits)
+    for i in range(longest):
+        stages = {}
+        present = [s[2][i] for s in splits if i < len(s[2])]
+        if len(present) < len(splits):
+            stages = {st: "missing" for st in STEP_STAGES}
+        else:
+            for other in present[1:]:
+                for st, value in stage_states(present[0], other).items():
+                    if value == "differ" or st not in stages:
+                        stages[st] = value
+        rows.append(StepAgreement(step=i, stages=stages))
+    return rows
+
+
+def rng_only(traces: list) -> list:
+    """Steps whose RNG states differ although nothing else ever does (a latent difference)."""
+    rows = timeline(traces)
+    return [r.step for r in rows[1:] if r.stages.get("rng") == "differ"]
+
+
+# ------------------------------------------------------------------ module localization
+
+
+def _module_events(record: dict) -> list:
+    return record.get("modules") or []
+
+
+def localize(a: list, b: list, step: int, stage: str) -> tuple[Optional[str], Optional[str]]:
+    """In detail traces, the first module whose inputs agree while its outputs (forward) or
+    its gradients (backward) differ; returns (module, tensor)."""
+    header, _, sa = split(a)
+    _, _, sb = split(b)
+    ra = next((r for r in sa if r.get("step") == step), None)
+    rb = next((r for r in sb if r.get("step") == step), None)
+    if ra is None or rb is None:
+        return None, None
+    ev_a, ev_b = _module_events(ra), _module_events(rb)
+    index_b = {(e[0], e[1], e[2]): e[3] for e in ev_b}
+    names = header.get("names", [])
+    if stage == "forward":
+        inputs = {(e[0], e[1]): e[3] for e in ev_a if e[2] == "in"}
+        for name, call, phase, value in ev_a:
+            if phase != "out":
+                continue
+            same_in = inputs.get((name, call)) == index_b.get((name, call, "in"))
+            if same_in and value != index_b.get((name, call, "out")):
+                return name, None
+        return None, None
+    if stage == "backward":
+        grads_a, grads_b = ra.get("grads", []), rb.get("grads", [])
+        differing = {names[i] for i, (x, y) in enumerate(zip(grads_a, grads_b)) if x != y and i < len(names)}
+        gouts: dict = {}
+        for name, call, phase, value in ev_a:
+            if phase.startswith("gout"):
+                gouts.setdefault((name, call), []).append(value == index_b.get((name, call, phase)))
+        # Walk the backward pass in the order it ran: a module is the culprit when every
+        # gradient reaching its output agrees while its own parameters' gradients, or the
+        # gradient it sends to its input, differ. The innermost such module comes first.
+        for name, call, phase, value in ev_a:
+            if not all(gouts.get((name, call), [True])):
+                continue
+            if phase.startswith("gout"):
+                own = sorted(p for p in differing if p.rpartition(".")[0] == name)
+                if own:
+                    return name, own[0]
+            elif phase.startswith("gin") and value != index_b.get((name, call, phase)):
+                # A container and its first child share one input tensor: name the child.
+                same = [n for n, c, ph, v in ev_a if ph.startswith("gin") and v == value
+                        and _inside(n, name) and all(gouts.get((n, c), [True]))]
+                name = max(same, key=lambda n: n.count(".") + bool(n), default=name)
+                own = sorted(p for p in differing if p.rpartition(".")[0] == name)
+                return name, (own[0] if own else None)
+        return None, (sorted(differing)[0] if differing else None)
+    return None, None
+
+
+def _inside(name: str, parent: str) -> bool:
+    return parent == "" or name == parent or name.startswith(parent + ".")

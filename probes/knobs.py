@@ -1,0 +1,194 @@
+"""The knobs that attribution flips one at a time, and what a run observes about its setup.
+
+Each :class:`Knob` removes one kind of nondeterminism if that kind is the cause: part of it is
+the environment a fresh process starts with (``env``), part is applied inside the process
+before the target is built and again before training (:func:`apply`), so a target that sets
+``cudnn.benchmark = True`` itself cannot undo it. :func:`observe` records, in every run, the
+places in the user's code that set the flags a cause's fix will point at.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from probes import rng_escape
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    source: str  # the cause it proves (contract vocabulary)
+    env: dict = field(default_factory=dict)
+    description: str = ""
+
+
+KNOBS = {
+    k.name: k
+    for k in (
+        Knob("seed_escapes", "unseeded_rng",
+             description="every generator made without a seed, or from the clock, gets a seed "
+                         "derived from the place that made it"),
+        Knob("pythonhashseed", "hash_seed", {"PYTHONHASHSEED": "0"},
+             description="PYTHONHASHSEED=0 in every run"),
+        Knob("dataloader", "dataloader",
+             description="DataLoaders load in the main process (num_workers=0), in order"),
+        Knob("cudnn_benchmark_off", "cudnn_benchmark",
+             description="torch.backends.cudnn.benchmark = False"),
+        Knob("deterministic_algorithms", "nondeterministic_algorithm",
+             {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"},
+             description="torch.use_deterministic_algorithms(True), cuDNN deterministic and "
+                         "benchmark off, CUBLAS_WORKSPACE_CONFIG=:4096:8, uninitialized memory "
+                         "left unfilled"),
+        Knob("fill_uninitialized_memory", "nondeterministic_algorithm",
+             {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"},
+             description="as deterministic_algorithms, and torch.empty() memory filled "
+                         "(torch.utils.deterministic.fill_uninitialized_memory)"),
+        Knob("one_thread", "thread_count",
+             {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+             description="one CPU thread (torch.set_num_threads(1), OMP_NUM_THREADS=1)"),
+    )
+}
+
+_observed: dict = {"cudnn_benchmark": None, "loaders": [], "threads": None,
+                   "deterministic_off": None}
+_pinned: dict = {}
+
+
+def _caller() -> Optional[str]:
+    return rng_escape.user_frame(rng_escape._SKIP_DIRS or rng_escape._skip_dirs())
+
+
+def observe() -> None:
+    """Record where the user's code turns on cuDNN autotuning, makes multi-worker or
+    out-of-order DataLoaders, sets thread counts, or turns deterministic mode off."""
+    cudnn_cls = type(torch.backends.cudnn)
+    prop = cudnn_cls.__dict__.get("benchmark")
+    if prop is not None and not getattr(cudnn_cls, "_audit_observed", False):
+        class Benchmark:
+            def __get__(self, obj, objtype=None):
+                return prop.__get__(obj, objtype)
+
+            def __set__(self, obj, value):
+                if "cudnn_benchmark" in _pinned:
+                    value = _pinned["cudnn_benchmark"]
+                elif value:
+                    _observed["cudnn_benchmark"] = _caller()
+                prop.__set__(obj, value)
+
+        cudnn_cls.benchmark = Benchmark()
+        cudnn_cls._audit_observed = True
+
+    loader_cls = torch.utils.data.DataLoader
+    if not getattr(loader_cls, "_audit_observed", False):
+        original_init = loader_cls.__init__
+        params = inspect.signature(original_init).parameters
+
+        def init(self, *args, **kwargs):
+            bound = inspect.signature(original_init).bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            arguments = dict(bound.arguments)
+            arguments.pop("self")
+            extra = arguments.pop("kwargs", {}) if "kwargs" in params else {}
+            if "dataloader" in _pinned:
+                arguments["num_workers"] = 0
+                if "in_order" in arguments:
+                    arguments["in_order"] = True
+                if arguments.get("persistent_workers"):
+                    arguments["persistent_workers"] = False
+                arguments["prefetch_factor"] = None
+            workers = arguments.get("num_workers", 0)
+            in_order = arguments.get("in_order", True)
+            if workers or not in_order:
+                _observed["loaders"].append({"where": _caller(), "num_workers": workers,
+                                             "in_order": in_order})
+            original_init(self, **arguments, **extra)
+
+        loader_cls.__init__ = init
+        loader_cls._audit_observed = True
+
+    if not getattr(torch, "_audit_threads_observed", False):
+        original_set = torch.set_num_threads
+
+        def set_num_threads(n):
+            _observed["threads"] = {"where": _caller(), "threads": n}
+            if "threads" in _pinned:
+                return None
+            return original_set(n)
+
+        torch.set_num_threads = set_num_threads
+        original_det = torch.use_deterministic_algorithms
+
+        def use_deterministic_algorithms(mode, *args, **kwargs):
+            if not mode:
+                _observed["deterministic_off"] = _caller()
+            if "deterministic" in _pinned:
+                return original_det(True, warn_only=True)
+            return original_det(mode, *args, **kwargs)
+
+        torch.use_deterministic_algorithms = use_deterministic_algorithms
+        torch._audit_threads_observed = True
+        torch._audit_original_set_num_threads = original_set
+        torch._audit_original_deterministic = original_det
+
+
+def observed() -> dict:
+    return dict(_observed, loaders=list(_observed["loaders"]))
+
+
+def apply(names: list, escape_log: Optional[str] = None) -> None:
+    """Apply the in-process part of the named knobs (their env part is set by the caller)."""
+    unknown = [n for n in names if n not in KNOBS]
+    if unknown:
+        raise ValueError(f"unknown knob(s) {unknown}; known: {sorted(KNOBS)}")
+    if "seed_escapes" in names:
+        rng_escape.install(escape_log, pin=True)
+    if "dataloader" in names:
+        _pinned["dataloader"] = True
+    if "one_thread" in names:
+        getattr(torch, "_audit_original_set_num_threads", torch.set_num_threads)(1)
+        _pinned["threads"] = 1
+    if "cudnn_benchmark_off" in names or "deterministic_algorithms" in names or \
+            "fill_uninitialized_memory" in names:
+        _pinned["cudnn_benchmark"] = False
+        torch.backends.cudnn.benchmark = False
+    if "deterministic_algorithms" in names or "fill_uninitialized_memory" in names:
+        _pinned["deterministic"] = True
+        getattr(torch, "_audit_original_deterministic", torch.use_deterministic_algorithms)(
+            True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.utils.deterministic.fill_uninitialized_memory = "fill_uninitialized_memory" in names
+
+
+def flags() -> dict:
+    """The process's determinism-relevant settings, for the report's environment section."""
+    return {
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "fill_uninitialized_memory": bool(torch.utils.deterministic.fill_uninitialized_memory),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+        "num_threads": torch.get_num_threads(),
+        "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED"),
+        "CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+    }
+
+
+def module_sources(model: torch.nn.Module) -> dict:
+    """``file:line`` of each user-defined module's forward (not torch's own modules)."""
+    out = {}
+    for name, module in model.named_modules():
+        cls = type(module)
+        if cls.__module__.startswith("torch"):
+            continue
+        try:
+            path = inspect.getsourcefile(cls.forward)
+            line = inspect.getsourcelines(cls.forward)[1]
+        except (TypeError, OSError):
+            continue
+        if path:
+            out[name] = f"{rng_escape._short(os.path.abspath(path))}:{line}"
+    return out
