@@ -1,0 +1,314 @@
+"""Wording and formatting shared by the reporters: one vocabulary, whatever the format.
+
+Plain functions over plain values; the per-format modules decide how to escape and lay out.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Iterable, Optional
+
+from probes.results import STAGES, InitResult, SchemeResult
+
+# C0 and C1 control characters except tab and newline: never shown raw to a person (terminal
+# escape injection, invisible text) and not allowed by XML 1.0.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def strip_controls(text: Any) -> str:
+    """``text`` as a string with control characters other than tab and newline removed;
+    carriage returns become newlines."""
+    if text is None:
+        return ""
+    text = str(text).replace("\r\n", "\n").replace("\r", "\n")
+    return _CONTROLS.sub("", text)
+
+
+def one_line(text: Any) -> str:
+    """``text`` on a single line (for table cells and titles)."""
+    return " ".join(strip_controls(text).split())
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis."""
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
+
+def finite(value: Any) -> Optional[float]:
+    """``value`` as a float when it is a finite number, else ``None``."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def fmt_num(value: Any, digits: int = 3, missing: str = "n/a") -> str:
+    """A compact number: ``1.23e-07``, ``0.5``, ``2.31``; ``n/a`` for missing, ``nan``/``inf``
+    for non-finite values."""
+    if value is None:
+        return missing
+    if isinstance(value, bool):
+        return str(value).lower()
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(number):
+        return "nan"
+    if math.isinf(number):
+        return "inf" if number > 0 else "-inf"
+    if number == 0:
+        return "0"
+    if isinstance(value, int):
+        return str(value)
+    if abs(number) < 1e-3 or abs(number) >= 1e6:
+        return f"{number:.{max(digits - 1, 0)}e}"
+    return f"{number:.{digits}g}"
+
+
+def fmt_loss(value: Any, missing: str = "n/a") -> str:
+    """A loss with four decimals so a column of losses lines up (``2.3026``); very large or
+    very small ones in scientific notation."""
+    number = finite(value)
+    if number is None:
+        return fmt_num(value, missing=missing)
+    if number == 0 or 1e-3 <= abs(number) < 1e5:
+        return f"{number:.4f}"
+    return fmt_num(number, 4)
+
+
+def fmt_percent(value: Any, missing: str = "n/a") -> str:
+    number = finite(value)
+    if number is None:
+        return missing if value is None else fmt_num(value)
+    return f"{number * 100:.0f}%" if number == 0 or abs(number) >= 0.01 else f"{number * 100:.2f}%"
+
+
+def fmt_seconds(value: Any) -> str:
+    number = finite(value)
+    if number is None:
+        return "n/a"
+    if number < 60:
+        return f"{number:.1f} s"
+    minutes, seconds = divmod(int(round(number)), 60)
+    return f"{minutes} min {seconds:02d} s"
+
+
+def split_where(where: Optional[str]) -> tuple[Optional[str], Optional[int], Optional[int]]:
+    """``"file.py:12"`` -> ``("file.py", 12, None)``; ``"file.py:12:5"`` adds the column;
+    ``"file.py"`` -> ``("file.py", None, None)``. Windows drive letters survive
+    (``"C:\\x\\t.py:3"``)."""
+    if not where:
+        return None, None, None
+    where = str(where)
+    parts = where.rsplit(":", 2)
+    if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit() and parts[0]:
+        return parts[0], int(parts[1]), int(parts[2])
+    head, _, tail = where.rpartition(":")
+    if head and tail.isdigit():
+        return head, int(tail), None
+    return where, None, None
+
+
+# --------------------------------------------------------------------------- determinism
+
+SOURCE_TITLES = {
+    "unseeded_rng": "Randomness the seed does not reach",
+    "hash_seed": "Python's string-hash randomization",
+    "dataloader": "Data loading",
+    "nondeterministic_algorithm": "A nondeterministic kernel",
+    "cudnn_benchmark": "The cuDNN autotuner",
+    "thread_count": "The number of CPU threads",
+    "unknown": "Unknown cause",
+}
+
+STAGE_TITLES = {
+    "init": "initial parameters",
+    "data": "data (the batch)",
+    "rng": "random-number state",
+    "forward": "forward pass",
+    "backward": "backward pass",
+    "optimizer": "optimizer update",
+}
+
+STAGE_MEANING = {
+    "init": "parameters differ before the first step",
+    "data": "the batch (inputs or targets) differs",
+    "rng": "the random-number state differs at the start of a step whose data and "
+           "parameters agree",
+    "forward": "a module's output differs although its inputs, parameters and RNG state agree",
+    "backward": "gradients differ although the forward pass agreed",
+    "optimizer": "parameters differ after the update although gradients agreed",
+}
+
+RUN_STATUS_TITLES = {
+    "ok": "ok",
+    "crashed": "crashed",
+    "exited": "exited early",
+    "ended_early": "ended early",
+    "killed": "killed",
+}
+
+
+def source_title(source: str) -> str:
+    return SOURCE_TITLES.get(source, source.replace("_", " "))
+
+
+def stage_title(stage: Optional[str]) -> str:
+    return STAGE_TITLES.get(stage or "", stage or "unknown stage")
+
+
+def step_label(step: Optional[int]) -> str:
+    """Steps count from 0, as in determinism.json; ``None`` is the state before training."""
+    return "init" if step is None else f"step {step}"
+
+
+def determinism_headline(result) -> tuple[str, str]:
+    """``(status, title)``: status is ``pass``, ``fail`` or ``error`` (a crash before any
+    divergence was seen; a divergence found before a crash is still a ``fail``)."""
+    if result.error:
+        if result.verdict == "nondeterministic":
+            return "fail", "Nondeterministic (a run crashed; partial result)"
+        return "error", "Incomplete: a run crashed"
+    if result.verdict == "deterministic":
+        return "pass", "Deterministic"
+    return "fail", "Nondeterministic"
+
+
+def determinism_sentence(result) -> str:
+    """One sentence that says what happened."""
+    div = result.first_divergence
+    runs = f"{result.runs} run{'s' if result.runs != 1 else ''}"
+    steps = f"{result.steps} step{'s' if result.steps != 1 else ''}"
+    if div is None:
+        if result.error:
+            agreed = [row["step"] for row in timeline_rows(result) if row["step"] is not None
+                      and all(c in ("agree", "") for c in row["cells"])]
+            last = None
+            for n, step in enumerate(sorted(agreed)):
+                if step != n:
+                    break
+                last = step
+            if last is not None:
+                return (f"The runs agree bit for bit through step {last}, but the audit could "
+                        "not finish: a run crashed. What was measured is below.")
+            return (f"The audit could not finish, so it cannot tell whether the {runs} agree; "
+                    "what was measured before the crash is below.")
+        return (f"{runs.capitalize()} of {steps} with seed {result.seed} agree bit for bit: "
+                "every batch, gradient and parameter is identical.")
+    where = "before the first step" if div.step is None or div.stage == "init" \
+        else f"at step {div.step}"
+    text = f"The runs first part {where}, in the {stage_title(div.stage)}"
+    if div.module:
+        text += f" of {one_line(div.module)}"
+    if div.max_abs_diff is not None:
+        text += f" (max |diff| {fmt_num(div.max_abs_diff)})"
+    text += "."
+    if result.causes:
+        cause = result.causes[0]
+        text += (f" Most likely cause: {source_title(cause.source).lower()}"
+                 f" ({'confirmed' if cause.confirmed else 'not confirmed'}).")
+    return text
+
+
+def timeline_rows(result) -> list[dict]:
+    """The step x stage grid: one row per step (the init row first), each with the state of
+    each contract stage (``agree``, ``differ``, ``missing`` or ``""`` when not applicable)."""
+    rows = []
+    for entry in result.timeline:
+        stages = entry.stages or {}
+        cells = []
+        for stage in STAGES:
+            state = stages.get(stage)
+            if state is None:
+                state = "" if (entry.step is None) != (stage == "init") else "missing"
+            cells.append(str(state))
+        rows.append({"step": entry.step, "label": step_label(entry.step), "cells": cells})
+    rows.sort(key=lambda r: -1 if r["step"] is None else r["step"])
+    return rows
+
+
+# --------------------------------------------------------------------------- init
+
+FINDING_TITLES = {
+    "vanishing_gradients": "Vanishing gradients",
+    "exploding_gradients": "Exploding gradients",
+    "vanishing_activations": "Vanishing activations",
+    "exploding_activations": "Exploding activations",
+    "dead_units": "Dead units",
+    "saturation": "Saturated units",
+    "nonfinite": "Non-finite values",
+}
+
+#: What to do about each kind of finding.
+FINDING_ADVICE = {
+    "vanishing_gradients": "Gradients shrink towards the input, so early layers barely learn. "
+        "Use an init whose gain matches the nonlinearity (Kaiming for ReLU, Xavier for tanh), "
+        "or add normalization layers or residual connections.",
+    "exploding_gradients": "Gradients grow towards the input and make training unstable. "
+        "Scale the initial weights down (smaller gain or std), add normalization, "
+        "or clip gradients with torch.nn.utils.clip_grad_norm_.",
+    "vanishing_activations": "The forward signal shrinks layer by layer, so deep layers see "
+        "almost nothing. Use Kaiming init for ReLU layers (gain sqrt(2)) or LSUV, or add "
+        "normalization layers that restore the variance.",
+    "exploding_activations": "The forward signal grows layer by layer. Lower the init std or "
+        "gain (Xavier/Kaiming instead of a large fixed std) or add normalization layers.",
+    "dead_units": "These ReLU units output zero for the whole batch and get no gradient. "
+        "Use Kaiming init with zero biases, lower the learning rate, or switch to "
+        "LeakyReLU/GELU.",
+    "saturation": "These tanh/sigmoid units sit at their bounds where the slope is almost "
+        "zero. Use Xavier init with the tanh/sigmoid gain, smaller weights, or normalize "
+        "the inputs.",
+    "nonfinite": "NaN or Inf appeared. Check the inputs and the loss, lower the init scale "
+        "and the learning rate; torch.autograd.set_detect_anomaly(True) names the operation.",
+}
+
+
+def finding_title(kind: str) -> str:
+    return FINDING_TITLES.get(kind, kind.replace("_", " ").capitalize())
+
+
+def finding_advice(kind: str) -> str:
+    return FINDING_ADVICE.get(kind, "")
+
+
+def final_loss(scheme: SchemeResult) -> Optional[float]:
+    """The last recorded loss; ``nan`` when training went non-finite, ``None`` when there is
+    no loss at all."""
+    if not scheme.loss:
+        return None
+    last = scheme.loss[-1]
+    value = finite(last)
+    return float("nan") if value is None else value
+
+
+def diverged(scheme: SchemeResult) -> bool:
+    return any(finite(v) is None for v in scheme.loss)
+
+
+def init_headline(result: InitResult) -> tuple[str, str]:
+    if result.error:
+        return "error", "Incomplete: the init audit failed"
+    if result.verdict == "healthy":
+        return "pass", "The model's own init is healthy"
+    return "fail", "The model's own init is unhealthy"
+
+
+def ordered_schemes(result: InitResult) -> list[SchemeResult]:
+    """The default scheme first, then the recommended one, then the rest as measured."""
+    first = [s for s in result.schemes if s.name == "default"]
+    second = [s for s in result.schemes if s.name == result.recommended and s.name != "default"]
+    rest = [s for s in result.schemes if s not in first and s not in second]
+    return first + second + rest
+
+
+def unique(items: Iterable[Any]) -> list[Any]:
+    seen, out = set(), []
+    for item in items:
+        if item not in seen:
+            seen.add(item)
+            out.append(item)
+    return out
