@@ -316,10 +316,18 @@ def _pair_removed(launcher: Launcher, knobs: list, upto: int, opts: DeterminismO
 
 
 def _try_knobs(launcher: Launcher, plan: list, upto: int, opts: DeterminismOptions, say) -> list:
+    """One knob at a time, most likely first, until one removes the divergence: a knob that
+    removes it alone leaves no room for another independent cause. If none does, all knobs
+    together, then all-but-one, find the ones needed together."""
     steps = upto + 1
-    singles = _pair_removed(launcher, [[k] for k in plan], upto, opts)
-    trials = [attribute.trial(k, removed, steps) for k, removed in zip(plan, singles)]
-    if any(singles) or len(plan) < 2:
+    trials = []
+    for knob in plan:
+        say(f"rerunning with {knob}")
+        (removed,) = _pair_removed(launcher, [[knob]], upto, opts)
+        trials.append(attribute.trial(knob, removed, steps))
+        if removed:
+            return trials
+    if len(plan) < 2:
         return trials
     say("no single knob removed it: trying them together")
     (together,) = _pair_removed(launcher, [plan], upto, opts)

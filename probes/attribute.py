@@ -13,26 +13,40 @@ from probes.compare import Parting
 from probes.knobs import KNOBS
 from probes.results import Cause, KnobTrial, RngEscape
 
-#: Most specific first: a knob that names a place beats one that names a whole subsystem.
+#: The order causes are listed in: a knob that names a place beats one that names a subsystem.
 ORDER = ("seed_escapes", "pythonhashseed", "dataloader", "cudnn_benchmark_off",
          "deterministic_algorithms", "fill_uninitialized_memory", "one_thread")
 
 
 def plan(parting: Parting, device: str, escapes: list, observed: dict, env: dict) -> list:
-    """The knobs to try, most likely first."""
-    knobs = []
+    """The knobs to try, in the order the evidence makes them likely: what the runs showed
+    first (escaped seeds, multi-worker loaders, a thread count the code sets, cuDNN
+    autotuning, a kernel-level stage), then the rest."""
+    flags = env.get("flags") or {}
+    cuda = device.startswith("cuda")
+    computed = parting.stage in ("forward", "backward", "optimizer")
+    first = []
     if escapes:
-        knobs.append("seed_escapes")
+        first.append("seed_escapes")
+    if observed.get("loaders") and parting.stage in ("data", "rng"):
+        first.append("dataloader")
+    if observed.get("threads"):
+        first.append("one_thread")
+    if cuda and observed.get("cudnn_benchmark"):
+        first.append("cudnn_benchmark_off")
+    if computed:
+        first.append("deterministic_algorithms")
+    rest = []
     if not env.get("PYTHONHASHSEED"):
-        knobs.append("pythonhashseed")
-    if parting.stage in ("data", "rng", "init") or observed.get("loaders"):
-        knobs.append("dataloader")
-    if device.startswith("cuda") and observed.get("cudnn_benchmark"):
-        knobs.append("cudnn_benchmark_off")
-    knobs += ["deterministic_algorithms", "fill_uninitialized_memory"]
-    if (env.get("flags") or {}).get("num_threads", 1) > 1 or observed.get("threads"):
-        knobs.append("one_thread")
-    return [k for k in ORDER if k in knobs]
+        rest.append("pythonhashseed")
+    if observed.get("loaders") or parting.stage in ("data", "rng"):
+        rest.append("dataloader")
+    if cuda and flags.get("cudnn_benchmark"):
+        rest.append("cudnn_benchmark_off")
+    rest += ["deterministic_algorithms", "fill_uninitialized_memory"]
+    if flags.get("num_threads", 1) > 1:
+        rest.append("one_thread")
+    return list(dict.fromkeys(first + rest))
 
 
 _ESCAPE_FIX = {

@@ -61,18 +61,22 @@ def stage_states(ra: dict, rb: dict) -> dict:
     }
 
 
+def _samples(record: dict) -> list:
+    """A step's samples, each as (input fingerprint, target fingerprint) when they pair up."""
+    xs, ys = record.get("inputs_rows", []), record.get("targets_rows", [])
+    return list(zip(xs, ys)) if len(xs) == len(ys) else list(xs)
+
+
 def _data_kind(sa: list, sb: list, upto: int) -> str:
-    """'order' when the same samples arrived in another order (within this step or across the
-    steps so far), else 'content'."""
-    ra, rb = sa[upto], sb[upto]
-    if Counter(ra.get("inputs_rows", [])) == Counter(rb.get("inputs_rows", [])) and \
-            Counter(ra.get("targets_rows", [])) == Counter(rb.get("targets_rows", [])):
+    """'order' when the same samples (input with its target) arrived in another order: every
+    sample of the parting step in one run turns up somewhere in the other run (in this batch
+    or another step's); else 'content'."""
+    if Counter(_samples(sa[upto])) == Counter(_samples(sb[upto])):
         return "order"
-    seen_a = Counter(r for rec in sa[:upto + 1] for r in rec.get("inputs_rows", []))
-    seen_b = Counter(r for rec in sb[:upto + 1] for r in rec.get("inputs_rows", []))
-    overlap = sum((seen_a & seen_b).values())
-    total = max(sum(seen_a.values()), 1)
-    return "order" if overlap / total > 0.5 and ra.get("inputs_rows") else "content"
+    all_a = {x for rec in sa for x in _samples(rec)}
+    all_b = {x for rec in sb for x in _samples(rec)}
+    here_a, here_b = set(_samples(sa[upto])), set(_samples(sb[upto]))
+    return "order" if here_a and here_a <= all_b and here_b <= all_a else "content"
 
 
 def first_parting(a: list, b: list) -> Optional[Parting]:

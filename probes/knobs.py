@@ -30,22 +30,22 @@ KNOBS = {
     k.name: k
     for k in (
         Knob("seed_escapes", "unseeded_rng",
-             description="every generator made without a seed, or from the clock, gets a seed "
-                         "derived from the place that made it"),
+             description="every generator made without a seed (or from the clock) seeded from "
+                         "the place that made it"),
         Knob("pythonhashseed", "hash_seed", {"PYTHONHASHSEED": "0"},
              description="PYTHONHASHSEED=0 in every run"),
         Knob("dataloader", "dataloader",
-             description="DataLoaders load in the main process (num_workers=0), in order"),
+             description="DataLoaders loading in the main process (num_workers=0), in order"),
         Knob("cudnn_benchmark_off", "cudnn_benchmark",
              description="torch.backends.cudnn.benchmark = False"),
         Knob("deterministic_algorithms", "nondeterministic_algorithm",
              {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"},
-             description="torch.use_deterministic_algorithms(True), cuDNN deterministic and "
-                         "benchmark off, CUBLAS_WORKSPACE_CONFIG=:4096:8, uninitialized memory "
-                         "left unfilled"),
+             description="torch.use_deterministic_algorithms(True), cuDNN deterministic, "
+                         "benchmark off and CUBLAS_WORKSPACE_CONFIG=:4096:8 (uninitialized "
+                         "memory not filled)"),
         Knob("fill_uninitialized_memory", "nondeterministic_algorithm",
              {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"},
-             description="as deterministic_algorithms, and torch.empty() memory filled "
+             description="deterministic algorithms and torch.empty() memory filled "
                          "(torch.utils.deterministic.fill_uninitialized_memory)"),
         Knob("one_thread", "thread_count",
              {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},

@@ -147,6 +147,30 @@ def _wrap_function(owner, name: str, kind: str, seed_index: int = 0, seed_kw: st
     setattr(owner, name, wrapper)
 
 
+def _wrap_class(owner, name: str, kind: str) -> None:
+    """Replace a seedable class by a subclass that sees unseeded construction. Instances of
+    the original class still pass ``isinstance`` checks against the replacement."""
+    original = getattr(owner, name)
+    _originals[(owner, name)] = original
+
+    class Meta(type(original)):
+        def __instancecheck__(cls, obj):
+            return isinstance(obj, original)
+
+        def __subclasscheck__(cls, sub):
+            return issubclass(sub, original)
+
+    def __init__(self, seed=_MISSING, *args, **kwargs):
+        pinned = _unseeded(kind, seed is _MISSING, None if seed is _MISSING else seed)
+        if pinned is not None:
+            seed = pinned
+        original.__init__(self, None if seed is _MISSING else seed, *args, **kwargs)
+
+    replacement = Meta(name, (original,), {"__init__": __init__, "__module__": original.__module__,
+                                          "__doc__": original.__doc__})
+    setattr(owner, name, replacement)
+
+
 def _make_random_class(base):
     class Random(base):  # random.Random() without a seed draws from the OS
         def __init__(self, x=_MISSING):
@@ -205,10 +229,9 @@ def install(log_path: Optional[str] = None, pin: bool = False) -> None:
     _SKIP_DIRS = _skip_dirs()
     _wrap_function(np.random, "default_rng", "numpy.random.default_rng")
     _wrap_function(np.random, "seed", "numpy.random.seed")
-    _wrap_function(np.random, "RandomState", "numpy.random.RandomState")
-    for name in ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64"):
+    for name in ("RandomState", "PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64"):
         if hasattr(np.random, name):
-            _wrap_function(np.random, name, f"numpy.random.{name}")
+            _wrap_class(np.random, name, f"numpy.random.{name}")
     _wrap_function(random, "seed", "random.seed", seed_kw="a")
     _originals[(random, "Random")] = random.Random
     random.Random = _make_random_class(random.Random)

@@ -1,0 +1,105 @@
+"""Fingerprints are bitwise and position-sensitive: properties checked with hypothesis."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from probes import fingerprint as fp
+
+FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+finite = st.floats(-1e4, 1e4, allow_nan=False, width=16)
+
+
+INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64,
+            torch.float16: torch.int16, torch.bfloat16: torch.int16}
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(finite, min_size=1, max_size=300), index=st.data(),
+       dtype=st.sampled_from(FLOAT_DTYPES), step=st.sampled_from([-1, 1]))
+def test_one_ulp_change_of_any_element_changes_the_fingerprint(values, index, dtype, step):
+    t = torch.tensor(values, dtype=dtype)
+    i = index.draw(st.integers(0, len(values) - 1))
+    changed = t.clone()
+    changed.view(INT_VIEW[dtype])[i] += step  # the next representable value up or down
+    assert fp.fingerprint(changed) != fp.fingerprint(t)
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(finite, min_size=2, max_size=300), pair=st.data(),
+       dtype=st.sampled_from(FLOAT_DTYPES))
+def test_swapping_two_unequal_elements_changes_the_fingerprint(values, pair, dtype):
+    t = torch.tensor(values, dtype=dtype)
+    i = pair.draw(st.integers(0, len(values) - 1))
+    j = pair.draw(st.integers(0, len(values) - 1))
+    if torch.equal(t[i:i + 1].view(torch.uint8), t[j:j + 1].view(torch.uint8)):
+        return  # bitwise equal elements: a swap changes nothing
+    swapped = t.clone()
+    swapped[[i, j]] = t[[j, i]]
+    assert fp.fingerprint(swapped) != fp.fingerprint(t)
+
+
+def test_a_sign_only_swap_is_seen():
+    # +1.0 and -1.0 differ only in the sign bit: the case a 32-bit weighted sum would miss.
+    t = torch.tensor([1.0, -1.0, 2.0])
+    assert fp.fingerprint(t) != fp.fingerprint(torch.tensor([-1.0, 1.0, 2.0]))
+
+
+@given(st.lists(st.integers(-2**31, 2**31 - 1), min_size=1, max_size=50))
+def test_equal_tensors_give_equal_fingerprints(values):
+    a = torch.tensor(values, dtype=torch.int32)
+    assert fp.fingerprint(a) == fp.fingerprint(a.clone())
+
+
+def test_shape_and_dtype_are_part_of_the_fingerprint():
+    t = torch.arange(6, dtype=torch.float32)
+    assert fp.fingerprint(t) != fp.fingerprint(t.reshape(2, 3))
+    assert fp.fingerprint(torch.zeros(4, dtype=torch.int32)) != fp.fingerprint(torch.zeros(4))
+
+
+def test_non_contiguous_bool_and_complex_tensors():
+    t = torch.randn(4, 5)
+    assert fp.fingerprint(t.t()) == fp.fingerprint(t.t().contiguous())
+    assert fp.fingerprint(torch.tensor([True, False])) != fp.fingerprint(torch.tensor([False, True]))
+    c = torch.randn(3, dtype=torch.complex64)
+    assert fp.fingerprint(c) != fp.fingerprint(c.conj().resolve_conj())
+
+
+def test_row_fingerprints_tell_samples_apart_and_follow_them():
+    x = torch.randn(5, 3, 4)
+    rows = fp.row_fingerprints(x)
+    assert len(set(rows)) == 5
+    perm = [3, 1, 4, 0, 2]
+    assert fp.row_fingerprints(x[perm]) == [rows[i] for i in perm]
+
+
+def test_fingerprints_are_stable_across_processes():
+    # No salted hash(): the same tensor gives the same fingerprint in any process.
+    import subprocess
+    import sys
+
+    code = ("import torch; from probes import fingerprint as fp; "
+            "print(fp.as_text(fp.fingerprint(torch.arange(10.0).reshape(2, 5))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={"PYTHONHASHSEED": "12345", "PATH": "", "PYTHONPATH": ":".join(sys.path)},
+                         check=True).stdout.strip()
+    assert out == fp.as_text(fp.fingerprint(torch.arange(10.0).reshape(2, 5)))
+
+
+def test_gather_keeps_ints_and_lists():
+    assert fp.gather([5, [1, 2]]) == [5, [1, 2]]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fingerprints_stay_on_device_and_gather_once():
+    t = torch.randn(1000, device="cuda")
+    part = fp.fingerprint(t)
+    assert isinstance(part, torch.Tensor) and part.device.type == "cuda" and part.dim() == 0
+    rows = fp.row_fingerprints(t.reshape(10, 100))
+    values = fp.gather([part, rows])
+    assert isinstance(values[0], int) and len(values[1]) == 10
+    swapped = t.clone()
+    swapped[[0, 1]] = t[[1, 0]]
+    assert fp.gather([fp.fingerprint(swapped)])[0] != values[0]

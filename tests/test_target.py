@@ -1,0 +1,73 @@
+"""Loading targets: every failure is one line that says what to do."""
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from audit.target import Target, TargetError, load_target, split_spec
+
+
+def write(tmp_path, body, name="t.py"):
+    path = tmp_path / name
+    path.write_text(body)
+    return str(path)
+
+
+def test_file_target_with_a_sibling_import(tmp_path):
+    write(tmp_path, "import torch\nWIDTH = 4\n", "helper_mod_xyz.py")
+    path = write(tmp_path, "from helper_mod_xyz import WIDTH\nfrom torch import nn\n"
+                           "def build():\n    return nn.Linear(WIDTH, 2)\n")
+    setup = load_target(path + ":build")
+    assert setup.synthetic and isinstance(setup.model, nn.Linear)
+    x, y = setup.data[0]
+    assert x.shape[1:] == (4,) and int(y.max()) < 2
+    assert sys.path[0] == str(tmp_path)
+
+
+def test_module_target_and_audit_target_object():
+    setup = load_target("audit.example:build")
+    assert not setup.synthetic and setup.model is not None
+    t = Target(model=nn.Linear(2, 2), data=[(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))])
+    from audit.target import normalize
+    assert normalize(t, "x").data is t.data
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ("nocolon.py", "name the callable after a colon"),
+    ("missing_file_abc.py:build", "does not exist"),
+    ("no_such_module_abc:build", "cannot import module"),
+    ("audit.example:nothing", "has no 'nothing'"),
+    ("audit.example:SimpleCNN.__doc__", "not a callable"),
+])
+def test_bad_specs(spec, needle):
+    with pytest.raises(TargetError, match=needle):
+        load_target(spec)
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("def build(x):\n    return None\n", "must take no arguments"),
+    ("def build():\n    raise ValueError('boom')\n", "raised ValueError: boom"),
+    ("def build():\n    return 3\n", "return an nn.Module"),
+    ("from torch import nn\ndef build():\n    return {'model': nn.Linear(1, 1)}\n", "without 'data'"),
+    ("from torch import nn\ndef build():\n    return {'model': nn.Linear(1, 1), 'data': [], 'lr': 1}\n", "unknown key"),
+    ("from torch import nn\ndef build():\n    return {'model': nn.Linear(1, 1), 'data': iter([])}\n", "re-iterable"),
+    ("import nonexistent_pkg_q\n", "importing"),
+])
+def test_bad_targets(tmp_path, body, needle):
+    with pytest.raises(TargetError, match=needle):
+        load_target(write(tmp_path, body) + ":build")
+
+
+def test_bare_module_input_shape_and_classes_are_inferred_or_given():
+    from audit.target import normalize
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(7))
+    setup = normalize(conv, "x", input_shape=(3, 16, 16), num_classes=5)
+    x, y = setup.data[0]
+    assert x.shape[1:] == (3, 16, 16) and int(y.max()) < 5
+    with pytest.raises(TargetError, match="--input-shape"):
+        normalize(nn.ReLU(), "x")
+
+
+def test_split_spec_keeps_windows_like_paths_whole():
+    assert split_spec("a/b.py:build") == ("a/b.py", "build")
