@@ -145,5 +145,7 @@ def entry() -> None:
     sys.exit(main())
 
 
-if __name__ == "__main__":
-    entry()
+if __name__ == "__main__":  # run the imported module, so its exception classes are the ones raised
+    from audit.cli import entry as _entry
+
+    _entry()

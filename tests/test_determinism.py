@@ -104,7 +104,7 @@ def test_reseeding_from_the_os_parts_the_rng_state(audits):
 def test_out_of_order_workers(audits):
     r = audits["worker_order"]
     d = r.first_divergence
-    assert (d.step, d.stage) == (0, "data")
+    assert d.stage == "data" and d.step in (0, 1)  # which worker is slow decides the step
     assert r.detail["data_difference"] == "order"
     c = first_cause(r)
     assert (c.source, c.confirmed) == ("dataloader", True)

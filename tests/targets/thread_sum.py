@@ -22,7 +22,7 @@ def _run_number():
     base = os.environ.get("AUDIT_TEST_COUNTER")
     if not base:
         return os.getpid()
-    path = f"{base}.{__name__}"
+    path = f"{base}.{os.path.basename(__file__)}"
     with open(path, "a+") as fh:
         fh.seek(0)
         n = len(fh.read())

@@ -1,0 +1,4 @@
+"""``python -m audit`` is the ``audit`` command."""
+from audit.cli import entry
+
+entry()
