@@ -93,6 +93,11 @@ def observe() -> None:
             arguments = dict(bound.arguments)
             arguments.pop("self")
             extra = arguments.pop("kwargs", {}) if "kwargs" in params else {}
+            workers = arguments.get("num_workers", 0)
+            in_order = arguments.get("in_order", True)
+            if workers or not in_order:
+                _observed["loaders"].append({"where": _caller(), "num_workers": workers,
+                                             "in_order": in_order})
             if "dataloader" in _pinned:
                 arguments["num_workers"] = 0
                 if "in_order" in arguments:
@@ -100,11 +105,6 @@ def observe() -> None:
                 if arguments.get("persistent_workers"):
                     arguments["persistent_workers"] = False
                 arguments["prefetch_factor"] = None
-            workers = arguments.get("num_workers", 0)
-            in_order = arguments.get("in_order", True)
-            if workers or not in_order:
-                _observed["loaders"].append({"where": _caller(), "num_workers": workers,
-                                             "in_order": in_order})
             original_init(self, **arguments, **extra)
 
         loader_cls.__init__ = init
