@@ -38,29 +38,20 @@ def settings(args, audit: str) -> dict:
     return merged
 
 
-def _progress(quiet: bool):
-    """A tqdm-style status line on a terminal; silence elsewhere (CI logs stay clean)."""
-    if quiet or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    bar = tqdm(total=None, bar_format="{desc}", file=sys.stderr, leave=False)
-
-    def say(message: str) -> None:
-        bar.set_description_str(f"audit: {message}")
-
-    say.close = bar.close
-    return say
-
-
-def _write_reports(out: str, audit: str, result, junit: Optional[str]):
+def _run(args, audit: str, s: dict):
     from audit import gate
 
-    return gate.write_reports(out, audit, result, junit_path=junit)
+    if args.baseline and not args.update_baseline:
+        gate.read_baseline(args.baseline)  # a missing baseline is a usage error before any run
+    progress = gate._progress(args.quiet)
+    try:
+        return gate.run_audit(audit, s, progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
 
 
 def determinism(args, script: Optional[list]) -> int:
-    from audit.orchestrate import DeterminismOptions, TargetFailed, audit_determinism
     from reports import terminal
 
     s = settings(args, "determinism")
@@ -69,77 +60,43 @@ def determinism(args, script: Optional[list]) -> int:
 
         validate(script, os.getcwd())  # a bad command is one line before any run starts
         s["target"] = None
-    opts = DeterminismOptions(
-        target=s["target"], runs=s["runs"], steps=s["steps"], seed=s["seed"], device=s["device"],
-        input_shape=s.get("input_shape"), num_classes=s.get("num_classes"), jobs=s["jobs"],
-        attribute=s["attribution"], script=script, cwd=os.getcwd())
-    if opts.runs < 2:
-        raise UsageError("--runs must be 2 or more: a comparison needs two runs")
-    progress = _progress(args.quiet)
-    try:
-        result = audit_determinism(opts, progress=progress)
-    except TargetFailed as exc:
-        raise UsageError(f"audit determinism: {exc}") from None
-    finally:
-        if progress is not None:
-            progress.close()
+    s["script"] = script
+    result = _run(args, "determinism", s)
     return _finish(args, s, "determinism", result, terminal.determinism_summary)
 
 
 def init(args) -> int:
-    from audit.target import TargetError, load_target
-    from audit.worker import resolve_device, seed_everything
-    from probes.init_audit import run_init
     from reports import terminal
 
     s = settings(args, "init")
-    schemes = s.get("schemes")
-    if isinstance(schemes, str):
-        schemes = [x.strip() for x in schemes.split(",") if x.strip()]
-    try:
-        device = resolve_device(s["device"])
-    except RuntimeError as exc:
-        raise UsageError(f"audit init: {exc}") from None
-    seed_everything(s["seed"])
-    try:
-        setup = load_target(s["target"], input_shape=s.get("input_shape"),
-                            num_classes=s.get("num_classes"), seed=s["seed"],
-                            batches=max(s["steps"], 1))
-    except TargetError as exc:
-        raise UsageError(f"audit init: {exc}") from None
-    progress = _progress(args.quiet)
-    try:
-        result = run_init(setup, schemes=schemes, steps=s["steps"], seed=s["seed"],
-                          device=str(device), thresholds=s.get("thresholds") or None,
-                          progress=progress, target=s["target"] or "audit.example:build (built-in)")
-    except ValueError as exc:  # unknown scheme or threshold
-        raise UsageError(f"audit init: {exc}") from None
-    finally:
-        if progress is not None:
-            progress.close()
+    result = _run(args, "init", s)
     return _finish(args, s, "init", result, terminal.init_summary)
 
 
 def _finish(args, s: dict, audit: str, result, summary) -> int:
+    """Write every report, print the summary, and choose the exit status from the same checks
+    the gate, the JUnit file and the pytest fixtures use."""
     from audit import gate
 
-    out = s["out"]
     regressions = None
     if args.baseline or args.update_baseline:
         regressions = gate.apply_baseline(audit, result, args.baseline, args.update_baseline,
                                           s.get("tolerances"))
-    paths = _write_reports(out, audit, result, args.junit_xml)
+    paths = gate.write_reports(s["out"], audit, result, junit_path=args.junit_xml)
     report = paths.get("html")
     if args.quiet:
         print(gate.verdict_line(audit, result, report))
     else:
-        print(summary(result, report))
+        print(summary(result, report).rstrip("\n"))
     if regressions:
         print("Regressions against the baseline:\n" + "\n".join(f"  - {r}" for r in regressions))
     if result.error:
         print(f"audit {audit}: {result.error}", file=sys.stderr)
         return EXIT_OK if args.exit_zero else EXIT_USAGE
-    failed = (not result.passed) if regressions is None else bool(regressions)
+    if regressions is not None:
+        failed = bool(regressions)
+    else:
+        failed = any(not c.passed and not c.skipped for c in gate.checks_for(audit, result))
     if args.exit_zero:
         return EXIT_OK
     return EXIT_FOUND if failed else EXIT_OK
