@@ -105,7 +105,7 @@ def run(spec: dict) -> int:
         if isinstance(exc, KeyboardInterrupt):
             raise
         tb = traceback.extract_tb(exc.__traceback__)
-        where = next((f"{os.path.relpath(f.filename)}:{f.lineno}" for f in reversed(tb)
+        where = next((f"{rng_escape.short_path(f.filename)}:{f.lineno}" for f in reversed(tb)
                       if "site-packages" not in f.filename and "/probes/" not in f.filename
                       and "/audit/" not in f.filename), None)
         writer.write({"type": "end", "status": "crashed",

@@ -190,5 +190,5 @@ def module_sources(model: torch.nn.Module) -> dict:
         except (TypeError, OSError):
             continue
         if path:
-            out[name] = f"{rng_escape._short(os.path.abspath(path))}:{line}"
+            out[name] = f"{rng_escape.short_path(os.path.abspath(path))}:{line}"
     return out

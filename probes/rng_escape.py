@@ -57,14 +57,14 @@ def user_frame(skip_dirs: tuple) -> Optional[str]:
         filename = frame.f_code.co_filename
         path = os.path.abspath(filename) if not filename.startswith("<") else filename
         if not filename.startswith("<") and not path.startswith(skip_dirs):
-            return f"{_short(path)}:{frame.f_lineno}"
+            return f"{short_path(path)}:{frame.f_lineno}"
         if fallback is None and filename.startswith("<") and "frozen" not in filename:
             fallback = f"{filename}:{frame.f_lineno}"
         frame = frame.f_back
     return fallback
 
 
-def _short(path: str) -> str:
+def short_path(path: str) -> str:
     try:
         rel = os.path.relpath(path)
     except ValueError:

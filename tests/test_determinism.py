@@ -21,6 +21,9 @@ PLANTED = {
     "reseeded_dropout": 3,
     "worker_order": 3,
     "thread_sum": 4,
+    "init_hash": 2,
+    "optimizer_atomic": 2,
+    "clock_forward": 1,
 }
 
 
@@ -141,3 +144,29 @@ def test_json_follows_the_contract(audits):
     assert data["schema"] == "audit.determinism/1"
     assert set(data["first_divergence"]) == {"step", "stage", "module", "tensor", "max_abs_diff"}
     assert set(data["causes"][0]) == {"source", "confirmed", "evidence", "fix", "where"}
+
+
+def test_initial_parameters_that_follow_the_hash_seed(audits):
+    r = audits["init_hash"]
+    d = r.first_divergence
+    assert (d.step, d.stage, d.tensor) == (None, "init", "0.weight")
+    assert d.max_abs_diff > 0
+    assert (first_cause(r).source, first_cause(r).confirmed) == ("hash_seed", True)
+
+
+def test_an_optimizer_that_adds_in_a_random_order(audits):
+    r = audits["optimizer_atomic"]
+    d = r.first_divergence
+    assert (d.step, d.stage) == (0, "optimizer")
+    assert d.tensor.endswith("weight") or d.tensor.endswith("bias")
+    assert (first_cause(r).source, first_cause(r).confirmed) == ("nondeterministic_algorithm", True)
+
+
+def test_no_knob_removes_the_clock(audits):
+    r = audits["clock_forward"]
+    d = r.first_divergence
+    assert (d.step, d.stage, d.module) == (0, "forward", "2")
+    c = first_cause(r)
+    assert (c.source, c.confirmed) == ("unknown", False)
+    assert c.where.endswith("clock_forward.py:10")
+    assert len(r.knob_trials) >= 3 and not any(t.removed for t in r.knob_trials)
