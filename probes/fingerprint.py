@@ -10,10 +10,11 @@ int64, and summed with position weights ``w_i = (2i + 1) * C mod 2**64`` (``C`` 
   is never 0 mod 2**64 for tensors of fewer than 2**31 words.
 
 So a 1-ULP change of any element and a swap of two unequal elements both always change the
-fingerprint (unlike an xor of element hashes, which cannot see a swap); for unrelated tensors
-a collision has odds of about 2**-64. On the CPU the sum is one vectorized numpy dot (int64
-arithmetic wraps mod 2**64); on an accelerator it stays on the device as a 0-d int64 tensor
-until the caller gathers a step's worth with :func:`gather`: one host sync per step.
+fingerprint (unlike an xor of element hashes, which cannot see a swap). On the CPU the sum is
+computed from row and column sums of the words laid out in blocks (plain int64 sums, which
+numpy vectorizes; int64 arithmetic wraps mod 2**64); on an accelerator it stays on the device
+as a 0-d int64 tensor until the caller gathers a step's worth with :func:`gather`: one host
+sync per step.
 """
 from __future__ import annotations
 
@@ -65,11 +66,36 @@ def _meta(t: torch.Tensor) -> int:
     return zlib.crc32(f"{t.dtype}{tuple(t.shape)}".encode())
 
 
+_BLOCK = 1024
+
+
+def _cpu_dot(a: np.ndarray) -> int:
+    """``sum((2i + 1) * a_i) * C1 mod 2**64`` from plain sums, which numpy vectorizes well:
+    with ``i = b*B + k``, ``sum(i * a_i) = B * sum_b(b * rowsum_b) + sum_k(k * colsum_k)``."""
+    n = a.size
+    rows_n = n // _BLOCK
+    m = rows_n * _BLOCK
+    with np.errstate(over="ignore"):
+        if rows_n >= 4:
+            grid = a[:m].reshape(rows_n, _BLOCK)
+            rows = grid.sum(1, dtype=np.int64)
+            cols = grid.sum(0, dtype=np.int64)
+            total = rows.sum()
+            weighted = (np.arange(rows_n, dtype=np.int64) * _BLOCK * rows).sum() + \
+                (np.arange(_BLOCK, dtype=np.int64) * cols).sum()
+        else:
+            m = 0
+            total = weighted = np.int64(0)
+        tail = a[m:].astype(np.int64)
+        total += tail.sum()
+        weighted += (np.arange(m, n, dtype=np.int64) * tail).sum()
+        return int((weighted * 2 + total) * np.int64(_C1))
+
+
 def _dot(w, device: torch.device):
-    """``sum(w_i * weight_i) mod 2**64``: numpy on the CPU (vectorized), torch elsewhere."""
+    """``sum(w_i * weight_i) mod 2**64``: numpy sums on the CPU, torch on an accelerator."""
     if device.type == "cpu":
-        table = _weight_table(w.numel(), device)
-        return int(np.dot(w.numpy().astype(np.int64), table))
+        return _cpu_dot(w.numpy())
     return (w.to(torch.int64) * _weight_table(w.numel(), device)).sum()
 
 
@@ -88,8 +114,8 @@ def row_fingerprints(t: torch.Tensor):
     n = t.shape[0]
     w = words(t).reshape(n, -1)
     if w.device.type == "cpu":
-        table = _weight_table(w.shape[1], w.device)
-        return (w.numpy().astype(np.int64) @ table).tolist()
+        return [_cpu_dot(row) for row in w.numpy()] if w.shape[1] >= 4 * _BLOCK else \
+            (w.numpy().astype(np.int64) @ _weight_table(w.shape[1], w.device)).tolist()
     return (w.to(torch.int64) * _weight_table(w.shape[1], w.device)).sum(1)
 
 

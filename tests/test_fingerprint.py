@@ -103,3 +103,22 @@ def test_cuda_fingerprints_stay_on_device_and_gather_once():
     swapped = t.clone()
     swapped[[0, 1]] = t[[1, 0]]
     assert fp.gather([fp.fingerprint(swapped)])[0] != values[0]
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 20000), seed=st.integers(0, 2**31 - 1), data=st.data())
+def test_blocked_sums_equal_the_weighted_sum_and_see_changes_in_large_tensors(n, seed, data):
+    t = torch.randn(n, generator=torch.Generator().manual_seed(seed))
+    words = fp.words(t).numpy().astype(np.int64)
+    with np.errstate(over="ignore"):
+        reference = int(((np.arange(n, dtype=np.int64) * 2 + 1) * words).sum() * np.int64(fp._C1))
+    assert fp._cpu_dot(fp.words(t).numpy()) == reference
+    i = data.draw(st.integers(0, n - 1))
+    j = data.draw(st.integers(0, n - 1))
+    changed = t.clone()
+    changed.view(torch.int32)[i] += data.draw(st.sampled_from([-1, 1]))
+    assert fp.fingerprint(changed) != fp.fingerprint(t)
+    if t[i] != t[j]:
+        swapped = t.clone()
+        swapped[[i, j]] = t[[j, i]]
+        assert fp.fingerprint(swapped) != fp.fingerprint(t)
