@@ -214,6 +214,9 @@ class LayerStats:
     output_grad_norm: Optional[float] = None
     nonlinearity: str = "linear"
     nonfinite: bool = False
+    output_grad_rms: Optional[float] = None  # output_grad_norm / sqrt(output elements)
+    weight_layer: bool = False  # a Conv*/ConvTranspose*/Linear whose weight the schemes set
+    units: Optional[int] = None  # units (channels/features) the dead fraction counts over
 
 
 @dataclass

@@ -1,0 +1,206 @@
+"""The init audit: every scheme on the same batches from the same seed, measured and diagnosed.
+
+:func:`run_init` caches the first ``steps`` batches once (on the device) and snapshots the
+model's own state once (one CPU copy: the ``default`` scheme). ``default`` runs first, and its
+measured step also traces which nonlinearity follows each layer (the gains of the other
+schemes). Then, for each scheme: reseed (``random``, NumPy, torch incl. CUDA), restore the
+snapshot, apply the scheme in place, reseed again, build a fresh optimizer with the target's
+``optimizer`` callable and train ``steps`` optimizer steps in train mode. The first step is
+the measured one (:class:`probes.flow.FlowProbe` around its forward and backward), so
+measuring costs no extra pass. A non-finite loss ends a scheme's steps early. A scheme that
+raises is recorded with its error and counts as unhealthy; the others still run. The model
+is left in its original state.
+
+Cost, beyond the plain training steps: per scheme a partial state restore, the scheme's
+random draws (shared between schemes of one family, see :class:`probes.schemes.DrawCache`),
+the measured step's statistics (one host sync), and for ``lsuv`` one forward pass.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import random
+import time
+from importlib import metadata
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from probes.diagnose import diagnose, recommend, resolve_thresholds, scheme_score
+from probes.flow import FlowProbe, ForwardTrace, modules_with_parameters, trace_forward
+from probes.results import BUILTIN_SCHEMES, InitResult, SchemeResult
+from probes.schemes import (DrawCache, apply_scheme, restore_state, scheme_code,
+                            scheme_owned_keys, snapshot_state, validate_schemes)
+from probes.training import TrainingSetup, compute_loss, cycle_batches, to_device
+
+#: Schemes run when none are named: every built-in one. ``normal:STD`` is left out: a fixed
+#: std is not a scheme anyone should be steered to without asking for it (``normal:0.01`` in
+#: a deep net is the textbook vanishing case, which ``xavier_*`` on ReLU layers already shows);
+#: ask for it with ``--schemes default,normal:0.02``.
+DEFAULT_SCHEMES = list(BUILTIN_SCHEMES)
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global RNG and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # seeds CUDA devices too
+
+
+def environment(device: str) -> dict:
+    """Versions and hardware that the numbers depend on."""
+    env = {"python": platform.python_version(), "platform": platform.platform(),
+           "torch": torch.__version__, "numpy": np.__version__,
+           "threads": torch.get_num_threads(), "device": device}
+    for package in ("torchvision", "scipy"):
+        try:
+            env[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+    return env
+
+
+def run_init(setup: TrainingSetup, schemes: Optional[list] = None, steps: int = 5,
+             seed: int = 0, device: str = "cpu", thresholds: Optional[dict] = None,
+             progress: Optional[Callable[[str], None]] = None, target: str = "") -> InitResult:
+    """Run every scheme on ``setup`` and return the measured, diagnosed :class:`InitResult`.
+
+    ``schemes`` defaults to :data:`DEFAULT_SCHEMES`; ``default`` is always run (first), as the
+    verdict is that of the target's own init. ``thresholds`` overrides
+    :data:`probes.diagnose.DEFAULT_THRESHOLDS`. Bad scheme names, unknown threshold keys and
+    ``steps < 1`` raise ValueError before anything runs; a failure to read the batches
+    propagates. When ``default`` itself raises, :attr:`InitResult.error` says so (the target
+    is broken); any other scheme that raises is only that scheme's error. ``progress`` is
+    called with each scheme's name before it runs. The model ends as it started: its own
+    values, the same parameter objects, no gradients, its train/eval mode.
+    """
+    started = time.perf_counter()
+    names = validate_schemes(schemes if schemes else DEFAULT_SCHEMES)
+    if "default" in names:
+        names.remove("default")
+    names.insert(0, "default")
+    limits = resolve_thresholds(thresholds)
+    if int(steps) < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    steps = int(steps)
+    dev = torch.device(device)
+    model = setup.model
+    model.to(dev)
+    was_training = model.training
+
+    seed_all(seed)
+    batches = [to_device(batch, dev) for _, batch in cycle_batches(setup.data, steps)]
+    audit = _SchemeRunner(setup, batches, seed, limits)
+    results = []
+    try:
+        for name in names:
+            if progress is not None:
+                progress(name)
+            results.append(audit.run(name))
+    finally:
+        restore_state(model, audit.state)
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+
+    best, reason = recommend(results, limits)
+    own = results[0]
+    code = scheme_code(best, model, audit.trace or ForwardTrace()) if best else ""
+    return InitResult(
+        verdict=own.verdict, recommended=best, schemes=results, target=target, steps=steps,
+        seed=seed, device=str(dev), environment=environment(str(dev)), thresholds=limits,
+        recommendation_code=code, recommendation_reason=reason,
+        # The target's own model failing to train is a broken target, not an unhealthy init.
+        error=f"the model as the target built it failed: {own.error}" if own.error else None,
+        seconds=time.perf_counter() - started,
+    )
+
+
+class _SchemeRunner:
+    """What every scheme shares: the cached batches, the original state (one CPU copy), the
+    trace of which nonlinearity follows each layer, and the unit draws (:class:`DrawCache`).
+
+    ``default`` runs first; its measured step doubles as the tracing pass (the probe learns
+    the nonlinearities while it measures), so tracing costs no pass of its own.
+    """
+
+    def __init__(self, setup: TrainingSetup, batches: list, seed: int, limits: dict):
+        self.setup, self.batches, self.seed, self.limits = setup, batches, seed, limits
+        model = setup.model
+        self.state = snapshot_state(model)
+        self.owned = scheme_owned_keys(model)
+        self.cache = DrawCache(model)
+        self.modules = modules_with_parameters(model)
+        self.trace: Optional[ForwardTrace] = None
+
+    def _forward(self):
+        """The forward pass on the first batch that lsuv (and a fallback trace) run. It
+        reseeds first, so its dropout masks never depend on how many random numbers the
+        scheme drew (a cached draw draws none)."""
+        seed_all(self.seed)
+        return compute_loss(self.setup, self.batches[0])
+
+    def _ensure_trace(self) -> ForwardTrace:
+        """The trace, from a tracing pass of its own if ``default`` did not provide one."""
+        if self.trace is None:
+            model = self.setup.model
+            restore_state(model, self.state)
+            model.train()
+            seed_all(self.seed)
+            try:
+                self.trace = trace_forward(model, self._forward)
+            except Exception:  # the schemes will fail on the same forward and say why
+                self.trace = ForwardTrace()
+        return self.trace
+
+    def run(self, name: str) -> SchemeResult:
+        """Reseed, restore, apply, reseed, train ``len(batches)`` steps measuring the first.
+
+        Reseeding again after applying gives every scheme's training the same random stream
+        (dropout masks), whatever its init drew.
+        """
+        started = time.perf_counter()
+        result = SchemeResult(name=name, verdict="unhealthy")
+        model, setup = self.setup.model, self.setup
+        tracing = name == "default" and self.trace is None
+        try:
+            trace = None if tracing else self._ensure_trace()
+            seed_all(self.seed)
+            restore_state(model, self.state, skip=() if name == "default" else self.owned)
+            model.train()
+            apply_scheme(model, name, trace or ForwardTrace(), forward=self._forward,
+                         cache=self.cache)
+            seed_all(self.seed)
+            model.zero_grad(set_to_none=True)
+            optimizer = setup.optimizer(model.parameters())
+            for index, batch in enumerate(self.batches):
+                optimizer.zero_grad(set_to_none=True)
+                if index == 0:
+                    probe = FlowProbe(model, trace, modules=self.modules,
+                                      saturation_margin=self.limits["saturation_margin"])
+                    with probe:
+                        loss = compute_loss(setup, batch)
+                        loss.backward()
+                    result.layers = probe.collect()
+                    if tracing:
+                        self.trace = probe.finish_trace()
+                else:
+                    loss = compute_loss(setup, batch)
+                    loss.backward()
+                value = float(loss.detach())
+                result.loss.append(value)
+                if not math.isfinite(value):
+                    break
+                optimizer.step()
+        except Exception as exc:  # a scheme that breaks is a result, not a crash of the audit
+            result.error = f"{type(exc).__name__}: {exc}"
+        result.findings = diagnose(result.layers, result.loss, self.limits, error=result.error)
+        result.verdict = "healthy" if not result.findings and result.error is None \
+            else "unhealthy"
+        result.score = scheme_score(result)
+        result.seconds = time.perf_counter() - started
+        return result
