@@ -179,11 +179,12 @@ def _magnitude(parting: compare.Parting, records: list, module: Optional[str]) -
         return diffs.get(parting.tensor or "inputs")
     if parting.stage == "forward" and module is not None:
         return (diffs.get("outputs") or {}).get(f"{module}#0")
-    if parting.stage == "backward" and parting.tensor:
-        return (diffs.get("grads") or {}).get(parting.tensor)
-    if parting.stage in ("optimizer", "init") and parting.tensor:
-        return (diffs.get("params") or {}).get(parting.tensor)
-    return None
+    key = {"backward": "grads", "optimizer": "params", "init": "params"}.get(parting.stage)
+    if key is None:
+        return None
+    found = diffs.get(key) or {}
+    # The replay may part in another tensor of the same stage: then the stage's largest.
+    return found.get(parting.tensor) or (max(found.values()) if found else None)
 
 
 def audit_determinism(opts: DeterminismOptions, progress: Optional[Callable[[str], None]] = None,

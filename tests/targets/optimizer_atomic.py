@@ -16,7 +16,7 @@ class ScrambledSGD(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                parts = [p.grad * 0.3, p.grad * 0.3, p.grad * 0.4, p.grad * 1e-3]
+                parts = [p.grad * 0.31, p.grad * 0.17, p.grad * 0.52, p.grad * 1.3e-3]
                 if not torch.are_deterministic_algorithms_enabled():
                     k = os.urandom(1)[0] % len(parts)  # PLANTED: the order of the adds
                     parts = parts[k:] + parts[:k]
