@@ -11,13 +11,16 @@ JSON line per record, flushed as it goes (a run that crashes keeps what it measu
   gradients flowing back through each module's output and input, the optimizer state, and,
   through a :class:`~probes.lockstep.Lockstep`, the tensors themselves for the magnitudes.
 
-All fingerprints of a step are gathered with one host sync.
+All fingerprints of a step are gathered with one host sync (:func:`step_fields`, which
+script mode's tracer, :mod:`probes.script_trace`, shares).
 """
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import random
+import struct
 import time
 from typing import Any, Callable, Optional
 
@@ -77,19 +80,30 @@ class ModuleRecorder:
     Forward: the fingerprint of a call's inputs (pre-hook) and outputs (hook). Backward:
     tensor hooks on each call's outputs and inputs record the gradient flowing back through
     them, in the order the backward pass produces them. Hooks are removed in ``close``.
+
+    With a ``model``, its modules are hooked and events carry their names from
+    ``model.named_modules()``. With ``model=None`` (script mode, where the models are not known
+    until the first optimizer step) global hooks see every module of the process, and events
+    carry the module object itself until the caller names it; other processes forked from this
+    one (DataLoader workers) record nothing.
     """
 
-    def __init__(self, model: nn.Module, keep_outputs: bool = False):
-        self.events: list = []  # [name, call, phase, fingerprint]
-        self.outputs: dict = {}  # "name#call" -> output tensor (for the magnitudes)
+    def __init__(self, model: Optional[nn.Module], keep_outputs: bool = False):
+        self.events: list = []  # [name or module, call, phase, fingerprint]
+        self.outputs: dict = {}  # "name#call" (or (module, call)) -> output tensor (magnitudes)
         self.keep_outputs = keep_outputs
         self._calls: dict = {}
         self._handles: list = []
-        self._names = {module: name for name, module in model.named_modules()}
+        self._pid = os.getpid()
+        self._names = None if model is None else {module: name for name, module in model.named_modules()}
         try:
-            for module in self._names:
-                self._handles.append(module.register_forward_pre_hook(self._pre))
-                self._handles.append(module.register_forward_hook(self._post))
+            if model is None:
+                self._handles.append(nn.modules.module.register_module_forward_pre_hook(self._pre))
+                self._handles.append(nn.modules.module.register_module_forward_hook(self._post))
+            else:
+                for module in self._names:
+                    self._handles.append(module.register_forward_pre_hook(self._pre))
+                    self._handles.append(module.register_forward_hook(self._post))
         except Exception:
             self.close()
             raise
@@ -99,30 +113,40 @@ class ModuleRecorder:
         self.outputs = {}
         self._calls = {}
 
+    def _key(self, module):
+        if self._names is not None:
+            return self._names[module]
+        return module if os.getpid() == self._pid else None
+
     def _pre(self, module, args):
-        name = self._names[module]
-        call = self._calls.get(name, 0)
-        self._calls[name] = call + 1
+        key = self._key(module)
+        if key is None:
+            return
+        call = self._calls.get(key, 0)
+        self._calls[key] = call + 1
         tensors = _tensors(args)
-        self.events.append([name, call, "in", _combined(tensors)])
+        self.events.append([key, call, "in", _combined(tensors)])
         for i, t in enumerate(tensors):
             if t.requires_grad:
-                t.register_hook(self._grad_hook(name, call, f"gin{i}"))
+                t.register_hook(self._grad_hook(key, call, f"gin{i}"))
 
     def _post(self, module, args, output):
-        name = self._names[module]
-        call = self._calls.get(name, 1) - 1
+        key = self._key(module)
+        if key is None:
+            return
+        call = self._calls.get(key, 1) - 1
         tensors = _tensors(output)
-        self.events.append([name, call, "out", _combined(tensors)])
+        self.events.append([key, call, "out", _combined(tensors)])
         if self.keep_outputs and tensors:
-            self.outputs[f"{name}#{call}"] = tensors[0].detach().clone()
+            out_key = f"{key}#{call}" if self._names is not None else (key, call)
+            self.outputs[out_key] = tensors[0].detach().clone()
         for i, t in enumerate(tensors):
             if t.requires_grad:
-                t.register_hook(self._grad_hook(name, call, f"gout{i}"))
+                t.register_hook(self._grad_hook(key, call, f"gout{i}"))
 
-    def _grad_hook(self, name, call, phase):
+    def _grad_hook(self, key, call, phase):
         def hook(grad):
-            self.events.append([name, call, phase, fp.fingerprint(grad)])
+            self.events.append([key, call, phase, fp.fingerprint(grad)])
 
         return hook
 
@@ -143,11 +167,15 @@ def _tensors(obj: Any) -> list:
 
 
 def _combined(tensors: list):
-    if not tensors:
+    return combine([fp.fingerprint(t) for t in tensors])
+
+
+def combine(values: list):
+    """One fingerprint of several, order-sensitive (the fingerprint itself for one; 0 for none)."""
+    if not values:
         return 0
-    if len(tensors) == 1:
-        return fp.fingerprint(tensors[0])
-    values = [fp.fingerprint(t) for t in tensors]
+    if len(values) == 1:
+        return values[0]
     if all(isinstance(v, int) for v in values):
         return sum((2 * i + 1) * v for i, v in enumerate(values))
     device = next(v.device for v in values if isinstance(v, torch.Tensor))
@@ -164,6 +192,77 @@ def optimizer_state_tensors(optimizer: torch.optim.Optimizer, params: list) -> l
             if isinstance(value, torch.Tensor):
                 out.append(value)
     return out
+
+
+def row_part(tensors: list):
+    """Per-sample fingerprints of a batch's first tensor (one tensor), or one fingerprint for
+    several tensors, or nothing: a part for :func:`step_fields`, gathered with the rest."""
+    if not tensors:
+        return []
+    return fp.row_fingerprints(tensors[0]) if len(tensors) == 1 else _combined(tensors)
+
+
+def grad_parts(grads: list) -> list:
+    """Fingerprints of gradients, taken before the optimizer may change them (None: no grad)."""
+    return [fp.fingerprint(g) if g is not None else None for g in grads]
+
+
+def _loss_bits(losses: list):
+    """The float32 bits of the summed loss: gathered with the fingerprints, so the loss value
+    costs no host sync of its own."""
+    if not losses:
+        return None
+    total = losses[0].detach().float().sum()
+    for extra in losses[1:]:
+        total = total + extra.detach().float().sum().to(total.device)
+    bits = total.reshape(1).view(torch.int32)
+    return int(bits) if bits.device.type == "cpu" else bits.to(torch.int64).reshape(())
+
+
+def _bits_value(bits) -> Optional[float]:
+    return None if bits is None else struct.unpack("<f", struct.pack("<i", int(bits)))[0]
+
+
+def step_fields(inputs, targets, input_rows: list, target_rows: list, losses: list,
+                grads: list, params: list, optim_state: Optional[list] = None,
+                events: Optional[list] = None) -> dict:
+    """A step's fingerprint fields of a trace record, gathered with the step's one host sync.
+
+    ``inputs``/``targets`` are the batch's fingerprints (``_combined`` of its tensors);
+    ``input_rows``/``target_rows`` lists of :func:`row_part` values (one per batch); ``losses``
+    the tensors backward ran from;
+    ``grads`` the :func:`grad_parts` taken before the update; ``params`` the parameters after
+    it. ``optim_state`` and ``events`` ([name, call, phase, fingerprint] of a
+    :class:`ModuleRecorder`) are the detail mode's.
+    """
+    head = [inputs, targets, _combined(losses), _loss_bits(losses)]
+    nr, nt, n = len(input_rows), len(target_rows), len(params)
+    parts = [*head, *input_rows, *target_rows, *grads, *[fp.fingerprint(p) for p in params]]
+    if optim_state is not None:
+        parts.append(_combined(optim_state))
+    if events is not None:
+        parts.extend(e[3] for e in events)
+    values = fp.gather(parts)  # the step's one host sync
+    at = len(head)
+    rows_in, at = values[at:at + nr], at + nr
+    rows_t, at = values[at:at + nt], at + nt
+    grad_values, at = values[at:at + n], at + n
+    param_values, at = values[at:at + n], at + n
+    fields = {
+        "inputs": fp.as_text(values[0]), "targets": fp.as_text(values[1]),
+        "inputs_rows": [fp.as_text(v) for part in rows_in for v in _as_list(part)],
+        "targets_rows": [fp.as_text(v) for part in rows_t for v in _as_list(part)],
+        "loss": fp.as_text(values[2]),
+        "loss_value": _bits_value(values[3]),
+        "grads": [fp.as_text(v) if v is not None else None for v in grad_values],
+        "params": [fp.as_text(v) for v in param_values],
+    }
+    if optim_state is not None:
+        fields["optim"] = fp.as_text(values[at])
+        at += 1
+    if events is not None:
+        fields["modules"] = [[e[0], e[1], e[2], fp.as_text(v)] for e, v in zip(events, values[at:])]
+    return fields
 
 
 def run_traced(
@@ -189,13 +288,7 @@ def run_traced(
     writer.write({"type": "params", "names": names,
                   "modules": [n for n, _ in model.named_modules()],
                   "shapes": [list(p.shape) for p in params]})
-    init_fps = fp.gather([fp.fingerprint(p) for p in params])
-    init_record = {"type": "init", "params": [fp.as_text(v) for v in init_fps]}
-    if lockstep is not None:
-        diffs = lockstep.exchange(-1, {"params": {n: p.detach() for n, p in named}})
-        if diffs is not None:
-            init_record["diffs"] = diffs
-    writer.write(init_record)
+    writer.write(init_record(params, names, lockstep))
 
     recorder = ModuleRecorder(model, keep_outputs=lockstep is not None) if detail else None
     done = 0
@@ -213,36 +306,19 @@ def run_traced(
                 raise TypeError("the loss must be a scalar tensor; make 'loss' or 'step' return one")
             loss.backward()
             grads = [p.grad for p in params]
-            grad_parts = [fp.fingerprint(g) if g is not None else 0 for g in grads]
+            grad_fps = grad_parts(grads)
             grad_copies = ({n: g.detach().clone() for n, g in zip(names, grads) if g is not None}
                            if lockstep is not None else None)
             optimizer.step()
 
-            parts = [_combined(inputs), _combined(targets),
-                     _rows(inputs), _rows(targets), fp.fingerprint(loss.detach()),
-                     *grad_parts, *[fp.fingerprint(p) for p in params]]
-            if detail:
-                parts.append(_combined(optimizer_state_tensors(optimizer, params)))
-                parts.extend(e[3] for e in recorder.events)
-            values = fp.gather(parts)  # the step's one host sync
-            n = len(params)
-            record = {
-                "type": "step", "step": step,
-                "inputs": fp.as_text(values[0]), "targets": fp.as_text(values[1]),
-                "inputs_rows": [fp.as_text(v) for v in _as_list(values[2])],
-                "targets_rows": [fp.as_text(v) for v in _as_list(values[3])],
-                "rng": rng,
-                "loss": fp.as_text(values[4]),
-                "loss_value": float(loss.detach().float().cpu()),
-                "grads": [fp.as_text(v) if g is not None else None
-                          for v, g in zip(values[5:5 + n], grads)],
-                "params": [fp.as_text(v) for v in values[5 + n:5 + 2 * n]],
-                "seconds": round(time.perf_counter() - started, 6),
-            }
-            if detail:
-                record["optim"] = fp.as_text(values[5 + 2 * n])
-                record["modules"] = [[e[0], e[1], e[2], fp.as_text(v)]
-                                     for e, v in zip(recorder.events, values[6 + 2 * n:])]
+            record = {"type": "step", "step": step}
+            record.update(step_fields(
+                _combined(inputs), _combined(targets), [row_part(inputs)], [row_part(targets)],
+                [loss], grad_fps, params,
+                optim_state=optimizer_state_tensors(optimizer, params) if detail else None,
+                events=recorder.events if detail else None))
+            record["rng"] = rng
+            record["seconds"] = round(time.perf_counter() - started, 6)
             if lockstep is not None:
                 tensors = {"inputs": inputs, "targets": targets, "grads": grad_copies,
                            "params": {n_: p.detach() for n_, p in named},
@@ -260,10 +336,15 @@ def run_traced(
     return done
 
 
-def _rows(tensors: list):
-    if not tensors:
-        return []
-    return fp.row_fingerprints(tensors[0]) if len(tensors) == 1 else [_combined(tensors)]
+def init_record(params: list, names: list, lockstep=None) -> dict:
+    """The ``init`` record: every parameter before the first update (and, in lockstep, how far
+    the partner's are)."""
+    record = {"type": "init", "params": [fp.as_text(v) for v in fp.gather([fp.fingerprint(p) for p in params])]}
+    if lockstep is not None:
+        diffs = lockstep.exchange(-1, {"params": {n: p.detach() for n, p in zip(names, params)}})
+        if diffs is not None:
+            record["diffs"] = diffs
+    return record
 
 
 def _as_list(value) -> list:

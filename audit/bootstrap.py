@@ -1,0 +1,258 @@
+"""Script mode's bootstrap: runs an unmodified training script under the audit's hooks.
+
+Started by :mod:`audit.orchestrate` (through :func:`audit.script_runner.command`) as::
+
+    python -m audit.bootstrap SPEC.json -- train.py args...
+    python -m audit.bootstrap SPEC.json -- -m package.module args...
+
+Before the script's own code runs it starts the RNG escape tracing, the knob observers, the
+knobs the spec asks for, and a :class:`probes.script_trace.ScriptTracer`. The script then runs
+as ``python train.py`` would run it: as ``__main__``, with its own ``sys.argv``, its folder
+first on ``sys.path`` (the working folder for ``-m``), the working folder, standard streams and
+seeding it was given. The audit observes; it seeds nothing.
+
+The trace's last record says how the run ended: ``ok`` (the steps asked for were made and the
+run was stopped there), ``ended_early`` (the script returned, or exited with status 0, sooner),
+``exited`` (``sys.exit`` / ``os._exit`` with another status: ``exit_code``), ``crashed`` (an
+exception: ``message``, ``where`` in the script, ``traceback``; what was measured is kept), or
+``target_error`` when no optimizer step happened at all (the CLI's one-line usage error).
+Exit status: 0, or 3 for ``target_error``, 4 for ``crashed`` (as :mod:`audit.worker`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+
+EXIT_OK, EXIT_TARGET, EXIT_CRASH = 0, 3, 4
+
+
+class _Run:
+    """The end of one run, written once whichever way the script ends."""
+
+    def __init__(self, spec: dict, writer, tracer):
+        self.spec, self.writer, self.tracer = spec, writer, tracer
+        self.written = False
+
+    def end(self, status: str, exit_code: int = 0, message: str = "", **extra) -> int:
+        from probes import knobs
+
+        if self.written:
+            return EXIT_OK
+        self.written = True
+        said = extra.pop("said", False)  # the script printed its own message (sys.exit("..."))
+        steps = self.tracer.done if self.tracer is not None else 0
+        if steps == 0 and status != "crashed_setup":
+            if status == "exited" and not said:
+                message = _last_output_line(self.spec.get("log")) or message
+            status, message = "target_error", _no_step_message(status, exit_code, message, extra)
+            extra = {}
+        elif status == "crashed_setup":
+            status = "crashed"
+        elif status in ("ended_early", "exited") and steps >= self.spec["steps"]:
+            status = "ok"
+        record = {"type": "end", "status": status, "steps": steps, "exit_code": exit_code,
+                  "message": message, "observed": knobs.observed(), **extra}
+        self.writer.write(record)
+        return {"target_error": EXIT_TARGET, "crashed": EXIT_CRASH}.get(status, EXIT_OK)
+
+
+def _no_step_message(status: str, exit_code: int, message: str, extra: dict) -> str:
+    tail = ("the audit counts a step each time a torch.optim optimizer's step() runs; "
+            "does the script train, with these arguments?")
+    if status == "crashed":
+        where = f" (at {extra['where']})" if extra.get("where") else ""
+        return f"the script crashed before its first optimizer step: {message}{where}"
+    if status == "exited":
+        return f"the script exited with status {exit_code} before its first optimizer step" + (
+            f": {message}" if message and not message.startswith("the script called") else "")
+    return f"the script ended without an optimizer step: {tail}"
+
+
+def _last_output_line(log: str | None) -> str:
+    """The script's last line of output (argparse's error, a message before ``sys.exit(1)``)."""
+    if not log:
+        return ""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(fh.tell() - 2000, 0))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    return next((line.strip() for line in reversed(lines) if line.strip()), "")[:300]
+
+
+def _exit_code(exc: SystemExit) -> tuple[int, str]:
+    """What Python makes of ``sys.exit(code)``: the status, and a message printed to stderr."""
+    code = exc.code
+    if code is None:
+        return 0, ""
+    if isinstance(code, bool) or not isinstance(code, int):
+        print(code, file=sys.stderr)
+        return 1, str(code)
+    return code, ""
+
+
+def _ours(filename: str) -> bool:
+    """Frames of the audit, the standard library or installed packages (not the script's)."""
+    from probes import rng_escape
+
+    path = os.path.abspath(filename)
+    return (filename.startswith("<") or path.startswith(rng_escape._skip_dirs())
+            or "site-packages" in path or "dist-packages" in path)
+
+
+def _crash(exc: BaseException) -> dict:
+    """message, where (the innermost frame in the user's code) and a traceback from the script
+    down (the bootstrap's and runpy's frames left out)."""
+    from probes.rng_escape import short_path
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = next((f"{short_path(os.path.abspath(f.filename))}:{f.lineno}" for f in reversed(frames)
+                  if not _ours(f.filename)), None)
+    tb = exc.__traceback__
+    while tb is not None and _ours(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__, limit=30))
+    return {"message": f"{type(exc).__name__}: {exc}", "where": where, "traceback": text[-8000:]}
+
+
+def _warm_lazy_imports() -> None:
+    """Make torch import now what it imports at a script's first optimizer (its compiler stack,
+    sympy): libraries that create OS-seeded generators at import time would otherwise be seen
+    making them at the script's ``optimizer = ...`` line. The script pays this import anyway."""
+    import torch
+
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
+def _pin_global_generators() -> None:
+    """The ``seed_escapes`` knob in script mode: NumPy's and Python's global generators, which
+    start from OS entropy, start from fixed seeds instead (the script's own seeding still wins)."""
+    import random
+    import zlib
+
+    import numpy as np
+
+    np.random.seed(zlib.crc32(b"numpy.random global"))
+    random.seed(zlib.crc32(b"random global"))
+
+
+def run(spec: dict, program) -> int:
+    """Run the program under the tracer and write the end record; returns the exit status."""
+    import runpy
+
+    from probes import knobs, rng_escape
+    from probes.script_trace import ScriptTracer, StopScript
+    from probes.trace import TraceWriter
+
+    from audit.worker import environment
+
+    writer = TraceWriter(spec["trace"])
+    lockstep = tracer = None
+    run_end = _Run(spec, writer, None)
+    real_exit = os._exit
+    main_pid = os.getpid()
+    try:
+        _warm_lazy_imports()
+        rng_escape.install(spec.get("escape_log"), pin=False)
+        knobs.observe()
+        knobs.apply(spec.get("knobs", []), spec.get("escape_log"))
+        if "seed_escapes" in spec.get("knobs", []):
+            _pin_global_generators()
+        if spec.get("lockstep"):
+            from probes.lockstep import Lockstep
+
+            lockstep = Lockstep(spec["lockstep"]["folder"], spec["lockstep"]["role"])
+        tracer = ScriptTracer(writer, spec["steps"], detail=spec.get("detail", False),
+                              lockstep=lockstep, environment=environment,
+                              escape_log=spec.get("escape_log"))
+        run_end.tracer = tracer
+
+        def os_exit(code):  # os._exit skips every finally: write the end first (main process)
+            if os.getpid() == main_pid:
+                tracer.uninstall()
+                run_end.end("ended_early" if code == 0 else "exited", code,
+                            f"the script called os._exit({code}) after {tracer.done} steps")
+                if lockstep is not None:
+                    lockstep.finish()
+                writer.close()
+                sys.stdout.flush()
+                sys.stderr.flush()
+            real_exit(code)
+
+        os._exit = os_exit
+        tracer.install()
+        sys.argv = [program.path or program.module, *program.args]
+        if program.path is not None:
+            sys.path[0] = os.path.dirname(os.path.abspath(program.path))
+        else:
+            sys.path[0] = os.getcwd()
+        try:
+            if program.module:
+                runpy.run_module(program.module, run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(program.path, run_name="__main__")
+            tracer.uninstall()
+            return run_end.end("ended_early",
+                               message=f"the script returned after {tracer.done} steps")
+        except StopScript:
+            tracer.uninstall()
+            return run_end.end("ok")
+        except SystemExit as exc:
+            tracer.uninstall()
+            code, text = _exit_code(exc)
+            message = text or f"the script called sys.exit({exc.code!r}) after {tracer.done} steps"
+            return run_end.end("ended_early" if code == 0 else "exited", code, message, said=bool(text))
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            tracer.uninstall()
+            if tracer.stopped:  # raised while unwinding from the stop: the steps were made
+                return run_end.end("ok")
+            details = _crash(exc)
+            return run_end.end("crashed", 1, details.pop("message"), **details)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # the audit's own set-up failed before the script ran
+        details = _crash(exc)
+        return run_end.end("crashed_setup", 1, f"the audit could not start the script: {details.pop('message')}",
+                           **details)
+    finally:
+        os._exit = real_exit
+        if tracer is not None:
+            tracer.uninstall()
+            tracer.shutdown_loaders()
+        if not run_end.written:
+            run_end.end("crashed_setup", 1, "the run ended without a report")
+        if lockstep is not None:
+            lockstep.finish()
+        writer.close()
+
+
+def main(argv=None) -> int:
+    from audit import script_runner
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        print("usage: python -m audit.bootstrap SPEC.json -- (FILE | -m MODULE) [args...]", file=sys.stderr)
+        return 2
+    spec_path, rest = argv[0], argv[1:]
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    with open(spec_path, encoding="utf-8") as fh:
+        spec = json.load(fh)
+    program = script_runner.parse(rest, interpreter=False)
+    if spec.get("device") == "cpu":  # before torch is imported: the script sees no GPU
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    code = run(spec, program)
+    sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
