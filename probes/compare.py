@@ -34,7 +34,8 @@ class Parting:
 
 def split(records: list) -> tuple[dict, dict, list]:
     """(params header, init record, step records in order) of a trace."""
-    header = next((r for r in records if r.get("type") == "params"), {})
+    # The last header: script mode adds one when an optimizer appears after the first step.
+    header = next((r for r in reversed(records) if r.get("type") == "params"), {})
     init = next((r for r in records if r.get("type") == "init"), {})
     steps = [r for r in records if r.get("type") == "step"]
     return header, init, steps

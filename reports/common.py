@@ -197,7 +197,8 @@ def determinism_sentence(result) -> str:
                         "not finish: a run crashed. What was measured is below.")
             return (f"The audit could not finish, so it cannot tell whether the {runs} agree; "
                     "what was measured before the crash is below.")
-        return (f"{runs.capitalize()} of {steps} with seed {result.seed} agree bit for bit: "
+        seeded = "under the script's own seeding" if result.mode == "script" else f"with seed {result.seed}"
+        return (f"{runs.capitalize()} of {steps} {seeded} agree bit for bit: "
                 "every batch, gradient and parameter is identical.")
     where = "before the first step" if div.step is None or div.stage == "init" \
         else f"at step {div.step}"

@@ -125,7 +125,8 @@ def determinism_summary(result: DeterminismResult, report_path: Optional[str] = 
     status, title = determinism_headline(result)
     _verdict(w, "determinism", status, title)
     w.wrap(determinism_sentence(result))
-    facts = (f"{result.runs} runs x {result.steps} steps, seed {result.seed}, "
+    seeded = "the script's own seeding" if result.mode == "script" else f"seed {result.seed}"
+    facts = (f"{result.runs} runs x {result.steps} steps, {seeded}, "
              f"device {one_line(result.device)}")
     if result.target:
         facts += f", target {one_line(result.target)}"
