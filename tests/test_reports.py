@@ -920,6 +920,7 @@ def test_markdown_table_cannot_be_broken(name, message):
     for row in rows:
         assert len(re.findall(r"(?<!\\)\|", row)) == 5
     prose = re.sub(r"(`{3,})python\n.*?\n\1(?=\n)", "", md, flags=re.S)  # fixes are code
+    prose = prose.replace("\\`", "")  # an escaped backtick opens no code span
     prose = re.sub(r"`[^`\n]*`", "", prose)  # and so are places
     assert re.findall(r"<[^>]*>", prose.replace("<br>", "")) == []
 
