@@ -333,15 +333,10 @@ def gate_verdict_line(gate: GateResult, report_path: Optional[str]) -> str:
 
 
 def _round(value: Any) -> Optional[float]:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    if not math.isfinite(value):
-        return None
-    return float(f"{value:.4g}")
+    from reports.common import finite
+
+    value = finite(value)
+    return None if value is None else float(f"{value:.4g}")
 
 
 def _where_file(where: Optional[str]) -> Optional[str]:

@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from probes import fingerprint as fp
-from probes.training import TrainingSetup, compute_loss, cycle_batches, split_batch, to_device
+from probes.training import (TrainingSetup, compute_loss, cycle_batches, split_batch,
+                             tensors_in, to_device)
 
 
 class TraceWriter:
@@ -124,7 +125,7 @@ class ModuleRecorder:
             return
         call = self._calls.get(key, 0)
         self._calls[key] = call + 1
-        tensors = _tensors(args)
+        tensors = tensors_in(args)
         self.events.append([key, call, "in", _combined(tensors)])
         for i, t in enumerate(tensors):
             if t.requires_grad:
@@ -135,7 +136,7 @@ class ModuleRecorder:
         if key is None:
             return
         call = self._calls.get(key, 1) - 1
-        tensors = _tensors(output)
+        tensors = tensors_in(output)
         self.events.append([key, call, "out", _combined(tensors)])
         if self.keep_outputs and tensors:
             out_key = f"{key}#{call}" if self._names is not None else (key, call)
@@ -154,16 +155,6 @@ class ModuleRecorder:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-
-
-def _tensors(obj: Any) -> list:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        return [t for item in obj for t in _tensors(item)]
-    if isinstance(obj, dict):
-        return [t for key in obj for t in _tensors(obj[key])]
-    return []
 
 
 def _combined(tensors: list):

@@ -111,7 +111,7 @@ def test_out_of_order_workers(audits):
     assert r.detail["data_difference"] == "order"
     c = first_cause(r)
     assert (c.source, c.confirmed) == ("dataloader", True)
-    assert c.where.endswith("worker_order.py:43")
+    assert c.where.endswith("worker_order.py:29")
     assert "in_order=True" in c.fix
 
 
@@ -120,7 +120,7 @@ def test_thread_count(audits):
     assert r.verdict == "nondeterministic"
     c = first_cause(r)
     assert (c.source, c.confirmed) == ("thread_count", True)
-    assert c.where.endswith("thread_sum.py:34")
+    assert c.where.endswith("thread_sum.py:20")
 
 
 def test_growth_is_measured_from_the_replay(audits):

@@ -1,10 +1,9 @@
 """Planted: a reduction split into as many chunks as there are threads, and a thread count that
 alternates between processes, so runs sum in different orders."""
-import os
 
 import torch
 from torch import nn
-from common import tiny_data
+from common import run_number, tiny_data
 
 
 class ChunkedSum(nn.Module):
@@ -17,20 +16,7 @@ class ChunkedSum(nn.Module):
         return x + total * 1e-3
 
 
-def _run_number():
-    """Which run this is (a counter file the test names; else the process id)."""
-    base = os.environ.get("AUDIT_TEST_COUNTER")
-    if not base:
-        return os.getpid()
-    path = f"{base}.{os.path.basename(__file__)}"
-    with open(path, "a+") as fh:
-        fh.seek(0)
-        n = len(fh.read())
-        fh.write("x")
-    return n
-
-
 def build():
-    torch.set_num_threads(1 + _run_number() % 2)  # PLANTED: varies between processes
+    torch.set_num_threads(1 + run_number("thread_sum") % 2)  # PLANTED: varies between processes
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), ChunkedSum(), nn.Linear(16, 3))
     return {"model": model, "data": tiny_data()}

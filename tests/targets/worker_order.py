@@ -1,24 +1,10 @@
 """Planted: DataLoader workers deliver batches as they finish (in_order=False), and which worker
 is slow differs between runs, so batches arrive in a different order in each run."""
-import os
 import time
 
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
-from common import mlp
-
-
-def _run_number():
-    """Which run this is (a counter file the test names; else the process id)."""
-    base = os.environ.get("AUDIT_TEST_COUNTER")
-    if not base:
-        return os.getpid()
-    path = f"{base}.{os.path.basename(__file__)}"
-    with open(path, "a+") as fh:
-        fh.seek(0)
-        n = len(fh.read())
-        fh.write("x")
-    return n
+from common import mlp, run_number
 
 
 class Slow(Dataset):
@@ -39,6 +25,6 @@ class Slow(Dataset):
 
 
 def build():
-    dataset = Slow(slow_worker=_run_number() % 2)
+    dataset = Slow(slow_worker=run_number("worker_order") % 2)
     loader = DataLoader(dataset, batch_size=4, shuffle=False, num_workers=2, in_order=False)  # PLANTED
     return {"model": mlp(), "data": loader}
