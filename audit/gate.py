@@ -182,7 +182,7 @@ def _generator_check(result: DeterminismResult) -> Check:
 def checks_for_init(result: InitResult) -> list:
     """The init audit as checks: default init healthy, one per finding kind of the default
     scheme (with the layers and what to do), recommended scheme healthy."""
-    from reports.common import finding_advice, finding_title, fmt_num, init_headline
+    from reports.common import finding_advice, finding_numbers, finding_title, init_headline
 
     checks = []
     default = result.scheme("default")
@@ -222,14 +222,7 @@ def checks_for_init(result: InitResult) -> list:
             continue
         layers = []
         for f in found:
-            text = f.layer or "the model"
-            numbers = []
-            if f.value is not None:
-                numbers.append(f"value {fmt_num(f.value)}")
-            if f.threshold is not None:
-                numbers.append(f"threshold {fmt_num(f.threshold)}")
-            if numbers:
-                text += f" ({', '.join(numbers)})"
+            text = (f.layer or "the model") + finding_numbers(f)
             if f.message:
                 text += f": {f.message.strip().rstrip('.')}"
             layers.append(text)

@@ -313,3 +313,13 @@ def unique(items: Iterable[Any]) -> list[Any]:
             seen.add(item)
             out.append(item)
     return out
+
+
+def finding_numbers(finding) -> str:
+    """`` (value X, threshold Y)`` for a finding, or ``""`` when it carries neither."""
+    numbers = []
+    if finding.value is not None:
+        numbers.append(f"value {fmt_num(finding.value)}")
+    if finding.threshold is not None:
+        numbers.append(f"threshold {fmt_num(finding.threshold)}")
+    return f" ({', '.join(numbers)})" if numbers else ""

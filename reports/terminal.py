@@ -19,6 +19,7 @@ from reports.common import (
     determinism_sentence,
     final_loss,
     finding_advice,
+    finding_numbers,
     finding_title,
     fmt_loss,
     fmt_num,
@@ -267,13 +268,7 @@ def init_summary(result: InitResult, report_path: Optional[str] = None, *,
             head = finding_title(finding.kind)
             if finding.layer:
                 head += f" at {one_line(finding.layer)}"
-            numbers = []
-            if finding.value is not None:
-                numbers.append(f"value {fmt_num(finding.value)}")
-            if finding.threshold is not None:
-                numbers.append(f"threshold {fmt_num(finding.threshold)}")
-            if numbers:
-                head += f" ({', '.join(numbers)})"
+            head += finding_numbers(finding)
             w.wrap(head, indent="    ", first="  - ")
             if finding.message:
                 w.wrap(finding.message, indent="    ")
