@@ -3,7 +3,7 @@
 Importing this package is light (no torch): the pytest plugin and the CLI's argument parsing
 load it first. The public surface is the CLI, :class:`Target`, and the pytest fixtures.
 """
-from audit.target import Target
+from audit.probes.target import Target
 
 __all__ = ["Target"]
 __version__ = "0.1.0"

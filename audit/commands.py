@@ -52,11 +52,11 @@ def _run(args, audit: str, s: dict):
 
 
 def determinism(args, script: Optional[list]) -> int:
-    from reports import terminal
+    from audit.reports import terminal
 
     s = settings(args, "determinism")
     if script is not None:
-        from audit.script_runner import validate
+        from audit.probes.script_runner import validate
 
         validate(script, os.getcwd())  # a bad command is one line before any run starts
         s["target"] = None
@@ -66,7 +66,7 @@ def determinism(args, script: Optional[list]) -> int:
 
 
 def init(args) -> int:
-    from reports import terminal
+    from audit.reports import terminal
 
     s = settings(args, "init")
     result = _run(args, "init", s)

@@ -198,7 +198,7 @@ def _string_list(value: Any) -> Optional[list]:
 
 
 def _scheme_problem(name: str) -> Optional[str]:
-    from probes.results import BUILTIN_SCHEMES
+    from audit.probes.results import BUILTIN_SCHEMES
 
     if name in BUILTIN_SCHEMES:
         return None
@@ -366,7 +366,7 @@ def _check_init(chk: _Checker, table: dict) -> dict:
 
 
 def _threshold_keys() -> set:
-    from probes.diagnose import DEFAULT_THRESHOLDS  # lazy: numpy/scipy only when needed
+    from audit.probes.init.diagnose import DEFAULT_THRESHOLDS  # lazy: numpy/scipy only when needed
 
     return set(DEFAULT_THRESHOLDS)
 

@@ -46,7 +46,7 @@ import re
 import sys
 from typing import Any, Callable, Optional
 
-from probes.results import Check, DeterminismResult, GateResult, InitResult, STAGES
+from audit.probes.results import Check, DeterminismResult, GateResult, InitResult, STAGES
 
 from audit.cli import EXIT_FOUND, EXIT_OK, EXIT_USAGE, UsageError
 
@@ -82,7 +82,7 @@ _AT = re.compile(r"\(at ([^()]+:\d+)\)\s*$")
 def checks_for_determinism(result: DeterminismResult) -> list:
     """The determinism audit as checks: runs completed, runs agree, no unseeded generators,
     and one ``cause: SOURCE`` per cause source other than ``unseeded_rng``."""
-    from reports.common import determinism_sentence, source_title
+    from audit.reports.common import determinism_sentence, source_title
 
     checks = []
     bad = [r for r in result.run_info if r.status in ("crashed", "killed", "exited")]
@@ -139,7 +139,7 @@ def checks_for_determinism(result: DeterminismResult) -> list:
 
 
 def _generator_check(result: DeterminismResult) -> Check:
-    from probes.attribute import escape_fix
+    from audit.probes.determinism.attribute import escape_fix
 
     escapes = list(result.rng_escapes)
     rng_causes = [c for c in result.causes if c.source == "unseeded_rng"]
@@ -182,7 +182,7 @@ def _generator_check(result: DeterminismResult) -> Check:
 def checks_for_init(result: InitResult) -> list:
     """The init audit as checks: default init healthy, one per finding kind of the default
     scheme (with the layers and what to do), recommended scheme healthy."""
-    from reports.common import finding_advice, finding_numbers, finding_title, init_headline
+    from audit.reports.common import finding_advice, finding_numbers, finding_title, init_headline
 
     checks = []
     default = result.scheme("default")
@@ -264,7 +264,7 @@ def checks_for(audit: str, result) -> list:
 
 def verdict_line(audit: str, result, report_path: Optional[str]) -> str:
     """One line: the audit, PASS/FAIL/ERROR, what was found, and the report path."""
-    from reports.common import determinism_headline, init_headline, one_line, stage_title
+    from audit.reports.common import determinism_headline, init_headline, one_line, stage_title
 
     if audit == "determinism":
         status, title = determinism_headline(result)
@@ -326,14 +326,14 @@ def gate_verdict_line(gate: GateResult, report_path: Optional[str]) -> str:
 
 
 def _round(value: Any) -> Optional[float]:
-    from reports.common import finite
+    from audit.reports.common import finite
 
     value = finite(value)
     return None if value is None else float(f"{value:.4g}")
 
 
 def _where_file(where: Optional[str]) -> Optional[str]:
-    from reports.common import split_where
+    from audit.reports.common import split_where
 
     return split_where(where)[0] if where else None
 
@@ -527,7 +527,7 @@ def read_baseline(path: str) -> dict:
 
 
 def write_baseline(path: str, data: dict) -> None:
-    from reports.files import write_atomic
+    from audit.reports.files import write_atomic
 
     data = {**data, "schema": BASELINE_SCHEMA}
     write_atomic(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
@@ -618,7 +618,7 @@ def _with_baseline(audit: str, checks: list, state: Optional[dict]) -> list:
 
 def _summary_budget() -> Optional[int]:
     """Bytes left for us in ``$GITHUB_STEP_SUMMARY`` (None when it is not set)."""
-    from reports.markdown import GITHUB_SUMMARY_LIMIT
+    from audit.reports.markdown import GITHUB_SUMMARY_LIMIT
 
     target = os.environ.get("GITHUB_STEP_SUMMARY")
     if not target:
@@ -631,7 +631,7 @@ def _summary_budget() -> Optional[int]:
 
 
 def _append_step_summary(gate: GateResult) -> None:
-    from reports.markdown import summary_markdown
+    from audit.reports.markdown import summary_markdown
 
     budget = _summary_budget()
     if budget is None:
@@ -650,7 +650,7 @@ def _append_step_summary(gate: GateResult) -> None:
 
 def _github_where(where: Optional[str]) -> Optional[str]:
     """A place relative to the repository (``$GITHUB_WORKSPACE``) when it lies inside it."""
-    from reports.common import split_where
+    from audit.reports.common import split_where
 
     if not where:
         return where
@@ -689,7 +689,7 @@ def _annotation_candidates(checks: list, results: dict) -> list:
         result = results.get(check.audit)
         if (check.name == "no unseeded generators" and isinstance(result, DeterminismResult)
                 and len(result.rng_escapes) > 1):
-            from probes.attribute import escape_fix
+            from audit.probes.determinism.attribute import escape_fix
 
             for e in result.rng_escapes:
                 if e.where:
@@ -707,7 +707,7 @@ def _annotation_candidates(checks: list, results: dict) -> list:
 def _print_annotations(checks: list, results: dict) -> None:
     if os.environ.get("GITHUB_ACTIONS") != "true":
         return
-    from reports.github import annotations
+    from audit.reports.github import annotations
 
     for line in annotations(_annotation_checks(checks, results)):
         print(line)
@@ -715,7 +715,7 @@ def _print_annotations(checks: list, results: dict) -> None:
 
 
 def _write_audit_files(out: str, audit: str, result) -> dict:
-    from reports import html, json_report
+    from audit.reports import html, json_report
 
     json_path = os.path.join(out, f"{audit}.json")
     html_path = os.path.join(out, f"{audit}.html")
@@ -729,9 +729,9 @@ def _write_audit_files(out: str, audit: str, result) -> dict:
 
 def _write_gate_files(out: str, gate: GateResult, junit_path: Optional[str],
                       results: dict) -> dict:
-    from reports import junit
-    from reports.files import write_atomic
-    from reports.markdown import summary_markdown
+    from audit.reports import junit
+    from audit.reports.files import write_atomic
+    from audit.reports.markdown import summary_markdown
 
     paths = {}
     summary = os.path.join(out, "summary.md")
@@ -784,7 +784,7 @@ def run_audit(audit: str, s: dict, progress: Optional[Callable] = None):
     them). A target that cannot be loaded, a bad option or an unusable device raises
     :class:`audit.cli.UsageError`."""
     if audit == "determinism":
-        from audit.orchestrate import DeterminismOptions, TargetFailed, audit_determinism
+        from audit.probes.determinism.orchestrate import DeterminismOptions, TargetFailed, audit_determinism
 
         if s["runs"] < 2:
             raise UsageError("runs must be 2 or more: a comparison needs two runs")
@@ -798,9 +798,9 @@ def run_audit(audit: str, s: dict, progress: Optional[Callable] = None):
         except TargetFailed as exc:
             raise UsageError(f"audit determinism: {exc}") from None
     if audit == "init":
-        from audit.target import TargetError, load_target
-        from audit.worker import resolve_device, seed_everything
-        from probes.init_audit import run_init
+        from audit.probes.target import TargetError, load_target
+        from audit.probes.worker import resolve_device, seed_everything
+        from audit.probes.init.engine import run_init
 
         schemes = s.get("schemes")
         if isinstance(schemes, str):
@@ -833,7 +833,7 @@ def check(args) -> int:
     target that cannot load or a run that crashed."""
     from audit import config
     from audit.commands import settings
-    from reports import html, terminal
+    from audit.reports import html, terminal
 
     try:
         cfg = config.load(args.config)
@@ -885,7 +885,7 @@ def check(args) -> int:
         write_baseline(baseline, doc)
 
     index = os.path.join(out, "index.html")
-    from reports.files import write_atomic
+    from audit.reports.files import write_atomic
 
     write_atomic(index, html.index_html(gate))
     _write_gate_files(out, gate, args.junit_xml, results)

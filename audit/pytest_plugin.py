@@ -71,7 +71,7 @@ def _module_root(module) -> Optional[str]:
 
 
 def _resolve_spec(spec: str, test_dir: Optional[str]) -> str:
-    from audit.target import TargetError, split_spec
+    from audit.probes.target import TargetError, split_spec
 
     try:
         where, name = split_spec(spec)
@@ -175,8 +175,8 @@ def _run_determinism(request, target, *, runs: Optional[int] = None, steps: Opti
                      jobs: Optional[int] = None, attribution: Optional[bool] = None,
                      input_shape=None, num_classes: Optional[int] = None,
                      out: Optional[str] = None, fail: bool = True):
-    from audit.orchestrate import DeterminismOptions, TargetFailed, audit_determinism
-    from reports.terminal import determinism_summary
+    from audit.probes.determinism.orchestrate import DeterminismOptions, TargetFailed, audit_determinism
+    from audit.reports.terminal import determinism_summary
 
     d = _defaults("determinism")
     problem = None
@@ -222,10 +222,10 @@ def _run_init(target, *, steps: Optional[int] = None, schemes=None, seed: Option
               device: Optional[str] = None, thresholds: Optional[dict] = None,
               input_shape=None, num_classes: Optional[int] = None, out: Optional[str] = None,
               fail: bool = True):
-    from audit.target import TargetError, call_target, load_target, normalize
-    from audit.worker import resolve_device, seed_everything
-    from probes.init_audit import run_init
-    from reports.terminal import init_summary
+    from audit.probes.target import TargetError, call_target, load_target, normalize
+    from audit.probes.worker import resolve_device, seed_everything
+    from audit.probes.init.engine import run_init
+    from audit.reports.terminal import init_summary
 
     d = _defaults("init")
     steps = d["steps"] if steps is None else steps

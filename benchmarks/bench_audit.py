@@ -18,8 +18,8 @@ sys.path.insert(0, ROOT)
 PLAIN = """
 import random, sys
 import numpy as np, torch
-from audit.target import load_target
-from probes.training import compute_loss, cycle_batches
+from audit.probes.target import load_target
+from audit.probes.training import compute_loss, cycle_batches
 steps = int(sys.argv[1])
 random.seed(0); np.random.seed(0); torch.manual_seed(0)
 setup = load_target(None)
@@ -42,7 +42,7 @@ def plain(runs: int, steps: int) -> float:
 
 
 def audit(runs: int, steps: int) -> float:
-    from audit.orchestrate import DeterminismOptions, audit_determinism
+    from audit.probes.determinism.orchestrate import DeterminismOptions, audit_determinism
 
     start = time.perf_counter()
     result = audit_determinism(DeterminismOptions(runs=runs, steps=steps))

@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from probes.trace import TraceWriter, run_traced  # noqa: E402
-from probes.training import TrainingSetup, compute_loss, cycle_batches, synthetic_batches  # noqa: E402
+from audit.probes.trace import TraceWriter, run_traced  # noqa: E402
+from audit.probes.training import TrainingSetup, compute_loss, cycle_batches, synthetic_batches  # noqa: E402
 
 
 def example():

@@ -15,8 +15,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from probes.init_audit import DEFAULT_SCHEMES, run_init  # noqa: E402
-from probes.training import TrainingSetup, compute_loss, synthetic_batches  # noqa: E402
+from audit.probes.init.engine import DEFAULT_SCHEMES, run_init  # noqa: E402
+from audit.probes.training import TrainingSetup, compute_loss, synthetic_batches  # noqa: E402
 
 
 def setup(size: int, batch: int, steps: int) -> TrainingSetup:

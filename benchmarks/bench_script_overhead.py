@@ -41,9 +41,9 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from audit.example import SimpleCNN  # noqa: E402
-from probes.script_trace import ScriptTracer  # noqa: E402
-from probes.trace import TraceWriter, run_traced  # noqa: E402
-from probes.training import TrainingSetup  # noqa: E402
+from audit.probes.script_trace import ScriptTracer  # noqa: E402
+from audit.probes.trace import TraceWriter, run_traced  # noqa: E402
+from audit.probes.training import TrainingSetup  # noqa: E402
 
 MODES = ("plain", "target", "script")
 CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}

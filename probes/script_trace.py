@@ -42,11 +42,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from probes import fingerprint as fp
-from probes import knobs
-from probes.trace import (ModuleRecorder, TraceWriter, combine, grad_parts, init_record,
+from audit.probes import fingerprint as fp
+from audit.probes.determinism import knobs
+from audit.probes.trace import (ModuleRecorder, TraceWriter, combine, grad_parts, init_record,
                           optimizer_state_tensors, rng_fingerprints, row_part, step_fields)
-from probes.training import split_batch, tensors_in
+from audit.probes.training import split_batch, tensors_in
 
 #: Batches kept per step: the ones fetched last before the update (accumulation included).
 MAX_BATCHES = 32

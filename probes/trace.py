@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from probes import fingerprint as fp
-from probes.training import (TrainingSetup, compute_loss, cycle_batches, split_batch,
+from audit.probes import fingerprint as fp
+from audit.probes.training import (TrainingSetup, compute_loss, cycle_batches, split_batch,
                              tensors_in, to_device)
 
 

@@ -30,8 +30,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from matplotlib.transforms import blended_transform_factory
 
-from probes.results import GrowthPoint, SchemeResult
-from reports.common import finite, one_line, shorten, strip_controls
+from audit.probes.results import GrowthPoint, SchemeResult
+from audit.reports.common import finite, one_line, shorten, strip_controls
 
 # Palette (Tailwind-like, readable on white and for the common colour-vision deficiencies).
 INK = "#1f2937"

@@ -8,7 +8,7 @@ import math
 import re
 from typing import Any, Iterable, Optional
 
-from probes.results import STAGES, InitResult, SchemeResult
+from audit.probes.results import STAGES, InitResult, SchemeResult
 
 # C0 and C1 control characters except tab and newline: never shown raw to a person (terminal
 # escape injection, invisible text) and not allowed by XML 1.0.

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
-from probes.results import Check
-from reports.common import split_where, strip_controls
+from audit.probes.results import Check
+from audit.reports.common import split_where, strip_controls
 
 
 def escape_data(text: str) -> str:

@@ -17,8 +17,8 @@ from urllib.parse import quote
 import jinja2
 from markupsafe import Markup, escape
 
-from probes.results import STAGES, DeterminismResult, GateResult, InitResult
-from reports.common import (
+from audit.probes.results import STAGES, DeterminismResult, GateResult, InitResult
+from audit.reports.common import (
     RUN_STATUS_TITLES,
     STAGE_MEANING,
     STAGE_TITLES,
@@ -39,7 +39,7 @@ from reports.common import (
     strip_controls,
     timeline_rows,
 )
-from reports.files import write_atomic
+from audit.reports.files import write_atomic
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 #: Timelines longer than this collapse runs of identical rows into one.
@@ -177,7 +177,7 @@ def determinism_html(result: DeterminismResult, *, charts: bool = True) -> str:
     div = result.first_divergence
     growth_svg = ""
     if charts:
-        from reports import charts as _charts  # matplotlib only when drawing
+        from audit.reports import charts as _charts  # matplotlib only when drawing
 
         growth_svg = _charts.growth_chart(
             result.growth, div.step if div is not None and div.stage != "init" else None)
@@ -203,7 +203,7 @@ def init_html(result: InitResult, *, charts: bool = True) -> str:
     recommended = result.scheme(result.recommended) if result.recommended else None
     chart_svgs: list[tuple[str, str, Markup]] = []
     if charts:
-        from reports import charts as _charts  # matplotlib only when drawing
+        from audit.reports import charts as _charts  # matplotlib only when drawing
 
         pair = [s for s in (default, recommended) if s is not None]
         pair = [s for i, s in enumerate(pair) if s not in pair[:i]]

@@ -11,7 +11,7 @@ import math
 import os
 from typing import Any, Union
 
-from reports.files import write_atomic
+from audit.reports.files import write_atomic
 
 
 def _jsonable(value: Any) -> Any:

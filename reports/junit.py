@@ -15,7 +15,7 @@ import re
 import xml.etree.ElementTree as ET
 from typing import Iterable, Optional
 
-from probes.results import Check
+from audit.probes.results import Check
 
 # Everything outside XML 1.0's Char production:
 # #x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] | [#x10000-#x10FFFF]
@@ -98,6 +98,6 @@ def junit_xml(checks: Iterable[Check], suite: str = "audit", *,
 
 def write(checks: Iterable[Check], path: str, suite: str = "audit") -> None:
     """Write the JUnit XML document to ``path`` atomically."""
-    from reports.files import write_atomic
+    from audit.reports.files import write_atomic
 
     write_atomic(path, junit_xml(checks, suite))

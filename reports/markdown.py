@@ -16,8 +16,8 @@ from functools import partial
 from typing import Callable
 from urllib.parse import quote
 
-from probes.results import GateResult
-from reports.common import determinism_headline, init_headline, strip_controls
+from audit.probes.results import GateResult
+from audit.reports.common import determinism_headline, init_headline, strip_controls
 
 #: GitHub rejects a step summary over 1 MiB; stay clear of it with some room to spare.
 GITHUB_SUMMARY_LIMIT = 1024 * 1024

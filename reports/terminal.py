@@ -11,8 +11,8 @@ from __future__ import annotations
 import textwrap
 from typing import Optional
 
-from probes.results import DeterminismResult, GateResult, InitResult
-from reports.common import (
+from audit.probes.results import DeterminismResult, GateResult, InitResult
+from audit.reports.common import (
     RUN_STATUS_TITLES,
     STAGE_MEANING,
     determinism_headline,

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from probes import compare
+from audit.probes.determinism import compare
 
 NAMES = ["a.weight", "a.bias", "b.weight"]
 

@@ -12,7 +12,7 @@ TARGETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "targets")
 
 
 def test_index_add_backward_is_found_and_proven_on_cuda():
-    from audit.orchestrate import DeterminismOptions, audit_determinism
+    from audit.probes.determinism.orchestrate import DeterminismOptions, audit_determinism
 
     r = audit_determinism(DeterminismOptions(
         target=os.path.join(TARGETS, "cuda_index_add.py") + ":build", steps=3, device="cuda",
@@ -27,7 +27,7 @@ def test_index_add_backward_is_found_and_proven_on_cuda():
 
 
 def test_fingerprints_on_cuda_match_their_properties():
-    from probes import fingerprint as fp
+    from audit.probes import fingerprint as fp
 
     t = torch.randn(4096, device="cuda")
     base = fp.gather([fp.fingerprint(t)])[0]

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from audit.orchestrate import DeterminismOptions, audit_determinism
+from audit.probes.determinism.orchestrate import DeterminismOptions, audit_determinism
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGETS = os.path.join(HERE, "targets")

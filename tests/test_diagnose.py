@@ -9,12 +9,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from probes.diagnose import (DEFAULT_THRESHOLDS, depth_trend, diagnose, recommend,
+from audit.probes.init.diagnose import (DEFAULT_THRESHOLDS, depth_trend, diagnose, recommend,
                              resolve_thresholds, scheme_score)
-from probes.flow import dead_fraction, saturated_fraction
-from probes.init_audit import run_init
-from probes.results import Finding, LayerStats, SchemeResult
-from probes.training import TrainingSetup, synthetic_batches
+from audit.probes.init.flow import dead_fraction, saturated_fraction
+from audit.probes.init.engine import run_init
+from audit.probes.results import Finding, LayerStats, SchemeResult
+from audit.probes.training import TrainingSetup, synthetic_batches
 
 SETTINGS = settings(max_examples=30, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -175,7 +175,7 @@ def test_bad_threshold_value():
 def test_every_threshold_is_documented():
     import inspect
 
-    import probes.diagnose as module
+    import audit.probes.init.diagnose as module
 
     source = inspect.getsource(module)
     for key in DEFAULT_THRESHOLDS:

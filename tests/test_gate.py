@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 
 from audit import gate
 from audit.cli import UsageError, main
-from probes.results import (STAGES, Cause, Check, DeterminismResult, Divergence, Finding,
+from audit.probes.results import (STAGES, Cause, Check, DeterminismResult, Divergence, Finding,
                             InitResult, KnobTrial, LayerStats, RngEscape, RunInfo,
                             SchemeResult, StepAgreement)
-from reports.github import unescape_data, unescape_property
+from audit.reports.github import unescape_data, unescape_property
 
 GITHUB_VARS = ("GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY", "GITHUB_WORKSPACE")
 
@@ -143,7 +143,7 @@ def test_init_checks_healthy_and_unhealthy():
     assert bad["default init healthy"].fix == "nn.init.kaiming_normal_(net[0].weight)"
     vanishing = bad["no vanishing gradients"]
     assert not vanishing.passed
-    from reports.common import fmt_num
+    from audit.reports.common import fmt_num
 
     assert (f"net.0 (value {fmt_num(1e-9)}, threshold {fmt_num(1e-5)}): the gradient shrinks "
             "30x per layer. What to do:") in vanishing.message
@@ -315,7 +315,7 @@ def _parse_annotation(line: str) -> tuple[dict, str]:
 @given(path=SAFE_PATH, line=st.integers(1, 10**6), name=st.text(max_size=30),
        message=st.text(min_size=1, max_size=80), fix=st.text(max_size=40))
 def test_annotation_escaping_round_trips(path, line, name, message, fix):
-    from reports.common import strip_controls
+    from audit.reports.common import strip_controls
 
     check = Check("determinism", name, False, message, fix, f"{path}:{line}")
     out = io.StringIO()

@@ -9,11 +9,11 @@ import torch
 import torchvision
 from torch import nn
 
-import probes.init_audit as init_audit
+import audit.probes.init.engine as init_audit
 from audit.example import SimpleCNN, build
-from probes.init_audit import DEFAULT_SCHEMES, run_init
-from probes.results import BUILTIN_SCHEMES, InitResult
-from probes.training import TrainingSetup, synthetic_batches
+from audit.probes.init.engine import DEFAULT_SCHEMES, run_init
+from audit.probes.results import BUILTIN_SCHEMES, InitResult
+from audit.probes.training import TrainingSetup, synthetic_batches
 
 
 def tv_setup(model: nn.Module, side: int, batch: int = 4, count: int = 2) -> TrainingSetup:

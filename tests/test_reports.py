@@ -38,7 +38,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from probes.results import (
+from audit.probes.results import (
     Cause,
     Check,
     DeterminismResult,
@@ -54,8 +54,8 @@ from probes.results import (
     SchemeResult,
     StepAgreement,
 )
-from reports import charts, files, github, html, json_report, junit, markdown, terminal
-from reports.common import fmt_num, split_where, strip_controls
+from audit.reports import charts, files, github, html, json_report, junit, markdown, terminal
+from audit.reports.common import fmt_num, split_where, strip_controls
 
 GOLD = Path(__file__).parent / "gold"
 UPDATE_GOLD = os.environ.get("AUDIT_UPDATE_GOLD", "") not in ("", "0")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from probes import rng_escape
+from audit.probes import rng_escape
 
 
 @pytest.fixture

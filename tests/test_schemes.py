@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from probes.flow import trace_forward
-from probes.results import BUILTIN_SCHEMES
-from probes.schemes import (DrawCache, LSUV_TOL, apply_scheme, fans, orthogonal_, parse_scheme,
+from audit.probes.init.flow import trace_forward
+from audit.probes.results import BUILTIN_SCHEMES
+from audit.probes.init.schemes import (DrawCache, LSUV_TOL, apply_scheme, fans, orthogonal_, parse_scheme,
                             restore_state, scheme_code, scheme_owned_keys, snapshot_state,
                             validate_schemes)
 

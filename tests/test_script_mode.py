@@ -19,7 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from audit import cli, script_runner
+from audit import cli
+
+
+from audit.probes import script_runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -495,7 +498,7 @@ def _bootstrap_run(workdir, command: list, steps: int) -> list:
     env = dict(os.environ, PYTHONPATH=ROOT)
     proc = subprocess.run(script_runner.command(spec), cwd=workdir, env=env, capture_output=True,
                           text=True, timeout=600)
-    from probes.trace import read_trace
+    from audit.probes.trace import read_trace
 
     return proc.returncode, read_trace(spec["trace"])
 
@@ -736,7 +739,7 @@ def test_good_commands_parse_and_run_under_the_bootstrap(tmp_path):
     p = script_runner.validate([sys.executable, "-m", "pkg.train", "a"], str(tmp_path))
     assert (p.path, p.module, p.args) == (None, "pkg.train", ["a"])
     spec = {"script": ["python", "-OO", "-m", "pkg.train", "--x"], "spec_path": "/s.json"}
-    assert script_runner.command(spec) == [sys.executable, "-O", "-O", "-m", "audit.bootstrap",
+    assert script_runner.command(spec) == [sys.executable, "-O", "-O", "-m", "audit.probes.bootstrap",
                                            "/s.json", "--", "-m", "pkg.train", "--x"]
 
 
@@ -761,9 +764,9 @@ def test_script_trace_is_target_modes_trace(tmp_path):
     import torch
     from torch import nn
 
-    from probes.script_trace import ScriptTracer, StopScript
-    from probes.trace import TraceWriter, read_trace, run_traced
-    from probes.training import TrainingSetup
+    from audit.probes.script_trace import ScriptTracer, StopScript
+    from audit.probes.trace import TraceWriter, read_trace, run_traced
+    from audit.probes.training import TrainingSetup
 
     def sgd(params):
         return torch.optim.SGD(params, lr=0.1, momentum=0.9)
@@ -813,8 +816,8 @@ def test_hooks_are_removed_and_other_optimizers_get_their_own_names(tmp_path):
     from torch import nn
     from torch.utils.data import dataloader
 
-    from probes.script_trace import ScriptTracer
-    from probes.trace import TraceWriter, read_trace
+    from audit.probes.script_trace import ScriptTracer
+    from audit.probes.trace import TraceWriter, read_trace
 
     before = (torch.autograd.backward, dataloader._BaseDataLoaderIter.__next__,
               torch.optim.Optimizer.__init__, np.random.seed)
@@ -859,9 +862,9 @@ def test_os_seeded_global_generators_count_once_the_script_seeds_them(tmp_path):
     import numpy as np
     import torch
 
-    from probes.rng_escape import read_log
-    from probes.script_trace import ScriptTracer
-    from probes.trace import TraceWriter, read_trace
+    from audit.probes.rng_escape import read_log
+    from audit.probes.script_trace import ScriptTracer
+    from audit.probes.trace import TraceWriter, read_trace
 
     log = str(tmp_path / "escapes")
     writer = TraceWriter(str(tmp_path / "t.trace"))

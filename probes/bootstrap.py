@@ -36,7 +36,7 @@ class _Run:
         self.written = False
 
     def end(self, status: str, exit_code: int = 0, message: str = "", **extra) -> int:
-        from probes import knobs
+        from audit.probes.determinism import knobs
 
         if self.written:
             return EXIT_OK
@@ -99,7 +99,7 @@ def _exit_code(exc: SystemExit) -> tuple[int, str]:
 
 def _ours(filename: str) -> bool:
     """Frames of the audit, the standard library or installed packages (not the script's)."""
-    from probes import rng_escape
+    from audit.probes import rng_escape
 
     path = os.path.abspath(filename)
     return (filename.startswith("<") or path.startswith(rng_escape._skip_dirs())
@@ -109,7 +109,7 @@ def _ours(filename: str) -> bool:
 def _crash(exc: BaseException) -> dict:
     """message, where (the innermost frame in the user's code) and a traceback from the script
     down (the bootstrap's and runpy's frames left out)."""
-    from probes.rng_escape import short_path
+    from audit.probes.rng_escape import short_path
 
     frames = traceback.extract_tb(exc.__traceback__)
     where = next((f"{short_path(os.path.abspath(f.filename))}:{f.lineno}" for f in reversed(frames)
@@ -146,11 +146,13 @@ def run(spec: dict, program) -> int:
     """Run the program under the tracer and write the end record; returns the exit status."""
     import runpy
 
-    from probes import knobs, rng_escape
-    from probes.script_trace import ScriptTracer, StopScript
-    from probes.trace import TraceWriter
+    from audit.probes.determinism import knobs
 
-    from audit.worker import environment
+    from audit.probes import rng_escape
+    from audit.probes.script_trace import ScriptTracer, StopScript
+    from audit.probes.trace import TraceWriter
+
+    from audit.probes.worker import environment
 
     writer = TraceWriter(spec["trace"])
     lockstep = tracer = None
@@ -165,7 +167,7 @@ def run(spec: dict, program) -> int:
         if "seed_escapes" in spec.get("knobs", []):
             _pin_global_generators()
         if spec.get("lockstep"):
-            from probes.lockstep import Lockstep
+            from audit.probes.determinism.lockstep import Lockstep
 
             lockstep = Lockstep(spec["lockstep"]["folder"], spec["lockstep"]["role"])
         tracer = ScriptTracer(writer, spec["steps"], detail=spec.get("detail", False),
@@ -235,7 +237,7 @@ def run(spec: dict, program) -> int:
 
 
 def main(argv=None) -> int:
-    from audit import script_runner
+    from audit.probes import script_runner
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:

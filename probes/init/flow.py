@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from probes.results import LayerStats
+from audit.probes.results import LayerStats
 
 #: Modules whose ``weight`` the schemes re-initialize ("weight layers"); depth counts them.
 WEIGHT_LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)

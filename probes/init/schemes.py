@@ -41,8 +41,8 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import nn
 
-from probes.flow import LINEAR, ForwardTrace, is_weight_layer
-from probes.results import BUILTIN_SCHEMES
+from audit.probes.init.flow import LINEAR, ForwardTrace, is_weight_layer
+from audit.probes.results import BUILTIN_SCHEMES
 
 NORM_TYPES = tuple(t for t in (
     nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,

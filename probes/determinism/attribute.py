@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from probes.compare import Parting
-from probes.knobs import KNOBS
-from probes.results import Cause, KnobTrial, RngEscape
+from audit.probes.determinism.compare import Parting
+from audit.probes.determinism.knobs import KNOBS
+from audit.probes.results import Cause, KnobTrial, RngEscape
 
 #: The order causes are listed in: a knob that names a place beats one that names a subsystem.
 ORDER = ("seed_escapes", "pythonhashseed", "dataloader", "cudnn_benchmark_off",

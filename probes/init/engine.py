@@ -27,12 +27,12 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from probes.diagnose import diagnose, recommend, resolve_thresholds, scheme_score
-from probes.flow import FlowProbe, ForwardTrace, modules_with_parameters, trace_forward
-from probes.results import BUILTIN_SCHEMES, InitResult, SchemeResult
-from probes.schemes import (DrawCache, apply_scheme, restore_state, scheme_code,
+from audit.probes.init.diagnose import diagnose, recommend, resolve_thresholds, scheme_score
+from audit.probes.init.flow import FlowProbe, ForwardTrace, modules_with_parameters, trace_forward
+from audit.probes.results import BUILTIN_SCHEMES, InitResult, SchemeResult
+from audit.probes.init.schemes import (DrawCache, apply_scheme, restore_state, scheme_code,
                             scheme_owned_keys, snapshot_state, validate_schemes)
-from probes.training import TrainingSetup, compute_loss, cycle_batches, to_device
+from audit.probes.training import TrainingSetup, compute_loss, cycle_batches, to_device
 
 #: Schemes run when none are named: every built-in one. ``normal:STD`` is left out: a fixed
 #: std is not a scheme anyone should be steered to without asking for it (``normal:0.01`` in

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
-from probes.results import STAGES, StepAgreement
+from audit.probes.results import STAGES, StepAgreement
 
 STEP_STAGES = ("data", "rng", "forward", "backward", "optimizer")
 

@@ -77,7 +77,7 @@ from typing import Iterable, Optional
 import numpy as np
 from scipy import stats
 
-from probes.results import Finding, SchemeResult
+from audit.probes.results import Finding, SchemeResult
 
 DEFAULT_THRESHOLDS = {
     # Fewest weight layers with usable values for a depth trend to be judged at all.

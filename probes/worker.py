@@ -21,7 +21,7 @@ def seed_everything(seed: int) -> None:
     import numpy as np
     import torch
 
-    from probes import rng_escape
+    from audit.probes import rng_escape
 
     random.seed(seed)
     np.random.seed(seed)
@@ -44,7 +44,7 @@ def environment(device) -> dict:
     import numpy as np
     import torch
 
-    from probes import knobs
+    from audit.probes.determinism import knobs
 
     env = {
         "python": platform.python_version(),
@@ -68,8 +68,9 @@ def environment(device) -> dict:
 
 
 def run(spec: dict) -> int:
-    from probes import knobs, rng_escape
-    from probes.trace import TraceWriter, run_traced
+    from audit.probes.determinism import knobs
+    from audit.probes import rng_escape
+    from audit.probes.trace import TraceWriter, run_traced
 
     writer = TraceWriter(spec["trace"])
     lockstep = None
@@ -78,7 +79,7 @@ def run(spec: dict) -> int:
         knobs.observe()
         knobs.apply(spec.get("knobs", []), spec.get("escape_log"))
         seed_everything(spec["seed"])
-        from audit.target import TargetError, load_target
+        from audit.probes.target import TargetError, load_target
 
         try:
             device = resolve_device(spec.get("device", "auto"))
@@ -93,7 +94,7 @@ def run(spec: dict) -> int:
                       "module_sources": knobs.module_sources(setup.model),
                       "synthetic": setup.synthetic, "description": setup.description})
         if spec.get("lockstep"):
-            from probes.lockstep import Lockstep
+            from audit.probes.determinism.lockstep import Lockstep
 
             lockstep = Lockstep(spec["lockstep"]["folder"], spec["lockstep"]["role"])
         done = run_traced(setup, spec["steps"], device, writer, detail=spec.get("detail", False),

@@ -21,11 +21,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from probes import attribute, compare
-from probes.knobs import KNOBS
-from probes.results import DeterminismResult, Divergence, GrowthPoint, RunInfo
-from probes.rng_escape import read_log
-from probes.trace import read_trace
+from audit.probes.determinism import attribute, compare
+from audit.probes.determinism.knobs import KNOBS
+from audit.probes.results import DeterminismResult, Divergence, GrowthPoint, RunInfo
+from audit.probes.rng_escape import read_log
+from audit.probes.trace import read_trace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -107,11 +107,11 @@ class Launcher:
     def start(self, spec: dict) -> tuple:
         log = open(spec["log"], "wb")
         if spec.get("script"):
-            from audit import script_runner
+            from audit.probes import script_runner
 
             argv = script_runner.command(spec)
         else:
-            argv = [sys.executable, "-m", "audit.worker", spec["spec_path"]]
+            argv = [sys.executable, "-m", "audit.probes.worker", spec["spec_path"]]
         proc = subprocess.Popen(argv, env=self._env(spec["knobs"]), cwd=self.opts.cwd,
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         return proc, log, time.monotonic()

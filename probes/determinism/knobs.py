@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from probes import rng_escape
+from audit.probes import rng_escape
 
 
 @dataclass(frozen=True)

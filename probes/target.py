@@ -104,7 +104,7 @@ def normalize(returned: Any, spec: str, *, input_shape: Optional[tuple] = None,
     """Turn what the target returned into a :class:`probes.training.TrainingSetup`."""
     from torch import nn
 
-    from probes import training
+    from audit.probes import training
 
     if isinstance(returned, nn.Module):
         model = returned

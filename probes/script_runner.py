@@ -169,5 +169,5 @@ def _module_problem(module: str, cwd: str) -> Optional[str]:
 def command(spec: dict) -> list:
     """The argv that runs ``spec["script"]`` under the bootstrap in a fresh process."""
     program = parse(spec["script"])
-    return [sys.executable, *program.options, "-m", "audit.bootstrap", spec["spec_path"], "--",
+    return [sys.executable, *program.options, "-m", "audit.probes.bootstrap", spec["spec_path"], "--",
             *program.argv()]

@@ -1,0 +1,2 @@
+"""The init engine: schemes applied in place, per-layer flow statistics, diagnosis and
+recommendation."""
