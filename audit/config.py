@@ -212,8 +212,13 @@ def _scheme_problem(name: str) -> Optional[str]:
 
 
 def _is_target_spec(value: str) -> bool:
-    where, sep, name = value.rpartition(":")
-    return bool(sep and where and name and name.replace(".", "_").isidentifier())
+    from audit.probes.target import TargetError, parse_spec  # light: torch only when loading
+
+    try:
+        parse_spec(value)
+    except TargetError:
+        return False
+    return True
 
 
 def _is_file_spec(where: str) -> bool:
@@ -248,7 +253,8 @@ def _check_common(chk: _Checker, table: dict, root: str) -> tuple[dict, list, Op
         if key == "target":
             if not isinstance(value, str) or not _is_target_spec(value.strip()):
                 chk.fail(name, key, "a string 'path/to/file.py:NAME' or 'package.module:NAME'", value)
-            where, _, obj = value.strip().rpartition(":")
+            where, _, obj = value.strip().partition(",")[0].rpartition(":")
+            obj = value.strip()[len(where) + 1:]
             if _is_file_spec(where):
                 where = _resolve_path(root, where)
             common[key] = f"{where}:{obj}"

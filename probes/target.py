@@ -1,23 +1,26 @@
 """Finding, loading and normalizing the user's target.
 
-A target spec is ``path/to/file.py:NAME`` or ``package.module:NAME``; NAME is a zero-argument
-callable returning an ``nn.Module``, a mapping, or an :class:`audit.Target`. Every failure
-raises :class:`TargetError` with one line that says what is wrong and what to do.
+A target spec is ``path/to/file.py:NAME`` or ``package.module:NAME``, optionally followed by
+keyword arguments for the callable after commas (``train.py:build,lr=0.01,act='gelu'``; values
+are Python literals, else strings). NAME returns an ``nn.Module``, a mapping, or an
+:class:`audit.Target`. Every failure raises :class:`TargetError` with one line that says what
+is wrong and what to do.
 """
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
+from audit.probes.errors import TargetError
+
 BUILTIN = "audit.example:build"
-
-
-class TargetError(Exception):
-    """The target cannot be found, loaded, called or understood (exit status 2)."""
+#: The keys a target mapping (or :class:`Target`) may carry.
+KEYS = ("model", "data", "loss", "optimizer", "step", "scheduler", "evaluate", "save", "load")
 
 
 @dataclass
@@ -29,17 +32,77 @@ class Target:
     loss: Optional[Callable] = None
     optimizer: Optional[Callable] = None
     step: Optional[Callable] = None
+    scheduler: Optional[Callable] = None  # callable(optimizer) -> LR scheduler
+    evaluate: Optional[Callable] = None  # callable(model) -> float | dict[str, float]
+    save: Optional[Callable] = None  # callable(path, objects): the user's checkpoint code
+    load: Optional[Callable] = None  # callable(path, objects)
 
 
-def split_spec(spec: str) -> tuple[str, str]:
-    where, sep, name = spec.rpartition(":")
+@dataclass(frozen=True)
+class TargetSpec:
+    """A parsed target spec: where the callable lives, its name, and its keyword arguments."""
+
+    where: str
+    name: str
+    kwargs: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        args = "".join(f",{k}={v!r}" for k, v in self.kwargs.items())
+        return f"{self.where}:{self.name}{args}"
+
+
+def split_top_level(text: str, sep: str = ",") -> list:
+    """``text`` split at ``sep`` outside brackets and quotes (``a=(1,2),b='x,y'`` -> 2 parts)."""
+    parts, depth, quote, start = [], 0, None, 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _argument(spec: str, text: str) -> tuple[str, Any]:
+    key, eq, raw = text.partition("=")
+    key = key.strip()
+    if not eq or not key.isidentifier():
+        raise TargetError(f"target {spec!r}: {text.strip()!r} is not KEY=VALUE; write the "
+                          "arguments as file.py:NAME,lr=0.01,depth=3")
+    raw = raw.strip()
+    try:
+        return key, ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return key, raw
+
+
+def parse_spec(spec: str) -> TargetSpec:
+    """Parse ``file.py:NAME[,key=value...]`` or ``package.module:NAME[,...]``."""
+    head, *rest = split_top_level(spec.strip())
+    where, sep, name = head.rpartition(":")
     # A Windows drive letter ("C:\\x.py") has no NAME after it.
     if not sep or not name or not where or not name.replace(".", "_").isidentifier():
         raise TargetError(
             f"target {spec!r} is not 'path/to/file.py:NAME' or 'package.module:NAME'; "
             "name the callable after a colon"
         )
-    return where, name
+    kwargs = dict(_argument(spec, part) for part in rest)
+    if len(kwargs) != len(rest):
+        raise TargetError(f"target {spec!r} names an argument twice; give each once")
+    return TargetSpec(where, name, kwargs)
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """``(where, name)`` of a spec (its arguments left out)."""
+    parsed = parse_spec(spec)
+    return parsed.where, parsed.name
 
 
 def load_callable(spec: str) -> Callable:
@@ -85,14 +148,16 @@ def load_callable(spec: str) -> Callable:
     return obj
 
 
-def call_target(fn: Callable, spec: str) -> Any:
+def call_target(fn: Callable, spec: str, kwargs: Optional[dict] = None) -> Any:
+    """Call the target with its spec's keyword arguments (none for a plain spec)."""
+    kwargs = kwargs or {}
     try:
-        return fn()
+        return fn(**kwargs)
     except TypeError as exc:
         if "argument" in str(exc):
-            raise TargetError(
-                f"{spec} must take no arguments ({exc}); wrap it in a zero-argument function"
-            ) from exc
+            need = ("accept the arguments the spec gives" if kwargs else
+                    "take no arguments; wrap it in a zero-argument function")
+            raise TargetError(f"{spec} must {need} ({exc})") from exc
         raise TargetError(f"{spec} raised TypeError: {exc}") from exc
     except Exception as exc:
         raise TargetError(f"{spec} raised {type(exc).__name__}: {exc}") from exc
@@ -117,7 +182,7 @@ def normalize(returned: Any, spec: str, *, input_shape: Optional[tuple] = None,
         return training.TrainingSetup(model=model, data=data, synthetic=True,
                                       description=f"synthetic data, inputs {shape}, {classes} classes")
     if isinstance(returned, Target):
-        returned = {k: getattr(returned, k) for k in ("model", "data", "loss", "optimizer", "step")}
+        returned = {k: getattr(returned, k) for k in KEYS}
     if not isinstance(returned, dict) and hasattr(returned, "keys") and hasattr(returned, "__getitem__"):
         returned = {k: returned[k] for k in returned.keys()}
     if not isinstance(returned, dict):
@@ -125,11 +190,10 @@ def normalize(returned: Any, spec: str, *, input_shape: Optional[tuple] = None,
             f"{spec} returned a {type(returned).__name__}; return an nn.Module, or a dict / "
             "audit.Target with 'model' and 'data'"
         )
-    unknown = set(returned) - {"model", "data", "loss", "optimizer", "step"}
+    unknown = set(returned) - set(KEYS)
     if unknown:
         raise TargetError(
-            f"{spec} returned unknown key(s) {sorted(unknown)}; allowed: model, data, loss, "
-            "optimizer, step"
+            f"{spec} returned unknown key(s) {sorted(unknown)}; allowed: {', '.join(KEYS)}"
         )
     model = returned.get("model")
     if not isinstance(model, nn.Module):
@@ -143,7 +207,7 @@ def normalize(returned: Any, spec: str, *, input_shape: Optional[tuple] = None,
             "iterator or generator"
         )
     setup = training.TrainingSetup(model=model, data=data)
-    for key in ("loss", "optimizer", "step"):
+    for key in ("loss", "optimizer", "step", "scheduler", "evaluate", "save", "load"):
         value = returned.get(key)
         if value is not None:
             if not callable(value):
@@ -156,4 +220,4 @@ def load_target(spec: Optional[str], **options):
     """Load, call and normalize a target spec (``None`` means the built-in example)."""
     spec = spec or BUILTIN
     fn = load_callable(spec)
-    return normalize(call_target(fn, spec), spec, **options)
+    return normalize(call_target(fn, spec, parse_spec(spec).kwargs), spec, **options)

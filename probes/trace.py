@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from audit.probes import fingerprint as fp
-from audit.probes.training import (TrainingSetup, compute_loss, cycle_batches, split_batch,
-                             tensors_in, to_device)
+from audit.probes.training import (TrainingSetup, compute_loss, cycle_batches, make_scheduler,
+                                   optimizer_step, split_batch, tensors_in, to_device)
 
 
 class TraceWriter:
@@ -273,6 +273,7 @@ def run_traced(
     model = setup.model.to(device)
     model.train()
     optimizer = setup.optimizer(model.parameters())
+    scheduler = make_scheduler(setup, optimizer)
     named = [(n, p) for n, p in model.named_parameters()]
     params = [p for _, p in named]
     names = [n for n, _ in named]
@@ -300,7 +301,7 @@ def run_traced(
             grad_fps = grad_parts(grads)
             grad_copies = ({n: g.detach().clone() for n, g in zip(names, grads) if g is not None}
                            if lockstep is not None else None)
-            optimizer.step()
+            optimizer_step(optimizer, scheduler)
 
             record = {"type": "step", "step": step}
             record.update(step_fields(

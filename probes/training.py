@@ -25,8 +25,24 @@ class TrainingSetup:
     loss: Callable = nn.functional.cross_entropy
     optimizer: Callable = default_optimizer  # callable(params) -> Optimizer
     step: Optional[Callable] = None  # callable(model, batch, loss) -> scalar loss
+    scheduler: Optional[Callable] = None  # callable(optimizer) -> LR scheduler, stepped per step
+    evaluate: Optional[Callable] = None  # callable(model) -> float | dict[str, float]
+    save: Optional[Callable] = None  # callable(path, objects): the user's checkpoint code
+    load: Optional[Callable] = None  # callable(path, objects)
     synthetic: bool = False  # data made by the tool for a bare module
     description: str = ""
+
+
+def make_scheduler(setup: TrainingSetup, optimizer: torch.optim.Optimizer):
+    """The target's LR scheduler for ``optimizer``, or None when it gives none."""
+    return setup.scheduler(optimizer) if setup.scheduler is not None else None
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scheduler=None) -> None:
+    """One update, and the scheduler's step after it (as every audit's loop does)."""
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

@@ -1,11 +1,14 @@
 """Loading targets: every failure is one line that says what to do."""
+import keyword
 import sys
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
-from audit.probes.target import Target, TargetError, load_target, split_spec
+from audit.probes.target import Target, TargetError, TargetSpec, load_target, parse_spec, split_spec
 
 
 def write(tmp_path, body, name="t.py"):
@@ -71,3 +74,33 @@ def test_bare_module_input_shape_and_classes_are_inferred_or_given():
 
 def test_split_spec_keeps_windows_like_paths_whole():
     assert split_spec("a/b.py:build") == ("a/b.py", "build")
+
+
+def test_target_arguments_are_passed_to_the_callable(tmp_path):
+    (tmp_path / "t.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "def build(width=2, act='relu', dims=(1, 2)):\n"
+        "    assert dims == (1, 2)\n"
+        "    return {'model': nn.Linear(width, 2), 'data': [(torch.zeros(1, width), torch.zeros(1, dtype=torch.long))],\n"
+        "            'scheduler': lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1), 'evaluate': lambda m: 0.5}\n")
+    setup = load_target(f"{tmp_path / 't.py'}:build,width=3,act=gelu,dims=(1, 2)")
+    assert setup.model.in_features == 3
+    assert setup.scheduler is not None and setup.evaluate(setup.model) == 0.5
+    with pytest.raises(TargetError, match="KEY=VALUE"):
+        load_target(f"{tmp_path / 't.py'}:build,3")
+    with pytest.raises(TargetError, match="accept the arguments"):
+        load_target(f"{tmp_path / 't.py'}:build,depth=3")
+
+
+_keys = st.from_regex(r"[a-z][a-z0-9_]{0,6}", fullmatch=True).filter(lambda k: not keyword.iskeyword(k))
+_values = st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.none(),
+                    st.text(alphabet="abc ,=()'\"xyz", max_size=8),
+                    st.tuples(st.integers(), st.integers()), st.lists(st.integers(), max_size=3))
+
+
+@given(st.dictionaries(_keys, _values, max_size=4))
+def test_target_spec_round_trips(kwargs):
+    spec = TargetSpec("pkg/train.py", "build", kwargs)
+    parsed = parse_spec(str(spec))
+    assert (parsed.where, parsed.name) == ("pkg/train.py", "build")
+    assert parsed.kwargs == kwargs

@@ -32,7 +32,8 @@ from audit.probes.init.flow import FlowProbe, ForwardTrace, modules_with_paramet
 from audit.probes.results import BUILTIN_SCHEMES, InitResult, SchemeResult
 from audit.probes.init.schemes import (DrawCache, apply_scheme, restore_state, scheme_code,
                             scheme_owned_keys, snapshot_state, validate_schemes)
-from audit.probes.training import TrainingSetup, compute_loss, cycle_batches, to_device
+from audit.probes.training import (TrainingSetup, compute_loss, cycle_batches, make_scheduler,
+                                   optimizer_step, to_device)
 
 #: Schemes run when none are named: every built-in one. ``normal:STD`` is left out: a fixed
 #: std is not a scheme anyone should be steered to without asking for it (``normal:0.01`` in
@@ -177,6 +178,7 @@ class _SchemeRunner:
             seed_all(self.seed)
             model.zero_grad(set_to_none=True)
             optimizer = setup.optimizer(model.parameters())
+            scheduler = make_scheduler(setup, optimizer)
             for index, batch in enumerate(self.batches):
                 optimizer.zero_grad(set_to_none=True)
                 if index == 0:
@@ -195,7 +197,7 @@ class _SchemeRunner:
                 result.loss.append(value)
                 if not math.isfinite(value):
                     break
-                optimizer.step()
+                optimizer_step(optimizer, scheduler)
         except Exception as exc:  # a scheme that breaks is a result, not a crash of the audit
             result.error = f"{type(exc).__name__}: {exc}"
         result.findings = diagnose(result.layers, result.loss, self.limits, error=result.error)
