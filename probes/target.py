@@ -53,9 +53,12 @@ class TargetSpec:
 
 def split_top_level(text: str, sep: str = ",") -> list:
     """``text`` split at ``sep`` outside brackets and quotes (``a=(1,2),b='x,y'`` -> 2 parts)."""
-    parts, depth, quote, start = [], 0, None, 0
+    parts, depth, quote, start, escaped = [], 0, None, 0, False
     for i, ch in enumerate(text):
-        if quote:
+        if escaped:
+            escaped = False
+        elif quote:
+            escaped = ch == "\\"
             quote = None if ch == quote else quote
         elif ch in "'\"":
             quote = ch
