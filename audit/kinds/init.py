@@ -106,9 +106,23 @@ def check_table(chk: config.Checker, table: dict) -> dict:
     return config.check_table(chk, "init", table, {"steps": config.positive_int()}, special)
 
 
+def run_script(s: InitSettings, progress: Progress = None) -> InitResult:
+    """Script mode: each scheme is one fresh run of the script."""
+    from audit.probes.init.script import ScriptInitOptions, run_init_script
+
+    opts = ScriptInitOptions(script=s.script, schemes=s.schemes, steps=s.steps, seed=s.seed,
+                             device=s.device, thresholds=s.thresholds or None, cwd=s.cwd)
+    try:
+        return run_init_script(opts, progress)
+    except ValueError as exc:
+        raise UsageError(f"audit init: {exc}") from None
+
+
 def run(s: InitSettings, progress: Progress = None) -> InitResult:
     """Build the target in this process and run every scheme on it. ``s.target`` may also be
     an ``nn.Module`` or a callable (the Python API and the pytest fixture)."""
+    if s.script:
+        return run_script(s, progress)
     from audit.probes.init.engine import run_init
     from audit.probes.target import call_target, load_target, normalize
     from audit.probes.worker import resolve_device, seed_everything
@@ -330,4 +344,5 @@ KIND = AuditKind(
     settings=InitSettings, add_arguments=add_arguments, check_table=check_table,
     tolerances=TOLERANCES, run=run, checks=checks, snapshot=snapshot, regressions=regressions,
     headline=init_headline, verdict_detail=verdict_detail, summary=terminal.init_summary,
-    html=html.init_html, result_type=InitResult, index=index, in_process=True, checked_by_default=True)
+    html=html.init_html, result_type=InitResult, index=index, in_process=True, checked_by_default=True,
+    script_mode=True)

@@ -259,6 +259,7 @@ class InitResult(Renderable):
     recommended: Optional[str]
     schemes: list = field(default_factory=list)  # [SchemeResult]
     schema: str = INIT_SCHEMA
+    mode: str = "target"  # "script": the script's command is the target
     target: str = ""
     steps: int = 0
     seed: int = 0
