@@ -211,6 +211,40 @@ def determinism_summary(result: DeterminismResult, report_path: Optional[str] = 
 # --------------------------------------------------------------------------- init
 
 
+def _scheme_table(w: _Writer, result: InitResult) -> None:
+    w.blank()
+    name_width = min(max(max(len(one_line(s.name)) for s in result.schemes), 6), 28,
+                     max(w.width - 54, 10))
+    header = (f"  {'scheme'.ljust(name_width)}  {'verdict':<9}  {'findings':>8}  "
+              f"{'final loss':>10}  {'score':>7}")
+    w.add(w.s(header, "dim"))
+    for scheme in ordered_schemes(result):
+        verdict = "error" if scheme.error else scheme.verdict
+        mark = "* " if scheme.name == result.recommended else "  "
+        line = (f"{mark}{shorten(one_line(scheme.name), name_width).ljust(name_width)}  "
+                f"{w.s(verdict.ljust(9), 'green' if verdict == 'healthy' else 'red')}  "
+                f"{len(scheme.findings):>8}  {fmt_loss(final_loss(scheme)):>10}  "
+                f"{fmt_num(scheme.score, 3):>7}")
+        if scheme.name == result.recommended:
+            line += "  recommended"
+        w.add(line.rstrip())
+    for scheme in (s for s in result.schemes if s.error):
+        w.wrap(f"{scheme.name}: {scheme.error}", indent="    ", first="  ! ")
+
+
+def _default_findings(w: _Writer, findings: list) -> None:
+    w.heading("Findings for the model's own init")
+    for finding in findings:
+        head = finding_title(finding.kind)
+        if finding.layer:
+            head += f" at {one_line(finding.layer)}"
+        w.wrap(head + finding_numbers(finding), indent="    ", first="  - ")
+        if finding.message:
+            w.wrap(finding.message, indent="    ")
+        if finding_advice(finding.kind):
+            w.wrap("What to do: " + finding_advice(finding.kind), indent="    ")
+
+
 def init_summary(result: InitResult, report_path: Optional[str] = None, *,
                  color: bool = False, width: Optional[int] = None) -> str:
     """A compact table of the schemes (verdict, findings, final loss, score), the recommendation
@@ -230,29 +264,8 @@ def init_summary(result: InitResult, report_path: Optional[str] = None, *,
     if result.error:
         w.heading("Error")
         w.wrap(result.error)
-
     if result.schemes:
-        w.blank()
-        name_width = min(max(max(len(one_line(s.name)) for s in result.schemes), 6), 28,
-                         max(w.width - 54, 10))
-        header = (f"  {'scheme'.ljust(name_width)}  {'verdict':<9}  {'findings':>8}  "
-                  f"{'final loss':>10}  {'score':>7}")
-        w.add(w.s(header, "dim"))
-        for scheme in ordered_schemes(result):
-            loss = final_loss(scheme)
-            verdict = "error" if scheme.error else scheme.verdict
-            mark = "* " if scheme.name == result.recommended else "  "
-            line = (f"{mark}{shorten(one_line(scheme.name), name_width).ljust(name_width)}  "
-                    f"{w.s(verdict.ljust(9), 'green' if verdict == 'healthy' else 'red')}  "
-                    f"{len(scheme.findings):>8}  {fmt_loss(loss):>10}  "
-                    f"{fmt_num(scheme.score, 3):>7}")
-            if scheme.name == result.recommended:
-                line += "  recommended"
-            w.add(line.rstrip())
-        errors = [s for s in result.schemes if s.error]
-        for scheme in errors:
-            w.wrap(f"{scheme.name}: {scheme.error}", indent="    ", first="  ! ")
-
+        _scheme_table(w, result)
     w.heading("Recommendation")
     if result.recommended:
         w.wrap(f"Use {result.recommended}."
@@ -261,20 +274,8 @@ def init_summary(result: InitResult, report_path: Optional[str] = None, *,
             w.code(result.recommendation_code)
     else:
         w.wrap(result.recommendation_reason or "No scheme could be recommended.")
-
     if default is not None and default.findings:
-        w.heading("Findings for the model's own init")
-        for finding in default.findings:
-            head = finding_title(finding.kind)
-            if finding.layer:
-                head += f" at {one_line(finding.layer)}"
-            head += finding_numbers(finding)
-            w.wrap(head, indent="    ", first="  - ")
-            if finding.message:
-                w.wrap(finding.message, indent="    ")
-            advice = finding_advice(finding.kind)
-            if advice:
-                w.wrap("What to do: " + advice, indent="    ")
+        _default_findings(w, default.findings)
     _report_line(w, report_path)
     return w.text()
 
