@@ -18,7 +18,7 @@ import numpy as np
 from audit.probes.errors import UsageError
 from audit.probes.results.variance import DIRECTIONS, VARIANCE_SOURCES, CompareResult, Variant
 from audit.probes.variance import stats
-from audit.probes.variance.engine import (Progress, environment_of, execute, finite_values,
+from audit.probes.variance.engine import (Progress, Runner, environment_of, execute, finite_values,
                                           guess_direction, metric_names, to_record,
                                           validate_seeds)
 from audit.probes.variance.runner import PoolOptions, RunSpec
@@ -90,7 +90,8 @@ def _diverged(a_seeds: list, b_seeds: list) -> Optional[str]:
     return None
 
 
-def audit_compare(opts: CompareOptions, progress: Optional[Progress] = None) -> CompareResult:
+def audit_compare(opts: CompareOptions, progress: Optional[Progress] = None,
+                  runner: Optional[Runner] = None) -> CompareResult:
     """Train both variants on the same seeds and compare them."""
     _check(opts)
     started = time.monotonic()
@@ -99,7 +100,7 @@ def audit_compare(opts: CompareOptions, progress: Optional[Progress] = None) -> 
             for side, target in (("a", opts.baseline), ("b", opts.candidate))]
     pool = PoolOptions(opts.steps, opts.seed, opts.device, opts.input_shape, opts.num_classes,
                        opts.jobs, opts.cwd)
-    outs = execute(runs, pool, progress)
+    outs = execute(runs, pool, progress, runner)
     records = [to_record(o) for o in outs]
     names = metric_names(records)
     metric = opts.metric or next((n for n in names if n != "loss"), "loss")

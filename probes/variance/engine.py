@@ -76,9 +76,22 @@ def to_record(out: RunOutcome) -> RunRecord:
                      metrics=rep.get("metrics", {}), message=message, seconds=rep.get("seconds"))
 
 
-def execute(runs: list, pool_opts: PoolOptions, progress: Optional[Progress]) -> list:
-    """Run every spec; raise :class:`TargetError` if the target cannot be loaded."""
+def run_in_fresh_processes(runs: list, pool_opts: PoolOptions, on_done: Callable) -> list:
+    """The default runner: each run a fresh process, ``pool_opts.jobs`` at a time."""
     folder = tempfile.mkdtemp(prefix="audit-variance-")
+    try:
+        return Pool(pool_opts, folder).run(runs, on_done, stop=lambda o: o.status == "target_error")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+#: ``runner(runs, pool_opts, on_done) -> [RunOutcome]``; tests may run the worker in-process.
+Runner = Callable[[list, PoolOptions, Callable], list]
+
+
+def execute(runs: list, pool_opts: PoolOptions, progress: Optional[Progress],
+            runner: Optional[Runner] = None) -> list:
+    """Run every spec; raise :class:`TargetError` if the target cannot be loaded."""
     done = [0]
 
     def on_done(out: RunOutcome) -> None:
@@ -86,11 +99,7 @@ def execute(runs: list, pool_opts: PoolOptions, progress: Optional[Progress]) ->
         if progress:
             progress(done[0], len(runs), f"{out.spec.group} seed {out.spec.seed}: {out.status}")
 
-    try:
-        outs = Pool(pool_opts, folder).run(runs, on_done,
-                                           stop=lambda o: o.status == "target_error")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    outs = (runner or run_in_fresh_processes)(runs, pool_opts, on_done)
     failed = next((o for o in outs if o.status == "target_error"), None)
     if failed is not None:
         raise TargetError(failed.report.get("message", "the target could not be loaded"))
@@ -170,7 +179,8 @@ def environment_of(outs: list) -> tuple:
     return report.get("environment", {}), device
 
 
-def audit_variance(opts: VarianceOptions, progress: Optional[Progress] = None) -> VarianceResult:
+def audit_variance(opts: VarianceOptions, progress: Optional[Progress] = None,
+                   runner: Optional[Runner] = None) -> VarianceResult:
     """Train ``seeds`` runs per source and ``seeds`` with all varied; the statistics."""
     validate_seeds(opts.seeds, opts.steps, opts.jobs)
     unknown = [s for s in opts.sources if s not in VARIANCE_SOURCES]
@@ -183,7 +193,7 @@ def audit_variance(opts: VarianceOptions, progress: Optional[Progress] = None) -
             for g in groups for i in range(opts.seeds)]
     pool = PoolOptions(opts.steps, opts.seed, opts.device, opts.input_shape, opts.num_classes,
                        opts.jobs, opts.cwd)
-    outs = execute(runs, pool, progress)
+    outs = execute(runs, pool, progress, runner)
     records = [to_record(o) for o in outs]
     controlled, spread = _control(records, opts.seed)
     env, device = environment_of(outs)

@@ -52,6 +52,13 @@ class PoolOptions:
     cwd: Optional[str] = None
 
 
+def worker_spec(run: RunSpec, opts: PoolOptions, environment: bool = False) -> dict:
+    """What :mod:`audit.probes.variance.worker` reads (``out`` added by the caller)."""
+    return {"target": run.target, "seeds": run.seeds, "base_seed": opts.base_seed,
+            "steps": opts.steps, "device": opts.device, "input_shape": opts.input_shape,
+            "num_classes": opts.num_classes, "environment": environment}
+
+
 def child_environment(jobs: int) -> dict:
     env = dict(os.environ)
     env.setdefault("MPLBACKEND", "Agg")
@@ -69,10 +76,8 @@ class Pool:
 
     def _write_spec(self, index: int, run: RunSpec) -> str:
         base = os.path.join(self.folder, f"{index:04d}-{run.group}-{run.seed}")
-        spec = {"target": run.target, "seeds": run.seeds, "base_seed": self.opts.base_seed,
-                "steps": self.opts.steps, "device": self.opts.device,
-                "input_shape": self.opts.input_shape, "num_classes": self.opts.num_classes,
-                "out": base + ".out.json", "environment": index == 0}
+        spec = worker_spec(run, self.opts, index == 0)
+        spec["out"] = base + ".out.json"
         with open(base + ".json", "w", encoding="utf-8") as fh:
             json.dump(spec, fh)
         return base
