@@ -27,8 +27,9 @@ def in_process(runs, pool_opts, on_done):
     return outs
 
 
-def variance(name, seeds=3, steps=4, **kw):
-    opts = VarianceOptions(target=f"{TARGETS}:{name}", seeds=seeds, steps=steps, device="cpu", **kw)
+def variance(name, seeds=3, steps=4, device_override="cpu", **kw):
+    opts = VarianceOptions(target=f"{TARGETS}:{name}", seeds=seeds, steps=steps,
+                           device=device_override, **kw)
     return audit_variance(opts, runner=in_process)
 
 
@@ -135,3 +136,11 @@ def test_fresh_processes_in_parallel_with_progress_and_a_crash():
     init = result.metrics["loss"].sources["init"]
     assert init.seeds == [0] and init.excluded == 1
     assert result.environment.get("torch") and result.device == "cpu"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_dropout_on_cuda_follows_the_dropout_seed_alone():
+    spread = stds(variance("dropout_fixed", device_override="cuda"))
+    assert spread["init"] == spread["data"] == spread["augment"] == 0.0
+    assert spread["dropout"] > 0

@@ -125,6 +125,7 @@ def route_data(data: Any, data_seed: int, augment_seed: int) -> list:
 def fixed_routes() -> list:
     """The routing of the two sources that do not depend on the data."""
     return [Routing("init", "Python, NumPy and torch seeded with the init seed just before the "
-                            "target builds the model"),
+                            "target builds the model (everything the target draws while "
+                            "building follows it)"),
             Routing("dropout", "torch (CPU and CUDA), NumPy and Python global generators on "
                                "their own stream during forward, backward and the optimizer step")]
