@@ -18,12 +18,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TARGETS = os.path.join(HERE, "targets", "variance_targets.py")
 
 
-def in_process(runs, pool_opts, on_done):
+def in_process(runs, pool_opts, on_done, stop):
     outs = []
     for i, run in enumerate(runs):
         code, report = worker.run(worker_spec(run, pool_opts, i == 0))
         outs.append(RunOutcome(run, code, report))
         on_done(outs[-1])
+        if stop(outs[-1]):
+            break
     return outs
 
 
@@ -101,6 +103,12 @@ def test_a_crashed_run_is_reported_and_excluded():
     assert [(r.group, r.seed, r.status) for r in crashed] == [("b", 1, "crashed")]
     assert "planted crash" in crashed[0].message
     assert res.paired_seeds == [0, 2] and len(res.deltas) == 2
+
+
+def test_a_target_that_fails_to_build_for_one_seed_is_a_failed_run_not_an_error():
+    res = compare("full_batch", "full_batch,build_crash_seed=2", seeds=3, steps=1)
+    assert [(r.group, r.seed, r.status) for r in res.crashed] == [("b", 2, "target_error")]
+    assert "planted failure" in res.crashed[0].message and res.paired_seeds == [0, 1]
 
 
 def test_unknown_metric_and_bad_counts_are_usage_errors():

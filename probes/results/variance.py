@@ -21,7 +21,7 @@ ALL = "all"
 COMPARE_VERDICTS = ("better", "worse", "no_difference")
 DIRECTIONS = ("lower", "higher")
 #: Run statuses: ``ok`` counted; the others are reported and left out of the statistics.
-RUN_STATUSES = ("ok", "crashed", "killed", "nonfinite")
+RUN_STATUSES = ("ok", "crashed", "killed", "nonfinite", "target_error")
 
 
 @dataclass

@@ -76,33 +76,40 @@ def to_record(out: RunOutcome) -> RunRecord:
                      metrics=rep.get("metrics", {}), message=message, seconds=rep.get("seconds"))
 
 
-def run_in_fresh_processes(runs: list, pool_opts: PoolOptions, on_done: Callable) -> list:
+def run_in_fresh_processes(runs: list, pool_opts: PoolOptions, on_done: Callable,
+                           stop: Callable) -> list:
     """The default runner: each run a fresh process, ``pool_opts.jobs`` at a time."""
     folder = tempfile.mkdtemp(prefix="audit-variance-")
     try:
-        return Pool(pool_opts, folder).run(runs, on_done, stop=lambda o: o.status == "target_error")
+        return Pool(pool_opts, folder).run(runs, on_done, stop)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-#: ``runner(runs, pool_opts, on_done) -> [RunOutcome]``; tests may run the worker in-process.
-Runner = Callable[[list, PoolOptions, Callable], list]
+#: ``runner(runs, pool_opts, on_done, stop) -> [RunOutcome]``; tests may run the worker
+#: in-process.
+Runner = Callable[[list, PoolOptions, Callable, Callable], list]
 
 
 def execute(runs: list, pool_opts: PoolOptions, progress: Optional[Progress],
             runner: Optional[Runner] = None) -> list:
-    """Run every spec; raise :class:`TargetError` if the target cannot be loaded."""
-    done = [0]
+    """Run every spec. A target that cannot be loaded before any run has trained stops the
+    pool and raises :class:`TargetError`; one that fails for some seeds only is a failed run."""
+    done, ok = [0], [0]
 
     def on_done(out: RunOutcome) -> None:
         done[0] += 1
+        ok[0] += out.status == "ok"
         if progress:
             progress(done[0], len(runs), f"{out.spec.group} seed {out.spec.seed}: {out.status}")
 
-    outs = (runner or run_in_fresh_processes)(runs, pool_opts, on_done)
-    failed = next((o for o in outs if o.status == "target_error"), None)
-    if failed is not None:
-        raise TargetError(failed.report.get("message", "the target could not be loaded"))
+    def stop(out: RunOutcome) -> bool:
+        return out.status == "target_error" and not ok[0]
+
+    outs = (runner or run_in_fresh_processes)(runs, pool_opts, on_done, stop)
+    failed = [o for o in outs if o.status == "target_error"]
+    if failed and (len(outs) < len(runs) or len(failed) == len(outs)):
+        raise TargetError(failed[0].report.get("message", "the target could not be loaded"))
     return outs
 
 

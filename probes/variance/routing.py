@@ -112,7 +112,14 @@ def route_data(data: Any, data_seed: int, augment_seed: int) -> list:
         return [Routing("data", f"a fixed {type(data).__name__} of batches: the order is "
                                 "fixed, nothing to vary"),
                 Routing("augment", augment_main)]
-    routes = [_route_sampler(_sampler(data), data_seed)]
+    if isinstance(data.dataset, torch.utils.data.IterableDataset):
+        routes = [Routing("data", "an IterableDataset: its order is what the dataset yields",
+                          separable=False,
+                          note="any shuffling it does draws from the global generators while "
+                               "batches load (the augment stream) or from its own; data and "
+                               "augment cannot be told apart")]
+    else:
+        routes = [_route_sampler(_sampler(data), data_seed)]
     data.generator = torch.Generator().manual_seed(derived_seed(augment_seed, "augment"))
     how = augment_main
     if data.num_workers > 0:

@@ -1,7 +1,8 @@
 """Targets of known random structure for ``audit variance`` / ``audit compare``.
 
 * ``full_batch``: one fixed batch, no dropout, no augmentation: only ``init`` can vary it;
-  ``crash_seed`` makes training raise when the init seed is that value.
+  ``crash_seed`` makes training raise when the init seed is that value, ``build_crash_seed``
+  the target itself.
 * ``dropout_fixed``: dropout, but the target fixes its own init and the data: only
   ``dropout`` can vary it.
 * ``loader``: a shuffling DataLoader whose samples get random noise (augmentation), no
@@ -18,7 +19,9 @@ from torch.utils.data import DataLoader, Dataset
 from common import mlp, tiny_data
 
 
-def full_batch(crash_seed=None):
+def full_batch(crash_seed=None, build_crash_seed=None):
+    if build_crash_seed is not None and torch.initial_seed() == build_crash_seed:
+        raise RuntimeError("planted failure while building, for this init seed")
     model = mlp()
     batch = tiny_data(n_batches=1, batch=32)
     step = None
