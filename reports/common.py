@@ -345,10 +345,18 @@ def variance_headline(result) -> tuple[str, str]:
     """``(status, title)`` of a variance result: pass / fail (randomness no seed reaches) /
     error."""
     if result.error:
-        return "error", "Variance not measured"
+        return "error", "Runs crashed" if result.metrics else "Variance not measured"
     if result.controlled is False:
         return "fail", "Randomness no seed reaches"
     return "pass", "Seed variance measured"
+
+
+def compare_headline(result) -> tuple[str, str]:
+    """``(status, title)`` of a comparison: fail when the candidate is significantly worse."""
+    if result.error:
+        return "error", "Runs crashed" if len(result.deltas) >= 2 else "Comparison not made"
+    status = "fail" if result.verdict == "worse" else "pass"
+    return status, COMPARE_TITLES.get(result.verdict, result.verdict)
 
 
 def variance_sentence(result, metric: str) -> str:
@@ -375,7 +383,7 @@ def variance_sentence(result, metric: str) -> str:
 
 def compare_sentence(result) -> str:
     """The verdict and the recommendation of a comparison, in words."""
-    if result.error:
+    if result.error and len(result.deltas) < 2:
         return result.error
     n, metric = len(result.deltas), result.metric
     if not result.deltas:

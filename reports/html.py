@@ -20,8 +20,8 @@ from markupsafe import Markup, escape
 from audit.probes.results import STAGES, DeterminismResult, GateResult, InitResult
 from audit.probes.results.variance import CompareResult, VarianceResult
 from audit.reports.common import (
-    COMPARE_TITLES,
     SOURCE_MEANING,
+    compare_headline,
     compare_sentence,
     direction_words,
     variance_headline,
@@ -300,7 +300,7 @@ def variance_html(result: VarianceResult, *, charts: bool = True) -> str:
 def compare_html(result: CompareResult, *, charts: bool = True) -> str:
     """The compare report page: both variants per seed, the paired differences with the CI
     of their mean, and the verdict and recommendation in words."""
-    status = "error" if result.error else ("fail" if result.verdict == "worse" else "pass")
+    status, title = compare_headline(result)
     strip_svg = delta_svg = ""
     if charts:
         from audit.reports import charts as _charts
@@ -311,7 +311,7 @@ def compare_html(result: CompareResult, *, charts: bool = True) -> str:
         delta_svg = _charts.delta_chart(result.deltas, result.ci, result.metric)
     pairs = list(zip(result.paired_seeds, result.a.values, result.b.values, result.deltas))
     return render("compare.html", r=result, status=status,
-                  title=COMPARE_TITLES.get(result.verdict, result.verdict),
+                  title=title,
                   sentence=compare_sentence(result), strip_svg=Markup(strip_svg),
                   delta_svg=Markup(delta_svg), pairs=pairs, bad_runs=result.crashed,
                   environment_rows=_environment_rows(result.environment))

@@ -13,10 +13,10 @@ from typing import Optional
 
 from audit.probes.results import DeterminismResult, GateResult, InitResult
 from audit.reports.common import (
-    COMPARE_TITLES,
     RUN_STATUS_TITLES,
     STAGE_MEANING,
     determinism_headline,
+    compare_headline,
     compare_sentence,
     determinism_sentence,
     direction_words,
@@ -345,7 +345,8 @@ def _run_problems(w: _Writer, runs: list) -> None:
         return
     w.heading(f"{len(bad)} run{'s' if len(bad) != 1 else ''} left out of the statistics")
     for r in bad[:8]:
-        w.wrap(f"{r.group} seed {r.seed}: {r.status}: {one_line(r.message)}", indent="    ",
+        at = f" (at {one_line(r.where)})" if r.where else ""
+        w.wrap(f"{r.group} seed {r.seed}: {r.status}: {one_line(r.message)}{at}", indent="    ",
                first="  - ")
     if len(bad) > 8:
         w.add(f"  ... and {len(bad) - 8} more (see the JSON report)")
@@ -395,10 +396,13 @@ def compare_summary(result, report_path: Optional[str] = None, *, color: bool = 
     """Both variants, the paired difference with its CI and p-value, the probability of
     improvement, the effect in seed-std units and the recommendation."""
     w = _Writer(width, color)
-    status = "error" if result.error else ("fail" if result.verdict == "worse" else "pass")
-    _verdict(w, "compare", status, COMPARE_TITLES.get(result.verdict, result.verdict))
+    status, title = compare_headline(result)
+    _verdict(w, "compare", status, title)
     w.wrap(f"{result.metric} ({direction_words(result.direction)}), {len(result.deltas)} of "
            f"{result.seeds} seeds paired, {result.steps} steps, device {one_line(result.device)}")
+    if result.error:
+        w.heading("Error")
+        w.wrap(result.error)
     w.blank()
     w.fields([
         ("baseline (a)", f"{one_line(result.a.target)}: mean {fmt_loss(result.a.mean)}, "

@@ -101,14 +101,16 @@ def test_a_crashed_run_is_reported_and_excluded():
     res = compare("full_batch", "full_batch,crash_seed=1", seeds=3, steps=2, metric="loss")
     crashed = res.crashed
     assert [(r.group, r.seed, r.status) for r in crashed] == [("b", 1, "crashed")]
-    assert "planted crash" in crashed[0].message
+    assert "planted crash" in crashed[0].message and crashed[0].where.endswith("variance_targets.py:30")
     assert res.paired_seeds == [0, 2] and len(res.deltas) == 2
+    assert res.error.startswith("1 of 6 runs crashed")
 
 
 def test_a_target_that_fails_to_build_for_one_seed_is_a_failed_run_not_an_error():
     res = compare("full_batch", "full_batch,build_crash_seed=2", seeds=3, steps=1)
     assert [(r.group, r.seed, r.status) for r in res.crashed] == [("b", 2, "target_error")]
     assert "planted failure" in res.crashed[0].message and res.paired_seeds == [0, 1]
+    assert "crashed" in res.error
 
 
 def test_unknown_metric_and_bad_counts_are_usage_errors():

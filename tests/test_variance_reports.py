@@ -41,8 +41,10 @@ def variance_result() -> VarianceResult:
                  Routing("augment", "global generators while fetching"),
                  Routing("dropout", "global generators while training")],
         controlled=True, control_spread=0.0, dominant={"loss": "init"},
-        runs=[RunRecord("init", 3, "crashed", message="ValueError: <boom> (at train.py:3)")],
-        environment={"torch": "2.x"}, seconds=12.5)
+        runs=[RunRecord("init", 3, "crashed", message="ValueError: <boom>", where="train.py:3")],
+        environment={"torch": "2.x"}, seconds=12.5,
+        error="1 of 20 runs crashed and were left out of the statistics; first: init seed 3: "
+              "ValueError: <boom> (at train.py:3)")
 
 
 def compare_result(verdict="better") -> CompareResult:

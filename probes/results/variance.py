@@ -34,6 +34,7 @@ class RunRecord:
     metrics: dict = field(default_factory=dict)  # name -> float
     message: str = ""
     seconds: Optional[float] = None
+    where: Optional[str] = None  # "file.py:12" in the user's code, for a crash
 
 
 @dataclass

@@ -18,9 +18,9 @@ import numpy as np
 from audit.probes.errors import UsageError
 from audit.probes.results.variance import DIRECTIONS, VARIANCE_SOURCES, CompareResult, Variant
 from audit.probes.variance import stats
-from audit.probes.variance.engine import (Progress, Runner, environment_of, execute, finite_values,
-                                          guess_direction, metric_names, to_record,
-                                          validate_seeds)
+from audit.probes.variance.engine import (Progress, Runner, crash_error, environment_of, execute,
+                                          finite_values, guess_direction, metric_names,
+                                          to_record, validate_seeds)
 from audit.probes.variance.runner import PoolOptions, RunSpec
 
 
@@ -118,12 +118,14 @@ def audit_compare(opts: CompareOptions, progress: Optional[Progress] = None,
     result.a.target = opts.baseline or "audit.example:build (built-in)"
     result.b.target = opts.candidate or "audit.example:build (built-in)"
     result.environment, result.device = environment_of(outs)
+    problems = [crash_error(records)]
     if len(paired) < 2:
         forced = _diverged(a_seeds, b_seeds)
         if forced:
             result.verdict = forced
         else:
-            result.error = (f"only {len(paired)} seed(s) finished with a finite {metric} on both "
-                            "sides; at least 2 are needed")
+            problems.append(f"only {len(paired)} seed(s) finished with a finite {metric} on "
+                            "both sides; at least 2 are needed")
+    result.error = "; ".join(p for p in problems if p) or None
     result.seconds = round(time.monotonic() - started, 3)
     return result

@@ -67,13 +67,12 @@ def _seeds(base: int, group: str, seed: int) -> dict:
 def to_record(out: RunOutcome) -> RunRecord:
     rep = out.report
     message = rep.get("message", "")
-    if rep.get("where"):
-        message += f" (at {rep['where']})"
     if not rep:
         message = (f"the process ended with status {out.exit_code} and no report; output: "
                    f"{out.output_tail[-600:]}")
     return RunRecord(group=out.spec.group, seed=out.spec.seed, status=out.status,
-                     metrics=rep.get("metrics", {}), message=message, seconds=rep.get("seconds"))
+                     metrics=rep.get("metrics", {}), message=message, seconds=rep.get("seconds"),
+                     where=rep.get("where"))
 
 
 def run_in_fresh_processes(runs: list, pool_opts: PoolOptions, on_done: Callable,
@@ -216,10 +215,24 @@ def audit_variance(opts: VarianceOptions, progress: Optional[Progress] = None,
         ranked = [(st.std, g) for g, st in mv.sources.items() if g != ALL and st.std is not None]
         if ranked:
             result.dominant[name] = max(ranked)[1]
-    if not result.metrics:
-        result.error = _all_failed(records)
+    result.error = _all_failed(records) if not result.metrics else crash_error(records)
     result.seconds = round(time.monotonic() - started, 3)
     return result
+
+
+#: Run statuses that mean the target crashed (a non-finite metric is a result, not a crash).
+CRASHED = ("crashed", "killed", "target_error")
+
+
+def crash_error(records: list) -> Optional[str]:
+    """The error of a result whose runs crashed (they are left out of the statistics)."""
+    bad = [r for r in records if r.status in CRASHED]
+    if not bad:
+        return None
+    first = bad[0]
+    at = f" (at {first.where})" if first.where else ""
+    return (f"{len(bad)} of {len(records)} runs crashed and were left out of the statistics; "
+            f"first: {first.group} seed {first.seed}: {first.message}{at}")
 
 
 def _all_failed(records: list) -> str:
