@@ -11,15 +11,16 @@ import sys
 from typing import Optional
 
 from audit import __version__, registry
+from audit.config import parse_shape
 from audit.kinds.base import positive_arg
 from audit.probes.errors import ExitCode, UsageError
 
 
 def _int_list(text: str) -> list:
-    parts = text.replace("x", ",").split(",")
-    if not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+    shape = parse_shape(text)
+    if shape is None:
         raise argparse.ArgumentTypeError(f"{text!r}: give positive sizes like 3,32,32")
-    return [int(p) for p in parts]
+    return shape
 
 
 def _seed(text: str) -> int:

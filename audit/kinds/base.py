@@ -86,15 +86,20 @@ class AuditKind:
 # --------------------------------------------------------------------------- small shared helpers
 
 
-def positive_arg(text: str) -> int:
-    """An argparse type: an integer of 1 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be 1 or more")
-    return value
+def at_least(minimum: int, why: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer of ``minimum`` or more (``why`` says what for)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {minimum} or more{why}")
+        return value
+    return parse
+
+
+positive_arg = at_least(1)
 
 
 def plural(n: int, word: str) -> str:

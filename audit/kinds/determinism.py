@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from audit import config
-from audit.kinds.base import (AuditKind, Progress, Settings, failing_names, plural, positive_arg,
+from audit.kinds.base import (AuditKind, Progress, Settings, at_least, failing_names, plural,
+                              positive_arg,
                               rounded)
 from audit.probes.errors import UsageError
 from audit.probes.results import STAGES, Check, DeterminismResult
@@ -33,7 +34,7 @@ class DeterminismSettings(Settings):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_arg, default=None,
                    help="training steps per run (default 20)")
-    p.add_argument("--runs", type=positive_arg, default=None,
+    p.add_argument("--runs", type=at_least(2, ": a comparison needs two runs"), default=None,
                    help="fresh processes to compare (default 2)")
     p.add_argument("--jobs", type=positive_arg, default=None, help="runs at once (default 1)")
     p.add_argument("--no-attribution", dest="attribution", action="store_const", const=False,
