@@ -3,7 +3,8 @@ training runs by hand (each a fresh process that seeds, builds the target and tr
 
 ``audit variance`` with N seeds trains 5 x N runs (four sources and all together), so the plain
 side launches 5 x N runs too, ``--jobs`` at a time on both sides. Medians of ``--rounds``,
-the two sides interleaved in each round.
+the two sides interleaved in each round. Besides wall time it reports the CPU time of the
+child processes (user + system), which a shared, loaded machine disturbs far less.
 
     PYTHONPATH=. python benchmarks/bench_variance.py [--rounds 3] [--seeds 2] [--steps 10] [--jobs 1]
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -40,11 +42,22 @@ print(sum(losses[-max(1, steps // 4):]) / max(1, steps // 4))
 """
 
 
-def plain(runs: int, steps: int, jobs: int) -> float:
+def _child_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measured(fn, *args) -> tuple:
+    """``(wall seconds, child CPU seconds)`` of ``fn(*args)``."""
+    wall, cpu = time.perf_counter(), _child_cpu()
+    fn(*args)
+    return time.perf_counter() - wall, _child_cpu() - cpu
+
+
+def plain(runs: int, steps: int, jobs: int) -> None:
     from audit.probes.variance.runner import child_environment
 
     env = dict(child_environment(jobs), PYTHONPATH=ROOT)
-    start = time.perf_counter()
     pending, running = list(range(runs)), []
     while pending or running:
         while pending and len(running) < jobs:
@@ -56,16 +69,13 @@ def plain(runs: int, steps: int, jobs: int) -> float:
                 assert proc.returncode == 0
                 running.remove(proc)
         time.sleep(0.01)
-    return time.perf_counter() - start
 
 
-def audit(seeds: int, steps: int, jobs: int) -> float:
+def audit(seeds: int, steps: int, jobs: int) -> None:
     from audit.probes.variance.engine import VarianceOptions, audit_variance
 
-    start = time.perf_counter()
     result = audit_variance(VarianceOptions(seeds=seeds, steps=steps, jobs=jobs))
     assert result.error is None and not result.crashed, result.error
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -77,14 +87,17 @@ def main() -> None:
     args = ap.parse_args()
     runs = 5 * args.seeds
     p, a = [], []
-    for _ in range(args.rounds):
-        p.append(plain(runs, args.steps, args.jobs))
-        a.append(audit(args.seeds, args.steps, args.jobs))
-    mp, ma = statistics.median(p), statistics.median(a)
+    for i in range(args.rounds):
+        p.append(measured(plain, runs, args.steps, args.jobs))
+        a.append(measured(audit, args.seeds, args.steps, args.jobs))
+        print(f"round {i + 1}: plain {p[-1][0]:.1f} s wall {p[-1][1]:.1f} s CPU, "
+              f"audit {a[-1][0]:.1f} s wall {a[-1][1]:.1f} s CPU", flush=True)
     print(f"built-in example, audit variance --seeds {args.seeds} ({runs} runs) x {args.steps} "
           f"steps, --jobs {args.jobs}, vs {runs} plain fresh-process runs; medians of {args.rounds}")
-    print(f"{'plain runs s':>13} {'audit s':>9} {'ratio':>7}")
-    print(f"{mp:>13.1f} {ma:>9.1f} {ma / mp:>7.3f}")
+    print(f"{'':>5} {'plain runs s':>13} {'audit s':>9} {'ratio':>7}")
+    for k, what in enumerate(("wall", "CPU")):
+        mp, ma = statistics.median(x[k] for x in p), statistics.median(x[k] for x in a)
+        print(f"{what:>5} {mp:>13.1f} {ma:>9.1f} {ma / mp:>7.3f}")
 
 
 if __name__ == "__main__":
