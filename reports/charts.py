@@ -477,3 +477,68 @@ def loss_chart(schemes: Sequence[SchemeResult], recommended: Optional[str] = Non
         return fig
 
     return _render(build, "loss", "Training loss per step, per scheme")
+
+
+# --------------------------------------------------------------------------- variance, compare
+
+
+def _jitter(count: int) -> list:
+    """Fixed vertical offsets for ``count`` dots in one row (the same every time)."""
+    return [((i * 0.618034) % 1.0 - 0.5) * 0.36 for i in range(count)]
+
+
+def strip_chart(groups: Sequence[tuple], metric: str, name: str, title: str) -> str:
+    """One row per group (a source or a variant): its quartile box and median, and every seed
+    as a dot. ``groups`` is ``[(label, [values...]), ...]``, drawn top to bottom."""
+    rows = [(label, [v for v in (finite(x) for x in values) if v is not None])
+            for label, values in groups]
+    if not any(values for _, values in rows):
+        return ""
+
+    def build():
+        fig, (ax,) = _figure(height=0.55 * len(rows) + 1.0)
+        for i, (_, values) in enumerate(rows):
+            y = len(rows) - 1 - i
+            if len(values) > 1:
+                ax.boxplot([values], positions=[y], orientation="horizontal", widths=0.5,
+                           showfliers=False, whis=(0, 100), patch_artist=True,
+                           boxprops={"facecolor": "#eff6ff", "edgecolor": BLUE},
+                           medianprops={"color": BLUE, "linewidth": 1.6},
+                           whiskerprops={"color": MUTED}, capprops={"color": MUTED})
+            ax.scatter(values, [y + d for d in _jitter(len(values))], s=16, color=INK,
+                       zorder=5, linewidths=0)
+        ax.set_yticks(range(len(rows)), [label(l, 24) for l, _ in reversed(rows)])
+        ax.set_ylim(-0.6, len(rows) - 0.4)
+        ax.grid(axis="y", visible=False)
+        ax.set_xlabel(label(metric, 40) + " (each dot one seed)")
+        return fig
+
+    return _render(build, name, title)
+
+
+def delta_chart(deltas: Sequence[float], ci: Sequence, metric: str) -> str:
+    """The paired differences (candidate - baseline), each seed a dot, their mean and its
+    confidence interval as a bar, and zero marked: a bar clear of zero is a real change."""
+    values = [v for v in (finite(x) for x in deltas) if v is not None]
+    if not values:
+        return ""
+    lo, hi = finite(ci[0]) if ci else None, finite(ci[1]) if ci else None
+
+    def build():
+        fig, (ax,) = _figure(height=1.7)
+        ax.axvline(0.0, color=RED, linestyle="--", linewidth=1, zorder=1)
+        ax.scatter(values, [0.35 + d * 0.5 for d in _jitter(len(values))], s=16, color=INK,
+                   zorder=5, linewidths=0, label="one seed")
+        mean = sum(values) / len(values)
+        if lo is not None and hi is not None:
+            ax.plot([lo, hi], [-0.2, -0.2], color=BLUE, linewidth=5, solid_capstyle="butt",
+                    label="CI of the mean")
+        ax.plot([mean], [-0.2], marker="D", color=INK, markersize=6, linestyle="none",
+                label="mean", zorder=6)
+        ax.set_yticks([])
+        ax.set_ylim(-0.6, 0.75)
+        ax.set_xlabel(f"candidate - baseline, {label(metric, 40)}")
+        _legend(fig, ax)
+        return fig
+
+    return _render(build, "delta", "Paired differences and the CI of their mean")

@@ -323,3 +323,90 @@ def finding_numbers(finding) -> str:
     if finding.threshold is not None:
         numbers.append(f"threshold {fmt_num(finding.threshold)}")
     return f" ({', '.join(numbers)})" if numbers else ""
+
+
+# --------------------------------------------------------------------------- variance, compare
+
+SOURCE_MEANING = {
+    "init": "parameter initialization",
+    "data": "sampling order / shuffling",
+    "augment": "random transforms (main process and DataLoader workers)",
+    "dropout": "dropout and other randomness during training steps",
+    "all": "every source varied together",
+}
+COMPARE_TITLES = {"better": "Better", "worse": "Worse", "no_difference": "No detectable difference"}
+
+
+def direction_words(direction: str) -> str:
+    return "lower is better" if direction == "lower" else "higher is better"
+
+
+def variance_headline(result) -> tuple[str, str]:
+    """``(status, title)`` of a variance result: pass / fail (randomness no seed reaches) /
+    error."""
+    if result.error:
+        return "error", "Runs crashed" if result.metrics else "Variance not measured"
+    if result.controlled is False:
+        return "fail", "Randomness no seed reaches"
+    return "pass", "Seed variance measured"
+
+
+def compare_headline(result) -> tuple[str, str]:
+    """``(status, title)`` of a comparison: fail when the candidate is significantly worse."""
+    if result.error:
+        return "error", "Runs crashed" if len(result.deltas) >= 2 else "Comparison not made"
+    status = "fail" if result.verdict == "worse" else "pass"
+    return status, COMPARE_TITLES.get(result.verdict, result.verdict)
+
+
+def variance_sentence(result, metric: str) -> str:
+    """The recommendation in words for one metric: which source dominates and how large a
+    change must be to stand out of seed noise."""
+    mv = result.metrics.get(metric)
+    if mv is None or "all" not in mv.sources or mv.sources["all"].std is None:
+        return f"No run gave a value of {metric}."
+    total = mv.sources["all"].std
+    if total == 0:
+        return (f"{metric} came out identical on every seed: seed noise does not move it "
+                "(within these steps).")
+    top = result.dominant.get(metric)
+    text = ""
+    if top:
+        st = mv.sources[top]
+        text = (f"{top} moves {metric} most (std {fmt_num(st.std)}, "
+                f"{fmt_percent(st.share)} of the all-sources variance). ")
+    return text + (f"A single run's {metric} varies by {fmt_num(total)} (std) from seed to seed: "
+                   f"a tuning change smaller than about {fmt_num(2 * total)} cannot be told "
+                   "from seed noise by one run each; compare variants on paired seeds with "
+                   "`audit compare`.")
+
+
+def compare_sentence(result) -> str:
+    """The verdict and the recommendation of a comparison, in words."""
+    if result.error and len(result.deltas) < 2:
+        return result.error
+    n, metric = len(result.deltas), result.metric
+    if not result.deltas:
+        side = "candidate" if result.verdict == "worse" else "baseline"
+        return f"Every {side} run failed to give a finite {metric}; the other side did."
+    numbers = (f"mean change {fmt_num(result.mean_delta)} "
+               f"({int(result.confidence * 100)}% CI {fmt_num(result.ci[0])} to "
+               f"{fmt_num(result.ci[1])}), p = {fmt_num(result.p_value)}")
+    if result.verdict in ("better", "worse"):
+        return (f"The candidate is {result.verdict} than the baseline on {metric} beyond seed "
+                f"noise over {n} paired seeds: {numbers}; it wins "
+                f"{fmt_percent(result.prob_improvement)} of seed pairs, an effect of "
+                f"{fmt_num(abs(result.effect_size or 0))} seed std.")
+    if all(d == 0 for d in result.deltas):
+        return f"Both variants gave exactly the same {metric} on all {n} seeds."
+    text = f"No detectable difference on {metric} over {n} paired seeds: {numbers}. "
+    if result.min_seeds and n < result.min_seeds:
+        text += (f"With fewer than {result.min_seeds} seeds the test cannot reach "
+                 f"p < {fmt_num(result.alpha)} at all. ")
+    if result.seeds_needed is None:
+        return text + "The observed difference is too small to detect with any practical number of seeds."
+    if result.seeds_needed > n:
+        return text + (f"To detect a difference this size with 80% power, rerun with about "
+                       f"{result.seeds_needed} seeds.")
+    return text + (f"A difference this size should be detectable with {result.seeds_needed} "
+                   "seeds; this one did not reach significance, so treat it as noise.")

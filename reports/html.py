@@ -18,7 +18,14 @@ import jinja2
 from markupsafe import Markup, escape
 
 from audit.probes.results import STAGES, DeterminismResult, GateResult, InitResult
+from audit.probes.results.variance import CompareResult, VarianceResult
 from audit.reports.common import (
+    SOURCE_MEANING,
+    compare_headline,
+    compare_sentence,
+    direction_words,
+    variance_headline,
+    variance_sentence,
     RUN_STATUS_TITLES,
     STAGE_MEANING,
     STAGE_TITLES,
@@ -261,3 +268,58 @@ def index_html(gate: GateResult) -> str:
 
 def write_index(gate: GateResult, path: str) -> None:
     write_atomic(path, index_html(gate))
+
+
+# --------------------------------------------------------------------------- variance, compare
+
+
+def _variance_metric(result: VarianceResult, index: int, name: str, charts: bool) -> dict:
+    mv = result.metrics[name]
+    svg = ""
+    if charts:
+        from audit.reports import charts as _charts
+
+        svg = _charts.strip_chart([(s, st.values) for s, st in mv.sources.items()], name,
+                                  f"variance-{index}",
+                                  f"{name} per seed, per source")
+    return {"name": name, "direction": direction_words(mv.direction),
+            "sources": list(mv.sources.items()), "dominant": result.dominant.get(name),
+            "sentence": variance_sentence(result, name), "svg": Markup(svg)}
+
+
+def variance_html(result: VarianceResult, *, charts: bool = True) -> str:
+    """The variance report page: per metric a strip/box plot per source and the table."""
+    status, title = variance_headline(result)
+    return render("variance.html", r=result, status=status, title=title,
+                  metrics=[_variance_metric(result, i, n, charts)
+                           for i, n in enumerate(result.metrics)],
+                  bad_runs=result.crashed, SOURCE_MEANING=SOURCE_MEANING,
+                  environment_rows=_environment_rows(result.environment))
+
+
+def compare_html(result: CompareResult, *, charts: bool = True) -> str:
+    """The compare report page: both variants per seed, the paired differences with the CI
+    of their mean, and the verdict and recommendation in words."""
+    status, title = compare_headline(result)
+    strip_svg = delta_svg = ""
+    if charts:
+        from audit.reports import charts as _charts
+
+        strip_svg = _charts.strip_chart([("a: baseline", result.a.values),
+                                         ("b: candidate", result.b.values)], result.metric,
+                                        "variants", f"{result.metric} per seed, per variant")
+        delta_svg = _charts.delta_chart(result.deltas, result.ci, result.metric)
+    pairs = list(zip(result.paired_seeds, result.a.values, result.b.values, result.deltas))
+    return render("compare.html", r=result, status=status,
+                  title=title,
+                  sentence=compare_sentence(result), strip_svg=Markup(strip_svg),
+                  delta_svg=Markup(delta_svg), pairs=pairs, bad_runs=result.crashed,
+                  environment_rows=_environment_rows(result.environment))
+
+
+def write_variance(result: VarianceResult, path: str) -> None:
+    write_atomic(path, variance_html(result))
+
+
+def write_compare(result: CompareResult, path: str) -> None:
+    write_atomic(path, compare_html(result))

@@ -16,13 +16,17 @@ from audit.reports.common import (
     RUN_STATUS_TITLES,
     STAGE_MEANING,
     determinism_headline,
+    compare_headline,
+    compare_sentence,
     determinism_sentence,
+    direction_words,
     final_loss,
     finding_advice,
     finding_numbers,
     finding_title,
     fmt_loss,
     fmt_num,
+    fmt_percent,
     init_headline,
     one_line,
     ordered_schemes,
@@ -30,6 +34,8 @@ from audit.reports.common import (
     source_title,
     stage_title,
     strip_controls,
+    variance_headline,
+    variance_sentence,
 )
 
 DEFAULT_WIDTH = 88
@@ -328,4 +334,91 @@ def check_summary(gate: GateResult, *, color: bool = False, width: Optional[int]
         w.heading("Reports")
         for audit, name in gate.reports.items():
             w.add(f"  {one_line(audit)}: {one_line(name)}")
+    return w.text()
+
+
+# --------------------------------------------------------------------------- variance, compare
+
+
+def _run_problems(w: _Writer, runs: list) -> None:
+    bad = [r for r in runs if r.status != "ok"]
+    if not bad:
+        return
+    w.heading(f"{len(bad)} run{'s' if len(bad) != 1 else ''} left out of the statistics")
+    for r in bad[:8]:
+        at = f" (at {one_line(r.where)})" if r.where else ""
+        w.wrap(f"{r.group} seed {r.seed}: {r.status}: {one_line(r.message)}{at}", indent="    ",
+               first="  - ")
+    if len(bad) > 8:
+        w.add(f"  ... and {len(bad) - 8} more (see the JSON report)")
+
+
+def _source_table(w: _Writer, mv) -> None:
+    header = (f"  {'source':<8}  {'n':>3}  {'mean':>10}  {'std':>9}  {'95% CI of std':>21}  "
+              f"{'IQR':>9}  {'share':>6}")
+    w.add(w.s(header, "dim"))
+    for name, st in mv.sources.items():
+        ci = (f"[{fmt_num(st.std_ci[0])}, {fmt_num(st.std_ci[1])}]"
+              if st.std_ci and st.std_ci[0] is not None else "n/a")
+        w.add(f"  {name:<8}  {len(st.values):>3}  {fmt_loss(st.mean):>10}  {fmt_num(st.std):>9}  "
+              f"{ci:>21}  {fmt_num(st.iqr):>9}  {fmt_percent(st.share):>6}")
+
+
+def variance_summary(result, report_path: Optional[str] = None, *, color: bool = False,
+                     width: Optional[int] = None) -> str:
+    """Per metric a table of the sources (mean, std with its CI, IQR, share of the all-sources
+    variance) and the recommendation; how each seed is routed; runs left out."""
+    w = _Writer(width, color)
+    status, title = variance_headline(result)
+    _verdict(w, "variance", status, title)
+    w.wrap(f"{result.seeds} seeds per source, {result.steps} steps, seed {result.seed}, device "
+           f"{one_line(result.device)}, target {one_line(result.target)}")
+    if result.error:
+        w.heading("Error")
+        w.wrap(result.error)
+    for name, mv in result.metrics.items():
+        w.heading(f"{one_line(name)} ({direction_words(mv.direction)})")
+        _source_table(w, mv)
+        w.blank()
+        w.wrap(variance_sentence(result, name))
+    w.heading("How each seed is routed")
+    for r in result.routing:
+        mark = "" if r.separable else w.s(" (cannot be separated)", "red")
+        w.wrap(f"{r.source}: {one_line(r.how)}{mark}", indent="    ", first="  ")
+        if r.note:
+            w.wrap(r.note, indent="    ")
+    _run_problems(w, result.runs)
+    _report_line(w, report_path)
+    return w.text()
+
+
+def compare_summary(result, report_path: Optional[str] = None, *, color: bool = False,
+                    width: Optional[int] = None) -> str:
+    """Both variants, the paired difference with its CI and p-value, the probability of
+    improvement, the effect in seed-std units and the recommendation."""
+    w = _Writer(width, color)
+    status, title = compare_headline(result)
+    _verdict(w, "compare", status, title)
+    w.wrap(f"{result.metric} ({direction_words(result.direction)}), {len(result.deltas)} of "
+           f"{result.seeds} seeds paired, {result.steps} steps, device {one_line(result.device)}")
+    if result.error:
+        w.heading("Error")
+        w.wrap(result.error)
+    w.blank()
+    w.fields([
+        ("baseline (a)", f"{one_line(result.a.target)}: mean {fmt_loss(result.a.mean)}, "
+                         f"std {fmt_num(result.a.std)}"),
+        ("candidate (b)", f"{one_line(result.b.target)}: mean {fmt_loss(result.b.mean)}, "
+                          f"std {fmt_num(result.b.std)}"),
+        ("b - a", f"mean {fmt_num(result.mean_delta)}, {int(result.confidence * 100)}% CI "
+                  f"[{fmt_num(result.ci[0])}, {fmt_num(result.ci[1])}] (BCa bootstrap)"),
+        ("p-value", f"{fmt_num(result.p_value)} (paired sign-flip permutation test)"),
+        ("P(improvement)", fmt_percent(result.prob_improvement)),
+        ("effect", f"{fmt_num(result.effect_size)} seed std"),
+        ("seeds for 80%", "n/a" if result.seeds_needed is None else str(result.seeds_needed)),
+    ])
+    w.blank()
+    w.wrap(compare_sentence(result))
+    _run_problems(w, result.runs)
+    _report_line(w, report_path)
     return w.text()

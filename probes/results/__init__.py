@@ -87,6 +87,11 @@ def _build(cls, data: dict):
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+#: Public names of the two helpers, for the result modules of the other audits
+#: (``probes/results/<audit>.py``).
+plain, build = _plain, _build
+
+
 # --------------------------------------------------------------------------- determinism
 
 
