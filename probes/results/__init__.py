@@ -74,6 +74,16 @@ def _build(cls, data: dict):
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def plain(obj: Any) -> Any:
+    """A result dataclass as JSON-able data (for the result modules of other audits)."""
+    return _plain(obj)
+
+
+def build(cls, data: dict):
+    """A dataclass from a dict, unknown keys ignored (for the result modules of other audits)."""
+    return _build(cls, data)
+
+
 # --------------------------------------------------------------------------- determinism
 
 
