@@ -14,6 +14,8 @@ from audit.probes.training import LiveObjects, cycle_batches
 
 import pytest
 
+CPU = torch.device("cpu")
+
 
 @given(st.integers(1, 16))
 def test_default_plan_checkpoints_inside_an_epoch_and_crosses_the_next_boundary(length):
@@ -68,17 +70,20 @@ def _live(momentum=0.9):
 
 def test_state_differences_name_the_piece():
     a, b = _live(), _live()
-    same = state.state_record(a, [], 3)
-    assert state.differences(same, state.state_record(b, [], 3)) == []
+    same = state.state_record(a, [], 3, CPU)
+    assert state.differences(same, state.state_record(b, [], 3, CPU)) == []
     b.optimizer.state.clear()
     b.scheduler.last_epoch += 1
     with torch.no_grad():
         b.model[1].running_mean.add_(1)
-    diffs = state.differences(same, state.state_record(b, [], 3))
+    diffs = state.differences(same, state.state_record(b, [], 3, CPU))
     assert StateDifference("buffer", "1.running_mean", "1") in diffs
     assert StateDifference("optimizer state", "0.weight", "0") in diffs
     assert StateDifference("scheduler") in diffs
     assert not any(d.piece == "parameter" for d in diffs)
+    moot = state.moot(same, state.state_record(b, [], 3, CPU))
+    assert {"torch_rng", "numpy_python_rng", "grad_scaler"} <= moot
+    assert not moot & {"optimizer_state", "scheduler", "buffers"}
 
 
 def _loader():

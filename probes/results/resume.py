@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from audit.probes.results import Cause, Divergence, KnobTrial, RunInfo, build, plain
+from audit.probes.results import Cause, Divergence, KnobTrial, Renderable, RunInfo, build, plain
 
 RESUME_SCHEMA = "audit.resume/1"
 RESUME_VERDICTS = ("equivalent", "diverges", "nondeterministic")
@@ -48,7 +48,7 @@ class ResumeStep:
 
 
 @dataclass
-class ResumeResult:
+class ResumeResult(Renderable):
     verdict: str  # RESUME_VERDICTS
     steps: int
     at: int

@@ -82,8 +82,10 @@ def applicable(plan_record: dict) -> list:
     return out
 
 
-def plan(plan_record: dict, parting: Optional[Parting], state_diffs: list) -> list:
-    """The applicable knobs, those the divergence points at first."""
+def plan(plan_record: dict, parting: Optional[Parting], state_diffs: list,
+         moot: frozenset = frozenset()) -> list:
+    """The applicable knobs, those the divergence points at first; ``moot`` ones (their piece
+    already agrees right after the load) left out."""
     first = [_STATE_PIECE_KNOB[d.piece] for d in state_diffs if d.piece in _STATE_PIECE_KNOB]
     if parting is not None and parting.stage == "data":
         first += ["data_position", "worker_seeds"] if parting.data == "order" else ["worker_seeds", "data_position"]
@@ -91,7 +93,7 @@ def plan(plan_record: dict, parting: Optional[Parting], state_diffs: list) -> li
         streams = parting.streams or []
         torch_first = any(s.startswith("torch") for s in streams) or not streams
         first += ["torch_rng", "numpy_python_rng"] if torch_first else ["numpy_python_rng", "torch_rng"]
-    usable = applicable(plan_record)
+    usable = [k for k in applicable(plan_record) if k not in moot]
     ordered = [k for i, k in enumerate(first) if k in usable and k not in first[:i]]
     return ordered + [k for k in usable if k not in ordered]
 

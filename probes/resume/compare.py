@@ -47,6 +47,11 @@ def state_differences(a: list, c: list) -> list:
     return state.differences(left, right)
 
 
+def moot_knobs(a: list, c: list) -> frozenset:
+    """Knobs whose piece C's load already restored as A had it."""
+    return frozenset(state.moot(record(a, "state"), record(c, "state")))
+
+
 def divergence(diffs: list, parting: Optional[compare.Parting], at: int) -> Optional[ResumeDivergence]:
     """The first divergence: the state when it differs and the steps part too (a state
     difference nothing trains on is no divergence), else the steps' first parting."""

@@ -124,7 +124,7 @@ def _audit(runs: _Runs, say) -> ResumeResult:
                 "the state right after the load differs, but no step from K on trains on it "
                 "within these steps")
         return result
-    _judge(runs, result, a, diffs, parting, say)
+    _judge(runs, result, a, diffs, parting, say, compare.moot_knobs(a.records, c.records))
     return result
 
 
@@ -168,7 +168,8 @@ def _removed(a: Outcome, c: Outcome, at: int, steps: int) -> bool:
     return c.steps_done >= steps - at and compare.step_parting(a.records, c.records, at) is None
 
 
-def _judge(runs: _Runs, result: ResumeResult, a: Outcome, diffs: list, parting, say) -> None:
+def _judge(runs: _Runs, result: ResumeResult, a: Outcome, diffs: list, parting, say,
+           moot: frozenset) -> None:
     """Attribution, most likely piece first. A piece that makes a fresh resumed run match A
     bit for bit also shows A is reproducible; otherwise a second uninterrupted run decides
     whether the target is nondeterministic before any more pieces are tried."""
@@ -179,7 +180,7 @@ def _judge(runs: _Runs, result: ResumeResult, a: Outcome, diffs: list, parting, 
         result.detail["data_difference"] = parting.data
     if parting.streams:
         result.detail["rng_streams"] = parting.streams
-    knobs = attribute.plan(plan_record, parting, diffs) if runs.opts.attribute else []
+    knobs = attribute.plan(plan_record, parting, diffs, moot) if runs.opts.attribute else []
     trials = []
     if knobs:
         say(f"rerunning with {knobs[0]}")

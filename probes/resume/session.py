@@ -91,8 +91,10 @@ def default_load(path: str, objects: dict) -> None:
 class Session:
     """What one role does around the shared loop (see the module docstring)."""
 
-    def __init__(self, role: str, plan: Plan, setup: TrainingSetup, folder: str, knobs: list):
+    def __init__(self, role: str, plan: Plan, setup: TrainingSetup, folder: str, knobs: list,
+                 device=None):
         self.role, self.plan, self.setup, self.knobs = role, plan, setup, knobs
+        self.device = device if device is not None else torch.device("cpu")
         self.path = os.path.join(folder, "checkpoint.pt")
         self.tool_path = os.path.join(folder, "audit-pieces.pt")
         self.scalers = pieces.find_scalers(setup)
@@ -117,7 +119,7 @@ class Session:
             self._record = pieces.pass_record(snap)
             for knob in self.knobs:
                 pieces.restore(knob, snap, live, self.scalers)
-        writer.write(state_record(live, self.scalers, self.plan.at))
+        writer.write(state_record(live, self.scalers, self.plan.at, self.device))
 
     def open_pass(self, epoch: int) -> Iterator:
         data = self.setup.data
@@ -133,7 +135,7 @@ class Session:
         if done != self.plan.at or self.role == "c":
             return
         if self.role == "a":
-            writer.write(state_record(live, self.scalers, done))
+            writer.write(state_record(live, self.scalers, done, self.device))
             return
         torch.save(pieces.snapshot(live, self.scalers, self.recorder.record()), self.tool_path)
         save = self.setup.save or default_save
@@ -152,7 +154,8 @@ def open_session(spec: dict, setup: TrainingSetup, device, steps: Optional[int],
         raise TargetError(f"the target gives '{given}' but not its partner; give both 'save' "
                           "and 'load', or neither for the default checkpoint")
     plan = choose_plan(steps, spec.get("at"), data_length(setup.data))
-    session = Session(spec["role"], plan, setup, spec["folder"], pieces.known(spec.get("knobs", [])))
+    session = Session(spec["role"], plan, setup, spec["folder"], pieces.known(spec.get("knobs", [])),
+                      device)
     writer.write({
         "type": "plan", "steps": plan.steps, "at": plan.at, "epoch_length": plan.epoch_length,
         "auto": plan.auto, "skip": plan.skip, "checkpoint": "target" if setup.save else "default",

@@ -14,7 +14,7 @@ import torch
 
 from audit.probes import fingerprint as fp
 from audit.probes.results.resume import StateDifference
-from audit.probes.trace import combine
+from audit.probes.trace import combine, rng_fingerprints
 from audit.probes.training import LiveObjects
 
 
@@ -42,8 +42,10 @@ def _optimizer_parts(live: LiveObjects, params: list) -> list:
     return parts
 
 
-def state_record(live: LiveObjects, scalers: list, step: int) -> dict:
-    """The ``state`` trace record: the run's state before step ``step``."""
+def state_record(live: LiveObjects, scalers: list, step: int, device) -> dict:
+    """The ``state`` trace record: the run's state before step ``step`` (with the global RNG
+    states, which the ``state`` stage leaves to each step's ``rng`` stage but attribution
+    uses to skip pieces the checkpoint already restores)."""
     named = list(live.model.named_parameters())
     buffers = list(live.model.named_buffers())
     params = [p for _, p in named]
@@ -60,6 +62,7 @@ def state_record(live: LiveObjects, scalers: list, step: int) -> dict:
         "optim_groups": _digest(groups),
         "scheduler": _digest(live.scheduler.state_dict()) if live.scheduler is not None else None,
         "scalers": [_digest(s.state_dict()) for s in scalers],
+        "rng": rng_fingerprints(device),
     }
 
 
@@ -80,3 +83,28 @@ def differences(a: dict, b: dict) -> list:
         if a.get(key) != b.get(key):
             out.append(StateDifference(piece))
     return out
+
+
+#: Knob -> the ``state`` record keys whose agreement makes the knob moot.
+KNOB_KEYS = {
+    "torch_rng": ("rng.torch_cpu", "rng.torch_cuda"),
+    "numpy_python_rng": ("rng.numpy", "rng.python"),
+    "scheduler": ("scheduler",),
+    "optimizer_state": ("optim", "optim_groups"),
+    "grad_scaler": ("scalers",),
+    "buffers": ("buffers",),
+}
+
+
+def _get(rec: dict, key: str):
+    head, _, tail = key.partition(".")
+    value = rec.get(head)
+    return (value or {}).get(tail) if tail else value
+
+
+def moot(a: dict, b: dict) -> set:
+    """Knobs whose piece already agrees right after the load (restoring it changes nothing)."""
+    if not a or not b:
+        return set()
+    return {knob for knob, keys in KNOB_KEYS.items()
+            if all(_get(a, k) == _get(b, k) for k in keys)}
