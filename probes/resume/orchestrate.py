@@ -26,6 +26,7 @@ from audit.probes.results import Divergence, RunInfo
 from audit.probes.results.resume import ResumeResult
 from audit.probes.resume import attribute, compare
 from audit.probes.resume.session import choose_plan
+from audit.probes.target import parse_spec
 
 BUILTIN_LABEL = "audit.example:build (built-in)"
 
@@ -84,6 +85,10 @@ def check_options(opts: ResumeOptions) -> None:
             raise UsageError(f"{name} must be a positive number of steps, got {value}")
     if opts.steps is not None and opts.at is not None:
         choose_plan(opts.steps, opts.at, None)
+    if opts.target:
+        where = parse_spec(opts.target).where
+        if where.endswith(".py") and not os.path.isfile(os.path.join(opts.cwd or os.getcwd(), where)):
+            raise TargetError(f"target file {where!r} does not exist; check the path")
 
 
 def audit_resume(opts: ResumeOptions, progress: Optional[Callable[[str], None]] = None,
