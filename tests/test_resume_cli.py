@@ -1,11 +1,12 @@
 """``audit resume`` from the command line: exit codes, one-line errors, reports on disk,
-and ``[tool.audit.resume]`` settings."""
+``[tool.audit.resume]`` settings; a complete checkpoint passes, a load that raises is exit 2."""
 import json
 import os
 
 import pytest
 
 from audit.cli import main
+from audit.probes.results.resume import ResumeResult
 
 TARGETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "targets")
 
@@ -58,3 +59,11 @@ def test_complete_checkpoint_passes_and_reports(project, capsys):
     assert (project / "rep" / "resume.html").read_text().startswith("<!DOCTYPE html>")
     junit = (project / "rep" / "junit.xml").read_text()
     assert 'failures="0"' in junit and "resume reproduces the run" in junit
+    r = ResumeResult.from_dict(data)
+    assert (r.first_divergence, r.causes, r.state_differences) == (None, [], [])
+    assert r.checkpoint == "target" and r.passed
+    assert len(r.run_info) == 3  # a passing audit costs A, B and C only
+    after = [row for row in r.timeline if row.step >= r.at]
+    assert after[0].stages["state"] == "agree"
+    assert all(v == "agree" for row in after for v in row.stages.values())
+    assert all(row.loss_a == row.loss_c for row in after)

@@ -122,3 +122,15 @@ def test_knob_plan_follows_the_divergence():
                                   "scheduler", "optimizer_state"]
     assert plan(record, None, [StateDifference("scheduler")])[0] == "scheduler"
     assert applicable({"skip": 0, "loader": True})[:3] == ["torch_rng", "numpy_python_rng", "optimizer_state"]
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        return iter(torch.arange(10.0).reshape(5, 2))
+
+
+def test_an_iterable_dataset_is_passed_through_unrecorded():
+    stream = DataLoader(_Stream(), batch_size=2)
+    recorder = loader.PassRecorder(stream)
+    assert len(list(recorder.open_pass(0))) == 3 and recorder.record() is None
+    assert not loader.is_loader(stream)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 DATA_KNOBS = ("data_position", "worker_seeds")
 
@@ -33,7 +33,8 @@ class PassRecord:
 
 
 def is_loader(data: Any) -> bool:
-    return isinstance(data, DataLoader)
+    """A ``DataLoader`` over a map-style dataset (an iterable dataset has no order to keep)."""
+    return isinstance(data, DataLoader) and not isinstance(data.dataset, IterableDataset)
 
 
 def uses_workers(data: Any) -> bool:
