@@ -29,8 +29,9 @@ import torch
 from torch import nn
 
 from audit.probes import fingerprint as fp
-from audit.probes.training import (TrainingSetup, compute_loss, cycle_batches, make_scheduler,
-                                   optimizer_step, split_batch, tensors_in, to_device)
+from audit.probes.training import (LiveObjects, TrainingSetup, compute_loss, cycle_batches,
+                                   make_scheduler, optimizer_step, split_batch, tensors_in,
+                                   to_device)
 
 
 class TraceWriter:
@@ -264,11 +265,15 @@ def run_traced(
     detail: bool = False,
     lockstep=None,
     on_step: Optional[Callable[[int], None]] = None,
+    session=None,
 ) -> int:
     """Train ``steps`` optimizer steps and trace them; returns the number of steps completed.
 
     ``detail`` adds module-level fingerprints and the optimizer state (the localizing replay);
     ``lockstep`` (detail mode) exchanges full tensors with the partner run for magnitudes.
+    ``session`` (``audit resume``, :class:`probes.resume.session.Session`) starts the loop at
+    ``session.start``, may restore a checkpoint once the objects exist (``loaded``), opens
+    each pass over the data (``open_pass``) and sees every finished step (``stepped``).
     """
     model = setup.model.to(device)
     model.train()
@@ -281,11 +286,15 @@ def run_traced(
                   "modules": [n for n, _ in model.named_modules()],
                   "shapes": [list(p.shape) for p in params]})
     writer.write(init_record(params, names, lockstep))
+    live = LiveObjects(model, optimizer, scheduler, setup.data)
+    if session is not None:
+        session.loaded(live, writer)
 
     recorder = ModuleRecorder(model, keep_outputs=lockstep is not None) if detail else None
     done = 0
     try:
-        for step, batch in cycle_batches(setup.data, steps):
+        start, open_pass = (session.start, session.open_pass) if session is not None else (0, None)
+        for step, batch in cycle_batches(setup.data, steps, start, open_pass):
             started = time.perf_counter()
             batch = to_device(batch, device)
             inputs, targets = split_batch(batch)
@@ -320,6 +329,8 @@ def run_traced(
                     record["diffs"] = diffs
             writer.write(record)
             done = step + 1
+            if session is not None:
+                session.stepped(live, done, writer)
             if on_step is not None:
                 on_step(done)
     finally:

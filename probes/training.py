@@ -88,19 +88,57 @@ def compute_loss(setup: TrainingSetup, batch: Any) -> torch.Tensor:
     return setup.loss(setup.model(inputs), targets)
 
 
-def cycle_batches(data: Iterable, steps: int) -> Iterator[tuple[int, Any]]:
-    """Yield ``(step, batch)`` for ``steps`` steps, starting a new pass over ``data`` when it ends."""
-    step = 0
+def data_length(data: Iterable) -> Optional[int]:
+    """Batches in one pass over ``data`` (``len``), or None when it has no length."""
+    try:
+        length = len(data)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+    return length if length > 0 else None
+
+
+def cycle_batches(data: Iterable, steps: int, start: int = 0,
+                  open_pass: Optional[Callable[[int], Iterator]] = None) -> Iterator[tuple[int, Any]]:
+    """Yield ``(step, batch)`` for steps ``start`` .. ``steps - 1``, starting a new pass over
+    ``data`` when it ends (as epochs do).
+
+    A resumed run (``start`` > 0) picks up where step ``start`` left the data as far as the
+    tool can know: pass ``start // len(data)``, after skipping ``start % len(data)`` batches of
+    a fresh pass (without a length: ``start`` batches from the beginning). ``open_pass(epoch)``
+    opens a pass (default ``iter(data)``).
+    """
+    open_pass = open_pass or (lambda epoch: iter(data))
+    length = data_length(data) if start else None
+    epoch, skip = divmod(start, length) if length else (0, start)
+    step = start
     while step < steps:
         produced = False
-        for batch in data:
+        for batch in open_pass(epoch):
             produced = True
+            if skip:
+                skip -= 1
+                continue
             yield step, batch
             step += 1
             if step >= steps:
                 return
         if not produced:
             raise ValueError("the target's data yielded no batches")
+        epoch += 1
+
+
+@dataclass
+class LiveObjects:
+    """The live objects of a run, as a target's ``save``/``load`` receive them."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    data: Iterable
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler,
+                "data": self.data}
 
 
 def infer_input_shape(model: nn.Module) -> tuple:

@@ -13,7 +13,11 @@ import random
 import sys
 import traceback
 
+from audit.probes.errors import UsageError
+
 EXIT_OK, EXIT_TARGET, EXIT_CRASH = 0, 3, 4
+#: Synthetic batches for a bare module when the audit chooses the steps (``audit resume``).
+AUTO_BATCHES = 8
 
 
 def seed_everything(seed: int) -> None:
@@ -85,7 +89,7 @@ def run(spec: dict) -> int:
             device = resolve_device(spec.get("device", "auto"))
             setup = load_target(spec.get("target"), input_shape=spec.get("input_shape"),
                                 num_classes=spec.get("num_classes"), seed=spec["seed"],
-                                batches=spec["steps"])
+                                batches=spec["steps"] or AUTO_BATCHES)
         except (TargetError, RuntimeError) as exc:
             writer.write({"type": "end", "status": "target_error", "message": str(exc)})
             return EXIT_TARGET
@@ -97,11 +101,20 @@ def run(spec: dict) -> int:
             from audit.probes.determinism.lockstep import Lockstep
 
             lockstep = Lockstep(spec["lockstep"]["folder"], spec["lockstep"]["role"])
-        done = run_traced(setup, spec["steps"], device, writer, detail=spec.get("detail", False),
-                          lockstep=lockstep)
-        writer.write({"type": "end", "status": "ok" if done >= spec["steps"] else "ended_early",
+        steps, session = spec["steps"], None
+        if spec.get("resume"):
+            from audit.probes.resume.session import open_session
+
+            session = open_session(spec["resume"], setup, device, steps, writer)
+            steps = session.steps
+        done = run_traced(setup, steps, device, writer, detail=spec.get("detail", False),
+                          lockstep=lockstep, session=session)
+        writer.write({"type": "end", "status": "ok" if done >= steps else "ended_early",
                       "steps": done, "observed": knobs.observed()})
         return EXIT_OK
+    except UsageError as exc:  # e.g. a checkpoint the target's load cannot read
+        writer.write({"type": "end", "status": "target_error", "message": str(exc)})
+        return EXIT_TARGET
     except BaseException as exc:  # the user's training raised: keep what was measured
         if isinstance(exc, KeyboardInterrupt):
             raise

@@ -410,3 +410,79 @@ def compare_sentence(result) -> str:
                        f"{result.seeds_needed} seeds.")
     return text + (f"A difference this size should be detectable with {result.seeds_needed} "
                    "seeds; this one did not reach significance, so treat it as noise.")
+
+# --------------------------------------------------------------------------- resume
+
+RESUME_SOURCE_TITLES = {
+    "rng_state": "RNG state not restored",
+    "data_position": "The data loader restarts or replays its epoch",
+    "worker_rng": "DataLoader worker seeds drawn anew",
+    "scheduler": "LR scheduler not saved",
+    "optimizer_state": "Optimizer state not saved",
+    "grad_scaler": "Grad scaler not saved",
+    "buffers": "Module buffers not saved",
+    "unknown": "Unknown cause",
+}
+
+RESUME_STAGE_MEANING = {
+    "state": "the state right after the load (parameters, buffers, optimizer, scheduler, grad "
+             "scaler) differs from the uninterrupted run's after step K-1",
+    **{k: v for k, v in STAGE_MEANING.items() if k != "init"},
+}
+
+RESUME_STAGES_SHOWN = ("state", "data", "rng", "forward", "backward", "optimizer")
+
+
+def resume_notes(result) -> list:
+    """The result's notes (``detail``) as sentences."""
+    notes = []
+    for key, value in (result.detail or {}).items():
+        if key == "rng_streams":
+            notes.append("Generators that differ where the runs part: " + ", ".join(map(str, value)) + ".")
+        elif key == "data_difference":
+            notes.append("The batches differ in " + ("order: the same samples arrive in another order."
+                                                     if value == "order" else "content."))
+        else:
+            notes.append(one_line(value))
+    return notes
+
+
+def resume_source_title(source: str) -> str:
+    return RESUME_SOURCE_TITLES.get(source, source.replace("_", " "))
+
+
+def resume_headline(result) -> tuple[str, str]:
+    """``(status, title)`` of a resume result: ``pass``, ``fail`` or ``error``."""
+    if result.error:
+        return "error", "Incomplete: a run did not finish"
+    return {"equivalent": ("pass", "Resume reproduces the run"),
+            "diverges": ("fail", "The resumed run diverges"),
+            "nondeterministic": ("fail", "Not reproducible even without a restart")}.get(
+                result.verdict, ("fail", result.verdict))
+
+
+def resume_sentence(result) -> str:
+    """One sentence that says what happened."""
+    saved = "its own save/load" if result.checkpoint == "target" else \
+        "the default checkpoint (model and optimizer state dicts)"
+    if result.error:
+        return "The audit could not finish; what was measured is below."
+    if result.verdict == "equivalent":
+        return (f"Stopped after step {result.at - 1}, saved with {saved}, loaded in a fresh process "
+                f"and continued to step {result.steps - 1}, the run matches the uninterrupted "
+                "one bit for bit.")
+    if result.verdict == "nondeterministic":
+        return ("Two uninterrupted runs already differ, so the checkpoint cannot be judged; "
+                "run `audit determinism` first.")
+    div = result.first_divergence
+    where = "right after the load" if div.stage == "state" else \
+        f"at step {div.step}, in the {stage_title(div.stage)}"
+    text = f"Resumed at step {result.at} with {saved}, the run parts from the uninterrupted one {where}"
+    if div.tensor:
+        text += f" ({one_line(div.tensor)})"
+    text += "."
+    confirmed = [c for c in result.causes if c.confirmed]
+    if confirmed:
+        names = ", ".join(resume_source_title(c.source).lower() for c in confirmed)
+        text += f" Proven cause: {names}."
+    return text

@@ -19,6 +19,7 @@ from markupsafe import Markup, escape
 
 from audit.probes.results import STAGES, DeterminismResult, GateResult, InitResult
 from audit.probes.results.variance import CompareResult, VarianceResult
+from audit.probes.results.resume import ResumeResult
 from audit.reports.common import (
     SOURCE_MEANING,
     compare_headline,
@@ -42,6 +43,12 @@ from audit.reports.common import (
     init_headline,
     one_line,
     ordered_schemes,
+    RESUME_STAGE_MEANING,
+    RESUME_STAGES_SHOWN,
+    resume_headline,
+    resume_notes,
+    resume_sentence,
+    resume_source_title,
     source_title,
     strip_controls,
     timeline_rows,
@@ -119,6 +126,7 @@ def environment() -> jinja2.Environment:
             num=fmt_num, loss=fmt_loss, pct=fmt_percent, dotted=_dotted, secs=fmt_seconds, href=_href, oneline=one_line,
             source_title=source_title, finding_title=finding_title,
             finding_advice=finding_advice, env_value=_env_value,
+            resume_source_title=resume_source_title,
         )
         env.globals.update(STAGES=STAGES, STAGE_TITLES=STAGE_TITLES,
                            STAGE_MEANING=STAGE_MEANING, RUN_STATUS_TITLES=RUN_STATUS_TITLES)
@@ -247,6 +255,41 @@ def init_html(result: InitResult, *, charts: bool = True) -> str:
         environment_rows=_environment_rows(result.environment),
         threshold_rows=[(str(k), _env_value(v)) for k, v in (result.thresholds or {}).items()],
     )
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def _resume_timeline(result: ResumeResult) -> list[dict]:
+    """Rows of the A-vs-C timeline around K: a cell per stage (``before`` for steps the
+    resumed run did not make, ``na`` for ``state`` away from K), the first divergence marked."""
+    div = result.first_divergence
+    rows = []
+    for entry in result.timeline:
+        cells = []
+        for stage in RESUME_STAGES_SHOWN:
+            state = (entry.stages or {}).get(stage, "na")
+            first = div is not None and div.step == entry.step and div.stage == stage
+            cells.append({"stage": stage, "state": state, "first": first})
+        rows.append({"step": entry.step, "cells": cells, "loss_a": entry.loss_a,
+                     "loss_c": entry.loss_c, "resumed": entry.step == result.at})
+    return rows
+
+
+def resume_html(result: ResumeResult) -> str:
+    """The resume report page: verdict, timeline of A vs C around K, causes and fixes."""
+    status, title = resume_headline(result)
+    return render(
+        "resume.html", r=result, status=status, title=title, sentence=resume_sentence(result),
+        timeline=_resume_timeline(result), stages=RESUME_STAGES_SHOWN,
+        stage_meaning=RESUME_STAGE_MEANING,
+        environment_rows=_environment_rows(result.environment),
+        notes=resume_notes(result),
+    )
+
+
+def write_resume(result: ResumeResult, path: str) -> None:
+    write_atomic(path, resume_html(result))
 
 
 # --------------------------------------------------------------------------- the gate

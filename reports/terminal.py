@@ -12,6 +12,7 @@ import textwrap
 from typing import Optional
 
 from audit.probes.results import DeterminismResult, GateResult, InitResult
+from audit.probes.results.resume import ResumeResult
 from audit.reports.common import (
     RUN_STATUS_TITLES,
     STAGE_MEANING,
@@ -30,6 +31,11 @@ from audit.reports.common import (
     init_headline,
     one_line,
     ordered_schemes,
+    RESUME_STAGE_MEANING,
+    resume_headline,
+    resume_notes,
+    resume_sentence,
+    resume_source_title,
     shorten,
     source_title,
     stage_title,
@@ -284,6 +290,73 @@ def init_summary(result: InitResult, report_path: Optional[str] = None, *,
         _default_findings(w, default.findings)
     _report_line(w, report_path)
     return w.text()
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def resume_summary(result: ResumeResult, report_path: Optional[str] = None, *,
+                   color: bool = False, width: Optional[int] = None) -> str:
+    """Verdict; where the resumed run parts from the uninterrupted one; what differs right
+    after the load; the proven causes with their evidence and the fix as code."""
+    w = _Writer(width, color)
+    status, title = resume_headline(result)
+    _verdict(w, "resume", status, title)
+    w.wrap(resume_sentence(result))
+    facts = (f"{result.steps} steps, checkpoint after step {result.at - 1} (K={result.at}), "
+             f"seed {result.seed}, device {one_line(result.device)}")
+    if result.epoch_length:
+        facts += f", {result.epoch_length} batches per epoch"
+    if result.target:
+        facts += f", target {one_line(result.target)}"
+    w.wrap(facts)
+    if result.error:
+        w.heading("Error")
+        w.wrap(result.error)
+    div = result.first_divergence
+    if div is not None:
+        w.heading("Where the resumed run parts")
+        pairs = [("step", str(div.step)),
+                 ("stage", f"{div.stage} -- {RESUME_STAGE_MEANING.get(div.stage, div.stage)}")]
+        pairs += [(k, v) for k, v in (("module", div.module), ("tensor", div.tensor)) if v]
+        w.fields(pairs)
+    if result.uninterrupted is not None:
+        u = result.uninterrupted
+        w.heading("Uninterrupted runs differ")
+        w.wrap(f"at {'the start' if u.step is None else f'step {u.step}'}, stage {u.stage}"
+               + (f" ({u.tensor})" if u.tensor else ""))
+    if result.state_differences:
+        w.heading("Different right after the load")
+        for d in result.state_differences[:8]:
+            w.wrap(d.piece + (f" {one_line(d.name)}" if d.name else ""), indent="    ", first="  - ")
+        if len(result.state_differences) > 8:
+            w.wrap(f"... and {len(result.state_differences) - 8} more", indent="    ")
+    _resume_causes(w, result)
+    notes = resume_notes(result)
+    if notes:
+        w.heading("Notes")
+        for note in notes:
+            w.wrap(note, indent="    ", first="  - ")
+    _report_line(w, report_path)
+    return w.text()
+
+
+def _resume_causes(w: _Writer, result: ResumeResult) -> None:
+    if not result.causes:
+        return
+    w.heading("Why")
+    for n, cause in enumerate(result.causes, 1):
+        state = "confirmed" if cause.confirmed else "not confirmed"
+        w.add(f"  {n}. {w.s(resume_source_title(cause.source), 'bold')}  "
+              f"[{one_line(cause.source)}, {w.s(state, 'green' if cause.confirmed else 'yellow')}]")
+        if cause.evidence:
+            w.wrap(cause.evidence, indent="     ")
+        if cause.where:
+            w.wrap(f"at {cause.where}", indent="        ", first="     ")
+        if cause.fix:
+            w.add("     fix:")
+            w.code(cause.fix, indent="       ")
+        w.blank()
 
 
 # --------------------------------------------------------------------------- the gate

@@ -80,7 +80,9 @@ class Launcher:
         self.opts, self.folder = opts, folder
         self.count = 0
 
-    def spec(self, name: str, steps: int, knobs=(), detail=False, lockstep=None) -> dict:
+    def spec(self, name: str, steps: int, knobs=(), detail=False, lockstep=None,
+             extra: Optional[dict] = None) -> dict:
+        """A worker spec, written to the folder; ``extra`` adds keys (e.g. ``resume``)."""
         self.count += 1
         base = os.path.join(self.folder, f"{self.count:03d}-{name}")
         spec = {
@@ -89,6 +91,7 @@ class Launcher:
             "device": self.opts.device, "input_shape": self.opts.input_shape,
             "num_classes": self.opts.num_classes, "knobs": list(knobs), "detail": detail,
             "lockstep": lockstep, "script": self.opts.script, "log": base + ".log",
+            **(extra or {}),
         }
         with open(base + ".json", "w", encoding="utf-8") as fh:
             json.dump(spec, fh)

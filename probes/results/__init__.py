@@ -87,9 +87,14 @@ def _build(cls, data: dict):
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
-#: Public names of the two helpers, for the result modules of the other audits
-#: (``probes/results/<audit>.py``).
-plain, build = _plain, _build
+def plain(obj: Any) -> Any:
+    """A result dataclass as JSON-able data (for the result modules of other audits)."""
+    return _plain(obj)
+
+
+def build(cls, data: dict):
+    """A dataclass from a dict, unknown keys ignored (for the result modules of other audits)."""
+    return _build(cls, data)
 
 
 # --------------------------------------------------------------------------- determinism
