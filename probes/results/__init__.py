@@ -74,6 +74,11 @@ def _build(cls, data: dict):
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+#: Public names for the result modules of each audit (``probes/results/<audit>.py``).
+plain = _plain
+build = _build
+
+
 # --------------------------------------------------------------------------- determinism
 
 
