@@ -12,11 +12,16 @@ import textwrap
 from typing import Optional
 
 from audit.probes.results import DeterminismResult, GateResult, InitResult
+from audit.probes.results.diff import DiffResult, RecordResult
 from audit.reports.common import (
+    DIFF_STAGE_MEANING,
+    DRIFT_WORDS,
     RUN_STATUS_TITLES,
     STAGE_MEANING,
     determinism_headline,
     determinism_sentence,
+    diff_headline,
+    diff_sentence,
     final_loss,
     finding_advice,
     finding_numbers,
@@ -327,4 +332,101 @@ def check_summary(gate: GateResult, *, color: bool = False, width: Optional[int]
         w.heading("Reports")
         for audit, name in gate.reports.items():
             w.add(f"  {one_line(audit)}: {one_line(name)}")
+    return w.text()
+
+
+# --------------------------------------------------------------------------- diff
+
+
+def _side_line(label: str, side) -> str:
+    kind = {"reference": " (reference file)", "script": " (script mode)"}.get(side.mode, "")
+    return f"{label}: {one_line(side.target or 'audit.example:build (built-in)')}{kind}"
+
+
+def diff_summary(result: DiffResult, report_path: Optional[str] = None, *,
+                 color: bool = False, width: Optional[int] = None) -> str:
+    """Verdict; where the sides part (step, stage, module by side b's name with side a's,
+    tensor, max |diff|); how much (loss curves, drift); renamed and unmatched modules;
+    environment changes; the report path."""
+    w = _Writer(width, color)
+    status, title = diff_headline(result)
+    _verdict(w, "diff", status, title)
+    w.wrap(diff_sentence(result))
+    w.wrap(_side_line("a", result.a), indent="    ", first="  ")
+    w.wrap(_side_line("b", result.b), indent="    ", first="  ")
+    w.wrap(f"{result.steps} steps, seed {result.seed}, device {one_line(result.device)}")
+    if result.error:
+        w.heading("Error")
+        w.wrap(result.error)
+    d = result.first_difference
+    if d is not None:
+        w.heading("Where the sides part")
+        pairs = [("step", "before the first step" if d.step is None else str(d.step)),
+                 ("stage", f"{d.stage} -- {DIFF_STAGE_MEANING.get(d.stage, d.stage)}")]
+        if d.module is not None:
+            named = d.module or "(the model)"
+            pairs.append(("module", named + (f"  (a: {d.module_a})" if d.module_a not in (None, d.module) else "")))
+        if d.tensor:
+            pairs.append(("tensor", d.tensor + (f"  (a: {d.tensor_a})" if d.tensor_a not in (None, d.tensor) else "")))
+        pairs.append(("max |diff|", fmt_num(d.max_abs_diff)))
+        w.fields(pairs)
+    if result.loss.a or result.loss.b:
+        w.heading("How much")
+        pairs = [("loss a", _curve(result.loss.a)), ("loss b", _curve(result.loss.b)),
+                 ("max rel diff", fmt_num(result.loss.max_rel_diff)
+                  + (f" at step {result.loss.step_of_max}" if result.loss.step_of_max is not None else ""))]
+        if result.drift in DRIFT_WORDS:
+            pairs.append(("drift", f"{result.drift}: the difference {DRIFT_WORDS[result.drift]}"))
+        last = next((g for g in reversed(result.growth) if g.rel_l2 is not None), None)
+        if last is not None:
+            pairs.append(("parameters", f"relative L2 distance {fmt_num(last.rel_l2)} after step {last.step}"))
+        w.fields(pairs)
+    _diff_modules(w, result)
+    if result.environment_changes:
+        w.heading("Environment changes")
+        w.fields([(c.key, f"{one_line(c.a)} -> {one_line(c.b)}") for c in result.environment_changes])
+    _report_line(w, report_path)
+    return w.text()
+
+
+def _curve(values: list, limit: int = 6) -> str:
+    shown = [fmt_loss(v) for v in values[:limit]]
+    return ", ".join(shown) + (f", ... ({len(values)} steps)" if len(values) > limit else "")
+
+
+def _diff_modules(w: _Writer, result: DiffResult) -> None:
+    if result.renamed:
+        w.heading(f"Renamed modules ({len(result.renamed)})")
+        for r in result.renamed[:20]:
+            w.wrap(f"{r.source or '(root)'} -> {r.to or '(root)'}", indent="      ", first="  - ")
+        if len(result.renamed) > 20:
+            w.wrap(f"... and {len(result.renamed) - 20} more (diff.json lists them all)")
+    if result.replaced:
+        w.heading("Modules whose type changed")
+        for r in result.replaced:
+            w.wrap(f"{r.b}: {r.a_type} -> {r.b_type}" + (f" (a: {r.a})" if r.a != r.b else ""),
+                   indent="      ", first="  - ")
+    for side, names in (("a", result.unmatched.a), ("b", result.unmatched.b)):
+        if names:
+            w.heading(f"Only in side {side}")
+            w.wrap(", ".join(n or "(root)" for n in names))
+
+
+def record_summary(result: RecordResult, *, color: bool = False, width: Optional[int] = None) -> str:
+    """What ``audit record`` did: the file and its size, or why it refused."""
+    w = _Writer(width, color)
+    if result.verdict == "recorded":
+        _verdict(w, "record", "pass", "Recorded")
+        size = f" ({result.size_bytes / 1024:.1f} KiB)" if result.size_bytes is not None else ""
+        w.wrap(f"{result.steps} steps, seed {result.seed}, device {one_line(result.device)}, "
+               f"target {one_line(result.target)}: the two runs agree bit for bit.")
+        if result.path:
+            w.wrap(f"Reference: {strip_controls(result.path)}{size}; compare later with "
+                   f"'audit diff --against {strip_controls(result.path)}'.")
+        return w.text()
+    _verdict(w, "record", "fail", "Refused: the target disagrees with itself")
+    s = result.self_difference
+    where = "" if s is None else f" (first {'before the first step' if s.step is None else f'at step {s.step}'}, {s.stage})"
+    w.wrap(f"Two runs of {one_line(result.target)} differ{where}; a reference of it would not "
+           "be reproducible. Run 'audit determinism' on it first.")
     return w.text()
