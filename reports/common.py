@@ -383,7 +383,8 @@ def diff_sentence(result) -> str:
     text += "."
     if result.verdict == "nondeterministic" and result.self_difference is not None:
         s = result.self_difference
-        text += (f" But side {s.side} disagrees with its own rerun {step_label(s.step)} "
+        when = "before the first step" if s.step is None else f"at step {s.step}"
+        text += (f" But side {s.side} disagrees with its own rerun {when} "
                  f"({s.stage}), so the difference is not the change's alone: run "
                  "'audit determinism' on it first.")
     elif result.drift in DRIFT_WORDS:

@@ -1,15 +1,14 @@
 """Matching two versions' modules across renames and regrouping.
 
 Leaf modules are aligned in creation order (``named_modules`` order) by their signature: type
-and the shapes of their own parameters. Aligned runs of equal signatures pair up (a rename);
+and the shapes of their own parameters. The longest common subsequence pairs up (a rename);
 in a stretch that differs, modules pair up by position when the stretch has the same length
 on both sides and the parameter shapes agree (a type change: GELU for ReLU); the rest have no
 counterpart (a ``Flatten`` dropped for ``.flatten(1)``). A container pairs with the one on the
-other side that holds exactly its leaves' partners; the roots always pair.
+other side that holds exactly its paired leaves' partners; the roots always pair.
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -65,47 +64,66 @@ def _own_params(header: dict, module: str) -> list:
             if _owner(p) == module]
 
 
+def _common(sig_a: list, sig_b: list) -> list:
+    """The longest common subsequence of two signature lists, as index pairs in order
+    (dynamic programming: every aligned pair keeps creation order on both sides)."""
+    n, k = len(sig_a), len(sig_b)
+    length = [[0] * (k + 1) for _ in range(n + 1)]
+    for i in range(n - 1, -1, -1):
+        row, below = length[i], length[i + 1]
+        for j in range(k - 1, -1, -1):
+            row[j] = below[j + 1] + 1 if sig_a[i] == sig_b[j] else max(below[j], row[j + 1])
+    pairs, i, j = [], 0, 0
+    while i < n and j < k:
+        if sig_a[i] == sig_b[j]:
+            pairs.append((i, j))
+            i, j = i + 1, j + 1
+        elif length[i + 1][j] >= length[i][j + 1]:
+            i += 1
+        else:
+            j += 1
+    return pairs
+
+
+def _pair_stretch(xs: list, ys: list, m: Matching) -> None:
+    """Between two aligned pairs: same length, same parameter shapes -> a type change."""
+    same_length = len(xs) == len(ys)
+    for k in range(max(len(xs), len(ys))):
+        x = xs[k] if k < len(xs) else None
+        y = ys[k] if k < len(ys) else None
+        if same_length and x.shapes == y.shapes:
+            m.modules[x.name] = y.name
+            m.replaced.append((x.name, y.name, x.type, y.type))
+
+
 def _pair_leaves(la: list, lb: list, m: Matching) -> None:
-    sig_a = [(x.type, x.shapes) for x in la]
-    sig_b = [(x.type, x.shapes) for x in lb]
-    ops = difflib.SequenceMatcher(None, sig_a, sig_b, autojunk=False).get_opcodes()
-    for tag, i1, i2, j1, j2 in ops:
-        if tag == "equal":
-            for x, y in zip(la[i1:i2], lb[j1:j2]):
-                m.modules[x.name] = y.name
-            continue
-        same_length = tag == "replace" and i2 - i1 == j2 - j1
-        for k in range(max(i2 - i1, j2 - j1)):
-            x = la[i1 + k] if i1 + k < i2 else None
-            y = lb[j1 + k] if j1 + k < j2 else None
-            if same_length and x.shapes == y.shapes:
-                m.modules[x.name] = y.name
-                m.replaced.append((x.name, y.name, x.type, y.type))
-                continue
-            if x is not None:
-                m.unmatched_a.append(x.name)
-            if y is not None:
-                m.unmatched_b.append(y.name)
+    pairs = _common([(x.type, x.shapes) for x in la], [(y.type, y.shapes) for y in lb])
+    prev_i = prev_j = 0
+    for i, j in pairs + [(len(la), len(lb))]:
+        _pair_stretch(la[prev_i:i], lb[prev_j:j], m)
+        if i < len(la):
+            m.modules[la[i].name] = lb[j].name
+        prev_i, prev_j = i + 1, j + 1
 
 
 def _pair_containers(ia: list, ib: list, m: Matching) -> None:
     def leaves_under(infos: list, name: str) -> list:
         return [x.name for x in infos if x.leaf and (name == "" or x.name.startswith(name + "."))]
 
-    by_leaves: dict = {}  # leaf set -> b's containers holding exactly it, outermost first
+    paired = set(m.modules.values())
+    by_leaves: dict = {}  # paired leaf set -> b's containers holding exactly it, outermost first
     for y in ib:
         if not y.leaf:
-            by_leaves.setdefault(frozenset(leaves_under(ib, y.name)), []).append(y)
+            by_leaves.setdefault(frozenset(n for n in leaves_under(ib, y.name) if n in paired), []).append(y)
     for x in ia:
         if x.leaf:
             continue
-        under = leaves_under(ia, x.name)
+        under = frozenset(m.modules[n] for n in leaves_under(ia, x.name) if n in m.modules)
         if x.name == "" and any(y.name == "" for y in ib):
             m.modules[""] = ""
-        elif under and all(n in m.modules for n in under):
+        elif under:
             taken = set(m.modules.values())
-            free = [y for y in by_leaves.get(frozenset(m.modules[n] for n in under), [])
-                    if y.name not in taken]
+            free = [y for y in by_leaves.get(under, []) if y.name not in taken]
             # the one of the same type, else the innermost
             partner = next((y for y in free if y.type == x.type), free[-1] if free else None)
             if partner is not None:
