@@ -416,3 +416,25 @@ def diff_timeline_rows(result) -> list[dict]:
                      "first_col": first, "first": first is not None})
     rows.sort(key=lambda r: -1 if r["step"] is None else r["step"])
     return rows
+
+
+def record_headline(result) -> tuple[str, str]:
+    """``(status, title)`` of ``audit record``."""
+    if result.verdict == "recorded":
+        return "pass", "Recorded"
+    return "fail", "Refused: the target disagrees with itself"
+
+
+def record_sentence(result) -> str:
+    """One sentence: what was recorded where, or why nothing was."""
+    if result.verdict == "recorded":
+        size = f" ({result.size_bytes / 1024:.1f} KiB)" if result.size_bytes is not None else ""
+        where = f" to {one_line(result.path)}{size}" if result.path else ""
+        return (f"Two runs of {one_line(result.target)} ({result.steps} steps, seed {result.seed}, "
+                f"device {one_line(result.device)}) agree bit for bit; the reference was "
+                f"written{where}.")
+    s = result.self_difference
+    when = "" if s is None else (" before the first step" if s.step is None else f" at step {s.step}")
+    stage = "" if s is None else f" ({s.stage})"
+    return (f"Two runs of {one_line(result.target)} differ{when}{stage}, so a reference of it "
+            "would not be reproducible; nothing was written. Run 'audit determinism' on it first.")

@@ -18,7 +18,7 @@ import jinja2
 from markupsafe import Markup, escape
 
 from audit.probes.results import STAGES, DeterminismResult, GateResult, InitResult
-from audit.probes.results.diff import DiffResult
+from audit.probes.results.diff import DiffResult, RecordResult
 from audit.reports.common import (
     DIFF_STAGE_MEANING,
     DIFF_TIMELINE_STAGES,
@@ -42,6 +42,8 @@ from audit.reports.common import (
     init_headline,
     one_line,
     ordered_schemes,
+    record_headline,
+    record_sentence,
     source_title,
     strip_controls,
     timeline_rows,
@@ -311,5 +313,8 @@ def diff_html(result: DiffResult, *, charts: bool = True) -> str:
         STAGE_MEANING_DIFF=DIFF_STAGE_MEANING, DRIFT_WORDS=DRIFT_WORDS)
 
 
-def write_diff(result: DiffResult, path: str) -> None:
-    write_atomic(path, diff_html(result))
+def record_html(result: RecordResult) -> str:
+    """The ``audit record`` page: what was recorded, or why nothing was."""
+    status, title = record_headline(result)
+    return render("record.html", r=result, status=status, title=title,
+                  sentence=record_sentence(result))

@@ -31,6 +31,8 @@ from audit.reports.common import (
     init_headline,
     one_line,
     ordered_schemes,
+    record_headline,
+    record_sentence,
     shorten,
     source_title,
     stage_title,
@@ -412,21 +414,16 @@ def _diff_modules(w: _Writer, result: DiffResult) -> None:
             w.wrap(", ".join(n or "(root)" for n in names))
 
 
-def record_summary(result: RecordResult, *, color: bool = False, width: Optional[int] = None) -> str:
-    """What ``audit record`` did: the file and its size, or why it refused."""
+def record_summary(result: RecordResult, report_path: Optional[str] = None, *,
+                   color: bool = False, width: Optional[int] = None) -> str:
+    """What ``audit record`` did: the file and its size, or, in one line, why it refused."""
     w = _Writer(width, color)
-    if result.verdict == "recorded":
-        _verdict(w, "record", "pass", "Recorded")
-        size = f" ({result.size_bytes / 1024:.1f} KiB)" if result.size_bytes is not None else ""
-        w.wrap(f"{result.steps} steps, seed {result.seed}, device {one_line(result.device)}, "
-               f"target {one_line(result.target)}: the two runs agree bit for bit.")
-        if result.path:
-            w.wrap(f"Reference: {strip_controls(result.path)}{size}; compare later with "
-                   f"'audit diff --against {strip_controls(result.path)}'.")
+    status, title = record_headline(result)
+    if result.verdict != "recorded":
+        w.add(f"{w.s('audit record', 'bold')}  {w.s('FAIL', 'fail')}  " + record_sentence(result))
         return w.text()
-    _verdict(w, "record", "fail", "Refused: the target disagrees with itself")
-    s = result.self_difference
-    where = "" if s is None else f" (first {'before the first step' if s.step is None else f'at step {s.step}'}, {s.stage})"
-    w.wrap(f"Two runs of {one_line(result.target)} differ{where}; a reference of it would not "
-           "be reproducible. Run 'audit determinism' on it first.")
+    _verdict(w, "record", status, title)
+    w.wrap(record_sentence(result))
+    if result.path:
+        w.wrap(f"Compare later with: audit diff --against {strip_controls(result.path)}")
     return w.text()

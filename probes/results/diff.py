@@ -11,6 +11,7 @@ from typing import Optional
 from audit.probes.results import GrowthPoint, StepAgreement, build, plain
 
 DIFF_SCHEMA = "audit.diff/1"
+RECORD_SCHEMA = "audit.record/1"  # what `audit record` reports (not the reference file's)
 #: Stages of a diff, in the order one step flows: the determinism stages plus ``loss``.
 DIFF_STAGES = ("init", "data", "rng", "forward", "loss", "backward", "optimizer")
 VERDICTS = ("identical", "differs", "nondeterministic")
@@ -163,6 +164,18 @@ class RecordResult:
     size_bytes: Optional[int] = None
     path: Optional[str] = None
     seconds: Optional[float] = None
+    schema: str = RECORD_SCHEMA
+
+    def to_dict(self) -> dict:
+        data = plain(self)
+        return {"schema": data.pop("schema"), **data}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RecordResult":
+        data = dict(data)
+        sd = data.get("self_difference")
+        data["self_difference"] = build(SelfDifference, sd) if sd else None
+        return build(cls, data)
 
     @property
     def passed(self) -> bool:

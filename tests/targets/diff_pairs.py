@@ -46,13 +46,13 @@ class Net(nn.Module):
 class Renamed(nn.Module):
     """The same layers, created in the same order, renamed and regrouped."""
 
-    def __init__(self, p=0.2):
+    def __init__(self, assoc="left"):
         super().__init__()
         self.flat = nn.Flatten()
         self.embed = nn.Linear(8, 16)
         self.act = nn.ReLU()
-        self.blocks = nn.ModuleDict({"mix": Branches()})
-        self.dropout = nn.Dropout(p)
+        self.blocks = nn.ModuleDict({"mix": Branches(assoc)})
+        self.dropout = nn.Dropout(0.2)
         self.classifier = nn.Linear(16, 3)
 
     def forward(self, x):
@@ -93,7 +93,7 @@ def _data(shuffle_seed, clamp):
                       generator=torch.Generator().manual_seed(shuffle_seed))
 
 
-MODELS = {"rename": Renamed, "helper": Helper, "rename_dropout": lambda: Renamed(p=0.3)}
+MODELS = {"rename": Renamed, "helper": Helper, "rename_reassoc": lambda: Renamed(assoc="right")}
 
 
 def build(variant="base"):
