@@ -1,40 +1,35 @@
-"""The command line: ``audit determinism``, ``audit init``, ``audit check``.
+"""The command line: one command per audit kind (:mod:`audit.registry`) and ``audit check``.
 
-``main(argv) -> int`` never raises for bad input: it prints one line saying what is wrong and
-what to do, and returns 2 (with the traceback only under ``--debug``). Exit status 0 means the
-audit passed, 1 that it found a problem.
+``main(argv) -> int`` is the only place that turns exceptions into exit statuses: bad input is
+one line saying what is wrong and what to do, exit 2 (the traceback only under ``--debug``);
+0 means the audit passed, 1 that it found a problem.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Optional
 
-EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """Bad input: reported as one line, exit status 2."""
+from audit import __version__, registry
+from audit.config import parse_shape
+from audit.kinds.base import positive_arg
+from audit.probes.errors import ExitCode, UsageError
 
 
 def _int_list(text: str) -> list:
-    try:
-        values = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a list of integers like 3,32,32") from None
-    if not values or any(v <= 0 for v in values):
+    shape = parse_shape(text)
+    if shape is None:
         raise argparse.ArgumentTypeError(f"{text!r}: give positive sizes like 3,32,32")
-    return values
+    return shape
 
 
-def _positive(text: str) -> int:
+def _seed(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be 1 or more")
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a seed from 0 to 4294967295")
     return value
 
 
@@ -43,53 +38,42 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
+def _gate_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=None, help="report folder (default audit-report)")
+    p.add_argument("--junit-xml", default=None, metavar="PATH", help="also write JUnit XML here")
+    p.add_argument("--baseline", default=None, metavar="FILE",
+                   help="fail only on regressions against this baseline")
+    p.add_argument("--update-baseline", action="store_true", help="rewrite the baseline file")
+    p.add_argument("--exit-zero", action="store_true", help="exit 0 even when the audit fails")
+    p.add_argument("--config", default=None, metavar="PYPROJECT",
+                   help="read [tool.audit] from this file instead of the nearest pyproject.toml")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only the verdict line")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", nargs="?", default=None,
+                   help="path/to/file.py:NAME[,key=value...] or package.module:NAME "
+                        "(default: the built-in example)")
+    p.add_argument("--seed", type=_seed, default=None, help="seed for every run (default 0)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    p.add_argument("--input-shape", type=_int_list, default=None,
+                   help="per-sample input shape for a bare module, e.g. 3,224,224")
+    p.add_argument("--num-classes", type=positive_arg, default=None,
+                   help="classes of the synthetic targets for a bare module")
+    _gate_options(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="audit", description="Determinism and initialization audits for PyTorch training code.")
-    parser.add_argument("--version", action="version", version="audit 0.1.0")
+    parser = _Parser(prog="audit", description="Determinism and initialization audits for "
+                                               "PyTorch training code.")
+    parser.add_argument("--version", action="version", version=f"audit {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-
-    def common(p, steps_help):
-        p.add_argument("target", nargs="?", default=None,
-                       help="path/to/file.py:NAME or package.module:NAME (default: the built-in example)")
-        p.add_argument("--steps", type=_positive, default=None, help=steps_help)
-        p.add_argument("--seed", type=int, default=None, help="seed for every run (default 0)")
-        p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
-        p.add_argument("--out", default=None, help="report folder (default audit-report)")
-        p.add_argument("--input-shape", type=_int_list, default=None,
-                       help="per-sample input shape for a bare module, e.g. 3,224,224")
-        p.add_argument("--num-classes", type=_positive, default=None,
-                       help="classes of the synthetic targets for a bare module")
-        p.add_argument("--junit-xml", default=None, metavar="PATH", help="also write JUnit XML here")
-        p.add_argument("--baseline", default=None, metavar="FILE",
-                       help="fail only on regressions against this baseline")
-        p.add_argument("--update-baseline", action="store_true", help="rewrite the baseline file")
-        p.add_argument("--exit-zero", action="store_true", help="exit 0 even when the audit fails")
-        p.add_argument("--config", default=None, metavar="PYPROJECT",
-                       help="read [tool.audit] from this file instead of the nearest pyproject.toml")
-        p.add_argument("--debug", action="store_true", help="show tracebacks")
-        p.add_argument("--quiet", "-q", action="store_true", help="print only the verdict line")
-
-    det = sub.add_parser("determinism", help="do runs under matched seeds agree bit for bit?")
-    common(det, "training steps per run (default 20)")
-    det.add_argument("--runs", type=_positive, default=None, help="fresh processes to compare (default 2)")
-    det.add_argument("--jobs", type=_positive, default=None, help="runs at once (default 1)")
-    det.add_argument("--no-attribution", action="store_true", help="skip the knob reruns")
-
-    ini = sub.add_parser("init", help="per-layer health of the init schemes, and a recommendation")
-    common(ini, "optimizer steps per scheme (default 5)")
-    ini.add_argument("--schemes", default=None,
-                     help="comma-separated: default,kaiming_normal,kaiming_uniform,xavier_normal,"
-                          "xavier_uniform,orthogonal,lsuv,normal:STD (default: all but normal)")
-
-    chk = sub.add_parser("check", help="run every audit [tool.audit] enables; the CI gate")
-    chk.add_argument("--out", default=None)
-    chk.add_argument("--junit-xml", default=None, metavar="PATH")
-    chk.add_argument("--baseline", default=None, metavar="FILE")
-    chk.add_argument("--update-baseline", action="store_true")
-    chk.add_argument("--exit-zero", action="store_true")
-    chk.add_argument("--config", default=None, metavar="PYPROJECT")
-    chk.add_argument("--debug", action="store_true")
-    chk.add_argument("--quiet", "-q", action="store_true")
+    for kind in registry.KINDS:
+        p = sub.add_parser(kind.name, help=kind.help)
+        _common(p)
+        kind.add_arguments(p)
+    _gate_options(sub.add_parser("check", help="run every audit [tool.audit] enables; the CI gate"))
     return parser
 
 
@@ -100,52 +84,51 @@ def _split_script(argv: list) -> tuple[list, Optional[list]]:
     return argv, None
 
 
+def _parse(argv: list, script: Optional[list]) -> argparse.Namespace:
+    parser = build_parser()
+    if not argv:
+        parser.print_help()
+        raise UsageError("audit: name a command: " + ", ".join(registry.names()) + " or check")
+    args = parser.parse_args(argv)
+    if args.command is None:
+        raise UsageError("audit: name a command: " + ", ".join(registry.names())
+                         + " or check (see audit --help)")
+    if script is not None:
+        if args.command == "check" or not registry.get(args.command).script_mode:
+            modes = ", ".join(f"'audit {k.name}'" for k in registry.KINDS if k.script_mode)
+            raise UsageError(f"script mode ('-- python train.py ...') is for {modes} only")
+        if not script:
+            raise UsageError("nothing after '--': give the training command, e.g. -- python train.py")
+        if args.target:
+            raise UsageError("give either a TARGET or a script after '--', not both")
+    return args
+
+
 def main(argv: Optional[list] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, script = _split_script(argv)
     debug = "--debug" in argv
-    try:
-        parser = build_parser()
-        if not argv:
-            parser.print_help()
-            return EXIT_USAGE
-        args = parser.parse_args(argv)
-        if args.command is None:
-            raise UsageError("audit: name a command: determinism, init or check (see audit --help)")
-        if script is not None:
-            if args.command != "determinism":
-                raise UsageError("script mode ('-- python train.py ...') is for 'audit determinism' only")
-            if not script:
-                raise UsageError("nothing after '--': give the training command, e.g. -- python train.py")
-            if args.target:
-                raise UsageError("give either a TARGET or a script after '--', not both")
-        from audit import commands
+    from audit import commands
 
-        if args.command == "determinism":
-            return commands.determinism(args, script)
-        if args.command == "init":
-            return commands.init(args)
-        return commands.check(args)
+    try:
+        args = _parse(argv, script)
+        if args.command == "check":
+            return int(commands.check(args))
+        return int(commands.audit(registry.get(args.command), args, script))
     except UsageError as exc:
         print(str(exc), file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except KeyboardInterrupt:
         print("audit: interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
     except Exception as exc:  # a bug of ours, or the environment: still one line
         if debug:
             raise
-        print(f"audit: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-              file=sys.stderr)
-        return EXIT_USAGE
+        print(f"audit: internal error: {type(exc).__name__}: {exc} (run with --debug for the "
+              "traceback)", file=sys.stderr)
+        return ExitCode.USAGE
 
 
 def entry() -> None:
     """Console-script entry point."""
     sys.exit(main())
-
-
-if __name__ == "__main__":  # run the imported module, so its exception classes are the ones raised
-    from audit.cli import entry as _entry
-
-    _entry()

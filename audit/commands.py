@@ -1,108 +1,81 @@
-"""What each CLI command does once its arguments are parsed: settle the settings (flags over
-``[tool.audit]`` over defaults), run the audit, write every report, print the summary, and
-choose the exit status."""
+"""What each command does once its arguments are parsed: settle the settings, run through the
+gate, print the summary, and say which exit status the outcome deserves."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Optional
 
-from audit.cli import EXIT_FOUND, EXIT_OK, EXIT_USAGE, UsageError
+from audit import gate, settings
+from audit.kinds.base import AuditKind
+from audit.probes.errors import ExitCode, UsageError
+from audit.reports import terminal
 
-DEFAULTS = {
-    "common": {"target": None, "seed": 0, "device": "auto", "out": "audit-report"},
-    "determinism": {"runs": 2, "steps": 20, "jobs": 1, "attribution": True},
-    "init": {"steps": 5, "schemes": None, "thresholds": {}},
-}
-
-
-def settings(args, audit: str) -> dict:
-    """Defaults, then ``[tool.audit]`` (and its ``[tool.audit.<audit>]`` table), then flags."""
-    from audit import config
-
-    try:
-        cfg = config.load(getattr(args, "config", None))
-    except config.ConfigError as exc:
-        raise UsageError(str(exc)) from None
-    merged = {**DEFAULTS["common"], **DEFAULTS.get(audit, {})}
-    merged.update({k: v for k, v in cfg.common.items()})
-    merged.update(cfg.section(audit))
-    for key in ("target", "seed", "device", "out", "steps", "runs", "jobs", "schemes",
-                "input_shape", "num_classes"):
-        value = getattr(args, key, None)
-        if value is not None:
-            merged[key] = value
-    if getattr(args, "no_attribution", False):
-        merged["attribution"] = False
-    merged["config_path"] = cfg.path
-    return merged
+#: argparse names that are gate options or CLI switches, not settings.
+_NOT_SETTINGS = {"command", "config", "debug", "quiet", "junit_xml", "baseline",
+                 "update_baseline", "exit_zero"}
 
 
-def _run(args, audit: str, s: dict):
-    from audit import gate
-
-    if args.baseline and not args.update_baseline:
-        gate.read_baseline(args.baseline)  # a missing baseline is a usage error before any run
-    progress = gate._progress(args.quiet)
-    try:
-        return gate.run_audit(audit, s, progress=progress)
-    finally:
-        if progress is not None:
-            progress.close()
+def _flags(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
 
 
-def determinism(args, script: Optional[list]) -> int:
-    from audit.reports import terminal
+def _options(args: argparse.Namespace) -> gate.GateOptions:
+    return gate.GateOptions(junit_xml=args.junit_xml, baseline=args.baseline,
+                            update_baseline=args.update_baseline, quiet=args.quiet)
 
-    s = settings(args, "determinism")
+
+def _status(failed: bool, error: bool, exit_zero: bool) -> ExitCode:
+    if exit_zero:
+        return ExitCode.OK
+    if error:
+        return ExitCode.USAGE
+    return ExitCode.FOUND if failed else ExitCode.OK
+
+
+def audit(kind: AuditKind, args: argparse.Namespace, script: Optional[list]) -> ExitCode:
+    """``audit <kind> ...``: run one audit as a gate and print its summary."""
+    s = settings.resolve(kind, settings.load_config(args.config), _flags(args))
     if script is not None:
         from audit.probes.script_runner import validate
 
         validate(script, os.getcwd())  # a bad command is one line before any run starts
-        s["target"] = None
-    s["script"] = script
-    result = _run(args, "determinism", s)
-    return _finish(args, s, "determinism", result, terminal.determinism_summary)
-
-
-def init(args) -> int:
-    from audit.reports import terminal
-
-    s = settings(args, "init")
-    result = _run(args, "init", s)
-    return _finish(args, s, "init", result, terminal.init_summary)
-
-
-def _finish(args, s: dict, audit: str, result, summary) -> int:
-    """Write every report, print the summary, and choose the exit status from the same checks
-    the gate, the JUnit file and the pytest fixtures use."""
-    from audit import gate
-
-    regressions = None
-    if args.baseline or args.update_baseline:
-        regressions = gate.apply_baseline(audit, result, args.baseline, args.update_baseline,
-                                          s.get("tolerances"))
-    paths = gate.write_reports(s["out"], audit, result, junit_path=args.junit_xml)
-    report = paths.get("html")
+        s = s.replace(target=None, script=script)
+    outcome = gate.audit_one(kind, s, _options(args))
+    report = outcome.paths.get("html")
+    for note in (outcome.state.notes if outcome.state else []):
+        print(note, file=sys.stderr)
     if args.quiet:
-        print(gate.verdict_line(audit, result, report))
+        print(gate.verdict_line(kind, outcome.result, report, outcome.state))
     else:
-        print(summary(result, report).rstrip("\n"))
-    if regressions:
-        print("Regressions against the baseline:\n" + "\n".join(f"  - {r}" for r in regressions))
-    if result.error:
-        print(f"audit {audit}: {result.error}", file=sys.stderr)
-        return EXIT_OK if args.exit_zero else EXIT_USAGE
-    if regressions is not None:
-        failed = bool(regressions)
+        print(kind.summary(outcome.result, report).rstrip("\n"))
+    if outcome.state is not None and outcome.state.regressions:
+        print("Regressions against the baseline:\n"
+              + "\n".join(f"  - {r}" for r in outcome.state.texts))
+    if outcome.error:
+        print(f"audit {kind.name}: {outcome.error}", file=sys.stderr)
+    return _status(outcome.failed, bool(outcome.error), args.exit_zero)
+
+
+def check(args: argparse.Namespace) -> ExitCode:
+    """``audit check``: every audit ``[tool.audit]`` enables, with its settings."""
+    cfg = settings.load_config(args.config)
+    kinds = gate.enabled_kinds(cfg.audits)
+    all_settings = {k.name: settings.resolve(k, cfg, _flags(args)) for k in kinds}
+    if not kinds:
+        raise UsageError("audit check: no audit is enabled; list some in [tool.audit] audits")
+    out = all_settings[kinds[0].name].out
+    outcome = gate.check_all(kinds, all_settings, out, _options(args), args.baseline or cfg.baseline)
+    for note in outcome.notes:
+        print(note, file=sys.stderr)
+    if args.quiet:
+        print(gate.gate_verdict_line(outcome.gate, outcome.index))
     else:
-        failed = any(not c.passed and not c.skipped for c in gate.checks_for(audit, result))
-    if args.exit_zero:
-        return EXIT_OK
-    return EXIT_FOUND if failed else EXIT_OK
-
-
-def check(args) -> int:
-    from audit import gate
-
-    return gate.check(args)
+        print(terminal.check_summary(outcome.gate), end="")
+        print(f"\nReport: {outcome.index}")
+        if outcome.baseline_written:
+            print(f"Baseline written: {outcome.baseline_written}")
+    for line in outcome.errors:
+        print(line, file=sys.stderr)
+    return _status(not outcome.gate.passed, bool(outcome.errors), args.exit_zero)

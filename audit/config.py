@@ -1,41 +1,12 @@
 """``[tool.audit]``: the settings a project keeps next to its code.
 
 :func:`load` reads the ``[tool.audit]`` table of the nearest ``pyproject.toml`` (the first one
-found walking up from the working folder; the walk stops there even if that file has no
-``[tool.audit]`` table, so a parent project's settings never leak in), or of the file
-``--config`` names. Every key is checked: an unknown key or a value of the wrong type raises
-:class:`ConfigError` with one line naming the file, the table, the key and what is expected::
-
-    pyproject.toml: [tool.audit.init] steps must be a positive integer, got 'ten' (a string)
-
-The reference, every key with its type and default (``audit check`` runs the audits named in
-``audits``; flags on the command line win over the file)::
-
-    [tool.audit]
-    target = "train.py:build"        # file.py:NAME (relative to this file's folder) or pkg.mod:NAME
-    seed = 0                         # 0 <= seed < 2**32
-    device = "auto"                  # auto | cpu | cuda | cuda:N
-    out = "audit-report"             # report folder (relative to this file's folder)
-    audits = ["determinism", "init"] # what `audit check` runs (list or "a,b"); default both
-    baseline = "audit-baseline.json" # `audit check` compares with it (relative to this file's folder)
-    input_shape = [3, 32, 32]        # per-sample input shape for a target that returns a bare module
-    num_classes = 10                 # classes of the synthetic targets for a bare module
-
-    [tool.audit.determinism]
-    runs = 2                         # fresh processes to compare, 2 or more
-    steps = 20                       # training steps per run
-    jobs = 1                         # runs at once
-    attribution = true               # knob reruns that prove the cause
-    tolerances = { max_abs_diff = 10.0 }   # baseline: growth factor of the divergence allowed
-
-    [tool.audit.init]
-    steps = 5                        # optimizer steps per scheme
-    schemes = ["default", "kaiming_normal"]   # or "default,kaiming_normal"; default: all built-in
-    thresholds = { saturation_margin = 0.01 } # keys of probes.diagnose.DEFAULT_THRESHOLDS
-    tolerances = { grad_norm = 1.0, act_std = 0.5, dead_fraction = 0.1, saturated_fraction = 0.1 }
-
-This module imports neither torch nor the measuring code at load time; the threshold keys are
-looked up (lazily) only when a ``thresholds`` table is present.
+found walking up from the working folder; the walk stops there, so a parent project's settings
+never leak in), or of the file ``--config`` names. Every key is checked: an unknown key or a
+value of the wrong type raises :class:`ConfigError` with one line naming the file, the table,
+the key and what is expected. The common keys are checked here; each ``[tool.audit.<audit>]``
+table by its audit kind (``tables``: audit name -> checker). The reference of every key is in
+the README ("Configuration").
 """
 from __future__ import annotations
 
@@ -45,35 +16,17 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from audit.probes.errors import ConfigError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 FILENAME = "pyproject.toml"
-AUDITS = ("determinism", "init")
 
-#: Baseline tolerances, per audit and metric, and what each means (README reference).
-DEFAULT_TOLERANCES = {
-    "determinism": {
-        # The first divergence's max |diff| may grow by this factor over the baseline's.
-        "max_abs_diff": 10.0,
-    },
-    "init": {
-        # Decades (log10) a layer's gradient norm may move further away from the median layer's.
-        "grad_norm": 1.0,
-        # Decades a layer's activation std may move further away from 1.
-        "act_std": 0.5,
-        # Absolute increase allowed in a layer's share of dead ReLU units.
-        "dead_fraction": 0.1,
-        # Absolute increase allowed in a layer's share of saturated tanh/sigmoid units.
-        "saturated_fraction": 0.1,
-    },
-}
-
-
-class ConfigError(Exception):
-    """A bad ``[tool.audit]`` table: one line naming the file, the key and what is expected."""
+#: A ``[tool.audit.<audit>]`` checker: (Checker, table) -> the checked settings.
+TableChecker = Callable[["Checker", dict], dict]
 
 
 @dataclass
@@ -82,8 +35,8 @@ class Config:
 
     path: Optional[str] = None  # the pyproject.toml read; None when there is none / no table
     common: dict = field(default_factory=dict)  # target, seed, device, out, input_shape, num_classes
-    sections: dict = field(default_factory=dict)  # "determinism" / "init" -> dict
-    audits: list = field(default_factory=lambda: list(AUDITS))  # what `audit check` runs
+    sections: dict = field(default_factory=dict)  # audit name -> checked dict
+    audits: list = field(default_factory=list)  # what `audit check` runs (empty: every audit)
     baseline: Optional[str] = None  # baseline file for `audit check`
 
     @property
@@ -93,8 +46,6 @@ class Config:
 
     def section(self, audit: str) -> dict:
         """The options of ``[tool.audit.<audit>]`` that the file sets (a copy)."""
-        if audit not in AUDITS:
-            raise ValueError(f"unknown audit {audit!r}; expected one of {', '.join(AUDITS)}")
         return dict(self.sections.get(audit, {}))
 
     def tolerances(self, audit: str) -> dict:
@@ -153,7 +104,7 @@ def _display_path(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
-class _Checker:
+class Checker:
     """Builds the one-line errors for one file."""
 
     def __init__(self, path: str):
@@ -174,41 +125,27 @@ class _Checker:
 # --------------------------------------------------------------------------- value checks
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return (isinstance(value, (int, float)) and not isinstance(value, bool)
             and math.isfinite(float(value)))
 
 
-def _positive_int(minimum: int = 1) -> tuple[Callable, str]:
+def positive_int(minimum: int = 1) -> tuple[Callable, str]:
     text = "a positive integer" if minimum == 1 else f"an integer of {minimum} or more"
-    return (lambda v: _is_int(v) and v >= minimum), text
+    return (lambda v: is_int(v) and v >= minimum), text
 
 
-def _string_list(value: Any) -> Optional[list]:
+def string_list(value: Any) -> Optional[list]:
     """A TOML array of strings or a comma-separated string, as a list; None if neither."""
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return [v.strip() for v in value]
     return None
-
-
-def _scheme_problem(name: str) -> Optional[str]:
-    from audit.probes.results import BUILTIN_SCHEMES
-
-    if name in BUILTIN_SCHEMES:
-        return None
-    if name.startswith("normal:"):
-        try:
-            std = float(name.split(":", 1)[1])
-        except ValueError:
-            std = float("nan")
-        return None if math.isfinite(std) and std > 0 else "normal:STD needs a positive STD"
-    return "unknown scheme"
 
 
 def _is_target_spec(value: str) -> bool:
@@ -235,162 +172,99 @@ def _resolve_path(root: str, path: str) -> str:
 
 # --------------------------------------------------------------------------- the tables
 
-_SCHEMES_EXPECTED = ("an array of scheme names or a comma-separated string of them "
-                     "(default, kaiming_normal, kaiming_uniform, xavier_normal, xavier_uniform, "
-                     "orthogonal, lsuv, normal:STD)")
+def parse_shape(value: Any) -> Optional[list]:
+    """A per-sample shape from ``[3, 32, 32]``, ``"3,32,32"`` or ``"3x32x32"``; None if it is
+    not one (every part a positive integer, no empty part)."""
+    if isinstance(value, str):
+        parts = value.replace("x", ",").split(",")
+        if not all(p.strip().isdigit() for p in parts):
+            return None
+        value = [int(p) for p in parts]
+    if isinstance(value, list) and value and all(is_int(v) and v > 0 for v in value):
+        return list(value)
+    return None
 
 
-def _check_common(chk: _Checker, table: dict, root: str) -> tuple[dict, list, Optional[str]]:
-    name = "tool.audit"
+def _target(chk: Checker, value: Any, root: str) -> str:
+    if not isinstance(value, str) or not _is_target_spec(value.strip()):
+        chk.fail("tool.audit", "target", "a string 'path/to/file.py:NAME' or 'package.module:NAME'",
+                 value)
+    where = value.strip().partition(",")[0].rpartition(":")[0]
+    rest = value.strip()[len(where):]
+    return (_resolve_path(root, where) if _is_file_spec(where) else where) + rest
+
+
+def _path(chk: Checker, key: str, value: Any, root: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        chk.fail("tool.audit", key, "a path (a non-empty string)", value)
+    return _resolve_path(root, value.strip())
+
+
+def _audits(chk: Checker, value: Any, names: tuple) -> list:
+    listed = string_list(value)
+    if not listed or any(n not in names for n in listed) or len(set(listed)) != len(listed):
+        chk.fail("tool.audit", "audits", "a non-empty array of audit names from "
+                 + ", ".join(f"'{n}'" for n in names) + " (or a comma-separated string)", value)
+    return [a for a in names if a in listed]
+
+
+def _device_ok(value: Any) -> bool:
+    return isinstance(value, str) and (value in ("auto", "cpu", "cuda") or (
+        value.startswith("cuda:") and value[5:].isdigit()))
+
+
+#: The common keys checked by a rule: (test, what is expected).
+_COMMON_RULES = {
+    "seed": ((lambda v: is_int(v) and 0 <= v < 2**32), "an integer from 0 to 4294967295"),
+    "device": (_device_ok, "one of 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    "num_classes": ((lambda v: is_int(v) and v >= 1), "a positive integer"),
+    "input_shape": ((lambda v: parse_shape(v) is not None),
+                    "an array of positive integers like [3, 32, 32]"),
+}
+
+
+def _check_common(chk: Checker, table: dict, root: str,
+                  names: tuple) -> tuple[dict, list, Optional[str]]:
     common: dict = {}
-    audits = list(AUDITS)
+    audits: list = []
     baseline = None
-    known = {"target", "seed", "device", "out", "audits", "baseline", "input_shape",
-             "num_classes", "determinism", "init"}
+    known = {"target", "out", "audits", "baseline", *_COMMON_RULES, *names}
     for key, value in table.items():
         if key not in known:
-            chk.unknown(name, key, known)
-        if key == "target":
-            if not isinstance(value, str) or not _is_target_spec(value.strip()):
-                chk.fail(name, key, "a string 'path/to/file.py:NAME' or 'package.module:NAME'", value)
-            where, _, obj = value.strip().partition(",")[0].rpartition(":")
-            obj = value.strip()[len(where) + 1:]
-            if _is_file_spec(where):
-                where = _resolve_path(root, where)
-            common[key] = f"{where}:{obj}"
-        elif key == "seed":
-            if not _is_int(value) or not 0 <= value < 2**32:
-                chk.fail(name, key, "an integer from 0 to 4294967295", value)
-            common[key] = value
-        elif key == "device":
-            ok = isinstance(value, str) and (value in ("auto", "cpu", "cuda") or (
-                value.startswith("cuda:") and value[5:].isdigit()))
-            if not ok:
-                chk.fail(name, key, "one of 'auto', 'cpu', 'cuda' or 'cuda:N'", value)
-            common[key] = value
-        elif key in ("out", "baseline"):
-            if not isinstance(value, str) or not value.strip():
-                chk.fail(name, key, "a path (a non-empty string)", value)
-            resolved = _resolve_path(root, value.strip())
-            if key == "out":
-                common[key] = resolved
-            else:
-                baseline = resolved
+            chk.unknown("tool.audit", key, known)
+        if key in _COMMON_RULES:
+            test, expected = _COMMON_RULES[key]
+            if not test(value):
+                chk.fail("tool.audit", key, expected, value)
+            common[key] = parse_shape(value) if key == "input_shape" else value
+        elif key == "target":
+            common[key] = _target(chk, value, root)
+        elif key == "out":
+            common[key] = _path(chk, key, value, root)
+        elif key == "baseline":
+            baseline = _path(chk, key, value, root)
         elif key == "audits":
-            names = _string_list(value)
-            expected = ("a non-empty array of audit names from 'determinism', 'init' "
-                        "(or a comma-separated string)")
-            if not names or any(n not in AUDITS for n in names) or len(set(names)) != len(names):
-                chk.fail(name, key, expected, value)
-            audits = [a for a in AUDITS if a in names]
-        elif key == "input_shape":
-            shape = value
-            if isinstance(value, str):
-                try:
-                    shape = [int(v) for v in value.replace("x", ",").split(",") if v.strip()]
-                except ValueError:
-                    shape = None
-            if (not isinstance(shape, list) or not shape
-                    or not all(_is_int(v) and v > 0 for v in shape)):
-                chk.fail(name, key, "an array of positive integers like [3, 32, 32]", value)
-            common[key] = list(shape)
-        elif key == "num_classes":
-            if not _is_int(value) or value < 1:
-                chk.fail(name, key, "a positive integer", value)
-            common[key] = value
-        elif key in AUDITS:
-            if not isinstance(value, dict):
-                chk.fail(name, key, f"a table ([tool.audit.{key}])", value)
+            audits = _audits(chk, value, names)
+        elif not isinstance(value, dict):  # an audit's table
+            chk.fail("tool.audit", key, f"a table ([tool.audit.{key}])", value)
     return common, audits, baseline
 
 
-def _check_tolerances(chk: _Checker, audit: str, value: Any) -> dict:
+def check_tolerances(chk: Checker, audit: str, value: Any, defaults: dict,
+                     minimums: Optional[dict] = None) -> dict:
+    """A ``tolerances`` table: known keys only, each a number of at least its minimum (0)."""
     table = f"tool.audit.{audit}.tolerances"
     if not isinstance(value, dict):
         chk.fail(f"tool.audit.{audit}", "tolerances", "a table of per-metric tolerances", value)
-    known = DEFAULT_TOLERANCES[audit]
     out = {}
     for key, tol in value.items():
-        if key not in known:
-            chk.unknown(table, key, known)
-        if audit == "determinism" and key == "max_abs_diff":
-            if not _is_number(tol) or tol < 1:
-                chk.fail(table, key, "a number of 1 or more (the factor the divergence may grow by)", tol)
-        elif not _is_number(tol) or tol < 0:
-            chk.fail(table, key, "a non-negative number", tol)
+        if key not in defaults:
+            chk.unknown(table, key, defaults)
+        least = (minimums or {}).get(key, 0)
+        if not is_number(tol) or tol < least:
+            chk.fail(table, key, "a non-negative number" if not least else
+                     f"a number of {least:g} or more", tol)
         out[key] = float(tol)
-    return out
-
-
-def _check_determinism(chk: _Checker, table: dict) -> dict:
-    name = "tool.audit.determinism"
-    out: dict = {}
-    rules = {"runs": _positive_int(2), "steps": _positive_int(), "jobs": _positive_int()}
-    known = set(rules) | {"attribution", "tolerances"}
-    for key, value in table.items():
-        if key not in known:
-            chk.unknown(name, key, known)
-        if key in rules:
-            test, expected = rules[key]
-            if not test(value):
-                chk.fail(name, key, expected, value)
-            out[key] = value
-        elif key == "attribution":
-            if not isinstance(value, bool):
-                chk.fail(name, key, "true or false", value)
-            out[key] = value
-        elif key == "tolerances":
-            out[key] = _check_tolerances(chk, "determinism", value)
-    return out
-
-
-def _check_init(chk: _Checker, table: dict) -> dict:
-    name = "tool.audit.init"
-    out: dict = {}
-    known = {"steps", "schemes", "thresholds", "tolerances"}
-    for key, value in table.items():
-        if key not in known:
-            chk.unknown(name, key, known)
-        if key == "steps":
-            if not _is_int(value) or value < 1:
-                chk.fail(name, key, "a positive integer", value)
-            out[key] = value
-        elif key == "schemes":
-            names = _string_list(value)
-            if not names:
-                chk.fail(name, key, _SCHEMES_EXPECTED, value)
-            for scheme in names:
-                problem = _scheme_problem(scheme)
-                if problem:
-                    chk.fail(name, key, _SCHEMES_EXPECTED + f"; {scheme!r}: {problem}", value)
-            out[key] = list(dict.fromkeys(names))
-        elif key == "thresholds":
-            out[key] = _check_thresholds(chk, value)
-        elif key == "tolerances":
-            out[key] = _check_tolerances(chk, "init", value)
-    return out
-
-
-def _threshold_keys() -> set:
-    from audit.probes.init.diagnose import DEFAULT_THRESHOLDS  # lazy: numpy/scipy only when needed
-
-    return set(DEFAULT_THRESHOLDS)
-
-
-def _check_thresholds(chk: _Checker, value: Any) -> dict:
-    table = "tool.audit.init.thresholds"
-    if not isinstance(value, dict):
-        chk.fail("tool.audit.init", "thresholds", "a table of diagnosis thresholds", value)
-    if not value:
-        return {}
-    known = _threshold_keys()
-    out = {}
-    for key, limit in value.items():
-        if key not in known:
-            chk.unknown(table, key, known)
-        if not _is_number(limit) or limit < 0:
-            chk.fail(table, key, "a non-negative number", limit)
-        out[key] = limit
     return out
 
 
@@ -422,23 +296,20 @@ def _read(path: str) -> dict:
         raise ConfigError(f"{_display_path(path)}: cannot read it: {exc.strerror or exc}") from None
 
 
-def parse(table: dict, path: str) -> Config:
-    """Check a ``[tool.audit]`` table read from ``path`` and return the :class:`Config`."""
-    chk = _Checker(path)
+def parse(table: dict, path: str, tables: dict) -> Config:
+    """Check a ``[tool.audit]`` table read from ``path`` (``tables``: each audit's checker)
+    and return the :class:`Config`."""
+    chk = Checker(path)
     if not isinstance(table, dict):
         chk.fail("tool", "audit", "a table ([tool.audit])", table)
     root = os.path.dirname(os.path.abspath(path))
-    common, audits, baseline = _check_common(chk, table, root)
-    sections = {}
-    if "determinism" in table:
-        sections["determinism"] = _check_determinism(chk, table["determinism"])
-    if "init" in table:
-        sections["init"] = _check_init(chk, table["init"])
+    common, audits, baseline = _check_common(chk, table, root, tuple(tables))
+    sections = {name: check(chk, table[name]) for name, check in tables.items() if name in table}
     return Config(path=os.path.abspath(path), common=common, sections=sections,
                   audits=audits, baseline=baseline)
 
 
-def load(path: Optional[str] = None, start: Optional[str] = None) -> Config:
+def load(tables: dict, path: Optional[str] = None, start: Optional[str] = None) -> Config:
     """The ``[tool.audit]`` settings.
 
     ``path`` (``--config``) names the file to read; it must exist and hold ``[tool.audit]``.
@@ -452,7 +323,7 @@ def load(path: Optional[str] = None, start: Optional[str] = None) -> Config:
         table = data.get("tool", {}).get("audit") if isinstance(data.get("tool"), dict) else None
         if table is None:
             raise ConfigError(f"{_display_path(path)}: no [tool.audit] table; add one or leave out --config")
-        return parse(table, path)
+        return parse(table, path, tables)
     found = find_pyproject(start)
     if found is None:
         return Config()
@@ -460,4 +331,32 @@ def load(path: Optional[str] = None, start: Optional[str] = None) -> Config:
     tool = data.get("tool")
     if not isinstance(tool, dict) or "audit" not in tool:
         return Config()
-    return parse(tool["audit"], found)
+    return parse(tool["audit"], found, tables)
+
+
+#: A rule for one key of an audit's table: (test(value) -> bool, what is expected).
+Rule = tuple
+
+
+def check_table(chk: Checker, audit: str, table: dict, rules: dict,
+                special: Optional[dict] = None) -> dict:
+    """Check ``[tool.audit.<audit>]`` against ``rules`` (key -> (test, expected)); keys in
+    ``special`` are checked by their own function (chk, value) -> value."""
+    name = f"tool.audit.{audit}"
+    special = special or {}
+    out: dict = {}
+    for key, value in table.items():
+        if key in special:
+            out[key] = special[key](chk, value)
+            continue
+        if key not in rules:
+            chk.unknown(name, key, set(rules) | set(special))
+        test, expected = rules[key]
+        if not test(value):
+            chk.fail(name, key, expected, value)
+        out[key] = value
+    return out
+
+
+def boolean() -> Rule:
+    return (lambda v: isinstance(v, bool)), "true or false"

@@ -1,4 +1,4 @@
-"""pytest plugin: the ``determinism_audit`` and ``init_audit`` fixtures.
+"""pytest plugin: one fixture per audit kind (``determinism_audit``, ``init_audit``, ...).
 
 Registered through the ``pytest11`` entry point, so installing ``audit`` makes the fixtures
 available in every test session; without installing, add ``-p audit.pytest_plugin`` or
@@ -71,17 +71,18 @@ def _module_root(module) -> Optional[str]:
 
 
 def _resolve_spec(spec: str, test_dir: Optional[str]) -> str:
-    from audit.probes.target import TargetError, split_spec
+    from audit.probes.target import TargetError, TargetSpec, parse_spec
 
     try:
-        where, name = split_spec(spec)
+        parsed = parse_spec(spec)
     except TargetError as exc:
         raise AuditTargetError(str(exc)) from None
+    where = parsed.where
     if where.endswith(".py") or "/" in where or os.sep in where:
         if not os.path.isabs(where) and not os.path.isfile(where) and test_dir:
             beside = os.path.join(test_dir, where)
             if os.path.isfile(beside):
-                return f"{os.path.abspath(beside)}:{name}"
+                return str(TargetSpec(os.path.abspath(beside), parsed.name, parsed.kwargs))
     return spec
 
 
@@ -139,153 +140,79 @@ def _test_dir(request) -> Optional[str]:
 # --------------------------------------------------------------------------- running
 
 
-def _failure(audit: str, result, summary: str) -> Optional[str]:
+def _failure(kind, result) -> Optional[str]:
     """The explanation to fail the test with, or None when every check passed."""
-    from audit.gate import checks_for
-
-    failed = [c for c in checks_for(audit, result) if not c.passed and not c.skipped]
-    if not failed and result.error is None:
+    failed = kind.failing(result)
+    if not failed and getattr(result, "error", None) is None:
         return None
-    lines = [summary.rstrip("\n"), "", "Failed checks:"]
-    for check in failed:
-        line = f"  - {check.name}"
-        if check.where:
-            line += f" (at {check.where})"
-        lines.append(line)
+    lines = [kind.summary(result, None).rstrip("\n"), "", "Failed checks:"]
+    lines += [f"  - {c.name}" + (f" (at {c.where})" if c.where else "") for c in failed]
     return "\n".join(lines)
 
 
-def _write(out: Optional[str], audit: str, result) -> Optional[str]:
-    if not out:
-        return None
-    from audit.gate import _write_audit_files
+def _with_path(extra_path: Optional[str]):
+    """Put ``extra_path`` first on the runs' PYTHONPATH for the duration of the block."""
+    import contextlib
 
-    os.makedirs(out, exist_ok=True)
-    return _write_audit_files(out, audit, result)["html"]
+    @contextlib.contextmanager
+    def block():
+        saved = os.environ.get("PYTHONPATH")
+        if extra_path:
+            os.environ["PYTHONPATH"] = extra_path + (os.pathsep + saved if saved else "")
+        try:
+            yield
+        finally:
+            if extra_path:
+                if saved is None:
+                    os.environ.pop("PYTHONPATH", None)
+                else:
+                    os.environ["PYTHONPATH"] = saved
+    return block()
 
 
-def _defaults(audit: str) -> dict:
-    from audit.commands import DEFAULTS
+def run_audit(name: str, request, target: Any = None, *, fail: bool = True,
+              out: Optional[str] = None, **options: Any):
+    """Run the audit ``name`` on ``target`` for a test; fail the test with the audit's
+    explanation when a check fails (``fail=False`` only returns the result)."""
+    from audit import api, registry
+    from audit.probes.errors import UsageError
 
-    return {**DEFAULTS["common"], **DEFAULTS[audit]}
-
-
-def _run_determinism(request, target, *, runs: Optional[int] = None, steps: Optional[int] = None,
-                     seed: Optional[int] = None, device: Optional[str] = None,
-                     jobs: Optional[int] = None, attribution: Optional[bool] = None,
-                     input_shape=None, num_classes: Optional[int] = None,
-                     out: Optional[str] = None, fail: bool = True):
-    from audit.probes.determinism.orchestrate import DeterminismOptions, TargetFailed, audit_determinism
-    from audit.reports.terminal import determinism_summary
-
-    d = _defaults("determinism")
-    problem = None
+    kind = registry.get(name)
+    problem, extra_path = None, None
     try:
-        spec, extra_path = process_target(target, _test_dir(request))
-    except AuditTargetError as exc:
+        if not kind.in_process or isinstance(target, str):
+            target, extra_path = process_target(target, _test_dir(request)) \
+                if target is not None else (None, None)
+        with _with_path(extra_path):
+            result = api.run(name, target, out=out, **options)
+    except (AuditTargetError, UsageError) as exc:
         problem = str(exc)
     if problem is not None:  # failed outside the except block: no chained traceback
         pytest.fail(problem, pytrace=False)
-    opts = DeterminismOptions(
-        target=spec, runs=d["runs"] if runs is None else runs,
-        steps=d["steps"] if steps is None else steps, seed=d["seed"] if seed is None else seed,
-        device=d["device"] if device is None else device, jobs=d["jobs"] if jobs is None else jobs,
-        attribute=d["attribution"] if attribution is None else attribution,
-        input_shape=list(input_shape) if input_shape else None, num_classes=num_classes,
-        cwd=os.getcwd())
-    if opts.runs < 2:
-        pytest.fail("determinism_audit: runs must be 2 or more: a comparison needs two runs",
-                    pytrace=False)
-    saved = os.environ.get("PYTHONPATH")
-    if extra_path:
-        os.environ["PYTHONPATH"] = extra_path + (os.pathsep + saved if saved else "")
-    try:
-        result = audit_determinism(opts)
-    except TargetFailed as exc:
-        problem = f"audit determinism: {exc}"
-    finally:
-        if extra_path:
-            if saved is None:
-                os.environ.pop("PYTHONPATH", None)
-            else:
-                os.environ["PYTHONPATH"] = saved
-    if problem is not None:
-        pytest.fail(problem, pytrace=False)
-    report = _write(out, "determinism", result)
-    message = _failure("determinism", result, determinism_summary(result, report))
+    message = _failure(kind, result)
     if message and fail:
         pytest.fail(message, pytrace=False)
     return result
 
 
-def _run_init(target, *, steps: Optional[int] = None, schemes=None, seed: Optional[int] = None,
-              device: Optional[str] = None, thresholds: Optional[dict] = None,
-              input_shape=None, num_classes: Optional[int] = None, out: Optional[str] = None,
-              fail: bool = True):
-    from audit.probes.target import TargetError, call_target, load_target, normalize
-    from audit.probes.worker import resolve_device, seed_everything
-    from audit.probes.init.engine import run_init
-    from audit.reports.terminal import init_summary
+def _fixture(name: str):
+    def fixture(request):
+        def run(target: Any = None, **options: Any):
+            return run_audit(name, request, target, **options)
+        return run
 
-    d = _defaults("init")
-    steps = d["steps"] if steps is None else steps
-    seed = d["seed"] if seed is None else seed
-    if isinstance(schemes, str):
-        schemes = [s.strip() for s in schemes.split(",") if s.strip()]
-    options = dict(input_shape=tuple(input_shape) if input_shape else None,
-                   num_classes=num_classes, seed=seed, batches=max(steps, 1))
-    problem = None
-    try:
-        dev = resolve_device(d["device"] if device is None else device)
-        seed_everything(seed)
-        if isinstance(target, str):
-            name = target
-            setup = load_target(target, **options)
-        elif _is_module(target):
-            name = f"{type(target).__name__} object"
-            setup = normalize(target, name, **options)
-        elif callable(target):
-            name = getattr(target, "__qualname__", None) or repr(target)
-            setup = normalize(call_target(target, name), name, **options)
-        else:
-            raise TargetError(f"init_audit needs an nn.Module, a zero-argument callable or a "
-                              f"'file.py:NAME' string, got an object of type "
-                              f"{type(target).__name__}")
-        result = run_init(setup, schemes=schemes, steps=steps, seed=seed, device=str(dev),
-                          thresholds=thresholds or None, target=name)
-    except (TargetError, RuntimeError, ValueError) as exc:
-        problem = f"audit init: {exc}"
-    if problem is not None:
-        pytest.fail(problem, pytrace=False)
-    report = _write(out, "init", result)
-    message = _failure("init", result, init_summary(result, report))
-    if message and fail:
-        pytest.fail(message, pytrace=False)
-    return result
+    fixture.__doc__ = (f"``{name}_audit(target, *, fail=True, out=None, **settings)``: run "
+                       f"`audit {name}` on the target with the settings given (the keys of "
+                       f"[tool.audit.{name}]); returns the result and fails the test with the "
+                       "audit's explanation when a check fails.")
+    return pytest.fixture(name=f"{name}_audit")(fixture)
 
 
-@pytest.fixture
-def determinism_audit(request):
-    """``determinism_audit(target, *, runs=2, steps=20, seed=0, device="auto", jobs=1,
-    attribution=True, input_shape=None, num_classes=None, out=None, fail=True)``: train the
-    target in fresh processes under matched seeds and compare. Returns the
-    ``DeterminismResult``; fails the test with the audit's explanation when a check fails
-    (``fail=False`` only returns). ``out`` also writes ``determinism.json``/``.html`` there."""
+def _register() -> None:
+    from audit import registry  # light: the engines load when a fixture runs
 
-    def run(target, **options):
-        return _run_determinism(request, target, **options)
-
-    return run
+    for kind in registry.KINDS:
+        globals()[f"{kind.name}_audit"] = _fixture(kind.name)
 
 
-@pytest.fixture
-def init_audit():
-    """``init_audit(target, *, steps=5, schemes=None, seed=0, device="auto", thresholds=None,
-    input_shape=None, num_classes=None, out=None, fail=True)``: measure the target's own init
-    and the schemes in this process. Returns the ``InitResult``; fails the test with the
-    audit's explanation when a check fails (``fail=False`` only returns)."""
-
-    def run(target, **options):
-        return _run_init(target, **options)
-
-    return run
+_register()

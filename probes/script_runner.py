@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
-from audit.cli import UsageError
+from audit.probes.errors import UsageError
 
 _PYTHON = re.compile(r"^python(\d+(\.\d+)*)?w?(\.exe)?$", re.IGNORECASE)
 _MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")

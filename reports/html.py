@@ -259,29 +259,13 @@ def index_html(gate: GateResult) -> str:
     reports in ``gate.reports``."""
     failed = [c for c in gate.checks if not c.passed and not c.skipped]
     skipped = [c for c in gate.checks if c.skipped]
-    summaries = {}
-    if gate.determinism is not None:
-        summaries["determinism"] = (determinism_headline(gate.determinism),
-                                    determinism_sentence(gate.determinism))
-    if gate.init is not None:
-        status, title = init_headline(gate.init)
-        text = (f"Recommended init: {gate.init.recommended}." if gate.init.recommended
-                else "No init could be recommended.")
-        summaries["init"] = ((status, title), text)
+    summaries = {name: ((sm.status, sm.title), sm.text) for name, sm in gate.summaries.items()}
     return render("index.html", gate=gate, failed=failed, skipped=skipped,
                   passed_count=len(gate.checks) - len(failed) - len(skipped),
                   status="pass" if not failed else "fail", summaries=summaries)
 
 
 # --------------------------------------------------------------------------- files
-
-
-def write_determinism(result: DeterminismResult, path: str) -> None:
-    write_atomic(path, determinism_html(result))
-
-
-def write_init(result: InitResult, path: str) -> None:
-    write_atomic(path, init_html(result))
 
 
 def write_index(gate: GateResult, path: str) -> None:

@@ -17,7 +17,7 @@ from typing import Callable
 from urllib.parse import quote
 
 from audit.probes.results import GateResult
-from audit.reports.common import determinism_headline, init_headline, strip_controls
+from audit.reports.common import strip_controls
 
 #: GitHub rejects a step summary over 1 MiB; stay clear of it with some room to spare.
 GITHUB_SUMMARY_LIMIT = 1024 * 1024
@@ -89,14 +89,11 @@ def summary_markdown(gate: GateResult, *, max_bytes: int = DEFAULT_MAX_BYTES,
 
     head = [status, "", " · ".join(counts), ""]
     verdicts = []
-    if gate.determinism is not None:
-        _, text = determinism_headline(gate.determinism)
-        verdicts.append(f"**determinism:** {escape_inline(text)}")
-    if gate.init is not None:
-        _, text = init_headline(gate.init)
-        line = f"**init:** {escape_inline(text)}"
-        if gate.init.recommended:
-            line += f" (recommended: `{escape_code_span(gate.init.recommended)}`)"
+    for summary in gate.summaries.values():
+        line = f"**{escape_inline(summary.audit, 100)}:** {escape_inline(summary.title)}"
+        if summary.note_code:
+            line += (f" ({escape_inline(summary.note_label, 100)}: "
+                     f"`{escape_code_span(summary.note_code)}`)")
         verdicts.append(line)
     if verdicts:
         head += ["<br>".join(verdicts), ""]

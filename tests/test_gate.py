@@ -17,8 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audit import gate
-from audit.cli import UsageError, main
+from audit import gate, registry
+from audit.kinds import init as init_kind
+from audit.cli import main
+from audit.probes.errors import UsageError
 from audit.probes.results import (STAGES, Cause, Check, DeterminismResult, Divergence, Finding,
                             InitResult, KnobTrial, LayerStats, RngEscape, RunInfo,
                             SchemeResult, StepAgreement)
@@ -87,14 +89,14 @@ def names(checks):
 
 
 def test_deterministic_result_passes_every_check():
-    checks = gate.checks_for_determinism(det())
+    checks = gate.checks_for("determinism", det())
     assert names(checks) == [("runs completed", True, False), ("runs agree", True, False),
                              ("no unseeded generators", True, False)]
 
 
 def test_an_unseeded_generator_fails_even_when_the_runs_agree():
     escape = RngEscape("numpy.random.default_rng()", "train.py:12", 1, "seeded from the OS")
-    checks = {c.name: c for c in gate.checks_for_determinism(det(escapes=[escape]))}
+    checks = {c.name: c for c in gate.checks_for("determinism", det(escapes=[escape]))}
     assert checks["runs agree"].passed
     gen = checks["no unseeded generators"]
     assert not gen.passed and gen.where == "train.py:12"
@@ -113,7 +115,7 @@ def test_nondeterministic_result_has_one_check_per_cause_source():
     result = det("nondeterministic", stage="backward", step=1, causes=causes,
                  escapes=[RngEscape("torch.seed()", "a.py:3")],
                  trials=[KnobTrial("seed_escapes", "unseeded_rng", False, 2)])
-    checks = {c.name: c for c in gate.checks_for_determinism(result)}
+    checks = {c.name: c for c in gate.checks_for("determinism", result)}
     assert list(checks) == ["runs completed", "runs agree", "no unseeded generators",
                             "cause: nondeterministic_algorithm", "cause: unknown"]
     agree = checks["runs agree"]
@@ -127,18 +129,18 @@ def test_nondeterministic_result_has_one_check_per_cause_source():
 def test_a_crashed_run_fails_runs_completed_with_its_place():
     runs = [RunInfo(0, 1, "crashed", "ValueError: boom (at train.py:33)", 4), RunInfo(1, 3, "ok")]
     result = det(runs=runs, error="run 0 crashed after 1 steps: ValueError: boom (at train.py:33)")
-    checks = {c.name: c for c in gate.checks_for_determinism(result)}
+    checks = {c.name: c for c in gate.checks_for("determinism", result)}
     assert not checks["runs completed"].passed and checks["runs completed"].where == "train.py:33"
     assert checks["runs agree"].skipped
 
 
 def test_init_checks_healthy_and_unhealthy():
-    ok = gate.checks_for_init(init(recommended="default"))
-    assert [c.name for c in ok] == ["default init healthy"] + [n for _, n in gate.FINDING_CHECKS] \
+    ok = gate.checks_for("init", init(recommended="default"))
+    assert [c.name for c in ok] == ["default init healthy"] + [n for _, n in init_kind.FINDING_CHECKS] \
         + ["recommended scheme healthy"]
     assert all(c.passed for c in ok)
 
-    bad = {c.name: c for c in gate.checks_for_init(init([VANISHING]))}
+    bad = {c.name: c for c in gate.checks_for("init", init([VANISHING]))}
     assert not bad["default init healthy"].passed
     assert bad["default init healthy"].fix == "nn.init.kaiming_normal_(net[0].weight)"
     vanishing = bad["no vanishing gradients"]
@@ -150,7 +152,7 @@ def test_init_checks_healthy_and_unhealthy():
     assert "What to do:" in vanishing.message and "kaiming_normal" in vanishing.fix
     assert bad["no dead units"].passed and bad["recommended scheme healthy"].passed
 
-    none_good = {c.name: c for c in gate.checks_for_init(init([VANISHING], rec_healthy=False))}
+    none_good = {c.name: c for c in gate.checks_for("init", init([VANISHING], rec_healthy=False))}
     assert not none_good["recommended scheme healthy"].passed
 
 
@@ -170,10 +172,8 @@ def test_verdict_lines():
 
 
 def regressions(audit, base, now, **tol):
-    from audit.config import DEFAULT_TOLERANCES
-
     return [t for t, _ in gate.regressions(audit, gate.snapshot(audit, base), gate.snapshot(audit, now),
-                                           {**DEFAULT_TOLERANCES[audit], **tol})]
+                                           {**registry.get(audit).tolerances, **tol})]
 
 
 def test_determinism_regressions():
@@ -228,7 +228,7 @@ def test_init_regressions_with_tolerances():
 
 def test_baseline_file_is_sorted_readable_json(tmp_path):
     path = str(tmp_path / "base.json")
-    assert gate.apply_baseline("init", init([VANISHING]), path, True, {"grad_norm": 2.0}) == []
+    assert gate.apply_baseline("init", init([VANISHING]), path, True, {"grad_norm": 2.0}).texts == []
     text = open(path, encoding="utf-8").read()
     data = json.loads(text)
     assert text == json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
@@ -244,8 +244,8 @@ def test_baseline_file_is_sorted_readable_json(tmp_path):
     data["init"]["tolerances"]["grad_norm"] = 0.1
     open(path, "w", encoding="utf-8").write(json.dumps(data))
     worse = init([VANISHING], layers=[layer("net.0", 0, grad=0.3)] + [layer(f"net.{i}", i) for i in (1, 2, 3)])
-    assert len(gate.apply_baseline("init", worse, path, False, None)) == 1
-    assert gate.apply_baseline("init", worse, path, False, {"grad_norm": 1.0}) == []
+    assert len(gate.apply_baseline("init", worse, path, False, None).texts) == 1
+    assert gate.apply_baseline("init", worse, path, False, {"grad_norm": 1.0}).texts == []
 
 
 def test_missing_baseline_is_a_usage_error(tmp_path):
@@ -261,9 +261,10 @@ def test_write_reports_marks_accepted_failures_and_lists_regressions(tmp_path):
     base = str(tmp_path / "b.json")
     gate.apply_baseline("init", init([VANISHING]), base, True, None)
     result = init([VANISHING, Finding("dead_units", "net.2", 0.8, 0.5, "dead")])
-    found = gate.apply_baseline("init", result, base, False, None)
-    assert found == ["new finding: dead_units at net.2"]
-    paths = gate.write_reports(str(tmp_path / "out"), "init", result, junit_path=str(tmp_path / "j.xml"))
+    state = gate.apply_baseline("init", result, base, False, None)
+    assert state.texts == ["new finding: dead_units at net.2"]
+    paths = gate.write_reports(str(tmp_path / "out"), "init", result, junit_path=str(tmp_path / "j.xml"),
+                               state=state)
     assert set(paths) == {"json", "html", "summary", "junit"}
     cases = {c.get("name"): c for c in ET.parse(paths["junit"]).getroot().iter("testcase")}
     assert cases["default init healthy"].find("skipped") is not None
@@ -274,7 +275,7 @@ def test_write_reports_marks_accepted_failures_and_lists_regressions(tmp_path):
     assert "--update-baseline" in failure.text
     summary = open(paths["summary"], encoding="utf-8").read()
     assert "Regressions against the baseline" in summary
-    assert "1 regression" in gate.verdict_line("init", result, None)
+    assert "1 regression" in gate.verdict_line("init", result, None, state)
 
 
 # --------------------------------------------------------------------------- GitHub
@@ -321,7 +322,7 @@ def test_annotation_escaping_round_trips(path, line, name, message, fix):
     out = io.StringIO()
     env = {"GITHUB_ACTIONS": "true"}
     with _env(env), contextlib.redirect_stdout(out):
-        gate._print_annotations([check], {})
+        gate.print_annotations([check], {})
     printed = out.getvalue()
     assert printed.count("\n") == 1  # one command, whatever the text holds
     props, data = _parse_annotation(printed.rstrip("\n"))

@@ -5,9 +5,13 @@ import os
 import subprocess
 import sys
 import textwrap
-import tomllib
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 import torch
 

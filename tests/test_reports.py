@@ -38,7 +38,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from audit import registry
+from audit.gate.outputs import audit_summary
 from audit.probes.results import (
+    AuditSummary,
     Cause,
     Check,
     DeterminismResult,
@@ -291,7 +294,8 @@ def gate_result() -> GateResult:
     ]
     return GateResult(checks=checks, reports={"determinism": "determinism.html",
                                               "init": "init.html"},
-                      determinism=det, init=ini,
+                      summaries={k: audit_summary(registry.get(k), r)
+                                 for k, r in (("determinism", det), ("init", ini))},
                       baseline_regressions=["init: net.12 vanishing_activations is new since "
                                             "the baseline"])
 
@@ -717,7 +721,8 @@ def _evil_gate(s: str) -> GateResult:
     return GateResult(
         checks=[Check(audit=s, name=s, passed=False, message=s, fix=s, where=s),
                 Check(audit="init", name=s, passed=True, skipped=True, message=s)],
-        reports={s: s}, baseline_regressions=[s])
+        reports={s: s}, baseline_regressions=[s],
+        summaries={s: AuditSummary(s, "fail", s, s, s, s)})
 
 
 def _assert_safe(page: str, s: str) -> None:

@@ -48,6 +48,19 @@ BUILTIN_SCHEMES = (
 )
 
 
+#: HTML renderers by result type (result -> page), filled by the face (``audit.api``), so a
+#: result shows as its report in Jupyter without the result model importing the reporters.
+HTML_RENDERERS: dict = {}
+
+
+class Renderable:
+    """A result that Jupyter shows as its HTML report once a renderer is registered."""
+
+    def _repr_html_(self) -> Optional[str]:
+        render = HTML_RENDERERS.get(type(self))
+        return render(self) if render is not None else None
+
+
 def clean_float(value: Any) -> Optional[float]:
     """A JSON-safe float: non-finite values become ``None`` (JSON has no NaN)."""
     if value is None:
@@ -153,7 +166,7 @@ class RunInfo:
 
 
 @dataclass
-class DeterminismResult:
+class DeterminismResult(Renderable):
     verdict: str  # "deterministic" | "nondeterministic"
     runs: int
     steps: int
@@ -246,7 +259,7 @@ class SchemeResult:
 
 
 @dataclass
-class InitResult:
+class InitResult(Renderable):
     verdict: str  # of the "default" scheme
     recommended: Optional[str]
     schemes: list = field(default_factory=list)  # [SchemeResult]
@@ -304,13 +317,24 @@ class Check:
 
 
 @dataclass
+class AuditSummary:
+    """One audit's verdict as the gate's index page and summary show it."""
+
+    audit: str
+    status: str  # "pass" | "fail" | "error"
+    title: str  # the headline
+    text: str = ""  # one sentence for the index page
+    note_label: str = ""  # e.g. "recommended", shown with note_code as code
+    note_code: str = ""
+
+
+@dataclass
 class GateResult:
-    """What ``audit check`` ran: each audit's result and the checks drawn from them."""
+    """What ``audit check`` ran: the checks drawn from each audit and each audit's summary."""
 
     checks: list = field(default_factory=list)  # [Check]
     reports: dict = field(default_factory=dict)  # audit name -> report file name
-    determinism: Optional[DeterminismResult] = None
-    init: Optional[InitResult] = None
+    summaries: dict = field(default_factory=dict)  # audit name -> AuditSummary
     baseline_regressions: list = field(default_factory=list)  # [str]
 
     @property

@@ -1,0 +1,169 @@
+"""Running audits as a gate: one audit (``audit determinism``, ``audit init``, ...) or every
+audit ``[tool.audit]`` enables (``audit check``), with baselines, report files and the
+one-line verdicts. Returns outcomes; the CLI prints them and chooses the exit status."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from audit import registry
+from audit.gate import baseline as baselines
+from audit.gate.outputs import add_audit, write_audit_files, write_gate_files, write_index
+from audit.gate.progress import progress as make_progress
+from audit.kinds.base import AuditKind, Settings, plural
+from audit.probes.errors import UsageError
+from audit.probes.results import GateResult
+from audit.reports.common import one_line
+
+
+@dataclass
+class GateOptions:
+    """How the gate reports: the CLI flags every audit shares."""
+
+    junit_xml: Optional[str] = None
+    baseline: Optional[str] = None
+    update_baseline: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class Outcome:
+    """One audit run as a gate: the result, its baseline state, the files written."""
+
+    kind: AuditKind
+    result: Any
+    state: Optional[baselines.BaselineState] = None
+    paths: dict = field(default_factory=dict)
+
+    @property
+    def error(self) -> Optional[str]:
+        return getattr(self.result, "error", None)
+
+    @property
+    def failed(self) -> bool:
+        if self.state is not None:
+            return bool(self.state.regressions)
+        return bool(self.kind.failing(self.result))
+
+
+def run_kind(kind: AuditKind, s: Settings, quiet: bool = False) -> Any:
+    """Run one audit's engine with a progress line."""
+    bar = make_progress(quiet)
+    try:
+        return kind.run(s, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def audit_one(kind: AuditKind, s: Settings, opts: GateOptions) -> Outcome:
+    """Run one audit, compare it with the baseline (when one is in use) and write its
+    reports into ``s.out``. A missing baseline is found before any run."""
+    if opts.baseline and not opts.update_baseline:
+        baselines.read_baseline(opts.baseline)
+    result = run_kind(kind, s, opts.quiet)
+    state = baselines.apply_baseline(kind, result, opts.baseline, opts.update_baseline,
+                                     s.tolerances or None)
+    os.makedirs(s.out, exist_ok=True)
+    paths = write_audit_files(s.out, kind, result)
+    gate = GateResult()
+    add_audit(gate, kind, result, state)
+    paths.update(write_gate_files(s.out, gate, opts.junit_xml, {kind.name: result}))
+    return Outcome(kind, result, state, paths)
+
+
+def verdict_line(kind: AuditKind, result: Any, report_path: Optional[str],
+                 state: Optional[baselines.BaselineState] = None) -> str:
+    """One line: the audit, PASS/FAIL/ERROR, what was found, and the report path."""
+    status, title = kind.headline(result)
+    text = title + kind.verdict_detail(result)
+    if state is not None and status != "error":
+        status = "fail" if state.regressions else "pass"
+        text += (f"; {plural(len(state.regressions), 'regression')} against the baseline"
+                 if state.regressions else "; no regressions against the baseline")
+    line = f"audit {kind.name}: {status.upper()} {text}"
+    if report_path:
+        line += f" -- report: {report_path}"
+    return one_line(line)
+
+
+def gate_verdict_line(gate: GateResult, report_path: Optional[str]) -> str:
+    """The one line ``audit check --quiet`` prints."""
+    failed = [c for c in gate.checks if not c.passed and not c.skipped]
+    if failed:
+        names = ", ".join(f"{c.audit}: {c.name}" for c in failed[:4])
+        if len(failed) > 4:
+            names += ", ..."
+        line = f"audit check: FAIL {len(failed)} of {len(gate.checks)} checks failed ({names})"
+    else:
+        line = f"audit check: PASS all {len(gate.checks)} checks passed"
+        skipped = sum(1 for c in gate.checks if c.skipped)
+        if skipped:
+            line += f" ({skipped} accepted or skipped)"
+    if report_path:
+        line += f" -- report: {report_path}"
+    return " ".join(line.split())
+
+
+@dataclass
+class CheckOutcome:
+    """``audit check``: every enabled audit's result, the gate, the files written."""
+
+    gate: GateResult
+    results: dict  # audit name -> result
+    index: str
+    baseline_written: Optional[str] = None
+    notes: list = field(default_factory=list)
+
+    @property
+    def errors(self) -> list:
+        return [f"audit {a}: {r.error}" for a, r in self.results.items()
+                if getattr(r, "error", None)]
+
+
+def _baseline_doc(path: Optional[str], update: bool, kinds: list) -> Optional[dict]:
+    if not path:
+        return None
+    if update:
+        return baselines.load_for_update(path)
+    doc = baselines.read_baseline(path)  # fail before minutes of training
+    for kind in kinds:
+        if not isinstance(doc.get(kind.name), dict):
+            raise UsageError(f"baseline {path} has no {kind.name} snapshot; run with "
+                             "--update-baseline to record it")
+    return doc
+
+
+def check_all(kinds: list, settings: dict, out: str, opts: GateOptions,
+              baseline: Optional[str]) -> CheckOutcome:
+    """Run ``kinds`` (with ``settings``: name -> Settings), apply the baseline, write every
+    audit's reports, ``index.html``, ``summary.md`` and JUnit into ``out``."""
+    if opts.update_baseline and not baseline:
+        baseline = baselines.DEFAULT_BASELINE
+    doc = _baseline_doc(baseline, opts.update_baseline, kinds)
+    results = {kind.name: run_kind(kind, settings[kind.name], opts.quiet) for kind in kinds}
+    os.makedirs(out, exist_ok=True)
+    gate, notes = GateResult(), []
+    for kind in kinds:
+        write_audit_files(out, kind, results[kind.name])
+        state = None
+        if doc is not None:
+            state = baselines.compare(kind, results[kind.name], doc, baseline,
+                                      opts.update_baseline, settings[kind.name].tolerances or None)
+            notes += state.notes
+        add_audit(gate, kind, results[kind.name], state, prefix=True)
+    written = None
+    if doc is not None and opts.update_baseline:
+        baselines.write_baseline(baseline, doc)
+        written = baseline
+    index = write_index(out, gate)
+    write_gate_files(out, gate, opts.junit_xml, results)
+    return CheckOutcome(gate, results, index, written, notes)
+
+
+def enabled_kinds(audits: list) -> list:
+    """The kinds ``[tool.audit] audits`` names (when it names none, those checked by default)."""
+    if audits:
+        return [registry.get(name) for name in audits]
+    return [kind for kind in registry.KINDS if kind.checked_by_default]

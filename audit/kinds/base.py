@@ -1,0 +1,119 @@
+"""What every audit kind provides, and the settings every audit shares.
+
+An :class:`AuditKind` is the one object the CLI, ``audit check``, baselines, the pytest plugin,
+the Python API and the reports loop over; a new audit is an engine package under ``probes/``
+plus one kind module here and its line in :mod:`audit.registry`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
+
+from audit.probes.results import Check
+
+#: A progress callback: called with a short phase description ("run 1 of 2: step 3/20").
+Progress = Optional[Callable[[str], None]]
+#: One regression against a baseline: its text and, when known, the place (file:line).
+Regression = tuple
+
+
+@dataclass
+class Settings:
+    """Settings every audit shares: defaults < ``[tool.audit]`` < flags, merged once by
+    :func:`audit.settings.resolve`. Each kind subclasses it with its own fields."""
+
+    target: Any = None  # "file.py:NAME[,k=v]" / "pkg.mod:NAME"; None: the built-in example
+    seed: int = 0
+    device: str = "auto"
+    out: str = "audit-report"
+    input_shape: Optional[list] = None
+    num_classes: Optional[int] = None
+    script: Optional[list] = None  # script mode: the command after "--"
+    cwd: str = field(default_factory=os.getcwd)
+    tolerances: dict = field(default_factory=dict)  # baseline tolerances the config sets
+    config_path: Optional[str] = None
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def target_label(self) -> str:
+        return self.target if isinstance(self.target, str) else "audit.example:build (built-in)"
+
+
+#: Keys of ``[tool.audit]`` (the common table) that are settings, not gate options.
+COMMON_KEYS = ("target", "seed", "device", "out", "input_shape", "num_classes")
+
+
+def _no_annotations(check: Check, result: Any) -> list:
+    return [check]
+
+
+@dataclass(frozen=True)
+class AuditKind:
+    """One audit: its settings, flags and config table, how it runs, its checks, its baseline
+    snapshot and regressions, and its reporters."""
+
+    name: str
+    help: str
+    settings: type  # a Settings subclass with this kind's defaults
+    add_arguments: Callable[[argparse.ArgumentParser], None]  # the kind's own flags
+    check_table: Callable[[Any, dict], dict]  # (config checker, [tool.audit.NAME]) -> settings
+    tolerances: Mapping[str, float]  # baseline tolerances and their defaults
+    run: Callable[[Settings, Progress], Any]  # the engine; raises UsageError for bad input
+    checks: Callable[[Any], list]  # result -> [Check]
+    snapshot: Callable[[Any], dict]  # result -> what a baseline keeps
+    regressions: Callable[[dict, dict, dict], list]  # (base, now, tolerances) -> [Regression]
+    headline: Callable[[Any], tuple]  # result -> (status, title)
+    verdict_detail: Callable[[Any], str]  # result -> the rest of the one-line verdict
+    summary: Callable[..., str]  # (result, report_path) -> terminal text
+    html: Callable[[Any], str]  # result -> the self-contained HTML report
+    result_type: type  # the engine's result dataclass
+    index: Callable[[Any], tuple]  # result -> (text, note_label, note_code) for index/summary
+    script_mode: bool = False  # accepts "-- python train.py ..."
+    in_process: bool = False  # the Python API may pass objects (modules, callables)
+    checked_by_default: bool = False  # `audit check` runs it when `audits` is not set
+    annotations: Callable[[Check, Any], list] = _no_annotations  # a failed check per place
+
+    def failing(self, result: Any) -> list:
+        return [c for c in self.checks(result) if not c.passed and not c.skipped]
+
+
+# --------------------------------------------------------------------------- small shared helpers
+
+
+def at_least(minimum: int, why: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer of ``minimum`` or more (``why`` says what for)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {minimum} or more{why}")
+        return value
+    return parse
+
+
+positive_arg = at_least(1)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def rounded(value: Any) -> Optional[float]:
+    """A finite number to 4 significant digits (baselines stay stable), else None."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return float(f"{number:.4g}") if math.isfinite(number) else None
+
+
+def failing_names(checks: list) -> list:
+    return sorted({c.name for c in checks if not c.passed and not c.skipped})

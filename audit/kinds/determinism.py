@@ -1,0 +1,344 @@
+"""The determinism audit as a kind: settings, flags, ``[tool.audit.determinism]``, the run,
+the checks (runs completed, runs agree, no unseeded generators, one ``cause: SOURCE`` per other
+cause), the baseline snapshot and regressions, and the reporters."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from audit import config
+from audit.kinds.base import (AuditKind, Progress, Settings, at_least, failing_names, plural,
+                              positive_arg,
+                              rounded)
+from audit.probes.errors import UsageError
+from audit.probes.results import STAGES, Check, DeterminismResult
+from audit.reports import html, terminal
+from audit.reports.common import (determinism_headline, determinism_sentence, one_line,
+                                  source_title, split_where, stage_title)
+
+#: Baseline tolerances: the first divergence's max |diff| may grow by this factor.
+TOLERANCES = {"max_abs_diff": 10.0}
+
+
+@dataclass
+class DeterminismSettings(Settings):
+    runs: int = 2
+    steps: int = 20
+    jobs: int = 1
+    attribution: bool = True
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=positive_arg, default=None,
+                   help="training steps per run (default 20)")
+    p.add_argument("--runs", type=at_least(2, ": a comparison needs two runs"), default=None,
+                   help="fresh processes to compare (default 2)")
+    p.add_argument("--jobs", type=positive_arg, default=None, help="runs at once (default 1)")
+    p.add_argument("--no-attribution", dest="attribution", action="store_const", const=False,
+                   default=None, help="skip the knob reruns")
+
+
+def check_table(chk: config.Checker, table: dict) -> dict:
+    rules = {"runs": config.positive_int(2), "steps": config.positive_int(),
+             "jobs": config.positive_int(), "attribution": config.boolean()}
+    tolerances = (lambda c, v: config.check_tolerances(c, "determinism", v, TOLERANCES,
+                                                       {"max_abs_diff": 1}))
+    return config.check_table(chk, "determinism", table, rules, {"tolerances": tolerances})
+
+
+def run(s: DeterminismSettings, progress: Progress = None) -> DeterminismResult:
+    from audit.probes.determinism.orchestrate import (DeterminismOptions, TargetFailed,
+                                                      audit_determinism)
+
+    if s.runs < 2:
+        raise UsageError("runs must be 2 or more: a comparison needs two runs")
+    opts = DeterminismOptions(
+        target=s.target, runs=s.runs, steps=s.steps, seed=s.seed, device=s.device,
+        input_shape=s.input_shape, num_classes=s.num_classes, jobs=s.jobs,
+        attribute=s.attribution, script=s.script, cwd=s.cwd)
+    try:
+        return audit_determinism(opts, progress=progress)
+    except TargetFailed as exc:
+        raise UsageError(f"audit determinism: {exc}") from None
+
+
+# --------------------------------------------------------------------------- checks
+
+_AT = re.compile(r"\(at ([^()]+:\d+)\)\s*$")
+
+
+def checks(result: DeterminismResult) -> list:
+    """The determinism audit as checks: runs completed, runs agree, no unseeded generators,
+    and one ``cause: SOURCE`` per cause source other than ``unseeded_rng``."""
+    checks = []
+    bad = [r for r in result.run_info if r.status in ("crashed", "killed", "exited")]
+    if result.error or bad:
+        first = bad[0] if bad else None
+        where = None
+        if first is not None:
+            match = _AT.search(first.message or "")
+            where = match.group(1) if match else None
+        message = result.error or (
+            f"run {first.index} {first.status} after {first.steps_completed} of "
+            f"{result.steps} steps: {first.message}")
+        checks.append(Check("determinism", "runs completed", False,
+                            message + "; the comparison covers only the steps before it",
+                            "fix the error in the training code; run `audit determinism "
+                            "--debug` to see the run's output", where))
+    else:
+        short = [r for r in result.run_info if r.status == "ended_early"]
+        note = (f"; {plural(len(short), 'run')} ended before {result.steps} steps "
+                "(the data ran out)") if short else ""
+        checks.append(Check("determinism", "runs completed", True,
+                            f"{plural(result.runs, 'run')} of {plural(result.steps, 'step')}"
+                            + note))
+
+    fix, where = "", None
+    if result.causes:
+        top = next((c for c in result.causes if c.confirmed),
+                   next((c for c in result.causes if c.source != "unknown"), result.causes[0]))
+        fix, where = top.fix, top.where
+    if result.verdict == "deterministic" and result.error and not result.first_divergence:
+        checks.append(Check("determinism", "runs agree", False,
+                            "undecided: a run crashed before the runs could be compared",
+                            skipped=True))
+    else:
+        checks.append(Check("determinism", "runs agree", result.verdict == "deterministic",
+                            determinism_sentence(result),
+                            fix if result.verdict != "deterministic" else "",
+                            where if result.verdict != "deterministic" else None))
+
+    checks.append(_generator_check(result))
+
+    by_source: dict = {}
+    for cause in result.causes:
+        if cause.source != "unseeded_rng":
+            by_source.setdefault(cause.source, []).append(cause)
+    for source, causes in by_source.items():
+        first = causes[0]
+        state = "confirmed" if first.confirmed else "not confirmed"
+        evidence = "; ".join(c.evidence for c in causes if c.evidence)
+        checks.append(Check("determinism", f"cause: {source}", False,
+                            f"{source_title(source)} ({state}): {evidence}",
+                            first.fix, next((c.where for c in causes if c.where), None)))
+    return checks
+
+
+def _generator_check(result: DeterminismResult) -> Check:
+    from audit.probes.determinism.attribute import escape_fix  # torch only when needed
+
+    
+    escapes = list(result.rng_escapes)
+    rng_causes = [c for c in result.causes if c.source == "unseeded_rng"]
+    if not escapes and not rng_causes:
+        return Check("determinism", "no unseeded generators", True,
+                     "every random generator the training used follows the seed")
+    confirmed = any(c.confirmed for c in rng_causes)
+    places = [f"{e.kind} at {e.where or 'an unknown place'}"
+              + (f" ({e.detail})" if e.detail else "") for e in escapes]
+    if escapes:
+        message = (f"{plural(len(escapes), 'generator')} the matched seed does not reach: "
+                   + "; ".join(places) + ". ")
+    else:
+        message = "; ".join(c.evidence for c in rng_causes) + ". "
+    if confirmed:
+        message += "Seeding them was proven to remove the divergence between the runs."
+    elif result.verdict == "nondeterministic" and not any(
+            t.knob == "seed_escapes" for t in result.knob_trials):
+        message += ("Attribution did not run, so whether they cause the divergence is not "
+                    "proven; seeding them is the first thing to try.")
+    elif result.verdict == "nondeterministic":
+        message += "Seeding them alone did not remove the divergence; fix them anyway."
+    else:
+        message += ("These steps agreed, but whatever draws from them later (another epoch, "
+                    "a validation split, a later layer) will differ between runs.")
+    if escapes:
+        fixes = []
+        for e in escapes:
+            line = escape_fix(e.kind)
+            if line not in fixes:
+                fixes.append(line)
+        fix = "\n".join(fixes)
+        where = next((e.where for e in escapes if e.where), None)
+    else:
+        fix = rng_causes[0].fix
+        where = next((c.where for c in rng_causes if c.where), None)
+    return Check("determinism", "no unseeded generators", False, message, fix, where)
+
+
+
+def _generator_check(result: DeterminismResult) -> Check:
+    from audit.probes.determinism.attribute import escape_fix  # torch only when needed
+
+    escapes = list(result.rng_escapes)
+    rng_causes = [c for c in result.causes if c.source == "unseeded_rng"]
+    if not escapes and not rng_causes:
+        return Check("determinism", "no unseeded generators", True,
+                     "every random generator the training used follows the seed")
+    confirmed = any(c.confirmed for c in rng_causes)
+    places = [f"{e.kind} at {e.where or 'an unknown place'}"
+              + (f" ({e.detail})" if e.detail else "") for e in escapes]
+    if escapes:
+        message = (f"{plural(len(escapes), 'generator')} the matched seed does not reach: "
+                   + "; ".join(places) + ". ")
+    else:
+        message = "; ".join(c.evidence for c in rng_causes) + ". "
+    if confirmed:
+        message += "Seeding them was proven to remove the divergence between the runs."
+    elif result.verdict == "nondeterministic" and not any(
+            t.knob == "seed_escapes" for t in result.knob_trials):
+        message += ("Attribution did not run, so whether they cause the divergence is not "
+                    "proven; seeding them is the first thing to try.")
+    elif result.verdict == "nondeterministic":
+        message += "Seeding them alone did not remove the divergence; fix them anyway."
+    else:
+        message += ("These steps agreed, but whatever draws from them later (another epoch, "
+                    "a validation split, a later layer) will differ between runs.")
+    if escapes:
+        fixes = []
+        for e in escapes:
+            line = escape_fix(e.kind)
+            if line not in fixes:
+                fixes.append(line)
+        fix = "\n".join(fixes)
+        where = next((e.where for e in escapes if e.where), None)
+    else:
+        fix = rng_causes[0].fix
+        where = next((c.where for c in rng_causes if c.where), None)
+    return Check("determinism", "no unseeded generators", False, message, fix, where)
+
+
+
+def annotations(check: Check, result: DeterminismResult) -> list:
+    """The generator check once per unseeded generator, so each place gets an annotation."""
+    from audit.probes.determinism.attribute import escape_fix  # torch only when needed
+
+    if check.name != "no unseeded generators" or len(result.rng_escapes) <= 1:
+        return [check]
+    return [dataclasses.replace(
+        check, where=e.where,
+        message=f"{e.kind} is not seeded by the run's seed"
+                + (f" ({e.detail})" if e.detail else "") + ": runs of the same code will differ",
+        fix=escape_fix(e.kind)) for e in result.rng_escapes if e.where]
+
+
+# --------------------------------------------------------------------------- baseline
+
+
+def _differing_stages(result: DeterminismResult) -> list:
+    stages = set()
+    for row in result.timeline:
+        for stage, state in (row.stages or {}).items():
+            if state == "differ":
+                stages.add(stage)
+    if result.first_divergence is not None:
+        stages.add(result.first_divergence.stage)
+    return [s for s in STAGES if s in stages]
+
+
+def snapshot(result: DeterminismResult) -> dict:
+    """What a baseline keeps of a result (plain, JSON-able, numbers to 4 significant digits)."""
+    div = result.first_divergence
+    return {
+        "settings": {"runs": result.runs, "steps": result.steps, "seed": result.seed,
+                     "device": result.device, "target": result.target},
+        "verdict": result.verdict,
+        "crashed": bool(result.error),
+        "nondeterministic_stages": _differing_stages(result),
+        "first_divergence": None if div is None else {
+            "step": div.step, "stage": div.stage, "module": div.module,
+            "max_abs_diff": rounded(div.max_abs_diff)},
+        "cause_sources": sorted({c.source for c in result.causes}),
+        "rng_escapes": sorted(({"kind": e.kind, "where": e.where} for e in result.rng_escapes),
+                              key=lambda e: (e["kind"], e["where"] or "")),
+        "failing_checks": failing_names(checks(result)),
+    }
+
+
+def _where_file(where: Optional[str]) -> Optional[str]:
+    return split_where(where)[0] if where else None
+
+
+def regressions(base: dict, now: dict, tolerances: dict) -> list:
+    """``(text, where)`` pairs: how ``now`` (a snapshot) is worse than ``base``."""
+    out = []
+    if now.get("crashed") and not base.get("crashed"):
+        out.append(("a run crashed; in the baseline every run completed", None))
+    base_stages = set(base.get("nondeterministic_stages") or [])
+    new_stages = [s for s in now.get("nondeterministic_stages") or [] if s not in base_stages]
+    div = now.get("first_divergence")
+    if base.get("verdict") == "deterministic" and now.get("verdict") != "deterministic":
+        text = "the runs no longer agree"
+        if div:
+            at = "before the first step" if div.get("step") is None else f"at step {div['step']}"
+            text += f": they part {at} in the {div.get('stage')} stage"
+            if div.get("module"):
+                text += f" of {div['module']}"
+        if new_stages:
+            text += f" (stages that now differ: {', '.join(new_stages)})"
+        out.append((text, None))
+    else:
+        for stage in new_stages:
+            out.append((f"newly nondeterministic stage: {stage}", None))
+    bdiv = base.get("first_divergence")
+    factor = tolerances.get("max_abs_diff")
+    if div and bdiv and factor is not None:
+        a, b = div.get("max_abs_diff"), bdiv.get("max_abs_diff")
+        if a is not None and b is not None and b > 0 and a > b * factor:
+            out.append((f"the divergence grew: max |diff| {a:.3g} against {b:.3g} in the "
+                        f"baseline (more than x{factor:g})", None))
+    for source in now.get("cause_sources") or []:
+        if source not in (base.get("cause_sources") or []):
+            out.append((f"new cause of nondeterminism: {source}", None))
+    base_places: dict = {}
+    for e in base.get("rng_escapes") or []:
+        base_places.setdefault((e["kind"], _where_file(e["where"])), set()).add(e["where"])
+    now_places: dict = {}
+    for e in now.get("rng_escapes") or []:
+        now_places.setdefault((e["kind"], _where_file(e["where"])), []).append(e["where"])
+    for key, wheres in now_places.items():
+        known = base_places.get(key, set())
+        extra = len(wheres) - len(known)
+        if extra <= 0:
+            continue
+        fresh = [w for w in wheres if w not in known] or wheres
+        for where in fresh[:extra]:
+            out.append((f"new unseeded generator: {key[0]} at {where or 'an unknown place'}", where))
+
+    return out
+
+
+# --------------------------------------------------------------------------- reporters
+
+
+def verdict_detail(result: DeterminismResult) -> str:
+    text = ""
+    div = result.first_divergence
+    if div is not None:
+        at = "before the first step" if div.step is None or div.stage == "init" else f"at step {div.step}"
+        text += f": the runs part {at} in the {stage_title(div.stage)}"
+        if div.module:
+            text += f" of {one_line(div.module)}"
+        if result.causes:
+            text += f"; cause: {result.causes[0].source}"
+            if result.causes[0].where:
+                text += f" at {one_line(result.causes[0].where)}"
+    elif result.rng_escapes:
+        text += f", but {plural(len(result.rng_escapes), 'unseeded generator')} found"
+    return text + f" ({result.runs} runs x {result.steps} steps)"
+
+
+def index(result: DeterminismResult) -> tuple:
+    return determinism_sentence(result), "", ""
+
+
+KIND = AuditKind(
+    name="determinism", help="do runs under matched seeds agree bit for bit?",
+    settings=DeterminismSettings, add_arguments=add_arguments, check_table=check_table,
+    tolerances=TOLERANCES, run=run, checks=checks, snapshot=snapshot, regressions=regressions,
+    headline=determinism_headline, verdict_detail=verdict_detail,
+    summary=terminal.determinism_summary, html=html.determinism_html, result_type=DeterminismResult, index=index,
+    script_mode=True, annotations=annotations, checked_by_default=True)
