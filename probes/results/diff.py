@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from audit.probes.results import GrowthPoint, StepAgreement, build, plain
+from audit.probes.results import GrowthPoint, Renderable, StepAgreement, build, plain
 
 DIFF_SCHEMA = "audit.diff/1"
 RECORD_SCHEMA = "audit.record/1"  # what `audit record` reports (not the reference file's)
@@ -96,7 +96,7 @@ class SelfDifference:
 
 
 @dataclass
-class DiffResult:
+class DiffResult(Renderable):
     verdict: str  # "identical" | "differs" | "nondeterministic"
     steps: int
     seed: int
@@ -151,7 +151,7 @@ class DiffResult:
 
 
 @dataclass
-class RecordResult:
+class RecordResult(Renderable):
     """What ``audit record`` found: ``recorded`` (the file can be written) or
     ``nondeterministic`` (the target disagreed with itself; nothing is written)."""
 
