@@ -4,7 +4,6 @@ is compared against that reference (one run, two when it differs); two pairs run
 ``diff A B`` (the lockstep replay and its magnitudes), and a few through script mode. All of it
 runs once per session, two at a time."""
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
