@@ -169,7 +169,8 @@ def run(spec: dict, program) -> int:
         if spec.get("lockstep"):
             from audit.probes.determinism.lockstep import Lockstep
 
-            lockstep = Lockstep(spec["lockstep"]["folder"], spec["lockstep"]["role"])
+            lockstep = Lockstep(spec["lockstep"]["folder"], spec["lockstep"]["role"],
+                                rename=spec["lockstep"].get("rename"))
         tracer = ScriptTracer(writer, spec["steps"], detail=spec.get("detail", False),
                               lockstep=lockstep, environment=environment,
                               escape_log=spec.get("escape_log"))

@@ -412,6 +412,7 @@ class ScriptTracer:
         return {"type": "params", "names": list(self.names),
                 "modules": [n for root, label in self._roots
                             for n in (_join(label, m) for m, _ in root.named_modules())],
+                "types": [type(m).__name__ for root, _ in self._roots for _, m in root.named_modules()],
                 "shapes": [list(p.shape) for p in self.params], "optimizers": optimizers}
 
     def _describe(self, header: dict) -> str:

@@ -284,6 +284,7 @@ def run_traced(
     names = [n for n, _ in named]
     writer.write({"type": "params", "names": names,
                   "modules": [n for n, _ in model.named_modules()],
+                  "types": [type(m).__name__ for _, m in model.named_modules()],
                   "shapes": [list(p.shape) for p in params]})
     writer.write(init_record(params, names, lockstep))
     live = LiveObjects(model, optimizer, scheduler, setup.data)

@@ -56,6 +56,7 @@ def environment(device) -> dict:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "device": str(device),
+        "cpu": cpu_name(),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "flags": knobs.flags(),
@@ -69,6 +70,20 @@ def environment(device) -> dict:
     except Exception:
         pass
     return env
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux reads /proc/cpuinfo), else what platform says."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def run(spec: dict) -> int:
@@ -100,7 +115,8 @@ def run(spec: dict) -> int:
         if spec.get("lockstep"):
             from audit.probes.determinism.lockstep import Lockstep
 
-            lockstep = Lockstep(spec["lockstep"]["folder"], spec["lockstep"]["role"])
+            lockstep = Lockstep(spec["lockstep"]["folder"], spec["lockstep"]["role"],
+                                rename=spec["lockstep"].get("rename"))
         steps, session = spec["steps"], None
         if spec.get("resume"):
             from audit.probes.resume.session import open_session

@@ -542,3 +542,58 @@ def delta_chart(deltas: Sequence[float], ci: Sequence, metric: str) -> str:
         return fig
 
     return _render(build, "delta", "Paired differences and the CI of their mean")
+
+# --------------------------------------------------------------------------- diff
+
+
+def _rel_diffs(a: Sequence, b: Sequence) -> list:
+    out = []
+    for x, y in zip(a, b):
+        x, y = finite(x), finite(y)
+        if x is None or y is None:
+            out.append(None)
+        else:
+            out.append(0.0 if x == y else abs(x - y) / max(abs(x), abs(y)))
+    return out
+
+
+def loss_pair_chart(a: Sequence, b: Sequence, first_step: Optional[int] = None) -> str:
+    """Two versions' loss curves overlaid (side a dashed under side b), and below them the
+    relative difference per step (log scale, exact zeros on a ``0`` line); the step where the
+    sides first part is marked."""
+    if not a and not b:
+        return ""
+    rel = _rel_diffs(a, b)
+    positives = [r for r in rel if r]
+
+    def build():
+        fig, (top, bottom) = _figure(height=HEIGHT * 1.5, rows=2, sharex=True)
+        for ys, text, color, style in ((a, "a (before)", MUTED, (0, (4, 2))),
+                                       (b, "b (after)", BLUE, "-")):
+            values = [float("nan") if finite(y) is None else finite(y) for y in ys]
+            top.plot(range(len(values)), values, color=color, linestyle=style, label=text,
+                     marker="o", markersize=2.5, zorder=3)
+        top.set_ylabel("training loss")
+        floor = 10.0 ** (math.floor(math.log10(min(positives))) - 1) if positives else None
+        if positives:
+            _log_axis(bottom, positives, zero_floor=floor)
+            bottom.plot(range(len(rel)), [float("nan") if r is None else (r or floor) for r in rel],
+                        color=RED, marker="o", markersize=3, zorder=3, label="relative difference")
+            bottom.axhline(floor, color=MUTED, linewidth=0.8, linestyle=(0, (2, 2)), zorder=1)
+        else:
+            bottom.text(0.5, 0.5, "the two loss curves are identical at every step",
+                        transform=bottom.transAxes, ha="center", va="center", color=GREEN)
+            bottom.set_yticks([])
+        bottom.set_ylabel("|a - b| / max(|a|, |b|)")
+        if first_step is not None:
+            for ax in (top, bottom):
+                ax.axvline(first_step, color=AMBER, linewidth=1.2, linestyle="--", zorder=2)
+            top.text(first_step, 1.0, f" first difference (step {first_step})",
+                     transform=blended_transform_factory(top.transData, top.transAxes),
+                     color=AMBER, fontsize=8.5, va="bottom", ha="left")
+        _integer_x(bottom, list(range(max(len(a), len(b)))))
+        bottom.set_xlabel("optimizer step")
+        fig.legend(loc="outside lower center", ncols=3)
+        return fig
+
+    return _render(build, "losspair", "The two sides' loss curves and their relative difference")

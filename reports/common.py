@@ -486,3 +486,117 @@ def resume_sentence(result) -> str:
         names = ", ".join(resume_source_title(c.source).lower() for c in confirmed)
         text += f" Proven cause: {names}."
     return text
+
+# --------------------------------------------------------------------------- diff
+
+#: What each diff stage means (the determinism stages, plus ``loss``).
+DIFF_STAGE_MEANING = {
+    **STAGE_MEANING,
+    "forward": "a module's output differs although its inputs, parameters and RNG state agree",
+    "loss": "every module's output agrees, but the loss differs",
+}
+DIFF_STAGE_TITLES = {**STAGE_TITLES, "loss": "loss"}
+DIFF_TIMELINE_STAGES = ("init", "data", "rng", "forward", "loss", "backward", "optimizer")
+DRIFT_WORDS = {
+    "rounding": "stays at rounding level over the run",
+    "material": "grows to a material difference",
+}
+
+
+def diff_headline(result) -> tuple[str, str]:
+    """``(status, title)`` of a diff: ``pass`` identical, ``fail`` differs or a side is
+    nondeterministic, ``error`` a side crashed before any difference."""
+    if result.error and result.first_difference is None:
+        return "error", "Incomplete: a side crashed"
+    if result.verdict == "identical":
+        return "pass", "Identical"
+    if result.verdict == "nondeterministic":
+        return "fail", "Nondeterministic: a side disagrees with itself"
+    return "fail", "The numbers differ"
+
+
+def diff_where(result) -> str:
+    """``at step 3, in the forward pass of mix`` (side b's name, side a's beside it)."""
+    d = result.first_difference
+    if d is None:
+        return ""
+    text = "before the first step" if d.step is None else f"at step {d.step}"
+    text += f", in the {DIFF_STAGE_TITLES.get(d.stage, d.stage)}"
+    if d.module:
+        text += f" of {one_line(d.module)}"
+        if d.module_a and d.module_a != d.module:
+            text += f" (a: {one_line(d.module_a)})"
+    return text
+
+
+def diff_sentence(result) -> str:
+    """One sentence that says what happened."""
+    against = "the reference" if result.mode == "against" else "side a"
+    if result.first_difference is None:
+        if result.error:
+            return "The comparison could not finish: a side crashed. What was measured is below."
+        renamed = f" ({len(result.renamed)} module(s) matched under new names)" if result.renamed else ""
+        return (f"Side b trains bit for bit as {against} over {result.steps} steps with seed "
+                f"{result.seed}: every batch, loss, gradient and parameter agrees{renamed}.")
+    d = result.first_difference
+    text = f"Side b first parts from {against} {diff_where(result)}"
+    if d.max_abs_diff is not None:
+        text += f" (max |diff| {fmt_num(d.max_abs_diff)})"
+    text += "."
+    if result.verdict == "nondeterministic" and result.self_difference is not None:
+        s = result.self_difference
+        when = "before the first step" if s.step is None else f"at step {s.step}"
+        text += (f" But side {s.side} disagrees with its own rerun {when} "
+                 f"({s.stage}), so the difference is not the change's alone: run "
+                 "'audit determinism' on it first.")
+    elif result.drift in DRIFT_WORDS:
+        text += f" The difference {DRIFT_WORDS[result.drift]}"
+        if result.loss.max_rel_diff is not None:
+            text += f" (largest relative loss difference {fmt_num(result.loss.max_rel_diff)})"
+        text += "."
+    return text
+
+
+def diff_timeline_rows(result) -> list[dict]:
+    """The step x stage grid of a diff, as :func:`timeline_rows`, with the ``loss`` column;
+    ``first_col`` marks the first difference."""
+    rows = []
+    d = result.first_difference
+    for entry in result.timeline:
+        stages = entry.stages or {}
+        cells = []
+        for stage in DIFF_TIMELINE_STAGES:
+            state = stages.get(stage)
+            if state is None:
+                state = "" if (entry.step is None) != (stage == "init") else "missing"
+            cells.append(str(state))
+        first = None
+        if d is not None and ((d.stage == "init" and entry.step is None)
+                              or (d.stage != "init" and entry.step == d.step)):
+            first = DIFF_TIMELINE_STAGES.index(d.stage) if d.stage in DIFF_TIMELINE_STAGES else None
+        rows.append({"step": entry.step, "label": step_label(entry.step), "cells": cells,
+                     "first_col": first, "first": first is not None})
+    rows.sort(key=lambda r: -1 if r["step"] is None else r["step"])
+    return rows
+
+
+def record_headline(result) -> tuple[str, str]:
+    """``(status, title)`` of ``audit record``."""
+    if result.verdict == "recorded":
+        return "pass", "Recorded"
+    return "fail", "Refused: the target disagrees with itself"
+
+
+def record_sentence(result) -> str:
+    """One sentence: what was recorded where, or why nothing was."""
+    if result.verdict == "recorded":
+        size = f" ({result.size_bytes / 1024:.1f} KiB)" if result.size_bytes is not None else ""
+        where = f" to {one_line(result.path)}{size}" if result.path else ""
+        return (f"Two runs of {one_line(result.target)} ({result.steps} steps, seed {result.seed}, "
+                f"device {one_line(result.device)}) agree bit for bit; the reference was "
+                f"written{where}.")
+    s = result.self_difference
+    when = "" if s is None else (" before the first step" if s.step is None else f" at step {s.step}")
+    stage = "" if s is None else f" ({s.stage})"
+    return (f"Two runs of {one_line(result.target)} differ{when}{stage}, so a reference of it "
+            "would not be reproducible; nothing was written. Run 'audit determinism' on it first.")

@@ -18,9 +18,13 @@ import jinja2
 from markupsafe import Markup, escape
 
 from audit.probes.results import STAGES, DeterminismResult, GateResult, InitResult
-from audit.probes.results.variance import CompareResult, VarianceResult
+from audit.probes.results.diff import DiffResult, RecordResult
 from audit.probes.results.resume import ResumeResult
+from audit.probes.results.variance import CompareResult, VarianceResult
 from audit.reports.common import (
+    DIFF_STAGE_MEANING,
+    DIFF_TIMELINE_STAGES,
+    DRIFT_WORDS,
     SOURCE_MEANING,
     compare_headline,
     compare_sentence,
@@ -32,6 +36,9 @@ from audit.reports.common import (
     STAGE_TITLES,
     determinism_headline,
     determinism_sentence,
+    diff_headline,
+    diff_sentence,
+    diff_timeline_rows,
     diverged,
     final_loss,
     finding_advice,
@@ -49,6 +56,8 @@ from audit.reports.common import (
     resume_notes,
     resume_sentence,
     resume_source_title,
+    record_headline,
+    record_sentence,
     source_title,
     strip_controls,
     timeline_rows,
@@ -366,3 +375,34 @@ def write_variance(result: VarianceResult, path: str) -> None:
 
 def write_compare(result: CompareResult, path: str) -> None:
     write_atomic(path, compare_html(result))
+
+# --------------------------------------------------------------------------- diff
+
+
+def diff_html(result: DiffResult, *, charts: bool = True) -> str:
+    """The diff report page: both sides, the first difference, the timeline with it marked,
+    the loss curves overlaid (and the parameter growth), matched modules, environment."""
+    status, title = diff_headline(result)
+    d = result.first_difference
+    loss_svg = growth_svg = ""
+    if charts:
+        from audit.reports import charts as _charts  # matplotlib only when drawing
+
+        step = d.step if d is not None else None
+        loss_svg = _charts.loss_pair_chart(result.loss.a, result.loss.b, step)
+        growth_svg = _charts.growth_chart(result.growth, step)
+    n = max(len(result.loss.a), len(result.loss.b))
+    pad = lambda xs: list(xs) + [None] * (n - len(xs))  # noqa: E731
+    return render(
+        "diff.html", r=result, status=status, title=title, sentence=diff_sentence(result),
+        timeline=_collapse(diff_timeline_rows(result)), loss_svg=Markup(loss_svg),
+        growth_svg=Markup(growth_svg), loss_rows=list(zip(pad(result.loss.a), pad(result.loss.b))),
+        environment_rows=_environment_rows(result.b.environment), DIFF_STAGES=DIFF_TIMELINE_STAGES,
+        STAGE_MEANING_DIFF=DIFF_STAGE_MEANING, DRIFT_WORDS=DRIFT_WORDS)
+
+
+def record_html(result: RecordResult) -> str:
+    """The ``audit record`` page: what was recorded, or why nothing was."""
+    status, title = record_headline(result)
+    return render("record.html", r=result, status=status, title=title,
+                  sentence=record_sentence(result))

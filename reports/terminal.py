@@ -13,7 +13,10 @@ from typing import Optional
 
 from audit.probes.results import DeterminismResult, GateResult, InitResult
 from audit.probes.results.resume import ResumeResult
+from audit.probes.results.diff import DiffResult, RecordResult
 from audit.reports.common import (
+    DIFF_STAGE_MEANING,
+    DRIFT_WORDS,
     RUN_STATUS_TITLES,
     STAGE_MEANING,
     determinism_headline,
@@ -21,6 +24,8 @@ from audit.reports.common import (
     compare_sentence,
     determinism_sentence,
     direction_words,
+    diff_headline,
+    diff_sentence,
     final_loss,
     finding_advice,
     finding_numbers,
@@ -36,6 +41,8 @@ from audit.reports.common import (
     resume_notes,
     resume_sentence,
     resume_source_title,
+    record_headline,
+    record_sentence,
     shorten,
     source_title,
     stage_title,
@@ -461,6 +468,57 @@ def variance_summary(result, report_path: Optional[str] = None, *, color: bool =
         if r.note:
             w.wrap(r.note, indent="    ")
     _run_problems(w, result.runs)
+
+# --------------------------------------------------------------------------- diff
+
+
+def _side_line(label: str, side) -> str:
+    kind = {"reference": " (reference file)", "script": " (script mode)"}.get(side.mode, "")
+    return f"{label}: {one_line(side.target or 'audit.example:build (built-in)')}{kind}"
+
+
+def diff_summary(result: DiffResult, report_path: Optional[str] = None, *,
+                 color: bool = False, width: Optional[int] = None) -> str:
+    """Verdict; where the sides part (step, stage, module by side b's name with side a's,
+    tensor, max |diff|); how much (loss curves, drift); renamed and unmatched modules;
+    environment changes; the report path."""
+    w = _Writer(width, color)
+    status, title = diff_headline(result)
+    _verdict(w, "diff", status, title)
+    w.wrap(diff_sentence(result))
+    w.wrap(_side_line("a", result.a), indent="    ", first="  ")
+    w.wrap(_side_line("b", result.b), indent="    ", first="  ")
+    w.wrap(f"{result.steps} steps, seed {result.seed}, device {one_line(result.device)}")
+    if result.error:
+        w.heading("Error")
+        w.wrap(result.error)
+    d = result.first_difference
+    if d is not None:
+        w.heading("Where the sides part")
+        pairs = [("step", "before the first step" if d.step is None else str(d.step)),
+                 ("stage", f"{d.stage} -- {DIFF_STAGE_MEANING.get(d.stage, d.stage)}")]
+        if d.module is not None:
+            named = d.module or "(the model)"
+            pairs.append(("module", named + (f"  (a: {d.module_a})" if d.module_a not in (None, d.module) else "")))
+        if d.tensor:
+            pairs.append(("tensor", d.tensor + (f"  (a: {d.tensor_a})" if d.tensor_a not in (None, d.tensor) else "")))
+        pairs.append(("max |diff|", fmt_num(d.max_abs_diff)))
+        w.fields(pairs)
+    if result.loss.a or result.loss.b:
+        w.heading("How much")
+        pairs = [("loss a", _curve(result.loss.a)), ("loss b", _curve(result.loss.b)),
+                 ("max rel diff", fmt_num(result.loss.max_rel_diff)
+                  + (f" at step {result.loss.step_of_max}" if result.loss.step_of_max is not None else ""))]
+        if result.drift in DRIFT_WORDS:
+            pairs.append(("drift", f"{result.drift}: the difference {DRIFT_WORDS[result.drift]}"))
+        last = next((g for g in reversed(result.growth) if g.rel_l2 is not None), None)
+        if last is not None:
+            pairs.append(("parameters", f"relative L2 distance {fmt_num(last.rel_l2)} after step {last.step}"))
+        w.fields(pairs)
+    _diff_modules(w, result)
+    if result.environment_changes:
+        w.heading("Environment changes")
+        w.fields([(c.key, f"{one_line(c.a)} -> {one_line(c.b)}") for c in result.environment_changes])
     _report_line(w, report_path)
     return w.text()
 
@@ -494,4 +552,39 @@ def compare_summary(result, report_path: Optional[str] = None, *, color: bool = 
     w.wrap(compare_sentence(result))
     _run_problems(w, result.runs)
     _report_line(w, report_path)
+def _curve(values: list, limit: int = 6) -> str:
+    shown = [fmt_loss(v) for v in values[:limit]]
+    return ", ".join(shown) + (f", ... ({len(values)} steps)" if len(values) > limit else "")
+
+
+def _diff_modules(w: _Writer, result: DiffResult) -> None:
+    if result.renamed:
+        w.heading(f"Renamed modules ({len(result.renamed)})")
+        for r in result.renamed[:20]:
+            w.wrap(f"{r.source or '(root)'} -> {r.to or '(root)'}", indent="      ", first="  - ")
+        if len(result.renamed) > 20:
+            w.wrap(f"... and {len(result.renamed) - 20} more (diff.json lists them all)")
+    if result.replaced:
+        w.heading("Modules whose type changed")
+        for r in result.replaced:
+            w.wrap(f"{r.b}: {r.a_type} -> {r.b_type}" + (f" (a: {r.a})" if r.a != r.b else ""),
+                   indent="      ", first="  - ")
+    for side, names in (("a", result.unmatched.a), ("b", result.unmatched.b)):
+        if names:
+            w.heading(f"Only in side {side}")
+            w.wrap(", ".join(n or "(root)" for n in names))
+
+
+def record_summary(result: RecordResult, report_path: Optional[str] = None, *,
+                   color: bool = False, width: Optional[int] = None) -> str:
+    """What ``audit record`` did: the file and its size, or, in one line, why it refused."""
+    w = _Writer(width, color)
+    status, title = record_headline(result)
+    if result.verdict != "recorded":
+        w.add(f"{w.s('audit record', 'bold')}  {w.s('FAIL', 'fail')}  " + record_sentence(result))
+        return w.text()
+    _verdict(w, "record", status, title)
+    w.wrap(record_sentence(result))
+    if result.path:
+        w.wrap(f"Compare later with: audit diff --against {strip_controls(result.path)}")
     return w.text()

@@ -65,11 +65,12 @@ def audit_one(kind: AuditKind, s: Settings, opts: GateOptions) -> Outcome:
     result = run_kind(kind, s, opts.quiet)
     state = baselines.apply_baseline(kind, result, opts.baseline, opts.update_baseline,
                                      s.tolerances or None)
-    os.makedirs(s.out, exist_ok=True)
-    paths = write_audit_files(s.out, kind, result)
+    out = kind.report_folder(s)
+    os.makedirs(out, exist_ok=True)
+    paths = write_audit_files(out, kind, result)
     gate = GateResult()
     add_audit(gate, kind, result, state)
-    paths.update(write_gate_files(s.out, gate, opts.junit_xml, {kind.name: result}))
+    paths.update(write_gate_files(out, gate, opts.junit_xml, {kind.name: result}))
     return Outcome(kind, result, state, paths)
 
 

@@ -53,6 +53,10 @@ def _no_annotations(check: Check, result: Any) -> list:
     return [check]
 
 
+def _out_folder(s: "Settings") -> str:
+    return s.out
+
+
 @dataclass(frozen=True)
 class AuditKind:
     """One audit: its settings, flags and config table, how it runs, its checks, its baseline
@@ -78,6 +82,8 @@ class AuditKind:
     in_process: bool = False  # the Python API may pass objects (modules, callables)
     checked_by_default: bool = False  # `audit check` runs it when `audits` is not set
     annotations: Callable[[Check, Any], list] = _no_annotations  # a failed check per place
+    # Where the report files go (``audit record``'s --out names the reference file instead).
+    report_folder: Callable[[Settings], str] = _out_folder
 
     def failing(self, result: Any) -> list:
         return [c for c in self.checks(result) if not c.passed and not c.skipped]
