@@ -99,8 +99,13 @@ def run(spec: dict) -> int:
             lockstep = Lockstep(spec["lockstep"]["folder"], spec["lockstep"]["role"])
         done = run_traced(setup, spec["steps"], device, writer, detail=spec.get("detail", False),
                           lockstep=lockstep)
+        observed = knobs.observed()
+        if spec.get("cuda_ops"):  # after the traced steps, so the trace is untouched
+            from audit.probes.determinism.cuda_ops import scan_training
+
+            writer.write({"type": "cuda_ops", "scan": scan_training(setup, device).to_dict()})
         writer.write({"type": "end", "status": "ok" if done >= spec["steps"] else "ended_early",
-                      "steps": done, "observed": knobs.observed()})
+                      "steps": done, "observed": observed})
         return EXIT_OK
     except BaseException as exc:  # the user's training raised: keep what was measured
         if isinstance(exc, KeyboardInterrupt):
