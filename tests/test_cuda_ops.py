@@ -194,3 +194,15 @@ def test_audit_scans_the_first_run():
                                              steps=1, device="cpu", cwd=TARGETS))
     assert r.verdict == "deterministic"
     assert listed(r.cuda_ops) == EXPECTED["reflection_pad"]
+
+
+def test_a_kernel_cause_cites_the_scanned_ops_of_its_module():
+    from audit.probes.determinism.cuda_ops_check import cite_scan
+    from audit.probes.results import Cause
+
+    causes = [Cause("nondeterministic_algorithm", True, "removed by deterministic algorithms", "fix"),
+              Cause("unknown", False, "", "")]
+    cite_scan(causes, _sample([RAISING]).cuda_ops, "<b>pad</b>")
+    assert "aten::reflection_pad2d_backward" in causes[0].evidence and not causes[1].evidence
+    cite_scan(causes[1:], _sample([RAISING]).cuda_ops, "other")
+    assert not causes[1].evidence

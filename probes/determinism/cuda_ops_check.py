@@ -1,4 +1,5 @@
-"""The gate's ``cuda ops`` check, from a determinism result's CUDA op scan (a pure function).
+"""The gate's ``cuda ops`` check, from a determinism result's CUDA op scan (a pure function),
+and the scan's word in a ``nondeterministic_algorithm`` cause.
 
 Warns by default (the check passes and says what it found); ``level="fail"`` (the face's
 ``[tool.audit.determinism] cuda_ops = "fail"``) fails it when the step runs any op PyTorch
@@ -53,3 +54,20 @@ def cuda_ops_check(result: DeterminismResult, level: str = "warn") -> Optional[C
     if level == "warn":
         message = "warning: " + message
     return Check("determinism", NAME, level == "warn", message, _fix(scan))
+
+
+def cite_scan(causes: list, scan, module: Optional[str]) -> None:
+    """Add to a ``nondeterministic_algorithm`` cause's evidence the scanned ops that run in
+    the divergent module (or inside it)."""
+    if scan is None or module is None:
+        return
+    inside = [o for o in scan.ops
+              if any(m is not None and (m == module or m.startswith(module + ".") or module == "")
+                     for m in o.modules)]
+    if not inside:
+        return
+    ops = ", ".join(f"{o.op} ({'/'.join(o.passes)})" for o in inside)
+    for cause in causes:
+        if cause.source == "nondeterministic_algorithm":
+            note = f"the op scan lists {ops} in {module}, documented as nondeterministic on CUDA"
+            cause.evidence = f"{cause.evidence}; {note}" if cause.evidence else note

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from audit.probes.determinism import attribute, compare
+from audit.probes.determinism.cuda_ops_check import cite_scan
 from audit.probes.determinism.knobs import KNOBS
 from audit.probes.results import DeterminismResult, Divergence, GrowthPoint, RunInfo
 from audit.probes.results.cuda_ops import CudaOpsScan
@@ -310,6 +311,7 @@ def _audit(opts: DeterminismOptions, launcher: Launcher, say, started: float) ->
     result.knob_trials = trials
     result.causes = attribute.causes(parting, trials, escapes, observed, module, module_where,
                                      reproduced=reproduced)
+    cite_scan(result.causes, result.cuda_ops, module)
     result.seconds = round(time.monotonic() - started, 3)
     return result
 
