@@ -13,6 +13,7 @@ records, per op, whether PyTorch reports that it has no deterministic implementa
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -96,6 +97,17 @@ class ModuleMap:
         self.handles = []
 
 
+@dataclass
+class OpCall:
+    """One recorded op call."""
+
+    op: str  # overload packet, e.g. "index_add"
+    key: Optional[str]  # table entry key, "cudnn" / "cublas", or None
+    phase: str  # "forward" | "backward"
+    module: Optional[str]
+    refusal: str = ""  # confirm mode: PyTorch's message when deterministic mode refused it
+
+
 class OpRecorder(TorchDispatchMode):
     """Records the documented ops (and cuDNN / cuBLAS ops) of the step it wraps; with
     ``confirm`` (deterministic algorithms on) it records which calls PyTorch refuses, and
@@ -105,7 +117,7 @@ class OpRecorder(TorchDispatchMode):
         super().__init__()
         self.modules, self.confirm = modules, confirm
         self.backward = False
-        self.calls: list = []  # (op, entry key or library, pass, module, warning text)
+        self.calls: list = []  # [OpCall]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -117,7 +129,7 @@ class OpRecorder(TorchDispatchMode):
         key = entry.key if entry is not None else _library(name)
         if not self.confirm:
             if key is not None:
-                self.calls.append((name, key, phase, module, ""))
+                self.calls.append(OpCall(name, key, phase, module))
             return func(*args, **kwargs)
         try:
             out, text = func(*args, **kwargs), ""
@@ -131,7 +143,7 @@ class OpRecorder(TorchDispatchMode):
             finally:
                 torch.use_deterministic_algorithms(True)
         if key is not None or text:
-            self.calls.append((name, key, phase, module, text))
+            self.calls.append(OpCall(name, key, phase, module, text))
         return out
 
 
@@ -174,20 +186,21 @@ def summarize(calls: list, device: str, cublas_needed: bool) -> CudaOpsScan:
     """Group recorded calls by table entry and op: passes, modules, counts."""
     ops: dict = {}
     libraries: dict = {}
-    for op, key, phase, module, _ in calls:
+    for call in calls:
+        key, module = call.key, call.module
         if key in ("cudnn", "cublas"):
             lib = libraries.setdefault(key, CudaLibraryUse(
                 key, fix=table.CUDNN_FIX if key == "cudnn" else table.CUBLAS_FIX,
                 needed=key == "cudnn" or cublas_needed))
-            _add(lib.ops, f"aten::{op}")
+            _add(lib.ops, f"aten::{call.op}")
             _add(lib.modules, module)
             continue
         if key is None:
             continue
         entry = table.BY_KEY[key]
-        found = ops.setdefault((key, op), CudaOp(
-            op=f"aten::{op}", entry=key, doc=entry.doc, category=entry.category))
-        _add(found.passes, phase)
+        found = ops.setdefault((key, call.op), CudaOp(
+            op=f"aten::{call.op}", entry=key, doc=entry.doc, category=entry.category))
+        _add(found.passes, call.phase)
         _add(found.modules, module)
         found.count += 1
     cublas = cublas_needed and "cublas" in libraries
@@ -218,26 +231,28 @@ def confirm(setup: TrainingSetup, batch: Any, result: CudaOpsScan, device: torch
     ``warn_only=True``, but each report is tied to its op and module (PyTorch's warnings only
     surface when the whole forward or backward call returns). Reports from ops the table
     does not list are added as ``raises`` ops of their own (entry ``"reported"``)."""
-    was = torch.are_deterministic_algorithms_enabled()
+    was = (torch.are_deterministic_algorithms_enabled(),
+           torch.is_deterministic_algorithms_warn_only_enabled())
     torch.use_deterministic_algorithms(True)
     try:
         calls = record_step(setup, batch, confirm=True)
     finally:
-        torch.use_deterministic_algorithms(was)
+        torch.use_deterministic_algorithms(was[0], warn_only=was[1])
     warned: dict = {}
-    for op, key, phase, module, text in calls:
-        if text:
-            warned.setdefault((f"aten::{op}", module), (key, phase, text))
+    for call in calls:
+        cublas = call.key == "cublas" or "CUBLAS_WORKSPACE_CONFIG" in call.refusal
+        if call.refusal and not cublas:  # cuBLAS refusals (older torch) ask for the variable
+            warned.setdefault((f"aten::{call.op}", call.module), call)
     for found in result.ops:
         hits = [warned.pop((found.op, m), None) for m in found.modules]
         hits = [h for h in hits if h is not None]
         if found.category == table.RAISES or hits:
             found.confirmed = bool(hits)
-            found.warning = _kernel(hits[0][2]) if hits else ""
-    for (op, module), (key, phase, text) in warned.items():
-        result.ops.append(CudaOp(op=op, entry="reported", doc=text.split(". ")[0],
-                                 category=table.RAISES, passes=[phase], modules=[module],
-                                 count=1, confirmed=True, warning=_kernel(text)))
+            found.warning = _kernel(hits[0].refusal) if hits else ""
+    for (op, module), call in warned.items():
+        result.ops.append(CudaOp(op=op, entry="reported", doc=call.refusal.split(". ")[0],
+                                 category=table.RAISES, passes=[call.phase], modules=[module],
+                                 count=1, confirmed=True, warning=_kernel(call.refusal)))
     result.confirmed_on = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
 
 
