@@ -266,7 +266,11 @@ def scan_training(setup: TrainingSetup, device: torch.device) -> CudaOpsScan:
     batch, one forward and backward pass (and on a GPU, the confirming pass). A step that
     raises gives a scan with ``error`` set instead of an exception."""
     try:
-        _, batch = next(cycle_batches(setup.data, 1))
+        batches = cycle_batches(setup.data, 1)
+        try:
+            _, batch = next(batches)
+        finally:
+            batches.close()  # a DataLoader's workers end here, not at garbage collection
         batch = to_device(batch, device)
         result = scan(setup, batch, device)
         if device.type == "cuda":
