@@ -125,8 +125,13 @@ def run(spec: dict) -> int:
             steps = session.steps
         done = run_traced(setup, steps, device, writer, detail=spec.get("detail", False),
                           lockstep=lockstep, session=session)
+        observed = knobs.observed()
+        if spec.get("cuda_ops"):  # after the traced steps, so the trace is untouched
+            from audit.probes.determinism.cuda_ops import scan_training
+
+            writer.write({"type": "cuda_ops", "scan": scan_training(setup, device).to_dict()})
         writer.write({"type": "end", "status": "ok" if done >= steps else "ended_early",
-                      "steps": done, "observed": knobs.observed()})
+                      "steps": done, "observed": observed})
         return EXIT_OK
     except UsageError as exc:  # e.g. a checkpoint the target's load cannot read
         writer.write({"type": "end", "status": "target_error", "message": str(exc)})

@@ -12,8 +12,9 @@ import textwrap
 from typing import Optional
 
 from audit.probes.results import DeterminismResult, GateResult, InitResult
-from audit.probes.results.resume import ResumeResult
+from audit.probes.results.cuda_ops import CudaOpsScan
 from audit.probes.results.diff import DiffResult, RecordResult
+from audit.probes.results.resume import ResumeResult
 from audit.reports.common import (
     DIFF_STAGE_MEANING,
     DRIFT_WORDS,
@@ -223,8 +224,40 @@ def determinism_summary(result: DeterminismResult, report_path: Optional[str] = 
         for kind, where, count in rows:
             w.add(f"  {shorten(kind, a).ljust(a)}  {shorten(where, b).ljust(b)}  {count}")
 
+    if result.cuda_ops is not None:
+        _cuda_ops(w, result.cuda_ops)
+
     _report_line(w, report_path)
     return w.text()
+
+
+CUDA_CATEGORY = {"made_deterministic": "made deterministic by use_deterministic_algorithms(True)",
+                 "raises": "raises under use_deterministic_algorithms(True)"}
+
+
+def _module_label(module: Optional[str]) -> str:
+    return "(model)" if module == "" else "(outside the model)" if module is None else module
+
+
+def _cuda_ops(w: _Writer, scan: CudaOpsScan) -> None:
+    """The ops of the scanned step that PyTorch documents as nondeterministic on CUDA."""
+    w.heading(f"Ops nondeterministic on CUDA (one step scanned on {one_line(scan.device)}, "
+              f"torch {one_line(scan.torch)})")
+    if scan.error:
+        w.wrap(f"The scan could not run: {scan.error}")
+        return
+    if not scan.ops:
+        w.wrap("None: no op of this step is documented as nondeterministic on CUDA.")
+    for op in scan.ops:
+        where = ", ".join(_module_label(m) for m in op.modules)
+        w.wrap(f"{op.op} ({'/'.join(op.passes)}) in {where}", indent="    ", first="  - ")
+        state = CUDA_CATEGORY.get(op.category, op.category)
+        if op.confirmed is not None:
+            state += "; confirmed on the GPU" if op.confirmed else "; not reported on the GPU"
+        w.wrap(f"{state}. {op.doc}", indent="    ")
+    if scan.cublas_workspace_required:
+        w.wrap("With deterministic algorithms on, this torch also needs "
+               "CUBLAS_WORKSPACE_CONFIG=:4096:8 (the step uses cuBLAS).")
 
 
 # --------------------------------------------------------------------------- init

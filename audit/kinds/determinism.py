@@ -13,6 +13,7 @@ from audit import config
 from audit.kinds.base import (AuditKind, Progress, Settings, at_least, failing_names, plural,
                               positive_arg,
                               rounded)
+from audit.probes.determinism.cuda_ops_check import LEVELS, cuda_ops_check
 from audit.probes.errors import UsageError
 from audit.probes.results import STAGES, Check, DeterminismResult
 from audit.reports import html, terminal
@@ -29,6 +30,7 @@ class DeterminismSettings(Settings):
     steps: int = 20
     jobs: int = 1
     attribution: bool = True
+    cuda_ops: str = "warn"  # "fail": ops nondeterministic on CUDA fail the gate
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def check_table(chk: config.Checker, table: dict) -> dict:
     rules = {"runs": config.positive_int(2), "steps": config.positive_int(),
-             "jobs": config.positive_int(), "attribution": config.boolean()}
+             "jobs": config.positive_int(), "attribution": config.boolean(),
+             "cuda_ops": ((lambda v: v in LEVELS), "'warn' or 'fail'")}
     tolerances = (lambda c, v: config.check_tolerances(c, "determinism", v, TOLERANCES,
                                                        {"max_abs_diff": 1}))
     return config.check_table(chk, "determinism", table, rules, {"tolerances": tolerances})
@@ -60,9 +63,11 @@ def run(s: DeterminismSettings, progress: Progress = None) -> DeterminismResult:
         input_shape=s.input_shape, num_classes=s.num_classes, jobs=s.jobs,
         attribute=s.attribution, script=s.script, cwd=s.cwd)
     try:
-        return audit_determinism(opts, progress=progress)
+        result = audit_determinism(opts, progress=progress)
     except TargetFailed as exc:
         raise UsageError(f"audit determinism: {exc}") from None
+    result.cuda_ops_level = s.cuda_ops
+    return result
 
 
 # --------------------------------------------------------------------------- checks
@@ -112,6 +117,9 @@ def checks(result: DeterminismResult) -> list:
                             where if result.verdict != "deterministic" else None))
 
     checks.append(_generator_check(result))
+    scan = cuda_ops_check(result, result.cuda_ops_level)
+    if scan is not None:
+        checks.append(scan)
 
     by_source: dict = {}
     for cause in result.causes:

@@ -8,6 +8,7 @@ places in the user's code that set the flags a cause's fix will point at.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from dataclasses import dataclass, field
@@ -122,6 +123,7 @@ def observe() -> None:
         torch.set_num_threads = set_num_threads
         original_det = torch.use_deterministic_algorithms
 
+        @functools.wraps(original_det)  # keeps torch's docstring (the CUDA op table reads it)
         def use_deterministic_algorithms(mode, *args, **kwargs):
             if not mode:
                 _observed["deterministic_off"] = _caller()

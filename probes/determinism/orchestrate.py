@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from audit.probes.determinism import attribute, compare
+from audit.probes.determinism.cuda_ops_check import cite_scan
 from audit.probes.determinism.knobs import KNOBS
 from audit.probes.results import DeterminismResult, Divergence, GrowthPoint, RunInfo
+from audit.probes.results.cuda_ops import CudaOpsScan
 from audit.probes.rng_escape import read_log
 from audit.probes.trace import read_trace
 
@@ -46,6 +48,7 @@ class DeterminismOptions:
     jobs: int = 1
     attribute: bool = True
     script: Optional[list] = None  # script mode: ["python", "train.py", ...]
+    cuda_ops: bool = True  # scan the first run's ops for CUDA nondeterminism
     cwd: Optional[str] = None
 
 
@@ -81,7 +84,7 @@ class Launcher:
         self.count = 0
 
     def spec(self, name: str, steps: int, knobs=(), detail=False, lockstep=None,
-             extra: Optional[dict] = None) -> dict:
+             extra: Optional[dict] = None, cuda_ops: bool = False) -> dict:
         """A worker spec, written to the folder; ``extra`` adds keys (e.g. ``resume``)."""
         self.count += 1
         base = os.path.join(self.folder, f"{self.count:03d}-{name}")
@@ -92,6 +95,7 @@ class Launcher:
             "num_classes": self.opts.num_classes, "knobs": list(knobs), "detail": detail,
             "lockstep": lockstep, "script": self.opts.script, "log": base + ".log",
             **(extra or {}),
+            "cuda_ops": cuda_ops,
         }
         with open(base + ".json", "w", encoding="utf-8") as fh:
             json.dump(spec, fh)
@@ -205,7 +209,9 @@ def audit_determinism(opts: DeterminismOptions, progress: Optional[Callable[[str
 
 def _audit(opts: DeterminismOptions, launcher: Launcher, say, started: float) -> DeterminismResult:
     say(f"{opts.runs} runs x {opts.steps} steps")
-    specs = [launcher.spec(f"run{i}", opts.steps) for i in range(opts.runs)]
+    # The first run also scans its ops for CUDA nondeterminism (target mode; one extra pass).
+    specs = [launcher.spec(f"run{i}", opts.steps, cuda_ops=i == 0 and opts.cuda_ops and not opts.script)
+             for i in range(opts.runs)]
     outs = launcher.run_all(specs, opts.jobs, on_done=lambda: say("run finished"))
 
     for out in outs:
@@ -222,6 +228,8 @@ def _audit(opts: DeterminismOptions, launcher: Launcher, say, started: float) ->
         mode="script" if opts.script else "target", run_info=infos,
         timeline=compare.timeline([o.records for o in outs]),
     )
+    scans = [r["scan"] for r in outs[0].records if r.get("type") == "cuda_ops"]
+    result.cuda_ops = CudaOpsScan.from_dict(scans[0]) if scans else None
     if env.get("description"):
         result.detail["data"] = env["description"]
     crashed = [i for i in infos if i.status in ("crashed", "killed")]
@@ -305,6 +313,7 @@ def _audit(opts: DeterminismOptions, launcher: Launcher, say, started: float) ->
     result.knob_trials = trials
     result.causes = attribute.causes(parting, trials, escapes, observed, module, module_where,
                                      reproduced=reproduced)
+    cite_scan(result.causes, result.cuda_ops, module)
     result.seconds = round(time.monotonic() - started, 3)
     return result
 

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from audit.probes.results.cuda_ops import CudaOpsScan
+
 DETERMINISM_SCHEMA = "audit.determinism/1"
 INIT_SCHEMA = "audit.init/1"
 
@@ -191,9 +193,13 @@ class DeterminismResult(Renderable):
     detail: dict = field(default_factory=dict)  # free-form localization notes
     error: Optional[str] = None  # set when a run crashed and the result is partial
     seconds: Optional[float] = None
+    cuda_ops: Optional[CudaOpsScan] = None  # the CUDA op scan of the first run (None: not run)
+    cuda_ops_level: str = "warn"  # the gate: "warn" or "fail" on CUDA-nondeterministic ops
 
     def to_dict(self) -> dict:
         data = _plain(self)
+        if data.get("cuda_ops") is None:
+            data.pop("cuda_ops", None)  # additive field: absent where no scan ran
         # Contract order first, extras after.
         head = ["schema", "verdict", "runs", "steps", "seed", "device", "environment",
                 "first_divergence", "causes"]
@@ -210,6 +216,7 @@ class DeterminismResult(Renderable):
         data["growth"] = [_build(GrowthPoint, r) for r in data.get("growth", [])]
         data["rng_escapes"] = [_build(RngEscape, r) for r in data.get("rng_escapes", [])]
         data["knob_trials"] = [_build(KnobTrial, r) for r in data.get("knob_trials", [])]
+        data["cuda_ops"] = CudaOpsScan.from_dict(data.get("cuda_ops"))
         return _build(cls, data)
 
     @property
