@@ -12,6 +12,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from audit.probes.results.distributed import (DISTRIBUTED_SOURCES, RankTimeline, ReplicaPoint,
+                                              ReplicaRow, Replicas)
+
 DETERMINISM_SCHEMA = "audit.determinism/1"
 INIT_SCHEMA = "audit.init/1"
 
@@ -25,6 +28,7 @@ SOURCES = (
     "nondeterministic_algorithm",
     "cudnn_benchmark",
     "thread_count",
+    *DISTRIBUTED_SOURCES,
     "unknown",
 )
 #: Finding kinds (contract).
@@ -99,6 +103,7 @@ class Divergence:
     module: Optional[str] = None
     tensor: Optional[str] = None
     max_abs_diff: Optional[float] = None
+    rank: Optional[int] = None  # distributed runs: the first rank where the runs part
 
 
 @dataclass
@@ -181,9 +186,17 @@ class DeterminismResult(Renderable):
     detail: dict = field(default_factory=dict)  # free-form localization notes
     error: Optional[str] = None  # set when a run crashed and the result is partial
     seconds: Optional[float] = None
+    nproc: Optional[int] = None  # distributed runs (--nproc N): ranks per run
+    replicas: Optional[Replicas] = None  # distributed runs: replica consistency
+    rank_timelines: list = field(default_factory=list)  # [RankTimeline], distributed runs
 
     def to_dict(self) -> dict:
         data = _plain(self)
+        if self.nproc is None:  # single-process documents keep their shape
+            for key in _DISTRIBUTED_KEYS:
+                data.pop(key, None)
+            if data["first_divergence"]:
+                data["first_divergence"].pop("rank", None)
         # Contract order first, extras after.
         head = ["schema", "verdict", "runs", "steps", "seed", "device", "environment",
                 "first_divergence", "causes"]
@@ -200,11 +213,28 @@ class DeterminismResult(Renderable):
         data["growth"] = [_build(GrowthPoint, r) for r in data.get("growth", [])]
         data["rng_escapes"] = [_build(RngEscape, r) for r in data.get("rng_escapes", [])]
         data["knob_trials"] = [_build(KnobTrial, r) for r in data.get("knob_trials", [])]
+        data["replicas"] = _replicas(data.get("replicas"))
+        data["rank_timelines"] = [
+            RankTimeline(rank=t.get("rank", 0),
+                         rows=[_build(StepAgreement, r) for r in t.get("rows", [])])
+            for t in data.get("rank_timelines") or []]
         return _build(cls, data)
 
     @property
     def passed(self) -> bool:
         return self.verdict == "deterministic" and self.error is None
+
+
+_DISTRIBUTED_KEYS = ("nproc", "replicas", "rank_timelines")
+
+
+def _replicas(data: Optional[dict]) -> Optional[Replicas]:
+    if not data:
+        return None
+    data = dict(data)
+    data["first"] = _build(ReplicaPoint, data["first"]) if data.get("first") else None
+    data["grid"] = [_build(ReplicaRow, r) for r in data.get("grid") or []]
+    return _build(Replicas, data)
 
 
 # --------------------------------------------------------------------------- init
