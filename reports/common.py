@@ -122,6 +122,8 @@ SOURCE_TITLES = {
     "nondeterministic_algorithm": "A nondeterministic kernel",
     "cudnn_benchmark": "The cuDNN autotuner",
     "thread_count": "The number of CPU threads",
+    "unsynced_state": "State DDP does not synchronize",
+    "sampler_epoch": "A sampler never told the epoch",
     "unknown": "Unknown cause",
 }
 
