@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from audit.probes import fingerprint as fp
+from audit.probes import rng_escape
 
 #: Seconds a rank waits for its peers, at start-up and in every collective (gloo and NCCL).
 DEFAULT_TIMEOUT = 120.0
@@ -131,17 +132,15 @@ def finish() -> None:
 
 def _user_place() -> Optional[str]:
     """``file:line`` of the innermost frame of the user's code (not ours, torch's or stdlib's)."""
-    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    skip = (ours, os.path.dirname(os.path.abspath(torch.__file__)),
-            os.path.dirname(os.path.abspath(os.__file__)))
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(here)
+    skip = tuple(d + os.sep for d in (here, os.path.join(root, "audit"), os.path.join(root, "reports"),
+                                      os.path.dirname(os.path.abspath(torch.__file__)),
+                                      os.path.dirname(os.path.abspath(os.__file__))))
     for frame in reversed(traceback.extract_stack()):
         path = os.path.abspath(frame.filename)
         if not frame.filename.startswith("<") and not path.startswith(skip):
-            try:
-                path = os.path.relpath(path)
-            except ValueError:
-                pass
-            return f"{path}:{frame.lineno}"
+            return f"{rng_escape.short_path(path)}:{frame.lineno}"
     return None
 
 

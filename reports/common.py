@@ -9,6 +9,7 @@ import re
 from typing import Any, Iterable, Optional
 
 from audit.probes.results import STAGES, InitResult, SchemeResult
+from audit.reports.ranks import distributed_problem
 
 # C0 and C1 control characters except tab and newline: never shown raw to a person (terminal
 # escape injection, invisible text) and not allowed by XML 1.0.
@@ -176,7 +177,8 @@ def determinism_headline(result) -> tuple[str, str]:
             return "fail", "Nondeterministic (a run crashed; partial result)"
         return "error", "Incomplete: a run crashed"
     if result.verdict == "deterministic":
-        return "pass", "Deterministic"
+        problem = distributed_problem(result)
+        return ("fail", f"Deterministic, but {problem}") if problem else ("pass", "Deterministic")
     return "fail", "Nondeterministic"
 
 

@@ -40,7 +40,7 @@ from audit.reports.common import (
     timeline_rows,
 )
 from audit.reports.files import write_atomic
-from audit.reports.ranks import REPLICA_STATE_TITLES, rank_timelines, replica_grid, replica_sentence
+from audit.reports.ranks import rank_timelines, replica_grid, replica_sentence
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 #: Timelines longer than this collapse runs of identical rows into one.
@@ -199,7 +199,7 @@ def _ranks(result: DeterminismResult) -> dict:
     if not result.nproc:
         return {}
     return {"timelines": rank_timelines(result), "replicas": replica_grid(result),
-            "sentence": replica_sentence(result), "titles": REPLICA_STATE_TITLES,
+            "sentence": replica_sentence(result),
             "notes": [(k.replace("_", " "), result.detail[k]) for k in ("sharding", "rank_rng")
                       if (result.detail or {}).get(k)]}
 

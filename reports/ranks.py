@@ -36,7 +36,8 @@ def replica_grid(result: DeterminismResult) -> dict:
         col = next((i for i, row in enumerate(grid) if row.step == replicas.first.step), None)
         first = None if col is None else (replicas.first.rank, col)
     return {"steps": [_label(row.step) for row in grid], "rows": rows, "first": first,
-            "run": replicas.run, "cut": len(replicas.grid) > MAX_COLUMNS}
+            "run": replicas.run, "cut": len(replicas.grid) > MAX_COLUMNS,
+            "titles": REPLICA_STATE_TITLES}
 
 
 def _first_stage(stages: dict) -> str:
@@ -59,7 +60,21 @@ def rank_timelines(result: DeterminismResult) -> dict:
     if div is not None and div.rank is not None:
         col = next((i for i, row in enumerate(first_rows) if row.step == div.step), None)
         first = None if col is None else (div.rank, col)
-    return {"steps": [_label(row.step) for row in first_rows], "rows": rows, "first": first}
+    return {"steps": [_label(row.step) for row in first_rows], "rows": rows, "first": first,
+            "titles": TIMELINE_STATE_TITLES}
+
+
+def distributed_problem(result: DeterminismResult) -> str:
+    """What fails in a distributed run whose runs agree ("" when nothing does)."""
+    problems = []
+    if result.replicas is not None and result.replicas.verdict == "diverged":
+        problems.append("the replicas part")
+    if any(c.source == "sampler_epoch" for c in result.causes):
+        problems.append("a sampler replays its order every epoch")
+    return " and ".join(problems)
+
+
+TIMELINE_STATE_TITLES = {"agree": "the runs agree on this rank", "missing": "not measured"}
 
 
 def replica_sentence(result: DeterminismResult) -> str:
