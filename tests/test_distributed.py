@@ -177,3 +177,21 @@ def test_merged_traces_part_where_one_rank_does():
     parting = first_parting(same, other)
     assert (parting.step, parting.stage, parting.tensor) == (1, "optimizer", "b")
     assert [strip_name(n) for n in ("", "module", "module.fc", "module#0")] == [None, "", "fc", "#0"]
+
+
+def test_a_failed_rank_gets_its_hanging_peers_killed(monkeypatch):
+    import subprocess
+    import sys
+
+    from audit.probes.determinism import rank_launch
+
+    monkeypatch.setattr(rank_launch, "GRACE_SECONDS", 0.2)
+    hang = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    fail = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(4)"])
+    group = rank_launch.RankGroup([hang, fail], [])
+    assert group.wait() == 4 and group.first_failed == 1
+    assert hang.poll() is not None and fail.poll() == 4
+    env = rank_launch.rank_env([], 1, 2, 29500)
+    assert {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")} == {
+        "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29500"}

@@ -71,7 +71,7 @@ class RankGroup:
             codes = [p.wait() for p in self.procs]
         if any(c is None for c in codes):
             return None
-        return next((c for c in codes if c != 0), 0)
+        return 0 if self.first_failed is None else codes[self.first_failed]
 
     def wait(self) -> int:
         while True:
