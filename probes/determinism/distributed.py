@@ -17,6 +17,7 @@ from audit.probes.determinism.orchestrate import DeterminismOptions, audit_deter
 from audit.probes.determinism.rank_launch import RankLauncher
 from audit.probes.determinism.replicas import ReplicaParting, replica_cause, replica_parting
 from audit.probes.determinism.samplers import rank_rng_note, sampler_causes, sharding_note
+from audit.probes.errors import UsageError
 from audit.probes.results import DeterminismResult, RankTimeline, Replicas
 
 #: Seconds a rank waits for its peers (start-up and each collective) before it fails.
@@ -27,6 +28,7 @@ def audit_distributed(opts: DeterminismOptions, nproc: int,
                       progress: Optional[Callable[[str], None]] = None,
                       timeout: float = DEFAULT_TIMEOUT) -> DeterminismResult:
     """The determinism audit with every run made of ``nproc`` ranks under torch.distributed."""
+    _check_devices(opts.device, nproc)
     launchers: list = []
 
     def make(o, folder):
@@ -36,6 +38,18 @@ def audit_distributed(opts: DeterminismOptions, nproc: int,
     result = audit_determinism(opts, progress=progress, launcher=make)
     annotate(result, launchers[0], opts.runs, nproc)
     return result
+
+
+def _check_devices(device: str, nproc: int) -> None:
+    """NCCL needs a GPU per rank: say so before any process starts."""
+    import torch
+
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return
+    count = torch.cuda.device_count()
+    if count < nproc:
+        raise UsageError(f"--nproc {nproc} on CUDA needs {nproc} GPUs (one per rank, NCCL); "
+                         f"this machine has {count}: use --device cpu (gloo) or --nproc {max(count, 1)}")
 
 
 def _traces(launcher: RankLauncher, runs: int) -> list:

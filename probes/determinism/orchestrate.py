@@ -188,7 +188,8 @@ def _magnitude(parting: compare.Parting, records: list, module: Optional[str]) -
 
 
 def audit_determinism(opts: DeterminismOptions, progress: Optional[Callable[[str], None]] = None,
-                      keep: Optional[str] = None, launcher: Callable = None) -> DeterminismResult:
+                      keep: Optional[str] = None,
+                      launcher: Optional[Callable] = None) -> DeterminismResult:
     """Run the whole audit; raises :class:`TargetFailed` when the target cannot be loaded.
     ``launcher(opts, folder)`` makes the :class:`Launcher` (distributed runs pass their own)."""
     started = time.monotonic()
