@@ -93,6 +93,7 @@ def run(spec: dict) -> int:
 
     writer = TraceWriter(spec["trace"])
     lockstep = None
+    tracker = None  # distributed runs: a rank's RankTracker (audit.probes.ranks)
     try:
         rng_escape.install(spec.get("escape_log"), pin=False)
         knobs.observe()
@@ -100,8 +101,13 @@ def run(spec: dict) -> int:
         seed_everything(spec["seed"])
         from audit.probes.target import TargetError, load_target
 
+        rank_ctx = None
+        if spec.get("dist"):  # distributed: the process group exists before the target is called
+            from audit.probes import ranks
+
+            rank_ctx = ranks.start(spec, resolve_device(spec.get("device", "auto")))
         try:
-            device = resolve_device(spec.get("device", "auto"))
+            device = rank_ctx.device if rank_ctx else resolve_device(spec.get("device", "auto"))
             setup = load_target(spec.get("target"), input_shape=spec.get("input_shape"),
                                 num_classes=spec.get("num_classes"), seed=spec["seed"],
                                 batches=spec["steps"] or AUTO_BATCHES)
@@ -112,6 +118,8 @@ def run(spec: dict) -> int:
         writer.write({"type": "env", "environment": environment(device),
                       "module_sources": knobs.module_sources(setup.model),
                       "synthetic": setup.synthetic, "description": setup.description})
+        if rank_ctx is not None:
+            tracker = ranks.prepare(setup, rank_ctx, writer, spec["seed"])
         if spec.get("lockstep"):
             from audit.probes.determinism.lockstep import Lockstep
 
@@ -124,7 +132,8 @@ def run(spec: dict) -> int:
             session = open_session(spec["resume"], setup, device, steps, writer)
             steps = session.steps
         done = run_traced(setup, steps, device, writer, detail=spec.get("detail", False),
-                          lockstep=lockstep, session=session)
+                          lockstep=lockstep, session=session,
+                          on_step=tracker.on_step if tracker else None)
         observed = knobs.observed()
         if spec.get("cuda_ops"):  # after the traced steps, so the trace is untouched
             from audit.probes.determinism.cuda_ops import scan_training
@@ -150,6 +159,12 @@ def run(spec: dict) -> int:
     finally:
         if lockstep is not None:
             lockstep.finish()
+        if spec.get("dist"):
+            from audit.probes import ranks
+
+            if tracker is not None:
+                tracker.close()
+            ranks.finish()
         writer.close()
 
 

@@ -9,6 +9,7 @@ import re
 from typing import Any, Iterable, Optional
 
 from audit.probes.results import STAGES, InitResult, SchemeResult
+from audit.reports.ranks import distributed_problem
 
 # C0 and C1 control characters except tab and newline: never shown raw to a person (terminal
 # escape injection, invisible text) and not allowed by XML 1.0.
@@ -122,6 +123,8 @@ SOURCE_TITLES = {
     "nondeterministic_algorithm": "A nondeterministic kernel",
     "cudnn_benchmark": "The cuDNN autotuner",
     "thread_count": "The number of CPU threads",
+    "unsynced_state": "State DDP does not synchronize",
+    "sampler_epoch": "A sampler never told the epoch",
     "unknown": "Unknown cause",
 }
 
@@ -174,7 +177,8 @@ def determinism_headline(result) -> tuple[str, str]:
             return "fail", "Nondeterministic (a run crashed; partial result)"
         return "error", "Incomplete: a run crashed"
     if result.verdict == "deterministic":
-        return "pass", "Deterministic"
+        problem = distributed_problem(result)
+        return ("fail", f"Deterministic, but {problem}") if problem else ("pass", "Deterministic")
     return "fail", "Nondeterministic"
 
 

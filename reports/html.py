@@ -63,6 +63,7 @@ from audit.reports.common import (
     timeline_rows,
 )
 from audit.reports.files import write_atomic
+from audit.reports.ranks import rank_timelines, replica_grid, replica_sentence
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 #: Timelines longer than this collapse runs of identical rows into one.
@@ -213,7 +214,18 @@ def determinism_html(result: DeterminismResult, *, charts: bool = True) -> str:
         environment_rows=_environment_rows(result.environment),
         detail_rows=[(str(k), _env_value(v)) for k, v in (result.detail or {}).items()],
         bad_runs=[r for r in result.run_info if r.status != "ok"],
+        ranks=_ranks(result),
     )
+
+
+def _ranks(result: DeterminismResult) -> dict:
+    """The distributed section: ranks side by side (``{}`` for single-process runs)."""
+    if not result.nproc:
+        return {}
+    return {"timelines": rank_timelines(result), "replicas": replica_grid(result),
+            "sentence": replica_sentence(result),
+            "notes": [(k.replace("_", " "), result.detail[k]) for k in ("sharding", "rank_rng")
+                      if (result.detail or {}).get(k)]}
 
 
 # --------------------------------------------------------------------------- init

@@ -51,6 +51,7 @@ from audit.reports.common import (
     variance_headline,
     variance_sentence,
 )
+from audit.reports.ranks import rank_lines
 
 DEFAULT_WIDTH = 88
 _MIN_WIDTH = 40
@@ -176,6 +177,8 @@ def determinism_summary(result: DeterminismResult, report_path: Optional[str] = 
         w.heading("Where the runs part")
         pairs = [("step", "before the first step" if div.step is None else str(div.step)),
                  ("stage", f"{div.stage} -- {STAGE_MEANING.get(div.stage, stage_title(div.stage))}")]
+        if div.rank is not None:
+            pairs.append(("rank", str(div.rank)))
         if div.module:
             pairs.append(("module", div.module))
         if div.tensor:
@@ -188,6 +191,11 @@ def determinism_summary(result: DeterminismResult, report_path: Optional[str] = 
                           + (f" (relative L2 {fmt_num(last.rel_l2)})"
                              if last.rel_l2 is not None else "")))
         w.fields(pairs)
+
+    if result.nproc:
+        w.heading(f"Ranks ({result.nproc} per run)")
+        for line in rank_lines(result):
+            w.wrap(line, indent="    ", first="  - ")
 
     if result.causes:
         w.heading("Why")

@@ -15,7 +15,7 @@ from audit.kinds.base import (AuditKind, Progress, Settings, at_least, failing_n
                               rounded)
 from audit.probes.determinism.cuda_ops_check import LEVELS, cuda_ops_check
 from audit.probes.errors import UsageError
-from audit.probes.results import STAGES, Check, DeterminismResult
+from audit.probes.results import DISTRIBUTED_SOURCES, STAGES, Check, DeterminismResult
 from audit.reports import html, terminal
 from audit.reports.common import (determinism_headline, determinism_sentence, one_line,
                                   source_title, split_where, stage_title)
@@ -31,6 +31,7 @@ class DeterminismSettings(Settings):
     jobs: int = 1
     attribution: bool = True
     cuda_ops: str = "warn"  # "fail": ops nondeterministic on CUDA fail the gate
+    nproc: int = 1  # ranks per run under torch.distributed
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,12 +42,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=positive_arg, default=None, help="runs at once (default 1)")
     p.add_argument("--no-attribution", dest="attribution", action="store_const", const=False,
                    default=None, help="skip the knob reruns")
+    p.add_argument("--nproc", type=positive_arg, default=None,
+                   help="ranks per run under torch.distributed (gloo on CPU, NCCL on GPU; "
+                        "default 1)")
 
 
 def check_table(chk: config.Checker, table: dict) -> dict:
     rules = {"runs": config.positive_int(2), "steps": config.positive_int(),
              "jobs": config.positive_int(), "attribution": config.boolean(),
-             "cuda_ops": ((lambda v: v in LEVELS), "'warn' or 'fail'")}
+             "cuda_ops": ((lambda v: v in LEVELS), "'warn' or 'fail'"),
+             "nproc": config.positive_int()}
     tolerances = (lambda c, v: config.check_tolerances(c, "determinism", v, TOLERANCES,
                                                        {"max_abs_diff": 1}))
     return config.check_table(chk, "determinism", table, rules, {"tolerances": tolerances})
@@ -63,11 +68,23 @@ def run(s: DeterminismSettings, progress: Progress = None) -> DeterminismResult:
         input_shape=s.input_shape, num_classes=s.num_classes, jobs=s.jobs,
         attribute=s.attribution, script=s.script, cwd=s.cwd)
     try:
-        result = audit_determinism(opts, progress=progress)
+        if s.nproc > 1:
+            result = _run_distributed(s, opts, progress)
+        else:
+            result = audit_determinism(opts, progress=progress)
     except TargetFailed as exc:
         raise UsageError(f"audit determinism: {exc}") from None
     result.cuda_ops_level = s.cuda_ops
     return result
+
+
+def _run_distributed(s: DeterminismSettings, opts, progress: Progress) -> DeterminismResult:
+    from audit.probes.determinism.distributed import audit_distributed
+
+    if s.script:
+        raise UsageError("--nproc works with a TARGET; script mode under torchrun is not "
+                         "supported yet: audit the training function as a TARGET instead")
+    return audit_distributed(opts, s.nproc, progress=progress)
 
 
 # --------------------------------------------------------------------------- checks
@@ -102,16 +119,18 @@ def checks(result: DeterminismResult) -> list:
                             + note))
 
     fix, where = "", None
-    if result.causes:
-        top = next((c for c in result.causes if c.confirmed),
-                   next((c for c in result.causes if c.source != "unknown"), result.causes[0]))
+    run_causes = [c for c in result.causes if c.source not in DISTRIBUTED_SOURCES]
+    if run_causes:
+        top = next((c for c in run_causes if c.confirmed),
+                   next((c for c in run_causes if c.source != "unknown"), run_causes[0]))
         fix, where = top.fix, top.where
+    agree = "runs agree on every rank" if result.nproc else "runs agree"
     if result.verdict == "deterministic" and result.error and not result.first_divergence:
-        checks.append(Check("determinism", "runs agree", False,
+        checks.append(Check("determinism", agree, False,
                             "undecided: a run crashed before the runs could be compared",
                             skipped=True))
     else:
-        checks.append(Check("determinism", "runs agree", result.verdict == "deterministic",
+        checks.append(Check("determinism", agree, result.verdict == "deterministic",
                             determinism_sentence(result),
                             fix if result.verdict != "deterministic" else "",
                             where if result.verdict != "deterministic" else None))
@@ -120,10 +139,12 @@ def checks(result: DeterminismResult) -> list:
     scan = cuda_ops_check(result, result.cuda_ops_level)
     if scan is not None:
         checks.append(scan)
+    if result.nproc:
+        checks += distributed_checks(result)
 
     by_source: dict = {}
     for cause in result.causes:
-        if cause.source != "unseeded_rng":
+        if cause.source != "unseeded_rng" and not (result.nproc and cause.source in DISTRIBUTED_SOURCES):
             by_source.setdefault(cause.source, []).append(cause)
     for source, causes in by_source.items():
         first = causes[0]
@@ -135,52 +156,36 @@ def checks(result: DeterminismResult) -> list:
     return checks
 
 
-def _generator_check(result: DeterminismResult) -> Check:
-    from audit.probes.determinism.attribute import escape_fix  # torch only when needed
-
-    
-    escapes = list(result.rng_escapes)
-    rng_causes = [c for c in result.causes if c.source == "unseeded_rng"]
-    if not escapes and not rng_causes:
-        return Check("determinism", "no unseeded generators", True,
-                     "every random generator the training used follows the seed")
-    confirmed = any(c.confirmed for c in rng_causes)
-    places = [f"{e.kind} at {e.where or 'an unknown place'}"
-              + (f" ({e.detail})" if e.detail else "") for e in escapes]
-    if escapes:
-        message = (f"{plural(len(escapes), 'generator')} the matched seed does not reach: "
-                   + "; ".join(places) + ". ")
+def distributed_checks(result: DeterminismResult) -> list:
+    """``--nproc``: "replicas agree" and "sampler reshuffles per epoch"."""
+    replicas = result.replicas
+    unsynced = next((c for c in result.causes if c.source == "unsynced_state"), None)
+    if replicas is None:
+        out = [Check("determinism", "replicas agree", False,
+                     "undecided: no run finished with every rank traced", skipped=True)]
+    elif replicas.verdict == "consistent":
+        out = [Check("determinism", "replicas agree", True,
+                     f"parameters identical on all {result.nproc} ranks after every step, buffers "
+                     "identical wherever DDP synchronizes them")]
     else:
-        message = "; ".join(c.evidence for c in rng_causes) + ". "
-    if confirmed:
-        message += "Seeding them was proven to remove the divergence between the runs."
-    elif result.verdict == "nondeterministic" and not any(
-            t.knob == "seed_escapes" for t in result.knob_trials):
-        message += ("Attribution did not run, so whether they cause the divergence is not "
-                    "proven; seeding them is the first thing to try.")
-    elif result.verdict == "nondeterministic":
-        message += "Seeding them alone did not remove the divergence; fix them anyway."
+        out = [Check("determinism", "replicas agree", False,
+                     unsynced.evidence if unsynced else "the ranks' replicas part",
+                     unsynced.fix if unsynced else "", unsynced.where if unsynced else None)]
+    replayed = [c for c in result.causes if c.source == "sampler_epoch"]
+    if replayed:
+        out.append(Check("determinism", "sampler reshuffles per epoch", False,
+                         "; ".join(c.evidence for c in replayed), replayed[0].fix,
+                         replayed[0].where))
     else:
-        message += ("These steps agreed, but whatever draws from them later (another epoch, "
-                    "a validation split, a later layer) will differ between runs.")
-    if escapes:
-        fixes = []
-        for e in escapes:
-            line = escape_fix(e.kind)
-            if line not in fixes:
-                fixes.append(line)
-        fix = "\n".join(fixes)
-        where = next((e.where for e in escapes if e.where), None)
-    else:
-        fix = rng_causes[0].fix
-        where = next((c.where for c in rng_causes if c.where), None)
-    return Check("determinism", "no unseeded generators", False, message, fix, where)
-
+        out.append(Check("determinism", "sampler reshuffles per epoch", True,
+                         "no DistributedSampler drew the same order twice in these steps"))
+    return out
 
 
 def _generator_check(result: DeterminismResult) -> Check:
     from audit.probes.determinism.attribute import escape_fix  # torch only when needed
 
+    
     escapes = list(result.rng_escapes)
     rng_causes = [c for c in result.causes if c.source == "unseeded_rng"]
     if not escapes and not rng_causes:

@@ -195,13 +195,15 @@ def _magnitude(parting: compare.Parting, records: list, module: Optional[str]) -
 
 
 def audit_determinism(opts: DeterminismOptions, progress: Optional[Callable[[str], None]] = None,
-                      keep: Optional[str] = None) -> DeterminismResult:
-    """Run the whole audit; raises :class:`TargetFailed` when the target cannot be loaded."""
+                      keep: Optional[str] = None,
+                      launcher: Optional[Callable] = None) -> DeterminismResult:
+    """Run the whole audit; raises :class:`TargetFailed` when the target cannot be loaded.
+    ``launcher(opts, folder)`` makes the :class:`Launcher` (distributed runs pass their own)."""
     started = time.monotonic()
     folder = keep or tempfile.mkdtemp(prefix="audit-determinism-")
     say = progress or (lambda msg: None)
     try:
-        return _audit(opts, Launcher(opts, folder), say, started)
+        return _audit(opts, (launcher or Launcher)(opts, folder), say, started)
     finally:
         if keep is None:
             shutil.rmtree(folder, ignore_errors=True)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from audit.probes.results.cuda_ops import CudaOpsScan
+from audit.probes.results.distributed import (DISTRIBUTED_SOURCES, RankTimeline, ReplicaPoint,
+                                              ReplicaRow, Replicas)
 
 DETERMINISM_SCHEMA = "audit.determinism/1"
 INIT_SCHEMA = "audit.init/1"
@@ -27,6 +29,7 @@ SOURCES = (
     "nondeterministic_algorithm",
     "cudnn_benchmark",
     "thread_count",
+    *DISTRIBUTED_SOURCES,
     "unknown",
 )
 #: Finding kinds (contract).
@@ -111,6 +114,7 @@ class Divergence:
     module: Optional[str] = None
     tensor: Optional[str] = None
     max_abs_diff: Optional[float] = None
+    rank: Optional[int] = None  # distributed runs: the first rank where the runs part
 
 
 @dataclass
@@ -195,11 +199,19 @@ class DeterminismResult(Renderable):
     seconds: Optional[float] = None
     cuda_ops: Optional[CudaOpsScan] = None  # the CUDA op scan of the first run (None: not run)
     cuda_ops_level: str = "warn"  # the gate: "warn" or "fail" on CUDA-nondeterministic ops
+    nproc: Optional[int] = None  # distributed runs (--nproc N): ranks per run
+    replicas: Optional[Replicas] = None  # distributed runs: replica consistency
+    rank_timelines: list = field(default_factory=list)  # [RankTimeline], distributed runs
 
     def to_dict(self) -> dict:
         data = _plain(self)
         if data.get("cuda_ops") is None:
             data.pop("cuda_ops", None)  # additive field: absent where no scan ran
+        if self.nproc is None:  # single-process documents keep their shape
+            for key in _DISTRIBUTED_KEYS:
+                data.pop(key, None)
+            if data["first_divergence"]:
+                data["first_divergence"].pop("rank", None)
         # Contract order first, extras after.
         head = ["schema", "verdict", "runs", "steps", "seed", "device", "environment",
                 "first_divergence", "causes"]
@@ -217,11 +229,28 @@ class DeterminismResult(Renderable):
         data["rng_escapes"] = [_build(RngEscape, r) for r in data.get("rng_escapes", [])]
         data["knob_trials"] = [_build(KnobTrial, r) for r in data.get("knob_trials", [])]
         data["cuda_ops"] = CudaOpsScan.from_dict(data.get("cuda_ops"))
+        data["replicas"] = _replicas(data.get("replicas"))
+        data["rank_timelines"] = [
+            RankTimeline(rank=t.get("rank", 0),
+                         rows=[_build(StepAgreement, r) for r in t.get("rows", [])])
+            for t in data.get("rank_timelines") or []]
         return _build(cls, data)
 
     @property
     def passed(self) -> bool:
         return self.verdict == "deterministic" and self.error is None
+
+
+_DISTRIBUTED_KEYS = ("nproc", "replicas", "rank_timelines")
+
+
+def _replicas(data: Optional[dict]) -> Optional[Replicas]:
+    if not data:
+        return None
+    data = dict(data)
+    data["first"] = _build(ReplicaPoint, data["first"]) if data.get("first") else None
+    data["grid"] = [_build(ReplicaRow, r) for r in data.get("grid") or []]
+    return _build(Replicas, data)
 
 
 # --------------------------------------------------------------------------- init
