@@ -102,8 +102,11 @@ class DrawWatch:
         """Still looking for a first unseeded draw from ``stream`` (torch: CPU or CUDA)?"""
         if os.getpid() != self._pid:
             return False
-        names = ("torch", "torch_cuda") if stream == "torch" else (stream,)
-        return any(s not in self.seeded and s not in self.first for s in names)
+        if stream != "torch":
+            return stream not in self.seeded and stream not in self.first
+        cuda = torch.cuda.is_initialized() and "torch_cuda" not in self.seeded \
+            and "torch_cuda" not in self.first
+        return cuda or ("torch" not in self.seeded and "torch" not in self.first)
 
     def drew(self, stream: str, op: str) -> None:
         if stream in self.seeded or stream in self.first or os.getpid() != self._pid:

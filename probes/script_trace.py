@@ -215,12 +215,12 @@ class ScriptTracer:
     def uninstall(self) -> None:
         if self._patches and self._mine():
             self._check_globals(rng_fingerprints(torch.device("cpu")))
+        if self.draws is not None:  # first: its wrappers wrap the tracer's
+            draws, self.draws = self.draws, None
+            draws.finish()
         for owner, name, original in reversed(self._patches):
             setattr(owner, name, original)
         self._patches = []
-        if self.draws is not None:
-            draws, self.draws = self.draws, None
-            draws.finish()
         for handle in self._handles + self._top_handles:
             handle.remove()
         self._handles, self._top_handles = [], []
