@@ -6,7 +6,9 @@ JSON line per record, flushed as it goes (a run that crashes keeps what it measu
 * ``init``: every parameter before the first step;
 * each ``step``: the batch (inputs and targets apart, and per sample, to tell order from
   content), the RNG states just before the forward pass (torch CPU and CUDA, NumPy's global,
-  Python's ``random``), the loss, each parameter's gradient, each parameter after the update;
+  Python's ``random``), the model's outputs and the loss (a forward divergence shows in the
+  outputs even when the loss rounds alike), each parameter's gradient, each parameter after
+  the update;
 * in detail mode (the replay that localizes): every module call's input and output, the
   gradients flowing back through each module's output and input, the optimizer state, and,
   through a :class:`~probes.lockstep.Lockstep`, the tensors themselves for the magnitudes.
@@ -158,6 +160,43 @@ class ModuleRecorder:
         self._handles = []
 
 
+class OutputRecorder:
+    """The outputs of a model's own calls made with gradients on (training forwards, not
+    evaluation), one fingerprint per call, collected until :meth:`take`. Hooks on the root
+    modules given (at once or through :meth:`watch`), removed in ``close``; :meth:`record` is
+    also a hook for callers that find the top-level calls themselves."""
+
+    def __init__(self, roots: list):
+        self._values: list = []
+        self._pid = os.getpid()
+        self._handles = []
+        self.watch(roots)
+
+    def watch(self, roots: list) -> None:
+        try:
+            for root in roots:
+                self._handles.append(root.register_forward_hook(self.record))
+        except Exception:
+            self.close()
+            raise
+
+    def record(self, module, args, output) -> None:
+        if torch.is_grad_enabled() and os.getpid() == self._pid:
+            tensors = tensors_in(output)
+            if tensors:
+                self._values.append(_combined(tensors))
+
+    def take(self):
+        """The step's combined output fingerprint (0 when the model made no call), reset."""
+        values, self._values = self._values, []
+        return combine(values)
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
 def _combined(tensors: list):
     return combine([fp.fingerprint(t) for t in tensors])
 
@@ -217,7 +256,7 @@ def _bits_value(bits) -> Optional[float]:
 
 def step_fields(inputs, targets, input_rows: list, target_rows: list, losses: list,
                 grads: list, params: list, optim_state: Optional[list] = None,
-                events: Optional[list] = None) -> dict:
+                events: Optional[list] = None, outputs=None) -> dict:
     """A step's fingerprint fields of a trace record, gathered with the step's one host sync.
 
     ``inputs``/``targets`` are the batch's fingerprints (``_combined`` of its tensors);
@@ -225,9 +264,10 @@ def step_fields(inputs, targets, input_rows: list, target_rows: list, losses: li
     the tensors backward ran from;
     ``grads`` the :func:`grad_parts` taken before the update; ``params`` the parameters after
     it. ``optim_state`` and ``events`` ([name, call, phase, fingerprint] of a
-    :class:`ModuleRecorder`) are the detail mode's.
+    :class:`ModuleRecorder`) are the detail mode's. ``outputs`` is the fingerprint of the
+    model's outputs (:class:`OutputRecorder`), or None where they are not watched.
     """
-    head = [inputs, targets, _combined(losses), _loss_bits(losses)]
+    head = [inputs, targets, _combined(losses), _loss_bits(losses), 0 if outputs is None else outputs]
     nr, nt, n = len(input_rows), len(target_rows), len(params)
     parts = [*head, *input_rows, *target_rows, *grads, *[fp.fingerprint(p) for p in params]]
     if optim_state is not None:
@@ -249,6 +289,8 @@ def step_fields(inputs, targets, input_rows: list, target_rows: list, losses: li
         "grads": [fp.as_text(v) if v is not None else None for v in grad_values],
         "params": [fp.as_text(v) for v in param_values],
     }
+    if outputs is not None:
+        fields["outputs"] = fp.as_text(values[4])
     if optim_state is not None:
         fields["optim"] = fp.as_text(values[at])
         at += 1
@@ -291,9 +333,11 @@ def run_traced(
     if session is not None:
         session.loaded(live, writer)
 
-    recorder = ModuleRecorder(model, keep_outputs=lockstep is not None) if detail else None
+    recorder = watched = None
     done = 0
     try:
+        recorder = ModuleRecorder(model, keep_outputs=lockstep is not None) if detail else None
+        watched = OutputRecorder([model])
         start, open_pass = (session.start, session.open_pass) if session is not None else (0, None)
         for step, batch in cycle_batches(setup.data, steps, start, open_pass):
             started = time.perf_counter()
@@ -318,7 +362,7 @@ def run_traced(
                 _combined(inputs), _combined(targets), [row_part(inputs)], [row_part(targets)],
                 [loss], grad_fps, params,
                 optim_state=optimizer_state_tensors(optimizer, params) if detail else None,
-                events=recorder.events if detail else None))
+                events=recorder.events if detail else None, outputs=watched.take()))
             record["rng"] = rng
             record["seconds"] = round(time.perf_counter() - started, 6)
             if lockstep is not None:
@@ -335,6 +379,8 @@ def run_traced(
             if on_step is not None:
                 on_step(done)
     finally:
+        if watched is not None:
+            watched.close()
         if recorder is not None:
             recorder.close()
     return done

@@ -95,9 +95,9 @@ def run(spec: dict) -> int:
     lockstep = None
     tracker = None  # distributed runs: a rank's RankTracker (audit.probes.ranks)
     try:
-        rng_escape.install(spec.get("escape_log"), pin=False)
+        rng_escape.install(spec.get("escape_log"), pin=False, seeds_path=spec.get("seed_log"))
         knobs.observe()
-        knobs.apply(spec.get("knobs", []), spec.get("escape_log"))
+        knobs.apply(spec.get("knobs", []), spec.get("escape_log"), spec.get("pin_sites", ()))
         seed_everything(spec["seed"])
         from audit.probes.target import TargetError, load_target
 
@@ -114,7 +114,7 @@ def run(spec: dict) -> int:
         except (TargetError, RuntimeError) as exc:
             writer.write({"type": "end", "status": "target_error", "message": str(exc)})
             return EXIT_TARGET
-        knobs.apply(spec.get("knobs", []), spec.get("escape_log"))  # again: the target may reset flags
+        knobs.apply(spec.get("knobs", []), spec.get("escape_log"), spec.get("pin_sites", ()))  # again: the target may reset flags
         writer.write({"type": "env", "environment": environment(device),
                       "module_sources": knobs.module_sources(setup.model),
                       "synthetic": setup.synthetic, "description": setup.description})

@@ -802,7 +802,7 @@ def test_script_trace_is_target_modes_trace(tmp_path):
     steps_s = [r for r in script if r["type"] == "step"]
     assert len(steps_s) == len(steps_t) == 5
     keys = ("step", "inputs", "targets", "inputs_rows", "targets_rows", "loss", "loss_value",
-            "grads", "params")
+            "outputs", "grads", "params")
     for a, b in zip(steps_t, steps_s):
         assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
         assert b["rng"]["torch_cpu"] == a["rng"]["torch_cpu"]

@@ -202,7 +202,7 @@ def _generator_check(result: DeterminismResult) -> Check:
     if confirmed:
         message += "Seeding them was proven to remove the divergence between the runs."
     elif result.verdict == "nondeterministic" and not any(
-            t.knob == "seed_escapes" for t in result.knob_trials):
+            t.knob in ("seed_escapes", "pin_seeds") for t in result.knob_trials):
         message += ("Attribution did not run, so whether they cause the divergence is not "
                     "proven; seeding them is the first thing to try.")
     elif result.verdict == "nondeterministic":

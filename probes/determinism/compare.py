@@ -2,7 +2,8 @@
 
 A trace is the list of records :mod:`probes.trace` wrote. Within a step the stages are
 checked in the order the step flows: ``data`` (the batch), ``rng`` (global RNG states just
-before the forward pass, given data and parameters agree), ``forward`` (the loss),
+before the forward pass, given data and parameters agree), ``forward`` (the model's outputs
+and the loss: the loss alone may round alike while the outputs already differ),
 ``backward`` (each gradient), ``optimizer`` (each parameter after the update); ``init`` is
 the parameters before the first step. An RNG state that differs while nothing it could feed
 ever differs is not a divergence: the runs still train bit for bit alike.
@@ -56,7 +57,8 @@ def stage_states(ra: dict, rb: dict) -> dict:
     return {
         "data": "differ" if data else "agree",
         "rng": "differ" if ra.get("rng") != rb.get("rng") else "agree",
-        "forward": "differ" if ra.get("loss") != rb.get("loss") else "agree",
+        "forward": "differ" if ra.get("loss") != rb.get("loss")
+        or ra.get("outputs") != rb.get("outputs") else "agree",
         "backward": "differ" if ra.get("grads") != rb.get("grads") else "agree",
         "optimizer": "differ" if ra.get("params") != rb.get("params") or ra.get("optim") != rb.get("optim") else "agree",
     }

@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from audit.probes.determinism import attribute, compare
+from audit.probes import seed_log
+from audit.probes.determinism import attribute, compare, seeds
 from audit.probes.determinism.cuda_ops_check import cite_scan
 from audit.probes.determinism.knobs import KNOBS
 from audit.probes.results import DeterminismResult, Divergence, GrowthPoint, RunInfo
@@ -62,6 +63,7 @@ class Outcome:
     seconds: float
     escapes: list = field(default_factory=list)
     output_tail: str = ""
+    seeds: list = field(default_factory=list)  # the seeding calls it logged
 
     @property
     def end(self) -> dict:
@@ -82,6 +84,7 @@ class Launcher:
     def __init__(self, opts: DeterminismOptions, folder: str):
         self.opts, self.folder = opts, folder
         self.count = 0
+        self.pin_sites: list = []  # the seeding calls the pin_seeds knob pins
 
     def spec(self, name: str, steps: int, knobs=(), detail=False, lockstep=None,
              extra: Optional[dict] = None, cuda_ops: bool = False) -> dict:
@@ -94,6 +97,7 @@ class Launcher:
             "device": self.opts.device, "input_shape": self.opts.input_shape,
             "num_classes": self.opts.num_classes, "knobs": list(knobs), "detail": detail,
             "lockstep": lockstep, "script": self.opts.script, "log": base + ".log",
+            "seed_log": base + ".seeds", "pin_sites": self.pin_sites,
             **(extra or {}),
             "cuda_ops": cuda_ops,
         }
@@ -129,7 +133,8 @@ class Launcher:
         with open(spec["log"], "rb") as fh:
             tail = fh.read()[-4000:].decode("utf-8", "replace")
         return Outcome(spec["name"], read_trace(spec["trace"]), code,
-                       time.monotonic() - started, read_log(spec["escape_log"]), tail)
+                       time.monotonic() - started, read_log(spec["escape_log"]), tail,
+                       seed_log.read(spec["seed_log"]))
 
     def run_all(self, specs: list, jobs: int, on_done: Optional[Callable] = None) -> list:
         """Run specs with at most ``jobs`` at a time; lockstep partners always together."""
@@ -194,6 +199,26 @@ def _magnitude(parting: compare.Parting, records: list, module: Optional[str]) -
     return found.get(parting.tensor) or (max(found.values()) if found else None)
 
 
+def _localize(parting: compare.Parting, again: Optional[compare.Parting],
+              replay: list) -> tuple:
+    """(module, tensor, note) for a forward or backward parting, from the replay's module-level
+    fingerprints: where the replay parted at the same stage (its step may differ), else at the
+    original step, where the replay's records may show the same stage differing."""
+    if parting.stage not in ("forward", "backward"):
+        return None, None, None
+    places = []
+    if again is not None and again.stage == parting.stage:
+        places.append((again.step, again.stage))
+    places.append((parting.step, parting.stage))
+    for step, stage in dict.fromkeys(places):
+        module, tensor = compare.localize(replay[0].records, replay[1].records, step, stage)
+        if module is not None:
+            note = None if step == parting.step else (
+                f"the replay parted at step {step} ({stage}); the module is named from there")
+            return module, tensor, note
+    return None, None, None
+
+
 def audit_determinism(opts: DeterminismOptions, progress: Optional[Callable[[str], None]] = None,
                       keep: Optional[str] = None,
                       launcher: Optional[Callable] = None) -> DeterminismResult:
@@ -243,12 +268,19 @@ def _audit(opts: DeterminismOptions, launcher: Launcher, say, started: float) ->
     parting = compare.earliest(partings)
     escapes = attribute.escapes_from([e for o in outs for e in o.escapes])
     result.rng_escapes = escapes
+    result.varying_seeds = seeds.varying([o.seeds for o in outs], {e.where for e in escapes})
+    launcher.pin_sites = [c.where for c in result.varying_seeds]
     if parting is None:
         latent = compare.rng_only([o.records for o in outs])
         if latent:
             result.detail["latent_rng"] = (
                 f"the RNG state differs between runs from step {latent[0]}, but nothing the "
                 "training computes depends on it within these steps")
+        if result.varying_seeds:
+            result.detail["varying_seeds"] = (
+                "seeding calls got other values in each run ("
+                + ", ".join(f"{c.kind} at {c.where}" for c in result.varying_seeds)
+                + "), but these steps agreed")
         result.seconds = round(time.monotonic() - started, 3)
         return result
 
@@ -273,17 +305,11 @@ def _audit(opts: DeterminismOptions, launcher: Launcher, say, started: float) ->
         jobs=2)
     again = compare.first_parting(replay[0].records, replay[1].records)
     reproduced = again is not None
-    module, tensor = None, parting.tensor
-    if again is not None and parting.stage in ("forward", "backward"):
-        same = again.step == parting.step and again.stage == parting.stage
-        found, found_tensor = compare.localize(replay[0].records, replay[1].records, again.step, again.stage)
-        if same or parting.stage == again.stage:
-            module = found
-            tensor = found_tensor or tensor
-            if not same:
-                result.detail["replay"] = (f"the replay parted at step {again.step} ({again.stage}); "
-                                           "the module is named from there")
-    elif again is not None and again.key() < parting.key():
+    module, found_tensor, note = _localize(parting, again, replay)
+    tensor = found_tensor or parting.tensor
+    if note:
+        result.detail["replay"] = note
+    if again is not None and again.key() < parting.key() and module is None:
         result.detail["replay"] = f"the replay parted earlier, at step {again.step} ({again.stage})"
     if not reproduced:
         result.detail["replay"] = "the replay did not part again: the divergence is intermittent"
@@ -309,12 +335,13 @@ def _audit(opts: DeterminismOptions, launcher: Launcher, say, started: float) ->
         upto = 0 if parting.step is None else parting.step
         plan = attribute.plan(parting, device, escapes, observed,
                               {"PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED"),
-                               "flags": result.environment.get("flags", {})})
+                               "flags": result.environment.get("flags", {})},
+                              varying=result.varying_seeds)
         say(f"proving the cause: {len(plan)} knob(s)")
         trials = _try_knobs(launcher, plan, upto, opts, say)
     result.knob_trials = trials
     result.causes = attribute.causes(parting, trials, escapes, observed, module, module_where,
-                                     reproduced=reproduced)
+                                     reproduced=reproduced, varying=result.varying_seeds)
     cite_scan(result.causes, result.cuda_ops, module)
     result.seconds = round(time.monotonic() - started, 3)
     return result

@@ -137,6 +137,16 @@ class RngEscape:
 
 
 @dataclass
+class SeedCall:
+    """A seeding call in the user's code that got different values in matched runs."""
+
+    kind: str  # e.g. "torch.manual_seed"
+    where: Optional[str]  # "file.py:12" in the user's code
+    values: list = field(default_factory=list)  # per run, the values seen there (first few)
+    in_workers: bool = False  # made in DataLoader worker processes
+
+
+@dataclass
 class KnobTrial:
     """One attribution rerun: a knob, and whether it removed the divergence."""
 
@@ -193,6 +203,7 @@ class DeterminismResult(Renderable):
     timeline: list = field(default_factory=list)  # [StepAgreement]
     growth: list = field(default_factory=list)  # [GrowthPoint]
     rng_escapes: list = field(default_factory=list)  # [RngEscape]
+    varying_seeds: list = field(default_factory=list)  # [SeedCall]
     knob_trials: list = field(default_factory=list)  # [KnobTrial]
     detail: dict = field(default_factory=dict)  # free-form localization notes
     error: Optional[str] = None  # set when a run crashed and the result is partial
@@ -227,6 +238,7 @@ class DeterminismResult(Renderable):
         data["timeline"] = [_build(StepAgreement, r) for r in data.get("timeline", [])]
         data["growth"] = [_build(GrowthPoint, r) for r in data.get("growth", [])]
         data["rng_escapes"] = [_build(RngEscape, r) for r in data.get("rng_escapes", [])]
+        data["varying_seeds"] = [_build(SeedCall, r) for r in data.get("varying_seeds", [])]
         data["knob_trials"] = [_build(KnobTrial, r) for r in data.get("knob_trials", [])]
         data["cuda_ops"] = CudaOpsScan.from_dict(data.get("cuda_ops"))
         data["replicas"] = _replicas(data.get("replicas"))
