@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Optional
+
+from audit.interrupts import exit_status, signals_raise
+from audit.probes.runs import Interrupted
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
 
@@ -18,24 +22,52 @@ class UsageError(Exception):
     """Bad input: reported as one line, exit status 2."""
 
 
+_SHAPE = re.compile(r"\d+(?:[,x]\d+)*")
+
+
 def _int_list(text: str) -> list:
-    try:
-        values = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a list of integers like 3,32,32") from None
-    if not values or any(v <= 0 for v in values):
+    """``3,32,32`` or ``3x32x32``: positive sizes, nothing else."""
+    compact = "".join(text.split())
+    if not _SHAPE.fullmatch(compact):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of sizes like 3,32,32")
+    values = [int(v) for v in re.split("[,x]", compact)]
+    if any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: give positive sizes like 3,32,32")
     return values
 
 
-def _positive(text: str) -> int:
+def _seed(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be 1 or more")
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r}: a seed is from 0 to 4294967295")
     return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds")
+    return value
+
+
+def _positive(text: str, minimum: int = 1, why: str = "") -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be {minimum} or more{why}")
+    return value
+
+
+def _runs(text: str) -> int:
+    return _positive(text, 2, ": a comparison needs two runs")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("target", nargs="?", default=None,
                        help="path/to/file.py:NAME or package.module:NAME (default: the built-in example)")
         p.add_argument("--steps", type=_positive, default=None, help=steps_help)
-        p.add_argument("--seed", type=int, default=None, help="seed for every run (default 0)")
+        p.add_argument("--seed", type=_seed, default=None, help="seed for every run (default 0)")
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
         p.add_argument("--out", default=None, help="report folder (default audit-report)")
         p.add_argument("--input-shape", type=_int_list, default=None,
@@ -68,10 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="read [tool.audit] from this file instead of the nearest pyproject.toml")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
         p.add_argument("--quiet", "-q", action="store_true", help="print only the verdict line")
+        p.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                       help="end a run that makes no training step for this long (default 300)")
 
     det = sub.add_parser("determinism", help="do runs under matched seeds agree bit for bit?")
     common(det, "training steps per run (default 20)")
-    det.add_argument("--runs", type=_positive, default=None, help="fresh processes to compare (default 2)")
+    det.add_argument("--runs", type=_runs, default=None, help="fresh processes to compare (default 2)")
     det.add_argument("--jobs", type=_positive, default=None, help="runs at once (default 1)")
     det.add_argument("--no-attribution", action="store_true", help="skip the knob reruns")
 
@@ -90,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--config", default=None, metavar="PYPROJECT")
     chk.add_argument("--debug", action="store_true")
     chk.add_argument("--quiet", "-q", action="store_true")
+    chk.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS")
     return parser
 
 
@@ -103,6 +138,11 @@ def _split_script(argv: list) -> tuple[list, Optional[list]]:
 def main(argv: Optional[list] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, script = _split_script(argv)
+    with signals_raise():
+        return _main(argv, script)
+
+
+def _main(argv: list, script: Optional[list]) -> int:
     debug = "--debug" in argv
     try:
         parser = build_parser()
@@ -129,6 +169,9 @@ def main(argv: Optional[list] = None) -> int:
     except UsageError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
+    except Interrupted as exc:
+        print(_interrupted_line(exc), file=sys.stderr)
+        return exit_status(exc)
     except KeyboardInterrupt:
         print("audit: interrupted", file=sys.stderr)
         return 130
@@ -138,6 +181,12 @@ def main(argv: Optional[list] = None) -> int:
         print(f"audit: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
               file=sys.stderr)
         return EXIT_USAGE
+
+
+def _interrupted_line(exc: Interrupted) -> str:
+    if exc.report:
+        return f"audit: stopped by {exc.name}; every run was ended; partial report: {exc.report}"
+    return f"audit: stopped by {exc.name}; every run was ended before anything was measured"
 
 
 def entry() -> None:

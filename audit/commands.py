@@ -8,9 +8,11 @@ import sys
 from typing import Optional
 
 from audit.cli import EXIT_FOUND, EXIT_OK, EXIT_USAGE, UsageError
+from audit.probes.runs import DEFAULT_TIMEOUT, Interrupted
 
 DEFAULTS = {
-    "common": {"target": None, "seed": 0, "device": "auto", "out": "audit-report"},
+    "common": {"target": None, "seed": 0, "device": "auto", "out": "audit-report",
+               "timeout": DEFAULT_TIMEOUT},
     "determinism": {"runs": 2, "steps": 20, "jobs": 1, "attribution": True},
     "init": {"steps": 5, "schemes": None, "thresholds": {}},
 }
@@ -28,7 +30,7 @@ def settings(args, audit: str) -> dict:
     merged.update({k: v for k, v in cfg.common.items()})
     merged.update(cfg.section(audit))
     for key in ("target", "seed", "device", "out", "steps", "runs", "jobs", "schemes",
-                "input_shape", "num_classes"):
+                "input_shape", "num_classes", "timeout"):
         value = getattr(args, key, None)
         if value is not None:
             merged[key] = value
@@ -40,10 +42,11 @@ def settings(args, audit: str) -> dict:
 
 def _run(args, audit: str, s: dict):
     from audit import gate
+    from audit.progress import display
 
     if args.baseline and not args.update_baseline:
         gate.read_baseline(args.baseline)  # a missing baseline is a usage error before any run
-    progress = gate._progress(args.quiet)
+    progress = display(args.quiet)
     try:
         return gate.run_audit(audit, s, progress=progress)
     finally:
@@ -61,16 +64,45 @@ def determinism(args, script: Optional[list]) -> int:
         validate(script, os.getcwd())  # a bad command is one line before any run starts
         s["target"] = None
     s["script"] = script
-    result = _run(args, "determinism", s)
-    return _finish(args, s, "determinism", result, terminal.determinism_summary)
+    return _audit(args, s, "determinism", terminal.determinism_summary)
 
 
 def init(args) -> int:
     from audit.reports import terminal
 
     s = settings(args, "init")
-    result = _run(args, "init", s)
-    return _finish(args, s, "init", result, terminal.init_summary)
+    return _audit(args, s, "init", terminal.init_summary)
+
+
+def _audit(args, s: dict, audit: str, summary) -> int:
+    """Hold the report folder (checked before any run), run the audit, write its reports; on
+    an interrupt, write what was measured and let the interrupt go on to the CLI."""
+    from audit.reports.folder import FolderError, Held
+
+    try:
+        held = Held(s["out"])
+    except FolderError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        try:
+            result = _run(args, audit, s)
+        except Interrupted as exc:
+            if exc.partial is not None:
+                exc.report = _write_partial(s["out"], audit, exc.partial)
+            raise
+        return _finish(args, s, audit, result, summary)
+    finally:
+        held.release()
+
+
+def _write_partial(out: str, audit: str, result) -> Optional[str]:
+    from audit import gate
+
+    try:
+        return gate.write_reports(out, audit, result).get("html")
+    except OSError as exc:
+        print(f"audit {audit}: the partial reports could not be written: {exc}", file=sys.stderr)
+        return None
 
 
 def _finish(args, s: dict, audit: str, result, summary) -> int:
@@ -82,7 +114,13 @@ def _finish(args, s: dict, audit: str, result, summary) -> int:
     if args.baseline or args.update_baseline:
         regressions = gate.apply_baseline(audit, result, args.baseline, args.update_baseline,
                                           s.get("tolerances"))
-    paths = gate.write_reports(s["out"], audit, result, junit_path=args.junit_xml)
+    try:
+        paths = gate.write_reports(s["out"], audit, result, junit_path=args.junit_xml)
+    except OSError as exc:  # the verdict is not lost: print it, and why the files are missing
+        print(gate.verdict_line(audit, result, None))
+        print(f"audit {audit}: the reports could not be written to {s['out']}: {exc}",
+              file=sys.stderr)
+        return EXIT_USAGE
     report = paths.get("html")
     if args.quiet:
         print(gate.verdict_line(audit, result, report))

@@ -20,6 +20,7 @@ The reference, every key with its type and default (``audit check`` runs the aud
     baseline = "audit-baseline.json" # `audit check` compares with it (relative to this file's folder)
     input_shape = [3, 32, 32]        # per-sample input shape for a target that returns a bare module
     num_classes = 10                 # classes of the synthetic targets for a bare module
+    timeout = 300                    # seconds a run may go without a training step
 
     [tool.audit.determinism]
     runs = 2                         # fresh processes to compare, 2 or more
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -241,7 +243,7 @@ def _check_common(chk: _Checker, table: dict, root: str) -> tuple[dict, list, Op
     audits = list(AUDITS)
     baseline = None
     known = {"target", "seed", "device", "out", "audits", "baseline", "input_shape",
-             "num_classes", "determinism", "init"}
+             "num_classes", "timeout", "determinism", "init"}
     for key, value in table.items():
         if key not in known:
             chk.unknown(name, key, known)
@@ -280,14 +282,17 @@ def _check_common(chk: _Checker, table: dict, root: str) -> tuple[dict, list, Op
         elif key == "input_shape":
             shape = value
             if isinstance(value, str):
-                try:
-                    shape = [int(v) for v in value.replace("x", ",").split(",") if v.strip()]
-                except ValueError:
-                    shape = None
+                compact = "".join(value.split())
+                shape = ([int(v) for v in re.split("[,x]", compact)]
+                         if re.fullmatch(r"\d+(?:[,x]\d+)*", compact) else None)
             if (not isinstance(shape, list) or not shape
                     or not all(_is_int(v) and v > 0 for v in shape)):
                 chk.fail(name, key, "an array of positive integers like [3, 32, 32]", value)
             common[key] = list(shape)
+        elif key == "timeout":
+            if not _is_number(value) or value <= 0:
+                chk.fail(name, key, "a positive number of seconds", value)
+            common[key] = float(value)
         elif key == "num_classes":
             if not _is_int(value) or value < 1:
                 chk.fail(name, key, "a positive integer", value)

@@ -198,6 +198,17 @@ def grad_parts(grads: list) -> list:
     return [fp.fingerprint(g) if g is not None else None for g in grads]
 
 
+def finite_flag(grads: list):
+    """1 when every gradient is finite, else 0: a 0-d int64 tensor on the gradients' device
+    until :func:`step_fields` gathers it with the fingerprints (no host sync of its own)."""
+    flags = [torch.isfinite(g.detach()).all() for g in grads if g is not None]
+    if not flags:
+        return 1
+    if len({f.device for f in flags}) > 1:
+        return int(all(bool(f) for f in flags))
+    return torch.stack(flags).all().to(torch.int64)
+
+
 def _loss_bits(losses: list):
     """The float32 bits of the summed loss: gathered with the fingerprints, so the loss value
     costs no host sync of its own."""
@@ -216,7 +227,7 @@ def _bits_value(bits) -> Optional[float]:
 
 def step_fields(inputs, targets, input_rows: list, target_rows: list, losses: list,
                 grads: list, params: list, optim_state: Optional[list] = None,
-                events: Optional[list] = None) -> dict:
+                events: Optional[list] = None, grads_finite=1) -> dict:
     """A step's fingerprint fields of a trace record, gathered with the step's one host sync.
 
     ``inputs``/``targets`` are the batch's fingerprints (``_combined`` of its tensors);
@@ -224,9 +235,9 @@ def step_fields(inputs, targets, input_rows: list, target_rows: list, losses: li
     the tensors backward ran from;
     ``grads`` the :func:`grad_parts` taken before the update; ``params`` the parameters after
     it. ``optim_state`` and ``events`` ([name, call, phase, fingerprint] of a
-    :class:`ModuleRecorder`) are the detail mode's.
+    :class:`ModuleRecorder`) are the detail mode's. ``grads_finite`` is :func:`finite_flag`.
     """
-    head = [inputs, targets, _combined(losses), _loss_bits(losses)]
+    head = [inputs, targets, _combined(losses), _loss_bits(losses), grads_finite]
     nr, nt, n = len(input_rows), len(target_rows), len(params)
     parts = [*head, *input_rows, *target_rows, *grads, *[fp.fingerprint(p) for p in params]]
     if optim_state is not None:
@@ -245,6 +256,7 @@ def step_fields(inputs, targets, input_rows: list, target_rows: list, losses: li
         "targets_rows": [fp.as_text(v) for part in rows_t for v in _as_list(part)],
         "loss": fp.as_text(values[2]),
         "loss_value": _bits_value(values[3]),
+        "grads_finite": bool(values[4]),
         "grads": [fp.as_text(v) if v is not None else None for v in grad_values],
         "params": [fp.as_text(v) for v in param_values],
     }
@@ -298,6 +310,7 @@ def run_traced(
             loss.backward()
             grads = [p.grad for p in params]
             grad_fps = grad_parts(grads)
+            finite = finite_flag(grads)
             grad_copies = ({n: g.detach().clone() for n, g in zip(names, grads) if g is not None}
                            if lockstep is not None else None)
             optimizer.step()
@@ -307,7 +320,7 @@ def run_traced(
                 _combined(inputs), _combined(targets), [row_part(inputs)], [row_part(targets)],
                 [loss], grad_fps, params,
                 optim_state=optimizer_state_tensors(optimizer, params) if detail else None,
-                events=recorder.events if detail else None))
+                events=recorder.events if detail else None, grads_finite=finite))
             record["rng"] = rng
             record["seconds"] = round(time.perf_counter() - started, 6)
             if lockstep is not None:

@@ -81,6 +81,7 @@ def run(spec: dict) -> int:
         seed_everything(spec["seed"])
         from audit.probes.target import TargetError, load_target
 
+        writer.write({"type": "loading"})  # progress: the watchdog's clock starts at the target
         try:
             device = resolve_device(spec.get("device", "auto"))
             setup = load_target(spec.get("target"), input_shape=spec.get("input_shape"),
@@ -121,6 +122,9 @@ def run(spec: dict) -> int:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from audit.probes.runs import answer_stack_requests
+
+    answer_stack_requests()
     with open(argv[0], encoding="utf-8") as fh:
         spec = json.load(fh)
     if spec.get("cwd_on_path", True) and os.getcwd() not in sys.path:

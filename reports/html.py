@@ -19,6 +19,7 @@ from markupsafe import Markup, escape
 
 from audit.probes.results import STAGES, DeterminismResult, GateResult, InitResult
 from audit.reports.common import (
+    NONFINITE_FIX,
     RUN_STATUS_TITLES,
     STAGE_MEANING,
     STAGE_TITLES,
@@ -33,6 +34,7 @@ from audit.reports.common import (
     fmt_percent,
     fmt_seconds,
     init_headline,
+    nonfinite_sentence,
     one_line,
     ordered_schemes,
     source_title,
@@ -114,7 +116,8 @@ def environment() -> jinja2.Environment:
             finding_advice=finding_advice, env_value=_env_value,
         )
         env.globals.update(STAGES=STAGES, STAGE_TITLES=STAGE_TITLES,
-                           STAGE_MEANING=STAGE_MEANING, RUN_STATUS_TITLES=RUN_STATUS_TITLES)
+                           STAGE_MEANING=STAGE_MEANING, RUN_STATUS_TITLES=RUN_STATUS_TITLES,
+                           NONFINITE_FIX=NONFINITE_FIX, nonfinite_sentence=nonfinite_sentence)
         _ENV = env
     return _ENV
 

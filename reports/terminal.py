@@ -13,6 +13,7 @@ from typing import Optional
 
 from audit.probes.results import DeterminismResult, GateResult, InitResult
 from audit.reports.common import (
+    NONFINITE_FIX,
     RUN_STATUS_TITLES,
     STAGE_MEANING,
     determinism_headline,
@@ -24,6 +25,7 @@ from audit.reports.common import (
     fmt_loss,
     fmt_num,
     init_headline,
+    nonfinite_sentence,
     one_line,
     ordered_schemes,
     shorten,
@@ -150,6 +152,10 @@ def determinism_summary(result: DeterminismResult, report_path: Optional[str] = 
             if run.message:
                 line += f": {one_line(run.message)}"
             w.wrap(line, indent="    ", first="  - ")
+
+    if result.nonfinite is not None:
+        w.heading("Non-finite values")
+        w.wrap(f"{nonfinite_sentence(result.nonfinite)}; {NONFINITE_FIX}")
 
     div = result.first_divergence
     if div is not None:

@@ -85,7 +85,8 @@ def checks_for_determinism(result: DeterminismResult) -> list:
     from audit.reports.common import determinism_sentence, source_title
 
     checks = []
-    bad = [r for r in result.run_info if r.status in ("crashed", "killed", "exited")]
+    bad = [r for r in result.run_info
+           if r.status in ("crashed", "killed", "exited", "timed_out", "interrupted")]
     if result.error or bad:
         first = bad[0] if bad else None
         where = None
@@ -123,6 +124,7 @@ def checks_for_determinism(result: DeterminismResult) -> list:
                             where if result.verdict != "deterministic" else None))
 
     checks.append(_generator_check(result))
+    checks.append(_nonfinite_check(result))
 
     by_source: dict = {}
     for cause in result.causes:
@@ -136,6 +138,17 @@ def checks_for_determinism(result: DeterminismResult) -> list:
                             f"{source_title(source)} ({state}): {evidence}",
                             first.fix, next((c.where for c in causes if c.where), None)))
     return checks
+
+
+def _nonfinite_check(result: DeterminismResult) -> Check:
+    """``finite loss and gradients``: whatever the verdict, a NaN or inf is a failed training."""
+    from audit.reports.common import NONFINITE_FIX, nonfinite_sentence
+
+    if result.nonfinite is None:
+        return Check("determinism", "finite loss and gradients", True,
+                     "every loss and gradient of every run was finite")
+    return Check("determinism", "finite loss and gradients", False,
+                 nonfinite_sentence(result.nonfinite), NONFINITE_FIX)
 
 
 def _generator_check(result: DeterminismResult) -> Check:
@@ -523,6 +536,12 @@ def read_baseline(path: str) -> dict:
     if not isinstance(data, dict) or data.get("schema") != BASELINE_SCHEMA:
         raise UsageError(f"baseline {path} is not an {BASELINE_SCHEMA} file; run with "
                          "--update-baseline to rewrite it")
+    from audit.gate.baseline_schema import baseline_problem
+
+    problem = baseline_problem(data)
+    if problem:
+        raise UsageError(f"baseline {path} is malformed: {problem}; fix it or run with "
+                         "--update-baseline to rewrite it")
     return data
 
 
@@ -766,17 +785,9 @@ def write_reports(out: str, audit: str, result, junit_path: Optional[str] = None
 
 
 def _progress(quiet: bool) -> Optional[Callable]:
-    if quiet or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
+    from audit.progress import display
 
-    bar = tqdm(total=None, bar_format="{desc}", file=sys.stderr, leave=False)
-
-    def say(message: str) -> None:
-        bar.set_description_str(f"audit: {message}")
-
-    say.close = bar.close
-    return say
+    return display(quiet)
 
 
 def run_audit(audit: str, s: dict, progress: Optional[Callable] = None):
@@ -788,42 +799,68 @@ def run_audit(audit: str, s: dict, progress: Optional[Callable] = None):
 
         if s["runs"] < 2:
             raise UsageError("runs must be 2 or more: a comparison needs two runs")
+        if not s.get("script"):
+            from audit.probes.target import TargetError, check_target
+
+            try:  # before the engine's imports (torch): a wrong name is told at once
+                check_target(s["target"], os.getcwd())
+            except TargetError as exc:
+                raise UsageError(f"audit determinism: {exc}") from None
         opts = DeterminismOptions(
             target=s["target"], runs=s["runs"], steps=s["steps"], seed=s["seed"],
             device=s["device"], input_shape=s.get("input_shape"),
             num_classes=s.get("num_classes"), jobs=s["jobs"], attribute=s["attribution"],
-            script=s.get("script"), cwd=os.getcwd())
+            script=s.get("script"), cwd=os.getcwd(), timeout=s.get("timeout"))
         try:
             return audit_determinism(opts, progress=progress)
         except TargetFailed as exc:
             raise UsageError(f"audit determinism: {exc}") from None
     if audit == "init":
-        from audit.probes.target import TargetError, load_target
-        from audit.probes.worker import resolve_device, seed_everything
-        from audit.probes.init.engine import run_init
+        from audit.probes.runs import Stalled
 
-        schemes = s.get("schemes")
-        if isinstance(schemes, str):
-            schemes = [x.strip() for x in schemes.split(",") if x.strip()]
         try:
-            device = resolve_device(s["device"])
-        except RuntimeError as exc:
-            raise UsageError(f"audit init: {exc}") from None
-        seed_everything(s["seed"])
+            return _run_init(s, progress)
+        except Stalled as exc:
+            raise UsageError(f"audit init: timed out: {exc}; raise --timeout if a step can "
+                             "take longer") from None
+    raise ValueError(f"unknown audit {audit!r}")
+
+
+def _run_init(s: dict, progress: Optional[Callable]):
+    """The init audit in this process, under a watchdog that each step kicks."""
+    from audit.probes.init.engine import run_init
+    from audit.probes.runs import Watchdog
+    from audit.probes.target import TargetError, load_target
+    from audit.probes.worker import resolve_device, seed_everything
+
+    schemes = s.get("schemes")
+    if isinstance(schemes, str):
+        schemes = [x.strip() for x in schemes.split(",") if x.strip()]
+    try:
+        device = resolve_device(s["device"])
+    except RuntimeError as exc:
+        raise UsageError(f"audit init: {exc}") from None
+    seed_everything(s["seed"])
+    with Watchdog(s.get("timeout"), "loading the target") as dog:
         try:
             setup = load_target(s["target"], input_shape=s.get("input_shape"),
                                 num_classes=s.get("num_classes"), seed=s["seed"],
                                 batches=max(s["steps"], 1))
         except TargetError as exc:
             raise UsageError(f"audit init: {exc}") from None
+
+        def report(event):
+            dog.kick(f"{event.phase}, in step {event.done}")
+            if progress is not None:
+                progress(event)
+
         try:
             return run_init(setup, schemes=schemes, steps=s["steps"], seed=s["seed"],
                             device=str(device), thresholds=s.get("thresholds") or None,
-                            progress=progress,
+                            progress=report,
                             target=s["target"] or "audit.example:build (built-in)")
         except ValueError as exc:
             raise UsageError(f"audit init: {exc}") from None
-    raise ValueError(f"unknown audit {audit!r}")
 
 
 def check(args) -> int:

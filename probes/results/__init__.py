@@ -141,10 +141,21 @@ class RunInfo:
 
     index: int
     steps_completed: int
-    status: str  # "ok" | "crashed" | "exited" | "ended_early" | "killed"
+    status: str  # "ok" | "crashed" | "exited" | "ended_early" | "killed" | "timed_out" | "interrupted"
     message: str = ""
     exit_code: Optional[int] = None
     seconds: Optional[float] = None
+    stack: Optional[str] = None  # a run that timed out: the stacks of its threads when it was ended
+
+
+@dataclass
+class NonFinite:
+    """The first training step whose loss or gradients were NaN or infinite, in any run."""
+
+    run: int
+    step: int
+    what: str  # "loss" | "gradient"
+    value: Optional[str] = None  # the loss: "nan", "inf" or "-inf"
 
 
 @dataclass
@@ -168,6 +179,7 @@ class DeterminismResult:
     detail: dict = field(default_factory=dict)  # free-form localization notes
     error: Optional[str] = None  # set when a run crashed and the result is partial
     seconds: Optional[float] = None
+    nonfinite: Optional[NonFinite] = None  # the first NaN/inf loss or gradient
 
     def to_dict(self) -> dict:
         data = _plain(self)
@@ -187,6 +199,8 @@ class DeterminismResult:
         data["growth"] = [_build(GrowthPoint, r) for r in data.get("growth", [])]
         data["rng_escapes"] = [_build(RngEscape, r) for r in data.get("rng_escapes", [])]
         data["knob_trials"] = [_build(KnobTrial, r) for r in data.get("knob_trials", [])]
+        nonfinite = data.get("nonfinite")
+        data["nonfinite"] = _build(NonFinite, nonfinite) if nonfinite else None
         return _build(cls, data)
 
     @property
