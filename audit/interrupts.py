@@ -17,27 +17,35 @@ from audit.probes.runs import Interrupted
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def _raise(signum: int, frame) -> None:
-    for other in SIGNALS:
-        signal.signal(other, signal.SIG_IGN)
-    raise Interrupted(signum)
+class _Handler:
+    def __init__(self):
+        self.fired = False
+
+    def __call__(self, signum: int, frame) -> None:
+        for other in SIGNALS:
+            signal.signal(other, signal.SIG_IGN)
+        self.fired = True
+        raise Interrupted(signum)
 
 
 @contextmanager
 def signals_raise() -> Iterator[None]:
-    """Within the block, SIGINT and SIGTERM raise :class:`Interrupted` (main thread only);
-    the previous handlers come back after it."""
+    """Within the block, SIGINT and SIGTERM raise :class:`Interrupted` (main thread only).
+    The previous handlers come back after it, unless a signal came: then the process is
+    about to exit, and more signals stay ignored (no traceback from an ``atexit`` callback)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {s: signal.getsignal(s) for s in SIGNALS}
+    handler = _Handler()
     for s in SIGNALS:
-        signal.signal(s, _raise)
+        signal.signal(s, handler)
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        if not handler.fired:
+            for s, old in previous.items():
+                signal.signal(s, old)
 
 
 def exit_status(exc: Interrupted) -> int:

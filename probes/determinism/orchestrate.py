@@ -343,7 +343,7 @@ def _audit(opts: DeterminismOptions, launcher: Launcher, state: _State,
             raise TargetFailed(out.end.get("message", "the target could not be loaded"))
     result, parting, env = _first_result(opts, outs)
     state.result = result
-    if parting is not None:
+    if parting is not None and not launcher.stalled:  # a replay would hang as the run did
         _explain(opts, launcher, result, parting, outs, env)
     if launcher.stalled and not result.error:
         info = _run_info(0, launcher.stalled[0], opts.timeout)
