@@ -90,7 +90,7 @@ def load_callable(spec: str) -> Callable:
 def _described(exc: BaseException) -> str:
     """``Type: message (at file.py:LINE)``, the place being the innermost frame of the user's
     code (for a syntax error, the line that does not parse)."""
-    from audit.probes.runs import Frame, is_user_file, short_path, user_frame
+    from audit.probes.runs import Frame, short_path, user_frame
 
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
