@@ -2,9 +2,10 @@
 
 A :class:`Run` is one process (a worker, a script under the bootstrap) started in a new session,
 so that ending it ends every process it made (DataLoader workers included). Its progress is
-read from its trace file as it grows (one ``step`` record per training step). A run that makes
-no step for ``limit`` seconds is *stalled*: :meth:`Run.stack` asks it for the stacks of its
-threads (the worker registers :mod:`faulthandler` on ``SIGUSR1``) before it is ended.
+read from its trace file as it grows (a record when it starts loading the target, then one
+per training step). A run whose trace does not grow for ``limit`` seconds is *stalled*:
+:meth:`Run.stack` asks it for the stacks of its threads (:func:`answer_stack_requests`,
+``faulthandler`` on ``SIGUSR1``) before it is ended.
 
 :class:`Watchdog` is the same limit for work done in this process (the init audit): it raises
 :class:`Stalled` in the main thread when nothing kicks it for ``limit`` seconds.
@@ -24,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-#: Seconds a run may go without a training step (starting up counts) unless told otherwise.
+#: Seconds a run may go without a training step, unless told otherwise (``--timeout``).
 DEFAULT_TIMEOUT = 300.0
 #: Seconds a run may take to write its first record (the audit's own imports, torch's):
 #: the limit counts from there, unless it is longer.
@@ -63,7 +64,7 @@ class Stalled(BaseException):
 
 @dataclass
 class Frame:
-    """One line of a stack: the innermost frame first."""
+    """One frame of a stack (lists of them go innermost first)."""
 
     file: str
     line: int
