@@ -795,8 +795,6 @@ def run_audit(audit: str, s: dict, progress: Optional[Callable] = None):
     them). A target that cannot be loaded, a bad option or an unusable device raises
     :class:`audit.cli.UsageError`."""
     if audit == "determinism":
-        from audit.probes.determinism.orchestrate import DeterminismOptions, TargetFailed, audit_determinism
-
         if s["runs"] < 2:
             raise UsageError("runs must be 2 or more: a comparison needs two runs")
         if not s.get("script"):
@@ -806,6 +804,8 @@ def run_audit(audit: str, s: dict, progress: Optional[Callable] = None):
                 check_target(s["target"], os.getcwd())
             except TargetError as exc:
                 raise UsageError(f"audit determinism: {exc}") from None
+        from audit.probes.determinism.orchestrate import DeterminismOptions, TargetFailed, audit_determinism
+
         opts = DeterminismOptions(
             target=s["target"], runs=s["runs"], steps=s["steps"], seed=s["seed"],
             device=s["device"], input_shape=s.get("input_shape"),
