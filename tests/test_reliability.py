@@ -9,7 +9,10 @@ import sys
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from audit.cli import UsageError, build_parser
 from audit.probes.progress import Progress
 from audit.progress import PREFIX, ProgressDisplay
 
@@ -273,3 +276,47 @@ def test_on_a_terminal_progress_is_a_live_bar():
     text = stream.getvalue()
     assert "audit: runs (2 x 3 steps)" in text and "4/6" in text and "replaying to localize" in text
     assert PREFIX not in text
+
+
+# ------------------------------------------------------------------------------ in-process pieces
+
+
+def input_shape(text: str) -> list:
+    return build_parser().parse_args(["init", "--input-shape", text]).input_shape
+
+
+@given(st.lists(st.integers(1, 10**6), min_size=1, max_size=5), st.sampled_from([",", "x", ", "]))
+def test_input_shapes_read_back_exactly(sizes, sep):
+    assert input_shape(sep.join(map(str, sizes))) == sizes
+
+
+@given(st.text(alphabet="0123456789,x -+.a", min_size=1, max_size=12))
+def test_an_input_shape_is_sizes_and_separators_only(text):
+    compact = "".join(text.split())
+    parts = compact.replace("x", ",").split(",")
+    valid = bool(compact) and all(p.isdigit() and int(p) > 0 for p in parts)
+    if text.startswith("-"):
+        text = " " + text  # an argument, not an option, for argparse
+    try:
+        assert input_shape(text) == [int(p) for p in parts] and valid
+    except UsageError:
+        assert not valid
+
+
+def test_an_interrupted_init_keeps_the_schemes_that_finished():
+    from audit.probes.init.engine import run_init
+    from audit.probes.runs import Interrupted
+    from audit.probes.training import TrainingSetup, synthetic_batches
+    from torch import nn
+
+    def progress(event):
+        if event.phase.startswith("scheme kaiming_normal"):
+            raise Interrupted(signal.SIGTERM)
+
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    setup = TrainingSetup(model=model, data=synthetic_batches((6,), 3, 8, 2, 0))
+    with pytest.raises(Interrupted) as caught:
+        run_init(setup, schemes=["default", "kaiming_normal", "lsuv"], steps=2, progress=progress)
+    partial = caught.value.partial
+    assert [s.name for s in partial.schemes] == ["default"]
+    assert "interrupted by SIGTERM" in partial.error and partial.verdict == "healthy"
