@@ -154,8 +154,7 @@ class Launcher:
                         running.remove(item)
                         results[i] = self.finish(specs[i], run, "timed_out", run.stack())
                         self.stalled.append(results[i])
-                done = sum(min(o.steps_done, s["steps"]) for s, o in
-                           ((specs[i], o) for i, o in results.items()))
+                done = sum(min(o.steps_done, specs[i]["steps"]) for i, o in results.items())
                 done += sum(min(run.steps, specs[i]["steps"]) for i, run in running)
                 self.progress(Progress(self.phase, done, total))
                 time.sleep(0.05)
