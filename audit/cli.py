@@ -186,7 +186,7 @@ def _main(argv: list, script: Optional[list]) -> int:
 def _interrupted_line(exc: Interrupted) -> str:
     if exc.report:
         return f"audit: stopped by {exc.name}; every run was ended; partial report: {exc.report}"
-    return f"audit: stopped by {exc.name}; every run was ended before anything was measured"
+    return f"audit: stopped by {exc.name}; every run was ended; no report was written"
 
 
 def entry() -> None:

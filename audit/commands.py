@@ -77,12 +77,7 @@ def init(args) -> int:
 def _audit(args, s: dict, audit: str, summary) -> int:
     """Hold the report folder (checked before any run), run the audit, write its reports; on
     an interrupt, write what was measured and let the interrupt go on to the CLI."""
-    from audit.reports.folder import FolderError, Held
-
-    try:
-        held = Held(s["out"])
-    except FolderError as exc:
-        raise UsageError(str(exc)) from None
+    held = _hold(s["out"])
     try:
         try:
             result = _run(args, audit, s)
@@ -93,6 +88,16 @@ def _audit(args, s: dict, audit: str, summary) -> int:
         return _finish(args, s, audit, result, summary)
     finally:
         held.release()
+
+
+def _hold(out: str):
+    """The report folder, created if needed and locked (one audit writes to it at a time)."""
+    from audit.reports.folder import FolderError, Held
+
+    try:
+        return Held(out)
+    except FolderError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _write_partial(out: str, audit: str, result) -> Optional[str]:
@@ -143,4 +148,8 @@ def _finish(args, s: dict, audit: str, result, summary) -> int:
 def check(args) -> int:
     from audit import gate
 
-    return gate.check(args)
+    held = _hold(settings(args, "determinism")["out"])  # "out" is common to every audit
+    try:
+        return gate.check(args)
+    finally:
+        held.release()
