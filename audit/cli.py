@@ -12,8 +12,10 @@ from typing import Optional
 
 from audit import __version__, registry
 from audit.config import parse_shape
+from audit.interrupts import exit_status, signals_raise
 from audit.kinds.base import positive_arg
 from audit.probes.errors import ExitCode, UsageError
+from audit.probes.runs import Interrupted
 
 
 def _int_list(text: str) -> list:
@@ -33,6 +35,16 @@ def _seed(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, as for every other bad input
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
@@ -49,6 +61,8 @@ def _gate_options(p: argparse.ArgumentParser) -> None:
                    help="read [tool.audit] from this file instead of the nearest pyproject.toml")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the verdict line")
+    p.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                   help="end a run that makes no training step for this long (default 300)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -107,6 +121,17 @@ def _parse(argv: list, script: Optional[list]) -> argparse.Namespace:
 def main(argv: Optional[list] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, script = _split_script(argv)
+    with signals_raise():
+        return _main(argv, script)
+
+
+def _interrupted_line(exc: Interrupted) -> str:
+    if exc.report:
+        return f"audit: stopped by {exc.name}; every run was ended; partial report: {exc.report}"
+    return f"audit: stopped by {exc.name}; every run was ended; no report was written"
+
+
+def _main(argv: list, script: Optional[list]) -> int:
     debug = "--debug" in argv
     from audit import commands
 
@@ -118,6 +143,9 @@ def main(argv: Optional[list] = None) -> int:
     except UsageError as exc:
         print(str(exc), file=sys.stderr)
         return ExitCode.USAGE
+    except Interrupted as exc:
+        print(_interrupted_line(exc), file=sys.stderr)
+        return exit_status(exc)
     except KeyboardInterrupt:
         print("audit: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED

@@ -220,6 +220,7 @@ _COMMON_RULES = {
     "num_classes": ((lambda v: is_int(v) and v >= 1), "a positive integer"),
     "input_shape": ((lambda v: parse_shape(v) is not None),
                     "an array of positive integers like [3, 32, 32]"),
+    "timeout": ((lambda v: is_number(v) and v > 0), "a positive number of seconds"),
 }
 
 
@@ -236,7 +237,8 @@ def _check_common(chk: Checker, table: dict, root: str,
             test, expected = _COMMON_RULES[key]
             if not test(value):
                 chk.fail("tool.audit", key, expected, value)
-            common[key] = parse_shape(value) if key == "input_shape" else value
+            common[key] = (parse_shape(value) if key == "input_shape"
+                           else float(value) if key == "timeout" else value)
         elif key == "target":
             common[key] = _target(chk, value, root)
         elif key == "out":

@@ -247,6 +247,9 @@ def main(argv=None) -> int:
     from audit.probes import script_runner
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    from audit.probes.runs import answer_stack_requests
+
+    answer_stack_requests()
     if not argv:
         print("usage: python -m audit.bootstrap SPEC.json -- (FILE | -m MODULE) [args...]", file=sys.stderr)
         return 2

@@ -44,9 +44,9 @@ from torch import nn
 
 from audit.probes import fingerprint as fp
 from audit.probes.determinism import knobs
-from audit.probes.trace import (ModuleRecorder, OutputRecorder, TraceWriter, combine, grad_parts,
-                                init_record, optimizer_state_tensors, rng_fingerprints, row_part,
-                                step_fields)
+from audit.probes.trace import (ModuleRecorder, OutputRecorder, TraceWriter, combine, finite_flag,
+                                grad_parts, init_record, optimizer_state_tensors, rng_fingerprints,
+                                row_part, step_fields)
 from audit.probes.training import split_batch, tensors_in
 
 #: Batches kept per step: the ones fetched last before the update (accumulation included).
@@ -119,6 +119,7 @@ class ScriptTracer:
         self._top_inputs: Optional[list] = None
         self._rng: Optional[dict] = None
         self._grads: Optional[list] = None
+        self._finite = 1  # finite_flag of the gradients seen at the last optimizer step
         self._grad_copies: Optional[dict] = None
         self._depth = 0
         self._backward_depth = 0
@@ -303,6 +304,7 @@ class ScriptTracer:
         elif self._traced.get(optimizer) != _count(optimizer):
             self._extend()
         self._grads = grad_parts([p.grad for p in self.params])
+        self._finite = finite_flag([p.grad for p in self.params])
         if self.lockstep is not None:
             self._grad_copies = {n: p.grad.detach().clone() for n, p in zip(self.names, self.params)
                                  if p.grad is not None}
@@ -333,7 +335,7 @@ class ScriptTracer:
         record = {"type": "step", "step": self.done}
         record.update(step_fields(inputs, targets, input_rows, target_rows, list(self._losses),
                                   self._grads, self.params, optim_state=optim_state, events=events,
-                                  outputs=self._outputs.take()))
+                                  outputs=self._outputs.take(), grads_finite=self._finite))
         now = time.perf_counter()
         rng = {k: v for k, v in (self._rng or {}).items() if k not in OS_SEEDED or k in self._seeded}
         self._check_globals(self._rng or {})

@@ -101,6 +101,7 @@ def run(spec: dict) -> int:
         seed_everything(spec["seed"])
         from audit.probes.target import TargetError, load_target
 
+        writer.write({"type": "loading"})  # progress: the watchdog's clock starts at the target
         rank_ctx = None
         if spec.get("dist"):  # distributed: the process group exists before the target is called
             from audit.probes import ranks
@@ -170,6 +171,9 @@ def run(spec: dict) -> int:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from audit.probes.runs import answer_stack_requests
+
+    answer_stack_requests()
     with open(argv[0], encoding="utf-8") as fh:
         spec = json.load(fh)
     if spec.get("cwd_on_path", True) and os.getcwd() not in sys.path:

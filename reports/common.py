@@ -153,7 +153,22 @@ RUN_STATUS_TITLES = {
     "exited": "exited early",
     "ended_early": "ended early",
     "killed": "killed",
+    "timed_out": "timed out",
+    "interrupted": "interrupted",
 }
+
+
+def nonfinite_sentence(nf) -> str:
+    """One sentence for :class:`~audit.probes.results.NonFinite`: what, where, when."""
+    if nf.what == "loss":
+        value = {"nan": "NaN", "inf": "+inf", "-inf": "-inf"}.get(nf.value or "", "non-finite")
+        return f"the loss became {value} at step {nf.step} (run {nf.run})"
+    return f"a gradient became NaN or infinite at step {nf.step} (run {nf.run})"
+
+
+NONFINITE_FIX = ("lower the learning rate or clip the gradients (torch.nn.utils.clip_grad_norm_); "
+                 "check the data for NaN; torch.autograd.set_detect_anomaly(True) names the "
+                 "operation that made it")
 
 
 def source_title(source: str) -> str:

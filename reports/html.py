@@ -25,6 +25,7 @@ from audit.reports.common import (
     DIFF_STAGE_MEANING,
     DIFF_TIMELINE_STAGES,
     DRIFT_WORDS,
+    NONFINITE_FIX,
     SOURCE_MEANING,
     compare_headline,
     compare_sentence,
@@ -48,6 +49,7 @@ from audit.reports.common import (
     fmt_percent,
     fmt_seconds,
     init_headline,
+    nonfinite_sentence,
     one_line,
     ordered_schemes,
     RESUME_STAGE_MEANING,
@@ -139,7 +141,8 @@ def environment() -> jinja2.Environment:
             resume_source_title=resume_source_title,
         )
         env.globals.update(STAGES=STAGES, STAGE_TITLES=STAGE_TITLES,
-                           STAGE_MEANING=STAGE_MEANING, RUN_STATUS_TITLES=RUN_STATUS_TITLES)
+                           STAGE_MEANING=STAGE_MEANING, RUN_STATUS_TITLES=RUN_STATUS_TITLES,
+                           NONFINITE_FIX=NONFINITE_FIX, nonfinite_sentence=nonfinite_sentence)
         _ENV = env
     return _ENV
 

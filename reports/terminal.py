@@ -18,6 +18,7 @@ from audit.probes.results.resume import ResumeResult
 from audit.reports.common import (
     DIFF_STAGE_MEANING,
     DRIFT_WORDS,
+    NONFINITE_FIX,
     RUN_STATUS_TITLES,
     STAGE_MEANING,
     determinism_headline,
@@ -35,6 +36,7 @@ from audit.reports.common import (
     fmt_num,
     fmt_percent,
     init_headline,
+    nonfinite_sentence,
     one_line,
     ordered_schemes,
     RESUME_STAGE_MEANING,
@@ -171,6 +173,10 @@ def determinism_summary(result: DeterminismResult, report_path: Optional[str] = 
             if run.message:
                 line += f": {one_line(run.message)}"
             w.wrap(line, indent="    ", first="  - ")
+
+    if result.nonfinite is not None:
+        w.heading("Non-finite values")
+        w.wrap(f"{nonfinite_sentence(result.nonfinite)}; {NONFINITE_FIX}")
 
     div = result.first_divergence
     if div is not None:

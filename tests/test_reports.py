@@ -650,7 +650,7 @@ def test_html_pages_structure():
 
 def test_html_crashed_shows_error():
     page = _determinism_page("crashed")
-    assert page.index("A run crashed; this result is partial") < page.index('id="timeline"')
+    assert page.index('id="error"') < page.index('id="timeline"')
     assert "mat1 and mat2 shapes cannot be multiplied" in page
     assert page.count('class="missing"') == 15
 

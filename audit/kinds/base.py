@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from audit.probes.results import Check
+from audit.probes.runs import DEFAULT_TIMEOUT
 
 #: A progress callback: called with a short phase description ("run 1 of 2: step 3/20").
 Progress = Optional[Callable[[str], None]]
@@ -32,6 +33,7 @@ class Settings:
     out: str = "audit-report"
     input_shape: Optional[list] = None
     num_classes: Optional[int] = None
+    timeout: float = DEFAULT_TIMEOUT  # seconds a run may go without a training step
     script: Optional[list] = None  # script mode: the command after "--"
     cwd: str = field(default_factory=os.getcwd)
     tolerances: dict = field(default_factory=dict)  # baseline tolerances the config sets
@@ -46,7 +48,7 @@ class Settings:
 
 
 #: Keys of ``[tool.audit]`` (the common table) that are settings, not gate options.
-COMMON_KEYS = ("target", "seed", "device", "out", "input_shape", "num_classes")
+COMMON_KEYS = ("target", "seed", "device", "out", "input_shape", "num_classes", "timeout")
 
 
 def _no_annotations(check: Check, result: Any) -> list:

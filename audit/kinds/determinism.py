@@ -17,8 +17,9 @@ from audit.probes.determinism.cuda_ops_check import LEVELS, cuda_ops_check
 from audit.probes.errors import UsageError
 from audit.probes.results import DISTRIBUTED_SOURCES, STAGES, Check, DeterminismResult
 from audit.reports import html, terminal
-from audit.reports.common import (determinism_headline, determinism_sentence, one_line,
-                                  source_title, split_where, stage_title)
+from audit.reports.common import (NONFINITE_FIX, determinism_headline, determinism_sentence,
+                                  nonfinite_sentence, one_line, source_title, split_where,
+                                  stage_title)
 
 #: Baseline tolerances: the first divergence's max |diff| may grow by this factor.
 TOLERANCES = {"max_abs_diff": 10.0}
@@ -66,7 +67,7 @@ def run(s: DeterminismSettings, progress: Progress = None) -> DeterminismResult:
     opts = DeterminismOptions(
         target=s.target, runs=s.runs, steps=s.steps, seed=s.seed, device=s.device,
         input_shape=s.input_shape, num_classes=s.num_classes, jobs=s.jobs,
-        attribute=s.attribution, script=s.script, cwd=s.cwd)
+        attribute=s.attribution, script=s.script, cwd=s.cwd, timeout=s.timeout)
     try:
         if s.nproc > 1:
             result = _run_distributed(s, opts, progress)
@@ -96,7 +97,8 @@ def checks(result: DeterminismResult) -> list:
     """The determinism audit as checks: runs completed, runs agree, no unseeded generators,
     and one ``cause: SOURCE`` per cause source other than ``unseeded_rng``."""
     checks = []
-    bad = [r for r in result.run_info if r.status in ("crashed", "killed", "exited")]
+    bad = [r for r in result.run_info
+           if r.status in ("crashed", "killed", "exited", "timed_out", "interrupted")]
     if result.error or bad:
         first = bad[0] if bad else None
         where = None
@@ -136,6 +138,7 @@ def checks(result: DeterminismResult) -> list:
                             where if result.verdict != "deterministic" else None))
 
     checks.append(_generator_check(result))
+    checks.append(_nonfinite_check(result))
     scan = cuda_ops_check(result, result.cuda_ops_level)
     if scan is not None:
         checks.append(scan)
@@ -180,6 +183,15 @@ def distributed_checks(result: DeterminismResult) -> list:
         out.append(Check("determinism", "sampler reshuffles per epoch", True,
                          "no DistributedSampler drew the same order twice in these steps"))
     return out
+
+
+def _nonfinite_check(result: DeterminismResult) -> Check:
+    """``finite loss and gradients``: whatever the verdict, a NaN or inf is a failed training."""
+    if result.nonfinite is None:
+        return Check("determinism", "finite loss and gradients", True,
+                     "every loss and gradient of every run was finite")
+    return Check("determinism", "finite loss and gradients", False,
+                 nonfinite_sentence(result.nonfinite), NONFINITE_FIX)
 
 
 def _generator_check(result: DeterminismResult) -> Check:

@@ -118,13 +118,27 @@ def run_script(s: InitSettings, progress: Progress = None) -> InitResult:
         raise UsageError(f"audit init: {exc}") from None
 
 
+def _setup(s: InitSettings, name: str):
+    """The target as a TrainingSetup, built in this process."""
+    from audit.probes.target import call_target, load_target, normalize
+
+    options = dict(input_shape=tuple(s.input_shape) if s.input_shape else None,
+                   num_classes=s.num_classes, seed=s.seed, batches=max(s.steps, 1))
+    if s.target is None or isinstance(s.target, str):
+        return load_target(s.target, **options)
+    if callable(s.target) and not hasattr(s.target, "parameters"):
+        return normalize(call_target(s.target, name), name, **options)
+    return normalize(s.target, name, **options)
+
+
 def run(s: InitSettings, progress: Progress = None) -> InitResult:
-    """Build the target in this process and run every scheme on it. ``s.target`` may also be
-    an ``nn.Module`` or a callable (the Python API and the pytest fixture)."""
+    """Build the target in this process and run every scheme on it, under a watchdog that
+    each step kicks. ``s.target`` may also be an ``nn.Module`` or a callable (the Python API
+    and the pytest fixture)."""
     if s.script:
         return run_script(s, progress)
     from audit.probes.init.engine import run_init
-    from audit.probes.target import call_target, load_target, normalize
+    from audit.probes.runs import Stalled, Watchdog
     from audit.probes.worker import resolve_device, seed_everything
 
     try:
@@ -132,22 +146,24 @@ def run(s: InitSettings, progress: Progress = None) -> InitResult:
     except RuntimeError as exc:
         raise UsageError(f"audit init: {exc}") from None
     seed_everything(s.seed)
-    options = dict(input_shape=tuple(s.input_shape) if s.input_shape else None,
-                   num_classes=s.num_classes, seed=s.seed, batches=max(s.steps, 1))
     name = s.target_label if s.target is None or isinstance(s.target, str) else (
         getattr(s.target, "__qualname__", None) or f"{type(s.target).__name__} object")
     try:
-        if s.target is None or isinstance(s.target, str):
-            setup = load_target(s.target, **options)
-        elif callable(s.target) and not hasattr(s.target, "parameters"):
-            setup = normalize(call_target(s.target, name), name, **options)
-        else:
-            setup = normalize(s.target, name, **options)
-        return run_init(setup, schemes=s.schemes, steps=s.steps, seed=s.seed, device=str(device),
-                        thresholds=s.thresholds or None, progress=progress, target=name)
-    except TargetError as exc:
-        raise UsageError(f"audit init: {exc}") from None
-    except ValueError as exc:
+        with Watchdog(s.timeout, "loading the target") as dog:
+            setup = _setup(s, name)
+
+            def report(event) -> None:
+                dog.kick(f"{event.phase}, in step {event.done}")
+                if progress is not None:
+                    progress(event)
+
+            return run_init(setup, schemes=s.schemes, steps=s.steps, seed=s.seed,
+                            device=str(device), thresholds=s.thresholds or None,
+                            progress=report, target=name)
+    except Stalled as exc:
+        raise UsageError(f"audit init: timed out: {exc}; raise --timeout if a step can take "
+                         "longer") from None
+    except (TargetError, ValueError) as exc:
         raise UsageError(f"audit init: {exc}") from None
 
 

@@ -10,11 +10,12 @@ ever differs is not a divergence: the runs still train bit for bit alike.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
-from audit.probes.results import STAGES, StepAgreement
+from audit.probes.results import STAGES, NonFinite, StepAgreement
 
 STEP_STAGES = ("data", "rng", "forward", "backward", "optimizer")
 
@@ -210,3 +211,20 @@ def localize(a: list, b: list, step: int, stage: str) -> tuple[Optional[str], Op
 
 def _inside(name: str, parent: str) -> bool:
     return parent == "" or name == parent or name.startswith(parent + ".")
+
+
+def first_nonfinite(traces: list) -> Optional[NonFinite]:
+    """The earliest step (then the lowest run) whose loss or gradients were NaN or infinite."""
+    found = []
+    for run, records in enumerate(traces):
+        for r in records:
+            if r.get("type") != "step":
+                continue
+            loss = r.get("loss_value")
+            if loss is not None and not math.isfinite(loss):
+                found.append(NonFinite(run, r["step"], "loss", str(loss)))
+                break
+            if r.get("grads_finite") is False:
+                found.append(NonFinite(run, r["step"], "gradient"))
+                break
+    return min(found, key=lambda n: (n.step, n.run)) if found else None

@@ -31,8 +31,8 @@ def audit_distributed(opts: DeterminismOptions, nproc: int,
     _check_devices(opts.device, nproc)
     launchers: list = []
 
-    def make(o, folder):
-        launchers.append(RankLauncher(o, folder, nproc, timeout))
+    def make(o, folder, reporter=None):
+        launchers.append(RankLauncher(o, folder, nproc, timeout, reporter))
         return launchers[-1]
 
     result = audit_determinism(opts, progress=progress, launcher=make)

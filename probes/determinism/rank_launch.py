@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from audit.probes.determinism import merge
 from audit.probes.determinism.knobs import KNOBS
 from audit.probes.determinism.orchestrate import ROOT, Launcher, Outcome
 from audit.probes.rng_escape import read_log
+from audit.probes.runs import Run, end_runs
 from audit.probes.trace import read_trace
 
 #: Seconds the other ranks get to end on their own once one rank has failed.
@@ -53,41 +53,56 @@ def rank_env(knobs: list, rank: int, world: int, port: int) -> dict:
 
 
 class RankGroup:
-    """The rank processes of one run, answering ``poll``/``wait`` as one process would: the
-    first failing rank's status, else 0."""
+    """The rank processes of one run (each a :class:`~audit.probes.runs.Run` in its own process
+    group), answering as one run would: ``poll`` gives the first failing rank's status, else 0;
+    once a rank has failed the others get :data:`GRACE_SECONDS`, then they are ended (they
+    would wait in a collective until the process group's timeout)."""
 
-    def __init__(self, procs: list, logs: list):
-        self.procs, self.logs = procs, logs
+    def __init__(self, runs: list):
+        self.runs = runs
+        self.started = min(r.started for r in runs)
         self.failed_at: Optional[float] = None
         self.first_failed: Optional[int] = None  # the rank that failed first
 
+    @property
+    def steps(self) -> int:
+        return min(r.steps for r in self.runs)
+
+    def read_steps(self) -> int:
+        for run in self.runs:
+            run.read_steps()
+        return self.steps
+
     def poll(self) -> Optional[int]:
-        codes = [p.poll() for p in self.procs]
+        codes = [r.poll() for r in self.runs]
         failed = [rank for rank, c in enumerate(codes) if c not in (None, 0)]
         if failed and self.failed_at is None:
             self.failed_at, self.first_failed = time.monotonic(), failed[0]
         if self.failed_at is not None and time.monotonic() - self.failed_at > GRACE_SECONDS:
-            self.kill()
-            codes = [p.wait() for p in self.procs]
+            end_runs([r for r, c in zip(self.runs, codes) if c is None])
+            codes = [r.poll() for r in self.runs]
         if any(c is None for c in codes):
             return None
         return 0 if self.first_failed is None else codes[self.first_failed]
 
-    def wait(self) -> int:
-        while True:
-            code = self.poll()
-            if code is not None:
-                for log in self.logs:
-                    log.close()
-                return code
-            time.sleep(0.02)
+    def stalled(self, limit: Optional[float]) -> bool:
+        return any(r.stalled(limit) for r in self.runs)
 
-    def kill(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-        for proc in self.procs:
-            proc.wait()
+    def stack(self) -> str:
+        return "\n".join(f"[rank {i}]\n{r.stack()}" for i, r in enumerate(self.runs))
+
+    def end_when_done(self) -> int:
+        for run in self.runs:
+            run.end_when_done()
+        return self.poll() or 0
+
+    def end(self) -> int:
+        end_runs(self.runs)
+        return self.poll() or 0
+
+    def output_tail(self) -> str:
+        tails = [r.output_tail(2000).strip() for r in self.runs]
+        return "\n".join(f"[rank {i}] {t}" for i, t in enumerate(tails) if t)
 
 
 @dataclass
@@ -101,14 +116,14 @@ class RankLauncher(Launcher):
     """A :class:`~audit.probes.determinism.orchestrate.Launcher` whose every run is ``nproc``
     ranks; keeps every finished run by name for the replica and sampler analysis."""
 
-    def __init__(self, opts, folder: str, nproc: int, timeout: float):
-        super().__init__(opts, folder)
+    def __init__(self, opts, folder: str, nproc: int, timeout: float, progress=None):
+        super().__init__(opts, folder, progress)
         self.nproc, self.timeout = nproc, timeout
         self.finished: dict = {}  # run name -> RankOutcome
-        self.live: list = []
 
-    def spec(self, name: str, steps: int, knobs=(), detail=False, lockstep=None) -> dict:
-        spec = super().spec(name, steps, knobs=knobs, detail=detail, lockstep=lockstep)
+    def spec(self, name: str, steps: int, knobs=(), detail=False, lockstep=None,
+             **more) -> dict:
+        spec = super().spec(name, steps, knobs=knobs, detail=detail, lockstep=lockstep, **more)
         base = spec["spec_path"][:-len(".json")]
         spec["rank_specs"] = []
         for rank in range(self.nproc):
@@ -124,47 +139,25 @@ class RankLauncher(Launcher):
             spec["rank_specs"].append(rs)
         return spec
 
-    def start(self, spec: dict) -> tuple:
+    def start(self, spec: dict) -> RankGroup:
         port = free_port()
-        procs, logs = [], []
+        runs: list = []
         try:
             for rank, rs in enumerate(spec["rank_specs"]):
-                log = open(rs["log"], "wb")
-                logs.append(log)
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "audit.probes.worker", rs["spec_path"]],
-                    env=rank_env(rs["knobs"], rank, self.nproc, port), cwd=self.opts.cwd,
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT))
+                runs.append(Run([sys.executable, "-m", "audit.probes.worker", rs["spec_path"]],
+                                rs["log"], rs["trace"],
+                                rank_env(rs["knobs"], rank, self.nproc, port), cwd=self.opts.cwd))
         except BaseException:
-            RankGroup(procs, logs).kill()
-            for log in logs:
-                log.close()
+            end_runs(runs)
             raise
-        group = RankGroup(procs, logs)
-        self.live.append(group)
-        return group, None, time.monotonic()
+        return RankGroup(runs)
 
-    def finish(self, spec: dict, proc, log, started: float) -> Outcome:
-        code = proc.wait()
-        self.live.remove(proc)
+    def finish(self, spec: dict, group: RankGroup, stopped: str = "", stack: str = "") -> Outcome:
+        code = group.end() if stopped else group.end_when_done()
         traces = [read_trace(rs["trace"]) for rs in spec["rank_specs"]]
         escapes = [e for rs in spec["rank_specs"] for e in read_log(rs["escape_log"])]
-        tails = []
-        for rank, rs in enumerate(spec["rank_specs"]):
-            with open(rs["log"], "rb") as fh:
-                tail = fh.read()[-2000:].decode("utf-8", "replace").strip()
-            if tail:
-                tails.append(f"[rank {rank}] {tail}")
-        out = RankOutcome(spec["name"], merge.merge(traces, blame=proc.first_failed), code, time.monotonic() - started,
-                          escapes, "\n".join(tails), ranks=traces)
+        out = RankOutcome(spec["name"], merge.merge(traces, blame=group.first_failed),
+                          None if stopped else code, time.monotonic() - group.started, escapes,
+                          group.output_tail(), stopped, stack, ranks=traces)
         self.finished[spec["name"]] = out
         return out
-
-    def run_all(self, specs: list, jobs: int, on_done=None) -> list:
-        try:
-            return super().run_all(specs, jobs, on_done)
-        finally:
-            for group in list(self.live):
-                group.kill()
-                group.wait()
-            self.live = []

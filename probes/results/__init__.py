@@ -180,10 +180,21 @@ class RunInfo:
 
     index: int
     steps_completed: int
-    status: str  # "ok" | "crashed" | "exited" | "ended_early" | "killed"
+    status: str  # "ok" | "crashed" | "exited" | "ended_early" | "killed" | "timed_out" | "interrupted"
     message: str = ""
     exit_code: Optional[int] = None
     seconds: Optional[float] = None
+    stack: Optional[str] = None  # a run that timed out: the stacks of its threads when it was ended
+
+
+@dataclass
+class NonFinite:
+    """The first training step whose loss or gradients were NaN or infinite, in any run."""
+
+    run: int
+    step: int
+    what: str  # "loss" | "gradient"
+    value: Optional[str] = None  # the loss: "nan", "inf" or "-inf"
 
 
 @dataclass
@@ -213,6 +224,7 @@ class DeterminismResult(Renderable):
     nproc: Optional[int] = None  # distributed runs (--nproc N): ranks per run
     replicas: Optional[Replicas] = None  # distributed runs: replica consistency
     rank_timelines: list = field(default_factory=list)  # [RankTimeline], distributed runs
+    nonfinite: Optional[NonFinite] = None  # the first NaN/inf loss or gradient
 
     def to_dict(self) -> dict:
         data = _plain(self)
@@ -246,6 +258,8 @@ class DeterminismResult(Renderable):
             RankTimeline(rank=t.get("rank", 0),
                          rows=[_build(StepAgreement, r) for r in t.get("rows", [])])
             for t in data.get("rank_timelines") or []]
+        nonfinite = data.get("nonfinite")
+        data["nonfinite"] = _build(NonFinite, nonfinite) if nonfinite else None
         return _build(cls, data)
 
     @property
