@@ -16,6 +16,7 @@ Light: no torch.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -84,6 +85,7 @@ def short_path(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
+@functools.lru_cache(maxsize=1)
 def _not_user_dirs() -> tuple:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     dirs = [os.path.join(root, name) + os.sep for name in ("probes", "audit", "reports")]

@@ -149,10 +149,11 @@ def run(spec: dict) -> int:
     except BaseException as exc:  # the user's training raised: keep what was measured
         if isinstance(exc, KeyboardInterrupt):
             raise
-        tb = traceback.extract_tb(exc.__traceback__)
-        where = next((f"{rng_escape.short_path(f.filename)}:{f.lineno}" for f in reversed(tb)
-                      if "site-packages" not in f.filename and "/probes/" not in f.filename
-                      and "/audit/" not in f.filename), None)
+        from audit.probes.runs import Frame, user_frame
+
+        found = user_frame([Frame(f.filename, f.lineno or 0, f.name)
+                            for f in reversed(traceback.extract_tb(exc.__traceback__))])
+        where = found.where if found else None
         writer.write({"type": "end", "status": "crashed",
                       "message": f"{type(exc).__name__}: {exc}", "where": where,
                       "traceback": traceback.format_exc(limit=20)})

@@ -29,27 +29,23 @@ from audit.probes import fingerprint as fp
 from audit.probes import script_runner
 from audit.probes.init.engine import environment
 from audit.probes.init.flow import FlowProbe, modules_with_parameters, trace_forward
+from audit.probes.runs import Frame, user_frame
 from audit.probes.init.schemes import DrawCache, apply_scheme, restore_state, scheme_code, snapshot_state
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-#: The tool's own folders: frames there are not the user's.
-_OURS = tuple(os.path.join(_ROOT, name) + os.sep for name in ("audit", "probes", "reports"))
 
 
 class Stop(BaseException):
     """Raised from the optimizer's step hook once the steps asked for are made."""
 
 
+def _frames(summary: list) -> list:
+    return [Frame(f.filename, f.lineno or 0, f.name) for f in reversed(summary)]
+
+
 def user_place() -> Optional[str]:
     """``file:line`` of the innermost frame of the user's code on the stack."""
-    for frame in reversed(traceback.extract_stack()[:-1]):
-        path = os.path.abspath(frame.filename)
-        if frame.filename.startswith("<") or path.startswith(_OURS) or "site-packages" in path \
-                or path.startswith(os.path.dirname(os.__file__)):
-            continue
-        rel = os.path.relpath(path)
-        return f"{path if rel.startswith('..') else rel}:{frame.lineno}"
-    return None
+    found = user_frame(_frames(traceback.extract_stack()[:-1]))
+    return found.where if found else None
 
 
 def _rng_state() -> tuple:
@@ -190,9 +186,8 @@ def run(spec: dict, program: script_runner.Program) -> dict:
         if exc.code not in (None, 0) and scheme.out["status"] != "ok":
             scheme.out["error"] = f"the script exited with status {exc.code!r}"
     except Exception as exc:  # the script (or the scheme) broke: a result, with the place
-        place = next((f"{f.filename}:{f.lineno}" for f in reversed(traceback.extract_tb(exc.__traceback__))
-                      if not os.path.abspath(f.filename).startswith(_OURS)), None)
-        scheme.out["error"] = f"{type(exc).__name__}: {exc}" + (f" (at {place})" if place else "")
+        found = user_frame(_frames(traceback.extract_tb(exc.__traceback__)))
+        scheme.out["error"] = f"{type(exc).__name__}: {exc}" + (f" (at {found.where})" if found else "")
     finally:
         scheme.uninstall()
     return scheme.out
