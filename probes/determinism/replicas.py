@@ -114,8 +114,8 @@ def _parameter_reason(ranks: list, parting: ReplicaParting) -> tuple[str, str]:
            "torch.distributed.broadcast(param.data, src=0)  # after changing it\n"
            "# state that is not trained belongs in a buffer: self.register_buffer(...)")
     if grads[0] is None and grads[1] is None:
-        return ("it has no gradient, yet rank %d changed it: an update outside DDP's all-reduce, "
-                "which only averages gradients" % rank, fix)
+        return (f"it has no gradient, yet rank {rank} changed it: an update outside DDP's "
+                "all-reduce, which only averages gradients", fix)
     if grads[0] != grads[1]:
         return ("its gradient differs between ranks: it was not all-reduced (a parameter DDP "
                 "does not know about, or a step under no_sync())",
