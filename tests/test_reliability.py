@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from audit.cli import UsageError, build_parser
+from audit.cli import build_parser
+from audit.probes.errors import UsageError
 from audit.probes.progress import Progress
-from audit.progress import PREFIX, ProgressDisplay
+from audit.gate.progress import PREFIX, ProgressDisplay
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGETS = os.path.join(HERE, "targets")
