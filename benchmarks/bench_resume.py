@@ -29,9 +29,9 @@ def plain_run(target: str, steps: int) -> None:
     """One plain run in this process: load the target, train ``steps`` steps, no tracing."""
     from audit.probes.target import load_target
     from audit.probes.training import compute_loss, cycle_batches, make_scheduler, optimizer_step
-    from audit.probes.worker import seed_everything
+    from audit.probes.seeding import seed_all
 
-    seed_everything(0)
+    seed_all(0)
     setup = load_target(target, batches=steps)
     optimizer = setup.optimizer(setup.model.parameters())
     scheduler = make_scheduler(setup, optimizer)

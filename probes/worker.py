@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import sys
 import traceback
 
@@ -18,18 +17,6 @@ from audit.probes.errors import UsageError
 EXIT_OK, EXIT_TARGET, EXIT_CRASH = 0, 3, 4
 #: Synthetic batches for a bare module when the audit chooses the steps (``audit resume``).
 AUTO_BATCHES = 8
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's ``random``, NumPy's global RNG and torch (CPU and CUDA), as the contract says."""
-    import numpy as np
-    import torch
-
-    from audit.probes import rng_escape
-
-    random.seed(seed)
-    np.random.seed(seed)
-    rng_escape.seeding_helpers()(seed)  # torch.manual_seed also seeds every CUDA device
 
 
 def resolve_device(name: str):
@@ -43,47 +30,12 @@ def resolve_device(name: str):
 
 
 def environment(device) -> dict:
-    import platform
-
-    import numpy as np
-    import torch
-
+    """The machine and versions (:func:`audit.probes.environment.describe`) and the
+    determinism flags in force."""
     from audit.probes.determinism import knobs
+    from audit.probes.environment import describe
 
-    env = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "device": str(device),
-        "cpu": cpu_name(),
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "flags": knobs.flags(),
-    }
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    try:  # the version without paying for the import
-        from importlib.metadata import version
-
-        env["torchvision"] = version("torchvision")
-    except Exception:
-        pass
-    return env
-
-
-def cpu_name() -> str:
-    """The processor's model name (Linux reads /proc/cpuinfo), else what platform says."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return {**describe(device), "flags": knobs.flags()}
 
 
 def run(spec: dict) -> int:
@@ -98,7 +50,9 @@ def run(spec: dict) -> int:
         rng_escape.install(spec.get("escape_log"), pin=False, seeds_path=spec.get("seed_log"))
         knobs.observe()
         knobs.apply(spec.get("knobs", []), spec.get("escape_log"), spec.get("pin_sites", ()))
-        seed_everything(spec["seed"])
+        from audit.probes.seeding import seed_all
+
+        seed_all(spec["seed"])
         from audit.probes.target import TargetError, load_target
 
         writer.write({"type": "loading"})  # progress: the watchdog's clock starts at the target

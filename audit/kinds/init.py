@@ -139,13 +139,14 @@ def run(s: InitSettings, progress: Progress = None) -> InitResult:
         return run_script(s, progress)
     from audit.probes.init.engine import run_init
     from audit.probes.runs import Stalled, Watchdog
-    from audit.probes.worker import resolve_device, seed_everything
+    from audit.probes.seeding import seed_all
+    from audit.probes.worker import resolve_device
 
     try:
         device = resolve_device(s.device)
     except RuntimeError as exc:
         raise UsageError(f"audit init: {exc}") from None
-    seed_everything(s.seed)
+    seed_all(s.seed)
     name = s.target_label if s.target is None or isinstance(s.target, str) else (
         getattr(s.target, "__qualname__", None) or f"{type(s.target).__name__} object")
     try:

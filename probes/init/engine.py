@@ -18,15 +18,14 @@ the measured step's statistics (one host sync), and for ``lsuv`` one forward pas
 from __future__ import annotations
 
 import math
-import platform
-import random
 import time
-from importlib import metadata
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
+from audit.probes.environment import describe as environment
+from audit.probes.seeding import seed_all
 from audit.probes.init.diagnose import diagnose, recommend, resolve_thresholds, scheme_score
 from audit.probes.init.flow import FlowProbe, ForwardTrace, modules_with_parameters, trace_forward
 from audit.probes.progress import Progress, Reporter, silent
@@ -42,30 +41,6 @@ from audit.probes.training import (TrainingSetup, compute_loss, cycle_batches, m
 #: a deep net is the textbook vanishing case, which ``xavier_*`` on ReLU layers already shows);
 #: ask for it with ``--schemes default,normal:0.02``.
 DEFAULT_SCHEMES = list(BUILTIN_SCHEMES)
-
-
-def seed_all(seed: int) -> None:
-    """Seed Python's ``random``, NumPy's global RNG and torch (CPU and every CUDA device)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # seeds CUDA devices too
-
-
-def environment(device: str) -> dict:
-    """Versions and hardware that the numbers depend on."""
-    env = {"python": platform.python_version(), "platform": platform.platform(),
-           "torch": torch.__version__, "numpy": np.__version__,
-           "threads": torch.get_num_threads(), "device": device}
-    for package in ("torchvision", "scipy"):
-        try:
-            env[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    if torch.device(device).type == "cuda" and torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
-        env["cuda"] = torch.version.cuda
-        env["cudnn"] = torch.backends.cudnn.version()
-    return env
 
 
 def run_init(setup: TrainingSetup, schemes: Optional[list] = None, steps: int = 5,

@@ -27,7 +27,7 @@ from torch import nn
 
 from audit.probes import fingerprint as fp
 from audit.probes import script_runner
-from audit.probes.init.engine import environment
+from audit.probes.environment import describe as environment
 from audit.probes.init.flow import FlowProbe, modules_with_parameters, trace_forward
 from audit.probes.runs import Frame, user_frame
 from audit.probes.init.schemes import DrawCache, apply_scheme, restore_state, scheme_code, snapshot_state
