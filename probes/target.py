@@ -221,7 +221,9 @@ def normalize(returned: Any, spec: str, *, input_shape: Optional[tuple] = None,
     data = returned.get("data")
     if data is None:
         raise TargetError(f"{spec} returned a mapping without 'data'; add a DataLoader or a list of batches")
-    if not hasattr(data, "__iter__") or iter(data) is data:
+    # An iterator has __next__; calling iter() to find out would start a DataLoader pass, which
+    # draws its base seed from the global generator and shifts every shuffle after it.
+    if not hasattr(data, "__iter__") or hasattr(data, "__next__"):
         raise TargetError(
             f"{spec}: 'data' must be re-iterable (a DataLoader or a list), not a one-shot "
             "iterator or generator"
