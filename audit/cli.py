@@ -19,6 +19,8 @@ from audit.probes.runs import Interrupted
 
 
 def _int_list(text: str) -> list:
+    if parse_shape(text.replace("0", "1")) is None:  # not digits and separators
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of sizes like 3,32,32")
     shape = parse_shape(text)
     if shape is None:
         raise argparse.ArgumentTypeError(f"{text!r}: give positive sizes like 3,32,32")

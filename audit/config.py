@@ -176,8 +176,8 @@ def parse_shape(value: Any) -> Optional[list]:
     """A per-sample shape from ``[3, 32, 32]``, ``"3,32,32"`` or ``"3x32x32"``; None if it is
     not one (every part a positive integer, no empty part)."""
     if isinstance(value, str):
-        parts = value.replace("x", ",").split(",")
-        if not all(p.strip().isdigit() for p in parts):
+        parts = "".join(value.split()).replace("x", ",").split(",")
+        if not all(p.isdigit() for p in parts):
             return None
         value = [int(p) for p in parts]
     if isinstance(value, list) and value and all(is_int(v) and v > 0 for v in value):
