@@ -18,6 +18,8 @@ import os
 import sys
 from typing import Optional
 
+from audit.probes.runs import short_path
+
 _state: dict = {"path": None, "skip": ()}
 
 #: Paths of installed libraries (not the user's code) besides the skip list's.
@@ -52,13 +54,6 @@ def caller(depth: int) -> Optional[str]:
     return f"{short_path(path)}:{frame.f_lineno}"
 
 
-def short_path(path: str) -> str:
-    """``path`` relative to the working folder when it lies inside it, else as given."""
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return rel if not rel.startswith("..") else path
 
 
 def value_text(value) -> Optional[object]:

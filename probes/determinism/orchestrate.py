@@ -37,6 +37,17 @@ from audit.probes.trace import read_trace
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def run_env(knobs) -> dict:
+    """A run's environment: ours, the knobs' part, the package first on the path, Agg."""
+    env = dict(os.environ)
+    for knob in knobs:
+        env.update(KNOBS[knob].env)
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = ROOT + (os.pathsep + path if path else "")
+    env.setdefault("MPLBACKEND", "Agg")
+    return env
+
+
 class TargetFailed(Exception):
     """A run could not load or call the target (exit status 2), with the worker's message."""
 
@@ -119,13 +130,7 @@ class Launcher:
         return spec
 
     def _env(self, knobs) -> dict:
-        env = dict(os.environ)
-        for knob in knobs:
-            env.update(KNOBS[knob].env)
-        path = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = ROOT + (os.pathsep + path if path else "")
-        env.setdefault("MPLBACKEND", "Agg")
-        return env
+        return run_env(knobs)
 
     def start(self, spec: dict) -> Run:
         if spec.get("script"):

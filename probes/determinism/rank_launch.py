@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from audit.probes.determinism import merge
-from audit.probes.determinism.knobs import KNOBS
-from audit.probes.determinism.orchestrate import ROOT, Launcher, Outcome
+from audit.probes.determinism.orchestrate import Launcher, Outcome, run_env
 from audit.probes.rng_escape import read_log
 from audit.probes.runs import Run, end_runs
 from audit.probes.trace import read_trace
@@ -37,12 +36,7 @@ def free_port() -> int:
 def rank_env(knobs: list, rank: int, world: int, port: int) -> dict:
     """The environment of one rank: the knobs' part, our package first on the path, and the
     variables torchrun sets."""
-    env = dict(os.environ)
-    for knob in knobs:
-        env.update(KNOBS[knob].env)
-    path = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = ROOT + (os.pathsep + path if path else "")
-    env.setdefault("MPLBACKEND", "Agg")
+    env = run_env(knobs)
     loopback = "lo0" if sys.platform == "darwin" else "lo"
     env.setdefault("GLOO_SOCKET_IFNAME", loopback)  # loopback only
     env.setdefault("NCCL_SOCKET_IFNAME", loopback)
