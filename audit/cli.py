@@ -11,15 +11,18 @@ import sys
 from typing import Optional
 
 from audit import __version__, registry
+from audit.config import parse_shape
+from audit.interrupts import exit_status, signals_raise
 from audit.kinds.base import positive_arg
 from audit.probes.errors import ExitCode, UsageError
+from audit.probes.runs import Interrupted
 
 
 def _int_list(text: str) -> list:
-    parts = text.replace("x", ",").split(",")
-    if not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+    shape = parse_shape(text)
+    if shape is None:
         raise argparse.ArgumentTypeError(f"{text!r}: give positive sizes like 3,32,32")
-    return [int(p) for p in parts]
+    return shape
 
 
 def _seed(text: str) -> int:
@@ -29,6 +32,16 @@ def _seed(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if not 0 <= value < 2**32:
         raise argparse.ArgumentTypeError(f"{text!r}: give a seed from 0 to 4294967295")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds")
     return value
 
 
@@ -48,6 +61,8 @@ def _gate_options(p: argparse.ArgumentParser) -> None:
                    help="read [tool.audit] from this file instead of the nearest pyproject.toml")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the verdict line")
+    p.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                   help="end a run that makes no training step for this long (default 300)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -106,6 +121,17 @@ def _parse(argv: list, script: Optional[list]) -> argparse.Namespace:
 def main(argv: Optional[list] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, script = _split_script(argv)
+    with signals_raise():
+        return _main(argv, script)
+
+
+def _interrupted_line(exc: Interrupted) -> str:
+    if exc.report:
+        return f"audit: stopped by {exc.name}; every run was ended; partial report: {exc.report}"
+    return f"audit: stopped by {exc.name}; every run was ended; no report was written"
+
+
+def _main(argv: list, script: Optional[list]) -> int:
     debug = "--debug" in argv
     from audit import commands
 
@@ -117,6 +143,9 @@ def main(argv: Optional[list] = None) -> int:
     except UsageError as exc:
         print(str(exc), file=sys.stderr)
         return ExitCode.USAGE
+    except Interrupted as exc:
+        print(_interrupted_line(exc), file=sys.stderr)
+        return exit_status(exc)
     except KeyboardInterrupt:
         print("audit: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED

@@ -8,9 +8,12 @@ import sys
 from typing import Optional
 
 from audit import gate, settings
+from audit.gate.run import write_partial
 from audit.kinds.base import AuditKind
 from audit.probes.errors import ExitCode, UsageError
+from audit.probes.runs import Interrupted
 from audit.reports import terminal
+from audit.reports.folder import FolderError, Held
 
 #: argparse names that are gate options or CLI switches, not settings.
 _NOT_SETTINGS = {"command", "config", "debug", "quiet", "junit_xml", "baseline",
@@ -34,6 +37,14 @@ def _status(failed: bool, error: bool, exit_zero: bool) -> ExitCode:
     return ExitCode.FOUND if failed else ExitCode.OK
 
 
+def _hold(out: str) -> Held:
+    """The report folder, created and locked before any run (one audit writes it at a time)."""
+    try:
+        return Held(out)
+    except FolderError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def audit(kind: AuditKind, args: argparse.Namespace, script: Optional[list]) -> ExitCode:
     """``audit <kind> ...``: run one audit as a gate and print its summary."""
     s = settings.resolve(kind, settings.load_config(args.config), _flags(args))
@@ -42,7 +53,24 @@ def audit(kind: AuditKind, args: argparse.Namespace, script: Optional[list]) -> 
 
         validate(script, os.getcwd())  # a bad command is one line before any run starts
         s = s.replace(target=None, script=script)
-    outcome = gate.audit_one(kind, s, _options(args))
+    held = _hold(kind.report_folder(s))
+    try:
+        try:
+            outcome = gate.audit_one(kind, s, _options(args))
+        except Interrupted as exc:  # what was measured is written, then the CLI says so
+            if exc.partial is not None:
+                exc.report = write_partial(kind.report_folder(s), kind, exc.partial)
+            raise
+        return _report(kind, args, outcome)
+    finally:
+        held.release()
+
+
+def _report(kind: AuditKind, args: argparse.Namespace, outcome: gate.Outcome) -> ExitCode:
+    if outcome.write_error:
+        print(gate.verdict_line(kind, outcome.result, None, outcome.state))
+        print(f"audit {kind.name}: {outcome.write_error}", file=sys.stderr)
+        return ExitCode.USAGE
     report = outcome.paths.get("html")
     for note in (outcome.state.notes if outcome.state else []):
         print(note, file=sys.stderr)
@@ -66,7 +94,12 @@ def check(args: argparse.Namespace) -> ExitCode:
     if not kinds:
         raise UsageError("audit check: no audit is enabled; list some in [tool.audit] audits")
     out = all_settings[kinds[0].name].out
-    outcome = gate.check_all(kinds, all_settings, out, _options(args), args.baseline or cfg.baseline)
+    held = _hold(out)
+    try:
+        outcome = gate.check_all(kinds, all_settings, out, _options(args),
+                                 args.baseline or cfg.baseline)
+    finally:
+        held.release()
     for note in outcome.notes:
         print(note, file=sys.stderr)
     if args.quiet:

@@ -172,68 +172,83 @@ def _resolve_path(root: str, path: str) -> str:
 
 # --------------------------------------------------------------------------- the tables
 
+def parse_shape(value: Any) -> Optional[list]:
+    """A per-sample shape from ``[3, 32, 32]``, ``"3,32,32"`` or ``"3x32x32"``; None if it is
+    not one (every part a positive integer, no empty part)."""
+    if isinstance(value, str):
+        parts = value.replace("x", ",").split(",")
+        if not all(p.strip().isdigit() for p in parts):
+            return None
+        value = [int(p) for p in parts]
+    if isinstance(value, list) and value and all(is_int(v) and v > 0 for v in value):
+        return list(value)
+    return None
+
+
+def _target(chk: Checker, value: Any, root: str) -> str:
+    if not isinstance(value, str) or not _is_target_spec(value.strip()):
+        chk.fail("tool.audit", "target", "a string 'path/to/file.py:NAME' or 'package.module:NAME'",
+                 value)
+    where = value.strip().partition(",")[0].rpartition(":")[0]
+    rest = value.strip()[len(where):]
+    return (_resolve_path(root, where) if _is_file_spec(where) else where) + rest
+
+
+def _path(chk: Checker, key: str, value: Any, root: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        chk.fail("tool.audit", key, "a path (a non-empty string)", value)
+    return _resolve_path(root, value.strip())
+
+
+def _audits(chk: Checker, value: Any, names: tuple) -> list:
+    listed = string_list(value)
+    if not listed or any(n not in names for n in listed) or len(set(listed)) != len(listed):
+        chk.fail("tool.audit", "audits", "a non-empty array of audit names from "
+                 + ", ".join(f"'{n}'" for n in names) + " (or a comma-separated string)", value)
+    return [a for a in names if a in listed]
+
+
+def _device_ok(value: Any) -> bool:
+    return isinstance(value, str) and (value in ("auto", "cpu", "cuda") or (
+        value.startswith("cuda:") and value[5:].isdigit()))
+
+
+#: The common keys checked by a rule: (test, what is expected).
+_COMMON_RULES = {
+    "seed": ((lambda v: is_int(v) and 0 <= v < 2**32), "an integer from 0 to 4294967295"),
+    "device": (_device_ok, "one of 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    "num_classes": ((lambda v: is_int(v) and v >= 1), "a positive integer"),
+    "input_shape": ((lambda v: parse_shape(v) is not None),
+                    "an array of positive integers like [3, 32, 32]"),
+    "timeout": ((lambda v: is_number(v) and v > 0), "a positive number of seconds"),
+}
+
+
 def _check_common(chk: Checker, table: dict, root: str,
                   names: tuple) -> tuple[dict, list, Optional[str]]:
-    name = "tool.audit"
     common: dict = {}
     audits: list = []
     baseline = None
-    known = {"target", "seed", "device", "out", "audits", "baseline", "input_shape",
-             "num_classes", *names}
+    known = {"target", "out", "audits", "baseline", *_COMMON_RULES, *names}
     for key, value in table.items():
         if key not in known:
-            chk.unknown(name, key, known)
-        if key == "target":
-            if not isinstance(value, str) or not _is_target_spec(value.strip()):
-                chk.fail(name, key, "a string 'path/to/file.py:NAME' or 'package.module:NAME'", value)
-            where, _, obj = value.strip().partition(",")[0].rpartition(":")
-            obj = value.strip()[len(where) + 1:]
-            if _is_file_spec(where):
-                where = _resolve_path(root, where)
-            common[key] = f"{where}:{obj}"
-        elif key == "seed":
-            if not is_int(value) or not 0 <= value < 2**32:
-                chk.fail(name, key, "an integer from 0 to 4294967295", value)
-            common[key] = value
-        elif key == "device":
-            ok = isinstance(value, str) and (value in ("auto", "cpu", "cuda") or (
-                value.startswith("cuda:") and value[5:].isdigit()))
-            if not ok:
-                chk.fail(name, key, "one of 'auto', 'cpu', 'cuda' or 'cuda:N'", value)
-            common[key] = value
-        elif key in ("out", "baseline"):
-            if not isinstance(value, str) or not value.strip():
-                chk.fail(name, key, "a path (a non-empty string)", value)
-            resolved = _resolve_path(root, value.strip())
-            if key == "out":
-                common[key] = resolved
-            else:
-                baseline = resolved
+            chk.unknown("tool.audit", key, known)
+        if key in _COMMON_RULES:
+            test, expected = _COMMON_RULES[key]
+            if not test(value):
+                chk.fail("tool.audit", key, expected, value)
+            common[key] = (parse_shape(value) if key == "input_shape"
+                           else float(value) if key == "timeout" else value)
+        elif key == "target":
+            common[key] = _target(chk, value, root)
+        elif key == "out":
+            common[key] = _path(chk, key, value, root)
+        elif key == "baseline":
+            baseline = _path(chk, key, value, root)
         elif key == "audits":
-            listed = string_list(value)
-            expected = ("a non-empty array of audit names from "
-                        + ", ".join(f"'{n}'" for n in names) + " (or a comma-separated string)")
-            if not listed or any(n not in names for n in listed) or len(set(listed)) != len(listed):
-                chk.fail(name, key, expected, value)
-            audits = [a for a in names if a in listed]
-        elif key == "input_shape":
-            shape = value
-            if isinstance(value, str):
-                try:
-                    shape = [int(v) for v in value.replace("x", ",").split(",") if v.strip()]
-                except ValueError:
-                    shape = None
-            if (not isinstance(shape, list) or not shape
-                    or not all(is_int(v) and v > 0 for v in shape)):
-                chk.fail(name, key, "an array of positive integers like [3, 32, 32]", value)
-            common[key] = list(shape)
-        elif key == "num_classes":
-            if not is_int(value) or value < 1:
-                chk.fail(name, key, "a positive integer", value)
-            common[key] = value
-        elif key in names:
-            if not isinstance(value, dict):
-                chk.fail(name, key, f"a table ([tool.audit.{key}])", value)
+            audits = _audits(chk, value, names)
+        elif not isinstance(value, dict):  # an audit's table
+            chk.fail("tool.audit", key, f"a table ([tool.audit.{key}])", value)
     return common, audits, baseline
 
 

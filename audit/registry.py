@@ -2,12 +2,13 @@
 baselines, the pytest plugin, the Python API and the reports loop over :data:`KINDS`."""
 from __future__ import annotations
 
-from audit.kinds import determinism, init, resume
+from audit.kinds import compare, determinism, diff, init, record, resume, variance
 from audit.kinds.base import AuditKind
 from audit.probes.errors import UsageError
 
 #: Every audit, in the order ``audit check`` runs them and the reports list them.
-KINDS: tuple = (determinism.KIND, init.KIND, resume.KIND)
+KINDS: tuple = (determinism.KIND, init.KIND, resume.KIND, variance.KIND, compare.KIND,
+                 diff.KIND, record.KIND)
 
 
 def names() -> tuple:

@@ -1,9 +1,14 @@
 """What fingerprinting adds to a training step (CPU): plain steps vs traced steps, side by side.
 
-    PYTHONPATH=. python benchmarks/bench_fingerprint.py [--rounds 3] [--steps 8]
+    PYTHONPATH=. python benchmarks/bench_fingerprint.py [--rounds 3] [--steps 8] [--clock cpu]
+    PYTHONPATH=. python benchmarks/bench_fingerprint.py --profile
 
 For each model, rounds alternate plain and traced training of the same setup; a step's time is
-the wall time between optimizer steps; the table shows the medians and their ratio.
+the wall time between optimizer steps (``--clock cpu``: the process's CPU time, steadier on a
+machine other jobs share); the table shows the medians and their ratio. ``--profile`` shows
+where a traced step's extra time goes (each part's median CPU time, as a share of a plain step,
+measured side by side): parameter and gradient fingerprints, the batch's (whole and per
+sample), the RNG digests, the record's JSON.
 """
 from __future__ import annotations
 
@@ -41,18 +46,22 @@ def resnet18():
     return TrainingSetup(model=model, data=synthetic_batches((3, 224, 224), 10, 8, 2, seed=0))
 
 
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter
+
+
 def plain(setup, steps):
     model = setup.model
     model.train()
     opt = setup.optimizer(model.parameters())
-    stamps = [time.perf_counter()]
+    stamps = [clock()]
     for _, batch in cycle_batches(setup.data, steps):
         opt.zero_grad(set_to_none=True)
         loss = compute_loss(setup, batch)
         loss.backward()
         opt.step()
         loss.item()  # the host sync a training loop makes when it logs the loss
-        stamps.append(time.perf_counter())
+        stamps.append(clock())
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
@@ -60,19 +69,74 @@ def traced(setup, steps):
     stamps = []
     with tempfile.TemporaryDirectory() as folder:
         writer = TraceWriter(os.path.join(folder, "t"))
-        stamps.append(time.perf_counter())
-        run_traced(setup, steps, torch.device("cpu"), writer, on_step=lambda i: stamps.append(time.perf_counter()))
+        stamps.append(clock())
+        run_traced(setup, steps, torch.device("cpu"), writer, on_step=lambda i: stamps.append(clock()))
         writer.close()
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
+def profile(name: str, rounds: int) -> None:
+    """Each part of a traced step's extra work, timed side by side with plain steps."""
+    import json
+
+    from audit.probes import fingerprint as fp
+    from audit.probes import trace
+    from audit.probes.training import split_batch
+
+    torch.manual_seed(0)
+    setup = {"example": example, "resnet18": resnet18}[name]()
+    model, batch = setup.model, setup.data[0]
+    opt = setup.optimizer(model.parameters())
+    params = list(model.parameters())
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        compute_loss(setup, batch).backward()
+        opt.step()
+
+    step()
+    grads = [p.grad for p in params]
+    inputs, targets = split_batch(batch)
+    record = trace.step_fields(trace.combine([fp.fingerprint(t) for t in inputs]), 0,
+                               [trace.row_part(inputs)], [], [], trace.grad_parts(grads), params)
+    parts = {
+        "plain step": step,
+        "parameters": lambda: [fp.fingerprint(p) for p in params],
+        "gradients": lambda: trace.grad_parts(grads),
+        "batch": lambda: [fp.fingerprint(t) for t in inputs + targets],
+        "batch rows": lambda: (trace.row_part(inputs), trace.row_part(targets)),
+        "rng digests": lambda: trace.rng_fingerprints(torch.device("cpu")),
+        "json record": lambda: json.dumps(record, separators=(",", ":")),
+        "(floor: sum)": lambda: [t.sum() for t in params + grads + inputs],
+    }
+    times: dict = {k: [] for k in parts}
+    for _ in range(rounds):
+        for key, fn in parts.items():
+            started = time.process_time()
+            fn()
+            times[key].append(time.process_time() - started)
+    base = statistics.median(times["plain step"])
+    print(f"{name}: plain step {base * 1000:.1f} ms CPU")
+    for key in list(parts)[1:]:
+        t = statistics.median(times[key])
+        print(f"  {key:<14} {t * 1000:>8.2f} ms  {t / base * 100:>6.2f}%")
+
+
 def main() -> None:
+    global clock
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--models", default="example,resnet18")
+    ap.add_argument("--clock", choices=sorted(CLOCK), default="wall")
+    ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    clock = CLOCK[args.clock]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, {args.clock} clock")
+    if args.profile:
+        for name in args.models.split(","):
+            profile(name, max(args.rounds, 5))
+        return
     print(f"{'model':<10} {'plain ms/step':>14} {'traced ms/step':>15} {'ratio':>7}")
     for name in args.models.split(","):
         make = {"example": example, "resnet18": resnet18}[name]

@@ -131,15 +131,19 @@ def _warm_lazy_imports() -> None:
 
 
 def _pin_global_generators() -> None:
-    """The ``seed_escapes`` knob in script mode: NumPy's and Python's global generators, which
-    start from OS entropy, start from fixed seeds instead (the script's own seeding still wins)."""
+    """The ``seed_escapes`` knob in script mode: the global generators (torch's, NumPy's and
+    Python's), which start from another state in every process, start from fixed seeds instead
+    (the script's own seeding still wins)."""
     import random
     import zlib
 
     import numpy as np
 
+    from audit.probes import rng_escape
+
     np.random.seed(zlib.crc32(b"numpy.random global"))
     random.seed(zlib.crc32(b"random global"))
+    rng_escape.seeding_helpers()(zlib.crc32(b"torch global"))  # CUDA too, when there is one
 
 
 def run(spec: dict, program) -> int:
@@ -149,6 +153,7 @@ def run(spec: dict, program) -> int:
     from audit.probes.determinism import knobs
 
     from audit.probes import rng_escape
+    from audit.probes.rng_draws import DrawWatch
     from audit.probes.script_trace import ScriptTracer, StopScript
     from audit.probes.trace import TraceWriter
 
@@ -161,18 +166,20 @@ def run(spec: dict, program) -> int:
     main_pid = os.getpid()
     try:
         _warm_lazy_imports()
-        rng_escape.install(spec.get("escape_log"), pin=False)
+        rng_escape.install(spec.get("escape_log"), pin=False, seeds_path=spec.get("seed_log"))
         knobs.observe()
-        knobs.apply(spec.get("knobs", []), spec.get("escape_log"))
+        knobs.apply(spec.get("knobs", []), spec.get("escape_log"), spec.get("pin_sites", ()))
         if "seed_escapes" in spec.get("knobs", []):
             _pin_global_generators()
         if spec.get("lockstep"):
             from audit.probes.determinism.lockstep import Lockstep
 
-            lockstep = Lockstep(spec["lockstep"]["folder"], spec["lockstep"]["role"])
+            lockstep = Lockstep(spec["lockstep"]["folder"], spec["lockstep"]["role"],
+                                rename=spec["lockstep"].get("rename"))
         tracer = ScriptTracer(writer, spec["steps"], detail=spec.get("detail", False),
                               lockstep=lockstep, environment=environment,
-                              escape_log=spec.get("escape_log"))
+                              escape_log=spec.get("escape_log"),
+                              draws=DrawWatch(spec.get("escape_log")))
         run_end.tracer = tracer
 
         def os_exit(code):  # os._exit skips every finally: write the end first (main process)
@@ -240,6 +247,9 @@ def main(argv=None) -> int:
     from audit.probes import script_runner
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    from audit.probes.runs import answer_stack_requests
+
+    answer_stack_requests()
     if not argv:
         print("usage: python -m audit.bootstrap SPEC.json -- (FILE | -m MODULE) [args...]", file=sys.stderr)
         return 2

@@ -11,8 +11,9 @@ int64, and summed with position weights ``w_i = (2i + 1) * C mod 2**64`` (``C`` 
 
 So a 1-ULP change of any element and a swap of two unequal elements both always change the
 fingerprint (unlike an xor of element hashes, which cannot see a swap). On the CPU the sum is
-computed from row and column sums of the words laid out in blocks (plain int64 sums, which
-numpy vectorizes; int64 arithmetic wraps mod 2**64); on an accelerator it stays on the device
+computed from exact per-row sums of the words laid out in blocks of 1024 (a float64 matrix
+product, exact for integers of this size; the rows combine in int64, which wraps mod 2**64);
+on an accelerator it stays on the device
 as a 0-d int64 tensor until the caller gathers a step's worth with :func:`gather`: one host
 sync per step.
 """
@@ -67,22 +68,36 @@ def _meta(t: torch.Tensor) -> int:
 
 
 _BLOCK = 1024
+_CHUNK_ROWS = 64  # rows of words converted at a time: 512 KiB of float64, cache-resident
+_ROW_WEIGHTS = np.stack([np.ones(_BLOCK), np.arange(_BLOCK, dtype=np.float64)], axis=1)
+
+
+def _row_sums(grid: np.ndarray) -> np.ndarray:
+    """Per row of ``_BLOCK`` words: ``[sum_k a_k, sum_k k * a_k]`` as exact int64.
+
+    Computed as a float64 matrix product (BLAS, one pass over the words): every term is an
+    integer below ``2**31 * 2**10`` in magnitude and every partial sum of a row below ``2**51``,
+    so each float64 operation is exact (integers below ``2**53``), whatever order or fused
+    multiply-add the BLAS uses."""
+    out = np.empty((grid.shape[0], 2), dtype=np.float64)
+    for start in range(0, grid.shape[0], _CHUNK_ROWS):
+        chunk = grid[start:start + _CHUNK_ROWS]
+        np.matmul(chunk.astype(np.float64), _ROW_WEIGHTS, out=out[start:start + len(chunk)])
+    return out.astype(np.int64)
 
 
 def _cpu_dot(a: np.ndarray) -> int:
-    """``sum((2i + 1) * a_i) * C1 mod 2**64`` from plain sums, which numpy vectorizes well:
-    with ``i = b*B + k``, ``sum(i * a_i) = B * sum_b(b * rowsum_b) + sum_k(k * colsum_k)``."""
+    """``sum((2i + 1) * a_i) * C1 mod 2**64`` from exact row sums: with ``i = b*B + k``,
+    ``sum(i * a_i) = B * sum_b(b * rowsum_b) + sum_b(sum_k(k * a_bk))``."""
     n = a.size
     rows_n = n // _BLOCK
     m = rows_n * _BLOCK
     with np.errstate(over="ignore"):
         if rows_n >= 4:
-            grid = a[:m].reshape(rows_n, _BLOCK)
-            rows = grid.sum(1, dtype=np.int64)
-            cols = grid.sum(0, dtype=np.int64)
-            total = rows.sum()
-            weighted = (np.arange(rows_n, dtype=np.int64) * _BLOCK * rows).sum() + \
-                (np.arange(_BLOCK, dtype=np.int64) * cols).sum()
+            sums = _row_sums(a[:m].reshape(rows_n, _BLOCK))
+            total = sums[:, 0].sum()
+            weighted = (np.arange(rows_n, dtype=np.int64) * _BLOCK * sums[:, 0]).sum() + \
+                sums[:, 1].sum()
         else:
             m = 0
             total = weighted = np.int64(0)
@@ -90,6 +105,23 @@ def _cpu_dot(a: np.ndarray) -> int:
         total += tail.sum()
         weighted += (np.arange(m, n, dtype=np.int64) * tail).sum()
         return int((weighted * 2 + total) * np.int64(_C1))
+
+
+def _cpu_row_dots(rows: np.ndarray) -> list:
+    """:func:`_cpu_dot` of each row of a 2-D word array, from one :func:`_row_sums` over the
+    rows cut in blocks (a row's last block padded with zero words, which add nothing)."""
+    n, length = rows.shape
+    blocks = -(-length // _BLOCK)
+    if length != blocks * _BLOCK:
+        padded = np.zeros((n, blocks * _BLOCK), dtype=rows.dtype)
+        padded[:, :length] = rows
+        rows = padded
+    sums = _row_sums(rows.reshape(n * blocks, _BLOCK)).reshape(n, blocks, 2)
+    with np.errstate(over="ignore"):
+        total = sums[:, :, 0].sum(1)
+        weighted = (np.arange(blocks, dtype=np.int64) * _BLOCK * sums[:, :, 0]).sum(1) + \
+            sums[:, :, 1].sum(1)
+        return [int(v) for v in (weighted * 2 + total) * np.int64(_C1)]
 
 
 def _dot(w, device: torch.device):
@@ -114,7 +146,7 @@ def row_fingerprints(t: torch.Tensor):
     n = t.shape[0]
     w = words(t).reshape(n, -1)
     if w.device.type == "cpu":
-        return [_cpu_dot(row) for row in w.numpy()] if w.shape[1] >= 4 * _BLOCK else \
+        return _cpu_row_dots(w.numpy()) if w.shape[1] >= _BLOCK else \
             (w.numpy().astype(np.int64) @ _weight_table(w.shape[1], w.device)).tolist()
     return (w.to(torch.int64) * _weight_table(w.shape[1], w.device)).sum(1)
 

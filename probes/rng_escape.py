@@ -26,8 +26,12 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from audit.probes import seed_log
+from audit.probes.seed_log import short_path  # noqa: F401  (the place format, re-exported)
+
 _SKIP_DIRS: tuple = ()
-_state: dict = {"log": None, "pin": False, "seen": {}, "count": {}, "installed": False}
+_state: dict = {"log": None, "pin": False, "seen": {}, "count": {}, "installed": False,
+                "pin_sites": frozenset(), "site_count": {}}
 
 
 @dataclass
@@ -66,12 +70,10 @@ def user_frame(skip_dirs: tuple) -> Optional[str]:
     return fallback
 
 
-def short_path(path: str) -> str:
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return rel if not rel.startswith("..") else path
+def library_dirs() -> tuple:
+    """The folders whose code is not the user's: the audit's, NumPy's, torch's, the standard
+    library's."""
+    return _SKIP_DIRS or _skip_dirs()
 
 
 def _record(kind: str, detail: str = "") -> tuple:
@@ -120,6 +122,26 @@ def _unseeded(kind: str, seed_arg_missing: bool, seed) -> Optional[int]:
     return _pinned_seed(place) if _state["pin"] and place[0] is not None else None
 
 
+def _seeding(kind: str, seed_arg_missing: bool, seed) -> Optional[int]:
+    """Every seeding call: logged with its value (:mod:`probes.seed_log`), checked for entropy
+    (:func:`_unseeded`); returns the seed to use instead under a knob, else None. Called by the
+    wrappers, directly from the user's call."""
+    value = None if seed_arg_missing else seed
+    site = seed_log.record(kind, value, depth=2)
+    pinned = _unseeded(kind, seed_arg_missing, value)
+    if pinned is None and site is not None and site in _state["pin_sites"]:
+        count = _state["site_count"].get(site, 0) + 1
+        _state["site_count"][site] = count
+        pinned = _pinned_seed((site, count))
+    return pinned
+
+
+def pin_sites(sites) -> None:
+    """The ``pin_seeds`` knob: seeding calls at these places (``file:line``) get a seed derived
+    from the place and the call's count there instead of the value they compute."""
+    _state["pin_sites"] = frozenset(sites)
+
+
 _MISSING = object()
 _originals: dict = {}
 
@@ -134,7 +156,7 @@ def _wrap_function(owner, name: str, kind: str, seed_index: int = 0, seed_kw: st
         else:
             seed = kwargs.get(seed_kw, _MISSING)
             missing = seed is _MISSING
-        pinned = _unseeded(kind, missing, None if missing else seed)
+        pinned = _seeding(kind, missing, None if missing else seed)
         if pinned is not None:
             args = list(args)
             if len(args) > seed_index:
@@ -149,7 +171,7 @@ def _wrap_function(owner, name: str, kind: str, seed_index: int = 0, seed_kw: st
     setattr(owner, name, wrapper)
 
 
-def _wrap_class(owner, name: str, kind: str) -> None:
+def _wrap_class(owner, name: str, kind: str, seed_kw: str = "seed") -> None:
     """Replace a seedable class by a subclass that sees unseeded construction. Instances of
     the original class still pass ``isinstance`` checks against the replacement."""
     original = getattr(owner, name)
@@ -163,7 +185,9 @@ def _wrap_class(owner, name: str, kind: str) -> None:
             return issubclass(sub, original)
 
     def __init__(self, seed=_MISSING, *args, **kwargs):
-        pinned = _unseeded(kind, seed is _MISSING, None if seed is _MISSING else seed)
+        if seed is _MISSING and seed_kw in kwargs:
+            seed = kwargs.pop(seed_kw)
+        pinned = _seeding(kind, seed is _MISSING, None if seed is _MISSING else seed)
         if pinned is not None:
             seed = pinned
         original.__init__(self, None if seed is _MISSING else seed, *args, **kwargs)
@@ -176,7 +200,7 @@ def _wrap_class(owner, name: str, kind: str) -> None:
 def _make_random_class(base):
     class Random(base):  # random.Random() without a seed draws from the OS
         def __init__(self, x=_MISSING):
-            pinned = _unseeded("random.Random", x is _MISSING, None if x is _MISSING else x)
+            pinned = _seeding("random.Random", x is _MISSING, None if x is _MISSING else x)
             super().__init__(pinned if pinned is not None else (None if x is _MISSING else x))
 
     Random.__name__ = Random.__qualname__ = "Random"
@@ -213,7 +237,7 @@ def _make_generator_class(base):
             return super().seed()
 
         def manual_seed(self, seed):
-            pinned = _unseeded("torch.Generator.manual_seed", False, seed)
+            pinned = _seeding("torch.Generator.manual_seed", False, seed)
             return super().manual_seed(pinned if pinned is not None else seed)
 
     Generator.__name__ = Generator.__qualname__ = "Generator"
@@ -221,11 +245,15 @@ def _make_generator_class(base):
     return Generator
 
 
-def install(log_path: Optional[str] = None, pin: bool = False) -> None:
-    """Start recording escapes (idempotent). ``pin`` substitutes place-derived seeds."""
+def install(log_path: Optional[str] = None, pin: bool = False,
+            seeds_path: Optional[str] = None) -> None:
+    """Start recording escapes (idempotent). ``pin`` substitutes place-derived seeds;
+    ``seeds_path`` logs every seeding call with its value (:mod:`probes.seed_log`)."""
     global _SKIP_DIRS
     _state["log"] = log_path
     _state["pin"] = pin
+    if seeds_path is not None:
+        seed_log.start(seeds_path, library_dirs())
     if _state["installed"]:
         return
     _SKIP_DIRS = _skip_dirs()
@@ -234,12 +262,15 @@ def install(log_path: Optional[str] = None, pin: bool = False) -> None:
     for name in ("RandomState", "PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64"):
         if hasattr(np.random, name):
             _wrap_class(np.random, name, f"numpy.random.{name}")
+    _wrap_class(np.random, "SeedSequence", "numpy.random.SeedSequence", seed_kw="entropy")
     _wrap_function(random, "seed", "random.seed", seed_kw="a")
     _originals[(random, "Random")] = random.Random
     random.Random = _make_random_class(random.Random)
     _originals[(random, "SystemRandom")] = random.SystemRandom
     random.SystemRandom = _make_system_random(random.SystemRandom)
     _wrap_function(torch, "manual_seed", "torch.manual_seed")
+    _wrap_function(torch.cuda, "manual_seed", "torch.cuda.manual_seed")
+    _wrap_function(torch.cuda, "manual_seed_all", "torch.cuda.manual_seed_all")
     _originals[(torch, "seed")] = torch.seed
 
     def torch_seed():
@@ -260,7 +291,9 @@ def uninstall() -> None:
     for (owner, name), original in _originals.items():
         setattr(owner, name, original)
     _originals.clear()
-    _state.update(installed=False, seen={}, count={}, log=None, pin=False)
+    _state.update(installed=False, seen={}, count={}, log=None, pin=False,
+                  pin_sites=frozenset(), site_count={})
+    seed_log.start(None, ())
 
 
 def escapes() -> list:

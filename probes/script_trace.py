@@ -44,17 +44,20 @@ from torch import nn
 
 from audit.probes import fingerprint as fp
 from audit.probes.determinism import knobs
-from audit.probes.trace import (ModuleRecorder, TraceWriter, combine, grad_parts, init_record,
-                          optimizer_state_tensors, rng_fingerprints, row_part, step_fields)
+from audit.probes.trace import (ModuleRecorder, OutputRecorder, TraceWriter, combine, finite_flag,
+                                grad_parts, init_record, optimizer_state_tensors, rng_fingerprints,
+                                row_part, step_fields)
 from audit.probes.training import split_batch, tensors_in
 
 #: Batches kept per step: the ones fetched last before the update (accumulation included).
 MAX_BATCHES = 32
 #: Loss tensors kept per step.
 MAX_LOSSES = 64
-#: Global generators Python and NumPy seed from the OS at start-up (torch's starts from a fixed
-#: seed): their states are compared once the script seeds them; a script that draws from one it
-#: never seeded is an escape of the seed.
+#: Global generators Python and NumPy seed from the OS at start-up: their states are compared
+#: once the script seeds them; a script that draws from one it never seeded is an escape of the
+#: seed. torch's default generator is not fixed at start-up either (``torch.initial_seed()``
+#: differs in every process), but a torch state that differs is always compared: the draws
+#: made before seeding are :mod:`probes.rng_draws`' to find.
 OS_SEEDED = {"numpy": "numpy.random.seed(not called)", "python": "random.seed(not called)"}
 
 
@@ -92,9 +95,11 @@ class ScriptTracer:
     """
 
     def __init__(self, writer: TraceWriter, steps: int, detail: bool = False, lockstep=None,
-                 environment: Optional[Callable] = None, escape_log: Optional[str] = None):
+                 environment: Optional[Callable] = None, escape_log: Optional[str] = None,
+                 draws=None):
         self.writer, self.steps, self.detail, self.lockstep = writer, steps, detail, lockstep
         self.environment, self.escape_log = environment, escape_log
+        self.draws = draws  # a probes.rng_draws.DrawWatch, or None
         self._seeded: set = set()  # OS-seeded global generators the script has seeded
         self._start_states: dict = {}
         self._reported: set = set()
@@ -114,6 +119,7 @@ class ScriptTracer:
         self._top_inputs: Optional[list] = None
         self._rng: Optional[dict] = None
         self._grads: Optional[list] = None
+        self._finite = 1  # finite_flag of the gradients seen at the last optimizer step
         self._grad_copies: Optional[dict] = None
         self._depth = 0
         self._backward_depth = 0
@@ -124,6 +130,7 @@ class ScriptTracer:
         self._top_handles: list = []
         self._patches: list = []
         self._recorder: Optional[ModuleRecorder] = None
+        self._outputs = OutputRecorder([])  # the models' top-level outputs of each step
         self._pid = os.getpid()
         self._last = time.perf_counter()
         self.source = "none"  # where the data compared come from: "dataloader" | "module_inputs"
@@ -185,6 +192,8 @@ class ScriptTracer:
                              reg.register_module_forward_hook(self._top_post, always_call=True)]
         if self.detail:
             self._recorder = ModuleRecorder(None, keep_outputs=self.lockstep is not None)
+        if self.draws is not None:
+            self.draws.install()
 
     def _seeding(self, original, stream: str, seed_call: bool):
         def wrapper(*args, **kwargs):
@@ -207,12 +216,16 @@ class ScriptTracer:
     def uninstall(self) -> None:
         if self._patches and self._mine():
             self._check_globals(rng_fingerprints(torch.device("cpu")))
+        if self.draws is not None:  # first: its wrappers wrap the tracer's
+            draws, self.draws = self.draws, None
+            draws.finish()
         for owner, name, original in reversed(self._patches):
             setattr(owner, name, original)
         self._patches = []
         for handle in self._handles + self._top_handles:
             handle.remove()
         self._handles, self._top_handles = [], []
+        self._outputs.close()
         if self._recorder is not None:
             self._recorder.close()
 
@@ -275,6 +288,8 @@ class ScriptTracer:
 
     def _top_post(self, module, args, output) -> None:
         self._depth = max(self._depth - 1, 0)
+        if self._depth == 0 and threading.get_ident() == self._thread:
+            self._outputs.record(module, args, output)
 
     # ------------------------------------------------------------------ the step
 
@@ -289,6 +304,7 @@ class ScriptTracer:
         elif self._traced.get(optimizer) != _count(optimizer):
             self._extend()
         self._grads = grad_parts([p.grad for p in self.params])
+        self._finite = finite_flag([p.grad for p in self.params])
         if self.lockstep is not None:
             self._grad_copies = {n: p.grad.detach().clone() for n, p in zip(self.names, self.params)
                                  if p.grad is not None}
@@ -318,7 +334,8 @@ class ScriptTracer:
                            for t in optimizer_state_tensors(opt, self.params)]
         record = {"type": "step", "step": self.done}
         record.update(step_fields(inputs, targets, input_rows, target_rows, list(self._losses),
-                                  self._grads, self.params, optim_state=optim_state, events=events))
+                                  self._grads, self.params, optim_state=optim_state, events=events,
+                                  outputs=self._outputs.take(), grads_finite=self._finite))
         now = time.perf_counter()
         rng = {k: v for k, v in (self._rng or {}).items() if k not in OS_SEEDED or k in self._seeded}
         self._check_globals(self._rng or {})
@@ -343,8 +360,9 @@ class ScriptTracer:
     def _check_globals(self, states: dict) -> None:
         """A global generator the script never seeded whose state moved: the script (or a
         library it calls) draws from OS-seeded randomness. Logged as an escape."""
+        watched = self.draws.reported() if self.draws is not None else set()
         for stream, kind in OS_SEEDED.items():
-            if stream in self._seeded or stream in self._reported or stream not in states \
+            if stream in self._seeded or stream in self._reported or stream in watched \
                     or states[stream] == self._start_states.get(stream):
                 continue
             self._reported.add(stream)
@@ -374,12 +392,16 @@ class ScriptTracer:
         """First step: name what is traced, write the header, the init and env records."""
         self._begun = True
         self._thread = threading.get_ident()
+        if self.draws is not None:
+            self.draws.settle()
         self.source = "dataloader" if self._batches else "module_inputs"
         if self.source == "dataloader":
             for handle in self._top_handles:  # the data come from DataLoaders: no module hooks
                 handle.remove()
             self._top_handles = []
         self._add_params(self._live_optimizers())
+        if not self._top_handles:  # the outputs from the models' own hooks from now on
+            self._outputs.watch([root for root, _ in self._roots])
         header = self._header()
         self.writer.write(header)
         self.writer.write(init_record(self.params, self.names, self.lockstep))
@@ -398,8 +420,10 @@ class ScriptTracer:
     def _extend(self) -> None:
         """An optimizer made (or given parameters) after the first step: trace its parameters
         too; a new ``params`` record names them (compare keeps the first header's names)."""
-        before = len(self.params)
+        before, roots = len(self.params), len(self._roots)
         self._add_params(self._live_optimizers())
+        if not self._top_handles:
+            self._outputs.watch([root for root, _ in self._roots[roots:]])
         if len(self.params) > before:
             self.writer.write(self._header())
 
@@ -412,6 +436,7 @@ class ScriptTracer:
         return {"type": "params", "names": list(self.names),
                 "modules": [n for root, label in self._roots
                             for n in (_join(label, m) for m, _ in root.named_modules())],
+                "types": [type(m).__name__ for root, _ in self._roots for _, m in root.named_modules()],
                 "shapes": [list(p.shape) for p in self.params], "optimizers": optimizers}
 
     def _describe(self, header: dict) -> str:

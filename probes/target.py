@@ -11,8 +11,10 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import ast
 import os
 import sys
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
@@ -125,7 +127,7 @@ def load_callable(spec: str) -> Callable:
         try:
             spec_obj.loader.exec_module(module)
         except Exception as exc:  # the user's module failed while importing
-            raise TargetError(f"importing {where} failed: {type(exc).__name__}: {exc}") from exc
+            raise TargetError(f"importing {where} failed: {_described(exc)}") from exc
     else:
         if "" not in sys.path and os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
@@ -137,9 +139,9 @@ def load_callable(spec: str) -> Callable:
                     f"cannot import module {where!r}; is it installed, or run from the folder "
                     "that holds it?"
                 ) from exc
-            raise TargetError(f"importing {where} failed: ModuleNotFoundError: {exc}") from exc
+            raise TargetError(f"importing {where} failed: {_described(exc)}") from exc
         except Exception as exc:
-            raise TargetError(f"importing {where} failed: {type(exc).__name__}: {exc}") from exc
+            raise TargetError(f"importing {where} failed: {_described(exc)}") from exc
     obj = module
     for part in name.split("."):
         try:
@@ -151,19 +153,34 @@ def load_callable(spec: str) -> Callable:
     return obj
 
 
+def _described(exc: BaseException) -> str:
+    """``Type: message (at file.py:LINE)``, the place being the innermost frame of the user's
+    code (for a syntax error, the line that does not parse)."""
+    from audit.probes.runs import Frame, short_path, user_frame
+
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
+        text = f"{type(exc).__name__}: {exc.msg}"
+        return f"{text} (at {short_path(exc.filename)}:{exc.lineno})"
+    frames = [Frame(f.filename, f.lineno or 0, f.name)
+              for f in reversed(traceback.extract_tb(exc.__traceback__))]
+    found = user_frame(frames)
+    return f"{text} (at {found.where})" if found else text
+
+
 def call_target(fn: Callable, spec: str, kwargs: Optional[dict] = None) -> Any:
     """Call the target with its spec's keyword arguments (none for a plain spec)."""
     kwargs = kwargs or {}
     try:
         return fn(**kwargs)
     except TypeError as exc:
-        if "argument" in str(exc):
+        if "argument" in str(exc) and len(traceback.extract_tb(exc.__traceback__)) < 2:
             need = ("accept the arguments the spec gives" if kwargs else
                     "take no arguments; wrap it in a zero-argument function")
             raise TargetError(f"{spec} must {need} ({exc})") from exc
-        raise TargetError(f"{spec} raised TypeError: {exc}") from exc
+        raise TargetError(f"{spec} raised {_described(exc)}") from exc
     except Exception as exc:
-        raise TargetError(f"{spec} raised {type(exc).__name__}: {exc}") from exc
+        raise TargetError(f"{spec} raised {_described(exc)}") from exc
 
 
 def normalize(returned: Any, spec: str, *, input_shape: Optional[tuple] = None,
@@ -217,6 +234,81 @@ def normalize(returned: Any, spec: str, *, input_shape: Optional[tuple] = None,
                 raise TargetError(f"{spec}: '{key}' must be callable, got {type(value).__name__}")
             setattr(setup, key, value)
     return setup
+
+
+def check_target(spec: Optional[str], cwd: Optional[str] = None) -> None:
+    """What can be seen of a target without running any of its code: the spec's form, that the
+    file or module exists, and that its text binds NAME (read, not run). Raises
+    :class:`TargetError` as loading would, so that no run is started for a target that
+    cannot load."""
+    if spec is None:
+        return
+    where, name = split_spec(spec)
+    if _is_file(where):
+        source = os.path.join(cwd or os.getcwd(), where)
+        if not os.path.isfile(source):
+            raise TargetError(f"target file {where!r} does not exist; check the path")
+    else:
+        source = _module_source(where, cwd or os.getcwd())
+    names = _top_level_names(source) if source else None
+    if names is not None and name.split(".")[0] not in names:
+        raise TargetError(f"{where} has no {name!r}; check the name after the colon")
+
+
+def _is_file(where: str) -> bool:
+    return where.endswith(".py") or os.sep in where or "/" in where
+
+
+def _module_source(module: str, cwd: str) -> Optional[str]:
+    """The source file of ``module`` found without importing anything (None: a package or a
+    module without Python source); raises :class:`TargetError` when there is none."""
+    from importlib.machinery import PathFinder
+
+    found, locations = None, [cwd, *sys.path]
+    for part in module.split("."):
+        found = PathFinder.find_spec(part, locations) if locations is not None else None
+        if found is None:
+            raise TargetError(f"cannot import module {module!r}; is it installed, or run from "
+                              "the folder that holds it?")
+        locations = list(found.submodule_search_locations or []) or None
+    origin = found.origin or ""
+    return origin if origin.endswith(".py") and not origin.endswith("__init__.py") else None
+
+
+#: Calls that can bind a module's names without naming them in the text.
+_DYNAMIC = {"globals", "vars", "exec", "setattr", "locals"}
+
+
+def _top_level_names(path: str) -> Optional[set]:
+    """Names a module's text binds (anywhere: a superset of its top level); None when the text
+    cannot tell (``import *``, ``globals()``, ``exec``, a module ``__getattr__``)."""
+    try:
+        with open(path, "rb") as fh:
+            tree = ast.parse(fh.read(), filename=path)
+    except SyntaxError as exc:
+        raise TargetError(f"importing {_short(path)} failed: {_described(exc)}") from None
+    except (OSError, ValueError):
+        return None
+    names: set = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                if alias.name == "*":
+                    return None
+                names.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.Name) and node.id in _DYNAMIC:
+            return None
+    return None if "__getattr__" in names else names
+
+
+def _short(path: str) -> str:
+    from audit.probes.runs import short_path
+
+    return short_path(path)
 
 
 def load_target(spec: Optional[str], **options):

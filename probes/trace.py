@@ -6,7 +6,9 @@ JSON line per record, flushed as it goes (a run that crashes keeps what it measu
 * ``init``: every parameter before the first step;
 * each ``step``: the batch (inputs and targets apart, and per sample, to tell order from
   content), the RNG states just before the forward pass (torch CPU and CUDA, NumPy's global,
-  Python's ``random``), the loss, each parameter's gradient, each parameter after the update;
+  Python's ``random``), the model's outputs and the loss (a forward divergence shows in the
+  outputs even when the loss rounds alike), each parameter's gradient, each parameter after
+  the update;
 * in detail mode (the replay that localizes): every module call's input and output, the
   gradients flowing back through each module's output and input, the optimizer state, and,
   through a :class:`~probes.lockstep.Lockstep`, the tensors themselves for the magnitudes.
@@ -158,6 +160,43 @@ class ModuleRecorder:
         self._handles = []
 
 
+class OutputRecorder:
+    """The outputs of a model's own calls made with gradients on (training forwards, not
+    evaluation), one fingerprint per call, collected until :meth:`take`. Hooks on the root
+    modules given (at once or through :meth:`watch`), removed in ``close``; :meth:`record` is
+    also a hook for callers that find the top-level calls themselves."""
+
+    def __init__(self, roots: list):
+        self._values: list = []
+        self._pid = os.getpid()
+        self._handles = []
+        self.watch(roots)
+
+    def watch(self, roots: list) -> None:
+        try:
+            for root in roots:
+                self._handles.append(root.register_forward_hook(self.record))
+        except Exception:
+            self.close()
+            raise
+
+    def record(self, module, args, output) -> None:
+        if torch.is_grad_enabled() and os.getpid() == self._pid:
+            tensors = tensors_in(output)
+            if tensors:
+                self._values.append(_combined(tensors))
+
+    def take(self):
+        """The step's combined output fingerprint (0 when the model made no call), reset."""
+        values, self._values = self._values, []
+        return combine(values)
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
 def _combined(tensors: list):
     return combine([fp.fingerprint(t) for t in tensors])
 
@@ -199,6 +238,21 @@ def grad_parts(grads: list) -> list:
     return [fp.fingerprint(g) if g is not None else None for g in grads]
 
 
+def finite_flag(grads: list):
+    """1 when every gradient is finite, else 0: a 0-d int64 tensor on the gradients' device
+    until :func:`step_fields` gathers it with the fingerprints (no host sync of its own).
+    From each gradient's largest and smallest value (NaN propagates through both, +inf is the
+    largest, -inf the smallest): no temporary tensor, under half the cost of the gradients'
+    fingerprints."""
+    peaks = [torch.stack([g.detach().amax(), g.detach().amin()]).float()
+             for g in grads if g is not None and g.numel()]
+    if not peaks:
+        return 1
+    if len({p.device for p in peaks}) > 1:
+        return int(all(bool(torch.isfinite(p).all()) for p in peaks))
+    return torch.isfinite(torch.cat(peaks)).all().to(torch.int64)
+
+
 def _loss_bits(losses: list):
     """The float32 bits of the summed loss: gathered with the fingerprints, so the loss value
     costs no host sync of its own."""
@@ -217,7 +271,7 @@ def _bits_value(bits) -> Optional[float]:
 
 def step_fields(inputs, targets, input_rows: list, target_rows: list, losses: list,
                 grads: list, params: list, optim_state: Optional[list] = None,
-                events: Optional[list] = None) -> dict:
+                events: Optional[list] = None, outputs=None, grads_finite=1) -> dict:
     """A step's fingerprint fields of a trace record, gathered with the step's one host sync.
 
     ``inputs``/``targets`` are the batch's fingerprints (``_combined`` of its tensors);
@@ -225,9 +279,12 @@ def step_fields(inputs, targets, input_rows: list, target_rows: list, losses: li
     the tensors backward ran from;
     ``grads`` the :func:`grad_parts` taken before the update; ``params`` the parameters after
     it. ``optim_state`` and ``events`` ([name, call, phase, fingerprint] of a
-    :class:`ModuleRecorder`) are the detail mode's.
+    :class:`ModuleRecorder`) are the detail mode's. ``outputs`` is the fingerprint of the
+    model's outputs (:class:`OutputRecorder`), or None where they are not watched;
+    ``grads_finite`` is :func:`finite_flag`.
     """
-    head = [inputs, targets, _combined(losses), _loss_bits(losses)]
+    head = [inputs, targets, _combined(losses), _loss_bits(losses), grads_finite,
+            0 if outputs is None else outputs]
     nr, nt, n = len(input_rows), len(target_rows), len(params)
     parts = [*head, *input_rows, *target_rows, *grads, *[fp.fingerprint(p) for p in params]]
     if optim_state is not None:
@@ -246,9 +303,12 @@ def step_fields(inputs, targets, input_rows: list, target_rows: list, losses: li
         "targets_rows": [fp.as_text(v) for part in rows_t for v in _as_list(part)],
         "loss": fp.as_text(values[2]),
         "loss_value": _bits_value(values[3]),
+        "grads_finite": bool(values[4]),
         "grads": [fp.as_text(v) if v is not None else None for v in grad_values],
         "params": [fp.as_text(v) for v in param_values],
     }
+    if outputs is not None:
+        fields["outputs"] = fp.as_text(values[5])
     if optim_state is not None:
         fields["optim"] = fp.as_text(values[at])
         at += 1
@@ -284,15 +344,18 @@ def run_traced(
     names = [n for n, _ in named]
     writer.write({"type": "params", "names": names,
                   "modules": [n for n, _ in model.named_modules()],
+                  "types": [type(m).__name__ for _, m in model.named_modules()],
                   "shapes": [list(p.shape) for p in params]})
     writer.write(init_record(params, names, lockstep))
     live = LiveObjects(model, optimizer, scheduler, setup.data)
     if session is not None:
         session.loaded(live, writer)
 
-    recorder = ModuleRecorder(model, keep_outputs=lockstep is not None) if detail else None
+    recorder = watched = None
     done = 0
     try:
+        recorder = ModuleRecorder(model, keep_outputs=lockstep is not None) if detail else None
+        watched = OutputRecorder([model])
         start, open_pass = (session.start, session.open_pass) if session is not None else (0, None)
         for step, batch in cycle_batches(setup.data, steps, start, open_pass):
             started = time.perf_counter()
@@ -308,6 +371,7 @@ def run_traced(
             loss.backward()
             grads = [p.grad for p in params]
             grad_fps = grad_parts(grads)
+            finite = finite_flag(grads)
             grad_copies = ({n: g.detach().clone() for n, g in zip(names, grads) if g is not None}
                            if lockstep is not None else None)
             optimizer_step(optimizer, scheduler)
@@ -317,7 +381,8 @@ def run_traced(
                 _combined(inputs), _combined(targets), [row_part(inputs)], [row_part(targets)],
                 [loss], grad_fps, params,
                 optim_state=optimizer_state_tensors(optimizer, params) if detail else None,
-                events=recorder.events if detail else None))
+                events=recorder.events if detail else None, outputs=watched.take(),
+                grads_finite=finite))
             record["rng"] = rng
             record["seconds"] = round(time.perf_counter() - started, 6)
             if lockstep is not None:
@@ -334,6 +399,8 @@ def run_traced(
             if on_step is not None:
                 on_step(done)
     finally:
+        if watched is not None:
+            watched.close()
         if recorder is not None:
             recorder.close()
     return done

@@ -56,6 +56,7 @@ def environment(device) -> dict:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "device": str(device),
+        "cpu": cpu_name(),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "flags": knobs.flags(),
@@ -71,6 +72,20 @@ def environment(device) -> dict:
     return env
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux reads /proc/cpuinfo), else what platform says."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def run(spec: dict) -> int:
     from audit.probes.determinism import knobs
     from audit.probes import rng_escape
@@ -78,29 +93,39 @@ def run(spec: dict) -> int:
 
     writer = TraceWriter(spec["trace"])
     lockstep = None
+    tracker = None  # distributed runs: a rank's RankTracker (audit.probes.ranks)
     try:
-        rng_escape.install(spec.get("escape_log"), pin=False)
+        rng_escape.install(spec.get("escape_log"), pin=False, seeds_path=spec.get("seed_log"))
         knobs.observe()
-        knobs.apply(spec.get("knobs", []), spec.get("escape_log"))
+        knobs.apply(spec.get("knobs", []), spec.get("escape_log"), spec.get("pin_sites", ()))
         seed_everything(spec["seed"])
         from audit.probes.target import TargetError, load_target
 
+        writer.write({"type": "loading"})  # progress: the watchdog's clock starts at the target
+        rank_ctx = None
+        if spec.get("dist"):  # distributed: the process group exists before the target is called
+            from audit.probes import ranks
+
+            rank_ctx = ranks.start(spec, resolve_device(spec.get("device", "auto")))
         try:
-            device = resolve_device(spec.get("device", "auto"))
+            device = rank_ctx.device if rank_ctx else resolve_device(spec.get("device", "auto"))
             setup = load_target(spec.get("target"), input_shape=spec.get("input_shape"),
                                 num_classes=spec.get("num_classes"), seed=spec["seed"],
                                 batches=spec["steps"] or AUTO_BATCHES)
         except (TargetError, RuntimeError) as exc:
             writer.write({"type": "end", "status": "target_error", "message": str(exc)})
             return EXIT_TARGET
-        knobs.apply(spec.get("knobs", []), spec.get("escape_log"))  # again: the target may reset flags
+        knobs.apply(spec.get("knobs", []), spec.get("escape_log"), spec.get("pin_sites", ()))  # again: the target may reset flags
         writer.write({"type": "env", "environment": environment(device),
                       "module_sources": knobs.module_sources(setup.model),
                       "synthetic": setup.synthetic, "description": setup.description})
+        if rank_ctx is not None:
+            tracker = ranks.prepare(setup, rank_ctx, writer, spec["seed"])
         if spec.get("lockstep"):
             from audit.probes.determinism.lockstep import Lockstep
 
-            lockstep = Lockstep(spec["lockstep"]["folder"], spec["lockstep"]["role"])
+            lockstep = Lockstep(spec["lockstep"]["folder"], spec["lockstep"]["role"],
+                                rename=spec["lockstep"].get("rename"))
         steps, session = spec["steps"], None
         if spec.get("resume"):
             from audit.probes.resume.session import open_session
@@ -108,9 +133,15 @@ def run(spec: dict) -> int:
             session = open_session(spec["resume"], setup, device, steps, writer)
             steps = session.steps
         done = run_traced(setup, steps, device, writer, detail=spec.get("detail", False),
-                          lockstep=lockstep, session=session)
+                          lockstep=lockstep, session=session,
+                          on_step=tracker.on_step if tracker else None)
+        observed = knobs.observed()
+        if spec.get("cuda_ops"):  # after the traced steps, so the trace is untouched
+            from audit.probes.determinism.cuda_ops import scan_training
+
+            writer.write({"type": "cuda_ops", "scan": scan_training(setup, device).to_dict()})
         writer.write({"type": "end", "status": "ok" if done >= steps else "ended_early",
-                      "steps": done, "observed": knobs.observed()})
+                      "steps": done, "observed": observed})
         return EXIT_OK
     except UsageError as exc:  # e.g. a checkpoint the target's load cannot read
         writer.write({"type": "end", "status": "target_error", "message": str(exc)})
@@ -118,10 +149,11 @@ def run(spec: dict) -> int:
     except BaseException as exc:  # the user's training raised: keep what was measured
         if isinstance(exc, KeyboardInterrupt):
             raise
-        tb = traceback.extract_tb(exc.__traceback__)
-        where = next((f"{rng_escape.short_path(f.filename)}:{f.lineno}" for f in reversed(tb)
-                      if "site-packages" not in f.filename and "/probes/" not in f.filename
-                      and "/audit/" not in f.filename), None)
+        from audit.probes.runs import Frame, user_frame
+
+        found = user_frame([Frame(f.filename, f.lineno or 0, f.name)
+                            for f in reversed(traceback.extract_tb(exc.__traceback__))])
+        where = found.where if found else None
         writer.write({"type": "end", "status": "crashed",
                       "message": f"{type(exc).__name__}: {exc}", "where": where,
                       "traceback": traceback.format_exc(limit=20)})
@@ -129,11 +161,20 @@ def run(spec: dict) -> int:
     finally:
         if lockstep is not None:
             lockstep.finish()
+        if spec.get("dist"):
+            from audit.probes import ranks
+
+            if tracker is not None:
+                tracker.close()
+            ranks.finish()
         writer.close()
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from audit.probes.runs import answer_stack_requests
+
+    answer_stack_requests()
     with open(argv[0], encoding="utf-8") as fh:
         spec = json.load(fh)
     if spec.get("cwd_on_path", True) and os.getcwd() not in sys.path:

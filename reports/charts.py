@@ -477,3 +477,123 @@ def loss_chart(schemes: Sequence[SchemeResult], recommended: Optional[str] = Non
         return fig
 
     return _render(build, "loss", "Training loss per step, per scheme")
+
+
+# --------------------------------------------------------------------------- variance, compare
+
+
+def _jitter(count: int) -> list:
+    """Fixed vertical offsets for ``count`` dots in one row (the same every time)."""
+    return [((i * 0.618034) % 1.0 - 0.5) * 0.36 for i in range(count)]
+
+
+def strip_chart(groups: Sequence[tuple], metric: str, name: str, title: str) -> str:
+    """One row per group (a source or a variant): its quartile box and median, and every seed
+    as a dot. ``groups`` is ``[(label, [values...]), ...]``, drawn top to bottom."""
+    rows = [(label, [v for v in (finite(x) for x in values) if v is not None])
+            for label, values in groups]
+    if not any(values for _, values in rows):
+        return ""
+
+    def build():
+        fig, (ax,) = _figure(height=0.55 * len(rows) + 1.0)
+        for i, (_, values) in enumerate(rows):
+            y = len(rows) - 1 - i
+            if len(values) > 1:
+                ax.boxplot([values], positions=[y], orientation="horizontal", widths=0.5,
+                           showfliers=False, whis=(0, 100), patch_artist=True,
+                           boxprops={"facecolor": "#eff6ff", "edgecolor": BLUE},
+                           medianprops={"color": BLUE, "linewidth": 1.6},
+                           whiskerprops={"color": MUTED}, capprops={"color": MUTED})
+            ax.scatter(values, [y + d for d in _jitter(len(values))], s=16, color=INK,
+                       zorder=5, linewidths=0)
+        ax.set_yticks(range(len(rows)), [label(l, 24) for l, _ in reversed(rows)])
+        ax.set_ylim(-0.6, len(rows) - 0.4)
+        ax.grid(axis="y", visible=False)
+        ax.set_xlabel(label(metric, 40) + " (each dot one seed)")
+        return fig
+
+    return _render(build, name, title)
+
+
+def delta_chart(deltas: Sequence[float], ci: Sequence, metric: str) -> str:
+    """The paired differences (candidate - baseline), each seed a dot, their mean and its
+    confidence interval as a bar, and zero marked: a bar clear of zero is a real change."""
+    values = [v for v in (finite(x) for x in deltas) if v is not None]
+    if not values:
+        return ""
+    lo, hi = finite(ci[0]) if ci else None, finite(ci[1]) if ci else None
+
+    def build():
+        fig, (ax,) = _figure(height=1.7)
+        ax.axvline(0.0, color=RED, linestyle="--", linewidth=1, zorder=1)
+        ax.scatter(values, [0.35 + d * 0.5 for d in _jitter(len(values))], s=16, color=INK,
+                   zorder=5, linewidths=0, label="one seed")
+        mean = sum(values) / len(values)
+        if lo is not None and hi is not None:
+            ax.plot([lo, hi], [-0.2, -0.2], color=BLUE, linewidth=5, solid_capstyle="butt",
+                    label="CI of the mean")
+        ax.plot([mean], [-0.2], marker="D", color=INK, markersize=6, linestyle="none",
+                label="mean", zorder=6)
+        ax.set_yticks([])
+        ax.set_ylim(-0.6, 0.75)
+        ax.set_xlabel(f"candidate - baseline, {label(metric, 40)}")
+        _legend(fig, ax)
+        return fig
+
+    return _render(build, "delta", "Paired differences and the CI of their mean")
+
+# --------------------------------------------------------------------------- diff
+
+
+def _rel_diffs(a: Sequence, b: Sequence) -> list:
+    out = []
+    for x, y in zip(a, b):
+        x, y = finite(x), finite(y)
+        if x is None or y is None:
+            out.append(None)
+        else:
+            out.append(0.0 if x == y else abs(x - y) / max(abs(x), abs(y)))
+    return out
+
+
+def loss_pair_chart(a: Sequence, b: Sequence, first_step: Optional[int] = None) -> str:
+    """Two versions' loss curves overlaid (side a dashed under side b), and below them the
+    relative difference per step (log scale, exact zeros on a ``0`` line); the step where the
+    sides first part is marked."""
+    if not a and not b:
+        return ""
+    rel = _rel_diffs(a, b)
+    positives = [r for r in rel if r]
+
+    def build():
+        fig, (top, bottom) = _figure(height=HEIGHT * 1.5, rows=2, sharex=True)
+        for ys, text, color, style in ((a, "a (before)", MUTED, (0, (4, 2))),
+                                       (b, "b (after)", BLUE, "-")):
+            values = [float("nan") if finite(y) is None else finite(y) for y in ys]
+            top.plot(range(len(values)), values, color=color, linestyle=style, label=text,
+                     marker="o", markersize=2.5, zorder=3)
+        top.set_ylabel("training loss")
+        floor = 10.0 ** (math.floor(math.log10(min(positives))) - 1) if positives else None
+        if positives:
+            _log_axis(bottom, positives, zero_floor=floor)
+            bottom.plot(range(len(rel)), [float("nan") if r is None else (r or floor) for r in rel],
+                        color=RED, marker="o", markersize=3, zorder=3, label="relative difference")
+            bottom.axhline(floor, color=MUTED, linewidth=0.8, linestyle=(0, (2, 2)), zorder=1)
+        else:
+            bottom.text(0.5, 0.5, "the two loss curves are identical at every step",
+                        transform=bottom.transAxes, ha="center", va="center", color=GREEN)
+            bottom.set_yticks([])
+        bottom.set_ylabel("|a - b| / max(|a|, |b|)")
+        if first_step is not None:
+            for ax in (top, bottom):
+                ax.axvline(first_step, color=AMBER, linewidth=1.2, linestyle="--", zorder=2)
+            top.text(first_step, 1.0, f" first difference (step {first_step})",
+                     transform=blended_transform_factory(top.transData, top.transAxes),
+                     color=AMBER, fontsize=8.5, va="bottom", ha="left")
+        _integer_x(bottom, list(range(max(len(a), len(b)))))
+        bottom.set_xlabel("optimizer step")
+        fig.legend(loc="outside lower center", ncols=3)
+        return fig
+
+    return _render(build, "losspair", "The two sides' loss curves and their relative difference")

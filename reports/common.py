@@ -9,6 +9,7 @@ import re
 from typing import Any, Iterable, Optional
 
 from audit.probes.results import STAGES, InitResult, SchemeResult
+from audit.reports.ranks import distributed_problem
 
 # C0 and C1 control characters except tab and newline: never shown raw to a person (terminal
 # escape injection, invisible text) and not allowed by XML 1.0.
@@ -122,6 +123,8 @@ SOURCE_TITLES = {
     "nondeterministic_algorithm": "A nondeterministic kernel",
     "cudnn_benchmark": "The cuDNN autotuner",
     "thread_count": "The number of CPU threads",
+    "unsynced_state": "State DDP does not synchronize",
+    "sampler_epoch": "A sampler never told the epoch",
     "unknown": "Unknown cause",
 }
 
@@ -150,7 +153,22 @@ RUN_STATUS_TITLES = {
     "exited": "exited early",
     "ended_early": "ended early",
     "killed": "killed",
+    "timed_out": "timed out",
+    "interrupted": "interrupted",
 }
+
+
+def nonfinite_sentence(nf) -> str:
+    """One sentence for :class:`~audit.probes.results.NonFinite`: what, where, when."""
+    if nf.what == "loss":
+        value = {"nan": "NaN", "inf": "+inf", "-inf": "-inf"}.get(nf.value or "", "non-finite")
+        return f"the loss became {value} at step {nf.step} (run {nf.run})"
+    return f"a gradient became NaN or infinite at step {nf.step} (run {nf.run})"
+
+
+NONFINITE_FIX = ("lower the learning rate or clip the gradients (torch.nn.utils.clip_grad_norm_); "
+                 "check the data for NaN; torch.autograd.set_detect_anomaly(True) names the "
+                 "operation that made it")
 
 
 def source_title(source: str) -> str:
@@ -174,7 +192,8 @@ def determinism_headline(result) -> tuple[str, str]:
             return "fail", "Nondeterministic (a run crashed; partial result)"
         return "error", "Incomplete: a run crashed"
     if result.verdict == "deterministic":
-        return "pass", "Deterministic"
+        problem = distributed_problem(result)
+        return ("fail", f"Deterministic, but {problem}") if problem else ("pass", "Deterministic")
     return "fail", "Nondeterministic"
 
 
@@ -325,6 +344,92 @@ def finding_numbers(finding) -> str:
     return f" ({', '.join(numbers)})" if numbers else ""
 
 
+# --------------------------------------------------------------------------- variance, compare
+
+SOURCE_MEANING = {
+    "init": "parameter initialization",
+    "data": "sampling order / shuffling",
+    "augment": "random transforms (main process and DataLoader workers)",
+    "dropout": "dropout and other randomness during training steps",
+    "all": "every source varied together",
+}
+COMPARE_TITLES = {"better": "Better", "worse": "Worse", "no_difference": "No detectable difference"}
+
+
+def direction_words(direction: str) -> str:
+    return "lower is better" if direction == "lower" else "higher is better"
+
+
+def variance_headline(result) -> tuple[str, str]:
+    """``(status, title)`` of a variance result: pass / fail (randomness no seed reaches) /
+    error."""
+    if result.error:
+        return "error", "Runs crashed" if result.metrics else "Variance not measured"
+    if result.controlled is False:
+        return "fail", "Randomness no seed reaches"
+    return "pass", "Seed variance measured"
+
+
+def compare_headline(result) -> tuple[str, str]:
+    """``(status, title)`` of a comparison: fail when the candidate is significantly worse."""
+    if result.error:
+        return "error", "Runs crashed" if len(result.deltas) >= 2 else "Comparison not made"
+    status = "fail" if result.verdict == "worse" else "pass"
+    return status, COMPARE_TITLES.get(result.verdict, result.verdict)
+
+
+def variance_sentence(result, metric: str) -> str:
+    """The recommendation in words for one metric: which source dominates and how large a
+    change must be to stand out of seed noise."""
+    mv = result.metrics.get(metric)
+    if mv is None or "all" not in mv.sources or mv.sources["all"].std is None:
+        return f"No run gave a value of {metric}."
+    total = mv.sources["all"].std
+    if total == 0:
+        return (f"{metric} came out identical on every seed: seed noise does not move it "
+                "(within these steps).")
+    top = result.dominant.get(metric)
+    text = ""
+    if top:
+        st = mv.sources[top]
+        text = (f"{top} moves {metric} most (std {fmt_num(st.std)}, "
+                f"{fmt_percent(st.share)} of the all-sources variance). ")
+    return text + (f"A single run's {metric} varies by {fmt_num(total)} (std) from seed to seed: "
+                   f"a tuning change smaller than about {fmt_num(2 * total)} cannot be told "
+                   "from seed noise by one run each; compare variants on paired seeds with "
+                   "`audit compare`.")
+
+
+def compare_sentence(result) -> str:
+    """The verdict and the recommendation of a comparison, in words."""
+    if result.error and len(result.deltas) < 2:
+        return result.error
+    n, metric = len(result.deltas), result.metric
+    if not result.deltas:
+        side = "candidate" if result.verdict == "worse" else "baseline"
+        return f"Every {side} run failed to give a finite {metric}; the other side did."
+    numbers = (f"mean change {fmt_num(result.mean_delta)} "
+               f"({int(result.confidence * 100)}% CI {fmt_num(result.ci[0])} to "
+               f"{fmt_num(result.ci[1])}), p = {fmt_num(result.p_value)}")
+    if result.verdict in ("better", "worse"):
+        return (f"The candidate is {result.verdict} than the baseline on {metric} beyond seed "
+                f"noise over {n} paired seeds: {numbers}; it wins "
+                f"{fmt_percent(result.prob_improvement)} of seed pairs, an effect of "
+                f"{fmt_num(abs(result.effect_size or 0))} seed std.")
+    if all(d == 0 for d in result.deltas):
+        return f"Both variants gave exactly the same {metric} on all {n} seeds."
+    text = f"No detectable difference on {metric} over {n} paired seeds: {numbers}. "
+    if result.min_seeds and n < result.min_seeds:
+        text += (f"With fewer than {result.min_seeds} seeds the test cannot reach "
+                 f"p < {fmt_num(result.alpha)} at all. ")
+    if result.seeds_needed is None:
+        return text + "The observed difference is too small to detect with any practical number of seeds."
+    if result.seeds_needed > n:
+        return text + (f"To detect a difference this size with 80% power, rerun with about "
+                       f"{result.seeds_needed} seeds.")
+    return text + (f"A difference this size should be detectable with {result.seeds_needed} "
+                   "seeds; this one did not reach significance, so treat it as noise.")
+
 # --------------------------------------------------------------------------- resume
 
 RESUME_SOURCE_TITLES = {
@@ -400,3 +505,117 @@ def resume_sentence(result) -> str:
         names = ", ".join(resume_source_title(c.source).lower() for c in confirmed)
         text += f" Proven cause: {names}."
     return text
+
+# --------------------------------------------------------------------------- diff
+
+#: What each diff stage means (the determinism stages, plus ``loss``).
+DIFF_STAGE_MEANING = {
+    **STAGE_MEANING,
+    "forward": "a module's output differs although its inputs, parameters and RNG state agree",
+    "loss": "every module's output agrees, but the loss differs",
+}
+DIFF_STAGE_TITLES = {**STAGE_TITLES, "loss": "loss"}
+DIFF_TIMELINE_STAGES = ("init", "data", "rng", "forward", "loss", "backward", "optimizer")
+DRIFT_WORDS = {
+    "rounding": "stays at rounding level over the run",
+    "material": "grows to a material difference",
+}
+
+
+def diff_headline(result) -> tuple[str, str]:
+    """``(status, title)`` of a diff: ``pass`` identical, ``fail`` differs or a side is
+    nondeterministic, ``error`` a side crashed before any difference."""
+    if result.error and result.first_difference is None:
+        return "error", "Incomplete: a side crashed"
+    if result.verdict == "identical":
+        return "pass", "Identical"
+    if result.verdict == "nondeterministic":
+        return "fail", "Nondeterministic: a side disagrees with itself"
+    return "fail", "The numbers differ"
+
+
+def diff_where(result) -> str:
+    """``at step 3, in the forward pass of mix`` (side b's name, side a's beside it)."""
+    d = result.first_difference
+    if d is None:
+        return ""
+    text = "before the first step" if d.step is None else f"at step {d.step}"
+    text += f", in the {DIFF_STAGE_TITLES.get(d.stage, d.stage)}"
+    if d.module:
+        text += f" of {one_line(d.module)}"
+        if d.module_a and d.module_a != d.module:
+            text += f" (a: {one_line(d.module_a)})"
+    return text
+
+
+def diff_sentence(result) -> str:
+    """One sentence that says what happened."""
+    against = "the reference" if result.mode == "against" else "side a"
+    if result.first_difference is None:
+        if result.error:
+            return "The comparison could not finish: a side crashed. What was measured is below."
+        renamed = f" ({len(result.renamed)} module(s) matched under new names)" if result.renamed else ""
+        return (f"Side b trains bit for bit as {against} over {result.steps} steps with seed "
+                f"{result.seed}: every batch, loss, gradient and parameter agrees{renamed}.")
+    d = result.first_difference
+    text = f"Side b first parts from {against} {diff_where(result)}"
+    if d.max_abs_diff is not None:
+        text += f" (max |diff| {fmt_num(d.max_abs_diff)})"
+    text += "."
+    if result.verdict == "nondeterministic" and result.self_difference is not None:
+        s = result.self_difference
+        when = "before the first step" if s.step is None else f"at step {s.step}"
+        text += (f" But side {s.side} disagrees with its own rerun {when} "
+                 f"({s.stage}), so the difference is not the change's alone: run "
+                 "'audit determinism' on it first.")
+    elif result.drift in DRIFT_WORDS:
+        text += f" The difference {DRIFT_WORDS[result.drift]}"
+        if result.loss.max_rel_diff is not None:
+            text += f" (largest relative loss difference {fmt_num(result.loss.max_rel_diff)})"
+        text += "."
+    return text
+
+
+def diff_timeline_rows(result) -> list[dict]:
+    """The step x stage grid of a diff, as :func:`timeline_rows`, with the ``loss`` column;
+    ``first_col`` marks the first difference."""
+    rows = []
+    d = result.first_difference
+    for entry in result.timeline:
+        stages = entry.stages or {}
+        cells = []
+        for stage in DIFF_TIMELINE_STAGES:
+            state = stages.get(stage)
+            if state is None:
+                state = "" if (entry.step is None) != (stage == "init") else "missing"
+            cells.append(str(state))
+        first = None
+        if d is not None and ((d.stage == "init" and entry.step is None)
+                              or (d.stage != "init" and entry.step == d.step)):
+            first = DIFF_TIMELINE_STAGES.index(d.stage) if d.stage in DIFF_TIMELINE_STAGES else None
+        rows.append({"step": entry.step, "label": step_label(entry.step), "cells": cells,
+                     "first_col": first, "first": first is not None})
+    rows.sort(key=lambda r: -1 if r["step"] is None else r["step"])
+    return rows
+
+
+def record_headline(result) -> tuple[str, str]:
+    """``(status, title)`` of ``audit record``."""
+    if result.verdict == "recorded":
+        return "pass", "Recorded"
+    return "fail", "Refused: the target disagrees with itself"
+
+
+def record_sentence(result) -> str:
+    """One sentence: what was recorded where, or why nothing was."""
+    if result.verdict == "recorded":
+        size = f" ({result.size_bytes / 1024:.1f} KiB)" if result.size_bytes is not None else ""
+        where = f" to {one_line(result.path)}{size}" if result.path else ""
+        return (f"Two runs of {one_line(result.target)} ({result.steps} steps, seed {result.seed}, "
+                f"device {one_line(result.device)}) agree bit for bit; the reference was "
+                f"written{where}.")
+    s = result.self_difference
+    when = "" if s is None else (" before the first step" if s.step is None else f" at step {s.step}")
+    stage = "" if s is None else f" ({s.stage})"
+    return (f"Two runs of {one_line(result.target)} differ{when}{stage}, so a reference of it "
+            "would not be reproducible; nothing was written. Run 'audit determinism' on it first.")

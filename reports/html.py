@@ -18,13 +18,28 @@ import jinja2
 from markupsafe import Markup, escape
 
 from audit.probes.results import STAGES, DeterminismResult, GateResult, InitResult
+from audit.probes.results.diff import DiffResult, RecordResult
 from audit.probes.results.resume import ResumeResult
+from audit.probes.results.variance import CompareResult, VarianceResult
 from audit.reports.common import (
+    DIFF_STAGE_MEANING,
+    DIFF_TIMELINE_STAGES,
+    DRIFT_WORDS,
+    NONFINITE_FIX,
+    SOURCE_MEANING,
+    compare_headline,
+    compare_sentence,
+    direction_words,
+    variance_headline,
+    variance_sentence,
     RUN_STATUS_TITLES,
     STAGE_MEANING,
     STAGE_TITLES,
     determinism_headline,
     determinism_sentence,
+    diff_headline,
+    diff_sentence,
+    diff_timeline_rows,
     diverged,
     final_loss,
     finding_advice,
@@ -34,6 +49,7 @@ from audit.reports.common import (
     fmt_percent,
     fmt_seconds,
     init_headline,
+    nonfinite_sentence,
     one_line,
     ordered_schemes,
     RESUME_STAGE_MEANING,
@@ -42,11 +58,14 @@ from audit.reports.common import (
     resume_notes,
     resume_sentence,
     resume_source_title,
+    record_headline,
+    record_sentence,
     source_title,
     strip_controls,
     timeline_rows,
 )
 from audit.reports.files import write_atomic
+from audit.reports.ranks import rank_timelines, replica_grid, replica_sentence
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 #: Timelines longer than this collapse runs of identical rows into one.
@@ -122,7 +141,8 @@ def environment() -> jinja2.Environment:
             resume_source_title=resume_source_title,
         )
         env.globals.update(STAGES=STAGES, STAGE_TITLES=STAGE_TITLES,
-                           STAGE_MEANING=STAGE_MEANING, RUN_STATUS_TITLES=RUN_STATUS_TITLES)
+                           STAGE_MEANING=STAGE_MEANING, RUN_STATUS_TITLES=RUN_STATUS_TITLES,
+                           NONFINITE_FIX=NONFINITE_FIX, nonfinite_sentence=nonfinite_sentence)
         _ENV = env
     return _ENV
 
@@ -197,7 +217,18 @@ def determinism_html(result: DeterminismResult, *, charts: bool = True) -> str:
         environment_rows=_environment_rows(result.environment),
         detail_rows=[(str(k), _env_value(v)) for k, v in (result.detail or {}).items()],
         bad_runs=[r for r in result.run_info if r.status != "ok"],
+        ranks=_ranks(result),
     )
+
+
+def _ranks(result: DeterminismResult) -> dict:
+    """The distributed section: ranks side by side (``{}`` for single-process runs)."""
+    if not result.nproc:
+        return {}
+    return {"timelines": rank_timelines(result), "replicas": replica_grid(result),
+            "sentence": replica_sentence(result),
+            "notes": [(k.replace("_", " "), result.detail[k]) for k in ("sharding", "rank_rng")
+                      if (result.detail or {}).get(k)]}
 
 
 # --------------------------------------------------------------------------- init
@@ -304,3 +335,89 @@ def index_html(gate: GateResult) -> str:
 
 def write_index(gate: GateResult, path: str) -> None:
     write_atomic(path, index_html(gate))
+
+
+# --------------------------------------------------------------------------- variance, compare
+
+
+def _variance_metric(result: VarianceResult, index: int, name: str, charts: bool) -> dict:
+    mv = result.metrics[name]
+    svg = ""
+    if charts:
+        from audit.reports import charts as _charts
+
+        svg = _charts.strip_chart([(s, st.values) for s, st in mv.sources.items()], name,
+                                  f"variance-{index}",
+                                  f"{name} per seed, per source")
+    return {"name": name, "direction": direction_words(mv.direction),
+            "sources": list(mv.sources.items()), "dominant": result.dominant.get(name),
+            "sentence": variance_sentence(result, name), "svg": Markup(svg)}
+
+
+def variance_html(result: VarianceResult, *, charts: bool = True) -> str:
+    """The variance report page: per metric a strip/box plot per source and the table."""
+    status, title = variance_headline(result)
+    return render("variance.html", r=result, status=status, title=title,
+                  metrics=[_variance_metric(result, i, n, charts)
+                           for i, n in enumerate(result.metrics)],
+                  bad_runs=result.crashed, SOURCE_MEANING=SOURCE_MEANING,
+                  environment_rows=_environment_rows(result.environment))
+
+
+def compare_html(result: CompareResult, *, charts: bool = True) -> str:
+    """The compare report page: both variants per seed, the paired differences with the CI
+    of their mean, and the verdict and recommendation in words."""
+    status, title = compare_headline(result)
+    strip_svg = delta_svg = ""
+    if charts:
+        from audit.reports import charts as _charts
+
+        strip_svg = _charts.strip_chart([("a: baseline", result.a.values),
+                                         ("b: candidate", result.b.values)], result.metric,
+                                        "variants", f"{result.metric} per seed, per variant")
+        delta_svg = _charts.delta_chart(result.deltas, result.ci, result.metric)
+    pairs = list(zip(result.paired_seeds, result.a.values, result.b.values, result.deltas))
+    return render("compare.html", r=result, status=status,
+                  title=title,
+                  sentence=compare_sentence(result), strip_svg=Markup(strip_svg),
+                  delta_svg=Markup(delta_svg), pairs=pairs, bad_runs=result.crashed,
+                  environment_rows=_environment_rows(result.environment))
+
+
+def write_variance(result: VarianceResult, path: str) -> None:
+    write_atomic(path, variance_html(result))
+
+
+def write_compare(result: CompareResult, path: str) -> None:
+    write_atomic(path, compare_html(result))
+
+# --------------------------------------------------------------------------- diff
+
+
+def diff_html(result: DiffResult, *, charts: bool = True) -> str:
+    """The diff report page: both sides, the first difference, the timeline with it marked,
+    the loss curves overlaid (and the parameter growth), matched modules, environment."""
+    status, title = diff_headline(result)
+    d = result.first_difference
+    loss_svg = growth_svg = ""
+    if charts:
+        from audit.reports import charts as _charts  # matplotlib only when drawing
+
+        step = d.step if d is not None else None
+        loss_svg = _charts.loss_pair_chart(result.loss.a, result.loss.b, step)
+        growth_svg = _charts.growth_chart(result.growth, step)
+    n = max(len(result.loss.a), len(result.loss.b))
+    pad = lambda xs: list(xs) + [None] * (n - len(xs))  # noqa: E731
+    return render(
+        "diff.html", r=result, status=status, title=title, sentence=diff_sentence(result),
+        timeline=_collapse(diff_timeline_rows(result)), loss_svg=Markup(loss_svg),
+        growth_svg=Markup(growth_svg), loss_rows=list(zip(pad(result.loss.a), pad(result.loss.b))),
+        environment_rows=_environment_rows(result.b.environment), DIFF_STAGES=DIFF_TIMELINE_STAGES,
+        STAGE_MEANING_DIFF=DIFF_STAGE_MEANING, DRIFT_WORDS=DRIFT_WORDS)
+
+
+def record_html(result: RecordResult) -> str:
+    """The ``audit record`` page: what was recorded, or why nothing was."""
+    status, title = record_headline(result)
+    return render("record.html", r=result, status=status, title=title,
+                  sentence=record_sentence(result))

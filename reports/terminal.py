@@ -12,19 +12,31 @@ import textwrap
 from typing import Optional
 
 from audit.probes.results import DeterminismResult, GateResult, InitResult
+from audit.probes.results.cuda_ops import CudaOpsScan
+from audit.probes.results.diff import DiffResult, RecordResult
 from audit.probes.results.resume import ResumeResult
 from audit.reports.common import (
+    DIFF_STAGE_MEANING,
+    DRIFT_WORDS,
+    NONFINITE_FIX,
     RUN_STATUS_TITLES,
     STAGE_MEANING,
     determinism_headline,
+    compare_headline,
+    compare_sentence,
     determinism_sentence,
+    direction_words,
+    diff_headline,
+    diff_sentence,
     final_loss,
     finding_advice,
     finding_numbers,
     finding_title,
     fmt_loss,
     fmt_num,
+    fmt_percent,
     init_headline,
+    nonfinite_sentence,
     one_line,
     ordered_schemes,
     RESUME_STAGE_MEANING,
@@ -32,11 +44,16 @@ from audit.reports.common import (
     resume_notes,
     resume_sentence,
     resume_source_title,
+    record_headline,
+    record_sentence,
     shorten,
     source_title,
     stage_title,
     strip_controls,
+    variance_headline,
+    variance_sentence,
 )
+from audit.reports.ranks import rank_lines
 
 DEFAULT_WIDTH = 88
 _MIN_WIDTH = 40
@@ -157,11 +174,17 @@ def determinism_summary(result: DeterminismResult, report_path: Optional[str] = 
                 line += f": {one_line(run.message)}"
             w.wrap(line, indent="    ", first="  - ")
 
+    if result.nonfinite is not None:
+        w.heading("Non-finite values")
+        w.wrap(f"{nonfinite_sentence(result.nonfinite)}; {NONFINITE_FIX}")
+
     div = result.first_divergence
     if div is not None:
         w.heading("Where the runs part")
         pairs = [("step", "before the first step" if div.step is None else str(div.step)),
                  ("stage", f"{div.stage} -- {STAGE_MEANING.get(div.stage, stage_title(div.stage))}")]
+        if div.rank is not None:
+            pairs.append(("rank", str(div.rank)))
         if div.module:
             pairs.append(("module", div.module))
         if div.tensor:
@@ -174,6 +197,11 @@ def determinism_summary(result: DeterminismResult, report_path: Optional[str] = 
                           + (f" (relative L2 {fmt_num(last.rel_l2)})"
                              if last.rel_l2 is not None else "")))
         w.fields(pairs)
+
+    if result.nproc:
+        w.heading(f"Ranks ({result.nproc} per run)")
+        for line in rank_lines(result):
+            w.wrap(line, indent="    ", first="  - ")
 
     if result.causes:
         w.heading("Why")
@@ -210,11 +238,77 @@ def determinism_summary(result: DeterminismResult, report_path: Optional[str] = 
         for kind, where, count in rows:
             w.add(f"  {shorten(kind, a).ljust(a)}  {shorten(where, b).ljust(b)}  {count}")
 
+    if result.cuda_ops is not None:
+        _cuda_ops(w, result.cuda_ops)
+
     _report_line(w, report_path)
     return w.text()
 
 
+CUDA_CATEGORY = {"made_deterministic": "made deterministic by use_deterministic_algorithms(True)",
+                 "raises": "raises under use_deterministic_algorithms(True)"}
+
+
+def _module_label(module: Optional[str]) -> str:
+    return "(model)" if module == "" else "(outside the model)" if module is None else module
+
+
+def _cuda_ops(w: _Writer, scan: CudaOpsScan) -> None:
+    """The ops of the scanned step that PyTorch documents as nondeterministic on CUDA."""
+    w.heading(f"Ops nondeterministic on CUDA (one step scanned on {one_line(scan.device)}, "
+              f"torch {one_line(scan.torch)})")
+    if scan.error:
+        w.wrap(f"The scan could not run: {scan.error}")
+        return
+    if not scan.ops:
+        w.wrap("None: no op of this step is documented as nondeterministic on CUDA.")
+    for op in scan.ops:
+        where = ", ".join(_module_label(m) for m in op.modules)
+        w.wrap(f"{op.op} ({'/'.join(op.passes)}) in {where}", indent="    ", first="  - ")
+        state = CUDA_CATEGORY.get(op.category, op.category)
+        if op.confirmed is not None:
+            state += "; confirmed on the GPU" if op.confirmed else "; not reported on the GPU"
+        w.wrap(f"{state}. {op.doc}", indent="    ")
+    if scan.cublas_workspace_required:
+        w.wrap("With deterministic algorithms on, this torch also needs "
+               "CUBLAS_WORKSPACE_CONFIG=:4096:8 (the step uses cuBLAS).")
+
+
 # --------------------------------------------------------------------------- init
+
+
+def _scheme_table(w: _Writer, result: InitResult) -> None:
+    w.blank()
+    name_width = min(max(max(len(one_line(s.name)) for s in result.schemes), 6), 28,
+                     max(w.width - 54, 10))
+    header = (f"  {'scheme'.ljust(name_width)}  {'verdict':<9}  {'findings':>8}  "
+              f"{'final loss':>10}  {'score':>7}")
+    w.add(w.s(header, "dim"))
+    for scheme in ordered_schemes(result):
+        verdict = "error" if scheme.error else scheme.verdict
+        mark = "* " if scheme.name == result.recommended else "  "
+        line = (f"{mark}{shorten(one_line(scheme.name), name_width).ljust(name_width)}  "
+                f"{w.s(verdict.ljust(9), 'green' if verdict == 'healthy' else 'red')}  "
+                f"{len(scheme.findings):>8}  {fmt_loss(final_loss(scheme)):>10}  "
+                f"{fmt_num(scheme.score, 3):>7}")
+        if scheme.name == result.recommended:
+            line += "  recommended"
+        w.add(line.rstrip())
+    for scheme in (s for s in result.schemes if s.error):
+        w.wrap(f"{scheme.name}: {scheme.error}", indent="    ", first="  ! ")
+
+
+def _default_findings(w: _Writer, findings: list) -> None:
+    w.heading("Findings for the model's own init")
+    for finding in findings:
+        head = finding_title(finding.kind)
+        if finding.layer:
+            head += f" at {one_line(finding.layer)}"
+        w.wrap(head + finding_numbers(finding), indent="    ", first="  - ")
+        if finding.message:
+            w.wrap(finding.message, indent="    ")
+        if finding_advice(finding.kind):
+            w.wrap("What to do: " + finding_advice(finding.kind), indent="    ")
 
 
 def init_summary(result: InitResult, report_path: Optional[str] = None, *,
@@ -236,29 +330,8 @@ def init_summary(result: InitResult, report_path: Optional[str] = None, *,
     if result.error:
         w.heading("Error")
         w.wrap(result.error)
-
     if result.schemes:
-        w.blank()
-        name_width = min(max(max(len(one_line(s.name)) for s in result.schemes), 6), 28,
-                         max(w.width - 54, 10))
-        header = (f"  {'scheme'.ljust(name_width)}  {'verdict':<9}  {'findings':>8}  "
-                  f"{'final loss':>10}  {'score':>7}")
-        w.add(w.s(header, "dim"))
-        for scheme in ordered_schemes(result):
-            loss = final_loss(scheme)
-            verdict = "error" if scheme.error else scheme.verdict
-            mark = "* " if scheme.name == result.recommended else "  "
-            line = (f"{mark}{shorten(one_line(scheme.name), name_width).ljust(name_width)}  "
-                    f"{w.s(verdict.ljust(9), 'green' if verdict == 'healthy' else 'red')}  "
-                    f"{len(scheme.findings):>8}  {fmt_loss(loss):>10}  "
-                    f"{fmt_num(scheme.score, 3):>7}")
-            if scheme.name == result.recommended:
-                line += "  recommended"
-            w.add(line.rstrip())
-        errors = [s for s in result.schemes if s.error]
-        for scheme in errors:
-            w.wrap(f"{scheme.name}: {scheme.error}", indent="    ", first="  ! ")
-
+        _scheme_table(w, result)
     w.heading("Recommendation")
     if result.recommended:
         w.wrap(f"Use {result.recommended}."
@@ -267,20 +340,8 @@ def init_summary(result: InitResult, report_path: Optional[str] = None, *,
             w.code(result.recommendation_code)
     else:
         w.wrap(result.recommendation_reason or "No scheme could be recommended.")
-
     if default is not None and default.findings:
-        w.heading("Findings for the model's own init")
-        for finding in default.findings:
-            head = finding_title(finding.kind)
-            if finding.layer:
-                head += f" at {one_line(finding.layer)}"
-            head += finding_numbers(finding)
-            w.wrap(head, indent="    ", first="  - ")
-            if finding.message:
-                w.wrap(finding.message, indent="    ")
-            advice = finding_advice(finding.kind)
-            if advice:
-                w.wrap("What to do: " + advice, indent="    ")
+        _default_findings(w, default.findings)
     _report_line(w, report_path)
     return w.text()
 
@@ -400,4 +461,177 @@ def check_summary(gate: GateResult, *, color: bool = False, width: Optional[int]
         w.heading("Reports")
         for audit, name in gate.reports.items():
             w.add(f"  {one_line(audit)}: {one_line(name)}")
+    return w.text()
+
+
+# --------------------------------------------------------------------------- variance, compare
+
+
+def _run_problems(w: _Writer, runs: list) -> None:
+    bad = [r for r in runs if r.status != "ok"]
+    if not bad:
+        return
+    w.heading(f"{len(bad)} run{'s' if len(bad) != 1 else ''} left out of the statistics")
+    for r in bad[:8]:
+        at = f" (at {one_line(r.where)})" if r.where else ""
+        w.wrap(f"{r.group} seed {r.seed}: {r.status}: {one_line(r.message)}{at}", indent="    ",
+               first="  - ")
+    if len(bad) > 8:
+        w.add(f"  ... and {len(bad) - 8} more (see the JSON report)")
+
+
+def _source_table(w: _Writer, mv) -> None:
+    header = (f"  {'source':<8}  {'n':>3}  {'mean':>10}  {'std':>9}  {'95% CI of std':>21}  "
+              f"{'IQR':>9}  {'share':>6}")
+    w.add(w.s(header, "dim"))
+    for name, st in mv.sources.items():
+        ci = (f"[{fmt_num(st.std_ci[0])}, {fmt_num(st.std_ci[1])}]"
+              if st.std_ci and st.std_ci[0] is not None else "n/a")
+        w.add(f"  {name:<8}  {len(st.values):>3}  {fmt_loss(st.mean):>10}  {fmt_num(st.std):>9}  "
+              f"{ci:>21}  {fmt_num(st.iqr):>9}  {fmt_percent(st.share):>6}")
+
+
+def variance_summary(result, report_path: Optional[str] = None, *, color: bool = False,
+                     width: Optional[int] = None) -> str:
+    """Per metric a table of the sources (mean, std with its CI, IQR, share of the all-sources
+    variance) and the recommendation; how each seed is routed; runs left out."""
+    w = _Writer(width, color)
+    status, title = variance_headline(result)
+    _verdict(w, "variance", status, title)
+    w.wrap(f"{result.seeds} seeds per source, {result.steps} steps, seed {result.seed}, device "
+           f"{one_line(result.device)}, target {one_line(result.target)}")
+    if result.error:
+        w.heading("Error")
+        w.wrap(result.error)
+    for name, mv in result.metrics.items():
+        w.heading(f"{one_line(name)} ({direction_words(mv.direction)})")
+        _source_table(w, mv)
+        w.blank()
+        w.wrap(variance_sentence(result, name))
+    w.heading("How each seed is routed")
+    for r in result.routing:
+        mark = "" if r.separable else w.s(" (cannot be separated)", "red")
+        w.wrap(f"{r.source}: {one_line(r.how)}{mark}", indent="    ", first="  ")
+        if r.note:
+            w.wrap(r.note, indent="    ")
+    _run_problems(w, result.runs)
+
+# --------------------------------------------------------------------------- diff
+
+
+def _side_line(label: str, side) -> str:
+    kind = {"reference": " (reference file)", "script": " (script mode)"}.get(side.mode, "")
+    return f"{label}: {one_line(side.target or 'audit.example:build (built-in)')}{kind}"
+
+
+def diff_summary(result: DiffResult, report_path: Optional[str] = None, *,
+                 color: bool = False, width: Optional[int] = None) -> str:
+    """Verdict; where the sides part (step, stage, module by side b's name with side a's,
+    tensor, max |diff|); how much (loss curves, drift); renamed and unmatched modules;
+    environment changes; the report path."""
+    w = _Writer(width, color)
+    status, title = diff_headline(result)
+    _verdict(w, "diff", status, title)
+    w.wrap(diff_sentence(result))
+    w.wrap(_side_line("a", result.a), indent="    ", first="  ")
+    w.wrap(_side_line("b", result.b), indent="    ", first="  ")
+    w.wrap(f"{result.steps} steps, seed {result.seed}, device {one_line(result.device)}")
+    if result.error:
+        w.heading("Error")
+        w.wrap(result.error)
+    d = result.first_difference
+    if d is not None:
+        w.heading("Where the sides part")
+        pairs = [("step", "before the first step" if d.step is None else str(d.step)),
+                 ("stage", f"{d.stage} -- {DIFF_STAGE_MEANING.get(d.stage, d.stage)}")]
+        if d.module is not None:
+            named = d.module or "(the model)"
+            pairs.append(("module", named + (f"  (a: {d.module_a})" if d.module_a not in (None, d.module) else "")))
+        if d.tensor:
+            pairs.append(("tensor", d.tensor + (f"  (a: {d.tensor_a})" if d.tensor_a not in (None, d.tensor) else "")))
+        pairs.append(("max |diff|", fmt_num(d.max_abs_diff)))
+        w.fields(pairs)
+    if result.loss.a or result.loss.b:
+        w.heading("How much")
+        pairs = [("loss a", _curve(result.loss.a)), ("loss b", _curve(result.loss.b)),
+                 ("max rel diff", fmt_num(result.loss.max_rel_diff)
+                  + (f" at step {result.loss.step_of_max}" if result.loss.step_of_max is not None else ""))]
+        if result.drift in DRIFT_WORDS:
+            pairs.append(("drift", f"{result.drift}: the difference {DRIFT_WORDS[result.drift]}"))
+        last = next((g for g in reversed(result.growth) if g.rel_l2 is not None), None)
+        if last is not None:
+            pairs.append(("parameters", f"relative L2 distance {fmt_num(last.rel_l2)} after step {last.step}"))
+        w.fields(pairs)
+    _diff_modules(w, result)
+    if result.environment_changes:
+        w.heading("Environment changes")
+        w.fields([(c.key, f"{one_line(c.a)} -> {one_line(c.b)}") for c in result.environment_changes])
+    _report_line(w, report_path)
+    return w.text()
+
+
+def compare_summary(result, report_path: Optional[str] = None, *, color: bool = False,
+                    width: Optional[int] = None) -> str:
+    """Both variants, the paired difference with its CI and p-value, the probability of
+    improvement, the effect in seed-std units and the recommendation."""
+    w = _Writer(width, color)
+    status, title = compare_headline(result)
+    _verdict(w, "compare", status, title)
+    w.wrap(f"{result.metric} ({direction_words(result.direction)}), {len(result.deltas)} of "
+           f"{result.seeds} seeds paired, {result.steps} steps, device {one_line(result.device)}")
+    if result.error:
+        w.heading("Error")
+        w.wrap(result.error)
+    w.blank()
+    w.fields([
+        ("baseline (a)", f"{one_line(result.a.target)}: mean {fmt_loss(result.a.mean)}, "
+                         f"std {fmt_num(result.a.std)}"),
+        ("candidate (b)", f"{one_line(result.b.target)}: mean {fmt_loss(result.b.mean)}, "
+                          f"std {fmt_num(result.b.std)}"),
+        ("b - a", f"mean {fmt_num(result.mean_delta)}, {int(result.confidence * 100)}% CI "
+                  f"[{fmt_num(result.ci[0])}, {fmt_num(result.ci[1])}] (BCa bootstrap)"),
+        ("p-value", f"{fmt_num(result.p_value)} (paired sign-flip permutation test)"),
+        ("P(improvement)", fmt_percent(result.prob_improvement)),
+        ("effect", f"{fmt_num(result.effect_size)} seed std"),
+        ("seeds for 80%", "n/a" if result.seeds_needed is None else str(result.seeds_needed)),
+    ])
+    w.blank()
+    w.wrap(compare_sentence(result))
+    _run_problems(w, result.runs)
+    _report_line(w, report_path)
+def _curve(values: list, limit: int = 6) -> str:
+    shown = [fmt_loss(v) for v in values[:limit]]
+    return ", ".join(shown) + (f", ... ({len(values)} steps)" if len(values) > limit else "")
+
+
+def _diff_modules(w: _Writer, result: DiffResult) -> None:
+    if result.renamed:
+        w.heading(f"Renamed modules ({len(result.renamed)})")
+        for r in result.renamed[:20]:
+            w.wrap(f"{r.source or '(root)'} -> {r.to or '(root)'}", indent="      ", first="  - ")
+        if len(result.renamed) > 20:
+            w.wrap(f"... and {len(result.renamed) - 20} more (diff.json lists them all)")
+    if result.replaced:
+        w.heading("Modules whose type changed")
+        for r in result.replaced:
+            w.wrap(f"{r.b}: {r.a_type} -> {r.b_type}" + (f" (a: {r.a})" if r.a != r.b else ""),
+                   indent="      ", first="  - ")
+    for side, names in (("a", result.unmatched.a), ("b", result.unmatched.b)):
+        if names:
+            w.heading(f"Only in side {side}")
+            w.wrap(", ".join(n or "(root)" for n in names))
+
+
+def record_summary(result: RecordResult, report_path: Optional[str] = None, *,
+                   color: bool = False, width: Optional[int] = None) -> str:
+    """What ``audit record`` did: the file and its size, or, in one line, why it refused."""
+    w = _Writer(width, color)
+    status, title = record_headline(result)
+    if result.verdict != "recorded":
+        w.add(f"{w.s('audit record', 'bold')}  {w.s('FAIL', 'fail')}  " + record_sentence(result))
+        return w.text()
+    _verdict(w, "record", status, title)
+    w.wrap(record_sentence(result))
+    if result.path:
+        w.wrap(f"Compare later with: audit diff --against {strip_controls(result.path)}")
     return w.text()

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from audit.probes import fingerprint as fp
@@ -33,8 +33,7 @@ def test_swapping_two_unequal_elements_changes_the_fingerprint(values, pair, dty
     t = torch.tensor(values, dtype=dtype)
     i = pair.draw(st.integers(0, len(values) - 1))
     j = pair.draw(st.integers(0, len(values) - 1))
-    if torch.equal(t[i:i + 1].view(torch.uint8), t[j:j + 1].view(torch.uint8)):
-        return  # bitwise equal elements: a swap changes nothing
+    assume(not torch.equal(t[i:i + 1].view(torch.uint8), t[j:j + 1].view(torch.uint8)))
     swapped = t.clone()
     swapped[[i, j]] = t[[j, i]]
     assert fp.fingerprint(swapped) != fp.fingerprint(t)
@@ -122,3 +121,30 @@ def test_blocked_sums_equal_the_weighted_sum_and_see_changes_in_large_tensors(n,
         swapped = t.clone()
         swapped[[i, j]] = t[[j, i]]
         assert fp.fingerprint(swapped) != fp.fingerprint(t)
+
+
+def _reference(words: np.ndarray) -> int:
+    w = words.astype(np.int64)
+    with np.errstate(over="ignore"):
+        return int(((np.arange(w.size, dtype=np.int64) * 2 + 1) * w).sum() * np.int64(fp._C1))
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(4096, 70000), seed=st.integers(0, 2**31 - 1),
+       extreme=st.sampled_from(["random", "max", "min", "both"]))
+def test_row_sums_stay_exact_at_the_extremes_of_the_word_range(n, seed, extreme):
+    """The float64 row sums are exact for any 32-bit words, the largest magnitudes included."""
+    rng = np.random.default_rng(seed)
+    words = rng.integers(-2**31, 2**31, n, dtype=np.int64).astype(np.int32)
+    if extreme != "random":
+        pick = {"max": [2**31 - 1], "min": [-2**31], "both": [2**31 - 1, -2**31]}[extreme]
+        words = rng.choice(np.array(pick, dtype=np.int32), n)
+    assert fp._cpu_dot(words) == _reference(words)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 6), length=st.integers(1, 5000), seed=st.integers(0, 2**31 - 1))
+def test_row_fingerprints_equal_each_rows_fingerprint_sum(rows, length, seed):
+    t = torch.randn(rows, length, generator=torch.Generator().manual_seed(seed))
+    words = fp.words(t).numpy().reshape(rows, length)
+    assert fp.row_fingerprints(t) == [_reference(r) for r in words]

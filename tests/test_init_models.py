@@ -35,7 +35,9 @@ def example():
 
 def test_example_is_healthy_under_default_and_kaiming(example):
     _, result, calls = example
-    assert calls == ["default", "kaiming_normal", "lsuv"]
+    assert [c.phase for c in calls if c.done == 0] == [
+        "scheme default (1 of 3)", "scheme kaiming_normal (2 of 3)", "scheme lsuv (3 of 3)"]
+    assert [c.done for c in calls[:3]] == [0, 1, 2] and calls[0].total == 2
     for name in ("default", "kaiming_normal"):
         scheme = result.scheme(name)
         assert scheme.error is None and scheme.findings == [], (name, scheme.findings)

@@ -52,6 +52,10 @@ from audit.probes.results import (
     InitResult,
     KnobTrial,
     LayerStats,
+    RankTimeline,
+    ReplicaPoint,
+    ReplicaRow,
+    Replicas,
     RngEscape,
     RunInfo,
     SchemeResult,
@@ -300,10 +304,39 @@ def gate_result() -> GateResult:
                                             "the baseline"])
 
 
+def distributed_result() -> DeterminismResult:
+    """``--nproc 2``: runs agree, replicas part at step 1 in a buffer (with a user string to
+    escape), a sampler replays its order."""
+    grid = [ReplicaRow(None, ["agree", "agree"]), ReplicaRow(0, ["agree", "agree"]),
+            ReplicaRow(1, ["agree", "buffers"]), ReplicaRow(2, ["agree", "both"])]
+    return DeterminismResult(
+        verdict="deterministic", runs=2, steps=3, seed=0, device="cpu", environment=ENV,
+        causes=[
+            Cause(source="unsynced_state", confirmed=True,
+                  evidence="buffer 'norm.<mean>' on rank 1 differs from rank 0's at step 1: it "
+                           "differs at the start of the forward pass, and DDP was built with "
+                           "broadcast_buffers=False",
+                  fix="DDP(model, broadcast_buffers=True)", where="models/norm.py:12"),
+            Cause(source="sampler_epoch", confirmed=True,
+                  evidence="the DistributedSampler drew the same order in pass 1 and pass 2",
+                  fix="sampler.set_epoch(epoch)", where="train.py:30")],
+        target="train.py:build", mode="target",
+        run_info=[RunInfo(index=i, steps_completed=3, status="ok", exit_code=0, seconds=2.0)
+                  for i in range(2)],
+        timeline=_timeline(3, None, None), nproc=2,
+        replicas=Replicas(verdict="diverged", first=ReplicaPoint(1, "norm.<mean>", 1), run=0,
+                          kind="buffer", grid=grid),
+        rank_timelines=[RankTimeline(rank, _timeline(3, None, None)) for rank in range(2)],
+        detail={"sharding": "ranks saw disjoint samples within an epoch",
+                "rank_rng": "the ranks start from different torch RNG states"},
+    )
+
+
 SAMPLES = {
     "nondeterministic": nondeterministic_result,
     "deterministic": deterministic_result,
     "crashed": crashed_result,
+    "distributed": distributed_result,
 }
 
 
@@ -617,7 +650,7 @@ def test_html_pages_structure():
 
 def test_html_crashed_shows_error():
     page = _determinism_page("crashed")
-    assert page.index("A run crashed; this result is partial") < page.index('id="timeline"')
+    assert page.index('id="error"') < page.index('id="timeline"')
     assert "mat1 and mat2 shapes cannot be multiplied" in page
     assert page.count('class="missing"') == 15
 

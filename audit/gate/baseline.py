@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from audit.gate.baseline_schema import baseline_problem
 from audit.kinds.base import AuditKind
 from audit.probes.errors import UsageError
 from audit.probes.results import Check
@@ -52,6 +53,10 @@ def read_baseline(path: str) -> dict:
                          "--update-baseline to rewrite it") from None
     if not isinstance(data, dict) or data.get("schema") != BASELINE_SCHEMA:
         raise UsageError(f"baseline {path} is not an {BASELINE_SCHEMA} file; run with "
+                         "--update-baseline to rewrite it")
+    problem = baseline_problem(data)
+    if problem:
+        raise UsageError(f"baseline {path} is malformed: {problem}; fix it or run with "
                          "--update-baseline to rewrite it")
     for name, section in data.items():
         if name != "schema" and not (isinstance(section, dict)

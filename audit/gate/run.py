@@ -10,7 +10,7 @@ from typing import Any, Optional
 from audit import registry
 from audit.gate import baseline as baselines
 from audit.gate.outputs import add_audit, write_audit_files, write_gate_files, write_index
-from audit.gate.progress import progress as make_progress
+from audit.gate.progress import display
 from audit.kinds.base import AuditKind, Settings, plural
 from audit.probes.errors import UsageError
 from audit.probes.results import GateResult
@@ -35,6 +35,7 @@ class Outcome:
     result: Any
     state: Optional[baselines.BaselineState] = None
     paths: dict = field(default_factory=dict)
+    write_error: Optional[str] = None  # the reports could not be written (the verdict stands)
 
     @property
     def error(self) -> Optional[str]:
@@ -49,7 +50,7 @@ class Outcome:
 
 def run_kind(kind: AuditKind, s: Settings, quiet: bool = False) -> Any:
     """Run one audit's engine with a progress line."""
-    bar = make_progress(quiet)
+    bar = display(quiet)
     try:
         return kind.run(s, bar)
     finally:
@@ -65,12 +66,25 @@ def audit_one(kind: AuditKind, s: Settings, opts: GateOptions) -> Outcome:
     result = run_kind(kind, s, opts.quiet)
     state = baselines.apply_baseline(kind, result, opts.baseline, opts.update_baseline,
                                      s.tolerances or None)
-    os.makedirs(s.out, exist_ok=True)
-    paths = write_audit_files(s.out, kind, result)
-    gate = GateResult()
-    add_audit(gate, kind, result, state)
-    paths.update(write_gate_files(s.out, gate, opts.junit_xml, {kind.name: result}))
+    out = kind.report_folder(s)
+    try:
+        os.makedirs(out, exist_ok=True)
+        paths = write_audit_files(out, kind, result)
+        gate = GateResult()
+        add_audit(gate, kind, result, state)
+        paths.update(write_gate_files(out, gate, opts.junit_xml, {kind.name: result}))
+    except OSError as exc:  # the verdict is not lost: the CLI prints it, and why
+        return Outcome(kind, result, state, {},
+                       f"the reports could not be written to {out}: {exc.strerror or exc}")
     return Outcome(kind, result, state, paths)
+
+
+def write_partial(out: str, kind: AuditKind, result: Any) -> Optional[str]:
+    """An interrupted audit's reports of what was measured; the HTML's path (None: failed)."""
+    try:
+        return write_audit_files(out, kind, result)["html"]
+    except OSError:
+        return None
 
 
 def verdict_line(kind: AuditKind, result: Any, report_path: Optional[str],

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from audit.probes.results import Check
+from audit.probes.runs import DEFAULT_TIMEOUT
 
 #: A progress callback: called with a short phase description ("run 1 of 2: step 3/20").
 Progress = Optional[Callable[[str], None]]
@@ -32,6 +33,7 @@ class Settings:
     out: str = "audit-report"
     input_shape: Optional[list] = None
     num_classes: Optional[int] = None
+    timeout: float = DEFAULT_TIMEOUT  # seconds a run may go without a training step
     script: Optional[list] = None  # script mode: the command after "--"
     cwd: str = field(default_factory=os.getcwd)
     tolerances: dict = field(default_factory=dict)  # baseline tolerances the config sets
@@ -46,11 +48,15 @@ class Settings:
 
 
 #: Keys of ``[tool.audit]`` (the common table) that are settings, not gate options.
-COMMON_KEYS = ("target", "seed", "device", "out", "input_shape", "num_classes")
+COMMON_KEYS = ("target", "seed", "device", "out", "input_shape", "num_classes", "timeout")
 
 
 def _no_annotations(check: Check, result: Any) -> list:
     return [check]
+
+
+def _out_folder(s: "Settings") -> str:
+    return s.out
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,8 @@ class AuditKind:
     in_process: bool = False  # the Python API may pass objects (modules, callables)
     checked_by_default: bool = False  # `audit check` runs it when `audits` is not set
     annotations: Callable[[Check, Any], list] = _no_annotations  # a failed check per place
+    # Where the report files go (``audit record``'s --out names the reference file instead).
+    report_folder: Callable[[Settings], str] = _out_folder
 
     def failing(self, result: Any) -> list:
         return [c for c in self.checks(result) if not c.passed and not c.skipped]
@@ -86,15 +94,20 @@ class AuditKind:
 # --------------------------------------------------------------------------- small shared helpers
 
 
-def positive_arg(text: str) -> int:
-    """An argparse type: an integer of 1 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be 1 or more")
-    return value
+def at_least(minimum: int, why: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer of ``minimum`` or more (``why`` says what for)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {minimum} or more{why}")
+        return value
+    return parse
+
+
+positive_arg = at_least(1)
 
 
 def plural(n: int, word: str) -> str:

@@ -10,13 +10,16 @@ from dataclasses import dataclass
 from typing import Optional
 
 from audit import config
-from audit.kinds.base import (AuditKind, Progress, Settings, failing_names, plural, positive_arg,
+from audit.kinds.base import (AuditKind, Progress, Settings, at_least, failing_names, plural,
+                              positive_arg,
                               rounded)
+from audit.probes.determinism.cuda_ops_check import LEVELS, cuda_ops_check
 from audit.probes.errors import UsageError
-from audit.probes.results import STAGES, Check, DeterminismResult
+from audit.probes.results import DISTRIBUTED_SOURCES, STAGES, Check, DeterminismResult
 from audit.reports import html, terminal
-from audit.reports.common import (determinism_headline, determinism_sentence, one_line,
-                                  source_title, split_where, stage_title)
+from audit.reports.common import (NONFINITE_FIX, determinism_headline, determinism_sentence,
+                                  nonfinite_sentence, one_line, source_title, split_where,
+                                  stage_title)
 
 #: Baseline tolerances: the first divergence's max |diff| may grow by this factor.
 TOLERANCES = {"max_abs_diff": 10.0}
@@ -28,21 +31,28 @@ class DeterminismSettings(Settings):
     steps: int = 20
     jobs: int = 1
     attribution: bool = True
+    cuda_ops: str = "warn"  # "fail": ops nondeterministic on CUDA fail the gate
+    nproc: int = 1  # ranks per run under torch.distributed
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_arg, default=None,
                    help="training steps per run (default 20)")
-    p.add_argument("--runs", type=positive_arg, default=None,
+    p.add_argument("--runs", type=at_least(2, ": a comparison needs two runs"), default=None,
                    help="fresh processes to compare (default 2)")
     p.add_argument("--jobs", type=positive_arg, default=None, help="runs at once (default 1)")
     p.add_argument("--no-attribution", dest="attribution", action="store_const", const=False,
                    default=None, help="skip the knob reruns")
+    p.add_argument("--nproc", type=positive_arg, default=None,
+                   help="ranks per run under torch.distributed (gloo on CPU, NCCL on GPU; "
+                        "default 1)")
 
 
 def check_table(chk: config.Checker, table: dict) -> dict:
     rules = {"runs": config.positive_int(2), "steps": config.positive_int(),
-             "jobs": config.positive_int(), "attribution": config.boolean()}
+             "jobs": config.positive_int(), "attribution": config.boolean(),
+             "cuda_ops": ((lambda v: v in LEVELS), "'warn' or 'fail'"),
+             "nproc": config.positive_int()}
     tolerances = (lambda c, v: config.check_tolerances(c, "determinism", v, TOLERANCES,
                                                        {"max_abs_diff": 1}))
     return config.check_table(chk, "determinism", table, rules, {"tolerances": tolerances})
@@ -57,11 +67,25 @@ def run(s: DeterminismSettings, progress: Progress = None) -> DeterminismResult:
     opts = DeterminismOptions(
         target=s.target, runs=s.runs, steps=s.steps, seed=s.seed, device=s.device,
         input_shape=s.input_shape, num_classes=s.num_classes, jobs=s.jobs,
-        attribute=s.attribution, script=s.script, cwd=s.cwd)
+        attribute=s.attribution, script=s.script, cwd=s.cwd, timeout=s.timeout)
     try:
-        return audit_determinism(opts, progress=progress)
+        if s.nproc > 1:
+            result = _run_distributed(s, opts, progress)
+        else:
+            result = audit_determinism(opts, progress=progress)
     except TargetFailed as exc:
         raise UsageError(f"audit determinism: {exc}") from None
+    result.cuda_ops_level = s.cuda_ops
+    return result
+
+
+def _run_distributed(s: DeterminismSettings, opts, progress: Progress) -> DeterminismResult:
+    from audit.probes.determinism.distributed import audit_distributed
+
+    if s.script:
+        raise UsageError("--nproc works with a TARGET; script mode under torchrun is not "
+                         "supported yet: audit the training function as a TARGET instead")
+    return audit_distributed(opts, s.nproc, progress=progress)
 
 
 # --------------------------------------------------------------------------- checks
@@ -73,7 +97,8 @@ def checks(result: DeterminismResult) -> list:
     """The determinism audit as checks: runs completed, runs agree, no unseeded generators,
     and one ``cause: SOURCE`` per cause source other than ``unseeded_rng``."""
     checks = []
-    bad = [r for r in result.run_info if r.status in ("crashed", "killed", "exited")]
+    bad = [r for r in result.run_info
+           if r.status in ("crashed", "killed", "exited", "timed_out", "interrupted")]
     if result.error or bad:
         first = bad[0] if bad else None
         where = None
@@ -96,25 +121,33 @@ def checks(result: DeterminismResult) -> list:
                             + note))
 
     fix, where = "", None
-    if result.causes:
-        top = next((c for c in result.causes if c.confirmed),
-                   next((c for c in result.causes if c.source != "unknown"), result.causes[0]))
+    run_causes = [c for c in result.causes if c.source not in DISTRIBUTED_SOURCES]
+    if run_causes:
+        top = next((c for c in run_causes if c.confirmed),
+                   next((c for c in run_causes if c.source != "unknown"), run_causes[0]))
         fix, where = top.fix, top.where
+    agree = "runs agree on every rank" if result.nproc else "runs agree"
     if result.verdict == "deterministic" and result.error and not result.first_divergence:
-        checks.append(Check("determinism", "runs agree", False,
+        checks.append(Check("determinism", agree, False,
                             "undecided: a run crashed before the runs could be compared",
                             skipped=True))
     else:
-        checks.append(Check("determinism", "runs agree", result.verdict == "deterministic",
+        checks.append(Check("determinism", agree, result.verdict == "deterministic",
                             determinism_sentence(result),
                             fix if result.verdict != "deterministic" else "",
                             where if result.verdict != "deterministic" else None))
 
     checks.append(_generator_check(result))
+    checks.append(_nonfinite_check(result))
+    scan = cuda_ops_check(result, result.cuda_ops_level)
+    if scan is not None:
+        checks.append(scan)
+    if result.nproc:
+        checks += distributed_checks(result)
 
     by_source: dict = {}
     for cause in result.causes:
-        if cause.source != "unseeded_rng":
+        if cause.source != "unseeded_rng" and not (result.nproc and cause.source in DISTRIBUTED_SOURCES):
             by_source.setdefault(cause.source, []).append(cause)
     for source, causes in by_source.items():
         first = causes[0]
@@ -124,6 +157,41 @@ def checks(result: DeterminismResult) -> list:
                             f"{source_title(source)} ({state}): {evidence}",
                             first.fix, next((c.where for c in causes if c.where), None)))
     return checks
+
+
+def distributed_checks(result: DeterminismResult) -> list:
+    """``--nproc``: "replicas agree" and "sampler reshuffles per epoch"."""
+    replicas = result.replicas
+    unsynced = next((c for c in result.causes if c.source == "unsynced_state"), None)
+    if replicas is None:
+        out = [Check("determinism", "replicas agree", False,
+                     "undecided: no run finished with every rank traced", skipped=True)]
+    elif replicas.verdict == "consistent":
+        out = [Check("determinism", "replicas agree", True,
+                     f"parameters identical on all {result.nproc} ranks after every step, buffers "
+                     "identical wherever DDP synchronizes them")]
+    else:
+        out = [Check("determinism", "replicas agree", False,
+                     unsynced.evidence if unsynced else "the ranks' replicas part",
+                     unsynced.fix if unsynced else "", unsynced.where if unsynced else None)]
+    replayed = [c for c in result.causes if c.source == "sampler_epoch"]
+    if replayed:
+        out.append(Check("determinism", "sampler reshuffles per epoch", False,
+                         "; ".join(c.evidence for c in replayed), replayed[0].fix,
+                         replayed[0].where))
+    else:
+        out.append(Check("determinism", "sampler reshuffles per epoch", True,
+                         "no DistributedSampler drew the same order twice in these steps"))
+    return out
+
+
+def _nonfinite_check(result: DeterminismResult) -> Check:
+    """``finite loss and gradients``: whatever the verdict, a NaN or inf is a failed training."""
+    if result.nonfinite is None:
+        return Check("determinism", "finite loss and gradients", True,
+                     "every loss and gradient of every run was finite")
+    return Check("determinism", "finite loss and gradients", False,
+                 nonfinite_sentence(result.nonfinite), NONFINITE_FIX)
 
 
 def _generator_check(result: DeterminismResult) -> Check:
@@ -146,49 +214,7 @@ def _generator_check(result: DeterminismResult) -> Check:
     if confirmed:
         message += "Seeding them was proven to remove the divergence between the runs."
     elif result.verdict == "nondeterministic" and not any(
-            t.knob == "seed_escapes" for t in result.knob_trials):
-        message += ("Attribution did not run, so whether they cause the divergence is not "
-                    "proven; seeding them is the first thing to try.")
-    elif result.verdict == "nondeterministic":
-        message += "Seeding them alone did not remove the divergence; fix them anyway."
-    else:
-        message += ("These steps agreed, but whatever draws from them later (another epoch, "
-                    "a validation split, a later layer) will differ between runs.")
-    if escapes:
-        fixes = []
-        for e in escapes:
-            line = escape_fix(e.kind)
-            if line not in fixes:
-                fixes.append(line)
-        fix = "\n".join(fixes)
-        where = next((e.where for e in escapes if e.where), None)
-    else:
-        fix = rng_causes[0].fix
-        where = next((c.where for c in rng_causes if c.where), None)
-    return Check("determinism", "no unseeded generators", False, message, fix, where)
-
-
-
-def _generator_check(result: DeterminismResult) -> Check:
-    from audit.probes.determinism.attribute import escape_fix  # torch only when needed
-
-    escapes = list(result.rng_escapes)
-    rng_causes = [c for c in result.causes if c.source == "unseeded_rng"]
-    if not escapes and not rng_causes:
-        return Check("determinism", "no unseeded generators", True,
-                     "every random generator the training used follows the seed")
-    confirmed = any(c.confirmed for c in rng_causes)
-    places = [f"{e.kind} at {e.where or 'an unknown place'}"
-              + (f" ({e.detail})" if e.detail else "") for e in escapes]
-    if escapes:
-        message = (f"{plural(len(escapes), 'generator')} the matched seed does not reach: "
-                   + "; ".join(places) + ". ")
-    else:
-        message = "; ".join(c.evidence for c in rng_causes) + ". "
-    if confirmed:
-        message += "Seeding them was proven to remove the divergence between the runs."
-    elif result.verdict == "nondeterministic" and not any(
-            t.knob == "seed_escapes" for t in result.knob_trials):
+            t.knob in ("seed_escapes", "pin_seeds") for t in result.knob_trials):
         message += ("Attribution did not run, so whether they cause the divergence is not "
                     "proven; seeding them is the first thing to try.")
     elif result.verdict == "nondeterministic":

@@ -106,11 +106,39 @@ def check_table(chk: config.Checker, table: dict) -> dict:
     return config.check_table(chk, "init", table, {"steps": config.positive_int()}, special)
 
 
-def run(s: InitSettings, progress: Progress = None) -> InitResult:
-    """Build the target in this process and run every scheme on it. ``s.target`` may also be
-    an ``nn.Module`` or a callable (the Python API and the pytest fixture)."""
-    from audit.probes.init.engine import run_init
+def run_script(s: InitSettings, progress: Progress = None) -> InitResult:
+    """Script mode: each scheme is one fresh run of the script."""
+    from audit.probes.init.script import ScriptInitOptions, run_init_script
+
+    opts = ScriptInitOptions(script=s.script, schemes=s.schemes, steps=s.steps, seed=s.seed,
+                             device=s.device, thresholds=s.thresholds or None, cwd=s.cwd)
+    try:
+        return run_init_script(opts, progress)
+    except ValueError as exc:
+        raise UsageError(f"audit init: {exc}") from None
+
+
+def _setup(s: InitSettings, name: str):
+    """The target as a TrainingSetup, built in this process."""
     from audit.probes.target import call_target, load_target, normalize
+
+    options = dict(input_shape=tuple(s.input_shape) if s.input_shape else None,
+                   num_classes=s.num_classes, seed=s.seed, batches=max(s.steps, 1))
+    if s.target is None or isinstance(s.target, str):
+        return load_target(s.target, **options)
+    if callable(s.target) and not hasattr(s.target, "parameters"):
+        return normalize(call_target(s.target, name), name, **options)
+    return normalize(s.target, name, **options)
+
+
+def run(s: InitSettings, progress: Progress = None) -> InitResult:
+    """Build the target in this process and run every scheme on it, under a watchdog that
+    each step kicks. ``s.target`` may also be an ``nn.Module`` or a callable (the Python API
+    and the pytest fixture)."""
+    if s.script:
+        return run_script(s, progress)
+    from audit.probes.init.engine import run_init
+    from audit.probes.runs import Stalled, Watchdog
     from audit.probes.worker import resolve_device, seed_everything
 
     try:
@@ -118,98 +146,95 @@ def run(s: InitSettings, progress: Progress = None) -> InitResult:
     except RuntimeError as exc:
         raise UsageError(f"audit init: {exc}") from None
     seed_everything(s.seed)
-    options = dict(input_shape=tuple(s.input_shape) if s.input_shape else None,
-                   num_classes=s.num_classes, seed=s.seed, batches=max(s.steps, 1))
     name = s.target_label if s.target is None or isinstance(s.target, str) else (
         getattr(s.target, "__qualname__", None) or f"{type(s.target).__name__} object")
     try:
-        if s.target is None or isinstance(s.target, str):
-            setup = load_target(s.target, **options)
-        elif callable(s.target) and not hasattr(s.target, "parameters"):
-            setup = normalize(call_target(s.target, name), name, **options)
-        else:
-            setup = normalize(s.target, name, **options)
-        return run_init(setup, schemes=s.schemes, steps=s.steps, seed=s.seed, device=str(device),
-                        thresholds=s.thresholds or None, progress=progress, target=name)
-    except TargetError as exc:
-        raise UsageError(f"audit init: {exc}") from None
-    except ValueError as exc:
+        with Watchdog(s.timeout, "loading the target") as dog:
+            setup = _setup(s, name)
+
+            def report(event) -> None:
+                dog.kick(f"{event.phase}, in step {event.done}")
+                if progress is not None:
+                    progress(event)
+
+            return run_init(setup, schemes=s.schemes, steps=s.steps, seed=s.seed,
+                            device=str(device), thresholds=s.thresholds or None,
+                            progress=report, target=name)
+    except Stalled as exc:
+        raise UsageError(f"audit init: timed out: {exc}; raise --timeout if a step can take "
+                         "longer") from None
+    except (TargetError, ValueError) as exc:
         raise UsageError(f"audit init: {exc}") from None
 
 
 # --------------------------------------------------------------------------- checks
 
 
+def _better(result: InitResult) -> bool:
+    """A scheme other than the model's own is recommended, with code to apply it."""
+    return bool(result.recommendation_code and result.recommended
+                and result.recommended != "default")
+
+
+def _default_check(result: InitResult, findings: list) -> Check:
+    default = result.scheme("default")
+    _, headline = init_headline(result)
+    if result.passed:
+        return Check("init", "default init healthy", True, headline)
+    parts = [headline]
+    if result.error:
+        parts.append(result.error)
+    elif default is not None and default.error:
+        parts.append(f"the model's own init failed to train: {default.error}")
+    if findings:
+        kinds = sorted({finding_title(f.kind).lower() for f in findings})
+        parts.append(f"{plural(len(findings), 'finding')}: {', '.join(kinds)}")
+    if result.recommended and result.recommended != "default":
+        parts.append(f"recommended instead: {result.recommended}")
+    fix = result.recommendation_code if _better(result) else "\n".join(dict.fromkeys(
+        f"# {finding_advice(f.kind)}" for f in findings if finding_advice(f.kind)))
+    return Check("init", "default init healthy", False, "; ".join(parts), fix)
+
+
+def _finding_check(result: InitResult, kind: str, name: str, findings: list) -> Check:
+    found = [f for f in findings if f.kind == kind]
+    if not found:
+        return Check("init", name, True, f"no {finding_title(kind).lower()} with the model's own init")
+    layers = [(f.layer or "the model") + finding_numbers(f)
+              + (f": {f.message.strip().rstrip('.')}" if f.message else "") for f in found]
+    message = (f"{finding_title(kind)} with the model's own init at "
+               + "; ".join(layers) + ". What to do: " + finding_advice(kind))
+    fix = f"# Use {result.recommended}:\n{result.recommendation_code}" if _better(result) else ""
+    return Check("init", name, False, message, fix.strip())
+
+
+def _recommended_check(result: InitResult) -> Check:
+    best = result.scheme(result.recommended) if result.recommended else None
+    if best is None:
+        return Check("init", "recommended scheme healthy", False,
+                     result.recommendation_reason or "no scheme could be recommended: "
+                     "every scheme failed")
+    ok = best.verdict == "healthy" and best.error is None
+    detail = "healthy" if ok else (
+        f"unhealthy ({plural(len(best.findings), 'finding')}"
+        + (f"; {best.error}" if best.error else "") + ")")
+    message = f"the recommended scheme {best.name} is {detail}"
+    if result.recommendation_reason:
+        message += f". {result.recommendation_reason}"
+    return Check("init", "recommended scheme healthy", ok, message,
+                 "" if ok else "none of the schemes tried is healthy: look at the findings of "
+                 "each in the report (normalization layers, residual connections, the "
+                 "nonlinearity, the learning rate)")
+
+
 def checks(result: InitResult) -> list:
     """The init audit as checks: default init healthy, one per finding kind of the default
     scheme (with the layers and what to do), recommended scheme healthy."""
-    checks = []
     default = result.scheme("default")
     findings = list(default.findings) if default is not None else []
-    code = result.recommendation_code or ""
-    use = f"Use {result.recommended}:" if result.recommended else ""
-    _, headline = init_headline(result)
-    if result.passed:
-        message = headline
-    else:
-        parts = [headline]
-        if result.error:
-            parts.append(result.error)
-        elif default is not None and default.error:
-            parts.append(f"the model's own init failed to train: {default.error}")
-        if findings:
-            kinds = sorted({finding_title(f.kind).lower() for f in findings})
-            parts.append(f"{plural(len(findings), 'finding')}: {', '.join(kinds)}")
-        if result.recommended and result.recommended != "default":
-            parts.append(f"recommended instead: {result.recommended}")
-        message = "; ".join(parts)
-    better = bool(code and result.recommended and result.recommended != "default")
-    fix = ""
-    if not result.passed:
-        if better:
-            fix = code
-        elif findings:
-            fix = "\n".join(dict.fromkeys(f"# {finding_advice(f.kind)}" for f in findings
-                                           if finding_advice(f.kind)))
-    checks.append(Check("init", "default init healthy", result.passed, message, fix))
-
-    for kind, name in FINDING_CHECKS:
-        found = [f for f in findings if f.kind == kind]
-        if not found:
-            checks.append(Check("init", name, True,
-                                f"no {finding_title(kind).lower()} with the model's own init"))
-            continue
-        layers = []
-        for f in found:
-            text = (f.layer or "the model") + finding_numbers(f)
-            if f.message:
-                text += f": {f.message.strip().rstrip('.')}"
-            layers.append(text)
-        message = (f"{finding_title(kind)} with the model's own init at "
-                   + "; ".join(layers) + ". What to do: " + finding_advice(kind))
-        fix = f"# {use}\n{code}" if better else ""
-        checks.append(Check("init", name, False, message, fix.strip()))
-
-    best = result.scheme(result.recommended) if result.recommended else None
-    if best is None:
-        checks.append(Check("init", "recommended scheme healthy", False,
-                            result.recommendation_reason or "no scheme could be recommended: "
-                            "every scheme failed"))
-    else:
-        ok = best.verdict == "healthy" and best.error is None
-        detail = "healthy" if ok else (
-            f"unhealthy ({plural(len(best.findings), 'finding')}"
-            + (f"; {best.error}" if best.error else "") + ")")
-        message = f"the recommended scheme {best.name} is {detail}"
-        if result.recommendation_reason:
-            message += f". {result.recommendation_reason}"
-        checks.append(Check("init", "recommended scheme healthy", ok, message,
-                            "" if ok else "none of the schemes tried is healthy: look at the "
-                            "findings of each in the report (normalization layers, residual "
-                            "connections, the nonlinearity, the learning rate)"))
-    return checks
-
-
+    return ([_default_check(result, findings)]
+            + [_finding_check(result, kind, name, findings) for kind, name in FINDING_CHECKS]
+            + [_recommended_check(result)])
 
 
 # --------------------------------------------------------------------------- baseline
@@ -257,56 +282,57 @@ def _median(values: list) -> Optional[float]:
     return values[mid] if len(values) % 2 else math.sqrt(values[mid - 1] * values[mid])
 
 
+def _gradient_regression(name: str, old: dict, cur: dict, medians: tuple, tol) -> list:
+    if tol is None or not old.get("grad_norm") or old["grad_norm"] <= 0:
+        return []
+    g = cur.get("grad_norm")
+    if g is None or g <= 0:
+        return [f"{name}: the gradient vanished (norm {g if g is not None else 'missing'}, "
+                f"{old['grad_norm']:.3g} in the baseline)"]
+    was, now_dev = _decades_from(old["grad_norm"], medians[0]), _decades_from(g, medians[1])
+    if was is not None and now_dev is not None and now_dev - was > tol:
+        return [f"{name}: gradient norm {g:.3g} is {now_dev:.1f} decades from the median "
+                f"layer's, {was:.1f} in the baseline (tolerance {tol:g})"]
+    return []
+
+
+def _layer_regressions(name: str, old: dict, cur: dict, medians: tuple, tolerances: dict) -> list:
+    """What got worse in one layer, as texts."""
+    out = _gradient_regression(name, old, cur, medians, tolerances.get("grad_norm"))
+    tol = tolerances.get("act_std")
+    was, now_dev = _decades_from(old.get("act_std"), 1.0), _decades_from(cur.get("act_std"), 1.0)
+    if tol is not None and was is not None and now_dev is not None and now_dev - was > tol:
+        out.append(f"{name}: activation std {cur['act_std']:.3g} is {now_dev:.1f} decades "
+                   f"from 1, {was:.1f} in the baseline (tolerance {tol:g})")
+    for metric, what in (("dead_fraction", "dead units"), ("saturated_fraction", "saturated units")):
+        tol, a, b = tolerances.get(metric), cur.get(metric), old.get(metric)
+        if tol is not None and a is not None and a - (b or 0.0) > tol:
+            out.append(f"{name}: {what} {a:.0%}, {(b or 0.0):.0%} in the baseline "
+                       f"(tolerance {tol:g})")
+    if cur.get("nonfinite") and not old.get("nonfinite"):
+        out.append(f"{name}: non-finite values (finite in the baseline)")
+    return out
+
+
 def regressions(base: dict, now: dict, tolerances: dict) -> list:
     """``(text, where)`` pairs: how ``now`` (a snapshot) is worse than ``base``."""
     out = []
     if now.get("error") and not base.get("error"):
-        out.append((f"the init audit failed: {now['error']}", None))
+        out.append(f"the init audit failed: {now['error']}")
     if base.get("verdict") == "healthy" and now.get("verdict") != "healthy":
-        out.append(("the model's own init became unhealthy", None))
+        out.append("the model's own init became unhealthy")
     known = {(f["kind"], f["layer"]) for f in base.get("findings") or []}
-    for f in now.get("findings") or []:
-        if (f["kind"], f["layer"]) not in known:
-            out.append((f"new finding: {f['kind']} at {f['layer'] or 'the model'}", None))
+    out += [f"new finding: {f['kind']} at {f['layer'] or 'the model'}"
+            for f in now.get("findings") or [] if (f["kind"], f["layer"]) not in known]
     blayers, nlayers = base.get("layers") or {}, now.get("layers") or {}
-    bmed = _median([v.get("grad_norm") for v in blayers.values()])
-    nmed = _median([v.get("grad_norm") for v in nlayers.values()])
+    medians = (_median([v.get("grad_norm") for v in blayers.values()]),
+               _median([v.get("grad_norm") for v in nlayers.values()]))
     for name, cur in nlayers.items():
-        old = blayers.get(name)
-        if old is None:
-            continue
-        tol = tolerances.get("grad_norm")
-        if tol is not None and old.get("grad_norm") and old["grad_norm"] > 0:
-            was = _decades_from(old.get("grad_norm"), bmed)
-            g = cur.get("grad_norm")
-            if g is None or g <= 0:
-                out.append((f"{name}: the gradient vanished (norm {g if g is not None else 'missing'}, "
-                            f"{old['grad_norm']:.3g} in the baseline)", None))
-            else:
-                now_dev = _decades_from(g, nmed)
-                if was is not None and now_dev is not None and now_dev - was > tol:
-                    out.append((f"{name}: gradient norm {g:.3g} is {now_dev:.1f} decades from the "
-                                f"median layer's, {was:.1f} in the baseline (tolerance {tol:g})", None))
-        tol = tolerances.get("act_std")
-        if tol is not None:
-            was = _decades_from(old.get("act_std"), 1.0)
-            now_dev = _decades_from(cur.get("act_std"), 1.0)
-            if was is not None and now_dev is not None and now_dev - was > tol:
-                out.append((f"{name}: activation std {cur['act_std']:.3g} is {now_dev:.1f} decades "
-                            f"from 1, {was:.1f} in the baseline (tolerance {tol:g})", None))
-        for metric, what in (("dead_fraction", "dead units"), ("saturated_fraction", "saturated units")):
-            tol = tolerances.get(metric)
-            a, b = cur.get(metric), old.get(metric)
-            if tol is not None and a is not None and a - (b or 0.0) > tol:
-                out.append((f"{name}: {what} {a:.0%}, {(b or 0.0):.0%} in the baseline "
-                            f"(tolerance {tol:g})", None))
-        if cur.get("nonfinite") and not old.get("nonfinite"):
-            out.append((f"{name}: non-finite values (finite in the baseline)", None))
+        if name in blayers:
+            out += _layer_regressions(name, blayers[name], cur, medians, tolerances)
     if base.get("recommended_healthy") and not now.get("recommended_healthy"):
-        out.append((f"the recommended scheme ({now.get('recommended') or 'none'}) is no longer healthy", None))
-    return out
-
-
+        out.append(f"the recommended scheme ({now.get('recommended') or 'none'}) is no longer healthy")
+    return [(text, None) for text in out]
 
 
 # --------------------------------------------------------------------------- reporters
@@ -334,4 +360,5 @@ KIND = AuditKind(
     settings=InitSettings, add_arguments=add_arguments, check_table=check_table,
     tolerances=TOLERANCES, run=run, checks=checks, snapshot=snapshot, regressions=regressions,
     headline=init_headline, verdict_detail=verdict_detail, summary=terminal.init_summary,
-    html=html.init_html, result_type=InitResult, index=index, in_process=True, checked_by_default=True)
+    html=html.init_html, result_type=InitResult, index=index, in_process=True, checked_by_default=True,
+    script_mode=True)

@@ -11,17 +11,20 @@ from typing import Optional
 
 from audit.probes.determinism.compare import Parting
 from audit.probes.determinism.knobs import KNOBS
-from audit.probes.results import Cause, KnobTrial, RngEscape
+from audit.probes.results import Cause, KnobTrial, RngEscape, SeedCall
 
 #: The order causes are listed in: a knob that names a place beats one that names a subsystem.
-ORDER = ("seed_escapes", "pythonhashseed", "dataloader", "cudnn_benchmark_off",
+ORDER = ("seed_escapes", "pin_seeds", "pythonhashseed", "dataloader", "cudnn_benchmark_off",
          "deterministic_algorithms", "fill_uninitialized_memory", "one_thread")
 
 
-def plan(parting: Parting, device: str, escapes: list, observed: dict, env: dict) -> list:
+def plan(parting: Parting, device: str, escapes: list, observed: dict, env: dict,
+         varying: tuple = ()) -> list:
     """The knobs to try, in the order the evidence makes them likely: what the runs showed
-    first (escaped seeds, multi-worker loaders, a thread count the code sets, cuDNN
-    autotuning, a kernel-level stage), then the rest."""
+    first (escaped seeds, seeds that changed between runs, multi-worker loaders, a thread
+    count the code sets, cuDNN autotuning, a kernel-level stage), then the rest. A seed that
+    changed is tried first unless the stage is a computation, where a kernel is likelier; the
+    string-hash seed just before it, as a seed may be computed with hash()."""
     flags = env.get("flags") or {}
     cuda = device.startswith("cuda")
     computed = parting.stage in ("forward", "backward", "optimizer")
@@ -34,8 +37,14 @@ def plan(parting: Parting, device: str, escapes: list, observed: dict, env: dict
         first.append("one_thread")
     if cuda and observed.get("cudnn_benchmark"):
         first.append("cudnn_benchmark_off")
+    seed_knobs = ([] if env.get("PYTHONHASHSEED") else ["pythonhashseed"]) + ["pin_seeds"]
+    if varying and not computed:
+        at = 1 if escapes else 0
+        first[at:at] = seed_knobs
     if computed:
         first.append("deterministic_algorithms")
+    if varying and computed:
+        first += seed_knobs
     rest = []
     if not env.get("PYTHONHASHSEED"):
         rest.append("pythonhashseed")
@@ -63,8 +72,25 @@ _ESCAPE_FIX = {
 }
 
 
-def escape_fix(kind: str) -> str:
+#: Global generators drawn from before seeding (:mod:`probes.rng_draws`): the seeding call.
+_GLOBAL_FIX = {
+    "torch global generator": "torch.manual_seed(seed)",
+    "torch CUDA global generator": "torch.manual_seed(seed)  # seeds every CUDA device too",
+    "numpy global generator": "np.random.seed(seed)",
+    "python random global generator": "random.seed(seed)",
+}
+
+
+def escape_fix(kind: str, where: Optional[str] = None) -> str:
     base = kind.split("(")[0]
+    if base in _GLOBAL_FIX:
+        before = f", before {where}" if where else ""
+        fix = f"{_GLOBAL_FIX[base]}  # at the very start of the script{before} (the first draw)"
+        if base.startswith("torch"):
+            fix += ("\n# and give random_split and samplers a seeded generator of their own:\n"
+                    "parts = random_split(dataset, lengths, generator=torch.Generator().manual_seed(seed))\n"
+                    "loader = DataLoader(dataset, shuffle=True, generator=torch.Generator().manual_seed(seed))")
+        return fix
     for key, fix in _ESCAPE_FIX.items():
         if base == key or base.startswith(key + "."):
             return fix
@@ -81,8 +107,9 @@ def _where_text(parting: Parting) -> str:
 
 def causes(parting: Parting, trials: list, escapes: list, observed: dict,
            module: Optional[str], module_where: Optional[str],
-           reproduced: bool = True) -> list:
-    """Causes, most likely first. ``trials`` are :class:`KnobTrial`; escapes :class:`RngEscape`."""
+           reproduced: bool = True, varying: tuple = ()) -> list:
+    """Causes, most likely first. ``trials`` are :class:`KnobTrial`; escapes :class:`RngEscape`;
+    ``varying`` the :class:`SeedCall` whose values changed between runs."""
     removed = [t.knob for t in trials if t.removed]
     at = _where_text(parting)
     out: list = []
@@ -105,11 +132,18 @@ def causes(parting: Parting, trials: list, escapes: list, observed: dict,
                     "unseeded_rng", True,
                     f"{esc.kind} at {esc.where or 'an unknown place'} is {esc.detail or 'not seeded'}; "
                     f"the runs part at {at}; {proof}{caveat}",
-                    escape_fix(esc.kind), esc.where)
+                    escape_fix(esc.kind, esc.where), esc.where)
                 if "unseeded_rng" not in seen_sources:
                     add(add_escape)
                 else:
                     out.append(add_escape)
+        elif knob == "pin_seeds":
+            for call in varying:
+                found = seed_cause(call, f"the runs part at {at}; {proof}{caveat}", True)
+                if "unseeded_rng" not in seen_sources:
+                    add(found)
+                else:
+                    out.append(found)
         elif knob == "pythonhashseed":
             add(Cause("hash_seed", True,
                       f"the runs part at {at}, and only when every run has the same "
@@ -172,7 +206,12 @@ def causes(parting: Parting, trials: list, escapes: list, observed: dict,
             "unseeded_rng", False,
             f"{esc.kind} at {esc.where or 'an unknown place'} is {esc.detail or 'not seeded'}; "
             f"seeding it did not by itself remove the divergence at {at}",
-            escape_fix(esc.kind), esc.where))
+            escape_fix(esc.kind, esc.where), esc.where))
+
+    if "pin_seeds" not in removed:
+        for call in varying:
+            out.append(seed_cause(call, "fixing it did not by itself remove the divergence "
+                                        f"at {at}", False))
 
     if not any(c.confirmed for c in out):
         tried = ", ".join(t.knob for t in trials) or "none"
@@ -184,6 +223,47 @@ def causes(parting: Parting, trials: list, escapes: list, observed: dict,
             "os.urandom, uninitialized memory, threads, or external state",
             module_where))
     return out
+
+
+#: The call to write, per seeding function, in a fix.
+_SEED_CALL = {
+    "torch.manual_seed": "torch.manual_seed(seed)",
+    "torch.cuda.manual_seed": "torch.cuda.manual_seed(seed)",
+    "torch.cuda.manual_seed_all": "torch.cuda.manual_seed_all(seed)",
+    "torch.Generator.manual_seed": "generator.manual_seed(seed)",
+    "numpy.random.seed": "np.random.seed(seed)",
+    "numpy.random.default_rng": "rng = np.random.default_rng(seed)",
+    "numpy.random.SeedSequence": "ss = np.random.SeedSequence(seed)",
+    "random.seed": "random.seed(seed)",
+    "random.Random": "rng = random.Random(seed)",
+}
+
+
+def seed_fix(call: SeedCall) -> str:
+    """Code that seeds the same generator from the run's seed: in a DataLoader worker, from the
+    seed torch gives each worker (fixed by the loader's seed, different per worker)."""
+    kind = call.kind
+    line = _SEED_CALL.get(kind) or (f"np.random.{kind.rsplit('.', 1)[-1]}(seed)"
+                                    if kind.startswith("numpy.random.") else f"{kind}(seed)")
+    if not call.in_workers:
+        return (f"{line}  # a fixed seed (your run's --seed or a constant), not one computed "
+                "at run time from the clock or the process id")
+    return ("def worker_init_fn(worker_id):\n"
+            "    seed = torch.initial_seed() % 2**32  # fixed by the loader's seed, one per worker\n"
+            f"    {line}\n"
+            "loader = DataLoader(..., worker_init_fn=worker_init_fn,\n"
+            "                    generator=torch.Generator().manual_seed(seed))")
+
+
+def seed_cause(call: SeedCall, outcome: str, confirmed: bool) -> Cause:
+    """An ``unseeded_rng`` cause for a seeding call whose value changed between runs."""
+    shown = "; ".join(f"run {i}: {', '.join(map(str, values)) or 'not called'}"
+                      for i, values in enumerate(call.values))
+    in_workers = " in DataLoader workers" if call.in_workers else ""
+    evidence = (f"{call.kind} at {call.where}{in_workers} got other values in each run "
+                f"({shown}): the seed is computed at run time (the clock, the process id, ...), "
+                f"so the matched seed does not reach it; {outcome}")
+    return Cause("unseeded_rng", confirmed, evidence, seed_fix(call), call.where)
 
 
 def escapes_from(items: list) -> list:

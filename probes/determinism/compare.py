@@ -2,18 +2,20 @@
 
 A trace is the list of records :mod:`probes.trace` wrote. Within a step the stages are
 checked in the order the step flows: ``data`` (the batch), ``rng`` (global RNG states just
-before the forward pass, given data and parameters agree), ``forward`` (the loss),
+before the forward pass, given data and parameters agree), ``forward`` (the model's outputs
+and the loss: the loss alone may round alike while the outputs already differ),
 ``backward`` (each gradient), ``optimizer`` (each parameter after the update); ``init`` is
 the parameters before the first step. An RNG state that differs while nothing it could feed
 ever differs is not a divergence: the runs still train bit for bit alike.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
-from audit.probes.results import STAGES, StepAgreement
+from audit.probes.results import STAGES, NonFinite, StepAgreement
 
 STEP_STAGES = ("data", "rng", "forward", "backward", "optimizer")
 
@@ -56,7 +58,8 @@ def stage_states(ra: dict, rb: dict) -> dict:
     return {
         "data": "differ" if data else "agree",
         "rng": "differ" if ra.get("rng") != rb.get("rng") else "agree",
-        "forward": "differ" if ra.get("loss") != rb.get("loss") else "agree",
+        "forward": "differ" if ra.get("loss") != rb.get("loss")
+        or ra.get("outputs") != rb.get("outputs") else "agree",
         "backward": "differ" if ra.get("grads") != rb.get("grads") else "agree",
         "optimizer": "differ" if ra.get("params") != rb.get("params") or ra.get("optim") != rb.get("optim") else "agree",
     }
@@ -208,3 +211,20 @@ def localize(a: list, b: list, step: int, stage: str) -> tuple[Optional[str], Op
 
 def _inside(name: str, parent: str) -> bool:
     return parent == "" or name == parent or name.startswith(parent + ".")
+
+
+def first_nonfinite(traces: list) -> Optional[NonFinite]:
+    """The earliest step (then the lowest run) whose loss or gradients were NaN or infinite."""
+    found = []
+    for run, records in enumerate(traces):
+        for r in records:
+            if r.get("type") != "step":
+                continue
+            loss = r.get("loss_value")
+            if loss is not None and not math.isfinite(loss):
+                found.append(NonFinite(run, r["step"], "loss", str(loss)))
+                break
+            if r.get("grads_finite") is False:
+                found.append(NonFinite(run, r["step"], "gradient"))
+                break
+    return min(found, key=lambda n: (n.step, n.run)) if found else None

@@ -8,6 +8,7 @@ places in the user's code that set the flags a cause's fix will point at.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ KNOBS = {
         Knob("seed_escapes", "unseeded_rng",
              description="every generator made without a seed (or from the clock) seeded from "
                          "the place that made it"),
+        Knob("pin_seeds", "unseeded_rng",
+             description="every seeding call whose value differed between the runs given a "
+                         "fixed value per call site"),
         Knob("pythonhashseed", "hash_seed", {"PYTHONHASHSEED": "0"},
              description="PYTHONHASHSEED=0 in every run"),
         Knob("dataloader", "dataloader",
@@ -122,6 +126,7 @@ def observe() -> None:
         torch.set_num_threads = set_num_threads
         original_det = torch.use_deterministic_algorithms
 
+        @functools.wraps(original_det)  # keeps torch's docstring (the CUDA op table reads it)
         def use_deterministic_algorithms(mode, *args, **kwargs):
             if not mode:
                 _observed["deterministic_off"] = _caller()
@@ -139,13 +144,16 @@ def observed() -> dict:
     return dict(_observed, loaders=list(_observed["loaders"]))
 
 
-def apply(names: list, escape_log: Optional[str] = None) -> None:
-    """Apply the in-process part of the named knobs (their env part is set by the caller)."""
+def apply(names: list, escape_log: Optional[str] = None, pin_sites=()) -> None:
+    """Apply the in-process part of the named knobs (their env part is set by the caller);
+    ``pin_sites`` are the seeding calls' places the ``pin_seeds`` knob pins."""
     unknown = [n for n in names if n not in KNOBS]
     if unknown:
         raise ValueError(f"unknown knob(s) {unknown}; known: {sorted(KNOBS)}")
     if "seed_escapes" in names:
         rng_escape.install(escape_log, pin=True)
+    if "pin_seeds" in names:
+        rng_escape.pin_sites(pin_sites)
     if "dataloader" in names:
         _pinned["dataloader"] = True
     if "one_thread" in names:

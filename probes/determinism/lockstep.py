@@ -18,10 +18,14 @@ import torch
 
 
 class Lockstep:
-    def __init__(self, folder: str, role: str, window: int = 2, timeout: float = 300.0):
+    def __init__(self, folder: str, role: str, window: int = 2, timeout: float = 300.0,
+                 rename: Optional[dict] = None):
         if role not in ("ref", "cmp"):
             raise ValueError(f"role must be 'ref' or 'cmp', not {role!r}")
         self.folder, self.role, self.window, self.timeout = folder, role, window, timeout
+        # audit diff: the ref's parameter and module names in the partner's naming
+        # ({"params": {name: name}, "modules": {name: name}}), applied before saving.
+        self.rename = rename
         self.active = True
         os.makedirs(folder, exist_ok=True)
 
@@ -54,7 +58,7 @@ class Lockstep:
                 self.active = False
                 return None
             tmp = self._path(step) + ".tmp"
-            torch.save(_to_cpu(tensors), tmp)
+            torch.save(renamed(_to_cpu(tensors), self.rename), tmp)
             os.replace(tmp, self._path(step))
             return None
         path = self._path(step)
@@ -78,6 +82,26 @@ def _to_cpu(obj):
     if isinstance(obj, (list, tuple)):
         return [_to_cpu(v) for v in obj]
     return obj
+
+
+def renamed(tensors: dict, rename: Optional[dict]) -> dict:
+    """``tensors`` with parameter names (grads, params) and module names (outputs, keyed
+    ``name#call``) translated; names without a counterpart are dropped."""
+    if not rename:
+        return tensors
+    params, modules = rename.get("params", {}), rename.get("modules", {})
+    out = dict(tensors)
+    for key in ("grads", "params"):
+        if isinstance(out.get(key), dict):
+            out[key] = {params[n]: t for n, t in out[key].items() if n in params}
+    if isinstance(out.get("outputs"), dict):
+        outputs = {}
+        for key, t in out["outputs"].items():
+            name, _, call = key.rpartition("#")
+            if name in modules:
+                outputs[f"{modules[name]}#{call}"] = t
+        out["outputs"] = outputs
+    return out
 
 
 def max_abs_diff(a, b) -> Optional[float]:

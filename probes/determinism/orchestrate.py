@@ -14,17 +14,24 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
+import signal
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from audit.probes.determinism import attribute, compare
+from audit.probes import seed_log
+from audit.probes.determinism import attribute, compare, seeds
+from audit.probes.determinism.cuda_ops_check import cite_scan
 from audit.probes.determinism.knobs import KNOBS
+from audit.probes.progress import Progress, Reporter, silent
 from audit.probes.results import DeterminismResult, Divergence, GrowthPoint, RunInfo
+from audit.probes.results.cuda_ops import CudaOpsScan
 from audit.probes.rng_escape import read_log
+from audit.probes.runs import (DEFAULT_TIMEOUT, Interrupted, Run, end_runs, parse_stack,
+                               user_frame)
+from audit.probes.target import TargetError, check_target
 from audit.probes.trace import read_trace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +53,9 @@ class DeterminismOptions:
     jobs: int = 1
     attribute: bool = True
     script: Optional[list] = None  # script mode: ["python", "train.py", ...]
+    cuda_ops: bool = True  # scan the first run's ops for CUDA nondeterminism
     cwd: Optional[str] = None
+    timeout: Optional[float] = DEFAULT_TIMEOUT  # seconds a run may go without a step
 
 
 @dataclass
@@ -55,10 +64,13 @@ class Outcome:
 
     name: str
     records: list
-    exit_code: int
+    exit_code: Optional[int]  # None: ended by the audit (a timeout or an interrupt)
     seconds: float
     escapes: list = field(default_factory=list)
     output_tail: str = ""
+    stopped: str = ""  # "timed_out" or "interrupted" when the audit ended it
+    stack: str = ""  # the stuck process's stacks (faulthandler), when it timed out
+    seeds: list = field(default_factory=list)  # the seeding calls it logged
 
     @property
     def end(self) -> dict:
@@ -74,14 +86,20 @@ class Outcome:
 
 
 class Launcher:
-    """Starts worker processes with specs and environments, and collects their traces."""
+    """Starts worker processes with specs and environments, watches them (progress, the
+    no-progress limit) and collects their traces. Whatever ends the watching (an interrupt
+    included), no process it started is left running."""
 
-    def __init__(self, opts: DeterminismOptions, folder: str):
+    def __init__(self, opts: DeterminismOptions, folder: str, progress: Reporter = None):
         self.opts, self.folder = opts, folder
+        self.progress = progress or silent
+        self.phase = "starting"
         self.count = 0
+        self.stalled: list = []  # outcomes of runs ended for making no progress
+        self.pin_sites: list = []  # the seeding calls the pin_seeds knob pins
 
     def spec(self, name: str, steps: int, knobs=(), detail=False, lockstep=None,
-             extra: Optional[dict] = None) -> dict:
+             extra: Optional[dict] = None, cuda_ops: bool = False) -> dict:
         """A worker spec, written to the folder; ``extra`` adds keys (e.g. ``resume``)."""
         self.count += 1
         base = os.path.join(self.folder, f"{self.count:03d}-{name}")
@@ -91,7 +109,9 @@ class Launcher:
             "device": self.opts.device, "input_shape": self.opts.input_shape,
             "num_classes": self.opts.num_classes, "knobs": list(knobs), "detail": detail,
             "lockstep": lockstep, "script": self.opts.script, "log": base + ".log",
+            "seed_log": base + ".seeds", "pin_sites": self.pin_sites,
             **(extra or {}),
+            "cuda_ops": cuda_ops,
         }
         with open(base + ".json", "w", encoding="utf-8") as fh:
             json.dump(spec, fh)
@@ -107,60 +127,111 @@ class Launcher:
         env.setdefault("MPLBACKEND", "Agg")
         return env
 
-    def start(self, spec: dict) -> tuple:
-        log = open(spec["log"], "wb")
+    def start(self, spec: dict) -> Run:
         if spec.get("script"):
             from audit.probes import script_runner
 
             argv = script_runner.command(spec)
         else:
             argv = [sys.executable, "-m", "audit.probes.worker", spec["spec_path"]]
-        proc = subprocess.Popen(argv, env=self._env(spec["knobs"]), cwd=self.opts.cwd,
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        return proc, log, time.monotonic()
+        return Run(argv, spec["log"], spec["trace"], self._env(spec["knobs"]), cwd=self.opts.cwd)
 
-    def finish(self, spec: dict, proc, log, started: float) -> Outcome:
-        code = proc.wait()
-        log.close()
-        with open(spec["log"], "rb") as fh:
-            tail = fh.read()[-4000:].decode("utf-8", "replace")
-        return Outcome(spec["name"], read_trace(spec["trace"]), code,
-                       time.monotonic() - started, read_log(spec["escape_log"]), tail)
+    def finish(self, spec: dict, run: Run, stopped: str = "", stack: str = "") -> Outcome:
+        code = run.end() if stopped else run.end_when_done()
+        return Outcome(spec["name"], read_trace(spec["trace"]), None if stopped else code,
+                       time.monotonic() - run.started, read_log(spec["escape_log"]),
+                       run.output_tail(), stopped, stack, seed_log.read(spec["seed_log"]))
 
-    def run_all(self, specs: list, jobs: int, on_done: Optional[Callable] = None) -> list:
-        """Run specs with at most ``jobs`` at a time; lockstep partners always together."""
+    def run_all(self, specs: list, jobs: int, phase: str = "") -> list:
+        """Run specs with at most ``jobs`` at a time; lockstep partners always together. A run
+        that makes no step for ``opts.timeout`` seconds is ended (its stacks kept)."""
+        self.phase = phase or self.phase
         results: dict = {}
         pending = list(range(len(specs)))
         running: list = []
-        while pending or running:
-            while pending and (len(running) < max(jobs, 1) or specs[pending[0]].get("lockstep")):
-                i = pending.pop(0)
-                running.append((i, *self.start(specs[i])))
-            for item in list(running):
-                i, proc, log, started = item
-                if proc.poll() is not None:
-                    running.remove(item)
-                    results[i] = self.finish(specs[i], proc, log, started)
-                    if on_done:
-                        on_done()
-            time.sleep(0.02)
+        total = sum(s["steps"] for s in specs)
+        try:
+            while pending or running:
+                while pending and (len(running) < max(jobs, 1) or specs[pending[0]].get("lockstep")):
+                    i = pending.pop(0)
+                    running.append((i, self.start(specs[i])))
+                for item in list(running):
+                    i, run = item
+                    run.read_steps()
+                    if run.poll() is not None:
+                        running.remove(item)
+                        results[i] = self.finish(specs[i], run)
+                    elif run.stalled(self.opts.timeout):
+                        running.remove(item)
+                        results[i] = self.finish(specs[i], run, "timed_out", run.stack())
+                        self.stalled.append(results[i])
+                done = sum(min(o.steps_done, specs[i]["steps"]) for i, o in results.items())
+                done += sum(min(run.steps, specs[i]["steps"]) for i, run in running)
+                self.progress(Progress(self.phase, done, total))
+                time.sleep(0.05)
+        finally:  # an interrupt, or an error of ours: end them all
+            end_runs([run for _, run in running])
         return [results[i] for i in range(len(specs))]
 
 
-def _run_info(index: int, out: Outcome, steps: int) -> RunInfo:
+def _in_step(out: Outcome) -> str:
+    """Where a run was when it ended: loading the target, or in which step (0-based)."""
+    if not out.records:
+        return "while starting"
+    if not out.env and not out.steps_done:
+        return "while loading the target"
+    return f"in step {out.steps_done}"
+
+
+def _stopped_info(index: int, out: Outcome, timeout: Optional[float]) -> RunInfo:
+    """A run the audit ended: it made no step for ``timeout`` seconds, or an interrupt came."""
+    if out.stopped == "interrupted":
+        message = f"ended by the interrupt {_in_step(out)}"
+    else:
+        frame = user_frame(parse_stack(out.stack))
+        at = f" (at {frame.where} in {frame.function})" if frame else ""
+        message = f"no training step for {timeout:g} s {_in_step(out)}{at}"
+    return RunInfo(index=index, steps_completed=out.steps_done, status=out.stopped,
+                   message=message, exit_code=None, seconds=round(out.seconds, 3),
+                   stack=out.stack.strip() or None)
+
+
+def _run_info(index: int, out: Outcome, timeout: Optional[float] = None) -> RunInfo:
+    if out.stopped:
+        return _stopped_info(index, out, timeout)
     end = out.end
     status = end.get("status")
-    if status is None:
-        status = "killed" if out.exit_code < 0 else "crashed"
-        message = f"the process ended with status {out.exit_code} and no report; output:\n{out.output_tail[-800:]}"
+    if status is None:  # it ended without its last record: os._exit, a signal, a fatal error
+        code = out.exit_code
+        if code < 0:
+            status, how = "killed", f"was killed by {_signal_name(-code)}"
+        else:
+            status, how = "exited", f"exited with status {code}"
+        message = f"the process {how} {_in_step(out)} without a report"
     else:
         message = end.get("message", "")
-        if end.get("where"):
+        if end.get("where") and status != "exited":
             message += f" (at {end['where']})"
-    if status == "exited":
-        message = end.get("message", "")
     return RunInfo(index=index, steps_completed=out.steps_done, status=status, message=message,
                    exit_code=end.get("exit_code", out.exit_code), seconds=round(out.seconds, 3))
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _run_error(info: RunInfo, out: Outcome, label: str) -> Optional[str]:
+    """The one line a failed run gives the result's ``error`` (None: the run did not fail)."""
+    if info.status == "timed_out":
+        return f"{label} timed out: {info.message}; raise --timeout if a step can take longer"
+    if info.status == "crashed":
+        return f"{label} crashed after {info.steps_completed} steps: {info.message}"
+    if not out.end and not out.stopped:  # exited or killed without its last record
+        return f"{label}: {info.message}"
+    return None
 
 
 def _agree_through(a: Outcome, b: Outcome, step: int) -> bool:
@@ -190,90 +261,198 @@ def _magnitude(parting: compare.Parting, records: list, module: Optional[str]) -
     return found.get(parting.tensor) or (max(found.values()) if found else None)
 
 
-def audit_determinism(opts: DeterminismOptions, progress: Optional[Callable[[str], None]] = None,
-                      keep: Optional[str] = None) -> DeterminismResult:
-    """Run the whole audit; raises :class:`TargetFailed` when the target cannot be loaded."""
+@dataclass
+class _State:
+    """How far an audit got: what an interrupt's partial result is made from."""
+
+    runs: list = field(default_factory=list)  # the specs of the first, compared runs
+    result: Optional[DeterminismResult] = None
+
+
+def _localize(parting: compare.Parting, again: Optional[compare.Parting],
+              replay: list) -> tuple:
+    """(module, tensor, note) for a forward or backward parting, from the replay's module-level
+    fingerprints: where the replay parted at the same stage (its step may differ), else at the
+    original step, where the replay's records may show the same stage differing."""
+    if parting.stage not in ("forward", "backward"):
+        return None, None, None
+    places = []
+    if again is not None and again.stage == parting.stage:
+        places.append((again.step, again.stage))
+    places.append((parting.step, parting.stage))
+    for step, stage in dict.fromkeys(places):
+        module, tensor = compare.localize(replay[0].records, replay[1].records, step, stage)
+        if module is not None:
+            note = None if step == parting.step else (
+                f"the replay parted at step {step} ({stage}); the module is named from there")
+            return module, tensor, note
+    return None, None, None
+
+
+def audit_determinism(opts: DeterminismOptions, progress: Reporter = None,
+                      keep: Optional[str] = None,
+                      launcher: Optional[Callable] = None) -> DeterminismResult:
+    """Run the whole audit; raises :class:`TargetFailed` when the target cannot be loaded.
+    ``launcher(opts, folder, progress)`` makes the :class:`Launcher` (distributed runs pass
+    their own).
+
+    An :class:`~audit.probes.runs.Interrupted` raised while it runs (the CLI's signal handler)
+    ends every run and goes on up with ``partial``: the result of what was measured so far.
+    """
     started = time.monotonic()
+    if not opts.script:
+        try:
+            check_target(opts.target, opts.cwd)
+        except TargetError as exc:
+            raise TargetFailed(str(exc)) from None
     folder = keep or tempfile.mkdtemp(prefix="audit-determinism-")
-    say = progress or (lambda msg: None)
+    launcher, state = (launcher or Launcher)(opts, folder, progress), _State()
     try:
-        return _audit(opts, Launcher(opts, folder), say, started)
+        return _audit(opts, launcher, state, started)
+    except Interrupted as exc:
+        exc.partial = _partial(opts, launcher, state, exc, started)
+        raise
     finally:
         if keep is None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _audit(opts: DeterminismOptions, launcher: Launcher, say, started: float) -> DeterminismResult:
-    say(f"{opts.runs} runs x {opts.steps} steps")
-    specs = [launcher.spec(f"run{i}", opts.steps) for i in range(opts.runs)]
-    outs = launcher.run_all(specs, opts.jobs, on_done=lambda: say("run finished"))
+def _partial(opts: DeterminismOptions, launcher: Launcher, state: _State, exc: Interrupted,
+             started: float) -> Optional[DeterminismResult]:
+    """The result of what was measured before the interrupt (None: nothing was)."""
+    result = state.result
+    if result is None:
+        outs = [Outcome(spec["name"], read_trace(spec["trace"]), None, time.monotonic() - started,
+                        read_log(spec["escape_log"]), "", "interrupted") for spec in state.runs]
+        if not any(o.steps_done for o in outs):
+            return None
+        result, _, _ = _first_result(opts, outs)
+    result.error = (f"interrupted by {exc.name} while {launcher.phase}: the report covers "
+                    "only what was measured before it")
+    result.seconds = round(time.monotonic() - started, 3)
+    return result
 
-    for out in outs:
-        if out.end.get("status") == "target_error":
-            raise TargetFailed(out.end.get("message", "the target could not be loaded"))
 
+def _first_result(opts: DeterminismOptions, outs: list):
+    """The result of the compared runs alone: runs, timeline, escapes, non-finite values,
+    and the first parting (None: they agree). Returns ``(result, parting, env)``."""
     env = next((o.env for o in outs if o.env), {})
     device = (env.get("environment") or {}).get("device", opts.device)
-    infos = [_run_info(i, o, opts.steps) for i, o in enumerate(outs)]
+    infos = [_run_info(i, o, opts.timeout) for i, o in enumerate(outs)]
     result = DeterminismResult(
         verdict="deterministic", runs=opts.runs, steps=opts.steps, seed=opts.seed,
         device=device, environment=env.get("environment", {}),
         target=" ".join(opts.script) if opts.script else (opts.target or "audit.example:build (built-in)"),
         mode="script" if opts.script else "target", run_info=infos,
         timeline=compare.timeline([o.records for o in outs]),
+        nonfinite=compare.first_nonfinite([o.records for o in outs]),
     )
     if env.get("description"):
         result.detail["data"] = env["description"]
-    crashed = [i for i in infos if i.status in ("crashed", "killed")]
-    if crashed:
-        first = crashed[0]
-        result.error = f"run {first.index} {first.status} after {first.steps_completed} steps: {first.message}"
-
-    partings = [compare.first_parting(outs[0].records, o.records) for o in outs[1:]]
-    parting = compare.earliest(partings)
-    escapes = attribute.escapes_from([e for o in outs for e in o.escapes])
-    result.rng_escapes = escapes
+    errors = [_run_error(i, o, f"run {i.index}") for i, o in zip(infos, outs)]
+    result.error = next((e for e in errors if e), None)
+    result.rng_escapes = attribute.escapes_from([e for o in outs for e in o.escapes])
+    result.varying_seeds = seeds.varying([o.seeds for o in outs],
+                                         {e.where for e in result.rng_escapes})
+    scans = [r["scan"] for r in outs[0].records if r.get("type") == "cuda_ops"]
+    result.cuda_ops = CudaOpsScan.from_dict(scans[0]) if scans else None
+    compared = [o for o in outs if o.stopped != "interrupted" or o.steps_done]  # started ones
+    parting = compare.earliest([compare.first_parting(compared[0].records, o.records)
+                                for o in compared[1:]]) if len(compared) > 1 else None
     if parting is None:
         latent = compare.rng_only([o.records for o in outs])
         if latent:
             result.detail["latent_rng"] = (
                 f"the RNG state differs between runs from step {latent[0]}, but nothing the "
                 "training computes depends on it within these steps")
-        result.seconds = round(time.monotonic() - started, 3)
-        return result
+        if result.varying_seeds:
+            result.detail["varying_seeds"] = (
+                "seeding calls got other values in each run ("
+                + ", ".join(f"{c.kind} at {c.where}" for c in result.varying_seeds)
+                + "), but these steps agreed")
+    else:
+        result.verdict = "nondeterministic"
+    return result, parting, env
 
-    result.verdict = "nondeterministic"
+
+def _audit(opts: DeterminismOptions, launcher: Launcher, state: _State,
+           started: float) -> DeterminismResult:
+    # The first run also scans its ops for CUDA nondeterminism (target mode; one extra pass).
+    state.runs = [launcher.spec(f"run{i}", opts.steps,
+                                cuda_ops=i == 0 and opts.cuda_ops and not opts.script)
+                  for i in range(opts.runs)]
+    outs = launcher.run_all(state.runs, opts.jobs,
+                            phase=f"runs ({opts.runs} x {_plural(opts.steps, 'step')})")
+    for out in outs:
+        if out.end.get("status") == "target_error":
+            raise TargetFailed(out.end.get("message", "the target could not be loaded"))
+    result, parting, env = _first_result(opts, outs)
+    launcher.pin_sites = [c.where for c in result.varying_seeds]
+    state.result = result
+    if parting is not None and not launcher.stalled:  # a replay would hang as the run did
+        _explain(opts, launcher, result, parting, outs, env)
+    if launcher.stalled and not result.error:
+        info = _run_info(0, launcher.stalled[0], opts.timeout)
+        result.error = _run_error(info, launcher.stalled[0], f"run {launcher.stalled[0].name}")
+    result.seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _explain(opts: DeterminismOptions, launcher: Launcher, result: DeterminismResult,
+             parting: compare.Parting, outs: list, env: dict) -> None:
+    """Localize the first parting (the replay) and prove its causes (the knob trials)."""
     observed = {}
     for o in outs:
         for key, value in (o.end.get("observed") or {}).items():
             if value and not observed.get(key):
                 observed[key] = value
-    module_sources = env.get("module_sources", {})
     if parting.data:
         result.detail["data_difference"] = parting.data
     if parting.streams:
         result.detail["rng_streams"] = parting.streams
+    module, reproduced = _replay(opts, launcher, result, parting)
+    module_sources = env.get("module_sources", {})
+    module_where = None
+    if module is not None:
+        module_where = module_sources.get(module) or next(
+            (module_sources[m] for m in sorted(module_sources, key=len, reverse=True)
+             if module.startswith(m + ".") or m == ""), None)
 
-    # 2. Replay in lockstep: the module, and the magnitudes.
-    say("replaying to localize")
+    # Attribution: knob pairs up to the divergent step.
+    trials = []
+    if opts.attribute:
+        upto = 0 if parting.step is None else parting.step
+        plan = attribute.plan(parting, result.device, result.rng_escapes, observed,
+                              {"PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED"),
+                               "flags": result.environment.get("flags", {})},
+                              varying=result.varying_seeds)
+        trials = _try_knobs(launcher, plan, upto, opts)
+    result.knob_trials = trials
+    result.causes = attribute.causes(parting, trials, result.rng_escapes, observed, module,
+                                     module_where, reproduced=reproduced,
+                                     varying=result.varying_seeds)
+    cite_scan(result.causes, result.cuda_ops, module)
+
+
+def _replay(opts: DeterminismOptions, launcher: Launcher, result: DeterminismResult,
+            parting: compare.Parting) -> tuple:
+    """Replay in lockstep: the module, and the magnitudes. Returns ``(module, reproduced)``."""
     folder = os.path.join(launcher.folder, "lockstep")
     replay = launcher.run_all(
         [launcher.spec("replay-ref", opts.steps, detail=True, lockstep={"folder": folder, "role": "ref"}),
          launcher.spec("replay-cmp", opts.steps, detail=True, lockstep={"folder": folder, "role": "cmp"})],
-        jobs=2)
+        jobs=2, phase="replaying to localize")
     again = compare.first_parting(replay[0].records, replay[1].records)
     reproduced = again is not None
-    module, tensor = None, parting.tensor
-    if again is not None and parting.stage in ("forward", "backward"):
-        same = again.step == parting.step and again.stage == parting.stage
-        found, found_tensor = compare.localize(replay[0].records, replay[1].records, again.step, again.stage)
-        if same or parting.stage == again.stage:
-            module = found
-            tensor = found_tensor or tensor
-            if not same:
-                result.detail["replay"] = (f"the replay parted at step {again.step} ({again.stage}); "
-                                           "the module is named from there")
-    elif again is not None and again.key() < parting.key():
+    module, found_tensor, note = _localize(parting, again, replay)
+    tensor = found_tensor or parting.tensor
+    if note:
+        result.detail["replay"] = note
+    if again is not None and again.key() < parting.key() and module is None:
         result.detail["replay"] = f"the replay parted earlier, at step {again.step} ({again.stage})"
     if not reproduced:
         result.detail["replay"] = "the replay did not part again: the divergence is intermittent"
@@ -287,26 +466,7 @@ def _audit(opts: DeterminismOptions, launcher: Launcher, say, started: float) ->
         if r.get("type") == "step" and total:
             result.growth.append(GrowthPoint(step=r["step"], max_abs_diff=total["max_abs"],
                                              rel_l2=total["rel_l2"]))
-    module_where = None
-    if module is not None:
-        module_where = module_sources.get(module) or next(
-            (module_sources[m] for m in sorted(module_sources, key=len, reverse=True)
-             if module.startswith(m + ".") or m == ""), None)
-
-    # 3. Attribution: knob pairs up to the divergent step.
-    trials = []
-    if opts.attribute:
-        upto = 0 if parting.step is None else parting.step
-        plan = attribute.plan(parting, device, escapes, observed,
-                              {"PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED"),
-                               "flags": result.environment.get("flags", {})})
-        say(f"proving the cause: {len(plan)} knob(s)")
-        trials = _try_knobs(launcher, plan, upto, opts, say)
-    result.knob_trials = trials
-    result.causes = attribute.causes(parting, trials, escapes, observed, module, module_where,
-                                     reproduced=reproduced)
-    result.seconds = round(time.monotonic() - started, 3)
-    return result
+    return module, reproduced
 
 
 def _pair_removed(launcher: Launcher, knobs: list, upto: int, opts: DeterminismOptions) -> list:
@@ -315,25 +475,25 @@ def _pair_removed(launcher: Launcher, knobs: list, upto: int, opts: DeterminismO
         label = "+".join(knob_set) or "control"
         specs += [launcher.spec(f"knob-{label}-a", upto + 1, knobs=knob_set),
                   launcher.spec(f"knob-{label}-b", upto + 1, knobs=knob_set)]
-    outs = launcher.run_all(specs, jobs=max(2, opts.jobs))
+    phase = ("knob trial: " + (" + ".join(knobs[0]) or "control") if len(knobs) == 1
+             else f"knob trials: {len(knobs)} sets of knobs")
+    outs = launcher.run_all(specs, jobs=max(2, opts.jobs), phase=phase)
     return [_agree_through(outs[2 * i], outs[2 * i + 1], upto) for i in range(len(knobs))]
 
 
-def _try_knobs(launcher: Launcher, plan: list, upto: int, opts: DeterminismOptions, say) -> list:
+def _try_knobs(launcher: Launcher, plan: list, upto: int, opts: DeterminismOptions) -> list:
     """One knob at a time, most likely first, until one removes the divergence: a knob that
     removes it alone leaves no room for another independent cause. If none does, all knobs
     together, then all-but-one, find the ones needed together."""
     steps = upto + 1
     trials = []
     for knob in plan:
-        say(f"rerunning with {knob}")
         (removed,) = _pair_removed(launcher, [[knob]], upto, opts)
         trials.append(attribute.trial(knob, removed, steps))
         if removed:
             return trials
     if len(plan) < 2:
         return trials
-    say("no single knob removed it: trying them together")
     (together,) = _pair_removed(launcher, [plan], upto, opts)
     if not together:
         return trials

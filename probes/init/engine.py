@@ -29,6 +29,8 @@ import torch
 
 from audit.probes.init.diagnose import diagnose, recommend, resolve_thresholds, scheme_score
 from audit.probes.init.flow import FlowProbe, ForwardTrace, modules_with_parameters, trace_forward
+from audit.probes.progress import Progress, Reporter, silent
+from audit.probes.runs import Interrupted
 from audit.probes.results import BUILTIN_SCHEMES, InitResult, SchemeResult
 from audit.probes.init.schemes import (DrawCache, apply_scheme, restore_state, scheme_code,
                             scheme_owned_keys, snapshot_state, validate_schemes)
@@ -68,7 +70,7 @@ def environment(device: str) -> dict:
 
 def run_init(setup: TrainingSetup, schemes: Optional[list] = None, steps: int = 5,
              seed: int = 0, device: str = "cpu", thresholds: Optional[dict] = None,
-             progress: Optional[Callable[[str], None]] = None, target: str = "") -> InitResult:
+             progress: Reporter = None, target: str = "") -> InitResult:
     """Run every scheme on ``setup`` and return the measured, diagnosed :class:`InitResult`.
 
     ``schemes`` defaults to :data:`DEFAULT_SCHEMES`; ``default`` is always run (first), as the
@@ -76,8 +78,9 @@ def run_init(setup: TrainingSetup, schemes: Optional[list] = None, steps: int = 
     :data:`probes.diagnose.DEFAULT_THRESHOLDS`. Bad scheme names, unknown threshold keys and
     ``steps < 1`` raise ValueError before anything runs; a failure to read the batches
     propagates. When ``default`` itself raises, :attr:`InitResult.error` says so (the target
-    is broken); any other scheme that raises is only that scheme's error. ``progress`` is
-    called with each scheme's name before it runs. The model ends as it started: its own
+    is broken); any other scheme that raises is only that scheme's error. ``progress`` gets a
+    :class:`~audit.probes.progress.Progress` (phase ``scheme NAME (i of n)``) before each
+    scheme and after each of its steps. The model ends as it started: its own
     values, the same parameter objects, no gradients, its train/eval mode.
     """
     started = time.perf_counter()
@@ -98,22 +101,35 @@ def run_init(setup: TrainingSetup, schemes: Optional[list] = None, steps: int = 
     batches = [to_device(batch, dev) for _, batch in cycle_batches(setup.data, steps)]
     audit = _SchemeRunner(setup, batches, seed, limits)
     results = []
+    say = progress or silent
+    shared = dict(target=target, steps=steps, seed=seed, device=str(dev), limits=limits,
+               started=started)
     try:
-        for name in names:
-            if progress is not None:
-                progress(name)
-            results.append(audit.run(name))
+        for i, name in enumerate(names, start=1):
+            phase = f"scheme {name} ({i} of {len(names)})"
+            say(Progress(phase, 0, steps))
+            results.append(audit.run(name, lambda done: say(Progress(phase, done, steps))))
+    except Interrupted as exc:  # keep the schemes that finished for the partial report
+        if results:
+            exc.partial = _result(results, model, audit, **shared)
+            exc.partial.error = (f"interrupted by {exc.name} during {phase}: the report covers "
+                                 "only the schemes before it")
+        raise
     finally:
         restore_state(model, audit.state)
         model.zero_grad(set_to_none=True)
         model.train(was_training)
+    return _result(results, model, audit, **shared)
 
+
+def _result(results: list, model, audit: "_SchemeRunner", *, target: str, steps: int, seed: int,
+            device: str, limits: dict, started: float) -> InitResult:
     best, reason = recommend(results, limits)
     own = results[0]
     code = scheme_code(best, model, audit.trace or ForwardTrace()) if best else ""
     return InitResult(
         verdict=own.verdict, recommended=best, schemes=results, target=target, steps=steps,
-        seed=seed, device=str(dev), environment=environment(str(dev)), thresholds=limits,
+        seed=seed, device=device, environment=environment(device), thresholds=limits,
         recommendation_code=code, recommendation_reason=reason,
         # The target's own model failing to train is a broken target, not an unhealthy init.
         error=f"the model as the target built it failed: {own.error}" if own.error else None,
@@ -158,7 +174,7 @@ class _SchemeRunner:
                 self.trace = ForwardTrace()
         return self.trace
 
-    def run(self, name: str) -> SchemeResult:
+    def run(self, name: str, stepped: Callable[[int], None]) -> SchemeResult:
         """Reseed, restore, apply, reseed, train ``len(batches)`` steps measuring the first.
 
         Reseeding again after applying gives every scheme's training the same random stream
@@ -198,6 +214,7 @@ class _SchemeRunner:
                 if not math.isfinite(value):
                     break
                 optimizer_step(optimizer, scheduler)
+                stepped(index + 1)
         except Exception as exc:  # a scheme that breaks is a result, not a crash of the audit
             result.error = f"{type(exc).__name__}: {exc}"
         result.findings = diagnose(result.layers, result.loss, self.limits, error=result.error)

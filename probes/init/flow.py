@@ -350,11 +350,8 @@ class FlowProbe:
         self.trace.nonlinearity = {n: self._acts.get(n, LINEAR) for n in self.trace.order}
         return self.trace
 
-    def collect(self) -> list:
-        """LayerStats per module with parameters, in execution order; one host sync."""
-        trace = self.finish_trace()
-        known = self._known.nonlinearity if self._known else {}
-        depths = trace.depths()
+    def _param_norms(self, trace) -> dict:
+        """Per layer: its parameters' weight norms and gradient norms (tensors, no sync)."""
         weights, grads, owners = [], [], []
         for name in trace.order:
             module = self.modules[name]
@@ -365,17 +362,20 @@ class FlowProbe:
                 weights.append(p.detach())
                 grads.append(p.grad.detach() if p.grad is not None else None)
                 owners.append(name)
-        w_norms = _norms(weights)
-        g_norms = _norms([g for g in grads if g is not None])
-        g_iter = iter(g_norms)
+        g_iter = iter(_norms([g for g in grads if g is not None]))
         per_layer: dict = {}
-        for name, w, g in zip(owners, w_norms, grads):
+        for name, w, g in zip(owners, _norms(weights), grads):
             entry = per_layer.setdefault(name, {"w": [], "g": [], "missing": False})
             entry["w"].append(w)
             if g is None:
                 entry["missing"] = True
             else:
                 entry["g"].append(next(g_iter))
+        return per_layer
+
+    def _numbers(self, trace) -> dict:
+        """Every statistic as a float, keyed by (layer, statistic): one host sync."""
+        per_layer = self._param_norms(trace)
         keys = ("act_mean", "act_norm", "out_grad_norm", "dead", "sat", "w_norm", "g_norm")
         values, slots = [], []
         for name in trace.order:
@@ -385,38 +385,40 @@ class FlowProbe:
             if entry["g"] and not entry["missing"]:
                 stats["g_norm"] = _combine(entry["g"])
             for key in keys:
-                value = stats.get(key)
-                if isinstance(value, torch.Tensor):
+                if isinstance(stats.get(key), torch.Tensor):
                     slots.append((name, key))
-                    values.append(value)
-        numbers = {}
-        if values:
-            device = values[0].device
-            flat = torch.stack([v.to(device, torch.float32) for v in values]).tolist()
-            numbers = dict(zip(slots, flat))
-        layers = []
-        weight_layers = set(trace.weight_layers)
-        for name in trace.order:
-            get = lambda key, name=name: numbers.get((name, key))  # noqa: E731
-            w_norm, g_norm, out_grad = get("w_norm"), get("g_norm"), get("out_grad_norm")
-            act_mean, act_norm = get("act_mean"), get("act_norm")
-            numel = self._stats[name].get("numel")
-            act_std = _std(act_mean, act_norm, numel)
-            nonfinite = any(v is not None and not math.isfinite(v)
-                            for v in (act_mean, act_norm, w_norm, g_norm, out_grad))
-            ratio = g_norm / w_norm if g_norm is not None and w_norm else None
-            nonlin = known.get(name) or trace.nonlinearity.get(name, LINEAR)
-            layers.append(LayerStats(
-                name=name, type=trace.types[name], depth=depths[name],
-                grad_norm=g_norm, weight_norm=w_norm, act_mean=act_mean, act_std=act_std,
-                dead_fraction=get("dead"), saturated_fraction=get("sat"),
-                grad_weight_ratio=ratio, output_grad_norm=out_grad,
-                output_grad_rms=(out_grad / math.sqrt(numel)
-                                 if out_grad is not None and numel else None),
-                nonlinearity=nonlin.op, nonfinite=bool(nonfinite),
-                weight_layer=name in weight_layers, units=self._stats[name].get("units"),
-            ))
-        return layers
+                    values.append(stats[key])
+        if not values:
+            return {}
+        device = values[0].device
+        return dict(zip(slots, torch.stack([v.to(device, torch.float32) for v in values]).tolist()))
+
+    def _layer(self, name: str, trace, numbers: dict, depth: int, known: dict) -> LayerStats:
+        get = lambda key: numbers.get((name, key))  # noqa: E731
+        w_norm, g_norm, out_grad = get("w_norm"), get("g_norm"), get("out_grad_norm")
+        act_mean, act_norm = get("act_mean"), get("act_norm")
+        numel = self._stats[name].get("numel")
+        nonfinite = any(v is not None and not math.isfinite(v)
+                        for v in (act_mean, act_norm, w_norm, g_norm, out_grad))
+        nonlin = known.get(name) or trace.nonlinearity.get(name, LINEAR)
+        return LayerStats(
+            name=name, type=trace.types[name], depth=depth,
+            grad_norm=g_norm, weight_norm=w_norm, act_mean=act_mean,
+            act_std=_std(act_mean, act_norm, numel),
+            dead_fraction=get("dead"), saturated_fraction=get("sat"),
+            grad_weight_ratio=g_norm / w_norm if g_norm is not None and w_norm else None,
+            output_grad_norm=out_grad,
+            output_grad_rms=(out_grad / math.sqrt(numel) if out_grad is not None and numel else None),
+            nonlinearity=nonlin.op, nonfinite=bool(nonfinite),
+            weight_layer=name in set(trace.weight_layers), units=self._stats[name].get("units"))
+
+    def collect(self) -> list:
+        """LayerStats per module with parameters, in execution order; one host sync."""
+        trace = self.finish_trace()
+        known = self._known.nonlinearity if self._known else {}
+        depths = trace.depths()
+        numbers = self._numbers(trace)
+        return [self._layer(name, trace, numbers, depths[name], known) for name in trace.order]
 
 
 def _std(mean: Optional[float], norm: Optional[float], numel: Optional[int]) -> Optional[float]:

@@ -422,17 +422,8 @@ def _nonlinearity_table(trace: ForwardTrace) -> tuple[list, str, str]:
     return lines, default, "LEAKY_SLOPE" if slopes else "None"
 
 
-def scheme_code(scheme: str, model: nn.Module, trace: ForwardTrace) -> str:
-    """The lines of PyTorch that apply ``scheme`` to a variable ``model`` (and, for lsuv,
-    a small self-contained function to call with one batch of inputs)."""
-    kind, std = parse_scheme(scheme)
-    if kind == "default":
-        return ("# The model's own initialization is the healthiest measured: keep it; "
-                "there is nothing to add.\n")
-    weights = _public_classes(model, _WEIGHT_CLASSES)
-    norms = _public_classes(model, _NORM_CLASSES)
-    head = ["import math", "import torch", "from torch import nn", ""] if kind == "lsuv" else \
-        ["import torch", "from torch import nn", ""]
+def _init_call(kind: str, std, trace: ForwardTrace) -> tuple:
+    """``(table lines, the init call for one module m)`` of a scheme."""
     lines, default, slope = [], "linear", "None"
     if kind in ("kaiming_normal", "kaiming_uniform", "orthogonal"):
         lines, default, slope = _nonlinearity_table(trace)
@@ -451,10 +442,12 @@ def scheme_code(scheme: str, model: nn.Module, trace: ForwardTrace) -> str:
         "normal": f"nn.init.normal_(m.weight, 0.0, {std!r})",
         "lsuv": "nn.init.orthogonal_(m.weight)",
     }[kind]
-    loop = _init_loop(call, weights, norms, indent="    " if kind == "lsuv" else "")
-    if kind != "lsuv":
-        return "\n".join(head + lines + loop) + "\n"
-    body = [
+    return lines, call
+
+
+def _lsuv_function(loop: list, weights: str) -> list:
+    """A self-contained ``lsuv_init(model, inputs)`` and the line that calls it."""
+    return [
         "def lsuv_init(model, inputs, tol=0.1, max_iter=10):",
         '    """LSUV (Mishkin & Matas 2016): orthogonal weights, then scale each layer, in the',
         "    order the layers run, until its output variance on `inputs` is 1 (within tol, at",
@@ -493,7 +486,23 @@ def scheme_code(scheme: str, model: nn.Module, trace: ForwardTrace) -> str:
         "",
         "lsuv_init(model, inputs)  # inputs: one batch of your training inputs",
     ]
-    return "\n".join(head + body) + "\n"
+
+
+def scheme_code(scheme: str, model: nn.Module, trace: ForwardTrace) -> str:
+    """The lines of PyTorch that apply ``scheme`` to a variable ``model`` (and, for lsuv,
+    a small self-contained function to call with one batch of inputs)."""
+    kind, std = parse_scheme(scheme)
+    if kind == "default":
+        return ("# The model's own initialization is the healthiest measured: keep it; "
+                "there is nothing to add.\n")
+    weights = _public_classes(model, _WEIGHT_CLASSES)
+    norms = _public_classes(model, _NORM_CLASSES)
+    lines, call = _init_call(kind, std, trace)
+    loop = _init_loop(call, weights, norms, indent="    " if kind == "lsuv" else "")
+    if kind != "lsuv":
+        return "\n".join(["import torch", "from torch import nn", ""] + lines + loop) + "\n"
+    head = ["import math", "import torch", "from torch import nn", ""]
+    return "\n".join(head + _lsuv_function(loop, weights)) + "\n"
 
 
 def _init_loop(call: str, weights: str, norms: str, indent: str = "") -> list:

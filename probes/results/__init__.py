@@ -12,6 +12,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from audit.probes.results.cuda_ops import CudaOpsScan
+from audit.probes.results.distributed import (DISTRIBUTED_SOURCES, RankTimeline, ReplicaPoint,
+                                              ReplicaRow, Replicas)
+
 DETERMINISM_SCHEMA = "audit.determinism/1"
 INIT_SCHEMA = "audit.init/1"
 
@@ -25,6 +29,7 @@ SOURCES = (
     "nondeterministic_algorithm",
     "cudnn_benchmark",
     "thread_count",
+    *DISTRIBUTED_SOURCES,
     "unknown",
 )
 #: Finding kinds (contract).
@@ -109,6 +114,7 @@ class Divergence:
     module: Optional[str] = None
     tensor: Optional[str] = None
     max_abs_diff: Optional[float] = None
+    rank: Optional[int] = None  # distributed runs: the first rank where the runs part
 
 
 @dataclass
@@ -128,6 +134,16 @@ class RngEscape:
     where: Optional[str]  # "file.py:12" in the user's code
     count: int = 1
     detail: str = ""
+
+
+@dataclass
+class SeedCall:
+    """A seeding call in the user's code that got different values in matched runs."""
+
+    kind: str  # e.g. "torch.manual_seed"
+    where: Optional[str]  # "file.py:12" in the user's code
+    values: list = field(default_factory=list)  # per run, the values seen there (first few)
+    in_workers: bool = False  # made in DataLoader worker processes
 
 
 @dataclass
@@ -164,10 +180,21 @@ class RunInfo:
 
     index: int
     steps_completed: int
-    status: str  # "ok" | "crashed" | "exited" | "ended_early" | "killed"
+    status: str  # "ok" | "crashed" | "exited" | "ended_early" | "killed" | "timed_out" | "interrupted"
     message: str = ""
     exit_code: Optional[int] = None
     seconds: Optional[float] = None
+    stack: Optional[str] = None  # a run that timed out: the stacks of its threads when it was ended
+
+
+@dataclass
+class NonFinite:
+    """The first training step whose loss or gradients were NaN or infinite, in any run."""
+
+    run: int
+    step: int
+    what: str  # "loss" | "gradient"
+    value: Optional[str] = None  # the loss: "nan", "inf" or "-inf"
 
 
 @dataclass
@@ -187,13 +214,27 @@ class DeterminismResult(Renderable):
     timeline: list = field(default_factory=list)  # [StepAgreement]
     growth: list = field(default_factory=list)  # [GrowthPoint]
     rng_escapes: list = field(default_factory=list)  # [RngEscape]
+    varying_seeds: list = field(default_factory=list)  # [SeedCall]
     knob_trials: list = field(default_factory=list)  # [KnobTrial]
     detail: dict = field(default_factory=dict)  # free-form localization notes
     error: Optional[str] = None  # set when a run crashed and the result is partial
     seconds: Optional[float] = None
+    cuda_ops: Optional[CudaOpsScan] = None  # the CUDA op scan of the first run (None: not run)
+    cuda_ops_level: str = "warn"  # the gate: "warn" or "fail" on CUDA-nondeterministic ops
+    nproc: Optional[int] = None  # distributed runs (--nproc N): ranks per run
+    replicas: Optional[Replicas] = None  # distributed runs: replica consistency
+    rank_timelines: list = field(default_factory=list)  # [RankTimeline], distributed runs
+    nonfinite: Optional[NonFinite] = None  # the first NaN/inf loss or gradient
 
     def to_dict(self) -> dict:
         data = _plain(self)
+        if data.get("cuda_ops") is None:
+            data.pop("cuda_ops", None)  # additive field: absent where no scan ran
+        if self.nproc is None:  # single-process documents keep their shape
+            for key in _DISTRIBUTED_KEYS:
+                data.pop(key, None)
+            if data["first_divergence"]:
+                data["first_divergence"].pop("rank", None)
         # Contract order first, extras after.
         head = ["schema", "verdict", "runs", "steps", "seed", "device", "environment",
                 "first_divergence", "causes"]
@@ -209,12 +250,33 @@ class DeterminismResult(Renderable):
         data["timeline"] = [_build(StepAgreement, r) for r in data.get("timeline", [])]
         data["growth"] = [_build(GrowthPoint, r) for r in data.get("growth", [])]
         data["rng_escapes"] = [_build(RngEscape, r) for r in data.get("rng_escapes", [])]
+        data["varying_seeds"] = [_build(SeedCall, r) for r in data.get("varying_seeds", [])]
         data["knob_trials"] = [_build(KnobTrial, r) for r in data.get("knob_trials", [])]
+        data["cuda_ops"] = CudaOpsScan.from_dict(data.get("cuda_ops"))
+        data["replicas"] = _replicas(data.get("replicas"))
+        data["rank_timelines"] = [
+            RankTimeline(rank=t.get("rank", 0),
+                         rows=[_build(StepAgreement, r) for r in t.get("rows", [])])
+            for t in data.get("rank_timelines") or []]
+        nonfinite = data.get("nonfinite")
+        data["nonfinite"] = _build(NonFinite, nonfinite) if nonfinite else None
         return _build(cls, data)
 
     @property
     def passed(self) -> bool:
         return self.verdict == "deterministic" and self.error is None
+
+
+_DISTRIBUTED_KEYS = ("nproc", "replicas", "rank_timelines")
+
+
+def _replicas(data: Optional[dict]) -> Optional[Replicas]:
+    if not data:
+        return None
+    data = dict(data)
+    data["first"] = _build(ReplicaPoint, data["first"]) if data.get("first") else None
+    data["grid"] = [_build(ReplicaRow, r) for r in data.get("grid") or []]
+    return _build(Replicas, data)
 
 
 # --------------------------------------------------------------------------- init
@@ -269,6 +331,7 @@ class InitResult(Renderable):
     recommended: Optional[str]
     schemes: list = field(default_factory=list)  # [SchemeResult]
     schema: str = INIT_SCHEMA
+    mode: str = "target"  # "script": the script's command is the target
     target: str = ""
     steps: int = 0
     seed: int = 0

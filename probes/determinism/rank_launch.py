@@ -1,0 +1,163 @@
+"""Starting one distributed run: N worker processes, as ``torchrun`` starts them.
+
+Every rank gets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR=127.0.0.1`` and a free
+loopback ``MASTER_PORT`` of its own run, its own spec and trace. A :class:`RankGroup` stands
+for the run where the orchestrator expects one process: when a rank fails, the others are
+given a few seconds and then killed (they would wait in a collective until the process group's
+timeout), and nothing is left behind when the audit stops.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from audit.probes.determinism import merge
+from audit.probes.determinism.knobs import KNOBS
+from audit.probes.determinism.orchestrate import ROOT, Launcher, Outcome
+from audit.probes.rng_escape import read_log
+from audit.probes.runs import Run, end_runs
+from audit.probes.trace import read_trace
+
+#: Seconds the other ranks get to end on their own once one rank has failed.
+GRACE_SECONDS = 5.0
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rank_env(knobs: list, rank: int, world: int, port: int) -> dict:
+    """The environment of one rank: the knobs' part, our package first on the path, and the
+    variables torchrun sets."""
+    env = dict(os.environ)
+    for knob in knobs:
+        env.update(KNOBS[knob].env)
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = ROOT + (os.pathsep + path if path else "")
+    env.setdefault("MPLBACKEND", "Agg")
+    loopback = "lo0" if sys.platform == "darwin" else "lo"
+    env.setdefault("GLOO_SOCKET_IFNAME", loopback)  # loopback only
+    env.setdefault("NCCL_SOCKET_IFNAME", loopback)
+    env.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port)})
+    return env
+
+
+class RankGroup:
+    """The rank processes of one run (each a :class:`~audit.probes.runs.Run` in its own process
+    group), answering as one run would: ``poll`` gives the first failing rank's status, else 0;
+    once a rank has failed the others get :data:`GRACE_SECONDS`, then they are ended (they
+    would wait in a collective until the process group's timeout)."""
+
+    def __init__(self, runs: list):
+        self.runs = runs
+        self.started = min(r.started for r in runs)
+        self.failed_at: Optional[float] = None
+        self.first_failed: Optional[int] = None  # the rank that failed first
+
+    @property
+    def steps(self) -> int:
+        return min(r.steps for r in self.runs)
+
+    def read_steps(self) -> int:
+        for run in self.runs:
+            run.read_steps()
+        return self.steps
+
+    def poll(self) -> Optional[int]:
+        codes = [r.poll() for r in self.runs]
+        failed = [rank for rank, c in enumerate(codes) if c not in (None, 0)]
+        if failed and self.failed_at is None:
+            self.failed_at, self.first_failed = time.monotonic(), failed[0]
+        if self.failed_at is not None and time.monotonic() - self.failed_at > GRACE_SECONDS:
+            end_runs([r for r, c in zip(self.runs, codes) if c is None])
+            codes = [r.poll() for r in self.runs]
+        if any(c is None for c in codes):
+            return None
+        return 0 if self.first_failed is None else codes[self.first_failed]
+
+    def stalled(self, limit: Optional[float]) -> bool:
+        return any(r.stalled(limit) for r in self.runs)
+
+    def stack(self) -> str:
+        return "\n".join(f"[rank {i}]\n{r.stack()}" for i, r in enumerate(self.runs))
+
+    def end_when_done(self) -> int:
+        for run in self.runs:
+            run.end_when_done()
+        return self.poll() or 0
+
+    def end(self) -> int:
+        end_runs(self.runs)
+        return self.poll() or 0
+
+    def output_tail(self) -> str:
+        tails = [r.output_tail(2000).strip() for r in self.runs]
+        return "\n".join(f"[rank {i}] {t}" for i, t in enumerate(tails) if t)
+
+
+@dataclass
+class RankOutcome(Outcome):
+    """A finished distributed run: the merged trace as ``records``, each rank's in ``ranks``."""
+
+    ranks: list = field(default_factory=list)  # [records], rank order
+
+
+class RankLauncher(Launcher):
+    """A :class:`~audit.probes.determinism.orchestrate.Launcher` whose every run is ``nproc``
+    ranks; keeps every finished run by name for the replica and sampler analysis."""
+
+    def __init__(self, opts, folder: str, nproc: int, timeout: float, progress=None):
+        super().__init__(opts, folder, progress)
+        self.nproc, self.timeout = nproc, timeout
+        self.finished: dict = {}  # run name -> RankOutcome
+
+    def spec(self, name: str, steps: int, knobs=(), detail=False, lockstep=None,
+             **more) -> dict:
+        spec = super().spec(name, steps, knobs=knobs, detail=detail, lockstep=lockstep, **more)
+        base = spec["spec_path"][:-len(".json")]
+        spec["rank_specs"] = []
+        for rank in range(self.nproc):
+            rs = dict(spec, trace=f"{base}.rank{rank}.trace", log=f"{base}.rank{rank}.log",
+                      escape_log=f"{base}.rank{rank}.escapes",
+                      dist={"nproc": self.nproc, "timeout": self.timeout})
+            if lockstep:
+                rs["lockstep"] = dict(lockstep, folder=os.path.join(lockstep["folder"], f"rank{rank}"))
+            rs["spec_path"] = f"{base}.rank{rank}.json"
+            rs.pop("rank_specs", None)
+            with open(rs["spec_path"], "w", encoding="utf-8") as fh:
+                json.dump(rs, fh)
+            spec["rank_specs"].append(rs)
+        return spec
+
+    def start(self, spec: dict) -> RankGroup:
+        port = free_port()
+        runs: list = []
+        try:
+            for rank, rs in enumerate(spec["rank_specs"]):
+                runs.append(Run([sys.executable, "-m", "audit.probes.worker", rs["spec_path"]],
+                                rs["log"], rs["trace"],
+                                rank_env(rs["knobs"], rank, self.nproc, port), cwd=self.opts.cwd))
+        except BaseException:
+            end_runs(runs)
+            raise
+        return RankGroup(runs)
+
+    def finish(self, spec: dict, group: RankGroup, stopped: str = "", stack: str = "") -> Outcome:
+        code = group.end() if stopped else group.end_when_done()
+        traces = [read_trace(rs["trace"]) for rs in spec["rank_specs"]]
+        escapes = [e for rs in spec["rank_specs"] for e in read_log(rs["escape_log"])]
+        out = RankOutcome(spec["name"], merge.merge(traces, blame=group.first_failed),
+                          None if stopped else code, time.monotonic() - group.started, escapes,
+                          group.output_tail(), stopped, stack, ranks=traces)
+        self.finished[spec["name"]] = out
+        return out

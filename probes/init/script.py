@@ -1,0 +1,138 @@
+"""``audit init -- python train.py``: the init audit on an unmodified training script.
+
+Each scheme is one fresh run of the script (:mod:`audit.probes.init.script_child`): ``default``
+measures the script's own init, whatever it did before training; every other scheme
+re-initializes the parameters the script's optimizer holds right before the first training
+forward. The runs' statistics are diagnosed and ranked exactly as in target mode.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Optional
+
+from audit.probes import script_runner
+from audit.probes.errors import UsageError
+from audit.probes.init.diagnose import diagnose, recommend, resolve_thresholds, scheme_score
+from audit.probes.init.schemes import validate_schemes
+from audit.probes.results import BUILTIN_SCHEMES, InitResult, LayerStats, SchemeResult
+
+
+@dataclasses.dataclass
+class ScriptInitOptions:
+    """What one ``audit init -- python ...`` runs."""
+
+    script: list
+    schemes: Optional[list] = None
+    steps: int = 5
+    seed: int = 0
+    device: str = "auto"
+    thresholds: Optional[dict] = None
+    cwd: Optional[str] = None
+
+
+def _layer(data: dict) -> LayerStats:
+    names = {f.name for f in dataclasses.fields(LayerStats)}
+    return LayerStats(**{k: v for k, v in data.items() if k in names})
+
+
+def _run_scheme(opts: ScriptInitOptions, scheme: str, folder: str, margin: float) -> dict:
+    """One fresh run of the script under ``scheme``; its measurements."""
+    spec_path = os.path.join(folder, f"{scheme.replace(':', '_')}.json")
+    result_path = spec_path + ".result"
+    log_path = spec_path + ".log"
+    device = "cpu" if opts.device == "cpu" else "auto"
+    with open(spec_path, "w", encoding="utf-8") as fh:
+        json.dump({"scheme": scheme, "steps": opts.steps, "result": result_path,
+                   "device": device, "saturation_margin": margin}, fh)
+    program = script_runner.parse(opts.script)
+    argv = [sys.executable, *program.options, "-m", "audit.probes.init.script_child",
+            spec_path, "--", *program.argv()]
+    with open(log_path, "wb") as log:
+        code = subprocess.run(argv, cwd=opts.cwd, stdin=subprocess.DEVNULL, stdout=log,
+                              stderr=subprocess.STDOUT).returncode
+    if not os.path.isfile(result_path):
+        with open(log_path, "rb") as fh:
+            tail = fh.read()[-600:].decode("utf-8", "replace").strip().splitlines()
+        return {"scheme": scheme, "layers": [], "loss": [], "status": "crashed",
+                "error": f"the run exited with status {code}: {tail[-1] if tail else 'no output'}"}
+    with open(result_path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _scheme_result(data: dict, limits: dict, seconds: float) -> SchemeResult:
+    result = SchemeResult(name=data["scheme"], verdict="unhealthy")
+    result.layers = [_layer(x) for x in data.get("layers", [])]
+    result.loss = [x for x in data.get("loss", []) if x is not None]
+    result.error = data.get("error")
+    if data.get("status") in ("no_step", "started") and result.error is None:
+        result.error = "the script made no optimizer step"
+    result.findings = diagnose(result.layers, result.loss, limits, error=result.error)
+    result.verdict = "healthy" if not result.findings and result.error is None else "unhealthy"
+    result.score = scheme_score(result)
+    result.seconds = seconds
+    return result
+
+
+def _own_failure(data: dict) -> Optional[str]:
+    """One line when the script's own run shows it cannot be audited (no step at all)."""
+    if data.get("status") == "ok":
+        return None
+    why = data.get("error") or ("the script ended without an optimizer step: the audit measures "
+                                "the model a torch.optim optimizer trains; does the script "
+                                "train, with these arguments?")
+    return f"audit init: {why}"
+
+
+def _fix_code(code: str, runs: list) -> str:
+    where = next((r.get("optimizer_where") for r in runs if r.get("optimizer_where")), None)
+    model = next((r.get("model") for r in runs if r.get("model")), "the model")
+    if not code or not where:
+        return code
+    return (f"# In the script: after {model} is built and before the optimizer is made "
+            f"({where}), with `model` the {model}:\n{code}")
+
+
+def _noise_note(runs: list) -> str:
+    prints = {r.get("init_fingerprint") for r in runs if r.get("init_fingerprint")}
+    if len(prints) <= 1:
+        return ""
+    return (" Note: the script's runs start from different parameters (it is not seeded the "
+            "same way each run), so the scheme comparison carries seed noise; run `audit "
+            "determinism -- python ...` to find why.")
+
+
+def run_init_script(opts: ScriptInitOptions,
+                    progress: Optional[Callable[[str], None]] = None) -> InitResult:
+    """Every scheme as one run of the script; the diagnosed, ranked :class:`InitResult`."""
+    started = time.perf_counter()
+    names = validate_schemes(opts.schemes or list(BUILTIN_SCHEMES))
+    names = ["default"] + [n for n in names if n != "default"]
+    limits = resolve_thresholds(opts.thresholds)
+    runs, results = [], []
+    with tempfile.TemporaryDirectory(prefix="audit-init-script-") as folder:
+        for i, name in enumerate(names):
+            if progress is not None:
+                progress(f"scheme {i + 1} of {len(names)}: {name}")
+            t0 = time.perf_counter()
+            runs.append(_run_scheme(opts, name, folder, limits["saturation_margin"]))
+            if i == 0 and _own_failure(runs[0]):
+                raise UsageError(_own_failure(runs[0]))
+            results.append(_scheme_result(runs[-1], limits, time.perf_counter() - t0))
+    best, reason = recommend(results, limits)
+    code = next((r.get("code", "") for r in runs if r["scheme"] == best), "") if best else ""
+    own = results[0]
+    return InitResult(
+        verdict=own.verdict, recommended=best, schemes=results, mode="script",
+        target=shlex.join(opts.script), steps=opts.steps, seed=opts.seed,
+        device=runs[0].get("device", opts.device), environment=runs[0].get("environment", {}),
+        thresholds=limits, recommendation_code=_fix_code(code, runs),
+        recommendation_reason=reason + _noise_note(runs),
+        error=f"the script's own init failed to train: {own.error}" if own.error else None,
+        seconds=time.perf_counter() - started)

@@ -1,0 +1,184 @@
+"""Inside one rank of a distributed run: the process group, the DDP wrap, buffer fingerprints
+where DDP keeps buffers in sync, and what the distributed samplers did.
+
+The parent (:mod:`audit.probes.determinism.distributed`) starts every rank the way ``torchrun``
+does (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``); the worker
+calls :func:`start` before the target, :func:`prepare` after it and :meth:`RankTracker.close`
+at the end. Buffers are fingerprinted at the start of each step's first forward pass of the
+wrapped module, after DDP's buffer broadcast: where DDP keeps them equal, they must be equal.
+"""
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Optional
+
+import torch
+from torch import nn
+
+from audit.probes import fingerprint as fp
+from audit.probes import rng_escape
+
+#: Seconds a rank waits for its peers, at start-up and in every collective (gloo and NCCL).
+DEFAULT_TIMEOUT = 120.0
+#: Index lists kept per sampler for the disjointness check (the first epoch of each rank).
+MAX_INDICES = 100_000
+#: The prefix DDP puts before the wrapped module's names.
+DDP_PREFIX = "module."
+
+
+@dataclass
+class RankContext:
+    rank: int
+    world: int
+    local: int
+    device: torch.device
+
+
+def start(spec: dict, device: torch.device) -> RankContext:
+    """Join the process group the parent set up (before the target is called) and start
+    watching distributed samplers; returns this rank's place and device."""
+    import torch.distributed as dist
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    if device.type == "cuda":
+        device = torch.device("cuda", local % max(torch.cuda.device_count(), 1))
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = float((spec.get("dist") or {}).get("timeout", DEFAULT_TIMEOUT))
+    SamplerWatch.install()
+    dist.init_process_group(backend, rank=rank, world_size=world,
+                            timeout=timedelta(seconds=timeout))
+    return RankContext(rank, world, local, device)
+
+
+def _wrap(model: nn.Module, ctx: RankContext) -> tuple[nn.Module, bool]:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    if isinstance(model, DDP):
+        return model, False
+    model = model.to(ctx.device)
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DDP(model, device_ids=ids), True
+
+
+def _shard_synthetic(data: list, model: nn.Module, ctx: RankContext, seed: int) -> list:
+    """Rank r > 0 gets its own synthetic batches (rank 0 keeps the single-process ones)."""
+    if ctx.rank == 0 or not data:
+        return data
+    from audit.probes import training
+
+    inputs, _ = data[0]
+    classes = training.infer_num_classes(model)
+    return training.synthetic_batches(tuple(inputs.shape[1:]), classes, inputs.shape[0],
+                                      len(data), seed + 7919 * ctx.rank)
+
+
+def prepare(setup, ctx: RankContext, writer, seed: int) -> "RankTracker":
+    """Wrap the model in DDP unless the target did, shard the tool's synthetic data, and
+    start fingerprinting synchronized buffers; writes a ``dist`` record."""
+    if setup.synthetic:
+        setup.data = _shard_synthetic(setup.data, setup.model, ctx, seed)
+    setup.model, wrapped = _wrap(setup.model, ctx)
+    inner = setup.model.module
+    writer.write({"type": "dist", "rank": ctx.rank, "world": ctx.world, "wrapped": wrapped,
+                  "prefix": DDP_PREFIX,
+                  "broadcast_buffers": bool(getattr(setup.model, "broadcast_buffers", True)),
+                  "buffers": [n for n, _ in inner.named_buffers()]})
+    return RankTracker(inner, writer)
+
+
+class RankTracker:
+    """Fingerprints the wrapped module's buffers at the start of each step's first forward
+    (after DDP's broadcast), and writes them, one ``replica`` record per step."""
+
+    def __init__(self, inner: nn.Module, writer):
+        self.inner, self.writer = inner, writer
+        self.buffers: Optional[list] = None
+        self.handle = inner.register_forward_pre_hook(self._pre)
+
+    def _pre(self, module, args):
+        if self.buffers is None:
+            bufs = [b for _, b in self.inner.named_buffers()]
+            self.buffers = [fp.as_text(v) for v in fp.gather([fp.fingerprint(b) for b in bufs])]
+
+    def on_step(self, done: int) -> None:
+        self.writer.write({"type": "replica", "step": done - 1, "buffers": self.buffers or []})
+        self.buffers = None
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+        self.writer.write({"type": "samplers", "samplers": SamplerWatch.report()})
+
+
+def finish() -> None:
+    """Leave the process group (if joined): no rank leaves NCCL/gloo state behind."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:
+            pass
+
+
+# ------------------------------------------------------------------ distributed samplers
+
+
+def _user_place() -> Optional[str]:
+    """``file:line`` of the innermost frame of the user's code (not ours, torch's or stdlib's)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(here)
+    skip = tuple(d + os.sep for d in (here, os.path.join(root, "audit"), os.path.join(root, "reports"),
+                                      os.path.dirname(os.path.abspath(torch.__file__)),
+                                      os.path.dirname(os.path.abspath(os.__file__))))
+    for frame in reversed(traceback.extract_stack()):
+        path = os.path.abspath(frame.filename)
+        if not frame.filename.startswith("<") and not path.startswith(skip):
+            return f"{rng_escape.short_path(path)}:{frame.lineno}"
+    return None
+
+
+class SamplerWatch:
+    """Records every ``DistributedSampler``: where it was made, whether it shuffles, each
+    pass's epoch and order digest, and the first pass's indices."""
+
+    made: list = []
+
+    @classmethod
+    def install(cls) -> None:
+        from torch.utils.data.distributed import DistributedSampler
+
+        if getattr(DistributedSampler, "_audit_watched", False):
+            return
+        original_init, original_iter = DistributedSampler.__init__, DistributedSampler.__iter__
+
+        def init(self, *args, **kwargs):
+            original_init(self, *args, **kwargs)
+            self._audit_record = {"where": _user_place(), "shuffle": bool(self.shuffle),
+                                  "passes": [], "indices": None}
+            cls.made.append(self._audit_record)
+
+        def iterate(self):
+            indices = list(original_iter(self))
+            record = getattr(self, "_audit_record", None)
+            if record is not None:
+                digest = fp.bytes_fingerprint(repr(indices).encode())
+                record["passes"].append({"epoch": int(self.epoch), "order": digest})
+                if record["indices"] is None and len(indices) <= MAX_INDICES:
+                    record["indices"] = [int(i) for i in indices]
+            return iter(indices)
+
+        DistributedSampler.__init__ = init
+        DistributedSampler.__iter__ = iterate
+        DistributedSampler._audit_watched = True
+
+    @classmethod
+    def report(cls) -> list:
+        return [dict(r) for r in cls.made]
+

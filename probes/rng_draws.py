@@ -1,0 +1,220 @@
+"""Global generators drawn from before the script seeds them, or never seeded (script mode).
+
+None of the global generators is fixed at start-up: torch's default generator (CPU and CUDA)
+starts from a seed that differs in every fresh process (``torch.initial_seed()``), as Python's
+``random`` and NumPy's global generator do. A script that builds its model, splits its data
+(``random_split``) or shuffles before it calls ``torch.manual_seed`` gets other numbers in every
+run. :class:`DrawWatch` records, per generator, the first draw made before any seeding call, at
+the innermost line of the user's code, and the first seeding call after it:
+
+* torch: a ``TorchFunctionMode`` compares the default generators' states around each torch call
+  until torch is seeded or drawn from (then it stands aside and is removed);
+* NumPy and Python: the module-level functions bound to the global generator
+  (``np.random.rand``, ``random.shuffle``, ...);
+* seeding: ``torch.manual_seed``, ``torch.cuda.manual_seed(_all)``, ``torch.set_rng_state``,
+  ``np.random.seed`` / ``set_state``, ``random.seed`` / ``setstate`` with a seed.
+
+:meth:`DrawWatch.finish` writes each unseeded draw to the escape log, where attribution proves it
+with the ``seed_escapes`` knob (the bootstrap then seeds every global generator at start-up).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.overrides import TorchFunctionMode
+
+from audit.probes import rng_escape
+
+#: The escape kinds, per generator.
+KINDS = {
+    "torch": "torch global generator",
+    "torch_cuda": "torch CUDA global generator",
+    "numpy": "numpy global generator",
+    "python": "python random global generator",
+}
+_NOT_DRAWS = {"seed", "getstate", "setstate", "get_state", "set_state"}
+
+
+@dataclass
+class Draw:
+    """The first draw from a global generator before it was seeded."""
+
+    stream: str
+    where: str
+    op: str
+    seeded_at: Optional[str] = None  # the first seeding call after it, if any
+
+
+class _TorchDraws(TorchFunctionMode):
+    """Sees torch calls that advance a default generator while the watch wants them."""
+
+    def __init__(self, watch: "DrawWatch"):
+        super().__init__()
+        self.watch = watch
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not self.watch.wants("torch"):
+            return func(*args, **kwargs)
+        before = _torch_states()
+        result = func(*args, **kwargs)
+        after = _torch_states()
+        for stream in ("torch", "torch_cuda"):
+            if before.get(stream) is not None and not _same(before[stream], after.get(stream)):
+                self.watch.drew(stream, getattr(func, "__name__", "a torch call"))
+        return result
+
+
+def _torch_states() -> dict:
+    states = {"torch": torch.default_generator.get_state()}
+    if torch.cuda.is_initialized():
+        try:
+            states["torch_cuda"] = torch.cuda.get_rng_state()
+        except RuntimeError:
+            pass
+    return states
+
+
+def _same(a, b) -> bool:
+    return b is not None and torch.equal(a, b)
+
+
+class DrawWatch:
+    """Install before the script runs; :meth:`settle` at its first optimizer step (the watch
+    of torch calls ends there); :meth:`finish` at the end writes what it saw."""
+
+    def __init__(self, escape_log: Optional[str]):
+        self.escape_log = escape_log
+        self.first: dict = {}  # stream -> Draw
+        self.seeded: dict = {}  # stream -> where it was first seeded
+        self._patches: list = []
+        self._mode: Optional[_TorchDraws] = None
+        self._pid = os.getpid()
+        self._skip = rng_escape.library_dirs()
+
+    def wants(self, stream: str) -> bool:
+        """Still looking for a first unseeded draw from ``stream`` (torch: CPU or CUDA)?"""
+        if os.getpid() != self._pid:
+            return False
+        if stream != "torch":
+            return stream not in self.seeded and stream not in self.first
+        cuda = torch.cuda.is_initialized() and "torch_cuda" not in self.seeded \
+            and "torch_cuda" not in self.first
+        return cuda or ("torch" not in self.seeded and "torch" not in self.first)
+
+    def drew(self, stream: str, op: str) -> None:
+        if stream in self.seeded or stream in self.first or os.getpid() != self._pid:
+            return
+        where = rng_escape.user_frame(self._skip)
+        if where is not None:  # a library drawing while it is imported is not the script's
+            self.first[stream] = Draw(stream, where, op)
+
+    def _seed(self, streams: tuple) -> None:
+        if os.getpid() != self._pid:
+            return
+        where = rng_escape.user_frame(self._skip)
+        for stream in streams:
+            if stream not in self.seeded:
+                self.seeded[stream] = where
+                if stream in self.first and self.first[stream].seeded_at is None:
+                    self.first[stream].seeded_at = where
+        if "torch" in streams:
+            self._stand_aside()
+
+    # ------------------------------------------------------------------ install / remove
+
+    def install(self) -> None:
+        try:
+            self._install()
+        except Exception:
+            self.finish(write=False)
+            raise
+
+    def _install(self) -> None:
+        for owner, name, streams in ((torch, "manual_seed", ("torch", "torch_cuda")),
+                                     (torch, "set_rng_state", ("torch",)),
+                                     (torch.cuda, "manual_seed", ("torch_cuda",)),
+                                     (torch.cuda, "manual_seed_all", ("torch_cuda",)),
+                                     (np.random, "seed", ("numpy",)),
+                                     (np.random, "set_state", ("numpy",)),
+                                     (random, "seed", ("python",)),
+                                     (random, "setstate", ("python",))):
+            self._wrap(owner, name, self._seeding(getattr(owner, name), streams))
+        for module, instance, stream in ((random, random._inst, "python"),
+                                         (np.random, np.random.mtrand._rand, "numpy")):
+            for name in dir(module):
+                function = getattr(module, name)
+                if getattr(function, "__self__", None) is instance and name not in _NOT_DRAWS:
+                    self._wrap(module, name, self._drawing(function, stream, name))
+        self._mode = _TorchDraws(self)
+        self._mode.__enter__()
+
+    def _seeding(self, original, streams: tuple):
+        def wrapper(*args, **kwargs):
+            value = args[0] if args else next(iter(kwargs.values()), None)
+            if value is not None:  # seed(None) draws from the OS again: not a seed
+                self._seed(streams)
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    def _drawing(self, original, stream: str, name: str):
+        def wrapper(*args, **kwargs):
+            if stream not in self.seeded and stream not in self.first:
+                self.drew(stream, name)
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    def _wrap(self, owner, name: str, replacement) -> None:
+        original = getattr(owner, name)
+        replacement.__wrapped__ = original
+        replacement.__name__ = getattr(original, "__name__", name)
+        replacement.__doc__ = getattr(original, "__doc__", None)
+        setattr(owner, name, replacement)
+        self._patches.append((owner, name, original))
+
+    def _stand_aside(self) -> None:
+        """Remove the torch mode when it is the innermost one (else it stays, inert)."""
+        mode = self._mode
+        if mode is None or torch._C._len_torch_function_stack() == 0:
+            return
+        if torch._C._get_function_stack_at(torch._C._len_torch_function_stack() - 1) is mode:
+            mode.__exit__(None, None, None)
+            self._mode = None
+
+    def settle(self) -> None:
+        """The first optimizer step: draws from torch before it are known; stop watching."""
+        self._stand_aside()
+
+    def finish(self, write: bool = True) -> None:
+        """Put every wrapped name back and write the unseeded draws to the escape log."""
+        self._stand_aside()
+        for owner, name, original in reversed(self._patches):
+            setattr(owner, name, original)
+        self._patches = []
+        if write and self.escape_log and os.getpid() == self._pid:
+            with open(self.escape_log, "a", encoding="utf-8") as fh:
+                for draw in self.first.values():
+                    fh.write(json.dumps(_escape(draw)) + "\n")
+
+    def reported(self) -> set:
+        """The generators whose first unseeded draw this watch has seen."""
+        return set(self.first)
+
+
+def _escape(draw: Draw) -> dict:
+    if draw.seeded_at:
+        detail = (f"drawn from ({draw.op}) before the script seeds it; it is first seeded at "
+                  f"{draw.seeded_at}")
+    else:
+        detail = (f"drawn from ({draw.op}) and never seeded: it starts from another state in "
+                  "every process")
+    return {"kind": KINDS[draw.stream], "where": draw.where, "detail": detail,
+            "seeded_at": draw.seeded_at, "pid": os.getpid()}

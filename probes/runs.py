@@ -1,0 +1,293 @@
+"""Fresh runs: start one in its own process group, watch its trace grow, end it and its children.
+
+A :class:`Run` is one process (a worker, a script under the bootstrap) started in a new session,
+so that ending it ends every process it made (DataLoader workers included). Its progress is
+read from its trace file as it grows (a record when it starts loading the target, then one
+per training step). A run whose trace does not grow for ``limit`` seconds is *stalled*:
+:meth:`Run.stack` asks it for the stacks of its threads (:func:`answer_stack_requests`,
+``faulthandler`` on ``SIGUSR1``) before it is ended.
+
+:class:`Watchdog` is the same limit for work done in this process (the init audit): it raises
+:class:`Stalled` in the main thread when nothing kicks it for ``limit`` seconds.
+
+:class:`Interrupted` is what a SIGINT or SIGTERM becomes (the CLI raises it from its signal
+handler); an engine that catches it on the way up attaches what it measured as ``partial``.
+Light: no torch.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import signal
+import subprocess
+import sysconfig
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+#: Seconds a run may go without a training step, unless told otherwise (``--timeout``).
+DEFAULT_TIMEOUT = 300.0
+#: Seconds a run may take to write its first record (the audit's own imports, torch's):
+#: the limit counts from there, unless it is longer.
+STARTUP = 120.0
+#: Seconds given to a stalled run to print its stacks before it is ended.
+STACK_WAIT = 2.0
+#: Seconds a run is given to exit cleanly on SIGTERM before it is killed.
+GRACE = 10.0
+_STEP = b'{"type":"step"'
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived. ``partial``: the result of what was measured before it (an
+    engine sets it on the way up); ``report``: where the face wrote it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.partial = None
+        self.report: Optional[str] = None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+class Stalled(BaseException):
+    """No progress for ``limit`` seconds in this process (see :class:`Watchdog`)."""
+
+    def __init__(self, phase: str, limit: float, where: Optional[str]):
+        at = f" (at {where})" if where else ""
+        super().__init__(f"no progress for {limit:g} s while {phase}{at}")
+        self.phase, self.limit, self.where = phase, limit, where
+
+
+@dataclass
+class Frame:
+    """One frame of a stack (lists of them go innermost first)."""
+
+    file: str
+    line: int
+    function: str
+
+    @property
+    def where(self) -> str:
+        return f"{short_path(self.file)}:{self.line}"
+
+
+def short_path(path: str) -> str:
+    """A path relative to the working folder when it lies under it."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
+
+
+@functools.lru_cache(maxsize=1)
+def _not_user_dirs() -> tuple:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    dirs = [os.path.join(root, name) + os.sep for name in ("probes", "audit", "reports")]
+    stdlib = sysconfig.get_paths().get("stdlib")
+    return tuple(dirs + ([os.path.abspath(stdlib) + os.sep] if stdlib else []))
+
+
+def is_user_file(path: str) -> bool:
+    """Not the audit's own code, the standard library or an installed package."""
+    full = os.path.abspath(path)
+    return not (path.startswith("<") or full.startswith(_not_user_dirs())
+                or "site-packages" in full or "dist-packages" in full)
+
+
+def user_frame(frames: list) -> Optional[Frame]:
+    """The innermost frame in the user's code (``frames`` innermost first)."""
+    return next((f for f in frames if is_user_file(f.file)), None)
+
+
+def parse_stack(text: str) -> list:
+    """The main thread's frames, innermost first, from a :mod:`faulthandler` dump (the main
+    thread is the last one it lists)."""
+    blocks = re.split(r"^(?:Current thread|Thread) 0x[0-9a-f]+.*\(most recent call first\):$",
+                      text, flags=re.MULTILINE)
+    if len(blocks) < 2:
+        return []
+    return [Frame(m["file"], int(m["line"]), m["func"]) for m in _FRAME.finditer(blocks[-1])]
+
+
+def answer_stack_requests() -> None:
+    """In a run's process: print every thread's stack to stderr on ``SIGUSR1`` (what
+    :meth:`Run.stack` asks for before it ends a stalled run), and exit cleanly on ``SIGTERM``
+    (``finally`` blocks and ``atexit`` run: DataLoader workers are joined, multiprocessing's
+    temporary folders removed) before :meth:`Run.end` kills what is left."""
+    import faulthandler
+
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    signal.signal(signal.SIGTERM, _exit_on_term)
+
+
+def _exit_on_term(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
+
+
+def end_group(pgid: int, how: int = signal.SIGKILL) -> None:
+    """Send ``how`` to every process of a process group (nothing if it is gone)."""
+    try:
+        os.killpg(pgid, how)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class Run:
+    """One fresh process, in its own process group, writing a trace that grows by one ``step``
+    record per training step; its output (stdout and stderr) goes to ``log_path``."""
+
+    def __init__(self, argv: list, log_path: str, trace_path: str, env: dict,
+                 cwd: Optional[str] = None):
+        self.log_path, self.trace_path = log_path, trace_path
+        self.steps = 0
+        self._offset, self._rest = 0, b""
+        self._log = open(log_path, "wb")
+        try:
+            self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                         stdout=self._log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        except BaseException:
+            self._log.close()
+            raise
+        self.started = self.last_progress = time.monotonic()
+
+    def read_steps(self) -> int:
+        """Steps the trace holds now (read incrementally); any new record is progress (the
+        worker writes one when it starts loading the target, then one per step)."""
+        try:
+            with open(self.trace_path, "rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return self.steps
+        if data:
+            self._offset += len(data)
+            lines = (self._rest + data).split(b"\n")
+            self._rest = lines.pop()
+            self.steps += sum(1 for line in lines if line.startswith(_STEP))
+            if lines:
+                self.last_progress = time.monotonic()
+        return self.steps
+
+    def poll(self) -> Optional[int]:
+        return self.proc.poll()
+
+    def stalled(self, limit: Optional[float]) -> bool:
+        """No new record for ``limit`` seconds (``STARTUP`` at least before the first one)."""
+        if not limit:
+            return False
+        if not self._offset:
+            limit = max(limit, STARTUP)
+        return time.monotonic() - self.last_progress > limit
+
+    def stack(self, wait: float = STACK_WAIT) -> str:
+        """The stacks the process prints on ``SIGUSR1`` (empty if it prints none in ``wait``)."""
+        start = os.path.getsize(self.log_path)
+        try:
+            os.kill(self.proc.pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            return ""
+        deadline = time.monotonic() + wait
+        text, size = "", start
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            time.sleep(0.1)
+            now = os.path.getsize(self.log_path)
+            if now == size and "most recent call first" in text:
+                break  # the dump has stopped growing
+            size = now
+            with open(self.log_path, "rb") as fh:
+                fh.seek(start)
+                text = fh.read().decode("utf-8", "replace")
+        return text
+
+    def end_when_done(self) -> int:
+        """The exit status of a process that has ended; what it left of its group is killed."""
+        code = self.proc.wait()
+        end_group(self.proc.pid)
+        self.close()
+        return code
+
+    def end(self, grace: float = GRACE) -> int:
+        """End the process and every process of its group (see :func:`end_runs`); returns its
+        exit status."""
+        end_runs([self], grace)
+        return self.proc.returncode
+
+    def close(self) -> None:
+        if not self._log.closed:
+            self._log.close()
+
+    def output_tail(self, size: int = 4000) -> str:
+        with open(self.log_path, "rb") as fh:
+            fh.seek(max(os.path.getsize(self.log_path) - size, 0))
+            return fh.read().decode("utf-8", "replace")
+
+
+def end_runs(runs: list, grace: float = GRACE) -> None:
+    """End runs and every process of their groups: ``SIGTERM`` to each run's process (it exits
+    cleanly and ends its own children: DataLoader workers remove their temporary folders),
+    then ``SIGKILL`` to whatever is left of the groups after ``grace`` seconds. A run made of
+    several processes (``runs``: the ranks of a distributed run) is ended rank by rank."""
+    runs = [r for run in runs for r in getattr(run, "runs", [run])]
+    for run in runs:
+        try:
+            run.proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    for run in runs:
+        try:
+            run.proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            end_group(run.proc.pid)
+            run.proc.wait()
+        end_group(run.proc.pid)  # what is left of its group
+        run.close()
+
+
+class Watchdog:
+    """Raises :class:`Stalled` in the main thread when :meth:`kick` is not called for ``limit``
+    seconds (a ``SIGALRM`` timer). Outside the main thread, or without a limit, it only keeps
+    the phase."""
+
+    def __init__(self, limit: Optional[float], phase: str = "starting"):
+        self.limit, self.phase = limit, phase
+        self._old = None
+        self._armed = False
+
+    def __enter__(self) -> "Watchdog":
+        import threading
+
+        if self.limit and threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGALRM, self._fire)
+            self._armed = True
+            self.kick(self.phase)
+        return self
+
+    def kick(self, phase: Optional[str] = None) -> None:
+        if phase:
+            self.phase = phase
+        if self._armed:
+            signal.setitimer(signal.ITIMER_REAL, self.limit)
+
+    def __exit__(self, *exc) -> None:
+        if self._armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._old)
+            self._armed = False
+
+    def _fire(self, signum, frame) -> None:
+        frames = []
+        while frame is not None:
+            frames.append(Frame(frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
+            frame = frame.f_back
+        found = user_frame(frames)
+        raise Stalled(self.phase, self.limit, found.where if found else None)

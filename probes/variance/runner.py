@@ -1,0 +1,144 @@
+"""Fresh-process runs for ``audit variance`` and ``audit compare``, up to ``jobs`` at a time.
+
+A small pool of its own rather than the determinism launcher: these runs write one JSON report
+each (no traces, no knobs, no lockstep partners), and their cost must stay that of plain
+training runs. With ``jobs > 1`` each process gets ``cpu_count // jobs`` intra-op threads (unless
+``OMP_NUM_THREADS`` is set), so parallel runs do not fight over cores. Every process still
+running when the pool stops (an error, Ctrl-C) is terminated, then killed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+
+@dataclass
+class RunSpec:
+    """One run: its group (source, ``all``, ``a`` or ``b``), varied seed and every seed."""
+
+    group: str
+    seed: int
+    seeds: dict  # init/data/augment/dropout -> seed
+    target: Optional[str] = None
+
+
+@dataclass
+class RunOutcome:
+    spec: RunSpec
+    exit_code: int
+    report: dict = field(default_factory=dict)
+    output_tail: str = ""
+
+    @property
+    def status(self) -> str:
+        if self.report.get("status"):
+            return self.report["status"]
+        return "killed" if self.exit_code < 0 else "crashed"
+
+
+@dataclass
+class PoolOptions:
+    steps: int
+    base_seed: int = 0
+    device: str = "auto"
+    input_shape: Optional[list] = None
+    num_classes: Optional[int] = None
+    jobs: int = 1
+    cwd: Optional[str] = None
+
+
+def worker_spec(run: RunSpec, opts: PoolOptions, environment: bool = False) -> dict:
+    """What :mod:`audit.probes.variance.worker` reads (``out`` added by the caller)."""
+    return {"target": run.target, "seeds": run.seeds, "base_seed": opts.base_seed,
+            "steps": opts.steps, "device": opts.device, "input_shape": opts.input_shape,
+            "num_classes": opts.num_classes, "environment": environment}
+
+
+def child_environment(jobs: int) -> dict:
+    env = dict(os.environ)
+    env.setdefault("MPLBACKEND", "Agg")
+    if jobs > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    return env
+
+
+class Pool:
+    """Writes each run's spec into ``folder`` and runs them, ``jobs`` at a time."""
+
+    def __init__(self, opts: PoolOptions, folder: str):
+        self.opts, self.folder = opts, folder
+        self.env = child_environment(opts.jobs)
+
+    def _write_spec(self, index: int, run: RunSpec) -> str:
+        base = os.path.join(self.folder, f"{index:04d}-{run.group}-{run.seed}")
+        spec = worker_spec(run, self.opts, index == 0)
+        spec["out"] = base + ".out.json"
+        with open(base + ".json", "w", encoding="utf-8") as fh:
+            json.dump(spec, fh)
+        return base
+
+    def _start(self, index: int, run: RunSpec) -> tuple:
+        base = self._write_spec(index, run)
+        log = open(base + ".log", "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "audit.probes.variance.worker", base + ".json"],
+                                env=self.env, cwd=self.opts.cwd, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT)
+        return proc, log, base
+
+    @staticmethod
+    def _finish(run: RunSpec, proc, log, base: str) -> RunOutcome:
+        log.close()
+        with open(base + ".log", "rb") as fh:
+            tail = fh.read()[-2000:].decode("utf-8", "replace")
+        try:
+            with open(base + ".out.json", encoding="utf-8") as fh:
+                report = json.load(fh)
+        except (OSError, ValueError):
+            report = {}
+        return RunOutcome(run, proc.returncode, report, tail)
+
+    def run(self, runs: list, on_done: Optional[Callable[[RunOutcome], None]] = None,
+            stop: Optional[Callable[[RunOutcome], bool]] = None) -> list:
+        """Outcomes in the order of ``runs``; ``stop(outcome)`` true ends the pool early."""
+        results: dict = {}
+        pending = list(range(len(runs)))
+        running: list = []
+        try:
+            while pending or running:
+                while pending and len(running) < max(1, self.opts.jobs):
+                    i = pending.pop(0)
+                    running.append((i, *self._start(i, runs[i])))
+                for item in list(running):
+                    i, proc, log, base = item
+                    if proc.poll() is None:
+                        continue
+                    running.remove(item)
+                    results[i] = self._finish(runs[i], proc, log, base)
+                    if on_done:
+                        on_done(results[i])
+                    if stop and stop(results[i]):
+                        pending.clear()
+                        _terminate(running)
+                        running.clear()
+                time.sleep(0.01)
+        finally:
+            _terminate(running)
+        return [results[i] for i in sorted(results)]
+
+
+def _terminate(running: list) -> None:
+    for _, proc, log, _ in running:
+        if proc.poll() is None:
+            proc.terminate()
+    for _, proc, log, _ in running:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

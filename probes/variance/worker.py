@@ -1,0 +1,159 @@
+"""One run of ``audit variance`` / ``audit compare``: a fresh process that trains plainly.
+
+Started as ``python -m audit.probes.variance.worker SPEC.json``. It seeds and builds the target
+under the init seed, routes the data, augment and dropout seeds (:mod:`.routing`), trains
+``steps`` steps with no tracing, evaluates, and writes one JSON object to the spec's ``out``:
+``status`` (``ok`` | ``target_error`` | ``crashed``), ``metrics``, ``routing``, ``message``.
+Exit status: 0 trained; 3 the target could not be loaded; 4 training raised.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import traceback
+
+EXIT_OK, EXIT_TARGET, EXIT_CRASH = 0, 3, 4
+
+
+def tail_length(steps: int) -> int:
+    """How many of the last steps the training-loss metric averages: the last quarter."""
+    return max(1, steps // 4)
+
+
+def _train(setup, steps: int, device, streams) -> list:
+    import torch
+
+    from audit.probes.training import (compute_loss, cycle_batches, make_scheduler,
+                                       optimizer_step, to_device)
+
+    model = setup.model
+    model.train()
+    optimizer = setup.optimizer(model.parameters())
+    scheduler = make_scheduler(setup, optimizer)
+    batches = cycle_batches(setup.data, steps)
+    losses = []
+    while True:
+        with streams.use("augment"):
+            item = next(batches, None)
+        if item is None:
+            break
+        with streams.use("dropout"):
+            batch = to_device(item[1], device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = compute_loss(setup, batch)
+            loss.backward()
+            optimizer_step(optimizer, scheduler)
+        losses.append(loss.detach().float().reshape(()))
+    return torch.stack(losses).cpu().tolist() if losses else []
+
+
+def metric_values(returned, name: str = "eval") -> dict:
+    """``evaluate``'s return as ``{name: float}``: a number is named ``eval``."""
+    if isinstance(returned, dict):
+        return {str(k): float(v) for k, v in returned.items()}
+    return {name: float(returned)}
+
+
+def _evaluate(setup, streams) -> dict:
+    import torch
+
+    if setup.evaluate is None:
+        return {}
+    with streams.use("evaluate"):
+        setup.model.eval()
+        with torch.no_grad():
+            return metric_values(setup.evaluate(setup.model))
+
+
+def _load(spec: dict):
+    """Seed with the init seed, build the target, put it on its device."""
+    from audit.probes.errors import TargetError
+    from audit.probes.target import load_target
+    from audit.probes.variance import routing
+    from audit.probes.worker import resolve_device
+
+    seeds = spec["seeds"]
+    routing.seed_globals(seeds["init"])
+    try:
+        device = resolve_device(spec.get("device", "auto"))
+    except RuntimeError as exc:
+        raise TargetError(str(exc)) from None
+    setup = load_target(spec.get("target"), input_shape=spec.get("input_shape"),
+                        num_classes=spec.get("num_classes"), seed=spec["base_seed"],
+                        batches=spec["steps"])
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.init()
+    setup.model.to(device)
+    return setup, device
+
+
+def _measure(spec: dict) -> dict:
+    from audit.probes.results import plain
+    from audit.probes.variance import routing
+
+    setup, device = _load(spec)
+    seeds = spec["seeds"]
+    routes = routing.route_data(setup.data, seeds["data"], seeds["augment"])
+    streams = routing.Streams({"augment": seeds["augment"], "dropout": seeds["dropout"],
+                               "evaluate": spec["base_seed"]})
+    losses = _train(setup, spec["steps"], device, streams)
+    tail = losses[-tail_length(len(losses)):]
+    metrics = {"loss": sum(tail) / len(tail)} if tail else {}
+    metrics.update(_evaluate(setup, streams))
+    out = {"status": "ok", "metrics": metrics, "steps": len(losses), "device": str(device),
+           "routing": plain(routing.fixed_routes()[:1] + routes + routing.fixed_routes()[1:])}
+    if not all(math.isfinite(v) for v in metrics.values()):
+        out["status"] = "nonfinite"
+        out["message"] = "a metric is not finite: " + ", ".join(
+            f"{k}={v}" for k, v in metrics.items() if not math.isfinite(v))
+    if spec.get("environment"):
+        from audit.probes.worker import environment
+
+        out["environment"] = environment(device)
+    return out
+
+
+def _where(exc: BaseException):
+    from audit.probes.rng_escape import short_path
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    return next((f"{short_path(f.filename)}:{f.lineno}" for f in reversed(frames)
+                 if "site-packages" not in f.filename and "/probes/" not in f.filename
+                 and "/audit/" not in f.filename), None)
+
+
+def run(spec: dict) -> tuple:
+    """``(exit status, report)`` of one run."""
+    from audit.probes.errors import TargetError
+
+    try:
+        return EXIT_OK, _measure(spec)
+    except TargetError as exc:
+        return EXIT_TARGET, {"status": "target_error", "message": str(exc)}
+    except Exception as exc:  # the user's training raised
+        return EXIT_CRASH, {"status": "crashed", "message": f"{type(exc).__name__}: {exc}",
+                            "where": _where(exc)}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    with open(argv[0], encoding="utf-8") as fh:
+        spec = json.load(fh)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    started = time.monotonic()
+    code, report = run(spec)
+    report["seconds"] = round(time.monotonic() - started, 3)
+    with open(spec["out"], "w", encoding="utf-8") as fh:
+        json.dump(report, fh)
+    sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,2 @@
+"""The user's own `probes` package: the audit must not shadow it."""
+OWNER = "user"

@@ -1,0 +1,31 @@
+"""The same model, built after torch is seeded."""
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(10, 32), nn.ReLU())
+        self.head = nn.Linear(32, 2)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def main(seed=0):
+    torch.manual_seed(seed)
+    model = Net()
+    features = torch.randn(64, 10)
+    labels = (features[:, 1] > 0).long()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(8):
+        xb, yb = features[step * 8:(step + 1) * 8], labels[step * 8:(step + 1) * 8]
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(xb), yb)
+        loss.backward()
+        opt.step()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The shape of the house: every audit kind provides everything the registry promises, and
+imports (module level and inside functions, read with ``ast``) run one way with no cycles:
+face -> gate -> engines -> result model; reports -> result model."""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import pathlib
+
+import pytest
+
+from audit import config, registry
+from audit.kinds.base import AuditKind, Settings
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+#: Repository folder -> installed package.
+FOLDERS = {"audit": "audit", "probes": "audit.probes", "reports": "audit.reports"}
+
+
+def _modules() -> dict:
+    out = {}
+    for folder, package in FOLDERS.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = list(path.relative_to(ROOT / folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join([package, *parts])] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _resolve(name: str):
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def _imports(module: str, path: pathlib.Path) -> set:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        for name in names:
+            target = _resolve(name)
+            if target and target != module and not module.startswith(target + "."):
+                found.add(target)
+    return found
+
+
+GRAPH = {module: _imports(module, path) for module, path in MODULES.items()}
+
+
+def layer(module: str) -> str:
+    if module in ("audit.probes.errors",) or module.startswith("audit.probes.results"):
+        return "results"
+    if module.startswith("audit.probes"):
+        return "engines"
+    if module.startswith("audit.reports"):
+        return "reports"
+    if module.startswith(("audit.gate", "audit.kinds")) or module in (
+            "audit.registry", "audit.settings", "audit.config"):
+        return "gate"
+    return "face"
+
+
+#: Which layers each layer may import.
+ALLOWED = {
+    "results": {"results"},
+    "engines": {"engines", "results"},
+    "reports": {"reports", "results"},
+    "gate": {"gate", "engines", "results", "reports"},
+    "face": {"face", "gate", "engines", "results", "reports"},
+}
+
+
+def test_the_module_map_sees_the_house():
+    assert {"audit.cli", "audit.registry", "audit.probes.results", "audit.reports.html",
+            "audit.probes.determinism.orchestrate", "audit.probes.init.engine"} <= set(MODULES)
+
+
+def test_no_import_runs_against_the_flow():
+    wrong = [f"{m} ({layer(m)}) imports {t} ({layer(t)})" for m, targets in GRAPH.items()
+             for t in sorted(targets) if layer(t) not in ALLOWED[layer(m)]]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_import_cycles():
+    state: dict = {}
+    cycles = []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(GRAPH[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for module in sorted(GRAPH):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+@pytest.mark.parametrize("kind", registry.KINDS, ids=lambda k: k.name)
+def test_every_kind_provides_everything(kind: AuditKind):
+    for f in dataclasses.fields(AuditKind):
+        value = getattr(kind, f.name)
+        assert value is not None, f.name
+        if f.type.startswith("Callable"):
+            assert callable(value), f.name
+    assert issubclass(kind.settings, Settings) and dataclasses.is_dataclass(kind.result_type)
+    defaults = kind.settings()  # every setting has a default
+    assert defaults.out and isinstance(defaults.seed, int)
+    assert kind.check_table(config.Checker("pyproject.toml"), {}) == {}
+    assert all(isinstance(v, float) for v in kind.tolerances.values())
+    assert registry.get(kind.name) is kind
+
+
+def test_kind_names_are_unique_and_commands_exist():
+    from audit.cli import build_parser
+
+    names = registry.names()
+    assert len(set(names)) == len(names)
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert set(names) | {"check"} == set(commands)
+
+
+def test_no_audit_name_is_switched_on_outside_its_kind():
+    """Only the kinds and the registry may compare against an audit's name."""
+    offenders = []
+    for module, path in MODULES.items():
+        if layer(module) not in ("gate", "face") or module.startswith("audit.kinds"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Compare) and any(
+                    isinstance(c, ast.Constant) and c.value in registry.names()
+                    for c in [node.left, *node.comparators]):
+                offenders.append(f"{module}:{node.lineno}")
+    assert not offenders, offenders
