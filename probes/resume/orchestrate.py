@@ -61,7 +61,8 @@ class _Runs:
         folder = folder or self.checkpoints
         os.makedirs(folder, exist_ok=True)
         resume = {"role": role, "at": self.opts.at, "folder": folder, "knobs": list(knobs)}
-        return self.launcher.spec(name, self.opts.steps, extra={"resume": resume})
+        # steps 0: the worker chooses S from the epoch length (the session's plan)
+        return self.launcher.spec(name, self.opts.steps or 0, extra={"resume": resume})
 
     def run(self, specs: list) -> list:
         outs = self.launcher.run_all(specs, self.opts.jobs)
@@ -73,7 +74,9 @@ class _Runs:
 
 def _run_info(index: int, out: Outcome) -> RunInfo:
     end = out.end
-    status = end.get("status") or ("killed" if out.exit_code < 0 else "crashed")
+    stopped = getattr(out, "stopped", None)
+    status = stopped or end.get("status") or (
+        "killed" if out.exit_code is not None and out.exit_code < 0 else "crashed")
     message = end.get("message", "") or (out.output_tail[-800:] if not end else "")
     if end.get("where"):
         message += f" (at {end['where']})"

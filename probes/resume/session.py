@@ -152,7 +152,7 @@ def open_session(spec: dict, setup: TrainingSetup, device, steps: Optional[int],
         given = "save" if setup.save is not None else "load"
         raise TargetError(f"the target gives '{given}' but not its partner; give both 'save' "
                           "and 'load', or neither for the default checkpoint")
-    plan = choose_plan(steps, spec.get("at"), data_length(setup.data))
+    plan = choose_plan(steps or None, spec.get("at"), data_length(setup.data))
     session = Session(spec["role"], plan, setup, spec["folder"], pieces.known(spec.get("knobs", [])),
                       device)
     writer.write({
