@@ -63,7 +63,7 @@ def checks(result: ResumeResult) -> list:
     """Runs completed; the uninterrupted runs agree; the resumed run reproduces the
     uninterrupted one; one ``cause: SOURCE`` per confirmed cause."""
     out = [Check("resume", "runs completed", result.error is None,
-                 result.error or f"A ({result.steps} steps), B (to step {result.at}) and C "
+                 result.error or f"A ({result.steps} steps, saving at step {result.at}) and C "
                                  f"(from step {result.at}) ran",
                  "" if result.error is None else "fix the error in the training or checkpoint code")]
     nondeterministic = result.verdict == "nondeterministic"

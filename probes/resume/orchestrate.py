@@ -1,12 +1,13 @@
 """Running ``audit resume``: uninterrupted against stop-save-load-continue, then proof.
 
-1. **Runs.** In fresh worker processes, A trains S steps uninterrupted while B trains K steps,
-   saves (the target's ``save`` or the default checkpoint) and ends; then C loads in a fresh
-   process and trains steps K .. S-1. C is compared with A: the state right after the load,
-   then every step from K on. If they agree the audit ends here (three processes).
+1. **Runs.** In a fresh worker process, A trains S steps without stopping and saves at step K
+   (the target's ``save`` or the default checkpoint), as a checkpointing run does; then C
+   loads that checkpoint in a fresh process and trains steps K .. S-1. C is compared with A:
+   the state right after the load, then every step from K on. If they agree the audit ends
+   here (two processes: about two plain runs).
 2. **Is A reproducible?** A second uninterrupted run; if it parts from A the verdict is
    ``nondeterministic`` and the report points to ``audit determinism``.
-3. **Attribution.** C again with one piece restored by the tool at a time (B saved them all);
+3. **Attribution.** C again with one piece restored by the tool at a time (A saved them all);
    a piece that makes C match A is a proven cause. If none does alone, all together and then
    all-but-one say which are needed together.
 """
@@ -56,9 +57,12 @@ class _Runs:
             target=opts.target, seed=opts.seed, device=opts.device, input_shape=opts.input_shape,
             num_classes=opts.num_classes, cwd=opts.cwd), folder)
 
-    def spec(self, name: str, role: str, knobs=()) -> dict:
-        resume = {"role": role, "at": self.opts.at, "folder": self.checkpoints, "knobs": list(knobs)}
-        return self.launcher.spec(name, self.opts.steps, extra={"resume": resume})
+    def spec(self, name: str, role: str, knobs=(), folder: Optional[str] = None) -> dict:
+        folder = folder or self.checkpoints
+        os.makedirs(folder, exist_ok=True)
+        resume = {"role": role, "at": self.opts.at, "folder": folder, "knobs": list(knobs)}
+        # steps 0: the worker chooses S from the epoch length (the session's plan)
+        return self.launcher.spec(name, self.opts.steps or 0, extra={"resume": resume})
 
     def run(self, specs: list) -> list:
         outs = self.launcher.run_all(specs, self.opts.jobs)
@@ -70,7 +74,9 @@ class _Runs:
 
 def _run_info(index: int, out: Outcome) -> RunInfo:
     end = out.end
-    status = end.get("status") or ("killed" if out.exit_code < 0 else "crashed")
+    stopped = getattr(out, "stopped", None)
+    status = stopped or end.get("status") or (
+        "killed" if out.exit_code is not None and out.exit_code < 0 else "crashed")
     message = end.get("message", "") or (out.output_tail[-800:] if not end else "")
     if end.get("where"):
         message += f" (at {end['where']})"
@@ -108,17 +114,17 @@ def audit_resume(opts: ResumeOptions, progress: Optional[Callable[[str], None]] 
 
 
 def _audit(runs: _Runs, say) -> ResumeResult:
-    say("uninterrupted run and interrupted run")
-    a, b = runs.run([runs.spec("a-uninterrupted", "a"), runs.spec("b-interrupted", "b")])
-    if b.end.get("status") != "ok":
-        return _failed(runs, [a, b], "the interrupted run (B)", b)
+    say("uninterrupted run, saving at step K")
+    (a,) = runs.run([runs.spec("a-uninterrupted", "a")])
+    if a.end.get("status") != "ok":
+        return _failed(runs, [a], "the uninterrupted run (A)", a)
     say("resumed run")
     (c,) = runs.run([runs.spec("c-resumed", "c")])
-    result = _base(runs, a, b, c)
-    for name, out in (("the uninterrupted run (A)", a), ("the resumed run (C)", c)):
-        if out.end.get("status") != "ok":
-            result.error = f"{name} {_run_info(0, out).status}: {_run_info(0, out).message}"
-            return result
+    result = _base(runs, a, c)
+    if c.end.get("status") != "ok":
+        info = _run_info(1, c)
+        result.error = f"the resumed run (C) {info.status}: {info.message}"
+        return result
     diffs = compare.state_differences(a.records, c.records)
     parting = compare.step_parting(a.records, c.records, result.at)
     result.state_differences = diffs
@@ -137,9 +143,9 @@ def _plan_record(*outs: Outcome) -> dict:
     return next((compare.record(o.records, "plan") for o in outs if compare.record(o.records, "plan")), {})
 
 
-def _base(runs: _Runs, a: Outcome, b: Outcome, c: Outcome) -> ResumeResult:
-    plan = _plan_record(b, a)
-    env = a.env or b.env
+def _base(runs: _Runs, a: Outcome, c: Outcome) -> ResumeResult:
+    plan = _plan_record(a)
+    env = a.env or c.env
     environment = env.get("environment", {})
     result = ResumeResult(
         verdict="equivalent", steps=plan.get("steps", runs.opts.steps or 0),
@@ -147,7 +153,7 @@ def _base(runs: _Runs, a: Outcome, b: Outcome, c: Outcome) -> ResumeResult:
         device=environment.get("device", runs.opts.device), environment=environment,
         target=runs.opts.target or BUILTIN_LABEL, checkpoint=plan.get("checkpoint", "default"),
         epoch_length=plan.get("epoch_length"), auto=bool(plan.get("auto")),
-        run_info=[_run_info(i, o) for i, o in enumerate((a, b, c))])
+        run_info=[_run_info(i, o) for i, o in enumerate((a, c))])
     if env.get("description"):
         result.detail["data"] = env["description"]
     if plan.get("epoch_length") and plan.get("skip") == 0:
@@ -161,7 +167,7 @@ def _base(runs: _Runs, a: Outcome, b: Outcome, c: Outcome) -> ResumeResult:
 
 def _failed(runs: _Runs, outs: list, name: str, out: Outcome) -> ResumeResult:
     plan = _plan_record(*outs)
-    info = _run_info(1, out)
+    info = _run_info(0, out)
     return ResumeResult(verdict="diverges", steps=plan.get("steps", runs.opts.steps or 0),
                         at=plan.get("at", runs.opts.at or 0), seed=runs.opts.seed,
                         target=runs.opts.target or BUILTIN_LABEL,
@@ -193,7 +199,7 @@ def _judge(runs: _Runs, result: ResumeResult, a: Outcome, diffs: list, parting, 
         trials.append(attribute.trial(knobs[0], _removed(a, first, result.at, result.steps), result.steps))
     if not any(t.removed for t in trials):
         say("second uninterrupted run")
-        (again_out,) = runs.run([runs.spec("a2-uninterrupted", "a")])
+        (again_out,) = runs.run([runs.spec("a2-uninterrupted", "a", folder=runs.checkpoints + "-a2")])
         again = det_compare.first_parting(a.records, again_out.records)
         if again is not None:
             _nondeterministic(result, again)

@@ -1,6 +1,6 @@
 """The pieces of training state a checkpoint may leave out, each one a knob of ``audit resume``.
 
-The interrupted run saves every piece next to the user's checkpoint (:func:`snapshot`); a
+The uninterrupted run saves every piece, at step K, next to the user's checkpoint (:func:`snapshot`); a
 resumed run with a knob set restores that one piece after the user's ``load``
 (:func:`restore`), so a knob that makes the resumed run match the uninterrupted one proves the
 checkpoint lacks that piece. The data pieces are restored when the resumed pass opens

@@ -1,12 +1,13 @@
 """One run of ``audit resume`` inside the worker: uninterrupted, interrupted, or resumed.
 
-The three roles share the traced training loop (:func:`probes.trace.run_traced`); the session
-only adds what each role does around it:
+Both roles share the traced training loop (:func:`probes.trace.run_traced`); the session only
+adds what each role does around it:
 
-* ``a`` (uninterrupted): trains S steps and writes its ``state`` record after step K-1;
-* ``b`` (interrupted): trains K steps, saves every piece for the tool's knobs, then calls the
-  target's ``save(path, objects)`` (or saves what most tutorials save: the model's and the
-  optimizer's state dicts), and ends;
+* ``a`` (uninterrupted): trains S steps without stopping. After step K-1 it writes its
+  ``state`` record, saves every piece for the tool's knobs, and calls the target's
+  ``save(path, objects)`` (or saves what most tutorials save: the model's and the optimizer's
+  state dicts), then keeps training, as a training run that checkpoints does. It is also the
+  interrupted run: what it saved at K is what a run stopped right after saving leaves behind.
 * ``c`` (resumed): after building the run's objects, calls the target's ``load(path, objects)``
   (or the default load), restores the pieces its knobs name, writes its ``state`` record, and
   trains steps K .. S-1 from where step K left the data (:func:`probes.training.cycle_batches`).
@@ -100,7 +101,7 @@ class Session:
         self.scalers = pieces.find_scalers(setup)
         self.recorder = loader.PassRecorder(setup.data)
         self.start = plan.at if role == "c" else 0
-        self.steps = plan.at if role == "b" else plan.steps
+        self.steps = plan.steps
         self._record: Optional[loader.PassRecord] = None
 
     def loaded(self, live: LiveObjects, writer) -> None:
@@ -123,7 +124,7 @@ class Session:
 
     def open_pass(self, epoch: int) -> Iterator:
         data = self.setup.data
-        if self.role == "b":
+        if self.role == "a":
             return self.recorder.open_pass(epoch)
         length = self.plan.epoch_length
         first = self.role == "c" and epoch == (self.plan.at // length if length else 0)
@@ -134,9 +135,7 @@ class Session:
     def stepped(self, live: LiveObjects, done: int, writer) -> None:
         if done != self.plan.at or self.role == "c":
             return
-        if self.role == "a":
-            writer.write(state_record(live, self.scalers, done, self.device))
-            return
+        writer.write(state_record(live, self.scalers, done, self.device))
         torch.save(pieces.snapshot(live, self.scalers, self.recorder.record()), self.tool_path)
         save = self.setup.save or default_save
         try:
@@ -153,7 +152,7 @@ def open_session(spec: dict, setup: TrainingSetup, device, steps: Optional[int],
         given = "save" if setup.save is not None else "load"
         raise TargetError(f"the target gives '{given}' but not its partner; give both 'save' "
                           "and 'load', or neither for the default checkpoint")
-    plan = choose_plan(steps, spec.get("at"), data_length(setup.data))
+    plan = choose_plan(steps or None, spec.get("at"), data_length(setup.data))
     session = Session(spec["role"], plan, setup, spec["folder"], pieces.known(spec.get("knobs", [])),
                       device)
     writer.write({
