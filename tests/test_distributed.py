@@ -179,17 +179,28 @@ def test_merged_traces_part_where_one_rank_does():
     assert [strip_name(n) for n in ("", "module", "module.fc", "module#0")] == [None, "", "fc", "#0"]
 
 
-def test_a_failed_rank_gets_its_hanging_peers_killed(monkeypatch):
-    import subprocess
+def test_a_failed_rank_gets_its_hanging_peers_killed(monkeypatch, tmp_path):
+    import os
     import sys
+    import time
 
     from audit.probes.determinism import rank_launch
+    from audit.probes.runs import Run
 
     monkeypatch.setattr(rank_launch, "GRACE_SECONDS", 0.2)
-    hang = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    fail = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(4)"])
-    group = rank_launch.RankGroup([hang, fail], [])
-    assert group.wait() == 4 and group.first_failed == 1
+
+    def run(code: str, name: str) -> Run:
+        return Run([sys.executable, "-c", code], str(tmp_path / f"{name}.log"),
+                   str(tmp_path / f"{name}.trace"), dict(os.environ))
+
+    hang, fail = run("import time; time.sleep(120)", "hang"), run("import sys; sys.exit(4)", "fail")
+    group = rank_launch.RankGroup([hang, fail])
+    deadline = time.monotonic() + 60
+    code = group.poll()
+    while code is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        code = group.poll()
+    assert code == 4 and group.first_failed == 1
     assert hang.poll() is not None and fail.poll() == 4
     env = rank_launch.rank_env([], 1, 2, 29500)
     assert {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")} == {
