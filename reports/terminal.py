@@ -515,6 +515,9 @@ def variance_summary(result, report_path: Optional[str] = None, *, color: bool =
         if r.note:
             w.wrap(r.note, indent="    ")
     _run_problems(w, result.runs)
+    _report_line(w, report_path)
+    return w.text()
+
 
 # --------------------------------------------------------------------------- diff
 
@@ -599,6 +602,9 @@ def compare_summary(result, report_path: Optional[str] = None, *, color: bool = 
     w.wrap(compare_sentence(result))
     _run_problems(w, result.runs)
     _report_line(w, report_path)
+    return w.text()
+
+
 def _curve(values: list, limit: int = 6) -> str:
     shown = [fmt_loss(v) for v in values[:limit]]
     return ", ".join(shown) + (f", ... ({len(values)} steps)" if len(values) > limit else "")
