@@ -91,7 +91,10 @@ def run(spec: dict) -> int:
                           on_step=tracker.on_step if tracker else None)
         observed = knobs.observed()
         if spec.get("cuda_ops"):  # after the traced steps, so the trace is untouched
+            from audit.probes import seed_log
             from audit.probes.determinism.cuda_ops import scan_training
+
+            seed_log.start(None, ())  # the scan's extra pass is not one of the compared runs'
 
             writer.write({"type": "cuda_ops", "scan": scan_training(setup, device).to_dict()})
         writer.write({"type": "end", "status": "ok" if done >= steps else "ended_early",

@@ -450,7 +450,7 @@ def test_check_passes_on_a_healthy_deterministic_project(tmp_path, monkeypatch):
     assert code == 0, out + err
     assert "audit check  PASS  all 14 checks passed" in out
     suite, cases = junit_cases("reports/junit.xml")
-    assert suite.get("tests") == "13" and suite.get("failures") == "0"
+    assert suite.get("tests") == "14" and suite.get("failures") == "0"
     assert cases[("audit.determinism", "runs agree")][0] == "passed"
     assert cases[("audit.init", "default init healthy")][0] == "passed"
     files = sorted(os.listdir("audit-report"))
