@@ -164,7 +164,7 @@ def test_a_pair_measures_a_reassociated_sum_at_rounding_level(runs):
     assert (r.verdict, d.step, d.stage) == ("differs", 0, "forward")
     assert (d.module, d.module_a) == ("blocks.mix", "mix")  # side b's name, side a's beside it
     assert 0 < d.max_abs_diff < 1e-5  # lockstep tensors compared under side b's names
-    assert r.drift == "rounding" and 0 < r.loss.max_rel_diff < 1e-4
+    assert r.drift == "rounding" and 0 <= r.loss.max_rel_diff < 1e-4  # the loss may round alike
     assert [g.step for g in r.growth] == list(range(STEPS)) and 0 < r.growth[-1].rel_l2 < 1e-4
     assert r.environment_changes == [] and len(r.renamed) == 9
 
