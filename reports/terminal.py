@@ -140,15 +140,77 @@ def _report_line(w: _Writer, report_path: Optional[str]) -> None:
 # --------------------------------------------------------------------------- determinism
 
 
-def determinism_summary(result: DeterminismResult, report_path: Optional[str] = None, *,
-                        color: bool = False, width: Optional[int] = None) -> str:
-    """Verdict; where the runs part (step, stage, module, tensor, max |diff|); the causes with
-    their evidence, whether each is confirmed, the fix as code and the file:line; escaped
-    randomness; crashed runs; the report path."""
-    w = _Writer(width, color)
-    status, title = determinism_headline(result)
-    _verdict(w, "determinism", status, title)
-    w.wrap(determinism_sentence(result))
+def _bad_runs(w: _Writer, result: DeterminismResult) -> None:
+    bad_runs = [r for r in result.run_info if r.status != "ok"]
+    if not bad_runs:
+        return
+    w.heading("Runs that did not finish")
+    for run in bad_runs:
+        line = (f"run {run.index}: {RUN_STATUS_TITLES.get(run.status, run.status)} after "
+                f"{run.steps_completed} of {result.steps} steps")
+        if run.exit_code is not None:
+            line += f" (exit {run.exit_code})"
+        if run.message:
+            line += f": {one_line(run.message)}"
+        w.wrap(line, indent="    ", first="  - ")
+
+
+def _divergence(w: _Writer, result: DeterminismResult) -> None:
+    div = result.first_divergence
+    w.heading("Where the runs part")
+    pairs = [("step", "before the first step" if div.step is None else str(div.step)),
+             ("stage", f"{div.stage} -- {STAGE_MEANING.get(div.stage, stage_title(div.stage))}")]
+    if div.rank is not None:
+        pairs.append(("rank", str(div.rank)))
+    if div.module:
+        pairs.append(("module", div.module))
+    if div.tensor:
+        pairs.append(("tensor", div.tensor))
+    pairs.append(("max |diff|", fmt_num(div.max_abs_diff)))
+    last = next((g for g in reversed(result.growth) if g.max_abs_diff is not None), None)
+    if last is not None and div.max_abs_diff is not None and last.max_abs_diff is not None \
+            and last.max_abs_diff > div.max_abs_diff:
+        pairs.append(("grows to", f"{fmt_num(last.max_abs_diff)} by step {last.step}"
+                      + (f" (relative L2 {fmt_num(last.rel_l2)})"
+                         if last.rel_l2 is not None else "")))
+    w.fields(pairs)
+
+
+def _causes(w: _Writer, result: DeterminismResult) -> None:
+    w.heading("Why")
+    for n, cause in enumerate(result.causes, 1):
+        state = "confirmed" if cause.confirmed else "not confirmed"
+        source = one_line(cause.source)
+        head = f"  {n}. {source_title(source)}"
+        tag = f"[{source}, {state}]"
+        styled = (f"  {n}. {w.s(source_title(source), 'bold')}",
+                  f"[{source}, {w.s(state, 'green' if cause.confirmed else 'yellow')}]")
+        if len(head) + 2 + len(tag) <= w.width:
+            w.add(f"{styled[0]}  {styled[1]}")
+        else:
+            w.add(styled[0])
+            w.add(f"     {styled[1]}")
+        if cause.evidence:
+            w.wrap(cause.evidence, indent="     ")
+        if cause.where:
+            w.wrap(f"at {cause.where}", indent="        ", first="     ")
+        if cause.fix:
+            w.add("     fix:")
+            w.code(cause.fix, indent="       ")
+        w.blank()
+
+
+def _escapes(w: _Writer, result: DeterminismResult) -> None:
+    w.heading("Generators the seed does not reach")
+    rows = [(one_line(e.kind), one_line(e.where or "unknown place"),
+             f"x{e.count}") for e in result.rng_escapes]
+    a = min(max(len(r[0]) for r in rows), w.width // 2)
+    b = min(max(len(r[1]) for r in rows), w.width // 3)
+    for kind, where, count in rows:
+        w.add(f"  {shorten(kind, a).ljust(a)}  {shorten(where, b).ljust(b)}  {count}")
+
+
+def _determinism_facts(w: _Writer, result: DeterminismResult) -> None:
     seeded = "the script's own seeding" if result.mode == "script" else f"seed {result.seed}"
     facts = (f"{result.runs} runs x {result.steps} steps, {seeded}, "
              f"device {one_line(result.device)}")
@@ -158,89 +220,39 @@ def determinism_summary(result: DeterminismResult, report_path: Optional[str] = 
         facts += " (script mode)"
     w.wrap(facts)
 
+
+def determinism_summary(result: DeterminismResult, report_path: Optional[str] = None, *,
+                        color: bool = False, width: Optional[int] = None) -> str:
+    """Verdict; where the runs part (step, stage, module, tensor, max |diff|); the causes with
+    their evidence, whether each is confirmed, the fix as code and the file:line; escaped
+    randomness; crashed runs; the report path."""
+    w = _Writer(width, color)
+    status, title = determinism_headline(result)
+    _verdict(w, "determinism", status, title)
+    w.wrap(determinism_sentence(result))
+    _determinism_facts(w, result)
     if result.error:
         w.heading("Error")
         w.wrap(result.error)
-
-    bad_runs = [r for r in result.run_info if r.status != "ok"]
-    if bad_runs:
-        w.heading("Runs that did not finish")
-        for run in bad_runs:
-            line = (f"run {run.index}: {RUN_STATUS_TITLES.get(run.status, run.status)} after "
-                    f"{run.steps_completed} of {result.steps} steps")
-            if run.exit_code is not None:
-                line += f" (exit {run.exit_code})"
-            if run.message:
-                line += f": {one_line(run.message)}"
-            w.wrap(line, indent="    ", first="  - ")
-
+    _bad_runs(w, result)
     if result.nonfinite is not None:
         w.heading("Non-finite values")
         w.wrap(f"{nonfinite_sentence(result.nonfinite)}; {NONFINITE_FIX}")
-
-    div = result.first_divergence
-    if div is not None:
-        w.heading("Where the runs part")
-        pairs = [("step", "before the first step" if div.step is None else str(div.step)),
-                 ("stage", f"{div.stage} -- {STAGE_MEANING.get(div.stage, stage_title(div.stage))}")]
-        if div.rank is not None:
-            pairs.append(("rank", str(div.rank)))
-        if div.module:
-            pairs.append(("module", div.module))
-        if div.tensor:
-            pairs.append(("tensor", div.tensor))
-        pairs.append(("max |diff|", fmt_num(div.max_abs_diff)))
-        last = next((g for g in reversed(result.growth) if g.max_abs_diff is not None), None)
-        if last is not None and div.max_abs_diff is not None and last.max_abs_diff is not None \
-                and last.max_abs_diff > div.max_abs_diff:
-            pairs.append(("grows to", f"{fmt_num(last.max_abs_diff)} by step {last.step}"
-                          + (f" (relative L2 {fmt_num(last.rel_l2)})"
-                             if last.rel_l2 is not None else "")))
-        w.fields(pairs)
-
+    if result.first_divergence is not None:
+        _divergence(w, result)
     if result.nproc:
         w.heading(f"Ranks ({result.nproc} per run)")
         for line in rank_lines(result):
             w.wrap(line, indent="    ", first="  - ")
-
     if result.causes:
-        w.heading("Why")
-        for n, cause in enumerate(result.causes, 1):
-            state = "confirmed" if cause.confirmed else "not confirmed"
-            source = one_line(cause.source)
-            head = f"  {n}. {source_title(source)}"
-            tag = f"[{source}, {state}]"
-            styled = (f"  {n}. {w.s(source_title(source), 'bold')}",
-                      f"[{source}, {w.s(state, 'green' if cause.confirmed else 'yellow')}]")
-            if len(head) + 2 + len(tag) <= w.width:
-                w.add(f"{styled[0]}  {styled[1]}")
-            else:
-                w.add(styled[0])
-                w.add(f"     {styled[1]}")
-            if cause.evidence:
-                w.wrap(cause.evidence, indent="     ")
-            if cause.where:
-                w.wrap(f"at {cause.where}", indent="        ", first="     ")
-            if cause.fix:
-                w.add("     fix:")
-                w.code(cause.fix, indent="       ")
-            w.blank()
-    elif div is not None:
+        _causes(w, result)
+    elif result.first_divergence is not None:
         w.heading("Why")
         w.wrap("No cause was identified: no knob removed the divergence.")
-
     if result.rng_escapes:
-        w.heading("Generators the seed does not reach")
-        rows = [(one_line(e.kind), one_line(e.where or "unknown place"),
-                 f"x{e.count}") for e in result.rng_escapes]
-        a = min(max(len(r[0]) for r in rows), w.width // 2)
-        b = min(max(len(r[1]) for r in rows), w.width // 3)
-        for kind, where, count in rows:
-            w.add(f"  {shorten(kind, a).ljust(a)}  {shorten(where, b).ljust(b)}  {count}")
-
+        _escapes(w, result)
     if result.cuda_ops is not None:
         _cuda_ops(w, result.cuda_ops)
-
     _report_line(w, report_path)
     return w.text()
 
