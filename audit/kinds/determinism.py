@@ -93,33 +93,27 @@ def _run_distributed(s: DeterminismSettings, opts, progress: Progress) -> Determ
 _AT = re.compile(r"\(at ([^()]+:\d+)\)\s*$")
 
 
-def checks(result: DeterminismResult) -> list:
-    """The determinism audit as checks: runs completed, runs agree, no unseeded generators,
-    and one ``cause: SOURCE`` per cause source other than ``unseeded_rng``."""
-    checks = []
+def _completed_check(result: DeterminismResult) -> Check:
     bad = [r for r in result.run_info
            if r.status in ("crashed", "killed", "exited", "timed_out", "interrupted")]
     if result.error or bad:
         first = bad[0] if bad else None
-        where = None
-        if first is not None:
-            match = _AT.search(first.message or "")
-            where = match.group(1) if match else None
+        match = _AT.search(first.message or "") if first is not None else None
         message = result.error or (
             f"run {first.index} {first.status} after {first.steps_completed} of "
             f"{result.steps} steps: {first.message}")
-        checks.append(Check("determinism", "runs completed", False,
-                            message + "; the comparison covers only the steps before it",
-                            "fix the error in the training code; run `audit determinism "
-                            "--debug` to see the run's output", where))
-    else:
-        short = [r for r in result.run_info if r.status == "ended_early"]
-        note = (f"; {plural(len(short), 'run')} ended before {result.steps} steps "
-                "(the data ran out)") if short else ""
-        checks.append(Check("determinism", "runs completed", True,
-                            f"{plural(result.runs, 'run')} of {plural(result.steps, 'step')}"
-                            + note))
+        return Check("determinism", "runs completed", False,
+                     message + "; the comparison covers only the steps before it",
+                     "fix the error in the training code; run `audit determinism "
+                     "--debug` to see the run's output", match.group(1) if match else None)
+    short = [r for r in result.run_info if r.status == "ended_early"]
+    note = (f"; {plural(len(short), 'run')} ended before {result.steps} steps "
+            "(the data ran out)") if short else ""
+    return Check("determinism", "runs completed", True,
+                 f"{plural(result.runs, 'run')} of {plural(result.steps, 'step')}" + note)
 
+
+def _agree_check(result: DeterminismResult) -> Check:
     fix, where = "", None
     run_causes = [c for c in result.causes if c.source not in DISTRIBUTED_SOURCES]
     if run_causes:
@@ -128,35 +122,42 @@ def checks(result: DeterminismResult) -> list:
         fix, where = top.fix, top.where
     agree = "runs agree on every rank" if result.nproc else "runs agree"
     if result.verdict == "deterministic" and result.error and not result.first_divergence:
-        checks.append(Check("determinism", agree, False,
-                            "undecided: a run crashed before the runs could be compared",
-                            skipped=True))
-    else:
-        checks.append(Check("determinism", agree, result.verdict == "deterministic",
-                            determinism_sentence(result),
-                            fix if result.verdict != "deterministic" else "",
-                            where if result.verdict != "deterministic" else None))
+        return Check("determinism", agree, False,
+                     "undecided: a run crashed before the runs could be compared", skipped=True)
+    ok = result.verdict == "deterministic"
+    return Check("determinism", agree, ok, determinism_sentence(result),
+                 "" if ok else fix, None if ok else where)
 
-    checks.append(_generator_check(result))
-    checks.append(_nonfinite_check(result))
-    scan = cuda_ops_check(result, result.cuda_ops_level)
-    if scan is not None:
-        checks.append(scan)
-    if result.nproc:
-        checks += distributed_checks(result)
 
+def _cause_checks(result: DeterminismResult) -> list:
+    """One ``cause: SOURCE`` check per cause source the other checks do not already carry."""
     by_source: dict = {}
     for cause in result.causes:
         if cause.source != "unseeded_rng" and not (result.nproc and cause.source in DISTRIBUTED_SOURCES):
             by_source.setdefault(cause.source, []).append(cause)
+    out = []
     for source, causes in by_source.items():
         first = causes[0]
         state = "confirmed" if first.confirmed else "not confirmed"
         evidence = "; ".join(c.evidence for c in causes if c.evidence)
-        checks.append(Check("determinism", f"cause: {source}", False,
-                            f"{source_title(source)} ({state}): {evidence}",
-                            first.fix, next((c.where for c in causes if c.where), None)))
-    return checks
+        out.append(Check("determinism", f"cause: {source}", False,
+                         f"{source_title(source)} ({state}): {evidence}",
+                         first.fix, next((c.where for c in causes if c.where), None)))
+    return out
+
+
+def checks(result: DeterminismResult) -> list:
+    """The determinism audit as checks: runs completed, runs agree, no unseeded generators,
+    finite values, the CUDA op scan, the distributed checks with ``--nproc``, and one
+    ``cause: SOURCE`` per cause source other than ``unseeded_rng``."""
+    out = [_completed_check(result), _agree_check(result), _generator_check(result),
+           _nonfinite_check(result)]
+    scan = cuda_ops_check(result, result.cuda_ops_level)
+    if scan is not None:
+        out.append(scan)
+    if result.nproc:
+        out += distributed_checks(result)
+    return out + _cause_checks(result)
 
 
 def distributed_checks(result: DeterminismResult) -> list:
