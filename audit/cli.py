@@ -7,6 +7,7 @@ one line saying what is wrong and what to do, exit 2 (the traceback only under `
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Optional
 
@@ -18,8 +19,11 @@ from audit.probes.errors import ExitCode, UsageError
 from audit.probes.runs import Interrupted
 
 
+_SIZES = re.compile(r"\d+(?:[,x]\d+)*")
+
+
 def _int_list(text: str) -> list:
-    if parse_shape(text.replace("0", "1")) is None:  # not digits and separators
+    if not _SIZES.fullmatch("".join(text.split())):
         raise argparse.ArgumentTypeError(f"{text!r} is not a list of sizes like 3,32,32")
     shape = parse_shape(text)
     if shape is None:

@@ -366,5 +366,5 @@ KIND = AuditKind(
     settings=DeterminismSettings, add_arguments=add_arguments, check_table=check_table,
     tolerances=TOLERANCES, run=run, checks=checks, snapshot=snapshot, regressions=regressions,
     headline=determinism_headline, verdict_detail=verdict_detail,
-    summary=terminal.determinism_summary, html=html.determinism_html, result_type=DeterminismResult, index=index,
-    script_mode=True, annotations=annotations, checked_by_default=True)
+    summary=terminal.determinism_summary, html=html.determinism_html,
+    result_type=DeterminismResult, index=index, script_mode=True, annotations=annotations, checked_by_default=True)
