@@ -78,6 +78,8 @@ def run(spec: dict) -> int:
         rng_escape.install(spec.get("escape_log"), pin=False)
         knobs.observe()
         knobs.apply(spec.get("knobs", []), spec.get("escape_log"))
+        if spec.get("jitter"):
+            knobs.jitter_workers()
         seed_everything(spec["seed"])
         from audit.probes.target import TargetError, load_target
 

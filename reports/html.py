@@ -19,7 +19,9 @@ from markupsafe import Markup, escape
 
 from audit.probes.results import STAGES, DeterminismResult, GateResult, InitResult
 from audit.reports.common import (
+    CELL_NOTES,
     RUN_STATUS_TITLES,
+    steps_text,
     STAGE_MEANING,
     STAGE_TITLES,
     determinism_headline,
@@ -188,6 +190,8 @@ def determinism_html(result: DeterminismResult, *, charts: bool = True) -> str:
         growth_svg=Markup(growth_svg), charts=charts, last_growth=last,
         environment_rows=_environment_rows(result.environment),
         detail_rows=[(str(k), _env_value(v)) for k, v in (result.detail or {}).items()],
+        steps_made=steps_text(result), CELL_NOTES=CELL_NOTES,
+        notes_used=sorted({n for row in timeline_rows(result) for n in row["notes"] if n}),
         bad_runs=[r for r in result.run_info if r.status != "ok"],
     )
 

@@ -14,6 +14,7 @@ from typing import Optional
 from audit.probes.results import DeterminismResult, GateResult, InitResult
 from audit.reports.common import (
     RUN_STATUS_TITLES,
+    steps_text,
     STAGE_MEANING,
     determinism_headline,
     determinism_sentence,
@@ -127,7 +128,7 @@ def determinism_summary(result: DeterminismResult, report_path: Optional[str] = 
     _verdict(w, "determinism", status, title)
     w.wrap(determinism_sentence(result))
     seeded = "the script's own seeding" if result.mode == "script" else f"seed {result.seed}"
-    facts = (f"{result.runs} runs x {result.steps} steps, {seeded}, "
+    facts = (f"{result.runs} runs x {steps_text(result)}, {seeded}, "
              f"device {one_line(result.device)}")
     if result.target:
         facts += f", target {one_line(result.target)}"
@@ -194,6 +195,18 @@ def determinism_summary(result: DeterminismResult, report_path: Optional[str] = 
     elif div is not None:
         w.heading("Why")
         w.wrap("No cause was identified: no knob removed the divergence.")
+
+    if result.latent_sources:
+        w.heading("Sources that act only sometimes")
+        for n, item in enumerate(result.latent_sources, 1):
+            w.add(f"  {n}. {w.s(source_title(one_line(item.source)), 'bold')}  [{one_line(item.source)}]")
+            w.wrap(item.evidence, indent="     ")
+            if item.tried:
+                w.wrap(item.tried, indent="     ")
+            if item.where:
+                w.wrap(f"at {item.where}", indent="        ", first="     ")
+            w.add("     fix:")
+            w.code(item.fix, indent="       ")
 
     if result.rng_escapes:
         w.heading("Generators the seed does not reach")

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from audit.probes.determinism import attribute, compare
+from audit.probes.determinism import attribute, compare, latent, proof
 from audit.probes.determinism.knobs import KNOBS
 from audit.probes.results import DeterminismResult, Divergence, GrowthPoint, RunInfo
 from audit.probes.rng_escape import read_log
@@ -47,6 +47,7 @@ class DeterminismOptions:
     attribute: bool = True
     script: Optional[list] = None  # script mode: ["python", "train.py", ...]
     cwd: Optional[str] = None
+    stdin: Optional[bytes] = None  # script mode: every run's stdin; None: read the tool's own once
 
 
 @dataclass
@@ -79,6 +80,22 @@ class Launcher:
     def __init__(self, opts: DeterminismOptions, folder: str):
         self.opts, self.folder = opts, folder
         self.count = 0
+        self.jitter = False  # vary DataLoader worker timing in the runs started from now on
+        self.jitter_tried = False
+        self.stdin_path: Optional[str] = None  # script mode: the bytes every run reads
+        self.terminal = False  # script mode: the tool's stdin is a terminal
+        if opts.script:
+            self._keep_stdin()
+
+    def _keep_stdin(self) -> None:
+        from audit.probes import script_runner
+
+        data = self.opts.stdin if self.opts.stdin is not None else script_runner.read_stdin()
+        self.terminal = data is script_runner.TERMINAL
+        if not self.terminal:
+            self.stdin_path = os.path.join(self.folder, "stdin")
+            with open(self.stdin_path, "wb") as fh:
+                fh.write(data)
 
     def spec(self, name: str, steps: int, knobs=(), detail=False, lockstep=None) -> dict:
         self.count += 1
@@ -89,7 +106,9 @@ class Launcher:
             "device": self.opts.device, "input_shape": self.opts.input_shape,
             "num_classes": self.opts.num_classes, "knobs": list(knobs), "detail": detail,
             "lockstep": lockstep, "script": self.opts.script, "log": base + ".log",
+            "stdin": "terminal" if self.terminal else "file", "jitter": self.jitter,
         }
+        self.jitter_tried = self.jitter_tried or self.jitter
         with open(base + ".json", "w", encoding="utf-8") as fh:
             json.dump(spec, fh)
         spec["spec_path"] = base + ".json"
@@ -112,8 +131,14 @@ class Launcher:
             argv = script_runner.command(spec)
         else:
             argv = [sys.executable, "-m", "audit.probes.worker", spec["spec_path"]]
-        proc = subprocess.Popen(argv, env=self._env(spec["knobs"]), cwd=self.opts.cwd,
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        stdin = open(self.stdin_path, "rb") if spec.get("script") and self.stdin_path else None
+        try:
+            proc = subprocess.Popen(argv, env=self._env(spec["knobs"]), cwd=self.opts.cwd,
+                                    stdin=stdin or subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT)
+        finally:
+            if stdin is not None:
+                stdin.close()
         return proc, log, time.monotonic()
 
     def finish(self, spec: dict, proc, log, started: float) -> Outcome:
@@ -167,24 +192,40 @@ def _agree_through(a: Outcome, b: Outcome, step: int) -> bool:
     return compare.first_parting(a.records, b.records) is None
 
 
+def _step_diffs(records: list, step: Optional[int]) -> dict:
+    kind = "init" if step is None else "step"
+    return next((r.get("diffs") for r in records if r.get("type") == kind
+                 and (step is None or r.get("step") == step)), None) or {}
+
+
 def _magnitude(parting: compare.Parting, records: list, module: Optional[str]) -> Optional[float]:
-    if parting.stage == "init":
-        diffs = next((r.get("diffs") for r in records if r.get("type") == "init"), None)
-    else:
-        diffs = next((r.get("diffs") for r in records
-                      if r.get("type") == "step" and r.get("step") == parting.step), None)
-    if not diffs:
-        return None
+    """The largest difference the replay measured where the runs part: the stage's own tensor,
+    else the stage's largest, else (:func:`_any_magnitude`) the largest measured at that step."""
+    if parting.outside:
+        found = _step_diffs(records, parting.step + 1).get("start") or {}
+        return found.get(parting.tensor) or (max(found.values()) if found else None)
+    diffs = _step_diffs(records, None if parting.stage == "init" else parting.step)
     if parting.stage == "data":
-        return diffs.get(parting.tensor or "inputs")
-    if parting.stage == "forward" and module is not None:
-        return (diffs.get("outputs") or {}).get(f"{module}#0")
+        return diffs.get(parting.field or parting.tensor or "inputs") or diffs.get(parting.tensor or "inputs")
+    if parting.stage == "forward":
+        outputs = diffs.get("outputs") or {}
+        if module is not None and outputs.get(f"{module}#0"):
+            return outputs[f"{module}#0"]
+        return max(outputs.values()) if outputs else None
     key = {"backward": "grads", "optimizer": "params", "init": "params"}.get(parting.stage)
-    if key is None:
-        return None
-    found = diffs.get(key) or {}
+    found = diffs.get(key) or {} if key else {}
     # The replay may part in another tensor of the same stage: then the stage's largest.
     return found.get(parting.tensor) or (max(found.values()) if found else None)
+
+
+def _any_magnitude(records: list, step: Optional[int]) -> Optional[float]:
+    """The largest difference measured at a step in any tensor (for a stage whose own tensors
+    the replay could not compare, e.g. the RNG state)."""
+    diffs = _step_diffs(records, step)
+    values = [v for k, v in diffs.items() if k != "param_total" and isinstance(v, (int, float))]
+    values += [x for k, v in diffs.items() if isinstance(v, dict) and k != "param_total"
+               for x in v.values()]
+    return max(values) if values else None
 
 
 def audit_determinism(opts: DeterminismOptions, progress: Optional[Callable[[str], None]] = None,
@@ -202,13 +243,48 @@ def audit_determinism(opts: DeterminismOptions, progress: Optional[Callable[[str
 
 def _audit(opts: DeterminismOptions, launcher: Launcher, say, started: float) -> DeterminismResult:
     say(f"{opts.runs} runs x {opts.steps} steps")
-    specs = [launcher.spec(f"run{i}", opts.steps) for i in range(opts.runs)]
-    outs = launcher.run_all(specs, opts.jobs, on_done=lambda: say("run finished"))
-
+    outs = _plain_runs(opts, launcher, "run", say)
     for out in outs:
         if out.end.get("status") == "target_error":
             raise TargetFailed(out.end.get("message", "the target could not be loaded"))
+    result = _new_result(opts, outs)
+    parting = compare.earliest([compare.first_parting(outs[0].records, o.records) for o in outs[1:]])
+    observed = _observed(outs)
+    if parting is None and latent.can_act(observed):
+        say("the runs agree: rerunning with varied DataLoader worker timing")
+        launcher.jitter = True
+        more = _plain_runs(opts, launcher, "jitter", say)
+        parting = compare.earliest([compare.first_parting(outs[0].records, o.records) for o in more])
+        if parting is None:
+            launcher.jitter = False
+        else:
+            result.detail["jitter"] = latent.JITTER_NOTE
+            outs = [outs[0], *more]
+            result.run_info = [_run_info(i, o, opts.steps) for i, o in enumerate(outs)]
+            result.runs = len(outs)
+            result.timeline = compare.timeline([o.records for o in outs])
+    escapes = attribute.escapes_from([e for o in outs for e in o.escapes])
+    result.rng_escapes = escapes
+    if parting is None:
+        late = compare.rng_only([o.records for o in outs])
+        if late:
+            result.detail["latent_rng"] = (
+                f"the RNG state differs between runs from step {late[0]}, but nothing the "
+                "training computes depends on it within these steps")
+        result.latent_sources = latent.sources(observed, escapes, result.device,
+                                               jittered=launcher.jitter_tried)
+    else:
+        _diverged(opts, launcher, result, outs, parting, observed, say)
+    result.seconds = round(time.monotonic() - started, 3)
+    return result
 
+
+def _plain_runs(opts: DeterminismOptions, launcher: Launcher, name: str, say) -> list:
+    specs = [launcher.spec(f"{name}{i}", opts.steps) for i in range(opts.runs)]
+    return launcher.run_all(specs, opts.jobs, on_done=lambda: say("run finished"))
+
+
+def _new_result(opts: DeterminismOptions, outs: list) -> DeterminismResult:
     env = next((o.env for o in outs if o.env), {})
     device = (env.get("environment") or {}).get("device", opts.device)
     infos = [_run_info(i, o, opts.steps) for i, o in enumerate(outs)]
@@ -221,45 +297,96 @@ def _audit(opts: DeterminismOptions, launcher: Launcher, say, started: float) ->
     )
     if env.get("description"):
         result.detail["data"] = env["description"]
+    if env.get("counting"):
+        result.detail["steps_counted"] = {"optimizer": "optimizer steps",
+                                          "backward": "backward passes"}[env["counting"]]
     crashed = [i for i in infos if i.status in ("crashed", "killed")]
     if crashed:
         first = crashed[0]
         result.error = f"run {first.index} {first.status} after {first.steps_completed} steps: {first.message}"
+    return result
 
-    partings = [compare.first_parting(outs[0].records, o.records) for o in outs[1:]]
-    parting = compare.earliest(partings)
-    escapes = attribute.escapes_from([e for o in outs for e in o.escapes])
-    result.rng_escapes = escapes
-    if parting is None:
-        latent = compare.rng_only([o.records for o in outs])
-        if latent:
-            result.detail["latent_rng"] = (
-                f"the RNG state differs between runs from step {latent[0]}, but nothing the "
-                "training computes depends on it within these steps")
-        result.seconds = round(time.monotonic() - started, 3)
-        return result
 
-    result.verdict = "nondeterministic"
-    observed = {}
+def _observed(outs: list) -> dict:
+    observed: dict = {}
     for o in outs:
         for key, value in (o.end.get("observed") or {}).items():
             if value and not observed.get(key):
                 observed[key] = value
-    module_sources = env.get("module_sources", {})
+    return observed
+
+
+def _diverged(opts: DeterminismOptions, launcher: Launcher, result: DeterminismResult, outs: list,
+              parting: compare.Parting, observed: dict, say) -> None:
+    """The runs parted: localize in a replay, measure, then prove the cause."""
+    result.verdict = "nondeterministic"
+    env = next((o.env for o in outs if o.env), {})
     if parting.data:
         result.detail["data_difference"] = parting.data
     if parting.streams:
         result.detail["rng_streams"] = parting.streams
-
-    # 2. Replay in lockstep: the module, and the magnitudes.
     say("replaying to localize")
+    replay = _replay(opts, launcher)
+    module, tensor, again = _localize(result, parting, replay)
+    controls = [o.records for o in outs] + [r.records for r in replay]
+    reproduced = again is not None
+    if not reproduced:
+        say("the replay agreed: repeating the plain runs")
+        plain = _plain_runs(opts, launcher, "again", say)
+        controls += [o.records for o in plain]
+        reproduced = compare.earliest([compare.first_parting(plain[0].records, o.records)
+                                       for o in plain[1:]]) is not None
+        result.detail["replay"] = INTERMITTENT[reproduced]
+    if parting.outside:
+        module = (tensor or "").rpartition(".")[0] or None
+        result.detail["outside_optimizer"] = (
+            f"parameters changed outside the optimizer: {tensor} agrees after the update of "
+            f"step {parting.step} and differs at the start of step {parting.step + 1}")
+    result.first_divergence = Divergence(step=parting.step, stage=parting.stage, module=module,
+                                         tensor=tensor, max_abs_diff=_measured(result, parting, replay, module))
+    if parting.stage == "data" and parting.data == "order":
+        result.detail["data"] = "the same samples arrived in another order"
+    for r in replay[1].records:
+        total = (r.get("diffs") or {}).get("param_total")
+        if r.get("type") == "step" and total:
+            result.growth.append(GrowthPoint(step=r["step"], max_abs_diff=total["max_abs"],
+                                             rel_l2=total["rel_l2"]))
+    module_where = _module_where(env.get("module_sources", {}), module)
+    trials = []
+    if opts.attribute:
+        upto = 0 if parting.step is None else parting.step
+        plan = attribute.plan(parting, result.device, result.rng_escapes, observed,
+                              {"PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED"),
+                               "flags": result.environment.get("flags", {})})
+        say(f"proving the cause: {len(plan)} knob(s)")
+        chance = proof.chance_of(controls, upto, parting.stage)
+        trials = _try_knobs(launcher, plan, upto, opts, say, chance, result.device)
+    result.knob_trials = trials
+    result.causes = attribute.causes(parting, trials, result.rng_escapes, observed, module,
+                                     module_where, reproduced=reproduced)
+
+
+#: What the audit says when the replay did not part again: keyed by whether the plain runs,
+#: repeated as first made, parted again.
+INTERMITTENT = {
+    True: ("the replay (two runs side by side, with module hooks) did not part again, but the "
+           "plain runs did when repeated: the difference depends on how the runs are started "
+           "(e.g. a seed from the clock, alike for runs started together)"),
+    False: "neither the replay nor the plain runs, repeated, parted again: the divergence is intermittent",
+}
+
+
+def _replay(opts: DeterminismOptions, launcher: Launcher) -> list:
     folder = os.path.join(launcher.folder, "lockstep")
-    replay = launcher.run_all(
+    return launcher.run_all(
         [launcher.spec("replay-ref", opts.steps, detail=True, lockstep={"folder": folder, "role": "ref"}),
          launcher.spec("replay-cmp", opts.steps, detail=True, lockstep={"folder": folder, "role": "cmp"})],
         jobs=2)
+
+
+def _localize(result: DeterminismResult, parting: compare.Parting, replay: list) -> tuple:
+    """(module, tensor, the replay's own parting) from the replay's module events."""
     again = compare.first_parting(replay[0].records, replay[1].records)
-    reproduced = again is not None
     module, tensor = None, parting.tensor
     if again is not None and parting.stage in ("forward", "backward"):
         same = again.step == parting.step and again.stage == parting.stage
@@ -272,38 +399,26 @@ def _audit(opts: DeterminismOptions, launcher: Launcher, say, started: float) ->
                                            "the module is named from there")
     elif again is not None and again.key() < parting.key():
         result.detail["replay"] = f"the replay parted earlier, at step {again.step} ({again.stage})"
-    if not reproduced:
-        result.detail["replay"] = "the replay did not part again: the divergence is intermittent"
-    result.first_divergence = Divergence(
-        step=parting.step, stage=parting.stage, module=module, tensor=tensor,
-        max_abs_diff=_magnitude(parting, replay[1].records, module))
-    if parting.stage == "data" and parting.data == "order":
-        result.detail["data"] = "the same samples arrived in another order"
-    for r in replay[1].records:
-        total = (r.get("diffs") or {}).get("param_total")
-        if r.get("type") == "step" and total:
-            result.growth.append(GrowthPoint(step=r["step"], max_abs_diff=total["max_abs"],
-                                             rel_l2=total["rel_l2"]))
-    module_where = None
-    if module is not None:
-        module_where = module_sources.get(module) or next(
-            (module_sources[m] for m in sorted(module_sources, key=len, reverse=True)
-             if module.startswith(m + ".") or m == ""), None)
+    return module, tensor, again
 
-    # 3. Attribution: knob pairs up to the divergent step.
-    trials = []
-    if opts.attribute:
-        upto = 0 if parting.step is None else parting.step
-        plan = attribute.plan(parting, device, escapes, observed,
-                              {"PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED"),
-                               "flags": result.environment.get("flags", {})})
-        say(f"proving the cause: {len(plan)} knob(s)")
-        trials = _try_knobs(launcher, plan, upto, opts, say)
-    result.knob_trials = trials
-    result.causes = attribute.causes(parting, trials, escapes, observed, module, module_where,
-                                     reproduced=reproduced)
-    result.seconds = round(time.monotonic() - started, 3)
-    return result
+
+def _measured(result: DeterminismResult, parting: compare.Parting, replay: list,
+              module: Optional[str]) -> Optional[float]:
+    magnitude = _magnitude(parting, replay[1].records, module)
+    if magnitude is None and parting.stage != "init":
+        magnitude = _any_magnitude(replay[1].records, parting.step)
+        if magnitude is not None:
+            result.detail["max_abs_diff"] = ("the largest difference the replay measured at this "
+                                             "step (the stage's own tensors were not compared)")
+    return magnitude
+
+
+def _module_where(module_sources: dict, module: Optional[str]) -> Optional[str]:
+    if module is None:
+        return None
+    return module_sources.get(module) or next(
+        (module_sources[m] for m in sorted(module_sources, key=len, reverse=True)
+         if module.startswith(m + ".") or m == ""), None)
 
 
 def _pair_removed(launcher: Launcher, knobs: list, upto: int, opts: DeterminismOptions) -> list:
@@ -316,29 +431,11 @@ def _pair_removed(launcher: Launcher, knobs: list, upto: int, opts: DeterminismO
     return [_agree_through(outs[2 * i], outs[2 * i + 1], upto) for i in range(len(knobs))]
 
 
-def _try_knobs(launcher: Launcher, plan: list, upto: int, opts: DeterminismOptions, say) -> list:
-    """One knob at a time, most likely first, until one removes the divergence: a knob that
-    removes it alone leaves no room for another independent cause. If none does, all knobs
-    together, then all-but-one, find the ones needed together."""
-    steps = upto + 1
-    trials = []
-    for knob in plan:
-        say(f"rerunning with {knob}")
-        (removed,) = _pair_removed(launcher, [[knob]], upto, opts)
-        trials.append(attribute.trial(knob, removed, steps))
-        if removed:
-            return trials
-    if len(plan) < 2:
-        return trials
-    say("no single knob removed it: trying them together")
-    (together,) = _pair_removed(launcher, [plan], upto, opts)
-    if not together:
-        return trials
-    needed = _pair_removed(launcher, [[k for k in plan if k != drop] for drop in plan], upto, opts)
-    out = []
-    for knob, removed_without in zip(plan, needed):
-        necessary = not removed_without
-        out.append(attribute.trial(knob, necessary, steps,
-                                   "needed together with the other knobs" if necessary
-                                   else "not needed once the others are set"))
-    return out
+def _try_knobs(launcher: Launcher, plan: list, upto: int, opts: DeterminismOptions, say,
+               chance: proof.Chance, device: str) -> list:
+    """:func:`probes.determinism.proof.search` with pairs of fresh processes."""
+    def run_pairs(knobs: list, count: int) -> list:
+        say(f"rerunning with {'+'.join(knobs)}" + (f" ({count} pairs)" if count > 1 else ""))
+        return _pair_removed(launcher, [knobs] * count, upto, opts)
+
+    return proof.search(plan, chance, device, run_pairs, upto + 1)

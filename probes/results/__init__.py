@@ -116,6 +116,21 @@ class KnobTrial:
     removed: bool
     steps: int
     detail: str = ""
+    pairs: int = 1  # pairs of runs made under the knob
+    luck: Optional[float] = None  # chance of their agreement without the knob (None: not estimated)
+
+
+@dataclass
+class LatentSource:
+    """A source of nondeterminism that acts only sometimes, present although the runs agreed
+    (a DataLoader with workers and ``in_order=False``, cuDNN autotuning, a generator the seed
+    does not reach that the compared steps did not draw from)."""
+
+    source: str  # a cause source (contract vocabulary)
+    where: Optional[str]  # "file.py:12" in the user's code
+    evidence: str
+    fix: str
+    tried: str = ""  # what the audit did to make it act, and what came of it
 
 
 @dataclass
@@ -165,6 +180,7 @@ class DeterminismResult:
     growth: list = field(default_factory=list)  # [GrowthPoint]
     rng_escapes: list = field(default_factory=list)  # [RngEscape]
     knob_trials: list = field(default_factory=list)  # [KnobTrial]
+    latent_sources: list = field(default_factory=list)  # [LatentSource]
     detail: dict = field(default_factory=dict)  # free-form localization notes
     error: Optional[str] = None  # set when a run crashed and the result is partial
     seconds: Optional[float] = None
@@ -187,6 +203,7 @@ class DeterminismResult:
         data["growth"] = [_build(GrowthPoint, r) for r in data.get("growth", [])]
         data["rng_escapes"] = [_build(RngEscape, r) for r in data.get("rng_escapes", [])]
         data["knob_trials"] = [_build(KnobTrial, r) for r in data.get("knob_trials", [])]
+        data["latent_sources"] = [_build(LatentSource, r) for r in data.get("latent_sources", [])]
         return _build(cls, data)
 
     @property
