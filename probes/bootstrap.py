@@ -20,12 +20,42 @@ Exit status: 0, or 3 for ``target_error``, 4 for ``crashed`` (as :mod:`audit.wor
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
 import traceback
 
 EXIT_OK, EXIT_TARGET, EXIT_CRASH = 0, 3, 4
+STDIN_HELP = ("the script reads standard input, and the audit runs it several times, so it "
+              "cannot type into it at a terminal: give the input through a pipe or a file, "
+              "e.g. printf 'yes\\n' | audit determinism -- python train.py (every run reads the "
+              "same bytes)")
+
+
+class StdinNeeded(EOFError):
+    """The script read stdin while the tool's stdin is a terminal (an ``EOFError``, as a
+    closed stdin gives, so the script's own handling of end of input still applies)."""
+
+
+class _TerminalStdin(io.TextIOBase):
+    """``sys.stdin`` of a run whose tool sits at a terminal: reading it says how to give the
+    input instead of waiting for keys nobody will press."""
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size=-1):
+        raise StdinNeeded(STDIN_HELP)
+
+    def readline(self, size=-1):
+        raise StdinNeeded(STDIN_HELP)
+
+    def readlines(self, hint=-1):
+        raise StdinNeeded(STDIN_HELP)
+
+    def isatty(self) -> bool:
+        return False
 
 
 class _Run:
@@ -43,7 +73,10 @@ class _Run:
         self.written = True
         said = extra.pop("said", False)  # the script printed its own message (sys.exit("..."))
         steps = self.tracer.done if self.tracer is not None else 0
-        if steps == 0 and status != "crashed_setup":
+        if extra.get("stdin"):
+            message = f"{STDIN_HELP} (at {extra['where']})" if extra.get("where") else STDIN_HELP
+            status = "target_error" if steps == 0 else "crashed"
+        elif steps == 0 and status != "crashed_setup":
             if status == "exited" and not said:
                 message = _last_output_line(self.spec.get("log")) or message
             status, message = "target_error", _no_step_message(status, exit_code, message, extra)
@@ -59,8 +92,9 @@ class _Run:
 
 
 def _no_step_message(status: str, exit_code: int, message: str, extra: dict) -> str:
-    tail = ("the audit counts a step each time a torch.optim optimizer's step() runs; "
-            "does the script train, with these arguments?")
+    tail = ("the audit counts a step each time a torch.optim optimizer's step() runs, or "
+            "each backward pass when the script makes no optimizer; does the script train, "
+            "with these arguments?")
     if status == "crashed":
         where = f" (at {extra['where']})" if extra.get("where") else ""
         return f"the script crashed before its first optimizer step: {message}{where}"
@@ -118,7 +152,8 @@ def _crash(exc: BaseException) -> dict:
     while tb is not None and _ours(tb.tb_frame.f_code.co_filename):
         tb = tb.tb_next
     text = "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__, limit=30))
-    return {"message": f"{type(exc).__name__}: {exc}", "where": where, "traceback": text[-8000:]}
+    return {"message": f"{type(exc).__name__}: {exc}", "where": where, "traceback": text[-8000:],
+            "stdin": isinstance(exc, StdinNeeded)}
 
 
 def _warm_lazy_imports() -> None:
@@ -169,6 +204,8 @@ def run(spec: dict, program) -> int:
         rng_escape.install(spec.get("escape_log"), pin=False, seeds_path=spec.get("seed_log"))
         knobs.observe()
         knobs.apply(spec.get("knobs", []), spec.get("escape_log"), spec.get("pin_sites", ()))
+        if spec.get("jitter"):
+            knobs.jitter_workers()
         if "seed_escapes" in spec.get("knobs", []):
             _pin_global_generators()
         if spec.get("lockstep"):
@@ -195,6 +232,8 @@ def run(spec: dict, program) -> int:
             real_exit(code)
 
         os._exit = os_exit
+        if spec.get("stdin") == "terminal":
+            sys.stdin = _TerminalStdin()
         tracer.install()
         sys.argv = [program.path or program.module, *program.args]
         if program.path is not None:

@@ -145,18 +145,23 @@ class Run:
     record per training step; its output (stdout and stderr) goes to ``log_path``."""
 
     def __init__(self, argv: list, log_path: str, trace_path: str, env: dict,
-                 cwd: Optional[str] = None):
+                 cwd: Optional[str] = None, stdin_path: Optional[str] = None):
         self.log_path, self.trace_path = log_path, trace_path
         self.steps = 0
         self._offset, self._rest = 0, b""
         self._log = open(log_path, "wb")
+        stdin = open(stdin_path, "rb") if stdin_path else None  # the run's input, else none
         try:
-            self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen(argv, env=env, cwd=cwd,
+                                         stdin=stdin or subprocess.DEVNULL,
                                          stdout=self._log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         except BaseException:
             self._log.close()
             raise
+        finally:
+            if stdin is not None:
+                stdin.close()
         self.started = self.last_progress = time.monotonic()
 
     def read_steps(self) -> int:

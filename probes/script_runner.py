@@ -17,6 +17,7 @@ import importlib.machinery
 import importlib.util
 import os
 import re
+import select
 import sys
 from dataclasses import dataclass, field
 from typing import Optional
@@ -164,6 +165,32 @@ def _module_problem(module: str, cwd: str) -> Optional[str]:
             importlib.machinery.PathFinder.find_spec("__main__", list(spec.submodule_search_locations)) is None:
         return f"{module!r} is a package without a __main__ module; name the module to run"
     return None
+
+
+#: The bytes every run reads as its standard input; ``None``: the tool's stdin is a terminal.
+TERMINAL = None
+
+
+#: How long an idle stdin (an open pipe nobody writes to) is waited for before it counts as empty.
+STDIN_WAIT = 1.0
+
+
+def read_stdin(stream=None) -> Optional[bytes]:
+    """The tool's standard input, read once to its end so that every run gets the same bytes;
+    ``None`` (:data:`TERMINAL`) when it is a terminal: nobody types into several runs at once.
+    A closed or unreadable stdin, or a pipe with nothing to read within :data:`STDIN_WAIT`
+    seconds, is empty."""
+    stream = sys.stdin if stream is None else stream
+    try:
+        if stream.isatty():
+            return TERMINAL
+        ready, _, _ = select.select([stream.fileno()], [], [], STDIN_WAIT)
+        if not ready:
+            return b""
+        buffer = getattr(stream, "buffer", None)
+        return buffer.read() if buffer is not None else stream.read().encode()
+    except (AttributeError, OSError, ValueError):
+        return b""
 
 
 def command(spec: dict) -> list:

@@ -1,40 +1,42 @@
 """Tracing a training script the audit did not write (script mode).
 
 :class:`ScriptTracer` installs process-wide hooks before the script's own code runs and writes
-the same trace as :func:`probes.trace.run_traced`, with one record per optimizer step:
+the same trace as :func:`probes.trace.run_traced`, one record per step. A step is one
+``torch.optim`` optimizer step; in a script that makes none (it updates parameters by hand,
+``p -= lr * p.grad``) a step is one backward pass (``Tensor.backward``,
+``torch.autograd.backward``, ``torch.autograd.grad``), decided at the first of either:
 
-* **the step**: ``torch.optim`` global step hooks. Before each ``optimizer.step()`` the
-  gradients of every traced parameter are fingerprinted; after it the parameters (and in
-  detail mode the optimizer state and every module call since the last step). The first step
-  writes the ``params`` header, the ``init`` record (the parameters before any update) and the
-  ``env`` record. Every optimizer the script made is traced; with several models, names carry
-  a prefix that says which optimizer's model parted (``opt1.main.0.weight``).
-* **the batch**: DataLoader iteration (``_BaseDataLoaderIter.__next__``): the batches fetched
-  since the last step, fingerprinted as they arrive (the last few; a long validation pass
-  between steps is not kept). A script without a DataLoader: the tensors given to the first
-  top-level module call of each step.
-* **the RNG states**: when the last batch arrives (else at that first module call, else just
+* **the step**: with optimizers, ``torch.optim`` global step hooks: gradients of every traced
+  parameter before ``optimizer.step()``, the parameters after it. Without, the trained tensors
+  are the leaves of the first backward pass's graph; each record has the gradients after its
+  backward pass and the parameters just before the next one (after the script's update). The
+  first step writes the ``params`` header (with ``counting``: ``optimizer`` or ``backward``),
+  the ``init`` record (the parameters before any update) and the ``env`` record. With several
+  models, names carry a prefix that says which optimizer's model parted (``opt1.main.0.weight``).
+* **the parameters at the start of each step** (``start``, optimizer steps): at the step's
+  first top-level module call, so a change made between two updates is seen where it was made.
+* **the batch**: DataLoader iteration (the batches fetched since the last step, fingerprinted
+  as they arrive); and wherever the data come from, what the model receives (``fed``: the
+  tensors given to the step's first top-level module call with gradients on) and what the loss
+  compares with (``loss_targets``: :mod:`probes.script_data`). Without a DataLoader these are
+  the step's ``inputs`` and ``targets``.
+* **the RNG states**: when the last batch arrives (else at the first module call, else just
   before the update).
-* **the loss**: ``torch.autograd.backward`` (``Tensor.backward`` goes through it): every
-  tensor backward ran from since the last step.
-* **detail mode**: global module hooks (a :class:`probes.trace.ModuleRecorder` without a
-  model), named at each step from the models found at the first step.
+* **the loss**: every tensor a backward pass ran from since the last step; **the outputs**:
+  those of the model's top-level calls with gradients on (:class:`probes.trace.OutputRecorder`).
+* **detail mode**: global module hooks (a :class:`probes.trace.ModuleRecorder` without a model).
 
-After ``steps`` steps the post-step hook raises :class:`StopScript`, a ``BaseException`` the
-script's ``except Exception`` cannot swallow; the bootstrap catches it and ends the run.
-Modules are named from the outermost module that holds each optimizer's parameters, found
-once with a scan of the live objects.
+After ``steps`` steps a hook raises :class:`StopScript`, a ``BaseException`` the script's
+``except Exception`` cannot swallow; the bootstrap catches it and ends the run.
 """
 from __future__ import annotations
 
 import collections
-import gc
 import json
 import os
 import random
 import threading
 import time
-import warnings
 import weakref
 from typing import Callable, Optional
 
@@ -43,7 +45,9 @@ import torch
 from torch import nn
 
 from audit.probes import fingerprint as fp
+from audit.probes import script_data
 from audit.probes.determinism import knobs
+from audit.probes.script_names import Naming, graph_leaves, join
 from audit.probes.trace import (ModuleRecorder, OutputRecorder, TraceWriter, combine, finite_flag,
                                 grad_parts, init_record, optimizer_state_tensors, rng_fingerprints,
                                 row_part, step_fields)
@@ -79,12 +83,17 @@ class _Batch:
         self.tensors = (inputs, targets) if keep else None
 
 
-def _live_modules() -> list:
-    """Every ``nn.Module`` alive in the process (``type()`` checks: no attribute lookups on
-    foreign objects)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return [o for o in gc.get_objects() if issubclass(type(o), nn.Module)]
+class _Step:
+    """What one step gathered, taken when its gradients are known; written with the
+    parameters after its update."""
+
+    __slots__ = ("batches", "fed", "fed_tensors", "targets", "target_tensors", "losses", "rng",
+                 "grads", "grad_copies", "start", "start_copies", "events", "outputs",
+                 "model_outputs", "finite")
+
+    def __init__(self, **values):
+        for name in self.__slots__:
+            setattr(self, name, values.get(name))
 
 
 class ScriptTracer:
@@ -105,26 +114,23 @@ class ScriptTracer:
         self._reported: set = set()
         self.done = 0
         self.stopped = False
+        self.counting: Optional[str] = None  # "optimizer" | "backward": what a step is
         self.params: list = []  # traced parameters, in optimizer then group order
         self.names: list = []
         self.optimizers: list = []  # [weakref], creation order: the index in "opt{i}"
+        self.naming = Naming()
         self._opt_index = weakref.WeakKeyDictionary()
         self._traced = weakref.WeakKeyDictionary()  # optimizer -> parameter count traced
         self._param_ids: set = set()
-        self._roots: list = []  # [(root module, label)]
-        self.module_names: dict = {}  # module -> dotted name (with its root's label)
-        self._extra_names: dict = {}
         self._batches = collections.deque(maxlen=MAX_BATCHES)
         self._losses = collections.deque(maxlen=MAX_LOSSES)
-        self._top_inputs: Optional[list] = None
-        self._rng: Optional[dict] = None
-        self._grads: Optional[list] = None
-        self._finite = 1  # finite_flag of the gradients seen at the last optimizer step
-        self._grad_copies: Optional[dict] = None
+        self._reset_step()
+        self._pending: Optional[_Step] = None  # backward counting: written at the next one
         self._depth = 0
         self._backward_depth = 0
+        self._in_loader = False
         self._begun = False
-        self._thread = threading.get_ident()  # the thread that steps the optimizer
+        self._thread = threading.get_ident()  # the thread that trains
         self._iterators = weakref.WeakSet()
         self._handles: list = []
         self._top_handles: list = []
@@ -134,6 +140,15 @@ class ScriptTracer:
         self._pid = os.getpid()
         self._last = time.perf_counter()
         self.source = "none"  # where the data compared come from: "dataloader" | "module_inputs"
+
+    def _reset_step(self) -> None:
+        self._batches.clear()
+        self._losses.clear()
+        self._fed = self._fed_tensors = None
+        self._targets, self._target_tensors = [], []
+        self._rng = self._grads = self._grad_copies = None
+        self._start = self._start_copies = None
+        self._finite = 1  # finite_flag of the step's gradients
 
     # ------------------------------------------------------------------ install / uninstall
 
@@ -156,35 +171,25 @@ class ScriptTracer:
             tracer._register(opt)
 
         self._patch(torch.optim.Optimizer, "__init__", optimizer_init, original_init)
-
         original_next = dataloader._BaseDataLoaderIter.__next__
 
         def loader_next(it):
-            data = original_next(it)
+            tracer._in_loader = True  # transforms are modules too: not the model's calls
+            try:
+                data = original_next(it)
+            finally:
+                tracer._in_loader = False
             tracer._on_batch(it, data)
             return data
 
         self._patch(dataloader._BaseDataLoaderIter, "__next__", loader_next, original_next)
-
-        original_backward = torch.autograd.backward
-
-        def backward(tensors, *args, **kwargs):
-            if tracer._backward_depth == 0:
-                tracer._on_backward(tensors)
-            tracer._backward_depth += 1
-            try:
-                return original_backward(tensors, *args, **kwargs)
-            finally:
-                tracer._backward_depth -= 1
-
-        self._patch(torch.autograd, "backward", backward, original_backward)
-
+        self._patch_backward()
         for owner, name, stream in ((np.random, "seed", "numpy"), (np.random, "set_state", "numpy"),
                                     (random, "seed", "python"), (random, "setstate", "python")):
             original = getattr(owner, name)
             self._patch(owner, name, self._seeding(original, stream, name.startswith("seed")), original)
+        self._patches += script_data.install(self._on_loss_target)
         self._start_states = rng_fingerprints(torch.device("cpu"))
-
         self._handles.append(optim_mod.register_optimizer_step_pre_hook(self._pre_step))
         self._handles.append(optim_mod.register_optimizer_step_post_hook(self._post_step))
         reg = nn.modules.module
@@ -194,6 +199,41 @@ class ScriptTracer:
             self._recorder = ModuleRecorder(None, keep_outputs=self.lockstep is not None)
         if self.draws is not None:
             self.draws.install()
+
+    def _patch_backward(self) -> None:
+        """``torch.autograd.backward`` (``Tensor.backward`` goes through it) and
+        ``torch.autograd.grad``: the losses, and the steps when they are backward passes."""
+        tracer = self
+        original_backward, original_grad = torch.autograd.backward, torch.autograd.grad
+
+        def backward(tensors, *args, **kwargs):
+            outer = tracer._backward_depth == 0
+            if outer:
+                tracer._before_backward(tensors)
+            tracer._backward_depth += 1
+            try:
+                result = original_backward(tensors, *args, **kwargs)
+            finally:
+                tracer._backward_depth -= 1
+            if outer:
+                tracer._after_backward(None)
+            return result
+
+        def grad(outputs, inputs, *args, **kwargs):
+            outer = tracer._backward_depth == 0 and tracer.counting != "optimizer"
+            if outer:
+                tracer._before_backward(outputs)
+            tracer._backward_depth += 1
+            try:
+                result = original_grad(outputs, inputs, *args, **kwargs)
+            finally:
+                tracer._backward_depth -= 1
+            if outer:
+                tracer._after_backward({id(t): g for t, g in zip(tensors_in(inputs), result)})
+            return result
+
+        self._patch(torch.autograd, "backward", backward, original_backward)
+        self._patch(torch.autograd, "grad", grad, original_grad)
 
     def _seeding(self, original, stream: str, seed_call: bool):
         def wrapper(*args, **kwargs):
@@ -215,6 +255,8 @@ class ScriptTracer:
 
     def uninstall(self) -> None:
         if self._patches and self._mine():
+            if self._pending is not None:  # the last backward pass's step, after its update
+                self._flush(final=True)
             self._check_globals(rng_fingerprints(torch.device("cpu")))
         if self.draws is not None:  # first: its wrappers wrap the tracer's
             draws, self.draws = self.draws, None
@@ -243,6 +285,9 @@ class ScriptTracer:
     def _mine(self) -> bool:
         return os.getpid() == self._pid
 
+    def _main_thread(self) -> bool:
+        return self._mine() and threading.get_ident() == self._thread
+
     def _register(self, opt) -> None:
         if opt not in self._opt_index:
             self._opt_index[opt] = len(self.optimizers)
@@ -269,32 +314,93 @@ class ScriptTracer:
             return
         self._rng = rng_fingerprints(self._device())
 
-    def _on_backward(self, tensors) -> None:
-        if not self._mine():
+    def _on_loss_target(self, target: torch.Tensor) -> None:
+        """A target given to a functional loss outside the model, while training."""
+        if self._depth or self._in_loader or target.grad_fn is not None \
+                or not torch.is_grad_enabled() or not self._main_thread():
             return
-        for t in tensors_in(tensors):
-            self._losses.append(t.detach())
+        try:
+            self._targets.append(fp.fingerprint(target))
+        except Exception:
+            return
+        if self.lockstep is not None:
+            self._target_tensors.append(target.detach())
+
+    def _counts(self, module) -> bool:
+        """Module calls that nest: the model's (not a loss module, not a data transform)."""
+        return not (self._in_loader or script_data.is_loss_module(module))
 
     def _top_pre(self, module, args) -> None:
-        if self._depth == 0 and self._top_inputs is None and self._mine() \
-                and threading.get_ident() == self._thread:
-            try:
-                self._top_inputs = [fp.fingerprint(t) for t in tensors_in(args) if t.grad_fn is None]
-            except Exception:
-                self._top_inputs = []
-            if self._rng is None:
-                self._rng = rng_fingerprints(self._device())
+        if not self._counts(module):
+            return
+        if self._depth == 0 and self._main_thread():
+            self._at_top(args)
         self._depth += 1
 
     def _top_post(self, module, args, output) -> None:
-        self._depth = max(self._depth - 1, 0)
-        if self._depth == 0 and threading.get_ident() == self._thread:
-            self._outputs.record(module, args, output)
+        if self._counts(module):
+            self._depth = max(self._depth - 1, 0)
+            if self._depth == 0 and self._main_thread():
+                self._outputs.record(module, args, output)
+
+    def _at_top(self, args) -> None:
+        """A top-level call of the model: what it receives, the RNG state, and (once the
+        parameters are known) the parameters at the start of the step."""
+        if self._fed is None and torch.is_grad_enabled():
+            try:
+                tensors = [t for t in tensors_in(args) if t.grad_fn is None]
+                self._fed = combine([fp.fingerprint(t) for t in tensors])
+            except Exception:
+                tensors, self._fed = [], 0
+            if self.lockstep is not None:
+                self._fed_tensors = [t.detach() for t in tensors]
+        if self._rng is None:
+            self._rng = rng_fingerprints(self._device())
+        if self._start is None and self._begun and self.counting == "optimizer" and self.done:
+            self._start = [fp.fingerprint(p) for p in self.params]
+            if self.lockstep is not None:
+                self._start_copies = {n: p.detach().clone() for n, p in zip(self.names, self.params)}
 
     # ------------------------------------------------------------------ the step
 
+    def _decide(self) -> None:
+        """What a step is: an optimizer step when the script made an optimizer before it
+        first trained, else a backward pass."""
+        self.counting = "optimizer" if self._live_optimizers() else "backward"
+
+    def _before_backward(self, tensors) -> None:
+        if not self._mine():
+            return
+        if self.counting is None:
+            self._decide()
+        if self.counting == "backward":
+            if self.stopped:
+                raise StopScript()
+            if self._pending is not None:
+                self._flush()
+            if not self._begun:
+                self._begin(tensors)
+            if self._rng is None:
+                self._rng = rng_fingerprints(self._device())
+        for t in tensors_in(tensors):
+            self._losses.append(t.detach())
+
+    def _after_backward(self, grads_by_id: Optional[dict]) -> None:
+        if self.counting != "backward" or not self._begun or not self._mine():
+            return
+        grads = [grads_by_id.get(id(p)) if grads_by_id is not None else p.grad for p in self.params]
+        copies = None
+        if self.lockstep is not None:
+            copies = {n: g.detach().clone() for n, g in zip(self.names, grads) if g is not None}
+        self._finite = finite_flag(grads)
+        self._pending = self._take(grad_parts(grads), copies)
+
     def _pre_step(self, optimizer, args, kwargs) -> None:
         if not self._mine():
+            return
+        if self.counting is None:
+            self._decide()
+        if self.counting != "optimizer":
             return
         if self.stopped:
             raise StopScript()
@@ -312,50 +418,76 @@ class ScriptTracer:
             self._rng = rng_fingerprints(self._device())
 
     def _post_step(self, optimizer, args, kwargs) -> None:
-        if not self._mine() or self._grads is None:
+        if not self._mine() or self._grads is None or self.counting != "optimizer":
             return
-        batches = list(self._batches)
-        if self.source == "dataloader":
-            inputs = combine([v for b in batches for v in b.inputs])
-            targets = combine([v for b in batches for v in b.targets])
-            input_rows = [b.input_rows for b in batches]
-            target_rows = [b.target_rows for b in batches]
-        elif self.source == "module_inputs" and self._top_inputs is not None:
-            inputs, targets = combine(self._top_inputs), 0
-            input_rows, target_rows = [combine(self._top_inputs)], []
-        else:
-            inputs, targets, input_rows, target_rows = 0, 0, [], []
-        events = None
+        self._write(self._take(self._grads, self._grad_copies), self._opt_index.get(optimizer))
+
+    def _flush(self, final: bool = False) -> None:
+        step, self._pending = self._pending, None
+        self._write(step, None, final=final)
+
+    def _take(self, grads: list, grad_copies: Optional[dict]) -> _Step:
+        """The step's gatherings so far; the buffers start again for the next step."""
+        events = outputs = None
         if self._recorder is not None:
-            events = [[self._module_name(e[0]), e[1], e[2], e[3]] for e in self._recorder.events]
+            events = [[self.naming.module_name(e[0]), e[1], e[2], e[3]] for e in self._recorder.events]
+            outputs = {f"{self.naming.module_name(m)}#{call}": t
+                       for (m, call), t in self._recorder.outputs.items()}
+            self._recorder.reset()
+        rng = {k: v for k, v in (self._rng or {}).items() if k not in OS_SEEDED or k in self._seeded}
+        self._check_globals(self._rng or {})
+        step = _Step(batches=list(self._batches), fed=self._fed, fed_tensors=self._fed_tensors,
+                     targets=list(self._targets), target_tensors=list(self._target_tensors),
+                     losses=list(self._losses), rng=rng, grads=grads, grad_copies=grad_copies,
+                     start=self._start, start_copies=self._start_copies, events=events,
+                     outputs=outputs, model_outputs=self._outputs.take(), finite=self._finite)
+        self._reset_step()
+        return step
+
+    def _data_parts(self, step: _Step) -> tuple:
+        """(inputs, targets, input rows, target rows, extra fields) of a step's record."""
+        extra = {}
+        if step.start is not None:
+            extra["start"] = step.start
+        targets = combine(step.targets)
+        if self.source == "dataloader":
+            batches = step.batches
+            if step.fed is not None:
+                extra["fed"] = [step.fed]
+            if step.targets:
+                extra["loss_targets"] = [targets]
+            return (combine([v for b in batches for v in b.inputs]),
+                    combine([v for b in batches for v in b.targets]),
+                    [b.input_rows for b in batches], [b.target_rows for b in batches], extra)
+        fed = step.fed if step.fed is not None else 0
+        return fed, targets, ([fed] if step.fed is not None else []), \
+            ([targets] if step.targets else []), extra
+
+    def _write(self, step: _Step, optimizer: Optional[int], final: bool = False) -> None:
+        inputs, targets, input_rows, target_rows, extra = self._data_parts(step)
         optim_state = None
         if self.detail:
             optim_state = [t for opt in self._live_optimizers()
                            for t in optimizer_state_tensors(opt, self.params)]
         record = {"type": "step", "step": self.done}
-        record.update(step_fields(inputs, targets, input_rows, target_rows, list(self._losses),
-                                  self._grads, self.params, optim_state=optim_state, events=events,
-                                  outputs=self._outputs.take(), grads_finite=self._finite))
+        record.update(step_fields(inputs, targets, input_rows, target_rows, step.losses,
+                                  step.grads, self.params, optim_state=optim_state,
+                                  events=step.events, outputs=step.model_outputs,
+                                  grads_finite=step.finite, extra=extra))
         now = time.perf_counter()
-        rng = {k: v for k, v in (self._rng or {}).items() if k not in OS_SEEDED or k in self._seeded}
-        self._check_globals(self._rng or {})
-        record.update(rng=rng, seconds=round(now - self._last, 6),
-                      optimizer=self._opt_index.get(optimizer), batches=len(batches))
+        record.update(rng=step.rng, seconds=round(now - self._last, 6), optimizer=optimizer,
+                      batches=len(step.batches))
         self._last = now
         if self.lockstep is not None:
-            diffs = self.lockstep.exchange(self.done, self._lockstep_tensors(batches))
+            diffs = self.lockstep.exchange(self.done, self._lockstep_tensors(step))
             if diffs is not None:
                 record["diffs"] = diffs
         self.writer.write(record)
         self.done += 1
-        self._batches.clear()
-        self._losses.clear()
-        self._top_inputs, self._rng, self._grads, self._grad_copies = None, None, None, None
-        if self._recorder is not None:
-            self._recorder.reset()
         if self.done >= self.steps:
             self.stopped = True
-            raise StopScript()
+            if not final:
+                raise StopScript()
 
     def _check_globals(self, states: dict) -> None:
         """A global generator the script never seeded whose state moved: the script (or a
@@ -363,6 +495,7 @@ class ScriptTracer:
         watched = self.draws.reported() if self.draws is not None else set()
         for stream, kind in OS_SEEDED.items():
             if stream in self._seeded or stream in self._reported or stream in watched \
+                    or stream not in states \
                     or states[stream] == self._start_states.get(stream):
                 continue
             self._reported.add(stream)
@@ -374,34 +507,35 @@ class ScriptTracer:
                 with open(self.escape_log, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(line) + "\n")
 
-    def _lockstep_tensors(self, batches: list) -> dict:
-        outputs = {f"{self._module_name(m)}#{call}": t
-                   for (m, call), t in (self._recorder.outputs if self._recorder else {}).items()}
-        return {"inputs": [t for b in batches if b.tensors for t in b.tensors[0]],
-                "targets": [t for b in batches if b.tensors for t in b.tensors[1]],
-                "grads": self._grad_copies or {},
-                "params": {n: p.detach() for n, p in zip(self.names, self.params)},
-                "outputs": outputs}
+    def _lockstep_tensors(self, step: _Step) -> dict:
+        loader = [b.tensors for b in step.batches if b.tensors]
+        fed, targets = step.fed_tensors or [], step.target_tensors or []
+        tensors = {"grads": step.grad_copies or {}, "outputs": step.outputs or {},
+                   "params": {n: p.detach() for n, p in zip(self.names, self.params)},
+                   "start": step.start_copies or {}}
+        if self.source == "dataloader":
+            tensors.update(inputs=[t for b in loader for t in b[0]],
+                           targets=[t for b in loader for t in b[1]], fed=fed, loss_targets=targets)
+        else:
+            tensors.update(inputs=fed, targets=targets)
+        return tensors
 
     def _live_optimizers(self) -> list:
         return [opt for opt in (ref() for ref in self.optimizers) if opt is not None]
 
     # ------------------------------------------------------------------ naming
 
-    def _begin(self) -> None:
+    def _begin(self, tensors=None) -> None:
         """First step: name what is traced, write the header, the init and env records."""
         self._begun = True
         self._thread = threading.get_ident()
         if self.draws is not None:
             self.draws.settle()
         self.source = "dataloader" if self._batches else "module_inputs"
-        if self.source == "dataloader":
-            for handle in self._top_handles:  # the data come from DataLoaders: no module hooks
-                handle.remove()
-            self._top_handles = []
-        self._add_params(self._live_optimizers())
-        if not self._top_handles:  # the outputs from the models' own hooks from now on
-            self._outputs.watch([root for root, _ in self._roots])
+        if self.counting == "optimizer":
+            self._add_params(self._live_optimizers())
+        else:
+            self._add_leaves(tensors)
         header = self._header()
         self.writer.write(header)
         self.writer.write(init_record(self.params, self.names, self.lockstep))
@@ -411,19 +545,18 @@ class ScriptTracer:
         except Exception as exc:  # a missing version is no reason to lose the run
             environment = {"device": str(device), "error": f"{type(exc).__name__}: {exc}"}
         sources = {}
-        for root, label in self._roots:
+        for root, label in self.naming.roots:
             for name, where in knobs.module_sources(root).items():
-                sources[_join(label, name)] = where
+                sources[join(label, name)] = where
         self.writer.write({"type": "env", "environment": environment, "module_sources": sources,
-                           "synthetic": False, "description": self._describe(header)})
+                           "synthetic": False, "description": self._describe(header),
+                           "counting": self.counting})
 
     def _extend(self) -> None:
         """An optimizer made (or given parameters) after the first step: trace its parameters
         too; a new ``params`` record names them (compare keeps the first header's names)."""
-        before, roots = len(self.params), len(self._roots)
+        before = len(self.params)
         self._add_params(self._live_optimizers())
-        if not self._top_handles:
-            self._outputs.watch([root for root, _ in self._roots[roots:]])
         if len(self.params) > before:
             self.writer.write(self._header())
 
@@ -433,99 +566,55 @@ class ScriptTracer:
             ids = {id(p) for g in opt.param_groups for p in g["params"]}
             optimizers.append({"index": self._opt_index[opt], "class": type(opt).__name__,
                                "params": [n for n, p in zip(self.names, self.params) if id(p) in ids]})
-        return {"type": "params", "names": list(self.names),
-                "modules": [n for root, label in self._roots
-                            for n in (_join(label, m) for m, _ in root.named_modules())],
-                "types": [type(m).__name__ for root, _ in self._roots for _, m in root.named_modules()],
-                "shapes": [list(p.shape) for p in self.params], "optimizers": optimizers}
+        if self.counting == "backward":
+            optimizers = []
+        return {"type": "params", "names": list(self.names), "modules": self.naming.modules(),
+                "types": self.naming.types(),
+                "shapes": [list(p.shape) for p in self.params], "optimizers": optimizers,
+                "counting": self.counting, "data_source": self.source}
 
     def _describe(self, header: dict) -> str:
-        opts = ", ".join(f"opt{o['index']}={o['class']} ({len(o['params'])} tensors)"
-                         for o in header["optimizers"])
-        data = ("the batches DataLoaders yield before each optimizer step" if self.source == "dataloader"
+        if self.counting == "backward":
+            steps = (f"a step is one backward pass (the script makes no torch.optim optimizer "
+                     f"step; the {len(self.params)} tensors it trains are followed)")
+        else:
+            opts = ", ".join(f"opt{o['index']}={o['class']} ({len(o['params'])} tensors)"
+                             for o in header["optimizers"])
+            steps = f"a step is one optimizer step ({opts})"
+        data = ("the batches DataLoaders yield before each step" if self.source == "dataloader"
                 else "the tensors given to the first module call of each step (no DataLoader batch "
                      "before the first step)")
-        return f"script mode: a step is one optimizer step ({opts}); the data compared: {data}"
+        return (f"script mode: {steps}; the data compared: {data}, and the targets given to "
+                "the loss")
 
     def _add_params(self, optimizers: list) -> None:
-        new = []  # (optimizer index, group, position, param)
+        new, groups = [], {}
         for opt in optimizers:
             index = self._opt_index[opt]
+            groups[index] = {id(p) for g in opt.param_groups for p in g["params"]}
             for g, group in enumerate(opt.param_groups):
                 for j, p in enumerate(group["params"]):
                     if id(p) not in self._param_ids:
                         self._param_ids.add(id(p))
-                        new.append((index, g, j, p))
+                        new.append((index, f"opt{index}.group{g}.{j}", p))
             self._traced[opt] = _count(opt)
-        if not new:
-            return
-        modules = _live_modules()
-        parent, owner = {}, {}
-        for m in modules:
-            for child in getattr(m, "_modules", {}).values():
-                if child is not None:
-                    parent.setdefault(id(child), m)
-            for p in getattr(m, "_parameters", {}).values():
-                if p is not None:
-                    owner.setdefault(id(p), m)
-        known = {id(r) for r, _ in self._roots}
-        fresh, root_opts, root_of = [], {}, {}
-        for index, _, _, p in new:
-            m = owner.get(id(p))
-            if m is None:
-                continue
-            seen = set()
-            while id(m) in parent and id(m) not in seen:
-                seen.add(id(m))
-                m = parent[id(m)]
-            root_of[id(p)] = m
-            root_opts.setdefault(id(m), set()).add(index)
-            if id(m) not in known:
-                known.add(id(m))
-                fresh.append(m)
-        for opt in optimizers:  # a root's other optimizers, for the labels
-            for g in opt.param_groups:
-                for p in g["params"]:
-                    if id(p) in root_of:
-                        root_opts[id(root_of[id(p)])].add(self._opt_index[opt])
-        roots = [r for r, _ in self._roots] + fresh
-        for k, root in enumerate(fresh, start=len(self._roots)):
-            label = self._label(root, k, roots, root_opts)
-            self._roots.append((root, label))
-            for name, module in root.named_modules():
-                self.module_names.setdefault(module, _join(label, name))
-        named = {}
-        for root, label in self._roots:
-            for name, q in root.named_parameters():
-                named.setdefault(id(q), _join(label, name))
-        for index, g, j, p in new:
-            self.names.append(named.get(id(p), f"opt{index}.group{g}.{j}"))
-            self.params.append(p)
+        if new:
+            self.names += self.naming.name_tensors(new, groups)
+            self.params += [p for _, _, p in new]
 
-    def _label(self, root, k: int, roots: list, root_opts: dict) -> str:
-        """No prefix for a single model; with several, the optimizer that trains it alone
-        (``opt1``), else ``model{k}``."""
-        if len(roots) == 1 and not self._roots:
-            return ""
-        opts = root_opts.get(id(root), set())
-        if len(opts) == 1 and sum(root_opts.get(id(r)) == opts for r in roots) == 1:
-            return f"opt{next(iter(opts))}"
-        return f"model{k}"
-
-    def _module_name(self, module) -> str:
-        name = self.module_names.get(module)
-        if name is None:  # not inside a traced model (a loss module, a transform): its class
-            name = self._extra_names.get(module)
-            if name is None:
-                base = type(module).__name__
-                count = sum(1 for v in self._extra_names.values() if v.rsplit("_", 1)[0] == base or v == base)
-                name = base if count == 0 else f"{base}_{count}"
-                self._extra_names[module] = name
-        return name
-
-
-def _join(label: str, name: str) -> str:
-    return f"{label}.{name}" if label and name else (label or name)
+    def _add_leaves(self, tensors) -> None:
+        """Backward counting: the tensors the first backward pass trains, in model order."""
+        leaves = [t for t in graph_leaves(tensors) if t.requires_grad]
+        new = [(None, f"leaf{i}", p) for i, p in enumerate(leaves)]
+        names = self.naming.name_tensors(new, {})
+        order = {}
+        for root, _ in self.naming.roots:
+            for q in root.parameters():
+                order.setdefault(id(q), len(order))
+        ranked = sorted(range(len(new)), key=lambda i: (order.get(id(leaves[i]), len(order)), i))
+        self.params = [leaves[i] for i in ranked]
+        self.names = [names[i] for i in ranked]
+        self._param_ids = {id(p) for p in self.params}
 
 
 def _count(opt) -> int:

@@ -271,7 +271,8 @@ def _bits_value(bits) -> Optional[float]:
 
 def step_fields(inputs, targets, input_rows: list, target_rows: list, losses: list,
                 grads: list, params: list, optim_state: Optional[list] = None,
-                events: Optional[list] = None, outputs=None, grads_finite=1) -> dict:
+                events: Optional[list] = None, outputs=None, grads_finite=1,
+                extra: Optional[dict] = None) -> dict:
     """A step's fingerprint fields of a trace record, gathered with the step's one host sync.
 
     ``inputs``/``targets`` are the batch's fingerprints (``_combined`` of its tensors);
@@ -281,7 +282,8 @@ def step_fields(inputs, targets, input_rows: list, target_rows: list, losses: li
     it. ``optim_state`` and ``events`` ([name, call, phase, fingerprint] of a
     :class:`ModuleRecorder`) are the detail mode's. ``outputs`` is the fingerprint of the
     model's outputs (:class:`OutputRecorder`), or None where they are not watched;
-    ``grads_finite`` is :func:`finite_flag`.
+    ``grads_finite`` is :func:`finite_flag`. ``extra`` maps more field names to lists of
+    fingerprints (script mode's ``start``, ``fed``, ``loss_targets``), each a list of texts.
     """
     head = [inputs, targets, _combined(losses), _loss_bits(losses), grads_finite,
             0 if outputs is None else outputs]
@@ -291,6 +293,9 @@ def step_fields(inputs, targets, input_rows: list, target_rows: list, losses: li
         parts.append(_combined(optim_state))
     if events is not None:
         parts.extend(e[3] for e in events)
+    extra = extra or {}
+    for value in extra.values():
+        parts.extend(value)
     values = fp.gather(parts)  # the step's one host sync
     at = len(head)
     rows_in, at = values[at:at + nr], at + nr
@@ -314,6 +319,10 @@ def step_fields(inputs, targets, input_rows: list, target_rows: list, losses: li
         at += 1
     if events is not None:
         fields["modules"] = [[e[0], e[1], e[2], fp.as_text(v)] for e, v in zip(events, values[at:])]
+        at += len(events)
+    for name, value in extra.items():
+        fields[name] = [fp.as_text(v) for v in values[at:at + len(value)]]
+        at += len(value)
     return fields
 
 

@@ -50,6 +50,8 @@ def run(spec: dict) -> int:
         rng_escape.install(spec.get("escape_log"), pin=False, seeds_path=spec.get("seed_log"))
         knobs.observe()
         knobs.apply(spec.get("knobs", []), spec.get("escape_log"), spec.get("pin_sites", ()))
+        if spec.get("jitter"):
+            knobs.jitter_workers()
         from audit.probes.seeding import seed_all
 
         seed_all(spec["seed"])

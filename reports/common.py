@@ -197,11 +197,48 @@ def determinism_headline(result) -> tuple[str, str]:
     return "fail", "Nondeterministic"
 
 
+def steps_made(result) -> int:
+    """The steps every run made (what was compared): fewer than asked when the script ended
+    or crashed sooner."""
+    made = [r.steps_completed for r in result.run_info]
+    return min(made) if made else result.steps
+
+
+def steps_text(result) -> str:
+    """``8 steps``, or ``8 steps (of 20 asked)`` when the runs made fewer than asked."""
+    made = steps_made(result)
+    text = f"{made} step{'s' if made != 1 else ''}"
+    return text if made >= result.steps else f"{text} (of {result.steps} asked)"
+
+
+#: Why a cell of the timeline shows what it shows, where a cross alone would not say it.
+CELL_NOTES = {
+    "latent": "the RNG state differs, but nothing computed from it differs at this step",
+    "outside": "parameters changed outside the optimizer, after this step's update",
+    "carried": "carried forward from the first divergence",
+}
+
+
+def cell_note(result, step, stage: str, cells: dict) -> Optional[str]:
+    """The :data:`CELL_NOTES` key for a differing cell, or None."""
+    if cells.get(stage) != "differ" or step is None:
+        return None
+    div = result.first_divergence
+    others = ("data", "forward", "backward", "optimizer")
+    if stage == "rng" and all(cells.get(k) != "differ" for k in others):
+        return "latent"
+    if div is None or div.step is None:
+        return "carried" if div is not None else None
+    if step == div.step and stage == div.stage:
+        return "outside" if "outside_optimizer" in (result.detail or {}) else None
+    return "carried" if step >= div.step else None
+
+
 def determinism_sentence(result) -> str:
     """One sentence that says what happened."""
     div = result.first_divergence
     runs = f"{result.runs} run{'s' if result.runs != 1 else ''}"
-    steps = f"{result.steps} step{'s' if result.steps != 1 else ''}"
+    steps = steps_text(result)
     if div is None:
         if result.error:
             agreed = [row["step"] for row in timeline_rows(result) if row["step"] is not None
@@ -246,7 +283,9 @@ def timeline_rows(result) -> list[dict]:
             if state is None:
                 state = "" if (entry.step is None) != (stage == "init") else "missing"
             cells.append(str(state))
-        rows.append({"step": entry.step, "label": step_label(entry.step), "cells": cells})
+        notes = [cell_note(result, entry.step, stage, stages) for stage in STAGES]
+        rows.append({"step": entry.step, "label": step_label(entry.step), "cells": cells,
+                     "notes": notes})
     rows.sort(key=lambda r: -1 if r["step"] is None else r["step"])
     return rows
 

@@ -22,6 +22,7 @@ from audit.probes.results.diff import DiffResult, RecordResult
 from audit.probes.results.resume import ResumeResult
 from audit.probes.results.variance import CompareResult, VarianceResult
 from audit.reports.common import (
+    CELL_NOTES,
     DIFF_STAGE_MEANING,
     DIFF_TIMELINE_STAGES,
     DRIFT_WORDS,
@@ -33,6 +34,7 @@ from audit.reports.common import (
     variance_headline,
     variance_sentence,
     RUN_STATUS_TITLES,
+    steps_text,
     STAGE_MEANING,
     STAGE_TITLES,
     determinism_headline,
@@ -216,6 +218,8 @@ def determinism_html(result: DeterminismResult, *, charts: bool = True) -> str:
         growth_svg=Markup(growth_svg), charts=charts, last_growth=last,
         environment_rows=_environment_rows(result.environment),
         detail_rows=[(str(k), _env_value(v)) for k, v in (result.detail or {}).items()],
+        steps_made=steps_text(result), CELL_NOTES=CELL_NOTES,
+        notes_used=sorted({n for row in timeline_rows(result) for n in row["notes"] if n}),
         bad_runs=[r for r in result.run_info if r.status != "ok"],
         ranks=_ranks(result),
     )

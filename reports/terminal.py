@@ -20,6 +20,7 @@ from audit.reports.common import (
     DRIFT_WORDS,
     NONFINITE_FIX,
     RUN_STATUS_TITLES,
+    steps_text,
     STAGE_MEANING,
     determinism_headline,
     compare_headline,
@@ -200,6 +201,19 @@ def _causes(w: _Writer, result: DeterminismResult) -> None:
         w.blank()
 
 
+def _latent(w: _Writer, result: DeterminismResult) -> None:
+    w.heading("Sources that act only sometimes")
+    for n, item in enumerate(result.latent_sources, 1):
+        w.add(f"  {n}. {w.s(source_title(one_line(item.source)), 'bold')}  [{one_line(item.source)}]")
+        w.wrap(item.evidence, indent="     ")
+        if item.tried:
+            w.wrap(item.tried, indent="     ")
+        if item.where:
+            w.wrap(f"at {item.where}", indent="        ", first="     ")
+        w.add("     fix:")
+        w.code(item.fix, indent="       ")
+
+
 def _escapes(w: _Writer, result: DeterminismResult) -> None:
     w.heading("Generators the seed does not reach")
     rows = [(one_line(e.kind), one_line(e.where or "unknown place"),
@@ -212,7 +226,7 @@ def _escapes(w: _Writer, result: DeterminismResult) -> None:
 
 def _determinism_facts(w: _Writer, result: DeterminismResult) -> None:
     seeded = "the script's own seeding" if result.mode == "script" else f"seed {result.seed}"
-    facts = (f"{result.runs} runs x {result.steps} steps, {seeded}, "
+    facts = (f"{result.runs} runs x {steps_text(result)}, {seeded}, "
              f"device {one_line(result.device)}")
     if result.target:
         facts += f", target {one_line(result.target)}"
@@ -249,6 +263,8 @@ def determinism_summary(result: DeterminismResult, report_path: Optional[str] = 
     elif result.first_divergence is not None:
         w.heading("Why")
         w.wrap("No cause was identified: no knob removed the divergence.")
+    if result.latent_sources:
+        _latent(w, result)
     if result.rng_escapes:
         _escapes(w, result)
     if result.cuda_ops is not None:

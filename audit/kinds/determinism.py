@@ -13,6 +13,7 @@ from audit import config
 from audit.kinds.base import (AuditKind, Progress, Settings, at_least, failing_names, plural,
                               positive_arg,
                               rounded)
+from audit.probes.determinism import latent
 from audit.probes.determinism.cuda_ops_check import LEVELS, cuda_ops_check
 from audit.probes.errors import UsageError
 from audit.probes.results import DISTRIBUTED_SOURCES, STAGES, Check, DeterminismResult
@@ -32,6 +33,7 @@ class DeterminismSettings(Settings):
     jobs: int = 1
     attribution: bool = True
     cuda_ops: str = "warn"  # "fail": ops nondeterministic on CUDA fail the gate
+    latent: str = "warn"  # "fail": sources that act only sometimes fail the gate
     nproc: int = 1  # ranks per run under torch.distributed
 
 
@@ -52,6 +54,7 @@ def check_table(chk: config.Checker, table: dict) -> dict:
     rules = {"runs": config.positive_int(2), "steps": config.positive_int(),
              "jobs": config.positive_int(), "attribution": config.boolean(),
              "cuda_ops": ((lambda v: v in LEVELS), "'warn' or 'fail'"),
+             "latent": ((lambda v: v in latent.LEVELS), "'warn' or 'fail'"),
              "nproc": config.positive_int()}
     tolerances = (lambda c, v: config.check_tolerances(c, "determinism", v, TOLERANCES,
                                                        {"max_abs_diff": 1}))
@@ -75,7 +78,7 @@ def run(s: DeterminismSettings, progress: Progress = None) -> DeterminismResult:
             result = audit_determinism(opts, progress=progress)
     except TargetFailed as exc:
         raise UsageError(f"audit determinism: {exc}") from None
-    result.cuda_ops_level = s.cuda_ops
+    result.cuda_ops_level, result.latent_level = s.cuda_ops, s.latent
     return result
 
 
@@ -148,10 +151,10 @@ def _cause_checks(result: DeterminismResult) -> list:
 
 def checks(result: DeterminismResult) -> list:
     """The determinism audit as checks: runs completed, runs agree, no unseeded generators,
-    finite values, the CUDA op scan, the distributed checks with ``--nproc``, and one
+    finite values, no latent sources, the CUDA op scan, the distributed checks with ``--nproc``, and one
     ``cause: SOURCE`` per cause source other than ``unseeded_rng``."""
     out = [_completed_check(result), _agree_check(result), _generator_check(result),
-           _nonfinite_check(result)]
+           _nonfinite_check(result), latent.check(result)]
     scan = cuda_ops_check(result, result.cuda_ops_level)
     if scan is not None:
         out.append(scan)

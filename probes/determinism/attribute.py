@@ -41,7 +41,7 @@ def plan(parting: Parting, device: str, escapes: list, observed: dict, env: dict
     if varying and not computed:
         at = 1 if escapes else 0
         first[at:at] = seed_knobs
-    if computed:
+    if computed and cuda:  # on the CPU few kernels have atomics: after the likelier knobs
         first.append("deterministic_algorithms")
     if varying and computed:
         first += seed_knobs
@@ -114,7 +114,8 @@ def causes(parting: Parting, trials: list, escapes: list, observed: dict,
     at = _where_text(parting)
     out: list = []
     seen_sources = set()
-    caveat = "" if reproduced else " (the divergence is intermittent: the replay did not show it again)"
+    caveat = "" if reproduced else (" (the divergence is intermittent: the same runs, repeated, "
+                                    "did not show it again)")
 
     def add(cause: Cause):
         if cause.source not in seen_sources:
@@ -126,6 +127,8 @@ def causes(parting: Parting, trials: list, escapes: list, observed: dict,
             continue
         trial = next(t for t in trials if t.knob == knob)
         proof = f"with {KNOBS[knob].description}, the runs agreed through step {trial.steps - 1}"
+        if trial.detail:
+            proof += f" ({trial.detail})"
         if knob == "seed_escapes":
             for esc in escapes:
                 add_escape = Cause(
@@ -279,5 +282,7 @@ def escapes_from(items: list) -> list:
     return list(seen.values())
 
 
-def trial(knob: str, removed: bool, steps: int, detail: str = "") -> KnobTrial:
-    return KnobTrial(knob=knob, source=KNOBS[knob].source, removed=removed, steps=steps, detail=detail)
+def trial(knob: str, removed: bool, steps: int, detail: str = "", pairs: int = 1,
+          luck: Optional[float] = None) -> KnobTrial:
+    return KnobTrial(knob=knob, source=KNOBS[knob].source, removed=removed, steps=steps,
+                     detail=detail, pairs=pairs, luck=luck)

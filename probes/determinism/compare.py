@@ -4,9 +4,12 @@ A trace is the list of records :mod:`probes.trace` wrote. Within a step the stag
 checked in the order the step flows: ``data`` (the batch), ``rng`` (global RNG states just
 before the forward pass, given data and parameters agree), ``forward`` (the model's outputs
 and the loss: the loss alone may round alike while the outputs already differ),
-``backward`` (each gradient), ``optimizer`` (each parameter after the update); ``init`` is
-the parameters before the first step. An RNG state that differs while nothing it could feed
-ever differs is not a divergence: the runs still train bit for bit alike.
+``backward`` (each gradient), ``optimizer`` (each parameter after the update, and at the start
+of the next step: a change made outside the optimizer is an ``optimizer`` parting marked
+``outside``); ``init`` is the parameters before the first step. Script mode's data made in the
+loop (``fed``, ``loss_targets``) count as data, unless the RNG state that could have made
+them already differs. An RNG state that differs while nothing it could feed ever differs is
+not a divergence: the runs still train bit for bit alike.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ from typing import Optional
 from audit.probes.results import STAGES, NonFinite, StepAgreement
 
 STEP_STAGES = ("data", "rng", "forward", "backward", "optimizer")
+#: Data fields of a step record: the batch as loaded, and script mode's data seen in the loop.
+LOADED, IN_LOOP = ("inputs", "targets"), ("fed", "loss_targets")
 
 
 @dataclass
@@ -29,6 +34,8 @@ class Parting:
     tensor: Optional[str] = None
     streams: list = field(default_factory=list)  # rng: which generators differ
     data: Optional[str] = None  # "order" | "content" for the data stage
+    field: Optional[str] = None  # the data stage's record field: inputs, targets, fed, loss_targets
+    outside: bool = False  # optimizer stage: parameters changed between the update and the next step
 
     def key(self) -> tuple:
         return (-1 if self.step is None else self.step, STAGES.index(self.stage))
@@ -52,16 +59,19 @@ def _first_named(names: list, a: list, b: list) -> Optional[str]:
     return None
 
 
-def stage_states(ra: dict, rb: dict) -> dict:
-    """For one step of two runs, each stage's state: 'agree' or 'differ'."""
-    data = ra.get("inputs") != rb.get("inputs") or ra.get("targets") != rb.get("targets")
+def stage_states(ra: dict, rb: dict, na: Optional[dict] = None, nb: Optional[dict] = None) -> dict:
+    """For one step of two runs, each stage's state: 'agree' or 'differ'. ``na``/``nb`` are
+    the runs' next step records (their parameters at the start of that step)."""
+    data = any(ra.get(k) != rb.get(k) for k in LOADED + IN_LOOP)
+    outside = na is not None and nb is not None and na.get("start") != nb.get("start")
+    optimizer = ra.get("params") != rb.get("params") or ra.get("optim") != rb.get("optim") or outside
     return {
         "data": "differ" if data else "agree",
         "rng": "differ" if ra.get("rng") != rb.get("rng") else "agree",
         "forward": "differ" if ra.get("loss") != rb.get("loss")
         or ra.get("outputs") != rb.get("outputs") else "agree",
         "backward": "differ" if ra.get("grads") != rb.get("grads") else "agree",
-        "optimizer": "differ" if ra.get("params") != rb.get("params") or ra.get("optim") != rb.get("optim") else "agree",
+        "optimizer": "differ" if optimizer else "agree",
     }
 
 
@@ -90,29 +100,40 @@ def first_parting(a: list, b: list) -> Optional[Parting]:
     names = header.get("names", [])
     if init_a.get("params") != init_b.get("params"):
         return Parting(None, "init", _first_named(names, init_a.get("params", []), init_b.get("params", [])))
+    in_loop = IN_LOOP + (LOADED if header.get("data_source") == "module_inputs" else ())
     pending_rng: Optional[Parting] = None
     for i, (ra, rb) in enumerate(zip(sa, sb)):
-        states = stage_states(ra, rb)
         step = ra.get("step", i)
-        if states["data"] == "differ":
-            if pending_rng is not None:
-                return pending_rng
-            tensor = "inputs" if ra.get("inputs") != rb.get("inputs") else "targets"
-            return Parting(step, "data", tensor, data=_data_kind(sa, sb, i))
-        if states["rng"] == "differ" and pending_rng is None:
+        rng_differs = ra.get("rng") != rb.get("rng")
+        if rng_differs and pending_rng is None:
             streams = sorted(k for k in set(ra["rng"]) | set(rb["rng"])
                              if ra["rng"].get(k) != rb["rng"].get(k))
             pending_rng = Parting(step, "rng", None, streams=streams)
-        for stage, key in (("forward", "loss"), ("backward", "grads"), ("optimizer", "params")):
-            if states[stage] == "differ":
-                if pending_rng is not None:
-                    return pending_rng
-                tensor = None
-                if key in ("grads", "params"):
-                    tensor = _first_named(names, ra.get(key, []), rb.get(key, []))
-                    if tensor is None and stage == "optimizer":
-                        tensor = "optimizer state"
-                return Parting(step, stage, tensor)
+        field = next((k for k in LOADED + IN_LOOP if ra.get(k) != rb.get(k)), None)
+        if field is not None:
+            if pending_rng is not None and (pending_rng.step < step or field in in_loop):
+                return pending_rng  # the data made in the loop may come from that RNG state
+            tensor = "inputs" if field in ("inputs", "fed") else "targets"
+            kind = _data_kind(sa, sb, i) if field in LOADED else "content"
+            return Parting(step, "data", tensor, data=kind, field=field)
+        computed = _computed_parting(ra, rb, names, step)
+        if computed is not None:
+            return pending_rng or computed
+        na, nb = (sa[i + 1], sb[i + 1]) if i + 1 < min(len(sa), len(sb)) else (None, None)
+        if na is not None and na.get("start") != nb.get("start"):
+            tensor = _first_named(names, na.get("start") or [], nb.get("start") or [])
+            return pending_rng or Parting(step, "optimizer", tensor, outside=True)
+    return None
+
+
+def _computed_parting(ra: dict, rb: dict, names: list, step: int) -> Optional[Parting]:
+    """The forward, backward or optimizer parting of one step whose data agree."""
+    for stage, key in (("forward", "loss"), ("backward", "grads"), ("optimizer", "params")):
+        if stage == "optimizer" and ra.get("optim") != rb.get("optim") and ra.get(key) == rb.get(key):
+            return Parting(step, stage, "optimizer state")
+        if ra.get(key) != rb.get(key):
+            tensor = _first_named(names, ra.get(key, []), rb.get(key, [])) if key != "loss" else None
+            return Parting(step, stage, tensor)
     return None
 
 
@@ -139,8 +160,9 @@ def timeline(traces: list) -> list:
         if len(present) < len(splits):
             stages = {st: "missing" for st in STEP_STAGES}
         else:
-            for other in present[1:]:
-                for st, value in stage_states(present[0], other).items():
+            after = [s[2][i + 1] if i + 1 < len(s[2]) else None for s in splits]
+            for other, later in zip(present[1:], after[1:]):
+                for st, value in stage_states(present[0], other, after[0], later).items():
                     if value == "differ" or st not in stages:
                         stages[st] = value
         rows.append(StepAgreement(step=i, stages=stages))

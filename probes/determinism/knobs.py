@@ -102,6 +102,10 @@ def observe() -> None:
             if workers or not in_order:
                 _observed["loaders"].append({"where": _caller(), "num_workers": workers,
                                              "in_order": in_order})
+            if "jitter" in _pinned and workers and "dataloader" not in _pinned:
+                from audit.probes.determinism.jitter import JitterInit
+
+                arguments["worker_init_fn"] = JitterInit(arguments.get("worker_init_fn"))
             if "dataloader" in _pinned:
                 arguments["num_workers"] = 0
                 if "in_order" in arguments:
@@ -142,6 +146,12 @@ def observe() -> None:
 
 def observed() -> dict:
     return dict(_observed, loaders=list(_observed["loaders"]))
+
+
+def jitter_workers() -> None:
+    """From now on, DataLoaders with workers get random delays before each fetch
+    (:mod:`probes.determinism.jitter`): an order that depends on worker timing shows itself."""
+    _pinned["jitter"] = True
 
 
 def apply(names: list, escape_log: Optional[str] = None, pin_sites=()) -> None:

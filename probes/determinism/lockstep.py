@@ -120,7 +120,7 @@ def max_abs_diff(a, b) -> Optional[float]:
 def differences(mine: dict, theirs: dict) -> dict:
     """Non-zero max-abs differences per named tensor, and the parameter-wide distances."""
     out: dict = {}
-    for key in ("inputs", "targets"):
+    for key in ("inputs", "targets", "fed", "loss_targets"):
         a, b = mine.get(key) or [], theirs.get(key) or []
         worst = None
         for x, y in zip(a, b):
@@ -130,7 +130,7 @@ def differences(mine: dict, theirs: dict) -> dict:
             worst = math.inf
         if worst:
             out[key] = worst
-    for key in ("grads", "params", "outputs"):
+    for key in ("grads", "params", "outputs", "start"):
         a, b = mine.get(key) or {}, theirs.get(key) or {}
         sub = {}
         for name in a.keys() | b.keys():

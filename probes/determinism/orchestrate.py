@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from audit.probes import seed_log
-from audit.probes.determinism import attribute, compare, seeds
+from audit.probes.determinism import attribute, compare, latent, proof, seeds
 from audit.probes.determinism.cuda_ops_check import cite_scan
 from audit.probes.determinism.knobs import KNOBS
 from audit.probes.progress import Progress, Reporter, silent
@@ -67,6 +67,7 @@ class DeterminismOptions:
     cuda_ops: bool = True  # scan the first run's ops for CUDA nondeterminism
     cwd: Optional[str] = None
     timeout: Optional[float] = DEFAULT_TIMEOUT  # seconds a run may go without a step
+    stdin: Optional[bytes] = None  # script mode: every run's stdin; None: read the tool's own once
 
 
 @dataclass
@@ -108,6 +109,22 @@ class Launcher:
         self.count = 0
         self.stalled: list = []  # outcomes of runs ended for making no progress
         self.pin_sites: list = []  # the seeding calls the pin_seeds knob pins
+        self.jitter = False  # vary DataLoader worker timing in the runs started from now on
+        self.jitter_tried = False
+        self.stdin_path: Optional[str] = None  # script mode: the bytes every run reads
+        self.terminal = False  # script mode: the tool's stdin is a terminal
+        if opts.script:
+            self._keep_stdin()
+
+    def _keep_stdin(self) -> None:
+        from audit.probes import script_runner
+
+        data = self.opts.stdin if self.opts.stdin is not None else script_runner.read_stdin()
+        self.terminal = data is script_runner.TERMINAL
+        if not self.terminal:
+            self.stdin_path = os.path.join(self.folder, "stdin")
+            with open(self.stdin_path, "wb") as fh:
+                fh.write(data)
 
     def spec(self, name: str, steps: int, knobs=(), detail=False, lockstep=None,
              extra: Optional[dict] = None, cuda_ops: bool = False) -> dict:
@@ -121,9 +138,11 @@ class Launcher:
             "num_classes": self.opts.num_classes, "knobs": list(knobs), "detail": detail,
             "lockstep": lockstep, "script": self.opts.script, "log": base + ".log",
             "seed_log": base + ".seeds", "pin_sites": self.pin_sites,
+            "stdin": "terminal" if self.terminal else "file", "jitter": self.jitter,
             **(extra or {}),
             "cuda_ops": cuda_ops,
         }
+        self.jitter_tried = self.jitter_tried or self.jitter
         with open(base + ".json", "w", encoding="utf-8") as fh:
             json.dump(spec, fh)
         spec["spec_path"] = base + ".json"
@@ -139,7 +158,9 @@ class Launcher:
             argv = script_runner.command(spec)
         else:
             argv = [sys.executable, "-m", "audit.probes.worker", spec["spec_path"]]
-        return Run(argv, spec["log"], spec["trace"], self._env(spec["knobs"]), cwd=self.opts.cwd)
+        stdin = self.stdin_path if spec.get("script") else None
+        return Run(argv, spec["log"], spec["trace"], self._env(spec["knobs"]), cwd=self.opts.cwd,
+                   stdin_path=stdin)
 
     def finish(self, spec: dict, run: Run, stopped: str = "", stack: str = "") -> Outcome:
         code = run.end() if stopped else run.end_when_done()
@@ -246,24 +267,51 @@ def _agree_through(a: Outcome, b: Outcome, step: int) -> bool:
     return compare.first_parting(a.records, b.records) is None
 
 
+def _step_diffs(records: list, step: Optional[int]) -> dict:
+    kind = "init" if step is None else "step"
+    return next((r.get("diffs") for r in records if r.get("type") == kind
+                 and (step is None or r.get("step") == step)), None) or {}
+
+
 def _magnitude(parting: compare.Parting, records: list, module: Optional[str]) -> Optional[float]:
-    if parting.stage == "init":
-        diffs = next((r.get("diffs") for r in records if r.get("type") == "init"), None)
-    else:
-        diffs = next((r.get("diffs") for r in records
-                      if r.get("type") == "step" and r.get("step") == parting.step), None)
-    if not diffs:
-        return None
+    """The largest difference the replay measured where the runs part: the stage's own tensor,
+    else the stage's largest."""
+    if parting.outside:
+        found = _step_diffs(records, parting.step + 1).get("start") or {}
+        return found.get(parting.tensor) or (max(found.values()) if found else None)
+    diffs = _step_diffs(records, None if parting.stage == "init" else parting.step)
     if parting.stage == "data":
-        return diffs.get(parting.tensor or "inputs")
-    if parting.stage == "forward" and module is not None:
-        return (diffs.get("outputs") or {}).get(f"{module}#0")
+        return diffs.get(parting.field or parting.tensor or "inputs") or diffs.get(parting.tensor or "inputs")
+    if parting.stage == "forward":
+        outputs = diffs.get("outputs") or {}
+        if module is not None and outputs.get(f"{module}#0"):
+            return outputs[f"{module}#0"]
+        return max(outputs.values()) if outputs else None
     key = {"backward": "grads", "optimizer": "params", "init": "params"}.get(parting.stage)
-    if key is None:
-        return None
-    found = diffs.get(key) or {}
+    found = diffs.get(key) or {} if key else {}
     # The replay may part in another tensor of the same stage: then the stage's largest.
     return found.get(parting.tensor) or (max(found.values()) if found else None)
+
+
+def _any_magnitude(records: list, step: Optional[int]) -> Optional[float]:
+    """The largest difference measured at a step in any tensor (for a stage whose own tensors
+    the replay could not compare, e.g. the RNG state)."""
+    diffs = _step_diffs(records, step)
+    values = [v for k, v in diffs.items() if k != "param_total" and isinstance(v, (int, float))]
+    values += [x for k, v in diffs.items() if isinstance(v, dict) and k != "param_total"
+               for x in v.values()]
+    return max(values) if values else None
+
+
+def _measured(result: DeterminismResult, parting: compare.Parting, replay: list,
+              module: Optional[str]) -> Optional[float]:
+    magnitude = _magnitude(parting, replay[1].records, module)
+    if magnitude is None and parting.stage != "init":
+        magnitude = _any_magnitude(replay[1].records, parting.step)
+        if magnitude is not None:
+            result.detail["max_abs_diff"] = ("the largest difference the replay measured at this "
+                                             "step (the stage's own tensors were not compared)")
+    return magnitude
 
 
 @dataclass
@@ -354,6 +402,9 @@ def _first_result(opts: DeterminismOptions, outs: list):
     )
     if env.get("description"):
         result.detail["data"] = env["description"]
+    if env.get("counting"):
+        result.detail["steps_counted"] = {"optimizer": "optimizer steps",
+                                          "backward": "backward passes"}[env["counting"]]
     errors = [_run_error(i, o, f"run {i.index}") for i, o in zip(infos, outs)]
     result.error = next((e for e in errors if e), None)
     result.rng_escapes = attribute.escapes_from([e for o in outs for e in o.escapes])
@@ -394,8 +445,14 @@ def _audit(opts: DeterminismOptions, launcher: Launcher, state: _State,
     result, parting, env = _first_result(opts, outs)
     launcher.pin_sites = [c.where for c in result.varying_seeds]
     state.result = result
-    if parting is not None and not launcher.stalled:  # a replay would hang as the run did
-        _explain(opts, launcher, result, parting, outs, env)
+    observed = _observed(outs)
+    if parting is None and not launcher.stalled and latent.can_act(observed):
+        parting, outs = _jitter(opts, launcher, result, outs)
+    if parting is None:
+        result.latent_sources = latent.sources(observed, result.rng_escapes, result.device,
+                                               jittered=launcher.jitter_tried)
+    elif not launcher.stalled:  # a replay would hang as the run did
+        _explain(opts, launcher, result, parting, outs, env, observed)
     if launcher.stalled and not result.error:
         info = _run_info(0, launcher.stalled[0], opts.timeout)
         result.error = _run_error(info, launcher.stalled[0], f"run {launcher.stalled[0].name}")
@@ -407,27 +464,59 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _explain(opts: DeterminismOptions, launcher: Launcher, result: DeterminismResult,
-             parting: compare.Parting, outs: list, env: dict) -> None:
-    """Localize the first parting (the replay) and prove its causes (the knob trials)."""
-    observed = {}
+def _observed(outs: list) -> dict:
+    """What the runs' knob observers saw (loaders, thread counts, cuDNN autotuning)."""
+    observed: dict = {}
     for o in outs:
         for key, value in (o.end.get("observed") or {}).items():
             if value and not observed.get(key):
                 observed[key] = value
+    return observed
+
+
+def _plain_runs(opts: DeterminismOptions, launcher: Launcher, name: str, phase: str) -> list:
+    specs = [launcher.spec(f"{name}{i}", opts.steps) for i in range(opts.runs)]
+    return launcher.run_all(specs, opts.jobs, phase=phase)
+
+
+def _jitter(opts: DeterminismOptions, launcher: Launcher, result: DeterminismResult,
+            outs: list) -> tuple:
+    """The runs agreed, but a loader's batch order depends on its workers' timing: rerun with
+    that timing varied. Returns ``(parting, outs)``: the new runs where they part."""
+    launcher.jitter = True
+    more = _plain_runs(opts, launcher, "jitter", "rerunning with varied DataLoader worker timing")
+    parting = compare.earliest([compare.first_parting(outs[0].records, o.records) for o in more])
+    if parting is None:
+        launcher.jitter = False
+        return None, outs
+    outs = [outs[0], *more]
+    result.verdict = "nondeterministic"
+    for key in ("latent_rng", "varying_seeds"):
+        result.detail.pop(key, None)
+    result.detail["jitter"] = latent.JITTER_NOTE
+    result.run_info = [_run_info(i, o, opts.timeout) for i, o in enumerate(outs)]
+    result.runs = len(outs)
+    result.timeline = compare.timeline([o.records for o in outs])
+    return parting, outs
+
+
+def _explain(opts: DeterminismOptions, launcher: Launcher, result: DeterminismResult,
+             parting: compare.Parting, outs: list, env: dict, observed: dict) -> None:
+    """Localize the first parting (the replay) and prove its causes (the knob trials)."""
     if parting.data:
         result.detail["data_difference"] = parting.data
     if parting.streams:
         result.detail["rng_streams"] = parting.streams
-    module, reproduced = _replay(opts, launcher, result, parting)
-    module_sources = env.get("module_sources", {})
-    module_where = None
-    if module is not None:
-        module_where = module_sources.get(module) or next(
-            (module_sources[m] for m in sorted(module_sources, key=len, reverse=True)
-             if module.startswith(m + ".") or m == ""), None)
-
-    # Attribution: knob pairs up to the divergent step.
+    module, replay = _replay(opts, launcher, result, parting)
+    controls = [o.records for o in outs] + [r.records for r in replay]
+    reproduced = compare.first_parting(replay[0].records, replay[1].records) is not None
+    if not reproduced:
+        plain = _plain_runs(opts, launcher, "again", "the replay agreed: repeating the plain runs")
+        controls += [o.records for o in plain]
+        reproduced = compare.earliest([compare.first_parting(plain[0].records, o.records)
+                                       for o in plain[1:]]) is not None
+        result.detail["replay"] = INTERMITTENT[reproduced]
+    module_where = _module_where(env.get("module_sources", {}), module)
     trials = []
     if opts.attribute:
         upto = 0 if parting.step is None else parting.step
@@ -435,7 +524,8 @@ def _explain(opts: DeterminismOptions, launcher: Launcher, result: DeterminismRe
                               {"PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED"),
                                "flags": result.environment.get("flags", {})},
                               varying=result.varying_seeds)
-        trials = _try_knobs(launcher, plan, upto, opts)
+        chance = proof.chance_of(controls, upto, parting.stage)
+        trials = _try_knobs(launcher, plan, upto, opts, chance, result.device)
     result.knob_trials = trials
     result.causes = attribute.causes(parting, trials, result.rng_escapes, observed, module,
                                      module_where, reproduced=reproduced,
@@ -443,27 +533,48 @@ def _explain(opts: DeterminismOptions, launcher: Launcher, result: DeterminismRe
     cite_scan(result.causes, result.cuda_ops, module)
 
 
+#: What the audit says when the replay did not part again: keyed by whether the plain runs,
+#: repeated as first made, parted again.
+INTERMITTENT = {
+    True: ("the replay (two runs side by side, with module hooks) did not part again, but the "
+           "plain runs did when repeated: the difference depends on how the runs are started "
+           "(e.g. a seed from the clock, alike for runs started together)"),
+    False: "neither the replay nor the plain runs, repeated, parted again: the divergence is intermittent",
+}
+
+
+def _module_where(module_sources: dict, module: Optional[str]) -> Optional[str]:
+    """Where the module (or the nearest enclosing one) was made, in the user's code."""
+    if module is None:
+        return None
+    return module_sources.get(module) or next(
+        (module_sources[m] for m in sorted(module_sources, key=len, reverse=True)
+         if module.startswith(m + ".") or m == ""), None)
+
+
 def _replay(opts: DeterminismOptions, launcher: Launcher, result: DeterminismResult,
             parting: compare.Parting) -> tuple:
-    """Replay in lockstep: the module, and the magnitudes. Returns ``(module, reproduced)``."""
+    """Replay in lockstep: the module, and the magnitudes. Returns ``(module, replay)``."""
     folder = os.path.join(launcher.folder, "lockstep")
     replay = launcher.run_all(
         [launcher.spec("replay-ref", opts.steps, detail=True, lockstep={"folder": folder, "role": "ref"}),
          launcher.spec("replay-cmp", opts.steps, detail=True, lockstep={"folder": folder, "role": "cmp"})],
         jobs=2, phase="replaying to localize")
     again = compare.first_parting(replay[0].records, replay[1].records)
-    reproduced = again is not None
     module, found_tensor, note = _localize(parting, again, replay)
     tensor = found_tensor or parting.tensor
     if note:
         result.detail["replay"] = note
     if again is not None and again.key() < parting.key() and module is None:
         result.detail["replay"] = f"the replay parted earlier, at step {again.step} ({again.stage})"
-    if not reproduced:
-        result.detail["replay"] = "the replay did not part again: the divergence is intermittent"
-    result.first_divergence = Divergence(
-        step=parting.step, stage=parting.stage, module=module, tensor=tensor,
-        max_abs_diff=_magnitude(parting, replay[1].records, module))
+    if parting.outside:
+        module = (tensor or "").rpartition(".")[0] or None
+        result.detail["outside_optimizer"] = (
+            f"parameters changed outside the optimizer: {tensor} agrees after the update of "
+            f"step {parting.step} and differs at the start of step {parting.step + 1}")
+    result.first_divergence = Divergence(step=parting.step, stage=parting.stage, module=module,
+                                         tensor=tensor,
+                                         max_abs_diff=_measured(result, parting, replay, module))
     if parting.stage == "data" and parting.data == "order":
         result.detail["data"] = "the same samples arrived in another order"
     for r in replay[1].records:
@@ -471,7 +582,7 @@ def _replay(opts: DeterminismOptions, launcher: Launcher, result: DeterminismRes
         if r.get("type") == "step" and total:
             result.growth.append(GrowthPoint(step=r["step"], max_abs_diff=total["max_abs"],
                                              rel_l2=total["rel_l2"]))
-    return module, reproduced
+    return module, replay
 
 
 def _pair_removed(launcher: Launcher, knobs: list, upto: int, opts: DeterminismOptions) -> list:
@@ -480,33 +591,16 @@ def _pair_removed(launcher: Launcher, knobs: list, upto: int, opts: DeterminismO
         label = "+".join(knob_set) or "control"
         specs += [launcher.spec(f"knob-{label}-a", upto + 1, knobs=knob_set),
                   launcher.spec(f"knob-{label}-b", upto + 1, knobs=knob_set)]
-    phase = ("knob trial: " + (" + ".join(knobs[0]) or "control") if len(knobs) == 1
+    phase = ("knob trial: " + (" + ".join(knobs[0]) or "control") if len(set(map(tuple, knobs))) == 1
              else f"knob trials: {len(knobs)} sets of knobs")
     outs = launcher.run_all(specs, jobs=max(2, opts.jobs), phase=phase)
     return [_agree_through(outs[2 * i], outs[2 * i + 1], upto) for i in range(len(knobs))]
 
 
-def _try_knobs(launcher: Launcher, plan: list, upto: int, opts: DeterminismOptions) -> list:
-    """One knob at a time, most likely first, until one removes the divergence: a knob that
-    removes it alone leaves no room for another independent cause. If none does, all knobs
-    together, then all-but-one, find the ones needed together."""
-    steps = upto + 1
-    trials = []
-    for knob in plan:
-        (removed,) = _pair_removed(launcher, [[knob]], upto, opts)
-        trials.append(attribute.trial(knob, removed, steps))
-        if removed:
-            return trials
-    if len(plan) < 2:
-        return trials
-    (together,) = _pair_removed(launcher, [plan], upto, opts)
-    if not together:
-        return trials
-    needed = _pair_removed(launcher, [[k for k in plan if k != drop] for drop in plan], upto, opts)
-    out = []
-    for knob, removed_without in zip(plan, needed):
-        necessary = not removed_without
-        out.append(attribute.trial(knob, necessary, steps,
-                                   "needed together with the other knobs" if necessary
-                                   else "not needed once the others are set"))
-    return out
+def _try_knobs(launcher: Launcher, plan: list, upto: int, opts: DeterminismOptions,
+               chance: proof.Chance, device: str) -> list:
+    """:func:`probes.determinism.proof.search` with pairs of fresh processes."""
+    def run_pairs(knobs: list, count: int) -> list:
+        return _pair_removed(launcher, [knobs] * count, upto, opts)
+
+    return proof.search(plan, chance, device, run_pairs, upto + 1)

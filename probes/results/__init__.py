@@ -155,6 +155,21 @@ class KnobTrial:
     removed: bool
     steps: int
     detail: str = ""
+    pairs: int = 1  # pairs of runs made under the knob
+    luck: Optional[float] = None  # chance of their agreement without the knob (None: not estimated)
+
+
+@dataclass
+class LatentSource:
+    """A source of nondeterminism that acts only sometimes, present although the runs agreed
+    (a DataLoader with workers and ``in_order=False``, cuDNN autotuning, a generator the seed
+    does not reach that the compared steps did not draw from)."""
+
+    source: str  # a cause source (contract vocabulary)
+    where: Optional[str]  # "file.py:12" in the user's code
+    evidence: str
+    fix: str
+    tried: str = ""  # what the audit did to make it act, and what came of it
 
 
 @dataclass
@@ -216,11 +231,13 @@ class DeterminismResult(Renderable):
     rng_escapes: list = field(default_factory=list)  # [RngEscape]
     varying_seeds: list = field(default_factory=list)  # [SeedCall]
     knob_trials: list = field(default_factory=list)  # [KnobTrial]
+    latent_sources: list = field(default_factory=list)  # [LatentSource]
     detail: dict = field(default_factory=dict)  # free-form localization notes
     error: Optional[str] = None  # set when a run crashed and the result is partial
     seconds: Optional[float] = None
     cuda_ops: Optional[CudaOpsScan] = None  # the CUDA op scan of the first run (None: not run)
     cuda_ops_level: str = "warn"  # the gate: "warn" or "fail" on CUDA-nondeterministic ops
+    latent_level: str = "warn"  # the gate: "warn" or "fail" on sources that act only sometimes
     nproc: Optional[int] = None  # distributed runs (--nproc N): ranks per run
     replicas: Optional[Replicas] = None  # distributed runs: replica consistency
     rank_timelines: list = field(default_factory=list)  # [RankTimeline], distributed runs
@@ -260,6 +277,7 @@ class DeterminismResult(Renderable):
             for t in data.get("rank_timelines") or []]
         nonfinite = data.get("nonfinite")
         data["nonfinite"] = _build(NonFinite, nonfinite) if nonfinite else None
+        data["latent_sources"] = [_build(LatentSource, r) for r in data.get("latent_sources", [])]
         return _build(cls, data)
 
     @property

@@ -1,0 +1,40 @@
+"""Varied DataLoader worker timing: makes an order that depends on which worker finishes
+first (``in_order=False``) show itself. Each worker sleeps a random few milliseconds, drawn
+from the operating system (not from any generator the script or the seed controls), before
+each fetch. Installed in every worker through ``worker_init_fn``, so it holds under any
+multiprocessing start method."""
+from __future__ import annotations
+
+import os
+import time
+
+#: The longest delay before a fetch, in seconds.
+MAX_DELAY = 0.02
+
+
+def _delay() -> float:
+    return int.from_bytes(os.urandom(2), "little") / 65535 * MAX_DELAY
+
+
+class JitterInit:
+    """A ``worker_init_fn`` that installs the delays, then calls the script's own (if any)."""
+
+    def __init__(self, inner=None):
+        self.inner = inner
+
+    def __call__(self, worker_id: int) -> None:
+        from torch.utils.data._utils import fetch
+
+        for cls in (fetch._MapDatasetFetcher, fetch._IterableDatasetFetcher):
+            original = cls.fetch
+            if getattr(original, "jittered", False):
+                continue
+
+            def slow(self, index, _original=original):
+                time.sleep(_delay())
+                return _original(self, index)
+
+            slow.jittered = True
+            cls.fetch = slow
+        if self.inner is not None:
+            self.inner(worker_id)

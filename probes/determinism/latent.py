@@ -1,0 +1,75 @@
+"""Sources of nondeterminism that act only sometimes, reported even when the runs agree.
+
+Two runs can agree while the code holds a source that parts them on another day: a DataLoader
+with workers and ``in_order=False`` (batches arrive in the order the workers finish), cuDNN
+autotuning (the algorithm picked by timing), a generator the seed does not reach that the
+compared steps did not happen to draw from. :func:`can_act` says when the audit can make such
+a source act before it answers (varied worker timing, :mod:`probes.determinism.jitter`);
+:func:`sources` lists those still present, with place and fix, for the report, the JSON
+(``latent_sources``) and the gate (:func:`check`).
+"""
+from __future__ import annotations
+
+from audit.probes.results import Check, DeterminismResult, LatentSource
+
+JITTER_NOTE = ("the first runs agreed; rerun with DataLoader worker timing varied (random "
+               "delays in the workers), they parted")
+LOADER_FIX = ("DataLoader(..., in_order=True)  # batches in sampler order whatever the workers' "
+              "timing\n# or num_workers=0")
+
+
+def unordered_loaders(observed: dict) -> list:
+    """Loaders with workers whose batches come in the order the workers finish."""
+    return [lo for lo in observed.get("loaders") or []
+            if lo.get("num_workers") and lo.get("in_order") is False]
+
+
+def can_act(observed: dict) -> bool:
+    return bool(unordered_loaders(observed))
+
+
+def sources(observed: dict, escapes: list, device: str, jittered: bool) -> list:
+    """The latent sources of a run whose comparison found no divergence."""
+    from audit.probes.determinism.attribute import escape_fix  # torch: not for the gate's check
+
+    out = []
+    tried = ("rerun with varied worker timing, the runs still agreed" if jittered else "")
+    for loader in unordered_loaders(observed):
+        out.append(LatentSource(
+            "dataloader", loader.get("where"),
+            f"a DataLoader with num_workers={loader['num_workers']} and in_order=False yields "
+            "batches in the order its workers finish: the order the runs got agreed this time",
+            LOADER_FIX, tried))
+    if observed.get("cudnn_benchmark") and device.startswith("cuda"):
+        out.append(LatentSource(
+            "cudnn_benchmark", observed["cudnn_benchmark"],
+            "cuDNN autotuning is on: it picks convolution algorithms by timing them, so another "
+            "run (or machine load) can pick another one with other rounding",
+            "torch.backends.cudnn.benchmark = False"))
+    for esc in escapes:
+        out.append(LatentSource(
+            "unseeded_rng", esc.where,
+            f"{esc.kind} is {esc.detail or 'not seeded'}; the compared steps did not draw from it "
+            "in a way that parted the runs, later ones may",
+            escape_fix(esc.kind)))
+    return out
+
+
+#: How the gate treats latent sources (``[tool.audit.determinism] latent = "fail"``).
+LEVELS = ("warn", "fail")
+
+
+def check(result: DeterminismResult) -> Check:
+    """The gate's ``no latent sources`` check: when a source that acts only sometimes is
+    present it warns (passes with a message), or fails with ``result.latent_level == "fail"``."""
+    found = result.latent_sources
+    if not found:
+        return Check("determinism", "no latent sources", True,
+                     "no source that acts only sometimes was seen")
+    first = found[0]
+    names = ", ".join(sorted({s.source for s in found}))
+    message = (f"{len(found)} source(s) of nondeterminism that act only sometimes ({names}); "
+               f"first: {first.evidence}")
+    warn = result.latent_level != "fail"
+    return Check("determinism", "no latent sources", warn,
+                 ("warning: " if warn else "") + message, first.fix, first.where)
