@@ -154,7 +154,7 @@ def test_unknown_key_lists_the_known_ones(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config()
     assert str(info.value) == ("pyproject.toml: [tool.audit.determinism] unknown key 'step'; "
-                               "expected one of: attribution, cuda_ops, jobs, nproc, runs, steps, tolerances")
+                               "expected one of: attribution, cuda_ops, jobs, latent, nproc, runs, steps, tolerances")
 
 
 def test_relative_target_and_paths_are_relative_to_the_pyproject(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ from audit import config
 from audit.kinds.base import (AuditKind, Progress, Settings, failing_names, plural, positive_arg,
                               rounded)
 from audit.probes.errors import TargetError, UsageError
+from audit.probes.init.names import parse_scheme
 from audit.probes.results import BUILTIN_SCHEMES, Check, InitResult
 from audit.reports import html, terminal
 from audit.reports.common import finding_advice, finding_numbers, finding_title, init_headline
@@ -62,27 +63,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "xavier_uniform,orthogonal,lsuv,normal:STD (default: all but normal)")
 
 
-def scheme_problem(name: str) -> Optional[str]:
-    """Why ``name`` is not a scheme name, or None."""
-    if name in BUILTIN_SCHEMES:
-        return None
-    if name.startswith("normal:"):
-        try:
-            std = float(name.split(":", 1)[1])
-        except ValueError:
-            std = float("nan")
-        return None if math.isfinite(std) and std > 0 else "normal:STD needs a positive STD"
-    return "unknown scheme"
-
-
 def _check_schemes(chk: config.Checker, value: Any) -> list:
     names = config.string_list(value)
     if not names:
         chk.fail("tool.audit.init", "schemes", SCHEMES_EXPECTED, value)
     for scheme in names:
-        problem = scheme_problem(scheme)
-        if problem:
-            chk.fail("tool.audit.init", "schemes", SCHEMES_EXPECTED + f"; {scheme!r}: {problem}", value)
+        try:
+            parse_scheme(scheme)
+        except ValueError as exc:
+            chk.fail("tool.audit.init", "schemes", f"{SCHEMES_EXPECTED}; {exc}", value)
     return list(dict.fromkeys(names))
 
 
