@@ -92,7 +92,8 @@ def test_deterministic_result_passes_every_check():
     checks = gate.checks_for("determinism", det())
     assert names(checks) == [("runs completed", True, False), ("runs agree", True, False),
                              ("no unseeded generators", True, False),
-                             ("finite loss and gradients", True, False)]
+                             ("finite loss and gradients", True, False),
+                             ("no latent sources", True, False)]
 
 
 def test_an_unseeded_generator_fails_even_when_the_runs_agree():
@@ -118,8 +119,8 @@ def test_nondeterministic_result_has_one_check_per_cause_source():
                  trials=[KnobTrial("seed_escapes", "unseeded_rng", False, 2)])
     checks = {c.name: c for c in gate.checks_for("determinism", result)}
     assert list(checks) == ["runs completed", "runs agree", "no unseeded generators",
-                            "finite loss and gradients", "cause: nondeterministic_algorithm",
-                            "cause: unknown"]
+                            "finite loss and gradients", "no latent sources",
+                            "cause: nondeterministic_algorithm", "cause: unknown"]
     agree = checks["runs agree"]
     assert not agree.passed and "step 1" in agree.message
     assert agree.fix == "torch.use_deterministic_algorithms(True)" and agree.where == "model.py:40"
@@ -448,9 +449,9 @@ def test_check_passes_on_a_healthy_deterministic_project(tmp_path, monkeypatch):
     monkeypatch.chdir(make_project(tmp_path / "proj", "good"))
     code, out, err = run_cli("check", "--junit-xml", "reports/junit.xml")
     assert code == 0, out + err
-    assert "audit check  PASS  all 14 checks passed" in out
+    assert "audit check  PASS  all 15 checks passed" in out
     suite, cases = junit_cases("reports/junit.xml")
-    assert suite.get("tests") == "14" and suite.get("failures") == "0"
+    assert suite.get("tests") == "15" and suite.get("failures") == "0"
     assert cases[("audit.determinism", "runs agree")][0] == "passed"
     assert cases[("audit.init", "default init healthy")][0] == "passed"
     files = sorted(os.listdir("audit-report"))
@@ -459,7 +460,7 @@ def test_check_passes_on_a_healthy_deterministic_project(tmp_path, monkeypatch):
     index = open("audit-report/index.html", encoding="utf-8").read()
     assert 'href="determinism.html"' in index and 'href="init.html"' in index
     assert json.load(open("audit-report/determinism.json"))["verdict"] == "deterministic"
-    assert "✅ audit check: all 14 checks passed" in open("audit-report/summary.md", encoding="utf-8").read()
+    assert "✅ audit check: all 15 checks passed" in open("audit-report/summary.md", encoding="utf-8").read()
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Planted: a CPU stand-in for an atomic-add kernel. The backward pass accumulates the weight
-gradient in an order drawn from the OS unless deterministic algorithms are on."""
+gradient in an order from the OS (no generator) unless deterministic algorithms are on."""
 import os
 
 import torch
@@ -19,8 +19,8 @@ class ScatterAccumulate(torch.autograd.Function):
         parts = [grad[i:i + 1].t() @ x[i:i + 1] for i in range(x.shape[0])]
         order = list(range(len(parts)))
         if not torch.are_deterministic_algorithms_enabled():
-            seed = int.from_bytes(os.urandom(4), "little")  # PLANTED: the order of the adds
-            order = torch.randperm(len(parts), generator=torch.Generator().manual_seed(seed)).tolist()
+            # PLANTED: the order of the adds, from the OS (no generator, as a GPU's scheduler)
+            order.sort(key=lambda _: os.urandom(4))
         gw = torch.zeros_like(w)
         for i in order:
             gw = gw + parts[i] * 1.37  # float addition does not associate
