@@ -648,3 +648,28 @@ def test_single_audit_command_with_a_baseline(tmp_path, monkeypatch):
                              "--quiet")
     assert code == 0, out + err
     assert "no regressions against the baseline" in out
+
+
+def test_an_interrupted_check_writes_what_was_measured(tmp_path, monkeypatch):
+    from audit.gate import run as gate_run
+    from audit.probes.runs import Interrupted
+    import signal
+
+    partial = init(error="interrupted by SIGTERM while scheme lsuv")
+
+    def run_kind(kind, s, quiet=False):
+        if kind.name == "init":
+            exc = Interrupted(signal.SIGTERM)
+            exc.partial = partial
+            raise exc
+        return det()
+
+    monkeypatch.setattr(gate_run, "run_kind", run_kind)
+    kinds = [registry.get("determinism"), registry.get("init")]
+    out = str(tmp_path / "rep")
+    with pytest.raises(Interrupted) as caught:
+        gate_run.check_all(kinds, {k.name: None for k in kinds}, out, gate.GateOptions(), None)
+    assert caught.value.report == os.path.join(out, "index.html")
+    assert sorted(os.listdir(out)) == ["determinism.html", "determinism.json", "index.html",
+                                       "init.html", "init.json"]
+    assert json.load(open(os.path.join(out, "init.json")))["error"].startswith("interrupted")

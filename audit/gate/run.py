@@ -14,6 +14,7 @@ from audit.gate.progress import display
 from audit.kinds.base import AuditKind, Settings, plural
 from audit.probes.errors import UsageError
 from audit.probes.results import GateResult
+from audit.probes.runs import Interrupted
 from audit.reports.common import one_line
 
 
@@ -156,7 +157,15 @@ def check_all(kinds: list, settings: dict, out: str, opts: GateOptions,
     if opts.update_baseline and not baseline:
         baseline = baselines.DEFAULT_BASELINE
     doc = _baseline_doc(baseline, opts.update_baseline, kinds)
-    results = {kind.name: run_kind(kind, settings[kind.name], opts.quiet) for kind in kinds}
+    results: dict = {}
+    try:
+        for kind in kinds:
+            results[kind.name] = run_kind(kind, settings[kind.name], opts.quiet)
+    except Interrupted as exc:  # the audits finished, and what the current one measured
+        if exc.partial is not None:
+            results[kinds[len(results)].name] = exc.partial
+        exc.report = _write_interrupted(out, [k for k in kinds if k.name in results], results)
+        raise
     os.makedirs(out, exist_ok=True)
     gate, notes = GateResult(), []
     for kind in kinds:
@@ -174,6 +183,22 @@ def check_all(kinds: list, settings: dict, out: str, opts: GateOptions,
     index = write_index(out, gate)
     write_gate_files(out, gate, opts.junit_xml, results)
     return CheckOutcome(gate, results, index, written, notes)
+
+
+def _write_interrupted(out: str, kinds: list, results: dict) -> Optional[str]:
+    """``audit check`` stopped by a signal: the reports of the audits measured so far and
+    the index (no baseline is read or written); the index's path, or None."""
+    if not kinds:
+        return None
+    try:
+        os.makedirs(out, exist_ok=True)
+        gate = GateResult()
+        for kind in kinds:
+            write_audit_files(out, kind, results[kind.name])
+            add_audit(gate, kind, results[kind.name], None, prefix=True)
+        return write_index(out, gate)
+    except OSError:
+        return None
 
 
 def enabled_kinds(audits: list) -> list:
