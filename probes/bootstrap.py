@@ -21,10 +21,11 @@ Exit status: 0, or 3 for ``target_error``, 4 for ``crashed`` (as :mod:`audit.wor
 from __future__ import annotations
 
 import io
-import json
 import os
 import sys
 import traceback
+
+from audit.probes.spec import RunSpec, read_spec
 
 EXIT_OK, EXIT_TARGET, EXIT_CRASH = 0, 3, 4
 STDIN_HELP = ("the script reads standard input, and the audit runs it several times, so it "
@@ -61,7 +62,7 @@ class _TerminalStdin(io.TextIOBase):
 class _Run:
     """The end of one run, written once whichever way the script ends."""
 
-    def __init__(self, spec: dict, writer, tracer):
+    def __init__(self, spec: RunSpec, writer, tracer):
         self.spec, self.writer, self.tracer = spec, writer, tracer
         self.written = False
 
@@ -78,12 +79,12 @@ class _Run:
             status = "target_error" if steps == 0 else "crashed"
         elif steps == 0 and status != "crashed_setup":
             if status == "exited" and not said:
-                message = _last_output_line(self.spec.get("log")) or message
+                message = _last_output_line(self.spec.log) or message
             status, message = "target_error", _no_step_message(status, exit_code, message, extra)
             extra = {}
         elif status == "crashed_setup":
             status = "crashed"
-        elif status in ("ended_early", "exited") and steps >= self.spec["steps"]:
+        elif status in ("ended_early", "exited") and steps >= self.spec.steps:
             status = "ok"
         record = {"type": "end", "status": status, "steps": steps, "exit_code": exit_code,
                   "message": message, "observed": knobs.observed(), **extra}
@@ -181,7 +182,7 @@ def _pin_global_generators() -> None:
     rng_escape.seeding_helpers()(zlib.crc32(b"torch global"))  # CUDA too, when there is one
 
 
-def run(spec: dict, program) -> int:
+def run(spec: RunSpec, program) -> int:
     """Run the program under the tracer and write the end record; returns the exit status."""
     import runpy
 
@@ -194,29 +195,29 @@ def run(spec: dict, program) -> int:
 
     from audit.probes.worker import environment
 
-    writer = TraceWriter(spec["trace"])
+    writer = TraceWriter(spec.trace)
     lockstep = tracer = None
     run_end = _Run(spec, writer, None)
     real_exit = os._exit
     main_pid = os.getpid()
     try:
         _warm_lazy_imports()
-        rng_escape.install(spec.get("escape_log"), pin=False, seeds_path=spec.get("seed_log"))
+        rng_escape.install(spec.escape_log, pin=False, seeds_path=spec.seed_log)
         knobs.observe()
-        knobs.apply(spec.get("knobs", []), spec.get("escape_log"), spec.get("pin_sites", ()))
-        if spec.get("jitter"):
+        knobs.apply(spec.knobs, spec.escape_log, spec.pin_sites)
+        if spec.jitter:
             knobs.jitter_workers()
-        if "seed_escapes" in spec.get("knobs", []):
+        if "seed_escapes" in spec.knobs:
             _pin_global_generators()
-        if spec.get("lockstep"):
+        if spec.lockstep:
             from audit.probes.determinism.lockstep import Lockstep
 
-            lockstep = Lockstep(spec["lockstep"]["folder"], spec["lockstep"]["role"],
-                                rename=spec["lockstep"].get("rename"))
-        tracer = ScriptTracer(writer, spec["steps"], detail=spec.get("detail", False),
+            lockstep = Lockstep(spec.lockstep.folder, spec.lockstep.role,
+                                rename=spec.lockstep.rename)
+        tracer = ScriptTracer(writer, spec.steps, detail=spec.detail,
                               lockstep=lockstep, environment=environment,
-                              escape_log=spec.get("escape_log"),
-                              draws=DrawWatch(spec.get("escape_log")))
+                              escape_log=spec.escape_log,
+                              draws=DrawWatch(spec.escape_log))
         run_end.tracer = tracer
 
         def os_exit(code):  # os._exit skips every finally: write the end first (main process)
@@ -232,7 +233,7 @@ def run(spec: dict, program) -> int:
             real_exit(code)
 
         os._exit = os_exit
-        if spec.get("stdin") == "terminal":
+        if spec.stdin == "terminal":
             sys.stdin = _TerminalStdin()
         tracer.install()
         sys.argv = [program.path or program.module, *program.args]
@@ -295,10 +296,9 @@ def main(argv=None) -> int:
     spec_path, rest = argv[0], argv[1:]
     if rest[:1] == ["--"]:
         rest = rest[1:]
-    with open(spec_path, encoding="utf-8") as fh:
-        spec = json.load(fh)
+    spec = read_spec(RunSpec, spec_path)
     program = script_runner.parse(rest, interpreter=False)
-    if spec.get("device") == "cpu":  # before torch is imported: the script sees no GPU
+    if spec.device == "cpu":  # before torch is imported: the script sees no GPU
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     code = run(spec, program)
     sys.stdout.flush()

@@ -20,9 +20,8 @@ from torch import nn
 
 from audit.probes import fingerprint as fp
 from audit.probes import rng_escape
+from audit.probes.spec import DistSpec
 
-#: Seconds a rank waits for its peers, at start-up and in every collective (gloo and NCCL).
-DEFAULT_TIMEOUT = 120.0
 #: Index lists kept per sampler for the disjointness check (the first epoch of each rank).
 MAX_INDICES = 100_000
 #: The prefix DDP puts before the wrapped module's names.
@@ -37,7 +36,7 @@ class RankContext:
     device: torch.device
 
 
-def start(spec: dict, device: torch.device) -> RankContext:
+def start(spec: DistSpec, device: torch.device) -> RankContext:
     """Join the process group the parent set up (before the target is called) and start
     watching distributed samplers; returns this rank's place and device."""
     import torch.distributed as dist
@@ -48,7 +47,7 @@ def start(spec: dict, device: torch.device) -> RankContext:
         device = torch.device("cuda", local % max(torch.cuda.device_count(), 1))
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    timeout = float((spec.get("dist") or {}).get("timeout", DEFAULT_TIMEOUT))
+    timeout = float(spec.timeout)  # seconds a rank waits for its peers, in every collective
     SamplerWatch.install()
     dist.init_process_group(backend, rank=rank, world_size=world,
                             timeout=timedelta(seconds=timeout))

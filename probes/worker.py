@@ -7,12 +7,12 @@ trace (JSON lines) to the path the spec names and exits with:
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import traceback
 
 from audit.probes.errors import UsageError
+from audit.probes.spec import RunSpec, read_spec
 
 EXIT_OK, EXIT_TARGET, EXIT_CRASH = 0, 3, 4
 #: Synthetic batches for a bare module when the audit chooses the steps (``audit resume``).
@@ -38,61 +38,61 @@ def environment(device) -> dict:
     return {**describe(device), "flags": knobs.flags()}
 
 
-def run(spec: dict) -> int:
+def run(spec: RunSpec) -> int:
     from audit.probes.determinism import knobs
     from audit.probes import rng_escape
     from audit.probes.trace import TraceWriter, run_traced
 
-    writer = TraceWriter(spec["trace"])
+    writer = TraceWriter(spec.trace)
     lockstep = None
     tracker = None  # distributed runs: a rank's RankTracker (audit.probes.ranks)
     try:
-        rng_escape.install(spec.get("escape_log"), pin=False, seeds_path=spec.get("seed_log"))
+        rng_escape.install(spec.escape_log, pin=False, seeds_path=spec.seed_log)
         knobs.observe()
-        knobs.apply(spec.get("knobs", []), spec.get("escape_log"), spec.get("pin_sites", ()))
-        if spec.get("jitter"):
+        knobs.apply(spec.knobs, spec.escape_log, spec.pin_sites)
+        if spec.jitter:
             knobs.jitter_workers()
         from audit.probes.seeding import seed_all
 
-        seed_all(spec["seed"])
+        seed_all(spec.seed)
         from audit.probes.target import TargetError, load_target
 
         writer.write({"type": "loading"})  # progress: the watchdog's clock starts at the target
         rank_ctx = None
-        if spec.get("dist"):  # distributed: the process group exists before the target is called
+        if spec.dist:  # distributed: the process group exists before the target is called
             from audit.probes import ranks
 
-            rank_ctx = ranks.start(spec, resolve_device(spec.get("device", "auto")))
+            rank_ctx = ranks.start(spec.dist, resolve_device(spec.device))
         try:
-            device = rank_ctx.device if rank_ctx else resolve_device(spec.get("device", "auto"))
-            setup = load_target(spec.get("target"), input_shape=spec.get("input_shape"),
-                                num_classes=spec.get("num_classes"), seed=spec["seed"],
-                                batches=spec["steps"] or AUTO_BATCHES)
+            device = rank_ctx.device if rank_ctx else resolve_device(spec.device)
+            setup = load_target(spec.target, input_shape=spec.input_shape,
+                                num_classes=spec.num_classes, seed=spec.seed,
+                                batches=spec.steps or AUTO_BATCHES)
         except (TargetError, RuntimeError) as exc:
             writer.write({"type": "end", "status": "target_error", "message": str(exc)})
             return EXIT_TARGET
-        knobs.apply(spec.get("knobs", []), spec.get("escape_log"), spec.get("pin_sites", ()))  # again: the target may reset flags
+        knobs.apply(spec.knobs, spec.escape_log, spec.pin_sites)  # again: the target may reset flags
         writer.write({"type": "env", "environment": environment(device),
                       "module_sources": knobs.module_sources(setup.model),
                       "synthetic": setup.synthetic, "description": setup.description})
         if rank_ctx is not None:
-            tracker = ranks.prepare(setup, rank_ctx, writer, spec["seed"])
-        if spec.get("lockstep"):
+            tracker = ranks.prepare(setup, rank_ctx, writer, spec.seed)
+        if spec.lockstep:
             from audit.probes.determinism.lockstep import Lockstep
 
-            lockstep = Lockstep(spec["lockstep"]["folder"], spec["lockstep"]["role"],
-                                rename=spec["lockstep"].get("rename"))
-        steps, session = spec["steps"], None
-        if spec.get("resume"):
+            lockstep = Lockstep(spec.lockstep.folder, spec.lockstep.role,
+                                rename=spec.lockstep.rename)
+        steps, session = spec.steps, None
+        if spec.resume:
             from audit.probes.resume.session import open_session
 
-            session = open_session(spec["resume"], setup, device, steps, writer)
+            session = open_session(spec.resume, setup, device, steps, writer)
             steps = session.steps
-        done = run_traced(setup, steps, device, writer, detail=spec.get("detail", False),
+        done = run_traced(setup, steps, device, writer, detail=spec.detail,
                           lockstep=lockstep, session=session,
                           on_step=tracker.on_step if tracker else None)
         observed = knobs.observed()
-        if spec.get("cuda_ops"):  # after the traced steps, so the trace is untouched
+        if spec.cuda_ops:  # after the traced steps, so the trace is untouched
             from audit.probes import seed_log
             from audit.probes.determinism.cuda_ops import scan_training
 
@@ -120,7 +120,7 @@ def run(spec: dict) -> int:
     finally:
         if lockstep is not None:
             lockstep.finish()
-        if spec.get("dist"):
+        if spec.dist:
             from audit.probes import ranks
 
             if tracker is not None:
@@ -134,9 +134,8 @@ def main(argv=None) -> int:
     from audit.probes.runs import answer_stack_requests
 
     answer_stack_requests()
-    with open(argv[0], encoding="utf-8") as fh:
-        spec = json.load(fh)
-    if spec.get("cwd_on_path", True) and os.getcwd() not in sys.path:
+    spec = read_spec(RunSpec, argv[0])
+    if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     code = run(spec)
     sys.stdout.flush()

@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -31,6 +30,7 @@ from audit.probes.results.cuda_ops import CudaOpsScan
 from audit.probes.rng_escape import read_log
 from audit.probes.runs import (DEFAULT_TIMEOUT, Interrupted, Run, end_runs, parse_stack,
                                user_frame)
+from audit.probes.spec import LockstepSpec, ResumeSpec, RunSpec, write_spec
 from audit.probes.target import TargetError, check_target
 from audit.probes.trace import read_trace
 
@@ -126,47 +126,45 @@ class Launcher:
             with open(self.stdin_path, "wb") as fh:
                 fh.write(data)
 
-    def spec(self, name: str, steps: int, knobs=(), detail=False, lockstep=None,
-             extra: Optional[dict] = None, cuda_ops: bool = False) -> dict:
-        """A worker spec, written to the folder; ``extra`` adds keys (e.g. ``resume``)."""
+    def spec(self, name: str, steps: int, knobs=(), detail=False,
+             lockstep: Optional[LockstepSpec] = None, resume: Optional[ResumeSpec] = None,
+             cuda_ops: bool = False) -> RunSpec:
+        """A worker spec, written to the folder."""
         self.count += 1
         base = os.path.join(self.folder, f"{self.count:03d}-{name}")
-        spec = {
-            "name": name, "trace": base + ".trace", "escape_log": base + ".escapes",
-            "target": self.opts.target, "seed": self.opts.seed, "steps": steps,
-            "device": self.opts.device, "input_shape": self.opts.input_shape,
-            "num_classes": self.opts.num_classes, "knobs": list(knobs), "detail": detail,
-            "lockstep": lockstep, "script": self.opts.script, "log": base + ".log",
-            "seed_log": base + ".seeds", "pin_sites": self.pin_sites,
-            "stdin": "terminal" if self.terminal else "file", "jitter": self.jitter,
-            **(extra or {}),
-            "cuda_ops": cuda_ops,
-        }
+        spec = RunSpec(
+            name=name, trace=base + ".trace", escape_log=base + ".escapes",
+            target=self.opts.target, seed=self.opts.seed, steps=steps,
+            device=self.opts.device, input_shape=self.opts.input_shape,
+            num_classes=self.opts.num_classes, knobs=list(knobs), detail=detail,
+            lockstep=lockstep, script=self.opts.script, log=base + ".log",
+            seed_log=base + ".seeds", pin_sites=self.pin_sites,
+            stdin="terminal" if self.terminal else "file", jitter=self.jitter,
+            resume=resume, cuda_ops=cuda_ops,
+        )
         self.jitter_tried = self.jitter_tried or self.jitter
-        with open(base + ".json", "w", encoding="utf-8") as fh:
-            json.dump(spec, fh)
-        spec["spec_path"] = base + ".json"
+        write_spec(spec, base + ".json")
         return spec
 
     def _env(self, knobs) -> dict:
         return run_env(knobs)
 
-    def start(self, spec: dict) -> Run:
-        if spec.get("script"):
+    def start(self, spec: RunSpec) -> Run:
+        if spec.script:
             from audit.probes import script_runner
 
             argv = script_runner.command(spec)
         else:
-            argv = [sys.executable, "-m", "audit.probes.worker", spec["spec_path"]]
-        stdin = self.stdin_path if spec.get("script") else None
-        return Run(argv, spec["log"], spec["trace"], self._env(spec["knobs"]), cwd=self.opts.cwd,
+            argv = [sys.executable, "-m", "audit.probes.worker", spec.spec_path]
+        stdin = self.stdin_path if spec.script else None
+        return Run(argv, spec.log, spec.trace, self._env(spec.knobs), cwd=self.opts.cwd,
                    stdin_path=stdin)
 
-    def finish(self, spec: dict, run: Run, stopped: str = "", stack: str = "") -> Outcome:
+    def finish(self, spec: RunSpec, run: Run, stopped: str = "", stack: str = "") -> Outcome:
         code = run.end() if stopped else run.end_when_done()
-        return Outcome(spec["name"], read_trace(spec["trace"]), None if stopped else code,
-                       time.monotonic() - run.started, read_log(spec["escape_log"]),
-                       run.output_tail(), stopped, stack, seed_log.read(spec["seed_log"]))
+        return Outcome(spec.name, read_trace(spec.trace), None if stopped else code,
+                       time.monotonic() - run.started, read_log(spec.escape_log),
+                       run.output_tail(), stopped, stack, seed_log.read(spec.seed_log))
 
     def run_all(self, specs: list, jobs: int, phase: str = "") -> list:
         """Run specs with at most ``jobs`` at a time; lockstep partners always together. A run
@@ -175,10 +173,10 @@ class Launcher:
         results: dict = {}
         pending = list(range(len(specs)))
         running: list = []
-        total = sum(s["steps"] for s in specs)
+        total = sum(s.steps for s in specs)
         try:
             while pending or running:
-                while pending and (len(running) < max(jobs, 1) or specs[pending[0]].get("lockstep")):
+                while pending and (len(running) < max(jobs, 1) or specs[pending[0]].lockstep):
                     i = pending.pop(0)
                     running.append((i, self.start(specs[i])))
                 for item in list(running):
@@ -191,8 +189,8 @@ class Launcher:
                         running.remove(item)
                         results[i] = self.finish(specs[i], run, "timed_out", run.stack())
                         self.stalled.append(results[i])
-                done = sum(min(o.steps_done, specs[i]["steps"]) for i, o in results.items())
-                done += sum(min(run.steps, specs[i]["steps"]) for i, run in running)
+                done = sum(min(o.steps_done, specs[i].steps) for i, o in results.items())
+                done += sum(min(run.steps, specs[i].steps) for i, run in running)
                 self.progress(Progress(self.phase, done, total))
                 time.sleep(0.05)
         finally:  # an interrupt, or an error of ours: end them all
@@ -375,8 +373,8 @@ def _partial(opts: DeterminismOptions, launcher: Launcher, state: _State, exc: I
     """The result of what was measured before the interrupt (None: nothing was)."""
     result = state.result
     if result is None:
-        outs = [Outcome(spec["name"], read_trace(spec["trace"]), None, time.monotonic() - started,
-                        read_log(spec["escape_log"]), "", "interrupted") for spec in state.runs]
+        outs = [Outcome(spec.name, read_trace(spec.trace), None, time.monotonic() - started,
+                        read_log(spec.escape_log), "", "interrupted") for spec in state.runs]
         if not any(o.steps_done for o in outs):
             return None
         result, _, _ = _first_result(opts, outs)
@@ -557,8 +555,8 @@ def _replay(opts: DeterminismOptions, launcher: Launcher, result: DeterminismRes
     """Replay in lockstep: the module, and the magnitudes. Returns ``(module, replay)``."""
     folder = os.path.join(launcher.folder, "lockstep")
     replay = launcher.run_all(
-        [launcher.spec("replay-ref", opts.steps, detail=True, lockstep={"folder": folder, "role": "ref"}),
-         launcher.spec("replay-cmp", opts.steps, detail=True, lockstep={"folder": folder, "role": "cmp"})],
+        [launcher.spec("replay-ref", opts.steps, detail=True, lockstep=LockstepSpec(folder, "ref")),
+         launcher.spec("replay-cmp", opts.steps, detail=True, lockstep=LockstepSpec(folder, "cmp"))],
         jobs=2, phase="replaying to localize")
     again = compare.first_parting(replay[0].records, replay[1].records)
     module, found_tensor, note = _localize(parting, again, replay)

@@ -26,6 +26,7 @@ from audit.probes.determinism.orchestrate import DeterminismOptions, Launcher, O
 from audit.probes.diff import measure, traces
 from audit.probes.diff.match import Matching, match
 from audit.probes.diff.reference import Reference
+from audit.probes.spec import LockstepSpec
 from audit.probes.results.diff import (DiffResult, DiffSide, Difference, RecordResult, Rename,
                                        Replaced, SelfDifference, Unmatched)
 
@@ -140,8 +141,8 @@ def _explain_pair(result: DiffResult, parting, m: Matching, launchers: tuple, ou
     rename = {"params": m.params, "modules": m.modules}
     replay = la.run_all([
         la.spec("a-replay", result.steps, detail=True,
-                lockstep={"folder": lock, "role": "ref", "rename": rename}),
-        lb.spec("b-replay", result.steps, detail=True, lockstep={"folder": lock, "role": "cmp"})], 2)
+                lockstep=LockstepSpec(lock, "ref", rename=rename)),
+        lb.spec("b-replay", result.steps, detail=True, lockstep=LockstepSpec(lock, "cmp"))], 2)
     selves = [("a", outs[0].records, replay[0].records), ("b", outs[1].records, replay[1].records)]
     _conclude(result, parting, m, replay[0].records, replay[1].records, selves)
 

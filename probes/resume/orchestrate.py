@@ -27,6 +27,7 @@ from audit.probes.results import Divergence, RunInfo
 from audit.probes.results.resume import ResumeResult
 from audit.probes.resume import attribute, compare
 from audit.probes.resume.session import choose_plan
+from audit.probes.spec import ResumeSpec, RunSpec
 from audit.probes.target import parse_spec
 
 BUILTIN_LABEL = "audit.example:build (built-in)"
@@ -57,12 +58,12 @@ class _Runs:
             target=opts.target, seed=opts.seed, device=opts.device, input_shape=opts.input_shape,
             num_classes=opts.num_classes, cwd=opts.cwd), folder)
 
-    def spec(self, name: str, role: str, knobs=(), folder: Optional[str] = None) -> dict:
+    def spec(self, name: str, role: str, knobs=(), folder: Optional[str] = None) -> RunSpec:
         folder = folder or self.checkpoints
         os.makedirs(folder, exist_ok=True)
-        resume = {"role": role, "at": self.opts.at, "folder": folder, "knobs": list(knobs)}
+        resume = ResumeSpec(role=role, at=self.opts.at, folder=folder, knobs=list(knobs))
         # steps 0: the worker chooses S from the epoch length (the session's plan)
-        return self.launcher.spec(name, self.opts.steps or 0, extra={"resume": resume})
+        return self.launcher.spec(name, self.opts.steps or 0, resume=resume)
 
     def run(self, specs: list) -> list:
         outs = self.launcher.run_all(specs, self.opts.jobs)
