@@ -132,25 +132,16 @@ def _exit_code(exc: SystemExit) -> tuple[int, str]:
     return code, ""
 
 
-def _ours(filename: str) -> bool:
-    """Frames of the audit, the standard library or installed packages (not the script's)."""
-    from audit.probes import rng_escape
-
-    path = os.path.abspath(filename)
-    return (filename.startswith("<") or path.startswith(rng_escape._skip_dirs())
-            or "site-packages" in path or "dist-packages" in path)
-
-
 def _crash(exc: BaseException) -> dict:
     """message, where (the innermost frame in the user's code) and a traceback from the script
     down (the bootstrap's and runpy's frames left out)."""
-    from audit.probes.rng_escape import short_path
+    from audit.probes.runs import is_user_file, short_path
 
     frames = traceback.extract_tb(exc.__traceback__)
     where = next((f"{short_path(os.path.abspath(f.filename))}:{f.lineno}" for f in reversed(frames)
-                  if not _ours(f.filename)), None)
+                  if is_user_file(f.filename)), None)
     tb = exc.__traceback__
-    while tb is not None and _ours(tb.tb_frame.f_code.co_filename):
+    while tb is not None and not is_user_file(tb.tb_frame.f_code.co_filename):
         tb = tb.tb_next
     text = "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__, limit=30))
     return {"message": f"{type(exc).__name__}: {exc}", "where": where, "traceback": text[-8000:],

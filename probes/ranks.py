@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from audit.probes import fingerprint as fp
-from audit.probes import rng_escape
+from audit.probes.runs import Frame, user_frame
 from audit.probes.spec import DistSpec
 
 #: Index lists kept per sampler for the disjointness check (the first epoch of each rank).
@@ -131,16 +131,9 @@ def finish() -> None:
 
 def _user_place() -> Optional[str]:
     """``file:line`` of the innermost frame of the user's code (not ours, torch's or stdlib's)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    root = os.path.dirname(here)
-    skip = tuple(d + os.sep for d in (here, os.path.join(root, "audit"), os.path.join(root, "reports"),
-                                      os.path.dirname(os.path.abspath(torch.__file__)),
-                                      os.path.dirname(os.path.abspath(os.__file__))))
-    for frame in reversed(traceback.extract_stack()):
-        path = os.path.abspath(frame.filename)
-        if not frame.filename.startswith("<") and not path.startswith(skip):
-            return f"{rng_escape.short_path(path)}:{frame.lineno}"
-    return None
+    found = user_frame([Frame(os.path.abspath(f.filename), f.lineno or 0, f.name)
+                        for f in reversed(traceback.extract_stack())])
+    return found.where if found else None
 
 
 class SamplerWatch:

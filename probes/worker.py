@@ -96,7 +96,7 @@ def run(spec: RunSpec) -> int:
             from audit.probes import seed_log
             from audit.probes.determinism.cuda_ops import scan_training
 
-            seed_log.start(None, ())  # the scan's extra pass is not one of the compared runs'
+            seed_log.start(None)  # the scan's extra pass is not one of the compared runs'
 
             writer.write({"type": "cuda_ops", "scan": scan_training(setup, device).to_dict()})
         writer.write({"type": "end", "status": "ok" if done >= steps else "ended_early",

@@ -63,7 +63,7 @@ _pinned: dict = {}
 
 
 def _caller() -> Optional[str]:
-    return rng_escape.user_frame(rng_escape._SKIP_DIRS or rng_escape._skip_dirs())
+    return rng_escape.user_frame(rng_escape.library_dirs())
 
 
 def observe() -> None:

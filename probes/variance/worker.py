@@ -119,12 +119,11 @@ def _measure(spec: VarianceRunSpec) -> dict:
 
 
 def _where(exc: BaseException):
-    from audit.probes.rng_escape import short_path
+    from audit.probes.runs import Frame, user_frame
 
-    frames = traceback.extract_tb(exc.__traceback__)
-    return next((f"{short_path(f.filename)}:{f.lineno}" for f in reversed(frames)
-                 if "site-packages" not in f.filename and "/probes/" not in f.filename
-                 and "/audit/" not in f.filename), None)
+    found = user_frame([Frame(f.filename, f.lineno or 0, f.name)
+                        for f in reversed(traceback.extract_tb(exc.__traceback__))])
+    return found.where if found else None
 
 
 def run(spec: VarianceRunSpec) -> tuple:
