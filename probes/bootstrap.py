@@ -26,6 +26,7 @@ import sys
 import traceback
 
 from audit.probes.spec import RunSpec, read_spec
+from audit.probes.results.records import Record, Status
 
 EXIT_OK, EXIT_TARGET, EXIT_CRASH = 0, 3, 4
 STDIN_HELP = ("the script reads standard input, and the audit runs it several times, so it "
@@ -76,30 +77,30 @@ class _Run:
         steps = self.tracer.done if self.tracer is not None else 0
         if extra.get("stdin"):
             message = f"{STDIN_HELP} (at {extra['where']})" if extra.get("where") else STDIN_HELP
-            status = "target_error" if steps == 0 else "crashed"
+            status = Status.TARGET_ERROR if steps == 0 else Status.CRASHED
         elif steps == 0 and status != "crashed_setup":
-            if status == "exited" and not said:
+            if status == Status.EXITED and not said:
                 message = _last_output_line(self.spec.log) or message
-            status, message = "target_error", _no_step_message(status, exit_code, message, extra)
+            status, message = Status.TARGET_ERROR, _no_step_message(status, exit_code, message, extra)
             extra = {}
         elif status == "crashed_setup":
-            status = "crashed"
-        elif status in ("ended_early", "exited") and steps >= self.spec.steps:
-            status = "ok"
-        record = {"type": "end", "status": status, "steps": steps, "exit_code": exit_code,
+            status = Status.CRASHED
+        elif status in (Status.ENDED_EARLY, Status.EXITED) and steps >= self.spec.steps:
+            status = Status.OK
+        record = {"type": Record.END, "status": status, "steps": steps, "exit_code": exit_code,
                   "message": message, "observed": knobs.observed(), **extra}
         self.writer.write(record)
-        return {"target_error": EXIT_TARGET, "crashed": EXIT_CRASH}.get(status, EXIT_OK)
+        return {Status.TARGET_ERROR: EXIT_TARGET, Status.CRASHED: EXIT_CRASH}.get(status, EXIT_OK)
 
 
 def _no_step_message(status: str, exit_code: int, message: str, extra: dict) -> str:
     tail = ("the audit counts a step each time a torch.optim optimizer's step() runs, or "
             "each backward pass when the script makes no optimizer; does the script train, "
             "with these arguments?")
-    if status == "crashed":
+    if status == Status.CRASHED:
         where = f" (at {extra['where']})" if extra.get("where") else ""
         return f"the script crashed before its first optimizer step: {message}{where}"
-    if status == "exited":
+    if status == Status.EXITED:
         return f"the script exited with status {exit_code} before its first optimizer step" + (
             f": {message}" if message and not message.startswith("the script called") else "")
     return f"the script ended without an optimizer step: {tail}"
@@ -214,7 +215,7 @@ def run(spec: RunSpec, program) -> int:
         def os_exit(code):  # os._exit skips every finally: write the end first (main process)
             if os.getpid() == main_pid:
                 tracer.uninstall()
-                run_end.end("ended_early" if code == 0 else "exited", code,
+                run_end.end(Status.ENDED_EARLY if code == 0 else Status.EXITED, code,
                             f"the script called os._exit({code}) after {tracer.done} steps")
                 if lockstep is not None:
                     lockstep.finish()
@@ -238,24 +239,24 @@ def run(spec: RunSpec, program) -> int:
             else:
                 runpy.run_path(program.path, run_name="__main__")
             tracer.uninstall()
-            return run_end.end("ended_early",
+            return run_end.end(Status.ENDED_EARLY,
                                message=f"the script returned after {tracer.done} steps")
         except StopScript:
             tracer.uninstall()
-            return run_end.end("ok")
+            return run_end.end(Status.OK)
         except SystemExit as exc:
             tracer.uninstall()
             code, text = _exit_code(exc)
             message = text or f"the script called sys.exit({exc.code!r}) after {tracer.done} steps"
-            return run_end.end("ended_early" if code == 0 else "exited", code, message, said=bool(text))
+            return run_end.end(Status.ENDED_EARLY if code == 0 else Status.EXITED, code, message, said=bool(text))
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
             tracer.uninstall()
             if tracer.stopped:  # raised while unwinding from the stop: the steps were made
-                return run_end.end("ok")
+                return run_end.end(Status.OK)
             details = _crash(exc)
-            return run_end.end("crashed", 1, details.pop("message"), **details)
+            return run_end.end(Status.CRASHED, 1, details.pop("message"), **details)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # the audit's own set-up failed before the script ran

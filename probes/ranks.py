@@ -21,6 +21,7 @@ from torch import nn
 from audit.probes import fingerprint as fp
 from audit.probes.runs import Frame, user_frame
 from audit.probes.spec import DistSpec
+from audit.probes.results.records import Record
 
 #: Index lists kept per sampler for the disjointness check (the first epoch of each rank).
 MAX_INDICES = 100_000
@@ -83,7 +84,7 @@ def prepare(setup, ctx: RankContext, writer, seed: int) -> "RankTracker":
         setup.data = _shard_synthetic(setup.data, setup.model, ctx, seed)
     setup.model, wrapped = _wrap(setup.model, ctx)
     inner = setup.model.module
-    writer.write({"type": "dist", "rank": ctx.rank, "world": ctx.world, "wrapped": wrapped,
+    writer.write({"type": Record.DIST, "rank": ctx.rank, "world": ctx.world, "wrapped": wrapped,
                   "prefix": DDP_PREFIX,
                   "broadcast_buffers": bool(getattr(setup.model, "broadcast_buffers", True)),
                   "buffers": [n for n, _ in inner.named_buffers()]})
@@ -105,14 +106,14 @@ class RankTracker:
             self.buffers = [fp.as_text(v) for v in fp.gather([fp.fingerprint(b) for b in bufs])]
 
     def on_step(self, done: int) -> None:
-        self.writer.write({"type": "replica", "step": done - 1, "buffers": self.buffers or []})
+        self.writer.write({"type": Record.REPLICA, "step": done - 1, "buffers": self.buffers or []})
         self.buffers = None
 
     def close(self) -> None:
         if self.handle is not None:
             self.handle.remove()
             self.handle = None
-        self.writer.write({"type": "samplers", "samplers": SamplerWatch.report()})
+        self.writer.write({"type": Record.SAMPLERS, "samplers": SamplerWatch.report()})
 
 
 def finish() -> None:

@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+from audit.probes.results.records import Record
+
 #: Seconds a run may go without a training step, unless told otherwise (``--timeout``).
 DEFAULT_TIMEOUT = 300.0
 #: Seconds a run may take to write its first record (the audit's own imports, torch's):
@@ -36,7 +38,7 @@ STARTUP = 120.0
 STACK_WAIT = 2.0
 #: Seconds a run is given to exit cleanly on SIGTERM before it is killed.
 GRACE = 10.0
-_STEP = b'{"type":"step"'
+_STEP = b'{"type":"%s"' % Record.STEP.encode()
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
 
 

@@ -34,6 +34,7 @@ from audit.probes import fingerprint as fp
 from audit.probes.training import (LiveObjects, TrainingSetup, compute_loss, cycle_batches,
                                    make_scheduler, optimizer_step, split_batch, tensors_in,
                                    to_device)
+from audit.probes.results.records import Record
 
 
 class TraceWriter:
@@ -351,7 +352,7 @@ def run_traced(
     named = [(n, p) for n, p in model.named_parameters()]
     params = [p for _, p in named]
     names = [n for n, _ in named]
-    writer.write({"type": "params", "names": names,
+    writer.write({"type": Record.PARAMS, "names": names,
                   "modules": [n for n, _ in model.named_modules()],
                   "types": [type(m).__name__ for _, m in model.named_modules()],
                   "shapes": [list(p.shape) for p in params]})
@@ -385,7 +386,7 @@ def run_traced(
                            if lockstep is not None else None)
             optimizer_step(optimizer, scheduler)
 
-            record = {"type": "step", "step": step}
+            record = {"type": Record.STEP, "step": step}
             record.update(step_fields(
                 _combined(inputs), _combined(targets), [row_part(inputs)], [row_part(targets)],
                 [loss], grad_fps, params,
@@ -418,7 +419,7 @@ def run_traced(
 def init_record(params: list, names: list, lockstep=None) -> dict:
     """The ``init`` record: every parameter before the first update (and, in lockstep, how far
     the partner's are)."""
-    record = {"type": "init", "params": [fp.as_text(v) for v in fp.gather([fp.fingerprint(p) for p in params])]}
+    record = {"type": Record.INIT, "params": [fp.as_text(v) for v in fp.gather([fp.fingerprint(p) for p in params])]}
     if lockstep is not None:
         diffs = lockstep.exchange(-1, {"params": {n: p.detach() for n, p in zip(names, params)}})
         if diffs is not None:

@@ -13,6 +13,7 @@ import traceback
 
 from audit.probes.errors import UsageError
 from audit.probes.spec import RunSpec, read_spec
+from audit.probes.results.records import Record, Status
 
 EXIT_OK, EXIT_TARGET, EXIT_CRASH = 0, 3, 4
 #: Synthetic batches for a bare module when the audit chooses the steps (``audit resume``).
@@ -57,7 +58,7 @@ def run(spec: RunSpec) -> int:
         seed_all(spec.seed)
         from audit.probes.target import TargetError, load_target
 
-        writer.write({"type": "loading"})  # progress: the watchdog's clock starts at the target
+        writer.write({"type": Record.LOADING})  # progress: the watchdog's clock starts at the target
         rank_ctx = None
         if spec.dist:  # distributed: the process group exists before the target is called
             from audit.probes import ranks
@@ -69,10 +70,10 @@ def run(spec: RunSpec) -> int:
                                 num_classes=spec.num_classes, seed=spec.seed,
                                 batches=spec.steps or AUTO_BATCHES)
         except (TargetError, RuntimeError) as exc:
-            writer.write({"type": "end", "status": "target_error", "message": str(exc)})
+            writer.write({"type": Record.END, "status": Status.TARGET_ERROR, "message": str(exc)})
             return EXIT_TARGET
         knobs.apply(spec.knobs, spec.escape_log, spec.pin_sites)  # again: the target may reset flags
-        writer.write({"type": "env", "environment": environment(device),
+        writer.write({"type": Record.ENV, "environment": environment(device),
                       "module_sources": knobs.module_sources(setup.model),
                       "synthetic": setup.synthetic, "description": setup.description})
         if rank_ctx is not None:
@@ -98,12 +99,12 @@ def run(spec: RunSpec) -> int:
 
             seed_log.start(None)  # the scan's extra pass is not one of the compared runs'
 
-            writer.write({"type": "cuda_ops", "scan": scan_training(setup, device).to_dict()})
-        writer.write({"type": "end", "status": "ok" if done >= steps else "ended_early",
+            writer.write({"type": Record.CUDA_OPS, "scan": scan_training(setup, device).to_dict()})
+        writer.write({"type": Record.END, "status": Status.OK if done >= steps else Status.ENDED_EARLY,
                       "steps": done, "observed": observed})
         return EXIT_OK
     except UsageError as exc:  # e.g. a checkpoint the target's load cannot read
-        writer.write({"type": "end", "status": "target_error", "message": str(exc)})
+        writer.write({"type": Record.END, "status": Status.TARGET_ERROR, "message": str(exc)})
         return EXIT_TARGET
     except BaseException as exc:  # the user's training raised: keep what was measured
         if isinstance(exc, KeyboardInterrupt):
@@ -113,7 +114,7 @@ def run(spec: RunSpec) -> int:
         found = user_frame([Frame(f.filename, f.lineno or 0, f.name)
                             for f in reversed(traceback.extract_tb(exc.__traceback__))])
         where = found.where if found else None
-        writer.write({"type": "end", "status": "crashed",
+        writer.write({"type": Record.END, "status": Status.CRASHED,
                       "message": f"{type(exc).__name__}: {exc}", "where": where,
                       "traceback": traceback.format_exc(limit=20)})
         return EXIT_CRASH

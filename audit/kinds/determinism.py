@@ -21,6 +21,7 @@ from audit.reports import html, terminal
 from audit.reports.common import (NONFINITE_FIX, determinism_headline, determinism_sentence,
                                   nonfinite_sentence, one_line, source_title, split_where,
                                   stage_title)
+from audit.probes.results.records import Status
 
 #: Baseline tolerances: the first divergence's max |diff| may grow by this factor.
 TOLERANCES = {"max_abs_diff": 10.0}
@@ -98,7 +99,7 @@ _AT = re.compile(r"\(at ([^()]+:\d+)\)\s*$")
 
 def _completed_check(result: DeterminismResult) -> Check:
     bad = [r for r in result.run_info
-           if r.status in ("crashed", "killed", "exited", "timed_out", "interrupted")]
+           if r.status in (Status.CRASHED, Status.KILLED, Status.EXITED, Status.TIMED_OUT, Status.INTERRUPTED)]
     if result.error or bad:
         first = bad[0] if bad else None
         match = _AT.search(first.message or "") if first is not None else None
@@ -109,7 +110,7 @@ def _completed_check(result: DeterminismResult) -> Check:
                      message + "; the comparison covers only the steps before it",
                      "fix the error in the training code; run `audit determinism "
                      "--debug` to see the run's output", match.group(1) if match else None)
-    short = [r for r in result.run_info if r.status == "ended_early"]
+    short = [r for r in result.run_info if r.status == Status.ENDED_EARLY]
     note = (f"; {plural(len(short), 'run')} ended before {result.steps} steps "
             "(the data ran out)") if short else ""
     return Check("determinism", "runs completed", True,

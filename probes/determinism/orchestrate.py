@@ -33,6 +33,7 @@ from audit.probes.runs import (DEFAULT_TIMEOUT, Interrupted, Run, end_runs, pars
 from audit.probes.spec import LockstepSpec, ResumeSpec, RunSpec, write_spec
 from audit.probes.target import TargetError, check_target
 from audit.probes.trace import read_trace
+from audit.probes.results.records import Record, Status
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,21 +81,21 @@ class Outcome:
     seconds: float
     escapes: list = field(default_factory=list)
     output_tail: str = ""
-    stopped: str = ""  # "timed_out" or "interrupted" when the audit ended it
+    stopped: str = ""  # Status.TIMED_OUT or Status.INTERRUPTED: the audit ended it
     stack: str = ""  # the stuck process's stacks (faulthandler), when it timed out
     seeds: list = field(default_factory=list)  # the seeding calls it logged
 
     @property
     def end(self) -> dict:
-        return next((r for r in reversed(self.records) if r.get("type") == "end"), {})
+        return next((r for r in reversed(self.records) if r.get("type") == Record.END), {})
 
     @property
     def env(self) -> dict:
-        return next((r for r in self.records if r.get("type") == "env"), {})
+        return next((r for r in self.records if r.get("type") == Record.ENV), {})
 
     @property
     def steps_done(self) -> int:
-        return sum(1 for r in self.records if r.get("type") == "step")
+        return sum(1 for r in self.records if r.get("type") == Record.STEP)
 
 
 class Launcher:
@@ -187,7 +188,7 @@ class Launcher:
                         results[i] = self.finish(specs[i], run)
                     elif run.stalled(self.opts.timeout):
                         running.remove(item)
-                        results[i] = self.finish(specs[i], run, "timed_out", run.stack())
+                        results[i] = self.finish(specs[i], run, Status.TIMED_OUT, run.stack())
                         self.stalled.append(results[i])
                 done = sum(min(o.steps_done, specs[i].steps) for i, o in results.items())
                 done += sum(min(run.steps, specs[i].steps) for i, run in running)
@@ -209,7 +210,7 @@ def _in_step(out: Outcome) -> str:
 
 def _stopped_info(index: int, out: Outcome, timeout: Optional[float]) -> RunInfo:
     """A run the audit ended: it made no step for ``timeout`` seconds, or an interrupt came."""
-    if out.stopped == "interrupted":
+    if out.stopped == Status.INTERRUPTED:
         message = f"ended by the interrupt {_in_step(out)}"
     else:
         frame = user_frame(parse_stack(out.stack))
@@ -228,13 +229,13 @@ def _run_info(index: int, out: Outcome, timeout: Optional[float] = None) -> RunI
     if status is None:  # it ended without its last record: os._exit, a signal, a fatal error
         code = out.exit_code
         if code < 0:
-            status, how = "killed", f"was killed by {_signal_name(-code)}"
+            status, how = Status.KILLED, f"was killed by {_signal_name(-code)}"
         else:
-            status, how = "exited", f"exited with status {code}"
+            status, how = Status.EXITED, f"exited with status {code}"
         message = f"the process {how} {_in_step(out)} without a report"
     else:
         message = end.get("message", "")
-        if end.get("where") and status != "exited":
+        if end.get("where") and status != Status.EXITED:
             message += f" (at {end['where']})"
     return RunInfo(index=index, steps_completed=out.steps_done, status=status, message=message,
                    exit_code=end.get("exit_code", out.exit_code), seconds=round(out.seconds, 3))
@@ -249,9 +250,9 @@ def _signal_name(number: int) -> str:
 
 def _run_error(info: RunInfo, out: Outcome, label: str) -> Optional[str]:
     """The one line a failed run gives the result's ``error`` (None: the run did not fail)."""
-    if info.status == "timed_out":
+    if info.status == Status.TIMED_OUT:
         return f"{label} timed out: {info.message}; raise --timeout if a step can take longer"
-    if info.status == "crashed":
+    if info.status == Status.CRASHED:
         return f"{label} crashed after {info.steps_completed} steps: {info.message}"
     if not out.end and not out.stopped:  # exited or killed without its last record
         return f"{label}: {info.message}"
@@ -266,7 +267,7 @@ def _agree_through(a: Outcome, b: Outcome, step: int) -> bool:
 
 
 def _step_diffs(records: list, step: Optional[int]) -> dict:
-    kind = "init" if step is None else "step"
+    kind = Record.INIT if step is None else Record.STEP
     return next((r.get("diffs") for r in records if r.get("type") == kind
                  and (step is None or r.get("step") == step)), None) or {}
 
@@ -374,7 +375,7 @@ def _partial(opts: DeterminismOptions, launcher: Launcher, state: _State, exc: I
     result = state.result
     if result is None:
         outs = [Outcome(spec.name, read_trace(spec.trace), None, time.monotonic() - started,
-                        read_log(spec.escape_log), "", "interrupted") for spec in state.runs]
+                        read_log(spec.escape_log), "", Status.INTERRUPTED) for spec in state.runs]
         if not any(o.steps_done for o in outs):
             return None
         result, _, _ = _first_result(opts, outs)
@@ -408,9 +409,9 @@ def _first_result(opts: DeterminismOptions, outs: list):
     result.rng_escapes = attribute.escapes_from([e for o in outs for e in o.escapes])
     result.varying_seeds = seeds.varying([o.seeds for o in outs],
                                          {e.where for e in result.rng_escapes})
-    scans = [r["scan"] for r in outs[0].records if r.get("type") == "cuda_ops"]
+    scans = [r["scan"] for r in outs[0].records if r.get("type") == Record.CUDA_OPS]
     result.cuda_ops = CudaOpsScan.from_dict(scans[0]) if scans else None
-    compared = [o for o in outs if o.stopped != "interrupted" or o.steps_done]  # started ones
+    compared = [o for o in outs if o.stopped != Status.INTERRUPTED or o.steps_done]  # started ones
     parting = compare.earliest([compare.first_parting(compared[0].records, o.records)
                                 for o in compared[1:]]) if len(compared) > 1 else None
     if parting is None:
@@ -438,7 +439,7 @@ def _audit(opts: DeterminismOptions, launcher: Launcher, state: _State,
     outs = launcher.run_all(state.runs, opts.jobs,
                             phase=f"runs ({opts.runs} x {_plural(opts.steps, 'step')})")
     for out in outs:
-        if out.end.get("status") == "target_error":
+        if out.end.get("status") == Status.TARGET_ERROR:
             raise TargetFailed(out.end.get("message", "the target could not be loaded"))
     result, parting, env = _first_result(opts, outs)
     launcher.pin_sites = [c.where for c in result.varying_seeds]
@@ -577,7 +578,7 @@ def _replay(opts: DeterminismOptions, launcher: Launcher, result: DeterminismRes
         result.detail["data"] = "the same samples arrived in another order"
     for r in replay[1].records:
         total = (r.get("diffs") or {}).get("param_total")
-        if r.get("type") == "step" and total:
+        if r.get("type") == Record.STEP and total:
             result.growth.append(GrowthPoint(step=r["step"], max_abs_diff=total["max_abs"],
                                              rel_l2=total["rel_l2"]))
     return module, replay

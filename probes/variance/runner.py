@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from audit.probes.spec import VarianceRunSpec, write_spec
+from audit.probes.results.records import Status
 
 
 @dataclass
@@ -40,7 +41,7 @@ class RunOutcome:
     def status(self) -> str:
         if self.report.get("status"):
             return self.report["status"]
-        return "killed" if self.exit_code < 0 else "crashed"
+        return Status.KILLED if self.exit_code < 0 else Status.CRASHED
 
 
 @dataclass

@@ -16,6 +16,7 @@ import time
 import traceback
 
 from audit.probes.spec import VarianceRunSpec, read_spec
+from audit.probes.results.records import Status
 
 EXIT_OK, EXIT_TARGET, EXIT_CRASH = 0, 3, 4
 
@@ -105,10 +106,10 @@ def _measure(spec: VarianceRunSpec) -> dict:
     tail = losses[-tail_length(len(losses)):]
     metrics = {"loss": sum(tail) / len(tail)} if tail else {}
     metrics.update(_evaluate(setup, streams))
-    out = {"status": "ok", "metrics": metrics, "steps": len(losses), "device": str(device),
+    out = {"status": Status.OK, "metrics": metrics, "steps": len(losses), "device": str(device),
            "routing": plain(routing.fixed_routes()[:1] + routes + routing.fixed_routes()[1:])}
     if not all(math.isfinite(v) for v in metrics.values()):
-        out["status"] = "nonfinite"
+        out["status"] = Status.NONFINITE
         out["message"] = "a metric is not finite: " + ", ".join(
             f"{k}={v}" for k, v in metrics.items() if not math.isfinite(v))
     if spec.environment:
@@ -133,9 +134,9 @@ def run(spec: VarianceRunSpec) -> tuple:
     try:
         return EXIT_OK, _measure(spec)
     except TargetError as exc:
-        return EXIT_TARGET, {"status": "target_error", "message": str(exc)}
+        return EXIT_TARGET, {"status": Status.TARGET_ERROR, "message": str(exc)}
     except Exception as exc:  # the user's training raised
-        return EXIT_CRASH, {"status": "crashed", "message": f"{type(exc).__name__}: {exc}",
+        return EXIT_CRASH, {"status": Status.CRASHED, "message": f"{type(exc).__name__}: {exc}",
                             "where": _where(exc)}
 
 
