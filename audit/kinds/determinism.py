@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from audit import config
+from audit.kinds import snapshot_shape as shape
 from audit.kinds.base import (AuditKind, Progress, Settings, at_least, failing_names, plural,
                               positive_arg,
                               rounded)
@@ -365,10 +366,25 @@ def index(result: DeterminismResult) -> tuple:
     return determinism_sentence(result), "", ""
 
 
+#: What a baseline's determinism snapshot must hold (checked when the file is read).
+SNAPSHOT_RULES = {
+    **shape.COMMON,
+    "crashed": (shape.boolean, "true or false"),
+    "nondeterministic_stages": (shape.str_list, "an array of stage names"),
+    "first_divergence": (shape.optional(shape.table({
+        "step": shape.optional(shape.number), "stage": shape.string,
+        "module": shape.optional(shape.string), "max_abs_diff": shape.optional(shape.number)})),
+        "null or a table with step, stage, module, max_abs_diff"),
+    "cause_sources": (shape.str_list, "an array of cause sources"),
+    "rng_escapes": (shape.records({"kind": shape.string, "where": shape.optional(shape.string)}),
+                    "an array of tables with kind and where"),
+}
+
 KIND = AuditKind(
     name="determinism", help="do runs under matched seeds agree bit for bit?",
     settings=DeterminismSettings, add_arguments=add_arguments, check_table=check_table,
     tolerances=TOLERANCES, run=run, checks=checks, snapshot=snapshot, regressions=regressions,
     headline=determinism_headline, verdict_detail=verdict_detail,
     summary=terminal.determinism_summary, html=html.determinism_html,
-    result_type=DeterminismResult, index=index, script_mode=True, annotations=annotations, checked_by_default=True)
+    result_type=DeterminismResult, index=index, script_mode=True, annotations=annotations, checked_by_default=True,
+    snapshot_rules=SNAPSHOT_RULES)

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from audit import config
+from audit.kinds import snapshot_shape as shape
 from audit.kinds.base import (AuditKind, Progress, Settings, failing_names, plural, positive_arg,
                               rounded)
 from audit.probes.errors import TargetError, UsageError
+from audit.probes.init.scheme_names import scheme_problem
 from audit.probes.results import BUILTIN_SCHEMES, Check, InitResult
 from audit.reports import html, terminal
 from audit.reports.common import finding_advice, finding_numbers, finding_title, init_headline
@@ -60,19 +62,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schemes", type=comma_list, default=None,
                    help="comma-separated: default,kaiming_normal,kaiming_uniform,xavier_normal,"
                         "xavier_uniform,orthogonal,lsuv,normal:STD (default: all but normal)")
-
-
-def scheme_problem(name: str) -> Optional[str]:
-    """Why ``name`` is not a scheme name, or None."""
-    if name in BUILTIN_SCHEMES:
-        return None
-    if name.startswith("normal:"):
-        try:
-            std = float(name.split(":", 1)[1])
-        except ValueError:
-            std = float("nan")
-        return None if math.isfinite(std) and std > 0 else "normal:STD needs a positive STD"
-    return "unknown scheme"
 
 
 def _check_schemes(chk: config.Checker, value: Any) -> list:
@@ -356,10 +345,26 @@ def index(result: InitResult) -> tuple:
     return text, "recommended", result.recommended or ""
 
 
+#: What a baseline's init snapshot must hold (checked when the file is read).
+SNAPSHOT_RULES = {
+    **shape.COMMON,
+    "error": (shape.optional(shape.string), "null or a string"),
+    "recommended": (shape.optional(shape.string), "null or a scheme name"),
+    "recommended_healthy": (shape.boolean, "true or false"),
+    "findings": (shape.records({"kind": shape.string, "layer": shape.optional(shape.string)}),
+                 "an array of tables with kind and layer"),
+    "layers": (shape.tables({"grad_norm": shape.optional(shape.number),
+                             "act_std": shape.optional(shape.number),
+                             "dead_fraction": shape.optional(shape.number),
+                             "saturated_fraction": shape.optional(shape.number),
+                             "nonfinite": shape.boolean}),
+               "a table of layers, each with numbers (or null) and nonfinite true/false"),
+}
+
 KIND = AuditKind(
     name="init", help="per-layer health of the init schemes, and a recommendation",
     settings=InitSettings, add_arguments=add_arguments, check_table=check_table,
     tolerances=TOLERANCES, run=run, checks=checks, snapshot=snapshot, regressions=regressions,
     headline=init_headline, verdict_detail=verdict_detail, summary=terminal.init_summary,
     html=html.init_html, result_type=InitResult, index=index, in_process=True, checked_by_default=True,
-    script_mode=True)
+    script_mode=True, snapshot_rules=SNAPSHOT_RULES)

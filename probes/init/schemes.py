@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from audit.probes.init.flow import LINEAR, ForwardTrace, is_weight_layer
-from audit.probes.results import BUILTIN_SCHEMES
+from audit.probes.init.scheme_names import VALID, parse_scheme
 
 NORM_TYPES = tuple(t for t in (
     nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
@@ -51,35 +51,6 @@ NORM_TYPES = tuple(t for t in (
 LSUV_TOL = 0.1  # Mishkin & Matas 2016, Tol_var
 LSUV_MAX_ITER = 10  # Mishkin & Matas 2016, T_max
 
-_VALID = ", ".join(BUILTIN_SCHEMES) + ", normal:STD (e.g. normal:0.02)"
-
-
-def parse_scheme(name: str) -> tuple[str, Optional[float]]:
-    """``(kind, std)`` of a scheme name; ``std`` only for ``normal:STD``. Raises ValueError."""
-    text = str(name).strip()
-    if text in BUILTIN_SCHEMES:
-        return text, None
-    if text.startswith("normal:"):
-        try:
-            std = float(text.split(":", 1)[1])
-        except ValueError:
-            std = float("nan")
-        if math.isfinite(std) and std > 0:
-            return "normal", std
-        raise ValueError(f"init scheme {name!r}: STD must be a positive number, e.g. normal:0.02")
-    raise ValueError(f"unknown init scheme {name!r}; valid schemes: {_VALID}")
-
-
-def validate_schemes(names: Iterable[str]) -> list:
-    """The scheme names, stripped, checked and without repeats. Raises ValueError."""
-    out = []
-    for name in names:
-        parse_scheme(name)
-        if name.strip() not in out:
-            out.append(name.strip())
-    if not out:
-        raise ValueError(f"no init scheme given; valid schemes: {_VALID}")
-    return out
 
 
 def snapshot_state(model: nn.Module) -> dict:
@@ -181,7 +152,7 @@ def weight_scale(kind: str, weight: torch.Tensor, gain_name: str = "linear",
     elif kind.startswith("xavier"):
         scale = math.sqrt(2.0 / float(fan_in + fan_out))
     else:
-        raise ValueError(f"unknown init scheme {kind!r}; valid schemes: {_VALID}")
+        raise ValueError(f"unknown init scheme {kind!r}; valid schemes: {VALID}")
     return scale * math.sqrt(3.0) if kind.endswith("uniform") else scale
 
 
@@ -238,7 +209,7 @@ def init_weight(weight: torch.Tensor, kind: str, gain_name: str = "linear",
                 cache: Optional[DrawCache] = None, name: str = "") -> None:
     """Fill one weight tensor in place by ``kind`` (``lsuv``: its orthogonal start)."""
     if kind not in FAMILY:
-        raise ValueError(f"unknown init scheme {kind!r}; valid schemes: {_VALID}")
+        raise ValueError(f"unknown init scheme {kind!r}; valid schemes: {VALID}")
     if weight.numel() == 0:
         return
     with torch.no_grad():

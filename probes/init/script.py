@@ -20,7 +20,7 @@ from typing import Callable, Optional
 from audit.probes import script_runner
 from audit.probes.errors import UsageError
 from audit.probes.init.diagnose import diagnose, recommend, resolve_thresholds, scheme_score
-from audit.probes.init.schemes import validate_schemes
+from audit.probes.init.scheme_names import validate_schemes
 from audit.probes.results import BUILTIN_SCHEMES, InitResult, LayerStats, SchemeResult
 from audit.probes.spec import SchemeRunSpec, write_spec
 

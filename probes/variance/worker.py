@@ -75,10 +75,10 @@ def _load(spec: VarianceRunSpec):
     """Seed with the init seed, build the target, put it on its device."""
     from audit.probes.errors import TargetError
     from audit.probes.target import load_target
-    from audit.probes.variance import routing
+    from audit.probes.seeding import seed_all
     from audit.probes.worker import resolve_device
 
-    routing.seed_globals(spec.seeds["init"])
+    seed_all(spec.seeds["init"])
     try:
         device = resolve_device(spec.device)
     except RuntimeError as exc:
