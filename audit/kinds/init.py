@@ -14,7 +14,7 @@ from audit.kinds.base import (AuditKind, Progress, Settings, failing_names, plur
                               rounded)
 from audit.probes.errors import TargetError, UsageError
 from audit.probes.init.scheme_names import scheme_problem
-from audit.probes.results import BUILTIN_SCHEMES, Check, InitResult
+from audit.probes.results import Check, InitResult
 from audit.reports import html, terminal
 from audit.reports.common import finding_advice, finding_numbers, finding_title, init_headline
 
