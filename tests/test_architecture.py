@@ -200,3 +200,20 @@ def test_the_private_name_check_sees_both_forms():
                      "from audit.probes.runs import _FRAME\nr._state\n")
     bound, private = _module_bindings("audit.probes.knobs", tree)
     assert bound == {"r": "audit.probes.rng_escape"} and len(private) == 1
+
+
+# --------------------------------------------------------------------------- short functions
+
+#: The most lines a function of audit, probes or reports may take (its signature included).
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_function_is_longer_than_the_limit():
+    long = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{module}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, "\n".join(long)
