@@ -174,15 +174,92 @@ def _pin_global_generators() -> None:
     rng_escape.seeding_helpers()(zlib.crc32(b"torch global"))  # CUDA too, when there is one
 
 
-def run(spec: RunSpec, program) -> int:
-    """Run the program under the tracer and write the end record; returns the exit status."""
-    import runpy
-
+def _start_observing(spec: RunSpec) -> None:
+    """Escape tracing, the knob observers and the knobs asked for, before the script runs."""
+    from audit.probes import rng_escape
     from audit.probes.determinism import knobs
 
-    from audit.probes import rng_escape
+    _warm_lazy_imports()
+    rng_escape.install(spec.escape_log, pin=False, seeds_path=spec.seed_log)
+    knobs.observe()
+    knobs.apply(spec.knobs, spec.escape_log, spec.pin_sites)
+    if spec.jitter:
+        knobs.jitter_workers()
+    if "seed_escapes" in spec.knobs:
+        _pin_global_generators()
+
+
+def _lockstep(spec: RunSpec):
+    """The replay partner the spec asks for (None: not a replay)."""
+    if not spec.lockstep:
+        return None
+    from audit.probes.determinism.lockstep import Lockstep
+
+    return Lockstep(spec.lockstep.folder, spec.lockstep.role, rename=spec.lockstep.rename)
+
+
+def _exit_hook(run_end: _Run, lockstep, real_exit):
+    """``os._exit`` for the script: it skips every finally, so the end is written first (in
+    the main process)."""
+    main_pid = os.getpid()
+    tracer, writer = run_end.tracer, run_end.writer
+
+    def os_exit(code):
+        if os.getpid() == main_pid:
+            tracer.uninstall()
+            run_end.end(Status.ENDED_EARLY if code == 0 else Status.EXITED, code,
+                        f"the script called os._exit({code}) after {tracer.done} steps")
+            if lockstep is not None:
+                lockstep.finish()
+            writer.close()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        real_exit(code)
+
+    return os_exit
+
+
+def _run_script(program, tracer, run_end: _Run) -> int:
+    """Run the program as ``python`` would, under the installed tracer; the end record's status."""
+    import runpy
+
+    from audit.probes.script_trace import StopScript
+
+    sys.argv = [program.path or program.module, *program.args]
+    if program.path is not None:
+        sys.path[0] = os.path.dirname(os.path.abspath(program.path))
+    else:
+        sys.path[0] = os.getcwd()
+    try:
+        if program.module:
+            runpy.run_module(program.module, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(program.path, run_name="__main__")
+        tracer.uninstall()
+        return run_end.end(Status.ENDED_EARLY,
+                           message=f"the script returned after {tracer.done} steps")
+    except StopScript:
+        tracer.uninstall()
+        return run_end.end(Status.OK)
+    except SystemExit as exc:
+        tracer.uninstall()
+        code, text = _exit_code(exc)
+        message = text or f"the script called sys.exit({exc.code!r}) after {tracer.done} steps"
+        return run_end.end(Status.ENDED_EARLY if code == 0 else Status.EXITED, code, message, said=bool(text))
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        tracer.uninstall()
+        if tracer.stopped:  # raised while unwinding from the stop: the steps were made
+            return run_end.end(Status.OK)
+        details = _crash(exc)
+        return run_end.end(Status.CRASHED, 1, details.pop("message"), **details)
+
+
+def run(spec: RunSpec, program) -> int:
+    """Run the program under the tracer and write the end record; returns the exit status."""
     from audit.probes.rng_draws import DrawWatch
-    from audit.probes.script_trace import ScriptTracer, StopScript
+    from audit.probes.script_trace import ScriptTracer
     from audit.probes.trace import TraceWriter
 
     from audit.probes.worker import environment
@@ -191,72 +268,19 @@ def run(spec: RunSpec, program) -> int:
     lockstep = tracer = None
     run_end = _Run(spec, writer, None)
     real_exit = os._exit
-    main_pid = os.getpid()
     try:
-        _warm_lazy_imports()
-        rng_escape.install(spec.escape_log, pin=False, seeds_path=spec.seed_log)
-        knobs.observe()
-        knobs.apply(spec.knobs, spec.escape_log, spec.pin_sites)
-        if spec.jitter:
-            knobs.jitter_workers()
-        if "seed_escapes" in spec.knobs:
-            _pin_global_generators()
-        if spec.lockstep:
-            from audit.probes.determinism.lockstep import Lockstep
-
-            lockstep = Lockstep(spec.lockstep.folder, spec.lockstep.role,
-                                rename=spec.lockstep.rename)
+        _start_observing(spec)
+        lockstep = _lockstep(spec)
         tracer = ScriptTracer(writer, spec.steps, detail=spec.detail,
                               lockstep=lockstep, environment=environment,
                               escape_log=spec.escape_log,
                               draws=DrawWatch(spec.escape_log))
         run_end.tracer = tracer
-
-        def os_exit(code):  # os._exit skips every finally: write the end first (main process)
-            if os.getpid() == main_pid:
-                tracer.uninstall()
-                run_end.end(Status.ENDED_EARLY if code == 0 else Status.EXITED, code,
-                            f"the script called os._exit({code}) after {tracer.done} steps")
-                if lockstep is not None:
-                    lockstep.finish()
-                writer.close()
-                sys.stdout.flush()
-                sys.stderr.flush()
-            real_exit(code)
-
-        os._exit = os_exit
+        os._exit = _exit_hook(run_end, lockstep, real_exit)
         if spec.stdin == "terminal":
             sys.stdin = _TerminalStdin()
         tracer.install()
-        sys.argv = [program.path or program.module, *program.args]
-        if program.path is not None:
-            sys.path[0] = os.path.dirname(os.path.abspath(program.path))
-        else:
-            sys.path[0] = os.getcwd()
-        try:
-            if program.module:
-                runpy.run_module(program.module, run_name="__main__", alter_sys=True)
-            else:
-                runpy.run_path(program.path, run_name="__main__")
-            tracer.uninstall()
-            return run_end.end(Status.ENDED_EARLY,
-                               message=f"the script returned after {tracer.done} steps")
-        except StopScript:
-            tracer.uninstall()
-            return run_end.end(Status.OK)
-        except SystemExit as exc:
-            tracer.uninstall()
-            code, text = _exit_code(exc)
-            message = text or f"the script called sys.exit({exc.code!r}) after {tracer.done} steps"
-            return run_end.end(Status.ENDED_EARLY if code == 0 else Status.EXITED, code, message, said=bool(text))
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:
-            tracer.uninstall()
-            if tracer.stopped:  # raised while unwinding from the stop: the steps were made
-                return run_end.end(Status.OK)
-            details = _crash(exc)
-            return run_end.end(Status.CRASHED, 1, details.pop("message"), **details)
+        return _run_script(program, tracer, run_end)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # the audit's own set-up failed before the script ran
