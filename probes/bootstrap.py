@@ -21,10 +21,12 @@ Exit status: 0, or 3 for ``target_error``, 4 for ``crashed`` (as :mod:`audit.wor
 from __future__ import annotations
 
 import io
-import json
 import os
 import sys
 import traceback
+
+from audit.probes.spec import RunSpec, read_spec
+from audit.probes.results.records import Record, Status
 
 EXIT_OK, EXIT_TARGET, EXIT_CRASH = 0, 3, 4
 STDIN_HELP = ("the script reads standard input, and the audit runs it several times, so it "
@@ -61,7 +63,7 @@ class _TerminalStdin(io.TextIOBase):
 class _Run:
     """The end of one run, written once whichever way the script ends."""
 
-    def __init__(self, spec: dict, writer, tracer):
+    def __init__(self, spec: RunSpec, writer, tracer):
         self.spec, self.writer, self.tracer = spec, writer, tracer
         self.written = False
 
@@ -75,30 +77,30 @@ class _Run:
         steps = self.tracer.done if self.tracer is not None else 0
         if extra.get("stdin"):
             message = f"{STDIN_HELP} (at {extra['where']})" if extra.get("where") else STDIN_HELP
-            status = "target_error" if steps == 0 else "crashed"
+            status = Status.TARGET_ERROR if steps == 0 else Status.CRASHED
         elif steps == 0 and status != "crashed_setup":
-            if status == "exited" and not said:
-                message = _last_output_line(self.spec.get("log")) or message
-            status, message = "target_error", _no_step_message(status, exit_code, message, extra)
+            if status == Status.EXITED and not said:
+                message = _last_output_line(self.spec.log) or message
+            status, message = Status.TARGET_ERROR, _no_step_message(status, exit_code, message, extra)
             extra = {}
         elif status == "crashed_setup":
-            status = "crashed"
-        elif status in ("ended_early", "exited") and steps >= self.spec["steps"]:
-            status = "ok"
-        record = {"type": "end", "status": status, "steps": steps, "exit_code": exit_code,
+            status = Status.CRASHED
+        elif status in (Status.ENDED_EARLY, Status.EXITED) and steps >= self.spec.steps:
+            status = Status.OK
+        record = {"type": Record.END, "status": status, "steps": steps, "exit_code": exit_code,
                   "message": message, "observed": knobs.observed(), **extra}
         self.writer.write(record)
-        return {"target_error": EXIT_TARGET, "crashed": EXIT_CRASH}.get(status, EXIT_OK)
+        return {Status.TARGET_ERROR: EXIT_TARGET, Status.CRASHED: EXIT_CRASH}.get(status, EXIT_OK)
 
 
 def _no_step_message(status: str, exit_code: int, message: str, extra: dict) -> str:
     tail = ("the audit counts a step each time a torch.optim optimizer's step() runs, or "
             "each backward pass when the script makes no optimizer; does the script train, "
             "with these arguments?")
-    if status == "crashed":
+    if status == Status.CRASHED:
         where = f" (at {extra['where']})" if extra.get("where") else ""
         return f"the script crashed before its first optimizer step: {message}{where}"
-    if status == "exited":
+    if status == Status.EXITED:
         return f"the script exited with status {exit_code} before its first optimizer step" + (
             f": {message}" if message and not message.startswith("the script called") else "")
     return f"the script ended without an optimizer step: {tail}"
@@ -131,25 +133,16 @@ def _exit_code(exc: SystemExit) -> tuple[int, str]:
     return code, ""
 
 
-def _ours(filename: str) -> bool:
-    """Frames of the audit, the standard library or installed packages (not the script's)."""
-    from audit.probes import rng_escape
-
-    path = os.path.abspath(filename)
-    return (filename.startswith("<") or path.startswith(rng_escape._skip_dirs())
-            or "site-packages" in path or "dist-packages" in path)
-
-
 def _crash(exc: BaseException) -> dict:
     """message, where (the innermost frame in the user's code) and a traceback from the script
     down (the bootstrap's and runpy's frames left out)."""
-    from audit.probes.rng_escape import short_path
+    from audit.probes.runs import is_user_file, short_path
 
     frames = traceback.extract_tb(exc.__traceback__)
     where = next((f"{short_path(os.path.abspath(f.filename))}:{f.lineno}" for f in reversed(frames)
-                  if not _ours(f.filename)), None)
+                  if is_user_file(f.filename)), None)
     tb = exc.__traceback__
-    while tb is not None and _ours(tb.tb_frame.f_code.co_filename):
+    while tb is not None and not is_user_file(tb.tb_frame.f_code.co_filename):
         tb = tb.tb_next
     text = "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__, limit=30))
     return {"message": f"{type(exc).__name__}: {exc}", "where": where, "traceback": text[-8000:],
@@ -181,89 +174,113 @@ def _pin_global_generators() -> None:
     rng_escape.seeding_helpers()(zlib.crc32(b"torch global"))  # CUDA too, when there is one
 
 
-def run(spec: dict, program) -> int:
-    """Run the program under the tracer and write the end record; returns the exit status."""
-    import runpy
-
+def _start_observing(spec: RunSpec) -> None:
+    """Escape tracing, the knob observers and the knobs asked for, before the script runs."""
+    from audit.probes import rng_escape
     from audit.probes.determinism import knobs
 
-    from audit.probes import rng_escape
+    _warm_lazy_imports()
+    rng_escape.install(spec.escape_log, pin=False, seeds_path=spec.seed_log)
+    knobs.observe()
+    knobs.apply(spec.knobs, spec.escape_log, spec.pin_sites)
+    if spec.jitter:
+        knobs.jitter_workers()
+    if "seed_escapes" in spec.knobs:
+        _pin_global_generators()
+
+
+def _lockstep(spec: RunSpec):
+    """The replay partner the spec asks for (None: not a replay)."""
+    if not spec.lockstep:
+        return None
+    from audit.probes.determinism.lockstep import Lockstep
+
+    return Lockstep(spec.lockstep.folder, spec.lockstep.role, rename=spec.lockstep.rename)
+
+
+def _exit_hook(run_end: _Run, lockstep, real_exit):
+    """``os._exit`` for the script: it skips every finally, so the end is written first (in
+    the main process)."""
+    main_pid = os.getpid()
+    tracer, writer = run_end.tracer, run_end.writer
+
+    def os_exit(code):
+        if os.getpid() == main_pid:
+            tracer.uninstall()
+            run_end.end(Status.ENDED_EARLY if code == 0 else Status.EXITED, code,
+                        f"the script called os._exit({code}) after {tracer.done} steps")
+            if lockstep is not None:
+                lockstep.finish()
+            writer.close()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        real_exit(code)
+
+    return os_exit
+
+
+def _run_script(program, tracer, run_end: _Run) -> int:
+    """Run the program as ``python`` would, under the installed tracer; the end record's status."""
+    import runpy
+
+    from audit.probes.script_trace import StopScript
+
+    sys.argv = [program.path or program.module, *program.args]
+    if program.path is not None:
+        sys.path[0] = os.path.dirname(os.path.abspath(program.path))
+    else:
+        sys.path[0] = os.getcwd()
+    try:
+        if program.module:
+            runpy.run_module(program.module, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(program.path, run_name="__main__")
+        tracer.uninstall()
+        return run_end.end(Status.ENDED_EARLY,
+                           message=f"the script returned after {tracer.done} steps")
+    except StopScript:
+        tracer.uninstall()
+        return run_end.end(Status.OK)
+    except SystemExit as exc:
+        tracer.uninstall()
+        code, text = _exit_code(exc)
+        message = text or f"the script called sys.exit({exc.code!r}) after {tracer.done} steps"
+        return run_end.end(Status.ENDED_EARLY if code == 0 else Status.EXITED, code, message, said=bool(text))
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        tracer.uninstall()
+        if tracer.stopped:  # raised while unwinding from the stop: the steps were made
+            return run_end.end(Status.OK)
+        details = _crash(exc)
+        return run_end.end(Status.CRASHED, 1, details.pop("message"), **details)
+
+
+def run(spec: RunSpec, program) -> int:
+    """Run the program under the tracer and write the end record; returns the exit status."""
     from audit.probes.rng_draws import DrawWatch
-    from audit.probes.script_trace import ScriptTracer, StopScript
+    from audit.probes.script_trace import ScriptTracer
     from audit.probes.trace import TraceWriter
 
     from audit.probes.worker import environment
 
-    writer = TraceWriter(spec["trace"])
+    writer = TraceWriter(spec.trace)
     lockstep = tracer = None
     run_end = _Run(spec, writer, None)
     real_exit = os._exit
-    main_pid = os.getpid()
     try:
-        _warm_lazy_imports()
-        rng_escape.install(spec.get("escape_log"), pin=False, seeds_path=spec.get("seed_log"))
-        knobs.observe()
-        knobs.apply(spec.get("knobs", []), spec.get("escape_log"), spec.get("pin_sites", ()))
-        if spec.get("jitter"):
-            knobs.jitter_workers()
-        if "seed_escapes" in spec.get("knobs", []):
-            _pin_global_generators()
-        if spec.get("lockstep"):
-            from audit.probes.determinism.lockstep import Lockstep
-
-            lockstep = Lockstep(spec["lockstep"]["folder"], spec["lockstep"]["role"],
-                                rename=spec["lockstep"].get("rename"))
-        tracer = ScriptTracer(writer, spec["steps"], detail=spec.get("detail", False),
+        _start_observing(spec)
+        lockstep = _lockstep(spec)
+        tracer = ScriptTracer(writer, spec.steps, detail=spec.detail,
                               lockstep=lockstep, environment=environment,
-                              escape_log=spec.get("escape_log"),
-                              draws=DrawWatch(spec.get("escape_log")))
+                              escape_log=spec.escape_log,
+                              draws=DrawWatch(spec.escape_log))
         run_end.tracer = tracer
-
-        def os_exit(code):  # os._exit skips every finally: write the end first (main process)
-            if os.getpid() == main_pid:
-                tracer.uninstall()
-                run_end.end("ended_early" if code == 0 else "exited", code,
-                            f"the script called os._exit({code}) after {tracer.done} steps")
-                if lockstep is not None:
-                    lockstep.finish()
-                writer.close()
-                sys.stdout.flush()
-                sys.stderr.flush()
-            real_exit(code)
-
-        os._exit = os_exit
-        if spec.get("stdin") == "terminal":
+        os._exit = _exit_hook(run_end, lockstep, real_exit)
+        if spec.stdin == "terminal":
             sys.stdin = _TerminalStdin()
         tracer.install()
-        sys.argv = [program.path or program.module, *program.args]
-        if program.path is not None:
-            sys.path[0] = os.path.dirname(os.path.abspath(program.path))
-        else:
-            sys.path[0] = os.getcwd()
-        try:
-            if program.module:
-                runpy.run_module(program.module, run_name="__main__", alter_sys=True)
-            else:
-                runpy.run_path(program.path, run_name="__main__")
-            tracer.uninstall()
-            return run_end.end("ended_early",
-                               message=f"the script returned after {tracer.done} steps")
-        except StopScript:
-            tracer.uninstall()
-            return run_end.end("ok")
-        except SystemExit as exc:
-            tracer.uninstall()
-            code, text = _exit_code(exc)
-            message = text or f"the script called sys.exit({exc.code!r}) after {tracer.done} steps"
-            return run_end.end("ended_early" if code == 0 else "exited", code, message, said=bool(text))
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:
-            tracer.uninstall()
-            if tracer.stopped:  # raised while unwinding from the stop: the steps were made
-                return run_end.end("ok")
-            details = _crash(exc)
-            return run_end.end("crashed", 1, details.pop("message"), **details)
+        return _run_script(program, tracer, run_end)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # the audit's own set-up failed before the script ran
@@ -295,10 +312,9 @@ def main(argv=None) -> int:
     spec_path, rest = argv[0], argv[1:]
     if rest[:1] == ["--"]:
         rest = rest[1:]
-    with open(spec_path, encoding="utf-8") as fh:
-        spec = json.load(fh)
+    spec = read_spec(RunSpec, spec_path)
     program = script_runner.parse(rest, interpreter=False)
-    if spec.get("device") == "cpu":  # before torch is imported: the script sees no GPU
+    if spec.device == "cpu":  # before torch is imported: the script sees no GPU
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     code = run(spec, program)
     sys.stdout.flush()

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from audit.probes import fingerprint as fp
-from audit.probes import rng_escape
+from audit.probes.runs import Frame, user_frame
+from audit.probes.spec import DistSpec
+from audit.probes.results.records import Record
 
-#: Seconds a rank waits for its peers, at start-up and in every collective (gloo and NCCL).
-DEFAULT_TIMEOUT = 120.0
 #: Index lists kept per sampler for the disjointness check (the first epoch of each rank).
 MAX_INDICES = 100_000
 #: The prefix DDP puts before the wrapped module's names.
@@ -37,7 +37,7 @@ class RankContext:
     device: torch.device
 
 
-def start(spec: dict, device: torch.device) -> RankContext:
+def start(spec: DistSpec, device: torch.device) -> RankContext:
     """Join the process group the parent set up (before the target is called) and start
     watching distributed samplers; returns this rank's place and device."""
     import torch.distributed as dist
@@ -48,7 +48,7 @@ def start(spec: dict, device: torch.device) -> RankContext:
         device = torch.device("cuda", local % max(torch.cuda.device_count(), 1))
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    timeout = float((spec.get("dist") or {}).get("timeout", DEFAULT_TIMEOUT))
+    timeout = float(spec.timeout)  # seconds a rank waits for its peers, in every collective
     SamplerWatch.install()
     dist.init_process_group(backend, rank=rank, world_size=world,
                             timeout=timedelta(seconds=timeout))
@@ -84,7 +84,7 @@ def prepare(setup, ctx: RankContext, writer, seed: int) -> "RankTracker":
         setup.data = _shard_synthetic(setup.data, setup.model, ctx, seed)
     setup.model, wrapped = _wrap(setup.model, ctx)
     inner = setup.model.module
-    writer.write({"type": "dist", "rank": ctx.rank, "world": ctx.world, "wrapped": wrapped,
+    writer.write({"type": Record.DIST, "rank": ctx.rank, "world": ctx.world, "wrapped": wrapped,
                   "prefix": DDP_PREFIX,
                   "broadcast_buffers": bool(getattr(setup.model, "broadcast_buffers", True)),
                   "buffers": [n for n, _ in inner.named_buffers()]})
@@ -106,14 +106,14 @@ class RankTracker:
             self.buffers = [fp.as_text(v) for v in fp.gather([fp.fingerprint(b) for b in bufs])]
 
     def on_step(self, done: int) -> None:
-        self.writer.write({"type": "replica", "step": done - 1, "buffers": self.buffers or []})
+        self.writer.write({"type": Record.REPLICA, "step": done - 1, "buffers": self.buffers or []})
         self.buffers = None
 
     def close(self) -> None:
         if self.handle is not None:
             self.handle.remove()
             self.handle = None
-        self.writer.write({"type": "samplers", "samplers": SamplerWatch.report()})
+        self.writer.write({"type": Record.SAMPLERS, "samplers": SamplerWatch.report()})
 
 
 def finish() -> None:
@@ -132,16 +132,9 @@ def finish() -> None:
 
 def _user_place() -> Optional[str]:
     """``file:line`` of the innermost frame of the user's code (not ours, torch's or stdlib's)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    root = os.path.dirname(here)
-    skip = tuple(d + os.sep for d in (here, os.path.join(root, "audit"), os.path.join(root, "reports"),
-                                      os.path.dirname(os.path.abspath(torch.__file__)),
-                                      os.path.dirname(os.path.abspath(os.__file__))))
-    for frame in reversed(traceback.extract_stack()):
-        path = os.path.abspath(frame.filename)
-        if not frame.filename.startswith("<") and not path.startswith(skip):
-            return f"{rng_escape.short_path(path)}:{frame.lineno}"
-    return None
+    found = user_frame([Frame(os.path.abspath(f.filename), f.lineno or 0, f.name)
+                        for f in reversed(traceback.extract_stack())])
+    return found.where if found else None
 
 
 class SamplerWatch:

@@ -17,7 +17,6 @@ import json
 import os
 import random
 import sys
-import sysconfig
 import time
 import zlib
 from dataclasses import dataclass
@@ -27,9 +26,9 @@ import numpy as np
 import torch
 
 from audit.probes import seed_log
+from audit.probes.runs import library_dirs
 from audit.probes.seed_log import short_path  # noqa: F401  (the place format, re-exported)
 
-_SKIP_DIRS: tuple = ()
 _state: dict = {"log": None, "pin": False, "seen": {}, "count": {}, "installed": False,
                 "pin_sites": frozenset(), "site_count": {}}
 
@@ -39,18 +38,6 @@ class Escape:
     kind: str
     where: Optional[str]
     detail: str = ""
-
-
-def _skip_dirs() -> tuple:
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    dirs = [os.path.join(here, name) + os.sep for name in ("probes", "audit", "reports")]
-    for mod in (np, torch, random):
-        dirs.append(os.path.dirname(os.path.abspath(mod.__file__)) + os.sep)
-    for key in ("stdlib", "platstdlib"):
-        path = sysconfig.get_paths().get(key)
-        if path:
-            dirs.append(os.path.abspath(path) + os.sep)
-    return tuple(dict.fromkeys(dirs))
 
 
 def user_frame(skip_dirs: tuple) -> Optional[str]:
@@ -70,15 +57,9 @@ def user_frame(skip_dirs: tuple) -> Optional[str]:
     return fallback
 
 
-def library_dirs() -> tuple:
-    """The folders whose code is not the user's: the audit's, NumPy's, torch's, the standard
-    library's."""
-    return _SKIP_DIRS or _skip_dirs()
-
-
 def _record(kind: str, detail: str = "") -> tuple:
     """Note one escape at the caller's place; returns (where, how many times seen there)."""
-    where = user_frame(_SKIP_DIRS)
+    where = user_frame(library_dirs())
     if where is None:  # made inside the standard library or torch itself (e.g. tempfile names)
         return None, 0
     key = (kind, where)
@@ -249,14 +230,12 @@ def install(log_path: Optional[str] = None, pin: bool = False,
             seeds_path: Optional[str] = None) -> None:
     """Start recording escapes (idempotent). ``pin`` substitutes place-derived seeds;
     ``seeds_path`` logs every seeding call with its value (:mod:`probes.seed_log`)."""
-    global _SKIP_DIRS
     _state["log"] = log_path
     _state["pin"] = pin
     if seeds_path is not None:
-        seed_log.start(seeds_path, library_dirs())
+        seed_log.start(seeds_path)
     if _state["installed"]:
         return
-    _SKIP_DIRS = _skip_dirs()
     _wrap_function(np.random, "default_rng", "numpy.random.default_rng")
     _wrap_function(np.random, "seed", "numpy.random.seed")
     for name in ("RandomState", "PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64"):
@@ -293,7 +272,7 @@ def uninstall() -> None:
     _originals.clear()
     _state.update(installed=False, seen={}, count={}, log=None, pin=False,
                   pin_sites=frozenset(), site_count={})
-    seed_log.start(None, ())
+    seed_log.start(None)
 
 
 def escapes() -> list:

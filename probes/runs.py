@@ -17,6 +17,7 @@ Light: no torch.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import re
 import signal
@@ -25,6 +26,8 @@ import sysconfig
 import time
 from dataclasses import dataclass
 from typing import Optional
+
+from audit.probes.results.records import Record
 
 #: Seconds a run may go without a training step, unless told otherwise (``--timeout``).
 DEFAULT_TIMEOUT = 300.0
@@ -35,7 +38,7 @@ STARTUP = 120.0
 STACK_WAIT = 2.0
 #: Seconds a run is given to exit cleanly on SIGTERM before it is killed.
 GRACE = 10.0
-_STEP = b'{"type":"step"'
+_STEP = b'{"type":"%s"' % Record.STEP.encode()
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
 
 
@@ -86,17 +89,27 @@ def short_path(path: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _not_user_dirs() -> tuple:
+def library_dirs() -> tuple:
+    """The folders whose code is not the user's: the audit's own, the standard library's,
+    and those of the libraries the audit wraps (torch, NumPy), wherever they are installed
+    (found without importing them)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     dirs = [os.path.join(root, name) + os.sep for name in ("probes", "audit", "reports")]
-    stdlib = sysconfig.get_paths().get("stdlib")
-    return tuple(dirs + ([os.path.abspath(stdlib) + os.sep] if stdlib else []))
+    for name in ("numpy", "torch"):
+        found = importlib.util.find_spec(name)
+        if found is not None and found.origin:
+            dirs.append(os.path.dirname(os.path.abspath(found.origin)) + os.sep)
+    for key in ("stdlib", "platstdlib"):
+        path = sysconfig.get_paths().get(key)
+        if path:
+            dirs.append(os.path.abspath(path) + os.sep)
+    return tuple(dict.fromkeys(dirs))
 
 
 def is_user_file(path: str) -> bool:
     """Not the audit's own code, the standard library or an installed package."""
     full = os.path.abspath(path)
-    return not (path.startswith("<") or full.startswith(_not_user_dirs())
+    return not (path.startswith("<") or full.startswith(library_dirs())
                 or "site-packages" in full or "dist-packages" in full)
 
 

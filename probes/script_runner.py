@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from audit.probes.errors import UsageError
+from audit.probes.spec import RunSpec
 
 _PYTHON = re.compile(r"^python(\d+(\.\d+)*)?w?(\.exe)?$", re.IGNORECASE)
 _MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -193,8 +194,8 @@ def read_stdin(stream=None) -> Optional[bytes]:
         return b""
 
 
-def command(spec: dict) -> list:
-    """The argv that runs ``spec["script"]`` under the bootstrap in a fresh process."""
-    program = parse(spec["script"])
-    return [sys.executable, *program.options, "-m", "audit.probes.bootstrap", spec["spec_path"], "--",
+def command(spec: RunSpec) -> list:
+    """The argv that runs ``spec.script`` under the bootstrap in a fresh process."""
+    program = parse(spec.script)
+    return [sys.executable, *program.options, "-m", "audit.probes.bootstrap", spec.spec_path, "--",
             *program.argv()]

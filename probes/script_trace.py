@@ -52,6 +52,7 @@ from audit.probes.trace import (ModuleRecorder, OutputRecorder, TraceWriter, com
                                 grad_parts, init_record, optimizer_state_tensors, rng_fingerprints,
                                 row_part, step_fields)
 from audit.probes.training import split_batch, tensors_in
+from audit.probes.results.records import Record
 
 #: Batches kept per step: the ones fetched last before the update (accumulation included).
 MAX_BATCHES = 32
@@ -469,7 +470,7 @@ class ScriptTracer:
         if self.detail:
             optim_state = [t for opt in self._live_optimizers()
                            for t in optimizer_state_tensors(opt, self.params)]
-        record = {"type": "step", "step": self.done}
+        record = {"type": Record.STEP, "step": self.done}
         record.update(step_fields(inputs, targets, input_rows, target_rows, step.losses,
                                   step.grads, self.params, optim_state=optim_state,
                                   events=step.events, outputs=step.model_outputs,
@@ -548,7 +549,7 @@ class ScriptTracer:
         for root, label in self.naming.roots:
             for name, where in knobs.module_sources(root).items():
                 sources[join(label, name)] = where
-        self.writer.write({"type": "env", "environment": environment, "module_sources": sources,
+        self.writer.write({"type": Record.ENV, "environment": environment, "module_sources": sources,
                            "synthetic": False, "description": self._describe(header),
                            "counting": self.counting})
 
@@ -568,7 +569,7 @@ class ScriptTracer:
                                "params": [n for n, p in zip(self.names, self.params) if id(p) in ids]})
         if self.counting == "backward":
             optimizers = []
-        return {"type": "params", "names": list(self.names), "modules": self.naming.modules(),
+        return {"type": Record.PARAMS, "names": list(self.names), "modules": self.naming.modules(),
                 "types": self.naming.types(),
                 "shapes": [list(p.shape) for p in self.params], "optimizers": optimizers,
                 "counting": self.counting, "data_source": self.source}

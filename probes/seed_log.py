@@ -18,17 +18,13 @@ import os
 import sys
 from typing import Optional
 
-from audit.probes.runs import short_path
+from audit.probes.runs import is_user_file, short_path
 
-_state: dict = {"path": None, "skip": ()}
+_state: dict = {"path": None}
 
-#: Paths of installed libraries (not the user's code) besides the skip list's.
-_LIBRARIES = (os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep)
-
-
-def start(path: Optional[str], skip_dirs: tuple) -> None:
-    """Log seeding calls to ``path`` (None: stop logging); ``skip_dirs`` are not the user's."""
-    _state.update(path=path, skip=skip_dirs)
+def start(path: Optional[str]) -> None:
+    """Log seeding calls to ``path`` (None: stop logging)."""
+    _state.update(path=path)
 
 
 _OURS = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -46,12 +42,9 @@ def caller(depth: int) -> Optional[str]:
     if frame is None:
         return None
     filename = frame.f_code.co_filename
-    if filename.startswith("<"):
+    if not is_user_file(filename):
         return None
-    path = os.path.abspath(filename)
-    if path.startswith(_state["skip"]) or any(part in path for part in _LIBRARIES):
-        return None
-    return f"{short_path(path)}:{frame.f_lineno}"
+    return f"{short_path(os.path.abspath(filename))}:{frame.f_lineno}"
 
 
 

@@ -24,6 +24,7 @@ import pickle
 import random
 import struct
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -34,6 +35,7 @@ from audit.probes import fingerprint as fp
 from audit.probes.training import (LiveObjects, TrainingSetup, compute_loss, cycle_batches,
                                    make_scheduler, optimizer_step, split_batch, tensors_in,
                                    to_device)
+from audit.probes.results.records import Record
 
 
 class TraceWriter:
@@ -326,6 +328,77 @@ def step_fields(inputs, targets, input_rows: list, target_rows: list, losses: li
     return fields
 
 
+@dataclass
+class _Loop:
+    """What every traced step of one run uses."""
+
+    setup: TrainingSetup
+    device: torch.device
+    optimizer: Any
+    scheduler: Any
+    named: list  # (name, parameter)
+    detail: bool = False
+    lockstep: Any = None
+    recorder: Optional["ModuleRecorder"] = None  # detail mode: every module call
+    watched: Optional["OutputRecorder"] = None  # the model's outputs
+
+    @property
+    def params(self) -> list:
+        return [p for _, p in self.named]
+
+    @property
+    def names(self) -> list:
+        return [n for n, _ in self.named]
+
+
+def params_record(model: nn.Module, named: list) -> dict:
+    """The ``params`` record: parameter and module names, module types, parameter shapes."""
+    return {"type": Record.PARAMS, "names": [n for n, _ in named],
+            "modules": [n for n, _ in model.named_modules()],
+            "types": [type(m).__name__ for _, m in model.named_modules()],
+            "shapes": [list(p.shape) for _, p in named]}
+
+
+def _traced_step(loop: _Loop, step: int, batch) -> dict:
+    """Train one step on ``batch``; its ``step`` record."""
+    started = time.perf_counter()
+    batch = to_device(batch, loop.device)
+    inputs, targets = split_batch(batch)
+    rng = rng_fingerprints(loop.device)
+    if loop.recorder is not None:
+        loop.recorder.reset()
+    loop.optimizer.zero_grad(set_to_none=True)
+    loss = compute_loss(loop.setup, batch)
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise TypeError("the loss must be a scalar tensor; make 'loss' or 'step' return one")
+    loss.backward()
+    params, names = loop.params, loop.names
+    grads = [p.grad for p in params]
+    grad_fps = grad_parts(grads)
+    finite = finite_flag(grads)
+    grad_copies = ({n: g.detach().clone() for n, g in zip(names, grads) if g is not None}
+                   if loop.lockstep is not None else None)
+    optimizer_step(loop.optimizer, loop.scheduler)
+
+    record = {"type": Record.STEP, "step": step}
+    record.update(step_fields(
+        _combined(inputs), _combined(targets), [row_part(inputs)], [row_part(targets)],
+        [loss], grad_fps, params,
+        optim_state=optimizer_state_tensors(loop.optimizer, params) if loop.detail else None,
+        events=loop.recorder.events if loop.detail else None, outputs=loop.watched.take(),
+        grads_finite=finite))
+    record["rng"] = rng
+    record["seconds"] = round(time.perf_counter() - started, 6)
+    if loop.lockstep is not None:
+        tensors = {"inputs": inputs, "targets": targets, "grads": grad_copies,
+                   "params": {n_: p.detach() for n_, p in loop.named},
+                   "outputs": loop.recorder.outputs}
+        diffs = loop.lockstep.exchange(step, tensors)
+        if diffs is not None:
+            record["diffs"] = diffs
+    return record
+
+
 def run_traced(
     setup: TrainingSetup,
     steps: int,
@@ -347,78 +420,37 @@ def run_traced(
     model = setup.model.to(device)
     model.train()
     optimizer = setup.optimizer(model.parameters())
-    scheduler = make_scheduler(setup, optimizer)
-    named = [(n, p) for n, p in model.named_parameters()]
-    params = [p for _, p in named]
-    names = [n for n, _ in named]
-    writer.write({"type": "params", "names": names,
-                  "modules": [n for n, _ in model.named_modules()],
-                  "types": [type(m).__name__ for _, m in model.named_modules()],
-                  "shapes": [list(p.shape) for p in params]})
-    writer.write(init_record(params, names, lockstep))
-    live = LiveObjects(model, optimizer, scheduler, setup.data)
+    loop = _Loop(setup, device, optimizer, make_scheduler(setup, optimizer),
+                 list(model.named_parameters()), detail, lockstep)
+    writer.write(params_record(model, loop.named))
+    writer.write(init_record(loop.params, loop.names, lockstep))
+    live = LiveObjects(model, optimizer, loop.scheduler, setup.data)
     if session is not None:
         session.loaded(live, writer)
-
-    recorder = watched = None
     done = 0
     try:
-        recorder = ModuleRecorder(model, keep_outputs=lockstep is not None) if detail else None
-        watched = OutputRecorder([model])
+        loop.recorder = ModuleRecorder(model, keep_outputs=lockstep is not None) if detail else None
+        loop.watched = OutputRecorder([model])
         start, open_pass = (session.start, session.open_pass) if session is not None else (0, None)
         for step, batch in cycle_batches(setup.data, steps, start, open_pass):
-            started = time.perf_counter()
-            batch = to_device(batch, device)
-            inputs, targets = split_batch(batch)
-            rng = rng_fingerprints(device)
-            if recorder is not None:
-                recorder.reset()
-            optimizer.zero_grad(set_to_none=True)
-            loss = compute_loss(setup, batch)
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                raise TypeError("the loss must be a scalar tensor; make 'loss' or 'step' return one")
-            loss.backward()
-            grads = [p.grad for p in params]
-            grad_fps = grad_parts(grads)
-            finite = finite_flag(grads)
-            grad_copies = ({n: g.detach().clone() for n, g in zip(names, grads) if g is not None}
-                           if lockstep is not None else None)
-            optimizer_step(optimizer, scheduler)
-
-            record = {"type": "step", "step": step}
-            record.update(step_fields(
-                _combined(inputs), _combined(targets), [row_part(inputs)], [row_part(targets)],
-                [loss], grad_fps, params,
-                optim_state=optimizer_state_tensors(optimizer, params) if detail else None,
-                events=recorder.events if detail else None, outputs=watched.take(),
-                grads_finite=finite))
-            record["rng"] = rng
-            record["seconds"] = round(time.perf_counter() - started, 6)
-            if lockstep is not None:
-                tensors = {"inputs": inputs, "targets": targets, "grads": grad_copies,
-                           "params": {n_: p.detach() for n_, p in named},
-                           "outputs": recorder.outputs}
-                diffs = lockstep.exchange(step, tensors)
-                if diffs is not None:
-                    record["diffs"] = diffs
-            writer.write(record)
+            writer.write(_traced_step(loop, step, batch))
             done = step + 1
             if session is not None:
                 session.stepped(live, done, writer)
             if on_step is not None:
                 on_step(done)
     finally:
-        if watched is not None:
-            watched.close()
-        if recorder is not None:
-            recorder.close()
+        if loop.watched is not None:
+            loop.watched.close()
+        if loop.recorder is not None:
+            loop.recorder.close()
     return done
 
 
 def init_record(params: list, names: list, lockstep=None) -> dict:
     """The ``init`` record: every parameter before the first update (and, in lockstep, how far
     the partner's are)."""
-    record = {"type": "init", "params": [fp.as_text(v) for v in fp.gather([fp.fingerprint(p) for p in params])]}
+    record = {"type": Record.INIT, "params": [fp.as_text(v) for v in fp.gather([fp.fingerprint(p) for p in params])]}
     if lockstep is not None:
         diffs = lockstep.exchange(-1, {"params": {n: p.detach() for n, p in zip(names, params)}})
         if diffs is not None:

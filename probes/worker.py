@@ -7,12 +7,13 @@ trace (JSON lines) to the path the spec names and exits with:
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import traceback
 
 from audit.probes.errors import UsageError
+from audit.probes.spec import RunSpec, read_spec
+from audit.probes.results.records import Record, Status
 
 EXIT_OK, EXIT_TARGET, EXIT_CRASH = 0, 3, 4
 #: Synthetic batches for a bare module when the audit chooses the steps (``audit resume``).
@@ -38,94 +39,153 @@ def environment(device) -> dict:
     return {**describe(device), "flags": knobs.flags()}
 
 
-def run(spec: dict) -> int:
-    from audit.probes.determinism import knobs
-    from audit.probes import rng_escape
-    from audit.probes.trace import TraceWriter, run_traced
+class _TargetFailed(Exception):
+    """The target could not be loaded or called (the run's ``target_error``)."""
 
-    writer = TraceWriter(spec["trace"])
-    lockstep = None
-    tracker = None  # distributed runs: a rank's RankTracker (audit.probes.ranks)
-    try:
-        rng_escape.install(spec.get("escape_log"), pin=False, seeds_path=spec.get("seed_log"))
+
+class WorkerRun:
+    """One traced run's steps (see :func:`run`); :meth:`close` ends what it started."""
+
+    def __init__(self, spec: RunSpec, writer):
+        self.spec, self.writer = spec, writer
+        self.lockstep = None
+        self.tracker = None  # distributed runs: a rank's RankTracker (audit.probes.ranks)
+
+    def observe_and_seed(self) -> None:
+        """Escape tracing, the knob observers and the knobs asked for, then the seed."""
+        from audit.probes import rng_escape
+        from audit.probes.determinism import knobs
+
+        spec = self.spec
+        rng_escape.install(spec.escape_log, pin=False, seeds_path=spec.seed_log)
         knobs.observe()
-        knobs.apply(spec.get("knobs", []), spec.get("escape_log"), spec.get("pin_sites", ()))
-        if spec.get("jitter"):
+        knobs.apply(spec.knobs, spec.escape_log, spec.pin_sites)
+        if spec.jitter:
             knobs.jitter_workers()
         from audit.probes.seeding import seed_all
 
-        seed_all(spec["seed"])
+        seed_all(spec.seed)
+
+    def load(self) -> tuple:
+        """``(setup, device, rank context)``; raises :class:`_TargetFailed`."""
         from audit.probes.target import TargetError, load_target
 
-        writer.write({"type": "loading"})  # progress: the watchdog's clock starts at the target
+        spec = self.spec
+        self.writer.write({"type": Record.LOADING})  # progress: the watchdog's clock starts here
         rank_ctx = None
-        if spec.get("dist"):  # distributed: the process group exists before the target is called
+        if spec.dist:  # distributed: the process group exists before the target is called
             from audit.probes import ranks
 
-            rank_ctx = ranks.start(spec, resolve_device(spec.get("device", "auto")))
+            rank_ctx = ranks.start(spec.dist, resolve_device(spec.device))
         try:
-            device = rank_ctx.device if rank_ctx else resolve_device(spec.get("device", "auto"))
-            setup = load_target(spec.get("target"), input_shape=spec.get("input_shape"),
-                                num_classes=spec.get("num_classes"), seed=spec["seed"],
-                                batches=spec["steps"] or AUTO_BATCHES)
+            device = rank_ctx.device if rank_ctx else resolve_device(spec.device)
+            setup = load_target(spec.target, input_shape=spec.input_shape,
+                                num_classes=spec.num_classes, seed=spec.seed,
+                                batches=spec.steps or AUTO_BATCHES)
         except (TargetError, RuntimeError) as exc:
-            writer.write({"type": "end", "status": "target_error", "message": str(exc)})
-            return EXIT_TARGET
-        knobs.apply(spec.get("knobs", []), spec.get("escape_log"), spec.get("pin_sites", ()))  # again: the target may reset flags
-        writer.write({"type": "env", "environment": environment(device),
-                      "module_sources": knobs.module_sources(setup.model),
-                      "synthetic": setup.synthetic, "description": setup.description})
+            raise _TargetFailed(str(exc)) from None
+        return setup, device, rank_ctx
+
+    def prepare(self, setup, device, rank_ctx) -> None:
+        """The knobs again (the target may reset flags), the ``env`` record, the DDP wrap and
+        the replay partner."""
+        from audit.probes.determinism import knobs
+
+        spec = self.spec
+        knobs.apply(spec.knobs, spec.escape_log, spec.pin_sites)
+        self.writer.write({"type": Record.ENV, "environment": environment(device),
+                           "module_sources": knobs.module_sources(setup.model),
+                           "synthetic": setup.synthetic, "description": setup.description})
         if rank_ctx is not None:
-            tracker = ranks.prepare(setup, rank_ctx, writer, spec["seed"])
-        if spec.get("lockstep"):
+            from audit.probes import ranks
+
+            self.tracker = ranks.prepare(setup, rank_ctx, self.writer, spec.seed)
+        if spec.lockstep:
             from audit.probes.determinism.lockstep import Lockstep
 
-            lockstep = Lockstep(spec["lockstep"]["folder"], spec["lockstep"]["role"],
-                                rename=spec["lockstep"].get("rename"))
-        steps, session = spec["steps"], None
-        if spec.get("resume"):
+            self.lockstep = Lockstep(spec.lockstep.folder, spec.lockstep.role,
+                                     rename=spec.lockstep.rename)
+
+    def train(self, setup, device) -> tuple:
+        """The traced steps (an ``audit resume`` role around them); ``(done, asked)``."""
+        from audit.probes.trace import run_traced
+
+        steps, session = self.spec.steps, None
+        if self.spec.resume:
             from audit.probes.resume.session import open_session
 
-            session = open_session(spec["resume"], setup, device, steps, writer)
+            session = open_session(self.spec.resume, setup, device, steps, self.writer)
             steps = session.steps
-        done = run_traced(setup, steps, device, writer, detail=spec.get("detail", False),
-                          lockstep=lockstep, session=session,
-                          on_step=tracker.on_step if tracker else None)
-        observed = knobs.observed()
-        if spec.get("cuda_ops"):  # after the traced steps, so the trace is untouched
-            from audit.probes import seed_log
-            from audit.probes.determinism.cuda_ops import scan_training
+        done = run_traced(setup, steps, device, self.writer, detail=self.spec.detail,
+                          lockstep=self.lockstep, session=session,
+                          on_step=self.tracker.on_step if self.tracker else None)
+        return done, steps
 
-            seed_log.start(None, ())  # the scan's extra pass is not one of the compared runs'
+    def scan_cuda_ops(self, setup, device) -> None:
+        """After the traced steps, so the trace is untouched."""
+        from audit.probes import seed_log
+        from audit.probes.determinism.cuda_ops import scan_training
 
-            writer.write({"type": "cuda_ops", "scan": scan_training(setup, device).to_dict()})
-        writer.write({"type": "end", "status": "ok" if done >= steps else "ended_early",
-                      "steps": done, "observed": observed})
-        return EXIT_OK
-    except UsageError as exc:  # e.g. a checkpoint the target's load cannot read
-        writer.write({"type": "end", "status": "target_error", "message": str(exc)})
-        return EXIT_TARGET
-    except BaseException as exc:  # the user's training raised: keep what was measured
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        from audit.probes.runs import Frame, user_frame
+        seed_log.start(None)  # the scan's extra pass is not one of the compared runs'
+        self.writer.write({"type": Record.CUDA_OPS, "scan": scan_training(setup, device).to_dict()})
 
-        found = user_frame([Frame(f.filename, f.lineno or 0, f.name)
-                            for f in reversed(traceback.extract_tb(exc.__traceback__))])
-        where = found.where if found else None
-        writer.write({"type": "end", "status": "crashed",
-                      "message": f"{type(exc).__name__}: {exc}", "where": where,
-                      "traceback": traceback.format_exc(limit=20)})
-        return EXIT_CRASH
-    finally:
-        if lockstep is not None:
-            lockstep.finish()
-        if spec.get("dist"):
+    def close(self) -> None:
+        if self.lockstep is not None:
+            self.lockstep.finish()
+        if self.spec.dist:
             from audit.probes import ranks
 
-            if tracker is not None:
-                tracker.close()
+            if self.tracker is not None:
+                self.tracker.close()
             ranks.finish()
+
+
+def _steps(worker: WorkerRun) -> dict:
+    """Everything from the seed to the last step; the ``end`` record's fields."""
+    from audit.probes.determinism import knobs
+
+    worker.observe_and_seed()
+    setup, device, rank_ctx = worker.load()
+    worker.prepare(setup, device, rank_ctx)
+    done, steps = worker.train(setup, device)
+    observed = knobs.observed()
+    if worker.spec.cuda_ops:
+        worker.scan_cuda_ops(setup, device)
+    return {"status": Status.OK if done >= steps else Status.ENDED_EARLY, "steps": done,
+            "observed": observed}
+
+
+def _crash(exc: BaseException) -> dict:
+    """The ``end`` record's fields for a run whose training raised."""
+    from audit.probes.runs import Frame, user_frame
+
+    found = user_frame([Frame(f.filename, f.lineno or 0, f.name)
+                        for f in reversed(traceback.extract_tb(exc.__traceback__))])
+    return {"status": Status.CRASHED, "message": f"{type(exc).__name__}: {exc}",
+            "where": found.where if found else None,
+            "traceback": traceback.format_exc(limit=20)}
+
+
+def run(spec: RunSpec) -> int:
+    """Seed, load the target and train under a trace; the trace's last record says how it
+    ended. Returns the exit status."""
+    from audit.probes.trace import TraceWriter
+
+    writer = TraceWriter(spec.trace)
+    worker = WorkerRun(spec, writer)
+    try:
+        try:
+            end, code = _steps(worker), EXIT_OK
+        except (_TargetFailed, UsageError) as exc:  # UsageError: e.g. a checkpoint load cannot read
+            end, code = {"status": Status.TARGET_ERROR, "message": str(exc)}, EXIT_TARGET
+        except BaseException as exc:  # the user's training raised: keep what was measured
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            end, code = _crash(exc), EXIT_CRASH
+        writer.write({"type": Record.END, **end})
+        return code
+    finally:
+        worker.close()
         writer.close()
 
 
@@ -134,9 +194,8 @@ def main(argv=None) -> int:
     from audit.probes.runs import answer_stack_requests
 
     answer_stack_requests()
-    with open(argv[0], encoding="utf-8") as fh:
-        spec = json.load(fh)
-    if spec.get("cwd_on_path", True) and os.getcwd() not in sys.path:
+    spec = read_spec(RunSpec, argv[0])
+    if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     code = run(spec)
     sys.stdout.flush()

@@ -358,6 +358,60 @@ def act_std_chart(schemes: Sequence[SchemeResult], recommended: Optional[str] = 
                         "actstd", "Activation standard deviation against depth, per scheme")
 
 
+def _layer_names(schemes: Sequence[SchemeResult]) -> list:
+    """Every scheme's layer names, in execution order, once each."""
+    names: list[str] = []
+    for scheme in schemes:
+        for layer in sorted(scheme.layers, key=lambda l: l.depth):
+            if layer.name not in names:
+                names.append(layer.name)
+    return names
+
+
+def _fraction_bars(ax, schemes: Sequence[SchemeResult], names: list, field_name: str,
+                   what: str, recommended: Optional[str]) -> None:
+    """One panel: a bar per layer and scheme of ``field_name`` (a fraction, 0 to 1)."""
+    width = 0.8 / len(schemes)
+    order = {s.name: i for i, s in enumerate(schemes)}
+    anything = False
+    for n, scheme in enumerate(schemes):
+        by_name = {l.name: l for l in scheme.layers}
+        xs, ys = [], []
+        for i, layer_name in enumerate(names):
+            layer = by_name.get(layer_name)
+            value = finite(getattr(layer, field_name)) if layer is not None else None
+            if value is not None:
+                xs.append(i + (n - (len(schemes) - 1) / 2) * width)
+                ys.append(min(max(value, 0.0), 1.0))
+        anything = anything or any(y > 0 for y in ys)
+        style = _scheme_style(scheme, order[scheme.name], recommended)
+        ax.bar(xs, ys, width=width * 0.92, color=style["color"],
+               alpha=0.9 if scheme.name in ("default", recommended) else 0.7,
+               label=_scheme_label(scheme, recommended), zorder=3)
+    ax.set_ylim(0, 1.0)
+    ax.yaxis.set_major_locator(FixedLocator([0, 0.25, 0.5, 0.75, 1.0]))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v * 100:.0f}%"))
+    ax.set_ylabel(what)
+    ax.grid(axis="x", visible=False)
+    if not anything:
+        ax.text(0.5, 0.6, f"no {what} in any layer", transform=ax.transAxes,
+                ha="center", va="center", color=MUTED, fontsize=9.5)
+
+
+def _layer_axis(axes, names: list, many: bool) -> None:
+    """The shared x axis: layer names, or every few layer numbers when there are many."""
+    axes[0].set_xlim(-0.6, len(names) - 0.4)
+    if many:
+        step = max(1, math.ceil(len(names) / 20))
+        axes[-1].xaxis.set_major_locator(FixedLocator(list(range(0, len(names), step))))
+        axes[-1].set_xlabel("layer (execution order)")
+    else:
+        axes[-1].set_xticks(range(len(names)))
+        axes[-1].set_xticklabels([_left_shorten(label(n, 200), 22) for n in names],
+                                 rotation=40, ha="right", rotation_mode="anchor",
+                                 fontsize=8)
+
+
 def dead_saturated_chart(schemes: Sequence[SchemeResult],
                          recommended: Optional[str] = None) -> str:
     """Fraction of dead (ReLU) and saturated (tanh/sigmoid) units per layer, as grouped bars
@@ -372,50 +426,13 @@ def dead_saturated_chart(schemes: Sequence[SchemeResult],
         return ""
 
     def build():
-        names: list[str] = []
-        for scheme in schemes:
-            for layer in sorted(scheme.layers, key=lambda l: l.depth):
-                if layer.name not in names:
-                    names.append(layer.name)
+        names = _layer_names(schemes)
         many = len(names) > 24
-        height = 2.3 * len(panels) + (0.5 if many else 1.0)
-        fig, axes = _figure(height=height, rows=len(panels), sharex=True)
-        width = 0.8 / len(schemes)
-        order = {s.name: i for i, s in enumerate(schemes)}
+        fig, axes = _figure(height=2.3 * len(panels) + (0.5 if many else 1.0), rows=len(panels),
+                            sharex=True)
         for ax, (field_name, what) in zip(axes, panels):
-            anything = False
-            for n, scheme in enumerate(schemes):
-                by_name = {l.name: l for l in scheme.layers}
-                xs, ys = [], []
-                for i, layer_name in enumerate(names):
-                    layer = by_name.get(layer_name)
-                    value = finite(getattr(layer, field_name)) if layer is not None else None
-                    if value is not None:
-                        xs.append(i + (n - (len(schemes) - 1) / 2) * width)
-                        ys.append(min(max(value, 0.0), 1.0))
-                anything = anything or any(y > 0 for y in ys)
-                style = _scheme_style(scheme, order[scheme.name], recommended)
-                ax.bar(xs, ys, width=width * 0.92, color=style["color"],
-                       alpha=0.9 if scheme.name in ("default", recommended) else 0.7,
-                       label=_scheme_label(scheme, recommended), zorder=3)
-            ax.set_ylim(0, 1.0)
-            ax.yaxis.set_major_locator(FixedLocator([0, 0.25, 0.5, 0.75, 1.0]))
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v * 100:.0f}%"))
-            ax.set_ylabel(what)
-            ax.grid(axis="x", visible=False)
-            if not anything:
-                ax.text(0.5, 0.6, f"no {what} in any layer", transform=ax.transAxes,
-                        ha="center", va="center", color=MUTED, fontsize=9.5)
-        axes[0].set_xlim(-0.6, len(names) - 0.4)
-        if many:
-            step = max(1, math.ceil(len(names) / 20))
-            axes[-1].xaxis.set_major_locator(FixedLocator(list(range(0, len(names), step))))
-            axes[-1].set_xlabel("layer (execution order)")
-        else:
-            axes[-1].set_xticks(range(len(names)))
-            axes[-1].set_xticklabels([_left_shorten(label(n, 200), 22) for n in names],
-                                     rotation=40, ha="right", rotation_mode="anchor",
-                                     fontsize=8)
+            _fraction_bars(ax, schemes, names, field_name, what, recommended)
+        _layer_axis(axes, names, many)
         _legend(fig, axes[0])
         return fig
 

@@ -10,6 +10,7 @@ from typing import Any, Iterable, Optional
 
 from audit.probes.results import STAGES, InitResult, SchemeResult
 from audit.reports.ranks import distributed_problem
+from audit.probes.results.records import Status
 
 # C0 and C1 control characters except tab and newline: never shown raw to a person (terminal
 # escape injection, invisible text) and not allowed by XML 1.0.
@@ -148,13 +149,13 @@ STAGE_MEANING = {
 }
 
 RUN_STATUS_TITLES = {
-    "ok": "ok",
-    "crashed": "crashed",
-    "exited": "exited early",
-    "ended_early": "ended early",
-    "killed": "killed",
-    "timed_out": "timed out",
-    "interrupted": "interrupted",
+    Status.OK: "ok",
+    Status.CRASHED: "crashed",
+    Status.EXITED: "exited early",
+    Status.ENDED_EARLY: "ended early",
+    Status.KILLED: "killed",
+    Status.TIMED_OUT: "timed out",
+    Status.INTERRUPTED: "interrupted",
 }
 
 

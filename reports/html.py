@@ -68,6 +68,7 @@ from audit.reports.common import (
 )
 from audit.reports.files import write_atomic
 from audit.reports.ranks import rank_timelines, replica_grid, replica_sentence
+from audit.probes.results.records import Status
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 #: Timelines longer than this collapse runs of identical rows into one.
@@ -220,7 +221,7 @@ def determinism_html(result: DeterminismResult, *, charts: bool = True) -> str:
         detail_rows=[(str(k), _env_value(v)) for k, v in (result.detail or {}).items()],
         steps_made=steps_text(result), CELL_NOTES=CELL_NOTES,
         notes_used=sorted({n for row in timeline_rows(result) for n in row["notes"] if n}),
-        bad_runs=[r for r in result.run_info if r.status != "ok"],
+        bad_runs=[r for r in result.run_info if r.status != Status.OK],
         ranks=_ranks(result),
     )
 

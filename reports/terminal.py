@@ -55,6 +55,7 @@ from audit.reports.common import (
     variance_sentence,
 )
 from audit.reports.ranks import rank_lines
+from audit.probes.results.records import Status
 
 DEFAULT_WIDTH = 88
 _MIN_WIDTH = 40
@@ -142,7 +143,7 @@ def _report_line(w: _Writer, report_path: Optional[str]) -> None:
 
 
 def _bad_runs(w: _Writer, result: DeterminismResult) -> None:
-    bad_runs = [r for r in result.run_info if r.status != "ok"]
+    bad_runs = [r for r in result.run_info if r.status != Status.OK]
     if not bad_runs:
         return
     w.heading("Runs that did not finish")
@@ -496,7 +497,7 @@ def check_summary(gate: GateResult, *, color: bool = False, width: Optional[int]
 
 
 def _run_problems(w: _Writer, runs: list) -> None:
-    bad = [r for r in runs if r.status != "ok"]
+    bad = [r for r in runs if r.status != Status.OK]
     if not bad:
         return
     w.heading(f"{len(bad)} run{'s' if len(bad) != 1 else ''} left out of the statistics")

@@ -154,3 +154,66 @@ def test_no_audit_name_is_switched_on_outside_its_kind():
                     for c in [node.left, *node.comparators]):
                 offenders.append(f"{module}:{node.lineno}")
     assert not offenders, offenders
+
+
+# --------------------------------------------------------------------------- private names
+
+
+def _module_bindings(module: str, tree: ast.AST) -> tuple:
+    """(local name -> one of our modules, [``from x import _name`` places]) of one module."""
+    bound, private = {}, []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name in MODULES and a.asname:
+                    bound[a.asname] = a.name
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module in MODULES:
+            for a in node.names:
+                if f"{node.module}.{a.name}" in MODULES:
+                    bound[a.asname or a.name] = f"{node.module}.{a.name}"
+                elif _private(a.name) and node.module != module:
+                    private.append(f"{module}:{node.lineno} imports {node.module}.{a.name}")
+    return bound, private
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def test_no_private_name_is_used_outside_its_module():
+    """``from x import _name`` and ``x._name`` across the modules of audit, probes, reports."""
+    offenders = []
+    for module, path in MODULES.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        bound, private = _module_bindings(module, tree)
+        offenders += private
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and _private(node.attr)
+                    and isinstance(node.value, ast.Name) and node.value.id in bound
+                    and bound[node.value.id] != module):
+                offenders.append(f"{module}:{node.lineno} uses {bound[node.value.id]}.{node.attr}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_private_name_check_sees_both_forms():
+    tree = ast.parse("from audit.probes import rng_escape as r\n"
+                     "from audit.probes.runs import _FRAME\nr._state\n")
+    bound, private = _module_bindings("audit.probes.knobs", tree)
+    assert bound == {"r": "audit.probes.rng_escape"} and len(private) == 1
+
+
+# --------------------------------------------------------------------------- short functions
+
+#: The most lines a function of audit, probes or reports may take (its signature included).
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_function_is_longer_than_the_limit():
+    long = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{module}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, "\n".join(long)

@@ -12,9 +12,9 @@ from torch import nn
 
 from audit.probes.init.flow import trace_forward
 from audit.probes.results import BUILTIN_SCHEMES
+from audit.probes.init.scheme_names import parse_scheme, validate_schemes
 from audit.probes.init.schemes import (DrawCache, LSUV_TOL, apply_scheme, fans, orthogonal_,
-                            restore_state, scheme_code, scheme_owned_keys, snapshot_state)
-from audit.probes.init.names import parse_scheme, validate_schemes
+                                       restore_state, scheme_code, scheme_owned_keys, snapshot_state)
 
 SETTINGS = settings(max_examples=20, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

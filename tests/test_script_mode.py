@@ -23,6 +23,7 @@ from audit import cli
 
 
 from audit.probes import script_runner
+from audit.probes.spec import RunSpec, write_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -489,18 +490,15 @@ def _audit(workdir, name: str) -> tuple:
 
 def _bootstrap_run(workdir, command: list, steps: int) -> list:
     """One run under the bootstrap, without the orchestrator: its trace records."""
-    spec = {"name": "run", "trace": str(workdir / "direct.trace"),
-            "escape_log": str(workdir / "direct.escapes"), "seed": 0, "steps": steps,
-            "device": "auto", "knobs": [], "detail": False, "lockstep": None, "script": command,
-            "spec_path": str(workdir / "direct.json")}
-    with open(spec["spec_path"], "w") as fh:
-        json.dump(spec, fh)
+    spec = RunSpec(name="run", trace=str(workdir / "direct.trace"),
+                   escape_log=str(workdir / "direct.escapes"), seed=0, steps=steps, script=command)
+    write_spec(spec, str(workdir / "direct.json"))
     env = dict(os.environ, PYTHONPATH=ROOT)
     proc = subprocess.run(script_runner.command(spec), cwd=workdir, env=env, capture_output=True,
                           text=True, timeout=600)
     from audit.probes.trace import read_trace
 
-    return proc.returncode, read_trace(spec["trace"])
+    return proc.returncode, read_trace(spec.trace)
 
 
 @pytest.fixture(scope="session")
@@ -739,7 +737,8 @@ def test_good_commands_parse_and_run_under_the_bootstrap(tmp_path):
                                                      ["-u", "-W", "ignore"])
     p = script_runner.validate([sys.executable, "-m", "pkg.train", "a"], str(tmp_path))
     assert (p.path, p.module, p.args) == (None, "pkg.train", ["a"])
-    spec = {"script": ["python", "-OO", "-m", "pkg.train", "--x"], "spec_path": "/s.json"}
+    spec = RunSpec(name="run", trace="/s.trace", steps=1, spec_path="/s.json",
+                   script=["python", "-OO", "-m", "pkg.train", "--x"])
     assert script_runner.command(spec) == [sys.executable, "-O", "-O", "-m", "audit.probes.bootstrap",
                                            "/s.json", "--", "-m", "pkg.train", "--x"]
 

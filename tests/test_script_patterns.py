@@ -119,15 +119,16 @@ def test_raw_tensor_weights_are_traced_by_their_names(workdir):
     from audit.probes import script_runner
     from audit.probes.trace import read_trace
 
-    spec = {"name": "run", "trace": str(workdir / "raw.trace"), "escape_log": str(workdir / "raw.esc"),
-            "steps": 3, "device": "cpu", "knobs": [], "detail": False, "lockstep": None,
-            "script": ["python", "raw_tensors.py"], "spec_path": str(workdir / "raw.json")}
-    (workdir / "raw.json").write_text(json.dumps(spec))
+    from audit.probes.spec import RunSpec, write_spec
+
+    spec = RunSpec(name="run", trace=str(workdir / "raw.trace"), escape_log=str(workdir / "raw.esc"),
+                   steps=3, device="cpu", script=["python", "raw_tensors.py"])
+    write_spec(spec, str(workdir / "raw.json"))
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     proc = subprocess.run(script_runner.command(spec), cwd=workdir, env=env, capture_output=True,
                           text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    records = read_trace(spec["trace"])
+    records = read_trace(spec.trace)
     header = next(r for r in records if r["type"] == "params")
     assert (header["names"], header["counting"]) == (["w1", "b1", "w2"], "backward")
     steps = [r for r in records if r["type"] == "step"]

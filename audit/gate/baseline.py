@@ -14,8 +14,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from audit.gate.baseline_schema import baseline_problem
+from audit import registry
 from audit.kinds.base import AuditKind
+from audit.kinds.snapshot_shape import snapshot_problem
 from audit.probes.errors import UsageError
 from audit.probes.results import Check
 from audit.reports.files import write_atomic
@@ -39,6 +40,17 @@ class BaselineState:
     @property
     def texts(self) -> list:
         return [text for text, _ in self.regressions]
+
+
+def baseline_problem(doc: dict) -> Optional[str]:
+    """The first thing wrong with the snapshots of a baseline document (None: nothing), by
+    each kind's ``snapshot_rules``."""
+    for kind in registry.KINDS:
+        if kind.snapshot_rules and kind.name in doc:
+            problem = snapshot_problem(kind.name, doc[kind.name], kind.snapshot_rules)
+            if problem:
+                return problem
+    return None
 
 
 def read_baseline(path: str) -> dict:

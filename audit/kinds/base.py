@@ -86,6 +86,9 @@ class AuditKind:
     annotations: Callable[[Check, Any], list] = _no_annotations  # a failed check per place
     # Where the report files go (``audit record``'s --out names the reference file instead).
     report_folder: Callable[[Settings], str] = _out_folder
+    # What a baseline file's snapshot must hold, checked when the file is read (before any
+    # run): field -> (test, what it must be), see :mod:`audit.kinds.snapshot_shape`.
+    snapshot_rules: Mapping[str, tuple] = field(default_factory=dict)
 
     def failing(self, result: Any) -> list:
         return [c for c in self.checks(result) if not c.passed and not c.skipped]

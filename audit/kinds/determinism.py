@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from audit import config
+from audit.kinds import snapshot_shape as shape
 from audit.kinds.base import (AuditKind, Progress, Settings, at_least, failing_names, plural,
                               positive_arg,
                               rounded)
@@ -21,6 +22,7 @@ from audit.reports import html, terminal
 from audit.reports.common import (NONFINITE_FIX, determinism_headline, determinism_sentence,
                                   nonfinite_sentence, one_line, source_title, split_where,
                                   stage_title)
+from audit.probes.results.records import Status
 
 #: Baseline tolerances: the first divergence's max |diff| may grow by this factor.
 TOLERANCES = {"max_abs_diff": 10.0}
@@ -98,7 +100,7 @@ _AT = re.compile(r"\(at ([^()]+:\d+)\)\s*$")
 
 def _completed_check(result: DeterminismResult) -> Check:
     bad = [r for r in result.run_info
-           if r.status in ("crashed", "killed", "exited", "timed_out", "interrupted")]
+           if r.status in (Status.CRASHED, Status.KILLED, Status.EXITED, Status.TIMED_OUT, Status.INTERRUPTED)]
     if result.error or bad:
         first = bad[0] if bad else None
         match = _AT.search(first.message or "") if first is not None else None
@@ -109,7 +111,7 @@ def _completed_check(result: DeterminismResult) -> Check:
                      message + "; the comparison covers only the steps before it",
                      "fix the error in the training code; run `audit determinism "
                      "--debug` to see the run's output", match.group(1) if match else None)
-    short = [r for r in result.run_info if r.status == "ended_early"]
+    short = [r for r in result.run_info if r.status == Status.ENDED_EARLY]
     note = (f"; {plural(len(short), 'run')} ended before {result.steps} steps "
             "(the data ran out)") if short else ""
     return Check("determinism", "runs completed", True,
@@ -364,10 +366,25 @@ def index(result: DeterminismResult) -> tuple:
     return determinism_sentence(result), "", ""
 
 
+#: What a baseline's determinism snapshot must hold (checked when the file is read).
+SNAPSHOT_RULES = {
+    **shape.COMMON,
+    "crashed": (shape.boolean, "true or false"),
+    "nondeterministic_stages": (shape.str_list, "an array of stage names"),
+    "first_divergence": (shape.optional(shape.table({
+        "step": shape.optional(shape.number), "stage": shape.string,
+        "module": shape.optional(shape.string), "max_abs_diff": shape.optional(shape.number)})),
+        "null or a table with step, stage, module, max_abs_diff"),
+    "cause_sources": (shape.str_list, "an array of cause sources"),
+    "rng_escapes": (shape.records({"kind": shape.string, "where": shape.optional(shape.string)}),
+                    "an array of tables with kind and where"),
+}
+
 KIND = AuditKind(
     name="determinism", help="do runs under matched seeds agree bit for bit?",
     settings=DeterminismSettings, add_arguments=add_arguments, check_table=check_table,
     tolerances=TOLERANCES, run=run, checks=checks, snapshot=snapshot, regressions=regressions,
     headline=determinism_headline, verdict_detail=verdict_detail,
     summary=terminal.determinism_summary, html=html.determinism_html,
-    result_type=DeterminismResult, index=index, script_mode=True, annotations=annotations, checked_by_default=True)
+    result_type=DeterminismResult, index=index, script_mode=True, annotations=annotations, checked_by_default=True,
+    snapshot_rules=SNAPSHOT_RULES)

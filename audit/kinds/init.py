@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from audit import config
+from audit.kinds import snapshot_shape as shape
 from audit.kinds.base import (AuditKind, Progress, Settings, failing_names, plural, positive_arg,
                               rounded)
 from audit.probes.errors import TargetError, UsageError
-from audit.probes.init.names import parse_scheme
-from audit.probes.results import BUILTIN_SCHEMES, Check, InitResult
+from audit.probes.init.scheme_names import scheme_problem
+from audit.probes.results import Check, InitResult
 from audit.reports import html, terminal
 from audit.reports.common import finding_advice, finding_numbers, finding_title, init_headline
 
@@ -68,10 +69,9 @@ def _check_schemes(chk: config.Checker, value: Any) -> list:
     if not names:
         chk.fail("tool.audit.init", "schemes", SCHEMES_EXPECTED, value)
     for scheme in names:
-        try:
-            parse_scheme(scheme)
-        except ValueError as exc:
-            chk.fail("tool.audit.init", "schemes", f"{SCHEMES_EXPECTED}; {exc}", value)
+        problem = scheme_problem(scheme)
+        if problem:
+            chk.fail("tool.audit.init", "schemes", SCHEMES_EXPECTED + f"; {scheme!r}: {problem}", value)
     return list(dict.fromkeys(names))
 
 
@@ -345,10 +345,26 @@ def index(result: InitResult) -> tuple:
     return text, "recommended", result.recommended or ""
 
 
+#: What a baseline's init snapshot must hold (checked when the file is read).
+SNAPSHOT_RULES = {
+    **shape.COMMON,
+    "error": (shape.optional(shape.string), "null or a string"),
+    "recommended": (shape.optional(shape.string), "null or a scheme name"),
+    "recommended_healthy": (shape.boolean, "true or false"),
+    "findings": (shape.records({"kind": shape.string, "layer": shape.optional(shape.string)}),
+                 "an array of tables with kind and layer"),
+    "layers": (shape.tables({"grad_norm": shape.optional(shape.number),
+                             "act_std": shape.optional(shape.number),
+                             "dead_fraction": shape.optional(shape.number),
+                             "saturated_fraction": shape.optional(shape.number),
+                             "nonfinite": shape.boolean}),
+               "a table of layers, each with numbers (or null) and nonfinite true/false"),
+}
+
 KIND = AuditKind(
     name="init", help="per-layer health of the init schemes, and a recommendation",
     settings=InitSettings, add_arguments=add_arguments, check_table=check_table,
     tolerances=TOLERANCES, run=run, checks=checks, snapshot=snapshot, regressions=regressions,
     headline=init_headline, verdict_detail=verdict_detail, summary=terminal.init_summary,
     html=html.init_html, result_type=InitResult, index=index, in_process=True, checked_by_default=True,
-    script_mode=True)
+    script_mode=True, snapshot_rules=SNAPSHOT_RULES)

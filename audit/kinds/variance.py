@@ -15,6 +15,7 @@ from audit.probes.results import Check
 from audit.probes.results.variance import DIRECTIONS, VARIANCE_SOURCES, VarianceResult
 from audit.reports import html, terminal
 from audit.reports.common import fmt_num, one_line, variance_headline, variance_sentence
+from audit.probes.results.records import Status
 
 #: Baseline tolerance: a metric's all-sources std may grow by this factor.
 TOLERANCES = {"std_ratio": 2.0}
@@ -102,7 +103,7 @@ def run(s: VarianceSettings, progress: Progress = None) -> VarianceResult:
 
 def runs_check(audit: str, runs: list, error: Optional[str]) -> Check:
     """``runs completed``: every run trained and gave finite metrics (shared with compare)."""
-    bad = [r for r in runs if r.status != "ok"]
+    bad = [r for r in runs if r.status != Status.OK]
     if error:
         return Check(audit, "runs completed", False, error)
     if not bad:

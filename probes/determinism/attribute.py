@@ -7,6 +7,7 @@ knob proved (unconfirmed, with their place), and falls back to ``unknown``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 from audit.probes.determinism.compare import Parting
@@ -105,126 +106,161 @@ def _where_text(parting: Parting) -> str:
     return f"step {parting.step} ({parting.stage})"
 
 
+@dataclass
+class Evidence:
+    """What every cause's wording draws on: where the runs part, what the runs observed."""
+
+    at: str  # "step 3 (forward)" or "the initial parameters"
+    caveat: str  # said when the divergence did not show again when repeated
+    escapes: list  # RngEscape
+    varying: tuple  # SeedCall whose values changed between runs
+    observed: dict
+    module: Optional[str]
+    module_where: Optional[str]
+    removed: list  # the knobs that removed the divergence
+
+    @property
+    def in_module(self) -> str:
+        return f" in module {self.module!r}" if self.module else ""
+
+
+def _escape_causes(ev: Evidence, proof: str) -> list:
+    return [Cause("unseeded_rng", True,
+                  f"{esc.kind} at {esc.where or 'an unknown place'} is {esc.detail or 'not seeded'}; "
+                  f"the runs part at {ev.at}; {proof}{ev.caveat}",
+                  escape_fix(esc.kind, esc.where), esc.where) for esc in ev.escapes]
+
+
+def _pinned_seed_causes(ev: Evidence, proof: str) -> list:
+    return [seed_cause(call, f"the runs part at {ev.at}; {proof}{ev.caveat}", True)
+            for call in ev.varying]
+
+
+def _hash_seed_causes(ev: Evidence, proof: str) -> list:
+    return [Cause("hash_seed", True,
+                  f"the runs part at {ev.at}, and only when every run has the same "
+                  f"PYTHONHASHSEED do they agree ({proof}): the code depends on the order "
+                  f"of a set or on hash() of strings{ev.caveat}",
+                  "iterate sorted(the_set) instead of the set, and don't use hash() of "
+                  "strings for seeds or ids; or start Python with PYTHONHASHSEED=0 "
+                  "(it cannot be set from inside a running process)", None)]
+
+
+def _loader_causes(ev: Evidence, proof: str) -> list:
+    loader = (ev.observed.get("loaders") or [{}])[0]
+    what = []
+    if loader.get("num_workers"):
+        what.append(f"num_workers={loader['num_workers']}")
+    if loader.get("in_order") is False:
+        what.append("in_order=False")
+    return [Cause("dataloader", True,
+                  f"the runs part at {ev.at}; {proof}"
+                  + (f"; the DataLoader uses {', '.join(what)}" if what else "") + ev.caveat,
+                  "DataLoader(..., in_order=True,\n"
+                  "           generator=torch.Generator().manual_seed(seed),\n"
+                  "           worker_init_fn=lambda i: np.random.seed(torch.initial_seed() % 2**32))\n"
+                  "# or num_workers=0 while you debug",
+                  loader.get("where"))]
+
+
+def _cudnn_causes(ev: Evidence, proof: str) -> list:
+    return [Cause("cudnn_benchmark", True,
+                  f"cuDNN autotuning is on and the runs part at {ev.at}; {proof}{ev.caveat}",
+                  "torch.backends.cudnn.benchmark = False", ev.observed.get("cudnn_benchmark"))]
+
+
+def _algorithm_causes(ev: Evidence, proof: str) -> list:
+    evidence = (f"the runs part at {ev.at}{ev.in_module}, where a kernel's result depends on "
+                f"execution order (atomic adds); {proof}{ev.caveat}")
+    fix = ("torch.use_deterministic_algorithms(True)\n"
+           "torch.backends.cudnn.deterministic = True\n"
+           "torch.backends.cudnn.benchmark = False\n"
+           "# and before the first CUDA call, in the shell or at the top of the script:\n"
+           "# os.environ[\"CUBLAS_WORKSPACE_CONFIG\"] = \":4096:8\"")
+    return [Cause("nondeterministic_algorithm", True, evidence, fix, ev.module_where)]
+
+
+def _uninitialized_causes(ev: Evidence, proof: str) -> list:
+    if "deterministic_algorithms" in ev.removed:  # the broader knob already says it
+        return []
+    evidence = (f"the runs part at {ev.at}{ev.in_module}; deterministic algorithms alone "
+                f"did not remove it, filling uninitialized memory did: something "
+                f"reads torch.empty() memory before writing it; {proof}{ev.caveat}")
+    fix = ("torch.use_deterministic_algorithms(True)  # fills torch.empty() memory\n"
+           "# better: create the tensor with torch.zeros(...) instead of torch.empty(...)")
+    return [Cause("nondeterministic_algorithm", True, evidence, fix, ev.module_where)]
+
+
+def _thread_causes(ev: Evidence, proof: str) -> list:
+    threads = ev.observed.get("threads") or {}
+    return [Cause("thread_count", True,
+                  f"the runs part at {ev.at}; {proof}: the result depends on how the work "
+                  f"is split across CPU threads{ev.caveat}",
+                  "torch.set_num_threads(1)  # or the same fixed count in every run and machine",
+                  threads.get("where"))]
+
+
+#: The confirmed causes of each knob that removed the divergence, in :data:`ORDER`.
+PROVEN: dict = {
+    "seed_escapes": _escape_causes, "pin_seeds": _pinned_seed_causes,
+    "pythonhashseed": _hash_seed_causes, "dataloader": _loader_causes,
+    "cudnn_benchmark_off": _cudnn_causes, "deterministic_algorithms": _algorithm_causes,
+    "fill_uninitialized_memory": _uninitialized_causes, "one_thread": _thread_causes,
+}
+#: Knobs each of whose causes is listed (one per place), not only the first of its source.
+EVERY_PLACE = ("seed_escapes", "pin_seeds")
+
+
+def _proof(trial: KnobTrial) -> str:
+    proof = f"with {KNOBS[trial.knob].description}, the runs agreed through step {trial.steps - 1}"
+    return proof + (f" ({trial.detail})" if trial.detail else "")
+
+
+def _unproven(ev: Evidence) -> list:
+    """Escapes and varying seeds that no knob proved: unconfirmed, with their place."""
+    out = []
+    if "seed_escapes" not in ev.removed:
+        out += [Cause("unseeded_rng", False,
+                      f"{esc.kind} at {esc.where or 'an unknown place'} is "
+                      f"{esc.detail or 'not seeded'}; seeding it did not by itself remove the "
+                      f"divergence at {ev.at}", escape_fix(esc.kind, esc.where), esc.where)
+                for esc in ev.escapes]
+    if "pin_seeds" not in ev.removed:
+        out += [seed_cause(call, "fixing it did not by itself remove the divergence "
+                                 f"at {ev.at}", False) for call in ev.varying]
+    return out
+
+
+def _unknown(ev: Evidence, trials: list) -> Cause:
+    tried = ", ".join(t.knob for t in trials) or "none"
+    return Cause("unknown", False,
+                 f"the runs part at {ev.at}{ev.in_module}, and no knob removed it "
+                 f"(tried: {tried}){ev.caveat}",
+                 "look at what this module computes from sources outside the seed: the time, "
+                 "os.urandom, uninitialized memory, threads, or external state",
+                 ev.module_where)
+
+
 def causes(parting: Parting, trials: list, escapes: list, observed: dict,
            module: Optional[str], module_where: Optional[str],
            reproduced: bool = True, varying: tuple = ()) -> list:
     """Causes, most likely first. ``trials`` are :class:`KnobTrial`; escapes :class:`RngEscape`;
     ``varying`` the :class:`SeedCall` whose values changed between runs."""
-    removed = [t.knob for t in trials if t.removed]
-    at = _where_text(parting)
-    out: list = []
-    seen_sources = set()
     caveat = "" if reproduced else (" (the divergence is intermittent: the same runs, repeated, "
                                     "did not show it again)")
-
-    def add(cause: Cause):
-        if cause.source not in seen_sources:
-            seen_sources.add(cause.source)
-            out.append(cause)
-
-    for knob in ORDER:
-        if knob not in removed:
-            continue
+    ev = Evidence(_where_text(parting), caveat, escapes, varying, observed, module, module_where,
+                  [t.knob for t in trials if t.removed])
+    out: list = []
+    seen_sources = set()
+    for knob in (k for k in ORDER if k in ev.removed):
         trial = next(t for t in trials if t.knob == knob)
-        proof = f"with {KNOBS[knob].description}, the runs agreed through step {trial.steps - 1}"
-        if trial.detail:
-            proof += f" ({trial.detail})"
-        if knob == "seed_escapes":
-            for esc in escapes:
-                add_escape = Cause(
-                    "unseeded_rng", True,
-                    f"{esc.kind} at {esc.where or 'an unknown place'} is {esc.detail or 'not seeded'}; "
-                    f"the runs part at {at}; {proof}{caveat}",
-                    escape_fix(esc.kind, esc.where), esc.where)
-                if "unseeded_rng" not in seen_sources:
-                    add(add_escape)
-                else:
-                    out.append(add_escape)
-        elif knob == "pin_seeds":
-            for call in varying:
-                found = seed_cause(call, f"the runs part at {at}; {proof}{caveat}", True)
-                if "unseeded_rng" not in seen_sources:
-                    add(found)
-                else:
-                    out.append(found)
-        elif knob == "pythonhashseed":
-            add(Cause("hash_seed", True,
-                      f"the runs part at {at}, and only when every run has the same "
-                      f"PYTHONHASHSEED do they agree ({proof}): the code depends on the order "
-                      f"of a set or on hash() of strings{caveat}",
-                      "iterate sorted(the_set) instead of the set, and don't use hash() of "
-                      "strings for seeds or ids; or start Python with PYTHONHASHSEED=0 "
-                      "(it cannot be set from inside a running process)", None))
-        elif knob == "dataloader":
-            loader = (observed.get("loaders") or [{}])[0]
-            what = []
-            if loader.get("num_workers"):
-                what.append(f"num_workers={loader['num_workers']}")
-            if loader.get("in_order") is False:
-                what.append("in_order=False")
-            add(Cause("dataloader", True,
-                      f"the runs part at {at}; {proof}"
-                      + (f"; the DataLoader uses {', '.join(what)}" if what else "") + caveat,
-                      "DataLoader(..., in_order=True,\n"
-                      "           generator=torch.Generator().manual_seed(seed),\n"
-                      "           worker_init_fn=lambda i: np.random.seed(torch.initial_seed() % 2**32))\n"
-                      "# or num_workers=0 while you debug",
-                      loader.get("where")))
-        elif knob == "cudnn_benchmark_off":
-            add(Cause("cudnn_benchmark", True,
-                      f"cuDNN autotuning is on and the runs part at {at}; {proof}{caveat}",
-                      "torch.backends.cudnn.benchmark = False",
-                      observed.get("cudnn_benchmark")))
-        elif knob in ("deterministic_algorithms", "fill_uninitialized_memory"):
-            if knob == "fill_uninitialized_memory" and "deterministic_algorithms" in removed:
-                continue
-            in_module = f" in module {module!r}" if module else ""
-            if knob == "fill_uninitialized_memory":
-                evidence = (f"the runs part at {at}{in_module}; deterministic algorithms alone "
-                            f"did not remove it, filling uninitialized memory did: something "
-                            f"reads torch.empty() memory before writing it; {proof}{caveat}")
-                fix = ("torch.use_deterministic_algorithms(True)  # fills torch.empty() memory\n"
-                       "# better: create the tensor with torch.zeros(...) instead of torch.empty(...)")
-            else:
-                evidence = (f"the runs part at {at}{in_module}, where a kernel's result depends on "
-                            f"execution order (atomic adds); {proof}{caveat}")
-                fix = ("torch.use_deterministic_algorithms(True)\n"
-                       "torch.backends.cudnn.deterministic = True\n"
-                       "torch.backends.cudnn.benchmark = False\n"
-                       "# and before the first CUDA call, in the shell or at the top of the script:\n"
-                       "# os.environ[\"CUBLAS_WORKSPACE_CONFIG\"] = \":4096:8\"")
-            add(Cause("nondeterministic_algorithm", True, evidence, fix, module_where))
-        elif knob == "one_thread":
-            threads = observed.get("threads") or {}
-            add(Cause("thread_count", True,
-                      f"the runs part at {at}; {proof}: the result depends on how the work "
-                      f"is split across CPU threads{caveat}",
-                      "torch.set_num_threads(1)  # or the same fixed count in every run and machine",
-                      threads.get("where")))
-
-    for esc in escapes:
-        if "seed_escapes" in removed:
-            break
-        out.append(Cause(
-            "unseeded_rng", False,
-            f"{esc.kind} at {esc.where or 'an unknown place'} is {esc.detail or 'not seeded'}; "
-            f"seeding it did not by itself remove the divergence at {at}",
-            escape_fix(esc.kind, esc.where), esc.where))
-
-    if "pin_seeds" not in removed:
-        for call in varying:
-            out.append(seed_cause(call, "fixing it did not by itself remove the divergence "
-                                        f"at {at}", False))
-
+        for cause in PROVEN[knob](ev, _proof(trial)):
+            if knob in EVERY_PLACE or cause.source not in seen_sources:
+                seen_sources.add(cause.source)
+                out.append(cause)
+    out += _unproven(ev)
     if not any(c.confirmed for c in out):
-        tried = ", ".join(t.knob for t in trials) or "none"
-        in_module = f" in module {module!r}" if module else ""
-        out.insert(0, Cause(
-            "unknown", False,
-            f"the runs part at {at}{in_module}, and no knob removed it (tried: {tried}){caveat}",
-            "look at what this module computes from sources outside the seed: the time, "
-            "os.urandom, uninitialized memory, threads, or external state",
-            module_where))
+        out.insert(0, _unknown(ev, trials))
     return out
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from audit.probes.results import STAGES, NonFinite, StepAgreement
+from audit.probes.results.records import Record
 
 STEP_STAGES = ("data", "rng", "forward", "backward", "optimizer")
 #: Data fields of a step record: the batch as loaded, and script mode's data seen in the loop.
@@ -44,9 +45,9 @@ class Parting:
 def split(records: list) -> tuple[dict, dict, list]:
     """(params header, init record, step records in order) of a trace."""
     # The last header: script mode adds one when an optimizer appears after the first step.
-    header = next((r for r in reversed(records) if r.get("type") == "params"), {})
-    init = next((r for r in records if r.get("type") == "init"), {})
-    steps = [r for r in records if r.get("type") == "step"]
+    header = next((r for r in reversed(records) if r.get("type") == Record.PARAMS), {})
+    init = next((r for r in records if r.get("type") == Record.INIT), {})
+    steps = [r for r in records if r.get("type") == Record.STEP]
     return header, init, steps
 
 
@@ -242,7 +243,7 @@ def first_nonfinite(traces: list) -> Optional[NonFinite]:
     found = []
     for run, records in enumerate(traces):
         for r in records:
-            if r.get("type") != "step":
+            if r.get("type") != Record.STEP:
                 continue
             loss = r.get("loss_value")
             if loss is not None and not math.isfinite(loss):

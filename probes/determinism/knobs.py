@@ -63,85 +63,105 @@ _pinned: dict = {}
 
 
 def _caller() -> Optional[str]:
-    return rng_escape.user_frame(rng_escape._SKIP_DIRS or rng_escape._skip_dirs())
+    return rng_escape.user_frame(rng_escape.library_dirs())
 
 
 def observe() -> None:
     """Record where the user's code turns on cuDNN autotuning, makes multi-worker or
     out-of-order DataLoaders, sets thread counts, or turns deterministic mode off."""
+    _observe_cudnn_benchmark()
+    _observe_loaders()
+    _observe_threads_and_determinism()
+
+
+def _observe_cudnn_benchmark() -> None:
     cudnn_cls = type(torch.backends.cudnn)
     prop = cudnn_cls.__dict__.get("benchmark")
-    if prop is not None and not getattr(cudnn_cls, "_audit_observed", False):
-        class Benchmark:
-            def __get__(self, obj, objtype=None):
-                return prop.__get__(obj, objtype)
+    if prop is None or getattr(cudnn_cls, "_audit_observed", False):
+        return
 
-            def __set__(self, obj, value):
-                if "cudnn_benchmark" in _pinned:
-                    value = _pinned["cudnn_benchmark"]
-                elif value:
-                    _observed["cudnn_benchmark"] = _caller()
-                prop.__set__(obj, value)
+    class Benchmark:
+        def __get__(self, obj, objtype=None):
+            return prop.__get__(obj, objtype)
 
-        cudnn_cls.benchmark = Benchmark()
-        cudnn_cls._audit_observed = True
+        def __set__(self, obj, value):
+            if "cudnn_benchmark" in _pinned:
+                value = _pinned["cudnn_benchmark"]
+            elif value:
+                _observed["cudnn_benchmark"] = _caller()
+            prop.__set__(obj, value)
 
+    cudnn_cls.benchmark = Benchmark()
+    cudnn_cls._audit_observed = True
+
+
+def _loader_arguments(arguments: dict) -> None:
+    """A DataLoader's arguments under the ``jitter`` and ``dataloader`` knobs, in place."""
+    workers = arguments.get("num_workers", 0)
+    if "jitter" in _pinned and workers and "dataloader" not in _pinned:
+        from audit.probes.determinism.jitter import JitterInit
+
+        arguments["worker_init_fn"] = JitterInit(arguments.get("worker_init_fn"))
+    if "dataloader" in _pinned:
+        arguments["num_workers"] = 0
+        if "in_order" in arguments:
+            arguments["in_order"] = True
+        if arguments.get("persistent_workers"):
+            arguments["persistent_workers"] = False
+        arguments["prefetch_factor"] = None
+
+
+def _observe_loaders() -> None:
     loader_cls = torch.utils.data.DataLoader
-    if not getattr(loader_cls, "_audit_observed", False):
-        original_init = loader_cls.__init__
-        params = inspect.signature(original_init).parameters
+    if getattr(loader_cls, "_audit_observed", False):
+        return
+    original_init = loader_cls.__init__
+    params = inspect.signature(original_init).parameters
 
-        def init(self, *args, **kwargs):
-            bound = inspect.signature(original_init).bind(self, *args, **kwargs)
-            bound.apply_defaults()
-            arguments = dict(bound.arguments)
-            arguments.pop("self")
-            extra = arguments.pop("kwargs", {}) if "kwargs" in params else {}
-            workers = arguments.get("num_workers", 0)
-            in_order = arguments.get("in_order", True)
-            if workers or not in_order:
-                _observed["loaders"].append({"where": _caller(), "num_workers": workers,
-                                             "in_order": in_order})
-            if "jitter" in _pinned and workers and "dataloader" not in _pinned:
-                from audit.probes.determinism.jitter import JitterInit
+    def init(self, *args, **kwargs):
+        bound = inspect.signature(original_init).bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        arguments.pop("self")
+        extra = arguments.pop("kwargs", {}) if "kwargs" in params else {}
+        workers = arguments.get("num_workers", 0)
+        in_order = arguments.get("in_order", True)
+        if workers or not in_order:
+            _observed["loaders"].append({"where": _caller(), "num_workers": workers,
+                                         "in_order": in_order})
+        _loader_arguments(arguments)
+        original_init(self, **arguments, **extra)
 
-                arguments["worker_init_fn"] = JitterInit(arguments.get("worker_init_fn"))
-            if "dataloader" in _pinned:
-                arguments["num_workers"] = 0
-                if "in_order" in arguments:
-                    arguments["in_order"] = True
-                if arguments.get("persistent_workers"):
-                    arguments["persistent_workers"] = False
-                arguments["prefetch_factor"] = None
-            original_init(self, **arguments, **extra)
+    loader_cls.__init__ = init
+    loader_cls._audit_observed = True
 
-        loader_cls.__init__ = init
-        loader_cls._audit_observed = True
 
-    if not getattr(torch, "_audit_threads_observed", False):
-        original_set = torch.set_num_threads
+def _observe_threads_and_determinism() -> None:
+    if getattr(torch, "_audit_threads_observed", False):
+        return
+    original_set = torch.set_num_threads
 
-        def set_num_threads(n):
-            _observed["threads"] = {"where": _caller(), "threads": n}
-            if "threads" in _pinned:
-                return None
-            return original_set(n)
+    def set_num_threads(n):
+        _observed["threads"] = {"where": _caller(), "threads": n}
+        if "threads" in _pinned:
+            return None
+        return original_set(n)
 
-        torch.set_num_threads = set_num_threads
-        original_det = torch.use_deterministic_algorithms
+    torch.set_num_threads = set_num_threads
+    original_det = torch.use_deterministic_algorithms
 
-        @functools.wraps(original_det)  # keeps torch's docstring (the CUDA op table reads it)
-        def use_deterministic_algorithms(mode, *args, **kwargs):
-            if not mode:
-                _observed["deterministic_off"] = _caller()
-            if "deterministic" in _pinned:
-                return original_det(True, warn_only=True)
-            return original_det(mode, *args, **kwargs)
+    @functools.wraps(original_det)  # keeps torch's docstring (the CUDA op table reads it)
+    def use_deterministic_algorithms(mode, *args, **kwargs):
+        if not mode:
+            _observed["deterministic_off"] = _caller()
+        if "deterministic" in _pinned:
+            return original_det(True, warn_only=True)
+        return original_det(mode, *args, **kwargs)
 
-        torch.use_deterministic_algorithms = use_deterministic_algorithms
-        torch._audit_threads_observed = True
-        torch._audit_original_set_num_threads = original_set
-        torch._audit_original_deterministic = original_det
+    torch.use_deterministic_algorithms = use_deterministic_algorithms
+    torch._audit_threads_observed = True
+    torch._audit_original_set_num_threads = original_set
+    torch._audit_original_deterministic = original_det
 
 
 def observed() -> dict:

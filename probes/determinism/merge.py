@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from audit.probes.results.records import Record, Status
+
 #: Module call indices of rank r are offset by r * CALL_OFFSET in merged module events.
 CALL_OFFSET = 1_000_000
 
@@ -73,7 +75,7 @@ def _events(records: list, prefix: str) -> list:
 def merge_step(records: list, prefix: str) -> dict:
     """One step of every rank as one record (the ranks' fields side by side)."""
     first = records[0]
-    merged = {"type": "step", "step": first.get("step")}
+    merged = {"type": Record.STEP, "step": first.get("step")}
     for key in ("inputs", "targets", "loss", "optim"):
         if any(key in r for r in records):
             merged[key] = _join([r.get(key) for r in records])
@@ -95,7 +97,7 @@ def _header(headers: list, prefix: str) -> dict:
     first = headers[0]
     names = [strip_name(n, prefix) or n for n in first.get("names", [])]
     modules = [m for m in (strip_name(n, prefix) for n in first.get("modules", [])) if m is not None]
-    return {"type": "params", "names": names * len(headers), "modules": modules,
+    return {"type": Record.PARAMS, "names": names * len(headers), "modules": modules,
             "shapes": (first.get("shapes") or []) * len(headers)}
 
 
@@ -109,23 +111,23 @@ def merge(rank_traces: list, prefix: str = "module.", blame: Optional[int] = Non
     if not rank_traces:
         return []
     out = []
-    for env in _by_type(rank_traces[0], "env"):
+    for env in _by_type(rank_traces[0], Record.ENV):
         sources = env.get("module_sources") or {}
         out.append(dict(env, module_sources={user_name(k, prefix): v for k, v in sources.items()}))
-    headers = [(_by_type(t, "params") or [{}])[-1] for t in rank_traces]
+    headers = [(_by_type(t, Record.PARAMS) or [{}])[-1] for t in rank_traces]
     if all(headers):
         out.append(_header(headers, prefix))
-    inits = [(_by_type(t, "init") or [None])[0] for t in rank_traces]
+    inits = [(_by_type(t, Record.INIT) or [None])[0] for t in rank_traces]
     if all(inits):
-        init = {"type": "init", "params": _concat(inits, "params")}
+        init = {"type": Record.INIT, "params": _concat(inits, "params")}
         diffs = _max_merge([_strip_keys(i.get("diffs"), prefix) for i in inits])
         if diffs:
             init["diffs"] = diffs
         out.append(init)
-    steps = [_by_type(t, "step") for t in rank_traces]
+    steps = [_by_type(t, Record.STEP) for t in rank_traces]
     for i in range(min(len(s) for s in steps)):
         out.append(merge_step([s[i] for s in steps], prefix))
-    end = _end([(_by_type(t, "end") or [{}])[-1] for t in rank_traces], blame)
+    end = _end([(_by_type(t, Record.END) or [{}])[-1] for t in rank_traces], blame)
     if end:
         out.append(end)
     return out
@@ -140,7 +142,7 @@ def _end(ends: list, blame: Optional[int] = None) -> dict:
         order.insert(0, blame)
     for rank in order:
         end = ends[rank]
-        if end.get("status") not in ("ok", "ended_early"):
+        if end.get("status") not in (Status.OK, Status.ENDED_EARLY):
             bad = dict(end)
             if end.get("message"):
                 bad["message"] = f"rank {rank}: {end['message']}"

@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -31,8 +30,10 @@ from audit.probes.results.cuda_ops import CudaOpsScan
 from audit.probes.rng_escape import read_log
 from audit.probes.runs import (DEFAULT_TIMEOUT, Interrupted, Run, end_runs, parse_stack,
                                user_frame)
+from audit.probes.spec import LockstepSpec, ResumeSpec, RunSpec, write_spec
 from audit.probes.target import TargetError, check_target
 from audit.probes.trace import read_trace
+from audit.probes.results.records import Record, Status
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,21 +81,21 @@ class Outcome:
     seconds: float
     escapes: list = field(default_factory=list)
     output_tail: str = ""
-    stopped: str = ""  # "timed_out" or "interrupted" when the audit ended it
+    stopped: str = ""  # Status.TIMED_OUT or Status.INTERRUPTED: the audit ended it
     stack: str = ""  # the stuck process's stacks (faulthandler), when it timed out
     seeds: list = field(default_factory=list)  # the seeding calls it logged
 
     @property
     def end(self) -> dict:
-        return next((r for r in reversed(self.records) if r.get("type") == "end"), {})
+        return next((r for r in reversed(self.records) if r.get("type") == Record.END), {})
 
     @property
     def env(self) -> dict:
-        return next((r for r in self.records if r.get("type") == "env"), {})
+        return next((r for r in self.records if r.get("type") == Record.ENV), {})
 
     @property
     def steps_done(self) -> int:
-        return sum(1 for r in self.records if r.get("type") == "step")
+        return sum(1 for r in self.records if r.get("type") == Record.STEP)
 
 
 class Launcher:
@@ -126,47 +127,45 @@ class Launcher:
             with open(self.stdin_path, "wb") as fh:
                 fh.write(data)
 
-    def spec(self, name: str, steps: int, knobs=(), detail=False, lockstep=None,
-             extra: Optional[dict] = None, cuda_ops: bool = False) -> dict:
-        """A worker spec, written to the folder; ``extra`` adds keys (e.g. ``resume``)."""
+    def spec(self, name: str, steps: int, knobs=(), detail=False,
+             lockstep: Optional[LockstepSpec] = None, resume: Optional[ResumeSpec] = None,
+             cuda_ops: bool = False) -> RunSpec:
+        """A worker spec, written to the folder."""
         self.count += 1
         base = os.path.join(self.folder, f"{self.count:03d}-{name}")
-        spec = {
-            "name": name, "trace": base + ".trace", "escape_log": base + ".escapes",
-            "target": self.opts.target, "seed": self.opts.seed, "steps": steps,
-            "device": self.opts.device, "input_shape": self.opts.input_shape,
-            "num_classes": self.opts.num_classes, "knobs": list(knobs), "detail": detail,
-            "lockstep": lockstep, "script": self.opts.script, "log": base + ".log",
-            "seed_log": base + ".seeds", "pin_sites": self.pin_sites,
-            "stdin": "terminal" if self.terminal else "file", "jitter": self.jitter,
-            **(extra or {}),
-            "cuda_ops": cuda_ops,
-        }
+        spec = RunSpec(
+            name=name, trace=base + ".trace", escape_log=base + ".escapes",
+            target=self.opts.target, seed=self.opts.seed, steps=steps,
+            device=self.opts.device, input_shape=self.opts.input_shape,
+            num_classes=self.opts.num_classes, knobs=list(knobs), detail=detail,
+            lockstep=lockstep, script=self.opts.script, log=base + ".log",
+            seed_log=base + ".seeds", pin_sites=self.pin_sites,
+            stdin="terminal" if self.terminal else "file", jitter=self.jitter,
+            resume=resume, cuda_ops=cuda_ops,
+        )
         self.jitter_tried = self.jitter_tried or self.jitter
-        with open(base + ".json", "w", encoding="utf-8") as fh:
-            json.dump(spec, fh)
-        spec["spec_path"] = base + ".json"
+        write_spec(spec, base + ".json")
         return spec
 
     def _env(self, knobs) -> dict:
         return run_env(knobs)
 
-    def start(self, spec: dict) -> Run:
-        if spec.get("script"):
+    def start(self, spec: RunSpec) -> Run:
+        if spec.script:
             from audit.probes import script_runner
 
             argv = script_runner.command(spec)
         else:
-            argv = [sys.executable, "-m", "audit.probes.worker", spec["spec_path"]]
-        stdin = self.stdin_path if spec.get("script") else None
-        return Run(argv, spec["log"], spec["trace"], self._env(spec["knobs"]), cwd=self.opts.cwd,
+            argv = [sys.executable, "-m", "audit.probes.worker", spec.spec_path]
+        stdin = self.stdin_path if spec.script else None
+        return Run(argv, spec.log, spec.trace, self._env(spec.knobs), cwd=self.opts.cwd,
                    stdin_path=stdin)
 
-    def finish(self, spec: dict, run: Run, stopped: str = "", stack: str = "") -> Outcome:
+    def finish(self, spec: RunSpec, run: Run, stopped: str = "", stack: str = "") -> Outcome:
         code = run.end() if stopped else run.end_when_done()
-        return Outcome(spec["name"], read_trace(spec["trace"]), None if stopped else code,
-                       time.monotonic() - run.started, read_log(spec["escape_log"]),
-                       run.output_tail(), stopped, stack, seed_log.read(spec["seed_log"]))
+        return Outcome(spec.name, read_trace(spec.trace), None if stopped else code,
+                       time.monotonic() - run.started, read_log(spec.escape_log),
+                       run.output_tail(), stopped, stack, seed_log.read(spec.seed_log))
 
     def run_all(self, specs: list, jobs: int, phase: str = "") -> list:
         """Run specs with at most ``jobs`` at a time; lockstep partners always together. A run
@@ -175,10 +174,10 @@ class Launcher:
         results: dict = {}
         pending = list(range(len(specs)))
         running: list = []
-        total = sum(s["steps"] for s in specs)
+        total = sum(s.steps for s in specs)
         try:
             while pending or running:
-                while pending and (len(running) < max(jobs, 1) or specs[pending[0]].get("lockstep")):
+                while pending and (len(running) < max(jobs, 1) or specs[pending[0]].lockstep):
                     i = pending.pop(0)
                     running.append((i, self.start(specs[i])))
                 for item in list(running):
@@ -189,10 +188,10 @@ class Launcher:
                         results[i] = self.finish(specs[i], run)
                     elif run.stalled(self.opts.timeout):
                         running.remove(item)
-                        results[i] = self.finish(specs[i], run, "timed_out", run.stack())
+                        results[i] = self.finish(specs[i], run, Status.TIMED_OUT, run.stack())
                         self.stalled.append(results[i])
-                done = sum(min(o.steps_done, specs[i]["steps"]) for i, o in results.items())
-                done += sum(min(run.steps, specs[i]["steps"]) for i, run in running)
+                done = sum(min(o.steps_done, specs[i].steps) for i, o in results.items())
+                done += sum(min(run.steps, specs[i].steps) for i, run in running)
                 self.progress(Progress(self.phase, done, total))
                 time.sleep(0.05)
         finally:  # an interrupt, or an error of ours: end them all
@@ -211,7 +210,7 @@ def _in_step(out: Outcome) -> str:
 
 def _stopped_info(index: int, out: Outcome, timeout: Optional[float]) -> RunInfo:
     """A run the audit ended: it made no step for ``timeout`` seconds, or an interrupt came."""
-    if out.stopped == "interrupted":
+    if out.stopped == Status.INTERRUPTED:
         message = f"ended by the interrupt {_in_step(out)}"
     else:
         frame = user_frame(parse_stack(out.stack))
@@ -230,13 +229,13 @@ def _run_info(index: int, out: Outcome, timeout: Optional[float] = None) -> RunI
     if status is None:  # it ended without its last record: os._exit, a signal, a fatal error
         code = out.exit_code
         if code < 0:
-            status, how = "killed", f"was killed by {_signal_name(-code)}"
+            status, how = Status.KILLED, f"was killed by {_signal_name(-code)}"
         else:
-            status, how = "exited", f"exited with status {code}"
+            status, how = Status.EXITED, f"exited with status {code}"
         message = f"the process {how} {_in_step(out)} without a report"
     else:
         message = end.get("message", "")
-        if end.get("where") and status != "exited":
+        if end.get("where") and status != Status.EXITED:
             message += f" (at {end['where']})"
     return RunInfo(index=index, steps_completed=out.steps_done, status=status, message=message,
                    exit_code=end.get("exit_code", out.exit_code), seconds=round(out.seconds, 3))
@@ -251,9 +250,9 @@ def _signal_name(number: int) -> str:
 
 def _run_error(info: RunInfo, out: Outcome, label: str) -> Optional[str]:
     """The one line a failed run gives the result's ``error`` (None: the run did not fail)."""
-    if info.status == "timed_out":
+    if info.status == Status.TIMED_OUT:
         return f"{label} timed out: {info.message}; raise --timeout if a step can take longer"
-    if info.status == "crashed":
+    if info.status == Status.CRASHED:
         return f"{label} crashed after {info.steps_completed} steps: {info.message}"
     if not out.end and not out.stopped:  # exited or killed without its last record
         return f"{label}: {info.message}"
@@ -268,7 +267,7 @@ def _agree_through(a: Outcome, b: Outcome, step: int) -> bool:
 
 
 def _step_diffs(records: list, step: Optional[int]) -> dict:
-    kind = "init" if step is None else "step"
+    kind = Record.INIT if step is None else Record.STEP
     return next((r.get("diffs") for r in records if r.get("type") == kind
                  and (step is None or r.get("step") == step)), None) or {}
 
@@ -375,8 +374,8 @@ def _partial(opts: DeterminismOptions, launcher: Launcher, state: _State, exc: I
     """The result of what was measured before the interrupt (None: nothing was)."""
     result = state.result
     if result is None:
-        outs = [Outcome(spec["name"], read_trace(spec["trace"]), None, time.monotonic() - started,
-                        read_log(spec["escape_log"]), "", "interrupted") for spec in state.runs]
+        outs = [Outcome(spec.name, read_trace(spec.trace), None, time.monotonic() - started,
+                        read_log(spec.escape_log), "", Status.INTERRUPTED) for spec in state.runs]
         if not any(o.steps_done for o in outs):
             return None
         result, _, _ = _first_result(opts, outs)
@@ -410,9 +409,9 @@ def _first_result(opts: DeterminismOptions, outs: list):
     result.rng_escapes = attribute.escapes_from([e for o in outs for e in o.escapes])
     result.varying_seeds = seeds.varying([o.seeds for o in outs],
                                          {e.where for e in result.rng_escapes})
-    scans = [r["scan"] for r in outs[0].records if r.get("type") == "cuda_ops"]
+    scans = [r["scan"] for r in outs[0].records if r.get("type") == Record.CUDA_OPS]
     result.cuda_ops = CudaOpsScan.from_dict(scans[0]) if scans else None
-    compared = [o for o in outs if o.stopped != "interrupted" or o.steps_done]  # started ones
+    compared = [o for o in outs if o.stopped != Status.INTERRUPTED or o.steps_done]  # started ones
     parting = compare.earliest([compare.first_parting(compared[0].records, o.records)
                                 for o in compared[1:]]) if len(compared) > 1 else None
     if parting is None:
@@ -440,7 +439,7 @@ def _audit(opts: DeterminismOptions, launcher: Launcher, state: _State,
     outs = launcher.run_all(state.runs, opts.jobs,
                             phase=f"runs ({opts.runs} x {_plural(opts.steps, 'step')})")
     for out in outs:
-        if out.end.get("status") == "target_error":
+        if out.end.get("status") == Status.TARGET_ERROR:
             raise TargetFailed(out.end.get("message", "the target could not be loaded"))
     result, parting, env = _first_result(opts, outs)
     launcher.pin_sites = [c.where for c in result.varying_seeds]
@@ -557,8 +556,8 @@ def _replay(opts: DeterminismOptions, launcher: Launcher, result: DeterminismRes
     """Replay in lockstep: the module, and the magnitudes. Returns ``(module, replay)``."""
     folder = os.path.join(launcher.folder, "lockstep")
     replay = launcher.run_all(
-        [launcher.spec("replay-ref", opts.steps, detail=True, lockstep={"folder": folder, "role": "ref"}),
-         launcher.spec("replay-cmp", opts.steps, detail=True, lockstep={"folder": folder, "role": "cmp"})],
+        [launcher.spec("replay-ref", opts.steps, detail=True, lockstep=LockstepSpec(folder, "ref")),
+         launcher.spec("replay-cmp", opts.steps, detail=True, lockstep=LockstepSpec(folder, "cmp"))],
         jobs=2, phase="replaying to localize")
     again = compare.first_parting(replay[0].records, replay[1].records)
     module, found_tensor, note = _localize(parting, again, replay)
@@ -579,7 +578,7 @@ def _replay(opts: DeterminismOptions, launcher: Launcher, result: DeterminismRes
         result.detail["data"] = "the same samples arrived in another order"
     for r in replay[1].records:
         total = (r.get("diffs") or {}).get("param_total")
-        if r.get("type") == "step" and total:
+        if r.get("type") == Record.STEP and total:
             result.growth.append(GrowthPoint(step=r["step"], max_abs_diff=total["max_abs"],
                                              rel_l2=total["rel_l2"]))
     return module, replay

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from audit.probes.determinism.attribute import trial
+from audit.probes.results.records import Record
 
 #: The chance of calling a knob a cure by luck that the audit accepts.
 ALPHA = 0.01
@@ -69,8 +70,8 @@ class Proof:
 
 def signature(records: list, upto: int) -> tuple:
     """What a run did through step ``upto``: two runs agree there when these are equal."""
-    init = next((r.get("params") for r in records if r.get("type") == "init"), None)
-    steps = [r for r in records if r.get("type") == "step" and r.get("step", 0) <= upto]
+    init = next((r.get("params") for r in records if r.get("type") == Record.INIT), None)
+    steps = [r for r in records if r.get("type") == Record.STEP and r.get("step", 0) <= upto]
     rows = tuple(tuple(repr(r.get(k)) for k in SIGNATURE_FIELDS) for r in steps)
     return repr(init), rows
 
@@ -78,7 +79,7 @@ def signature(records: list, upto: int) -> tuple:
 def chance_of(traces: list, upto: int, stage: str) -> Chance:
     """:class:`Chance` from the plain runs' traces (runs that stopped before ``upto`` left out).
     One differing pair is not counted: the audit looked further only because a pair differed."""
-    done = [t for t in traces if sum(r.get("type") == "step" for r in t) > upto]
+    done = [t for t in traces if sum(r.get("type") == Record.STEP for r in t) > upto]
     sigs = [signature(t, upto) for t in done]
     pairs = agreeing = 0
     for i in range(len(sigs)):

@@ -8,18 +8,18 @@ timeout), and nothing is left behind when the audit stops.
 """
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from audit.probes.determinism import merge
 from audit.probes.determinism.orchestrate import Launcher, Outcome, run_env
 from audit.probes.rng_escape import read_log
 from audit.probes.runs import Run, end_runs
+from audit.probes.spec import DistSpec, LockstepSpec, RunSpec, write_spec
 from audit.probes.trace import read_trace
 
 #: Seconds the other ranks get to end on their own once one rank has failed.
@@ -115,43 +115,39 @@ class RankLauncher(Launcher):
         self.nproc, self.timeout = nproc, timeout
         self.finished: dict = {}  # run name -> RankOutcome
 
-    def spec(self, name: str, steps: int, knobs=(), detail=False, lockstep=None,
-             **more) -> dict:
+    def spec(self, name: str, steps: int, knobs=(), detail=False,
+             lockstep: Optional[LockstepSpec] = None, **more) -> RunSpec:
         spec = super().spec(name, steps, knobs=knobs, detail=detail, lockstep=lockstep, **more)
-        base = spec["spec_path"][:-len(".json")]
-        spec["rank_specs"] = []
+        base = spec.spec_path[:-len(".json")]
         for rank in range(self.nproc):
-            rs = dict(spec, trace=f"{base}.rank{rank}.trace", log=f"{base}.rank{rank}.log",
-                      escape_log=f"{base}.rank{rank}.escapes",
-                      dist={"nproc": self.nproc, "timeout": self.timeout})
+            rs = replace(spec, trace=f"{base}.rank{rank}.trace", log=f"{base}.rank{rank}.log",
+                         escape_log=f"{base}.rank{rank}.escapes",
+                         dist=DistSpec(nproc=self.nproc, timeout=self.timeout), rank_specs=[])
             if lockstep:
-                rs["lockstep"] = dict(lockstep, folder=os.path.join(lockstep["folder"], f"rank{rank}"))
-            rs["spec_path"] = f"{base}.rank{rank}.json"
-            rs.pop("rank_specs", None)
-            with open(rs["spec_path"], "w", encoding="utf-8") as fh:
-                json.dump(rs, fh)
-            spec["rank_specs"].append(rs)
+                rs.lockstep = replace(lockstep, folder=os.path.join(lockstep.folder, f"rank{rank}"))
+            write_spec(rs, f"{base}.rank{rank}.json")
+            spec.rank_specs.append(rs)
         return spec
 
-    def start(self, spec: dict) -> RankGroup:
+    def start(self, spec: RunSpec) -> RankGroup:
         port = free_port()
         runs: list = []
         try:
-            for rank, rs in enumerate(spec["rank_specs"]):
-                runs.append(Run([sys.executable, "-m", "audit.probes.worker", rs["spec_path"]],
-                                rs["log"], rs["trace"],
-                                rank_env(rs["knobs"], rank, self.nproc, port), cwd=self.opts.cwd))
+            for rank, rs in enumerate(spec.rank_specs):
+                runs.append(Run([sys.executable, "-m", "audit.probes.worker", rs.spec_path],
+                                rs.log, rs.trace,
+                                rank_env(rs.knobs, rank, self.nproc, port), cwd=self.opts.cwd))
         except BaseException:
             end_runs(runs)
             raise
         return RankGroup(runs)
 
-    def finish(self, spec: dict, group: RankGroup, stopped: str = "", stack: str = "") -> Outcome:
+    def finish(self, spec: RunSpec, group: RankGroup, stopped: str = "", stack: str = "") -> Outcome:
         code = group.end() if stopped else group.end_when_done()
-        traces = [read_trace(rs["trace"]) for rs in spec["rank_specs"]]
-        escapes = [e for rs in spec["rank_specs"] for e in read_log(rs["escape_log"])]
-        out = RankOutcome(spec["name"], merge.merge(traces, blame=group.first_failed),
+        traces = [read_trace(rs.trace) for rs in spec.rank_specs]
+        escapes = [e for rs in spec.rank_specs for e in read_log(rs.escape_log)]
+        out = RankOutcome(spec.name, merge.merge(traces, blame=group.first_failed),
                           None if stopped else code, time.monotonic() - group.started, escapes,
                           group.output_tail(), stopped, stack, ranks=traces)
-        self.finished[spec["name"]] = out
+        self.finished[spec.name] = out
         return out

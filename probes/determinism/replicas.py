@@ -13,6 +13,7 @@ from typing import Optional
 
 from audit.probes.determinism.merge import user_name
 from audit.probes.results import Cause, ReplicaPoint, ReplicaRow
+from audit.probes.results.records import Record
 
 
 @dataclass
@@ -40,16 +41,16 @@ class RankTrace:
 
 
 def read_rank(records: list) -> RankTrace:
-    header = next((r for r in reversed(records) if r.get("type") == "params"), {})
-    dist = next((r for r in records if r.get("type") == "dist"), {})
-    env = next((r for r in records if r.get("type") == "env"), {})
-    init = next((r for r in records if r.get("type") == "init"), {})
+    header = next((r for r in reversed(records) if r.get("type") == Record.PARAMS), {})
+    dist = next((r for r in records if r.get("type") == Record.DIST), {})
+    env = next((r for r in records if r.get("type") == Record.ENV), {})
+    init = next((r for r in records if r.get("type") == Record.INIT), {})
     return RankTrace(
         names=[user_name(n) for n in header.get("names", [])],
         buffers=list(dist.get("buffers") or []), broadcast=bool(dist.get("broadcast_buffers", True)),
         init=init.get("params") or [],
-        steps=[r for r in records if r.get("type") == "step"],
-        replica={r["step"]: r.get("buffers") or [] for r in records if r.get("type") == "replica"},
+        steps=[r for r in records if r.get("type") == Record.STEP],
+        replica={r["step"]: r.get("buffers") or [] for r in records if r.get("type") == Record.REPLICA},
         module_sources={user_name(k): v for k, v in (env.get("module_sources") or {}).items()})
 
 

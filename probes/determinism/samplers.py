@@ -11,6 +11,7 @@ from itertools import combinations
 from typing import Optional
 
 from audit.probes.results import Cause
+from audit.probes.results.records import Record
 
 SET_EPOCH_FIX = ("for epoch in range(epochs):\n"
                  "    sampler.set_epoch(epoch)  # before iterating the loader, on every rank\n"
@@ -18,7 +19,7 @@ SET_EPOCH_FIX = ("for epoch in range(epochs):\n"
 
 
 def _samplers(records: list) -> list:
-    return next((r.get("samplers") or [] for r in records if r.get("type") == "samplers"), [])
+    return next((r.get("samplers") or [] for r in records if r.get("type") == Record.SAMPLERS), [])
 
 
 def _replayed(sampler: dict) -> Optional[tuple]:
@@ -55,7 +56,7 @@ def sharding_note(traces: list) -> str:
     samplers = [_samplers(t) for t in traces]
     if samplers[0]:
         return _sampler_sharding(samplers)
-    steps = [[r for r in t if r.get("type") == "step"] for t in traces]
+    steps = [[r for r in t if r.get("type") == Record.STEP] for t in traces]
     count = min(len(s) for s in steps)
     if count and len(traces) > 1 and all(
             len({s[k].get("inputs") for s in steps}) == 1 for k in range(count)):
@@ -81,7 +82,7 @@ def rank_rng_note(traces: list) -> str:
     its own."""
     states = []
     for t in traces:
-        step = next((r for r in t if r.get("type") == "step"), None)
+        step = next((r for r in t if r.get("type") == Record.STEP), None)
         if step is None:
             return ""
         states.append((step.get("rng") or {}).get("torch_cpu"))

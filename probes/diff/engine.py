@@ -26,8 +26,10 @@ from audit.probes.determinism.orchestrate import DeterminismOptions, Launcher, O
 from audit.probes.diff import measure, traces
 from audit.probes.diff.match import Matching, match
 from audit.probes.diff.reference import Reference
+from audit.probes.spec import LockstepSpec
 from audit.probes.results.diff import (DiffResult, DiffSide, Difference, RecordResult, Rename,
                                        Replaced, SelfDifference, Unmatched)
+from audit.probes.results.records import Status
 
 BUILTIN = "audit.example:build (built-in)"
 
@@ -63,7 +65,7 @@ def _label(opts: DeterminismOptions) -> str:
 def _checked(outs: list, launchers: list) -> list:
     """Raise :class:`TargetFailed` (one line) when a side's target cannot be loaded."""
     for out, launcher in zip(outs, launchers):
-        if out.end.get("status") == "target_error":
+        if out.end.get("status") == Status.TARGET_ERROR:
             message = out.end.get("message", "the target could not be loaded")
             raise TargetFailed(f"{_label(launcher.opts)}: {message}")
     return outs
@@ -71,7 +73,7 @@ def _checked(outs: list, launchers: list) -> list:
 
 def _crash(side: str, out: Outcome, steps: int) -> Optional[str]:
     end = out.end
-    if end.get("status") in ("ok", "ended_early", "exited") and out.steps_done >= steps:
+    if end.get("status") in (Status.OK, Status.ENDED_EARLY, Status.EXITED) and out.steps_done >= steps:
         return None
     message = end.get("message") or f"the process ended with status {out.exit_code}"
     if end.get("where"):
@@ -140,8 +142,8 @@ def _explain_pair(result: DiffResult, parting, m: Matching, launchers: tuple, ou
     rename = {"params": m.params, "modules": m.modules}
     replay = la.run_all([
         la.spec("a-replay", result.steps, detail=True,
-                lockstep={"folder": lock, "role": "ref", "rename": rename}),
-        lb.spec("b-replay", result.steps, detail=True, lockstep={"folder": lock, "role": "cmp"})], 2)
+                lockstep=LockstepSpec(lock, "ref", rename=rename)),
+        lb.spec("b-replay", result.steps, detail=True, lockstep=LockstepSpec(lock, "cmp"))], 2)
     selves = [("a", outs[0].records, replay[0].records), ("b", outs[1].records, replay[1].records)]
     _conclude(result, parting, m, replay[0].records, replay[1].records, selves)
 

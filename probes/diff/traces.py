@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from audit.probes.determinism.compare import split
 from audit.probes.diff.match import Matching
+from audit.probes.results.records import Record
 
 MISSING = "missing"
 _DETAIL = ("optim", "modules", "diffs", "seconds")
@@ -31,12 +32,12 @@ def translate(records: list, m: Matching, header_b: dict) -> list:
     out = []
     for r in records:
         kind = r.get("type")
-        if kind == "params":
+        if kind == Record.PARAMS:
             out.append(dict(header_b))
             continue
         r = dict(r)
         for key in ("params", "grads"):
-            if kind in ("init", "step") and isinstance(r.get(key), list):
+            if kind in (Record.INIT, Record.STEP) and isinstance(r.get(key), list):
                 r[key] = _reorder(r[key], names_a, names_b, a_of_b, m.params_a)
         if isinstance(r.get("modules"), list):
             # Modules outside the model (a loss module in script mode) keep their names.

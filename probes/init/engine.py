@@ -31,9 +31,9 @@ from audit.probes.init.flow import FlowProbe, ForwardTrace, modules_with_paramet
 from audit.probes.progress import Progress, Reporter, silent
 from audit.probes.runs import Interrupted
 from audit.probes.results import BUILTIN_SCHEMES, InitResult, SchemeResult
+from audit.probes.init.scheme_names import validate_schemes
 from audit.probes.init.schemes import (DrawCache, apply_scheme, restore_state, scheme_code,
-                            scheme_owned_keys, snapshot_state)
-from audit.probes.init.names import validate_schemes
+                                       scheme_owned_keys, snapshot_state)
 from audit.probes.training import (TrainingSetup, compute_loss, cycle_batches, make_scheduler,
                                    optimizer_step, to_device)
 

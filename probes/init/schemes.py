@@ -42,8 +42,7 @@ import torch
 from torch import nn
 
 from audit.probes.init.flow import LINEAR, ForwardTrace, is_weight_layer
-from audit.probes.init.names import VALID, parse_scheme
-from audit.probes.results import BUILTIN_SCHEMES
+from audit.probes.init.scheme_names import VALID, parse_scheme
 
 NORM_TYPES = tuple(t for t in (
     nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
@@ -51,6 +50,8 @@ NORM_TYPES = tuple(t for t in (
 
 LSUV_TOL = 0.1  # Mishkin & Matas 2016, Tol_var
 LSUV_MAX_ITER = 10  # Mishkin & Matas 2016, T_max
+
+
 
 def snapshot_state(model: nn.Module) -> dict:
     """One CPU copy of the model's ``state_dict`` (the ``default`` scheme)."""

@@ -20,8 +20,9 @@ from typing import Callable, Optional
 from audit.probes import script_runner
 from audit.probes.errors import UsageError
 from audit.probes.init.diagnose import diagnose, recommend, resolve_thresholds, scheme_score
-from audit.probes.init.names import validate_schemes
+from audit.probes.init.scheme_names import validate_schemes
 from audit.probes.results import BUILTIN_SCHEMES, InitResult, LayerStats, SchemeResult
+from audit.probes.spec import SchemeRunSpec, write_spec
 
 
 @dataclasses.dataclass
@@ -48,9 +49,8 @@ def _run_scheme(opts: ScriptInitOptions, scheme: str, folder: str, margin: float
     result_path = spec_path + ".result"
     log_path = spec_path + ".log"
     device = "cpu" if opts.device == "cpu" else "auto"
-    with open(spec_path, "w", encoding="utf-8") as fh:
-        json.dump({"scheme": scheme, "steps": opts.steps, "result": result_path,
-                   "device": device, "saturation_margin": margin}, fh)
+    write_spec(SchemeRunSpec(scheme=scheme, steps=opts.steps, result=result_path, device=device,
+                             saturation_margin=margin), spec_path)
     program = script_runner.parse(opts.script)
     argv = [sys.executable, *program.options, "-m", "audit.probes.init.script_child",
             spec_path, "--", *program.argv()]

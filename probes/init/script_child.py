@@ -30,6 +30,7 @@ from audit.probes import script_runner
 from audit.probes.environment import describe as environment
 from audit.probes.init.flow import FlowProbe, modules_with_parameters, trace_forward
 from audit.probes.runs import Frame, user_frame
+from audit.probes.spec import SchemeRunSpec, read_spec
 from audit.probes.init.schemes import DrawCache, apply_scheme, restore_state, scheme_code, snapshot_state
 
 
@@ -62,9 +63,9 @@ def _set_rng_state(state: tuple) -> None:
 class SchemeRun:
     """The hooks of one scheme's run and what they measured."""
 
-    def __init__(self, spec: dict):
-        self.scheme, self.steps = spec["scheme"], int(spec["steps"])
-        self.margin = float(spec.get("saturation_margin", 0.01))
+    def __init__(self, spec: SchemeRunSpec):
+        self.scheme, self.steps = spec.scheme, int(spec.steps)
+        self.margin = float(spec.saturation_margin)
         self.optimizers: list = []  # (optimizer, {id(param)}, where)
         self.model: Optional[nn.Module] = None
         self.probe: Optional[FlowProbe] = None
@@ -167,7 +168,7 @@ class SchemeRun:
             raise Stop()
 
 
-def run(spec: dict, program: script_runner.Program) -> dict:
+def run(spec: SchemeRunSpec, program: script_runner.Program) -> dict:
     """Run the script under one scheme; the measurements as a plain dict."""
     import runpy
 
@@ -198,12 +199,11 @@ def main(argv: Optional[list] = None) -> int:
     spec_path, rest = argv[0], argv[1:]
     if rest[:1] == ["--"]:
         rest = rest[1:]
-    with open(spec_path, encoding="utf-8") as fh:
-        spec = json.load(fh)
-    if spec.get("device") == "cpu":
+    spec = read_spec(SchemeRunSpec, spec_path)
+    if spec.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     out = run(spec, script_runner.parse(rest, interpreter=False))
-    with open(spec["result"], "w", encoding="utf-8") as fh:
+    with open(spec.result, "w", encoding="utf-8") as fh:
         json.dump(out, fh, default=float)
     sys.stdout.flush()
     return 0

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from audit.probes.results import build, plain
+from audit.probes.results.records import Status
 
 VARIANCE_SCHEMA = "audit.variance/1"
 COMPARE_SCHEMA = "audit.compare/1"
@@ -21,7 +22,7 @@ ALL = "all"
 COMPARE_VERDICTS = ("better", "worse", "no_difference")
 DIRECTIONS = ("lower", "higher")
 #: Run statuses: ``ok`` counted; the others are reported and left out of the statistics.
-RUN_STATUSES = ("ok", "crashed", "killed", "nonfinite", "target_error")
+RUN_STATUSES = (Status.OK, Status.CRASHED, Status.KILLED, Status.NONFINITE, Status.TARGET_ERROR)
 
 
 @dataclass
@@ -112,7 +113,7 @@ class VarianceResult:
 
     @property
     def crashed(self) -> list:
-        return [r for r in self.runs if r.status != "ok"]
+        return [r for r in self.runs if r.status != Status.OK]
 
     @property
     def passed(self) -> bool:
@@ -175,7 +176,7 @@ class CompareResult:
 
     @property
     def crashed(self) -> list:
-        return [r for r in self.runs if r.status != "ok"]
+        return [r for r in self.runs if r.status != Status.OK]
 
     @property
     def passed(self) -> bool:

@@ -7,6 +7,7 @@ from typing import Optional
 from audit.probes.determinism import compare
 from audit.probes.results.resume import ResumeDivergence, ResumeStep
 from audit.probes.resume import state
+from audit.probes.results.records import Record
 
 #: Steps of the uninterrupted run shown before K in the timeline.
 CONTEXT = 2
@@ -18,8 +19,8 @@ def record(records: list, kind: str) -> dict:
 
 def _from(records: list, at: int) -> list:
     """A trace cut to the steps from ``at`` on (its ``init`` record left out)."""
-    header = [r for r in records if r.get("type") == "params"][-1:]
-    return header + [r for r in records if r.get("type") == "step" and r.get("step", -1) >= at]
+    header = [r for r in records if r.get("type") == Record.PARAMS][-1:]
+    return header + [r for r in records if r.get("type") == Record.STEP and r.get("step", -1) >= at]
 
 
 def _samples(rec: dict) -> set:
@@ -33,15 +34,15 @@ def step_parting(a: list, c: list, at: int) -> Optional[compare.Parting]:
     uninterrupted run (any step), else ``content``."""
     parting = compare.first_parting(_from(a, at), _from(c, at))
     if parting is not None and parting.stage == "data":
-        everywhere = set().union(*(_samples(r) for r in a if r.get("type") == "step"))
-        here = next((_samples(r) for r in c if r.get("type") == "step" and r["step"] == parting.step), set())
+        everywhere = set().union(*(_samples(r) for r in a if r.get("type") == Record.STEP))
+        here = next((_samples(r) for r in c if r.get("type") == Record.STEP and r["step"] == parting.step), set())
         parting.data = "order" if here and here <= everywhere else "content"
     return parting
 
 
 def state_differences(a: list, c: list) -> list:
     """What differs between A's state after step K-1 and C's right after the load."""
-    left, right = record(a, "state"), record(c, "state")
+    left, right = record(a, Record.STATE), record(c, Record.STATE)
     if not left or not right:
         return []
     return state.differences(left, right)
@@ -49,7 +50,7 @@ def state_differences(a: list, c: list) -> list:
 
 def moot_knobs(a: list, c: list) -> frozenset:
     """Knobs whose piece C's load already restored as A had it."""
-    return frozenset(state.moot(record(a, "state"), record(c, "state")))
+    return frozenset(state.moot(record(a, Record.STATE), record(c, Record.STATE)))
 
 
 def divergence(diffs: list, parting: Optional[compare.Parting], at: int) -> Optional[ResumeDivergence]:
@@ -75,8 +76,8 @@ def _loss(rec: Optional[dict]) -> Optional[float]:
 def timeline(a: list, c: list, at: int, steps: int, state_differs: bool) -> list:
     """Rows from a little before K to S-1: each stage of C against A (``before`` for steps
     the resumed run did not make), plus the losses."""
-    sa = {r["step"]: r for r in a if r.get("type") == "step"}
-    sc = {r["step"]: r for r in c if r.get("type") == "step"}
+    sa = {r["step"]: r for r in a if r.get("type") == Record.STEP}
+    sc = {r["step"]: r for r in c if r.get("type") == Record.STEP}
     rows = []
     for step in range(max(0, at - CONTEXT), steps):
         ra, rc = sa.get(step), sc.get(step)

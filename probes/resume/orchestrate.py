@@ -27,7 +27,9 @@ from audit.probes.results import Divergence, RunInfo
 from audit.probes.results.resume import ResumeResult
 from audit.probes.resume import attribute, compare
 from audit.probes.resume.session import choose_plan
+from audit.probes.spec import ResumeSpec, RunSpec
 from audit.probes.target import parse_spec
+from audit.probes.results.records import Status
 
 BUILTIN_LABEL = "audit.example:build (built-in)"
 
@@ -57,17 +59,17 @@ class _Runs:
             target=opts.target, seed=opts.seed, device=opts.device, input_shape=opts.input_shape,
             num_classes=opts.num_classes, cwd=opts.cwd), folder)
 
-    def spec(self, name: str, role: str, knobs=(), folder: Optional[str] = None) -> dict:
+    def spec(self, name: str, role: str, knobs=(), folder: Optional[str] = None) -> RunSpec:
         folder = folder or self.checkpoints
         os.makedirs(folder, exist_ok=True)
-        resume = {"role": role, "at": self.opts.at, "folder": folder, "knobs": list(knobs)}
+        resume = ResumeSpec(role=role, at=self.opts.at, folder=folder, knobs=list(knobs))
         # steps 0: the worker chooses S from the epoch length (the session's plan)
-        return self.launcher.spec(name, self.opts.steps or 0, extra={"resume": resume})
+        return self.launcher.spec(name, self.opts.steps or 0, resume=resume)
 
     def run(self, specs: list) -> list:
         outs = self.launcher.run_all(specs, self.opts.jobs)
         for out in outs:
-            if out.end.get("status") == "target_error":
+            if out.end.get("status") == Status.TARGET_ERROR:
                 raise TargetError(out.end.get("message", "the target could not be loaded"))
         return outs
 
@@ -76,7 +78,7 @@ def _run_info(index: int, out: Outcome) -> RunInfo:
     end = out.end
     stopped = getattr(out, "stopped", None)
     status = stopped or end.get("status") or (
-        "killed" if out.exit_code is not None and out.exit_code < 0 else "crashed")
+        Status.KILLED if out.exit_code is not None and out.exit_code < 0 else Status.CRASHED)
     message = end.get("message", "") or (out.output_tail[-800:] if not end else "")
     if end.get("where"):
         message += f" (at {end['where']})"
@@ -116,12 +118,12 @@ def audit_resume(opts: ResumeOptions, progress: Optional[Callable[[str], None]] 
 def _audit(runs: _Runs, say) -> ResumeResult:
     say("uninterrupted run, saving at step K")
     (a,) = runs.run([runs.spec("a-uninterrupted", "a")])
-    if a.end.get("status") != "ok":
+    if a.end.get("status") != Status.OK:
         return _failed(runs, [a], "the uninterrupted run (A)", a)
     say("resumed run")
     (c,) = runs.run([runs.spec("c-resumed", "c")])
     result = _base(runs, a, c)
-    if c.end.get("status") != "ok":
+    if c.end.get("status") != Status.OK:
         info = _run_info(1, c)
         result.error = f"the resumed run (C) {info.status}: {info.message}"
         return result

@@ -25,7 +25,9 @@ import torch
 from audit.probes.errors import TargetError, UsageError
 from audit.probes.resume import loader, pieces
 from audit.probes.resume.state import state_record
+from audit.probes.spec import ResumeSpec
 from audit.probes.training import LiveObjects, TrainingSetup, data_length
+from audit.probes.results.records import Record
 
 #: Epochs up to this many batches get defaults that cross an epoch boundary.
 AUTO_EPOCH_LIMIT = 16
@@ -146,17 +148,17 @@ class Session:
                               "checkpoint can be written") from None
 
 
-def open_session(spec: dict, setup: TrainingSetup, device, steps: Optional[int], writer) -> Session:
+def open_session(spec: ResumeSpec, setup: TrainingSetup, device, steps: Optional[int],
+                 writer) -> Session:
     """The session a worker spec's ``resume`` entry asks for; writes the ``plan`` record."""
     if (setup.save is None) != (setup.load is None):
         given = "save" if setup.save is not None else "load"
         raise TargetError(f"the target gives '{given}' but not its partner; give both 'save' "
                           "and 'load', or neither for the default checkpoint")
-    plan = choose_plan(steps or None, spec.get("at"), data_length(setup.data))
-    session = Session(spec["role"], plan, setup, spec["folder"], pieces.known(spec.get("knobs", [])),
-                      device)
+    plan = choose_plan(steps or None, spec.at, data_length(setup.data))
+    session = Session(spec.role, plan, setup, spec.folder, pieces.known(spec.knobs), device)
     writer.write({
-        "type": "plan", "steps": plan.steps, "at": plan.at, "epoch_length": plan.epoch_length,
+        "type": Record.PLAN, "steps": plan.steps, "at": plan.at, "epoch_length": plan.epoch_length,
         "auto": plan.auto, "skip": plan.skip, "checkpoint": "target" if setup.save else "default",
         "save_where": where(setup.save) if setup.save else None,
         "load_where": where(setup.load) if setup.load else None,

@@ -16,6 +16,7 @@ from audit.probes import fingerprint as fp
 from audit.probes.results.resume import StateDifference
 from audit.probes.trace import combine, rng_fingerprints
 from audit.probes.training import LiveObjects
+from audit.probes.results.records import Record
 
 
 def _digest(value: Any) -> str:
@@ -55,7 +56,7 @@ def state_record(live: LiveObjects, scalers: list, step: int, device) -> dict:
     n, m = len(params), len(buffers)
     groups = [{k: v for k, v in g.items() if k != "params"} for g in live.optimizer.param_groups]
     return {
-        "type": "state", "step": step,
+        "type": Record.STATE, "step": step,
         "params": dict(zip([name for name, _ in named], values[:n])),
         "buffers": dict(zip([name for name, _ in buffers], values[n:n + m])),
         "optim": dict(zip([name for name, _ in named], values[n + m:])),

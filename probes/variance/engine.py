@@ -22,6 +22,7 @@ from audit.probes.results.variance import (ALL, VARIANCE_SOURCES, MetricVariance
                                            RunRecord, SourceStats, VarianceResult)
 from audit.probes.variance import stats
 from audit.probes.variance.runner import Pool, PoolOptions, RunOutcome, RunSpec
+from audit.probes.results.records import Status
 
 Progress = Callable[[int, int, str], None]
 _LOWER_WORDS = ("loss", "error", "err", "perplexity", "ppl", "mse", "mae", "rmse", "nll", "time")
@@ -98,15 +99,15 @@ def execute(runs: list, pool_opts: PoolOptions, progress: Optional[Progress],
 
     def on_done(out: RunOutcome) -> None:
         done[0] += 1
-        ok[0] += out.status == "ok"
+        ok[0] += out.status == Status.OK
         if progress:
             progress(done[0], len(runs), f"{out.spec.group} seed {out.spec.seed}: {out.status}")
 
     def stop(out: RunOutcome) -> bool:
-        return out.status == "target_error" and not ok[0]
+        return out.status == Status.TARGET_ERROR and not ok[0]
 
     outs = (runner or run_in_fresh_processes)(runs, pool_opts, on_done, stop)
-    failed = [o for o in outs if o.status == "target_error"]
+    failed = [o for o in outs if o.status == Status.TARGET_ERROR]
     if failed and (len(outs) < len(runs) or len(failed) == len(outs)):
         raise TargetError(failed[0].report.get("message", "the target could not be loaded"))
     return outs
@@ -124,7 +125,7 @@ def metric_names(records: list) -> list:
 def finite_values(records: list, metric: str) -> tuple:
     """(seeds, values) of the finished runs with a finite value of ``metric``, seed order."""
     pairs = sorted((r.seed, float(r.metrics[metric])) for r in records
-                   if r.status == "ok" and metric in r.metrics
+                   if r.status == Status.OK and metric in r.metrics
                    and math.isfinite(float(r.metrics[metric])))
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
@@ -154,7 +155,7 @@ def _metric_variance(records: list, metric: str, groups: list, direction: str,
 
 def _control(records: list, base: int) -> tuple:
     """(controlled, spread): do the runs with every seed at ``base`` agree on every metric?"""
-    controls = [r for r in records if r.seed == base and r.status == "ok"]
+    controls = [r for r in records if r.seed == base and r.status == Status.OK]
     spread = 0.0
     for name in metric_names(controls):
         values = [r.metrics[name] for r in controls if name in r.metrics]
@@ -221,7 +222,7 @@ def audit_variance(opts: VarianceOptions, progress: Optional[Progress] = None,
 
 
 #: Run statuses that mean the target crashed (a non-finite metric is a result, not a crash).
-CRASHED = ("crashed", "killed", "target_error")
+CRASHED = (Status.CRASHED, Status.KILLED, Status.TARGET_ERROR)
 
 
 def crash_error(records: list) -> Optional[str]:
@@ -236,6 +237,6 @@ def crash_error(records: list) -> Optional[str]:
 
 
 def _all_failed(records: list) -> str:
-    first = next((r for r in records if r.status != "ok"), None)
+    first = next((r for r in records if r.status != Status.OK), None)
     detail = f": {first.status}, {first.message}" if first else ""
     return f"no run finished with a metric{detail}"

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from audit.probes.results.variance import Routing
+from audit.probes.seeding import seed_all
 
 _TAGS = {"augment": 1, "dropout": 2, "evaluate": 3, "data": 4}
 
@@ -35,13 +36,6 @@ def derived_seed(seed: int, source: str) -> int:
     unrelated streams."""
     state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, _TAGS[source]]).generate_state(2)
     return int(state[0]) << 31 ^ int(state[1])
-
-
-def seed_globals(seed: int) -> None:
-    """Seed Python's ``random``, NumPy's global RNG and torch (CPU and every CUDA device)."""
-    random.seed(seed)
-    np.random.seed(seed & 0xFFFFFFFF)
-    torch.manual_seed(seed)
 
 
 def _capture() -> tuple:
@@ -66,7 +60,7 @@ class Streams:
         self._states = {}
         try:
             for name, seed in seeds.items():
-                seed_globals(derived_seed(seed, name))
+                seed_all(derived_seed(seed, name))
                 self._states[name] = _capture()
         finally:
             _restore(outer)

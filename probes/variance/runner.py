@@ -16,6 +16,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from audit.probes.spec import VarianceRunSpec, write_spec
+from audit.probes.results.records import Status
+
 
 @dataclass
 class RunSpec:
@@ -38,7 +41,7 @@ class RunOutcome:
     def status(self) -> str:
         if self.report.get("status"):
             return self.report["status"]
-        return "killed" if self.exit_code < 0 else "crashed"
+        return Status.KILLED if self.exit_code < 0 else Status.CRASHED
 
 
 @dataclass
@@ -52,11 +55,11 @@ class PoolOptions:
     cwd: Optional[str] = None
 
 
-def worker_spec(run: RunSpec, opts: PoolOptions, environment: bool = False) -> dict:
-    """What :mod:`audit.probes.variance.worker` reads (``out`` added by the caller)."""
-    return {"target": run.target, "seeds": run.seeds, "base_seed": opts.base_seed,
-            "steps": opts.steps, "device": opts.device, "input_shape": opts.input_shape,
-            "num_classes": opts.num_classes, "environment": environment}
+def worker_spec(run: RunSpec, opts: PoolOptions, environment: bool = False) -> VarianceRunSpec:
+    """What :mod:`audit.probes.variance.worker` reads (``out`` set by the caller)."""
+    return VarianceRunSpec(target=run.target, seeds=run.seeds, base_seed=opts.base_seed,
+                           steps=opts.steps, device=opts.device, input_shape=opts.input_shape,
+                           num_classes=opts.num_classes, environment=environment)
 
 
 def child_environment(jobs: int) -> dict:
@@ -77,9 +80,8 @@ class Pool:
     def _write_spec(self, index: int, run: RunSpec) -> str:
         base = os.path.join(self.folder, f"{index:04d}-{run.group}-{run.seed}")
         spec = worker_spec(run, self.opts, index == 0)
-        spec["out"] = base + ".out.json"
-        with open(base + ".json", "w", encoding="utf-8") as fh:
-            json.dump(spec, fh)
+        spec.out = base + ".out.json"
+        write_spec(spec, base + ".json")
         return base
 
     def _start(self, index: int, run: RunSpec) -> tuple:

@@ -15,6 +15,9 @@ import sys
 import time
 import traceback
 
+from audit.probes.spec import VarianceRunSpec, read_spec
+from audit.probes.results.records import Status
+
 EXIT_OK, EXIT_TARGET, EXIT_CRASH = 0, 3, 4
 
 
@@ -68,22 +71,20 @@ def _evaluate(setup, streams) -> dict:
             return metric_values(setup.evaluate(setup.model))
 
 
-def _load(spec: dict):
+def _load(spec: VarianceRunSpec):
     """Seed with the init seed, build the target, put it on its device."""
     from audit.probes.errors import TargetError
     from audit.probes.target import load_target
-    from audit.probes.variance import routing
+    from audit.probes.seeding import seed_all
     from audit.probes.worker import resolve_device
 
-    seeds = spec["seeds"]
-    routing.seed_globals(seeds["init"])
+    seed_all(spec.seeds["init"])
     try:
-        device = resolve_device(spec.get("device", "auto"))
+        device = resolve_device(spec.device)
     except RuntimeError as exc:
         raise TargetError(str(exc)) from None
-    setup = load_target(spec.get("target"), input_shape=spec.get("input_shape"),
-                        num_classes=spec.get("num_classes"), seed=spec["base_seed"],
-                        batches=spec["steps"])
+    setup = load_target(spec.target, input_shape=spec.input_shape,
+                        num_classes=spec.num_classes, seed=spec.base_seed, batches=spec.steps)
     if device.type == "cuda":
         import torch
 
@@ -92,26 +93,26 @@ def _load(spec: dict):
     return setup, device
 
 
-def _measure(spec: dict) -> dict:
+def _measure(spec: VarianceRunSpec) -> dict:
     from audit.probes.results import plain
     from audit.probes.variance import routing
 
     setup, device = _load(spec)
-    seeds = spec["seeds"]
+    seeds = spec.seeds
     routes = routing.route_data(setup.data, seeds["data"], seeds["augment"])
     streams = routing.Streams({"augment": seeds["augment"], "dropout": seeds["dropout"],
-                               "evaluate": spec["base_seed"]})
-    losses = _train(setup, spec["steps"], device, streams)
+                               "evaluate": spec.base_seed})
+    losses = _train(setup, spec.steps, device, streams)
     tail = losses[-tail_length(len(losses)):]
     metrics = {"loss": sum(tail) / len(tail)} if tail else {}
     metrics.update(_evaluate(setup, streams))
-    out = {"status": "ok", "metrics": metrics, "steps": len(losses), "device": str(device),
+    out = {"status": Status.OK, "metrics": metrics, "steps": len(losses), "device": str(device),
            "routing": plain(routing.fixed_routes()[:1] + routes + routing.fixed_routes()[1:])}
     if not all(math.isfinite(v) for v in metrics.values()):
-        out["status"] = "nonfinite"
+        out["status"] = Status.NONFINITE
         out["message"] = "a metric is not finite: " + ", ".join(
             f"{k}={v}" for k, v in metrics.items() if not math.isfinite(v))
-    if spec.get("environment"):
+    if spec.environment:
         from audit.probes.worker import environment
 
         out["environment"] = environment(device)
@@ -119,37 +120,35 @@ def _measure(spec: dict) -> dict:
 
 
 def _where(exc: BaseException):
-    from audit.probes.rng_escape import short_path
+    from audit.probes.runs import Frame, user_frame
 
-    frames = traceback.extract_tb(exc.__traceback__)
-    return next((f"{short_path(f.filename)}:{f.lineno}" for f in reversed(frames)
-                 if "site-packages" not in f.filename and "/probes/" not in f.filename
-                 and "/audit/" not in f.filename), None)
+    found = user_frame([Frame(f.filename, f.lineno or 0, f.name)
+                        for f in reversed(traceback.extract_tb(exc.__traceback__))])
+    return found.where if found else None
 
 
-def run(spec: dict) -> tuple:
+def run(spec: VarianceRunSpec) -> tuple:
     """``(exit status, report)`` of one run."""
     from audit.probes.errors import TargetError
 
     try:
         return EXIT_OK, _measure(spec)
     except TargetError as exc:
-        return EXIT_TARGET, {"status": "target_error", "message": str(exc)}
+        return EXIT_TARGET, {"status": Status.TARGET_ERROR, "message": str(exc)}
     except Exception as exc:  # the user's training raised
-        return EXIT_CRASH, {"status": "crashed", "message": f"{type(exc).__name__}: {exc}",
+        return EXIT_CRASH, {"status": Status.CRASHED, "message": f"{type(exc).__name__}: {exc}",
                             "where": _where(exc)}
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    with open(argv[0], encoding="utf-8") as fh:
-        spec = json.load(fh)
+    spec = read_spec(VarianceRunSpec, argv[0])
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     started = time.monotonic()
     code, report = run(spec)
     report["seconds"] = round(time.monotonic() - started, 3)
-    with open(spec["out"], "w", encoding="utf-8") as fh:
+    with open(spec.out, "w", encoding="utf-8") as fh:
         json.dump(report, fh)
     sys.stdout.flush()
     return code
