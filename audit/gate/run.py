@@ -3,7 +3,9 @@ audit ``[tool.audit]`` enables (``audit check``), with baselines, report files a
 one-line verdicts. Returns outcomes; the CLI prints them and chooses the exit status."""
 from __future__ import annotations
 
+import importlib
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -49,8 +51,21 @@ class Outcome:
         return bool(self.kind.failing(self.result))
 
 
+def _warm_charts() -> None:
+    """Import the charts' matplotlib in a background thread while the engine waits on its
+    runs, so the reports do not pay for it after them (best effort: the HTML imports it anyway)."""
+    def load() -> None:
+        try:
+            importlib.import_module("audit.reports.charts")
+        except Exception:  # the report's own import will say what is wrong
+            pass
+
+    threading.Thread(target=load, name="audit-warm-charts", daemon=True).start()
+
+
 def run_kind(kind: AuditKind, s: Settings, quiet: bool = False) -> Any:
     """Run one audit's engine with a progress line."""
+    _warm_charts()
     bar = display(quiet)
     try:
         return kind.run(s, bar)
