@@ -181,13 +181,15 @@ def _pin_global_generators() -> None:
     rng_escape.seeding_helpers()(zlib.crc32(b"torch global"))  # CUDA too, when there is one
 
 
-def run(spec: dict, program) -> int:
-    """Run the program under the tracer and write the end record; returns the exit status."""
+def run(spec: dict, program, call=None) -> int:
+    """Run the program under the tracer and write the end record; returns the exit status.
+    ``call``: run this function instead (a rank's function in a ``torch.multiprocessing``
+    child, :mod:`audit.probes.script_spawn`); ``program`` is then None."""
     import runpy
 
     from audit.probes.determinism import knobs
 
-    from audit.probes import rng_escape
+    from audit.probes import rng_escape, script_ranks
     from audit.probes.rng_draws import DrawWatch
     from audit.probes.script_trace import ScriptTracer, StopScript
     from audit.probes.trace import TraceWriter
@@ -195,7 +197,7 @@ def run(spec: dict, program) -> int:
     from audit.probes.worker import environment
 
     writer = TraceWriter(spec["trace"])
-    lockstep = tracer = None
+    lockstep = tracer = attached = None
     run_end = _Run(spec, writer, None)
     real_exit = os._exit
     main_pid = os.getpid()
@@ -218,6 +220,7 @@ def run(spec: dict, program) -> int:
                               escape_log=spec.get("escape_log"),
                               draws=DrawWatch(spec.get("escape_log")))
         run_end.tracer = tracer
+        attached = script_ranks.attach(spec, writer, tracer, run)  # ranks: theirs, or spawned
 
         def os_exit(code):  # os._exit skips every finally: write the end first (main process)
             if os.getpid() == main_pid:
@@ -235,13 +238,14 @@ def run(spec: dict, program) -> int:
         if spec.get("stdin") == "terminal":
             sys.stdin = _TerminalStdin()
         tracer.install()
-        sys.argv = [program.path or program.module, *program.args]
-        if program.path is not None:
-            sys.path[0] = os.path.dirname(os.path.abspath(program.path))
-        else:
-            sys.path[0] = os.getcwd()
+        if program is not None:
+            sys.argv = [program.path or program.module, *program.args]
+            sys.path[0] = (os.getcwd() if program.path is None
+                           else os.path.dirname(os.path.abspath(program.path)))
         try:
-            if program.module:
+            if call is not None:
+                call()
+            elif program.module:
                 runpy.run_module(program.module, run_name="__main__", alter_sys=True)
             else:
                 runpy.run_path(program.path, run_name="__main__")
@@ -277,6 +281,8 @@ def run(spec: dict, program) -> int:
             tracer.shutdown_loaders()
         if not run_end.written:
             run_end.end("crashed_setup", 1, "the run ended without a report")
+        if attached is not None:
+            attached.close()
         if lockstep is not None:
             lockstep.finish()
         writer.close()
