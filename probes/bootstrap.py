@@ -27,6 +27,8 @@ import sys
 import traceback
 
 EXIT_OK, EXIT_TARGET, EXIT_CRASH = 0, 3, 4
+#: :func:`run` by import path, for ``torch.multiprocessing`` children (this module is ``__main__``).
+RUNNER = "audit.probes.bootstrap:run"
 STDIN_HELP = ("the script reads standard input, and the audit runs it several times, so it "
               "cannot type into it at a terminal: give the input through a pipe or a file, "
               "e.g. printf 'yes\\n' | audit determinism -- python train.py (every run reads the "
@@ -220,7 +222,7 @@ def run(spec: dict, program, call=None) -> int:
                               escape_log=spec.get("escape_log"),
                               draws=DrawWatch(spec.get("escape_log")))
         run_end.tracer = tracer
-        attached = script_ranks.attach(spec, writer, tracer, run)  # ranks: theirs, or spawned
+        attached = script_ranks.attach(spec, writer, tracer, RUNNER)  # ranks, or spawned ones
 
         def os_exit(code):  # os._exit skips every finally: write the end first (main process)
             if os.getpid() == main_pid:

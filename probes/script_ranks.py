@@ -14,7 +14,7 @@ children started with ``torch.multiprocessing`` are traced as ranks.
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from typing import Optional
 from urllib.parse import urlsplit, urlunsplit
 
 from audit.probes import ranks
@@ -23,10 +23,10 @@ from audit.probes.script_spawn import SpawnPatch
 LOOPBACK = "127.0.0.1"
 
 
-def attach(spec: dict, writer, tracer, runner: Callable):
+def attach(spec: dict, writer, tracer, runner: str):
     """Start observing: a rank's :class:`RankObserver` (also set as the tracer's ``on_step``),
-    or the :class:`SpawnPatch` of a script that may start ranks itself (``runner`` runs a
-    child's function under the bootstrap)."""
+    or the :class:`SpawnPatch` of a script that may start ranks itself (``runner``,
+    ``"module:function"``, runs a child's function under the bootstrap)."""
     if spec.get("dist"):
         observer = RankObserver(writer, (spec["dist"] or {}).get("port"))
         observer.install()

@@ -12,6 +12,7 @@ traced.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import sys
@@ -45,9 +46,10 @@ def child_specs(spec: dict, nprocs: int, port: int) -> list:
 
 class TracedRank:
     """A child's function under the bootstrap (picklable: ``fn`` as ``mp.spawn`` gets it, the
-    specs, and the bootstrap's ``run``)."""
+    specs, and where the bootstrap's ``run`` is: ``"module:function"``, imported in the child,
+    since the bootstrap runs as ``__main__`` in the script's process)."""
 
-    def __init__(self, fn: Callable, specs: list, runner: Callable):
+    def __init__(self, fn: Callable, specs: list, runner: str):
         self.fn, self.specs, self.runner = fn, specs, runner
 
     def __call__(self, index: int, *args) -> None:
@@ -59,7 +61,9 @@ class TracedRank:
         def call() -> None:
             self.fn(index, *args)
 
-        code = self.runner(self.specs[index], None, call=call)
+        module, _, name = self.runner.partition(":")
+        runner = getattr(importlib.import_module(module), name)
+        code = runner(self.specs[index], None, call=call)
         sys.stdout.flush()
         if code in EXIT_CODES:  # mp.spawn's parent sees the child fail, as without the audit
             sys.exit(code)
@@ -69,7 +73,7 @@ class SpawnPatch:
     """``torch.multiprocessing.start_processes`` (which ``spawn`` calls) with the first call's
     children traced; :meth:`close` puts the original back."""
 
-    def __init__(self, spec: dict, writer, runner: Callable):
+    def __init__(self, spec: dict, writer, runner: str):
         self.spec, self.writer, self.runner = spec, writer, runner
         self.used = False
         self._original = None
