@@ -16,7 +16,8 @@ from audit import cli
 from audit.kinds.determinism import checks
 from audit.probes import script_launch
 from audit.probes.determinism.orchestrate import DeterminismOptions
-from audit.probes.determinism.script_launcher import audit_script
+from audit.probes.determinism.script_launcher import (RankFiles, audit_script, first_failed,
+                                                      rank_outcome)
 from audit.probes.errors import UsageError
 from audit.probes.script_ranks import local_url
 from audit.probes.trace import read_trace
@@ -163,3 +164,18 @@ def test_rendezvous_moves_to_the_runs_port(host, asked, port):
     assert local_url(f"tcp://{host}:{asked}?rank=1", str(port)) == f"tcp://127.0.0.1:{port}?rank=1"
     assert local_url("file:///tmp/x", str(port)) == "file:///tmp/x"
     assert local_url(f"tcp://{host}:{asked}", None) == f"tcp://{host}:{asked}"
+
+
+def test_the_rank_that_failed_first_speaks_for_the_run(tmp_path):
+    """A rank whose peer crashed fails too ("connection closed by peer"), later: the run is
+    blamed on the rank whose failed trace ended first, whatever its number."""
+    files = []
+    for rank, status in enumerate(["crashed", "crashed", "ok"]):
+        path = tmp_path / f"rank{rank}.trace"
+        path.write_text(json.dumps({"type": "step", "step": 0}) + "\n"
+                        + json.dumps({"type": "end", "status": status, "message": f"m{rank}"}) + "\n")
+        os.utime(path, ns=(0, [3, 2, 1][rank] * 10**9))
+        files.append(RankFiles(str(path), str(tmp_path / "none"), str(tmp_path / "none")))
+    out = rank_outcome("run0", files, 4, 1.0, "")
+    assert first_failed(files, out.ranks) == 1
+    assert out.end["message"] == "rank 1: m1" and len(out.ranks) == 3

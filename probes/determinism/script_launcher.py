@@ -30,8 +30,8 @@ from audit.probes.rng_escape import read_log
 from audit.probes.runs import Run, end_runs
 from audit.probes.trace import read_trace
 
-#: End statuses of a rank that speak for the run (a rank killed by its peers' failure has none).
-FAILED = ("crashed", "exited", "target_error")
+#: End statuses of a rank that failed (a rank killed by its peers' failure may have none).
+FAILED = ("crashed", "target_error", "exited")
 
 
 def audit_script(opts: DeterminismOptions, nproc: int = 1,
@@ -80,13 +80,27 @@ class RankFiles:
     seed_log: str
 
 
+def first_failed(files: list, traces: list) -> Optional[int]:
+    """The failed rank whose trace was written last the earliest: a rank's failure ends its
+    trace before its peers see the connection close and fail in turn."""
+    failed = [rank for rank, t in enumerate(traces)
+              if next((r for r in reversed(t) if r.get("type") == "end"), {}).get("status") in FAILED]
+
+    def written(rank: int) -> float:
+        try:
+            return os.stat(files[rank].trace).st_mtime_ns
+        except OSError:
+            return float("inf")
+
+    return min(failed, key=written) if failed else None
+
+
 def rank_outcome(name: str, files: list, code: Optional[int], seconds: float, tail: str,
                  stopped: str = "", stack: str = "") -> RankOutcome:
-    """A run made of ranks: their traces merged (the first failed rank's end speaks for the
-    run), escapes and seeding calls in rank order."""
+    """A run made of ranks: their traces merged (the end of the rank that failed first speaks
+    for the run), escapes and seeding calls in rank order."""
     traces = [read_trace(f.trace) for f in files]
-    ends = [next((r for r in reversed(t) if r.get("type") == "end"), {}) for t in traces]
-    blame = next((rank for rank, e in enumerate(ends) if e.get("status") in FAILED), None)
+    blame = first_failed(files, traces)
     return RankOutcome(name, merge.merge(traces, blame=blame), code, seconds,
                        escapes=[e for f in files for e in read_log(f.escape_log)],
                        output_tail=tail, stopped=stopped, stack=stack,
