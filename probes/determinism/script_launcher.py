@@ -39,13 +39,14 @@ def audit_script(opts: DeterminismOptions, nproc: int = 1,
                  keep: Optional[str] = None) -> DeterminismResult:
     """The determinism audit of a script command, ranks included (``nproc``: ``--nproc``);
     ``keep``: a folder where the runs' specs and traces stay."""
+    ranks = nproc > 1 or script_launch.is_launch(opts.script)  # torchrun sets RANK etc., even for 1
     nproc, python = script_launch.python_command(opts.script, nproc)
     launchers: list = []
     if keep:
         os.makedirs(keep, exist_ok=True)
 
     def make(o, folder, reporter=None):
-        launchers.append(ScriptRankLauncher(o, folder, nproc, reporter) if nproc > 1
+        launchers.append(ScriptRankLauncher(o, folder, nproc, reporter) if ranks
                          else SpawnLauncher(o, folder, reporter))
         return launchers[-1]
 
