@@ -47,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    default=None, help="skip the knob reruns")
     p.add_argument("--nproc", type=positive_arg, default=None,
                    help="ranks per run under torch.distributed (gloo on CPU, NCCL on GPU; "
-                        "default 1)")
+                        "with a script: its ranks, started as torchrun starts them; default 1)")
 
 
 def check_table(chk: config.Checker, table: dict) -> dict:
