@@ -49,9 +49,9 @@ def audit(kind: AuditKind, args: argparse.Namespace, script: Optional[list]) -> 
     """``audit <kind> ...``: run one audit as a gate and print its summary."""
     s = settings.resolve(kind, settings.load_config(args.config), _flags(args))
     if script is not None:
-        from audit.probes.script_runner import validate
+        from audit.probes.script_launch import validate
 
-        validate(script, os.getcwd())  # a bad command is one line before any run starts
+        validate(script, os.getcwd(), kind.launchers)  # a bad command: one line before any run
         s = s.replace(target=None, script=script)
     held = _hold(kind.report_folder(s))
     try:

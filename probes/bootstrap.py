@@ -29,6 +29,8 @@ from audit.probes.spec import RunSpec, read_spec
 from audit.probes.results.records import Record, Status
 
 EXIT_OK, EXIT_TARGET, EXIT_CRASH = 0, 3, 4
+#: :func:`run` by import path, for ``torch.multiprocessing`` children (this module is ``__main__``).
+RUNNER = "audit.probes.bootstrap:run"
 STDIN_HELP = ("the script reads standard input, and the audit runs it several times, so it "
               "cannot type into it at a terminal: give the input through a pipe or a file, "
               "e.g. printf 'yes\\n' | audit determinism -- python train.py (every run reads the "
@@ -219,19 +221,21 @@ def _exit_hook(run_end: _Run, lockstep, real_exit):
     return os_exit
 
 
-def _run_script(program, tracer, run_end: _Run) -> int:
-    """Run the program as ``python`` would, under the installed tracer; the end record's status."""
+def _run_script(program, tracer, run_end: _Run, call=None) -> int:
+    """Run the program as ``python`` would (or ``call``, a spawned rank's function), under the
+    installed tracer; the end record's status."""
     import runpy
 
     from audit.probes.script_trace import StopScript
 
-    sys.argv = [program.path or program.module, *program.args]
-    if program.path is not None:
-        sys.path[0] = os.path.dirname(os.path.abspath(program.path))
-    else:
-        sys.path[0] = os.getcwd()
+    if program is not None:
+        sys.argv = [program.path or program.module, *program.args]
+        sys.path[0] = (os.getcwd() if program.path is None
+                       else os.path.dirname(os.path.abspath(program.path)))
     try:
-        if program.module:
+        if call is not None:
+            call()
+        elif program.module:
             runpy.run_module(program.module, run_name="__main__", alter_sys=True)
         else:
             runpy.run_path(program.path, run_name="__main__")
@@ -256,8 +260,11 @@ def _run_script(program, tracer, run_end: _Run) -> int:
         return run_end.end(Status.CRASHED, 1, details.pop("message"), **details)
 
 
-def run(spec: RunSpec, program) -> int:
-    """Run the program under the tracer and write the end record; returns the exit status."""
+def run(spec: RunSpec, program, call=None) -> int:
+    """Run the program under the tracer and write the end record; returns the exit status.
+    ``call``: run this function instead (a rank's function in a ``torch.multiprocessing``
+    child, :mod:`audit.probes.script_spawn`); ``program`` is then None."""
+    from audit.probes import script_ranks
     from audit.probes.rng_draws import DrawWatch
     from audit.probes.script_trace import ScriptTracer
     from audit.probes.trace import TraceWriter
@@ -265,7 +272,7 @@ def run(spec: RunSpec, program) -> int:
     from audit.probes.worker import environment
 
     writer = TraceWriter(spec.trace)
-    lockstep = tracer = None
+    lockstep = tracer = attached = None
     run_end = _Run(spec, writer, None)
     real_exit = os._exit
     try:
@@ -276,11 +283,12 @@ def run(spec: RunSpec, program) -> int:
                               escape_log=spec.escape_log,
                               draws=DrawWatch(spec.escape_log))
         run_end.tracer = tracer
+        attached = script_ranks.attach(spec, writer, tracer, RUNNER)  # ranks, or spawned ones
         os._exit = _exit_hook(run_end, lockstep, real_exit)
         if spec.stdin == "terminal":
             sys.stdin = _TerminalStdin()
         tracer.install()
-        return _run_script(program, tracer, run_end)
+        return _run_script(program, tracer, run_end, call)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # the audit's own set-up failed before the script ran
@@ -294,6 +302,8 @@ def run(spec: RunSpec, program) -> int:
             tracer.shutdown_loaders()
         if not run_end.written:
             run_end.end("crashed_setup", 1, "the run ended without a report")
+        if attached is not None:
+            attached.close()
         if lockstep is not None:
             lockstep.finish()
         writer.close()

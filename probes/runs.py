@@ -38,7 +38,8 @@ STARTUP = 120.0
 STACK_WAIT = 2.0
 #: Seconds a run is given to exit cleanly on SIGTERM before it is killed.
 GRACE = 10.0
-_STEP = b'{"type":"%s"' % Record.STEP.encode()
+#: How a step record's line starts in a trace (the writer's compact JSON).
+STEP_PREFIX = b'{"type":"%s"' % Record.STEP.encode()
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
 
 
@@ -190,7 +191,7 @@ class Run:
             self._offset += len(data)
             lines = (self._rest + data).split(b"\n")
             self._rest = lines.pop()
-            self.steps += sum(1 for line in lines if line.startswith(_STEP))
+            self.steps += sum(1 for line in lines if line.startswith(STEP_PREFIX))
             if lines:
                 self.last_progress = time.monotonic()
         return self.steps

@@ -4,7 +4,8 @@ Script mode learns which tensors are trained only when training starts: from the
 (one step per ``optimizer.step()``) or, in a script that updates parameters by hand, from the
 autograd graph of its first backward pass (:func:`graph_leaves`). :class:`Naming` finds the
 outermost module that holds each tensor with one scan of the live objects and names tensors
-as ``model.named_parameters()`` does, with a prefix per model when there are several.
+as ``model.named_parameters()`` does, with a prefix per model when there are several. A model
+wrapped in DDP (or DataParallel) is named as the wrapped model (no ``module.`` prefix).
 """
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ class Naming:
         return f"model{k}"
 
     def module_name(self, module) -> str:
-        name = self.module_names.get(module)
+        name = self.module_names.get(unwrap(module))
         if name is None:  # not inside a traced model (a loss module, a transform): its class
             name = self._extra.get(module)
             if name is None:
@@ -146,7 +147,14 @@ def _root(m, parent: dict):
     while id(m) in parent and id(m) not in seen:
         seen.add(id(m))
         m = parent[id(m)]
-    return m
+    return unwrap(m)
+
+
+def unwrap(module):
+    """The user's model inside a (Distributed)DataParallel wrapper: names without ``module.``."""
+    while isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        module = module.module
+    return module
 
 
 def join(label: str, name: str) -> str:

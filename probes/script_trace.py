@@ -141,6 +141,7 @@ class ScriptTracer:
         self._pid = os.getpid()
         self._last = time.perf_counter()
         self.source = "none"  # where the data compared come from: "dataloader" | "module_inputs"
+        self.on_step: Optional[Callable[[int], None]] = None  # after each step record (ranks)
 
     def _reset_step(self) -> None:
         self._batches.clear()
@@ -485,6 +486,8 @@ class ScriptTracer:
                 record["diffs"] = diffs
         self.writer.write(record)
         self.done += 1
+        if self.on_step is not None:
+            self.on_step(self.done)
         if self.done >= self.steps:
             self.stopped = True
             if not final:

@@ -29,7 +29,9 @@ class DistSpec:
     """One rank of a distributed run: how many ranks, and seconds a collective may wait."""
 
     nproc: int
-    timeout: float
+    timeout: float = 120.0
+    port: Optional[int] = None  # script mode: the run's rendezvous port (the script's is moved)
+    spawned: bool = False  # a torch.multiprocessing child of the script's own process
 
 
 @dataclass

@@ -701,7 +701,8 @@ def test_a_crash_before_the_first_step_is_one_line(workdir, monkeypatch, capsys)
 
 @pytest.mark.parametrize("command, expected", [
     (["train.py"], "put python before train.py"),
-    (["torchrun", "train.py"], "script mode runs a Python program"),
+    (["torchrun", "--nnodes", "2", "train.py"], "the audit runs the ranks of one node"),
+    (["mpirun", "train.py"], "script mode runs a Python program"),
     (["python"], "no script after python"),
     (["python", "missing.py"], "script 'missing.py' not found"),
     (["python", "-m"], "-m needs a module name"),

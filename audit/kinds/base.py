@@ -81,6 +81,7 @@ class AuditKind:
     result_type: type  # the engine's result dataclass
     index: Callable[[Any], tuple]  # result -> (text, note_label, note_code) for index/summary
     script_mode: bool = False  # accepts "-- python train.py ..."
+    launchers: bool = False  # accepts "-- torchrun ... train.py" too (the ranks started by the audit)
     in_process: bool = False  # the Python API may pass objects (modules, callables)
     checked_by_default: bool = False  # `audit check` runs it when `audits` is not set
     annotations: Callable[[Check, Any], list] = _no_annotations  # a failed check per place

@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    default=None, help="skip the knob reruns")
     p.add_argument("--nproc", type=positive_arg, default=None,
                    help="ranks per run under torch.distributed (gloo on CPU, NCCL on GPU; "
-                        "default 1)")
+                        "with a script: its ranks, started as torchrun starts them; default 1)")
 
 
 def check_table(chk: config.Checker, table: dict) -> dict:
@@ -74,7 +74,9 @@ def run(s: DeterminismSettings, progress: Progress = None) -> DeterminismResult:
         input_shape=s.input_shape, num_classes=s.num_classes, jobs=s.jobs,
         attribute=s.attribution, script=s.script, cwd=s.cwd, timeout=s.timeout)
     try:
-        if s.nproc > 1:
+        if s.script:
+            result = _run_script(s, opts, progress)
+        elif s.nproc > 1:
             result = _run_distributed(s, opts, progress)
         else:
             result = audit_determinism(opts, progress=progress)
@@ -87,10 +89,14 @@ def run(s: DeterminismSettings, progress: Progress = None) -> DeterminismResult:
 def _run_distributed(s: DeterminismSettings, opts, progress: Progress) -> DeterminismResult:
     from audit.probes.determinism.distributed import audit_distributed
 
-    if s.script:
-        raise UsageError("--nproc works with a TARGET; script mode under torchrun is not "
-                         "supported yet: audit the training function as a TARGET instead")
     return audit_distributed(opts, s.nproc, progress=progress)
+
+
+def _run_script(s: DeterminismSettings, opts, progress: Progress) -> DeterminismResult:
+    """Script mode: one process per run, or ranks (``--nproc``, torchrun, mp.spawn)."""
+    from audit.probes.determinism.script_launcher import audit_script
+
+    return audit_script(opts, s.nproc, progress=progress)
 
 
 # --------------------------------------------------------------------------- checks
@@ -386,5 +392,5 @@ KIND = AuditKind(
     tolerances=TOLERANCES, run=run, checks=checks, snapshot=snapshot, regressions=regressions,
     headline=determinism_headline, verdict_detail=verdict_detail,
     summary=terminal.determinism_summary, html=html.determinism_html,
-    result_type=DeterminismResult, index=index, script_mode=True, annotations=annotations, checked_by_default=True,
-    snapshot_rules=SNAPSHOT_RULES)
+    result_type=DeterminismResult, index=index, script_mode=True, launchers=True,
+    annotations=annotations, checked_by_default=True, snapshot_rules=SNAPSHOT_RULES)

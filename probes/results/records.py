@@ -17,6 +17,7 @@ class Record:
     SAMPLERS = "samplers"  # what a rank's DistributedSamplers did
     PLAN = "plan"  # audit resume: the steps, the checkpoint step, the epoch length
     STATE = "state"  # audit resume: the training state at the checkpoint
+    SPAWN = "spawn"  # script mode: the ranks the script started with torch.multiprocessing
 
 
 class Status:
