@@ -122,6 +122,7 @@ class RankLauncher(Launcher):
         for rank in range(self.nproc):
             rs = replace(spec, trace=f"{base}.rank{rank}.trace", log=f"{base}.rank{rank}.log",
                          escape_log=f"{base}.rank{rank}.escapes",
+                         seed_log=f"{base}.rank{rank}.seeds",
                          dist=DistSpec(nproc=self.nproc, timeout=self.timeout), rank_specs=[])
             if lockstep:
                 rs.lockstep = replace(lockstep, folder=os.path.join(lockstep.folder, f"rank{rank}"))
@@ -129,14 +130,22 @@ class RankLauncher(Launcher):
             spec.rank_specs.append(rs)
         return spec
 
+    def command(self, rs: RunSpec) -> list:
+        """The argv of one rank."""
+        return [sys.executable, "-m", "audit.probes.worker", rs.spec_path]
+
+    def environment(self, rs: RunSpec, rank: int, port: int) -> dict:
+        """The environment of one rank, started as torchrun starts one."""
+        return rank_env(rs.knobs, rank, self.nproc, port)
+
     def start(self, spec: RunSpec) -> RankGroup:
         port = free_port()
         runs: list = []
         try:
             for rank, rs in enumerate(spec.rank_specs):
-                runs.append(Run([sys.executable, "-m", "audit.probes.worker", rs.spec_path],
-                                rs.log, rs.trace,
-                                rank_env(rs.knobs, rank, self.nproc, port), cwd=self.opts.cwd))
+                runs.append(Run(self.command(rs), rs.log, rs.trace,
+                                self.environment(rs, rank, port), cwd=self.opts.cwd,
+                                stdin_path=self.stdin_path))
         except BaseException:
             end_runs(runs)
             raise

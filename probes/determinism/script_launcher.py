@@ -23,12 +23,12 @@ from audit.probes import script_launch, script_runner, seed_log
 from audit.probes.determinism import merge
 from audit.probes.determinism.distributed import annotate
 from audit.probes.determinism.orchestrate import DeterminismOptions, Launcher, audit_determinism
-from audit.probes.determinism.rank_launch import RankGroup, RankOutcome, free_port, rank_env
+from audit.probes.determinism.rank_launch import RankGroup, RankLauncher, RankOutcome, rank_env
 from audit.probes.results import DeterminismResult
 from audit.probes.results.records import Record, Status
 from audit.probes.rng_escape import read_log
-from audit.probes.runs import STEP_PREFIX, Run, end_runs
-from audit.probes.spec import DistSpec, RunSpec, write_spec
+from audit.probes.runs import STEP_PREFIX, Run
+from audit.probes.spec import DistSpec, RunSpec
 from audit.probes.trace import read_trace
 
 #: End statuses of a rank that failed (a rank killed by its peers' failure may have none).
@@ -109,42 +109,17 @@ def rank_outcome(name: str, files: list, code: Optional[int], seconds: float, ta
                        seeds=[s for f in files for s in seed_log.read(f.seed_log)], ranks=traces)
 
 
-class ScriptRankLauncher(Launcher):
+class ScriptRankLauncher(RankLauncher):
     """Every run is ``nproc`` bootstrap processes started as torchrun starts its workers."""
 
     def __init__(self, opts: DeterminismOptions, folder: str, nproc: int, progress=None):
-        super().__init__(opts, folder, progress)
-        self.nproc = nproc
-        self.finished: dict = {}  # run name -> RankOutcome
+        super().__init__(opts, folder, nproc, DistSpec(nproc).timeout, progress)
 
-    def spec(self, name: str, steps: int, **more) -> RunSpec:
-        spec = super().spec(name, steps, **more)
-        base = spec.spec_path[:-len(".json")]
-        spec.rank_specs = []
-        for rank in range(self.nproc):
-            rs = dataclasses.replace(
-                spec, trace=f"{base}.rank{rank}.trace", log=f"{base}.rank{rank}.log",
-                escape_log=f"{base}.rank{rank}.escapes", seed_log=f"{base}.rank{rank}.seeds",
-                dist=DistSpec(nproc=self.nproc), rank_specs=[])
-            if spec.lockstep:
-                rs.lockstep = dataclasses.replace(
-                    spec.lockstep, folder=os.path.join(spec.lockstep.folder, f"rank{rank}"))
-            write_spec(rs, f"{base}.rank{rank}.json")
-            spec.rank_specs.append(rs)
-        return spec
+    def command(self, rs: RunSpec) -> list:
+        return script_runner.command(rs)
 
-    def start(self, spec: RunSpec) -> RankGroup:
-        port = free_port()
-        runs: list = []
-        try:
-            for rank, rs in enumerate(spec.rank_specs):
-                runs.append(Run(script_runner.command(rs), rs.log, rs.trace,
-                                torchrun_env(rs.knobs, rank, self.nproc, port),
-                                cwd=self.opts.cwd, stdin_path=self.stdin_path))
-        except BaseException:
-            end_runs(runs)
-            raise
-        return RankGroup(runs)
+    def environment(self, rs: RunSpec, rank: int, port: int) -> dict:
+        return torchrun_env(rs.knobs, rank, self.nproc, port)
 
     def finish(self, spec: RunSpec, group: RankGroup, stopped: str = "", stack: str = "") -> RankOutcome:
         code = group.end() if stopped else group.end_when_done()
