@@ -203,6 +203,22 @@ def _render(build, name: str, title: str) -> str:
 # --------------------------------------------------------------------------- determinism
 
 
+def _growth_values(points: list, key: str, floor: Optional[float]) -> list:
+    """One series of the growth chart: exact zeros on the ``floor`` line, gaps as NaN."""
+    ys = []
+    for p in points:
+        value = finite(getattr(p, key))
+        ys.append(float("nan") if value is None else (value if value > 0 else floor))
+    return ys
+
+
+def _mark_divergence(ax, step: int) -> None:
+    ax.axvline(step, color=AMBER, linewidth=1.2, linestyle="--", zorder=2)
+    ax.text(step, 1.0, f" first divergence (step {step})",
+            transform=blended_transform_factory(ax.transData, ax.transAxes),
+            color=AMBER, fontsize=8.5, va="bottom", ha="left")
+
+
 def growth_chart(growth: Iterable[GrowthPoint], divergence_step: Optional[int] = None) -> str:
     """How far apart the runs' parameters are after each step: max |diff| and relative L2
     distance, log scale. Exact zeros sit on a ``0`` line at the bottom; the first divergent
@@ -230,24 +246,15 @@ def growth_chart(growth: Iterable[GrowthPoint], divergence_step: Optional[int] =
             ax.set_yticks([0])
             ax.set_yticklabels(["0"])
         for text, key, color, marker in series:
-            xs, ys = [], []
-            for p in points:
-                value = finite(getattr(p, key))
-                xs.append(p.step)
-                if value is None:
-                    ys.append(float("nan"))
-                else:
-                    ys.append(value if value > 0 else floor)
+            ys = _growth_values(points, key, floor)
             if all(math.isnan(y) for y in ys):
                 continue
-            ax.plot(xs, ys, color=color, marker=marker, label=text, markersize=3.5, zorder=3)
+            ax.plot([p.step for p in points], ys, color=color, marker=marker, label=text,
+                    markersize=3.5, zorder=3)
         if floor is not None:
             ax.axhline(floor, color=MUTED, linewidth=0.8, linestyle=(0, (2, 2)), zorder=1)
         if divergence_step is not None:
-            ax.axvline(divergence_step, color=AMBER, linewidth=1.2, linestyle="--", zorder=2)
-            ax.text(divergence_step, 1.0, f" first divergence (step {divergence_step})",
-                    transform=blended_transform_factory(ax.transData, ax.transAxes),
-                    color=AMBER, fontsize=8.5, va="bottom", ha="left")
+            _mark_divergence(ax, divergence_step)
         if not positives:
             ax.text(0.5, 0.72, "the runs' parameters are identical after every step",
                     transform=ax.transAxes, ha="center", color=GREEN, fontsize=10)
@@ -439,6 +446,34 @@ def dead_saturated_chart(schemes: Sequence[SchemeResult],
     return _render(build, "deadsat", "Dead and saturated units per layer")
 
 
+def _loss_range(steady: list) -> tuple:
+    """``(bottom, top, log scale?)`` of the loss chart, from the losses that stayed finite."""
+    lo, hi = min(steady), max(steady)
+    span = (hi - lo) or max(abs(hi), 1.0) * 0.1
+    use_log = lo > 0 and hi / lo > 100
+    top = hi * 1.6 if use_log else hi + span * 0.15
+    bottom = lo / 1.6 if use_log else lo - span * 0.15
+    return bottom, top, use_log
+
+
+def _loss_curve(ax, scheme: SchemeResult, ys: list, style: dict, limits: tuple,
+                recommended: Optional[str]) -> None:
+    """One scheme's losses (None: not finite); the last finite point before a blow-up is
+    crossed, and the legend says when the curve is non-finite or off scale."""
+    bottom, top = limits
+    bad = any(y is None for y in ys)
+    off = any(y is not None and (y > top or y < bottom) for y in ys)
+    notes = [note for note, on in (("non-finite", bad), ("off scale", off)) if on]
+    extra = f" - {', '.join(notes)}" if notes else ""
+    ax.plot(list(range(len(ys))), [float("nan") if y is None else y for y in ys],
+            label=_scheme_label(scheme, recommended, extra), **style)
+    if bad:
+        last = max((i for i, y in enumerate(ys) if y is not None), default=None)
+        if last is not None and bottom <= ys[last] <= top:
+            ax.plot([last], [ys[last]], marker="x", markersize=8, color=style["color"],
+                    linestyle="none", zorder=6)
+
+
 def loss_chart(schemes: Sequence[SchemeResult], recommended: Optional[str] = None) -> str:
     """Training loss per step for each scheme. Non-finite losses break the line and the last
     finite point before them is marked with a cross; the y range follows the schemes that
@@ -460,30 +495,15 @@ def loss_chart(schemes: Sequence[SchemeResult], recommended: Optional[str] = Non
             _no_data(ax, "every loss was non-finite")
             return fig
         steady = [y for _, ys in curves if all(y is not None for y in ys) for y in ys] or every
-        lo, hi = min(steady), max(steady)
-        span = (hi - lo) or max(abs(hi), 1.0) * 0.1
-        use_log = lo > 0 and hi / lo > 100
-        top = hi * 1.6 if use_log else hi + span * 0.15
-        bottom = lo / 1.6 if use_log else lo - span * 0.15
+        bottom, top, use_log = _loss_range(steady)
         order = {s.name: i for i, s in enumerate(schemes)}
         steps = []
         for scheme, ys in curves:
-            xs = list(range(len(ys)))
-            steps.extend(xs)
-            bad = any(y is None for y in ys)
-            off = any(y is not None and (y > top or y < bottom) for y in ys)
+            steps.extend(range(len(ys)))
             style = _scheme_style(scheme, order[scheme.name], recommended)
             if style["marker"] is None and len(ys) <= 12:
                 style = {**style, "marker": "o", "markersize": 2.5}
-            notes = [note for note, on in (("non-finite", bad), ("off scale", off)) if on]
-            extra = f" - {', '.join(notes)}" if notes else ""
-            ax.plot(xs, [float("nan") if y is None else y for y in ys],
-                    label=_scheme_label(scheme, recommended, extra), **style)
-            if bad:
-                last = max((i for i, y in enumerate(ys) if y is not None), default=None)
-                if last is not None and bottom <= ys[last] <= top:
-                    ax.plot([last], [ys[last]], marker="x", markersize=8, color=style["color"],
-                            linestyle="none", zorder=6)
+            _loss_curve(ax, scheme, ys, style, (bottom, top), recommended)
         if use_log:
             _log_axis(ax, steady)
         ax.set_ylim(bottom, top)

@@ -22,6 +22,7 @@ from audit.probes.errors import UsageError
 from audit.probes.init.diagnose import diagnose, recommend, resolve_thresholds, scheme_score
 from audit.probes.init.scheme_names import validate_schemes
 from audit.probes.results import BUILTIN_SCHEMES, InitResult, LayerStats, SchemeResult
+from audit.probes.results.records import Status
 from audit.probes.spec import SchemeRunSpec, write_spec
 
 
@@ -60,7 +61,7 @@ def _run_scheme(opts: ScriptInitOptions, scheme: str, folder: str, margin: float
     if not os.path.isfile(result_path):
         with open(log_path, "rb") as fh:
             tail = fh.read()[-600:].decode("utf-8", "replace").strip().splitlines()
-        return {"scheme": scheme, "layers": [], "loss": [], "status": "crashed",
+        return {"scheme": scheme, "layers": [], "loss": [], "status": Status.CRASHED,
                 "error": f"the run exited with status {code}: {tail[-1] if tail else 'no output'}"}
     with open(result_path, encoding="utf-8") as fh:
         return json.load(fh)
@@ -82,7 +83,7 @@ def _scheme_result(data: dict, limits: dict, seconds: float) -> SchemeResult:
 
 def _own_failure(data: dict) -> Optional[str]:
     """One line when the script's own run shows it cannot be audited (no step at all)."""
-    if data.get("status") == "ok":
+    if data.get("status") == Status.OK:
         return None
     why = data.get("error") or ("the script ended without an optimizer step: the audit measures "
                                 "the model a torch.optim optimizer trains; does the script "

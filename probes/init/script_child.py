@@ -30,6 +30,7 @@ from audit.probes import script_runner
 from audit.probes.environment import describe as environment
 from audit.probes.init.flow import FlowProbe, modules_with_parameters, trace_forward
 from audit.probes.runs import Frame, user_frame
+from audit.probes.results.records import Status
 from audit.probes.spec import SchemeRunSpec, read_spec
 from audit.probes.init.schemes import DrawCache, apply_scheme, restore_state, scheme_code, snapshot_state
 
@@ -161,7 +162,7 @@ class SchemeRun:
         if self.model is None:
             return
         self.out["loss"].append(self.last_loss)
-        self.out["status"] = "ok"
+        self.out["status"] = Status.OK
         finite = self.last_loss is not None and self.last_loss == self.last_loss \
             and abs(self.last_loss) != float("inf")
         if len(self.out["loss"]) >= self.steps or not finite:
@@ -184,7 +185,7 @@ def run(spec: SchemeRunSpec, program: script_runner.Program) -> dict:
     except Stop:
         pass
     except SystemExit as exc:
-        if exc.code not in (None, 0) and scheme.out["status"] != "ok":
+        if exc.code not in (None, 0) and scheme.out["status"] != Status.OK:
             scheme.out["error"] = f"the script exited with status {exc.code!r}"
     except Exception as exc:  # the script (or the scheme) broke: a result, with the place
         found = user_frame(_frames(traceback.extract_tb(exc.__traceback__)))

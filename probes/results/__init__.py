@@ -195,7 +195,7 @@ class RunInfo:
 
     index: int
     steps_completed: int
-    status: str  # "ok" | "crashed" | "exited" | "ended_early" | "killed" | "timed_out" | "interrupted"
+    status: str  # a run status (records.Status): ok, crashed, exited, ended_early, killed, timed_out, interrupted
     message: str = ""
     exit_code: Optional[int] = None
     seconds: Optional[float] = None
