@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from audit.probes.init.diagnose import (DEFAULT_THRESHOLDS, depth_trend, diagnose, recommend,
-                             resolve_thresholds, scheme_score)
+from audit.probes.init.diagnose import depth_trend, diagnose, recommend, scheme_score
+from audit.probes.init.thresholds import DEFAULT_THRESHOLDS, resolve_thresholds
 from audit.probes.init.flow import dead_fraction, saturated_fraction
 from audit.probes.init.engine import run_init
 from audit.probes.results import Finding, LayerStats, SchemeResult
@@ -175,7 +175,7 @@ def test_bad_threshold_value():
 def test_every_threshold_is_documented():
     import inspect
 
-    import audit.probes.init.diagnose as module
+    import audit.probes.init.thresholds as module
 
     source = inspect.getsource(module)
     for key in DEFAULT_THRESHOLDS:

@@ -14,6 +14,7 @@ from audit.kinds.base import (AuditKind, Progress, Settings, failing_names, plur
                               rounded)
 from audit.probes.errors import TargetError, UsageError
 from audit.probes.init.scheme_names import scheme_problem
+from audit.probes.init.thresholds import DEFAULT_THRESHOLDS
 from audit.probes.results import Check, InitResult
 from audit.reports import html, terminal
 from audit.reports.common import finding_advice, finding_numbers, finding_title, init_headline
@@ -43,7 +44,7 @@ SCHEMES_EXPECTED = ("an array of scheme names or a comma-separated string of the
 class InitSettings(Settings):
     steps: int = 5
     schemes: Optional[list] = None  # None: every built-in scheme
-    thresholds: dict = None  # overrides of probes/init/diagnose.py's DEFAULT_THRESHOLDS
+    thresholds: dict = None  # overrides of probes/init/thresholds.py's DEFAULT_THRESHOLDS
 
     def __post_init__(self) -> None:
         if isinstance(self.schemes, str):
@@ -76,8 +77,6 @@ def _check_schemes(chk: config.Checker, value: Any) -> list:
 
 
 def _check_thresholds(chk: config.Checker, value: Any) -> dict:
-    from audit.probes.init.diagnose import DEFAULT_THRESHOLDS  # numpy/scipy only when needed
-
     table = "tool.audit.init.thresholds"
     if not isinstance(value, dict):
         chk.fail("tool.audit.init", "thresholds", "a table of diagnosis thresholds", value)

@@ -26,7 +26,8 @@ import torch
 
 from audit.probes.environment import describe as environment
 from audit.probes.seeding import seed_all
-from audit.probes.init.diagnose import diagnose, recommend, resolve_thresholds, scheme_score
+from audit.probes.init.diagnose import diagnose, recommend, scheme_score
+from audit.probes.init.thresholds import resolve_thresholds
 from audit.probes.init.flow import FlowProbe, ForwardTrace, modules_with_parameters, trace_forward
 from audit.probes.progress import Progress, Reporter, silent
 from audit.probes.runs import Interrupted
@@ -51,7 +52,7 @@ def run_init(setup: TrainingSetup, schemes: Optional[list] = None, steps: int = 
 
     ``schemes`` defaults to :data:`DEFAULT_SCHEMES`; ``default`` is always run (first), as the
     verdict is that of the target's own init. ``thresholds`` overrides
-    :data:`probes.diagnose.DEFAULT_THRESHOLDS`. Bad scheme names, unknown threshold keys and
+    :data:`probes.init.thresholds.DEFAULT_THRESHOLDS`. Bad scheme names, unknown threshold keys and
     ``steps < 1`` raise ValueError before anything runs; a failure to read the batches
     propagates. When ``default`` itself raises, :attr:`InitResult.error` says so (the target
     is broken); any other scheme that raises is only that scheme's error. ``progress`` gets a

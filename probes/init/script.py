@@ -8,18 +8,20 @@ forward. The runs' statistics are diagnosed and ranked exactly as in target mode
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Callable, Optional
 
 from audit.probes import script_runner
 from audit.probes.errors import UsageError
-from audit.probes.init.diagnose import diagnose, recommend, resolve_thresholds, scheme_score
+from audit.probes.init.thresholds import resolve_thresholds
 from audit.probes.init.scheme_names import validate_schemes
 from audit.probes.results import BUILTIN_SCHEMES, InitResult, LayerStats, SchemeResult
 from audit.probes.results.records import Status
@@ -67,7 +69,21 @@ def _run_scheme(opts: ScriptInitOptions, scheme: str, folder: str, margin: float
         return json.load(fh)
 
 
+def _warm_diagnosis() -> None:
+    """Import the diagnosis (scipy: about a second) in a background thread while the first
+    scheme's run goes on, instead of before it or after it."""
+    def load() -> None:
+        try:
+            importlib.import_module("audit.probes.init.diagnose")
+        except Exception:  # the diagnosis's own import, later, will say what is wrong
+            pass
+
+    threading.Thread(target=load, name="audit-warm-diagnosis", daemon=True).start()
+
+
 def _scheme_result(data: dict, limits: dict, seconds: float) -> SchemeResult:
+    from audit.probes.init.diagnose import diagnose, scheme_score
+
     result = SchemeResult(name=data["scheme"], verdict="unhealthy")
     result.layers = [_layer(x) for x in data.get("layers", [])]
     result.loss = [x for x in data.get("loss", []) if x is not None]
@@ -116,6 +132,7 @@ def run_init_script(opts: ScriptInitOptions,
     names = validate_schemes(opts.schemes or list(BUILTIN_SCHEMES))
     names = ["default"] + [n for n in names if n != "default"]
     limits = resolve_thresholds(opts.thresholds)
+    _warm_diagnosis()
     runs, results = [], []
     with tempfile.TemporaryDirectory(prefix="audit-init-script-") as folder:
         for i, name in enumerate(names):
@@ -126,6 +143,8 @@ def run_init_script(opts: ScriptInitOptions,
             if i == 0 and _own_failure(runs[0]):
                 raise UsageError(_own_failure(runs[0]))
             results.append(_scheme_result(runs[-1], limits, time.perf_counter() - t0))
+    from audit.probes.init.diagnose import recommend
+
     best, reason = recommend(results, limits)
     code = next((r.get("code", "") for r in runs if r["scheme"] == best), "") if best else ""
     own = results[0]
