@@ -451,18 +451,20 @@ def line_of(path: str, marker: str) -> int:
     return next(i for i, line in enumerate(FILES[path].splitlines(), 1) if marker in line)
 
 
-# (options, command after "--")
+# (options, command after "--"), in the order the audits start: those that attribute a cause
+# (knob pairs) first, then those with a replay, then those that pass or stop (two runs each),
+# so that the two audits at a time end together.
 AUDITS = {
+    "data": (["--steps", "3"], ["python", "data_unseeded/train.py"]),
+    "backward": (["--steps", "3"], ["python", "backward_order/train.py"]),
+    "gan": (["--steps", "4", "--no-attribution"], ["python", "gan/train.py"]),
+    "forward": (["--steps", "3", "--no-attribution"], ["python", "forward_noise/train.py"]),
+    "workers": (["--steps", "4"], ["python3", "workers_tv/train.py", "--workers", "2"]),
     "argparse": (["--steps", "4"], ["python", "argparse_seeded/train.py", "--epochs", "3",
                                     "--lr", "0.1", "--expect-cwd", "{cwd}"]),
-    "workers": (["--steps", "4"], ["python3", "workers_tv/train.py", "--workers", "2"]),
     "exit3": (["--steps", "4"], ["python", "exits/train.py", "--code", "3", "--after", "2"]),
     "crash": (["--steps", "4"], ["python", "crash/train.py"]),
     "module": (["--steps", "3"], ["python", "-m", "trainer_pkg.train", "--width", "8"]),
-    "gan": (["--steps", "4", "--no-attribution"], ["python", "gan/train.py"]),
-    "data": (["--steps", "3"], ["python", "data_unseeded/train.py"]),
-    "forward": (["--steps", "3", "--no-attribution"], ["python", "forward_noise/train.py"]),
-    "backward": (["--steps", "3"], ["python", "backward_order/train.py"]),
     "hash": (["--steps", "3"], ["python", "hash_labels/train.py"]),
 }
 

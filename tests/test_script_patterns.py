@@ -24,15 +24,17 @@ from audit import cli
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, "tests", "scripts")
 
-# name: (options, command after "--")
+# name: (options, command after "--"), in the order the audits start: those that attribute a
+# cause (knob pairs) first, then those with a replay, then the fixed versions (two runs each),
+# so that the two audits at a time end together.
 AUDITS = {
-    "manual": (["--steps", "3", "--no-attribution"], ["python", "manual_sgd.py"]),
-    "manual_fixed": (["--steps", "3"], ["python", "manual_sgd.py", "--shuffle-seed", "0"]),
-    "noise": (["--steps", "3", "--no-attribution"], ["python", "weight_noise.py"]),
-    "noise_fixed": (["--steps", "3"], ["python", "weight_noise.py", "--noise-seed", "1"]),
     "labels": (["--steps", "2"], ["python", "set_labels.py"]),
-    "labels_fixed": (["--steps", "2"], ["python", "set_labels.py", "--sorted"]),
     "workers": (["--steps", "4"], ["python", "unordered_workers.py"]),
+    "manual": (["--steps", "3", "--no-attribution"], ["python", "manual_sgd.py"]),
+    "noise": (["--steps", "3", "--no-attribution"], ["python", "weight_noise.py"]),
+    "manual_fixed": (["--steps", "3"], ["python", "manual_sgd.py", "--shuffle-seed", "0"]),
+    "noise_fixed": (["--steps", "3"], ["python", "weight_noise.py", "--noise-seed", "1"]),
+    "labels_fixed": (["--steps", "2"], ["python", "set_labels.py", "--sorted"]),
     "workers_fixed": (["--steps", "4"], ["python", "unordered_workers.py", "--in-order"]),
 }
 
