@@ -159,3 +159,13 @@ def test_latent_sources_have_place_and_fix_and_warn_or_fail_the_check():
     assert latent.check(DeterminismResult("deterministic", 2, 4, 0, "cpu")).passed
     again = DeterminismResult.from_dict(result.to_dict())
     assert again.latent_sources == found
+
+
+def test_signatures_see_outputs_the_loss_rounds_alike():
+    def trace(outputs):
+        return [{"type": "init", "params": ["a"]},
+                {"type": "step", "step": 0, "outputs": outputs, "loss": "l"}]
+
+    assert proof.signature(trace("o1"), 0) != proof.signature(trace("o2"), 0)
+    chance = proof.chance_of([trace("o1"), trace("o2"), trace("o1"), trace("o2")], 0, "forward")
+    assert (chance.agreeing, chance.pairs) == (2, 5)  # less the pair that started the search

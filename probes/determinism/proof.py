@@ -29,8 +29,8 @@ MAX_PAIRS = 10
 #: Knobs that act only on an accelerator.
 DEVICE_KNOBS = ("deterministic_algorithms", "fill_uninitialized_memory", "cudnn_benchmark_off")
 #: Record fields that say how a run trained through a step.
-SIGNATURE_FIELDS = ("inputs", "targets", "fed", "loss_targets", "start", "rng", "loss", "grads",
-                    "params")
+SIGNATURE_FIELDS = ("inputs", "targets", "fed", "loss_targets", "start", "rng", "outputs", "loss",
+                    "grads", "params")
 
 
 @dataclass
