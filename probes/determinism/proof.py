@@ -28,6 +28,10 @@ ALPHA = 0.01
 MAX_PAIRS = 10
 #: Knobs that act only on an accelerator.
 DEVICE_KNOBS = ("deterministic_algorithms", "fill_uninitialized_memory", "cudnn_benchmark_off")
+#: Stages whose difference may take few values, so two runs may agree by chance: the initial
+#: parameters, the data and the RNG state (a label order from a few strings), and the optimizer
+#: (an update summed in one of a few orders).
+FEW_OUTCOMES = ("init", "data", "rng", "optimizer")
 #: Record fields that say how a run trained through a step.
 SIGNATURE_FIELDS = ("inputs", "targets", "fed", "loss_targets", "start", "rng", "outputs", "loss",
                     "grads", "params")
@@ -88,7 +92,7 @@ def chance_of(traces: list, upto: int, stage: str) -> Chance:
             agreeing += sigs[i] == sigs[j]
     if pairs > agreeing:
         pairs -= 1
-    return Chance(agreeing, pairs, few_outcomes=stage in ("init", "data", "rng"))
+    return Chance(agreeing, pairs, few_outcomes=stage in FEW_OUTCOMES)
 
 
 def pairs_needed(rate: float, alpha: float = ALPHA) -> int:
