@@ -192,14 +192,19 @@ def _causes(w: _Writer, result: DeterminismResult) -> None:
         else:
             w.add(styled[0])
             w.add(f"     {styled[1]}")
-        if cause.evidence:
-            w.wrap(cause.evidence, indent="     ")
-        if cause.where:
-            w.wrap(f"at {cause.where}", indent="        ", first="     ")
-        if cause.fix:
-            w.add("     fix:")
-            w.code(cause.fix, indent="       ")
+        _body(w, cause.evidence, cause.where, cause.fix)
         w.blank()
+
+
+def _body(w: _Writer, evidence: str, where: Optional[str], fix: str) -> None:
+    """A cause's (or a latent source's) evidence, place and fix as code, indented under it."""
+    if evidence:
+        w.wrap(evidence, indent="     ")
+    if where:
+        w.wrap(f"at {where}", indent="        ", first="     ")
+    if fix:
+        w.add("     fix:")
+        w.code(fix, indent="       ")
 
 
 def _latent(w: _Writer, result: DeterminismResult) -> None:
@@ -207,12 +212,7 @@ def _latent(w: _Writer, result: DeterminismResult) -> None:
     for n, item in enumerate(result.latent_sources, 1):
         w.add(f"  {n}. {w.s(source_title(one_line(item.source)), 'bold')}  [{one_line(item.source)}]")
         w.wrap(item.evidence, indent="     ")
-        if item.tried:
-            w.wrap(item.tried, indent="     ")
-        if item.where:
-            w.wrap(f"at {item.where}", indent="        ", first="     ")
-        w.add("     fix:")
-        w.code(item.fix, indent="       ")
+        _body(w, item.tried, item.where, item.fix)
 
 
 def _escapes(w: _Writer, result: DeterminismResult) -> None:
@@ -432,13 +432,7 @@ def _resume_causes(w: _Writer, result: ResumeResult) -> None:
         state = "confirmed" if cause.confirmed else "not confirmed"
         w.add(f"  {n}. {w.s(resume_source_title(cause.source), 'bold')}  "
               f"[{one_line(cause.source)}, {w.s(state, 'green' if cause.confirmed else 'yellow')}]")
-        if cause.evidence:
-            w.wrap(cause.evidence, indent="     ")
-        if cause.where:
-            w.wrap(f"at {cause.where}", indent="        ", first="     ")
-        if cause.fix:
-            w.add("     fix:")
-            w.code(cause.fix, indent="       ")
+        _body(w, cause.evidence, cause.where, cause.fix)
         w.blank()
 
 
