@@ -169,3 +169,22 @@ def test_signatures_see_outputs_the_loss_rounds_alike():
     assert proof.signature(trace("o1"), 0) != proof.signature(trace("o2"), 0)
     chance = proof.chance_of([trace("o1"), trace("o2"), trace("o1"), trace("o2")], 0, "forward")
     assert (chance.agreeing, chance.pairs) == (2, 5)  # less the pair that started the search
+
+
+def test_the_horizon_grows_only_when_the_parting_step_cannot_beat_chance():
+    def trace(*batches):
+        return [{"type": "init", "params": ["a"]}] + [
+            {"type": "step", "step": i, "inputs": b, "loss": "l"} for i, b in enumerate(batches)]
+
+    # Four of five runs got the same first batch, but later batches differ: step 0 alone would
+    # need more than MAX_PAIRS agreeing pairs, the whole run does not.
+    traces = [trace("a", str(i), "x") for i in range(4)] + [trace("b", "9", "x")]
+    upto, chance = proof.horizon(traces, 0, "data")
+    assert upto == 2 and chance.agreeing == 0
+    assert proof.pairs_needed(chance.rate) <= proof.MAX_PAIRS
+    # When step 0 can prove something, it is kept: later steps may part for other causes.
+    varied = [trace(str(i), "y", str(i)) for i in range(4)]
+    assert proof.horizon(varied, 0, "data")[0] == 0
+    # No longer horizon helps when the runs agree later as often: the parting step stays.
+    same_later = [trace("a", "y", "x")] * 4 + [trace("b", "y", "x")]
+    assert proof.horizon(same_later, 0, "data")[0] == 0

@@ -187,7 +187,7 @@ def test_workers_out_of_order_are_made_to_act_and_proven(audits):
     assert code == 1
     assert doc["first_divergence"]["stage"] == "data"
     cause = doc["causes"][0]
-    assert (cause["source"], cause["confirmed"]) == ("dataloader", True)
+    assert (cause["source"], cause["confirmed"]) == ("dataloader", True), doc["knob_trials"]
     assert cause["where"] == f"unordered_workers.py:{line_of('unordered_workers.py', 'DataLoader(Squares()')}"
 
 

@@ -1,7 +1,8 @@
 """Varied DataLoader worker timing: makes an order that depends on which worker finishes
 first (``in_order=False``) show itself. Each worker sleeps a random few milliseconds, drawn
 from the operating system (not from any generator the script or the seed controls), before
-each fetch. Installed in every worker through ``worker_init_fn``, so it holds under any
+each fetch, and a longer one as it starts, so that the worker started first (the one that
+finishes first when nothing varies) is no likelier than the others to deliver first. Installed in every worker through ``worker_init_fn``, so it holds under any
 multiprocessing start method."""
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import time
 
 #: The longest delay before a fetch, in seconds.
 MAX_DELAY = 0.02
+#: The longest delay as a worker starts, in seconds: longer than workers take to start one
+#: after another, even on a loaded machine.
+MAX_START_DELAY = 0.15
 
 
-def _delay() -> float:
-    return int.from_bytes(os.urandom(2), "little") / 65535 * MAX_DELAY
+def _delay(longest: float = MAX_DELAY) -> float:
+    return int.from_bytes(os.urandom(2), "little") / 65535 * longest
 
 
 class JitterInit:
@@ -36,5 +40,6 @@ class JitterInit:
 
             slow.jittered = True
             cls.fetch = slow
+        time.sleep(_delay(MAX_START_DELAY))
         if self.inner is not None:
             self.inner(worker_id)

@@ -523,7 +523,7 @@ def _explain(opts: DeterminismOptions, launcher: Launcher, result: DeterminismRe
                               {"PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED"),
                                "flags": result.environment.get("flags", {})},
                               varying=result.varying_seeds)
-        chance = proof.chance_of(controls, upto, parting.stage)
+        upto, chance = proof.horizon(controls, upto, parting.stage)
         trials = _try_knobs(launcher, plan, upto, opts, chance, result.device)
     result.knob_trials = trials
     result.causes = attribute.causes(parting, trials, result.rng_escapes, observed, module,

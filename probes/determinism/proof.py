@@ -95,6 +95,23 @@ def chance_of(traces: list, upto: int, stage: str) -> Chance:
     return Chance(agreeing, pairs, few_outcomes=stage in FEW_OUTCOMES)
 
 
+def horizon(traces: list, upto: int, stage: str) -> tuple:
+    """The step through which knob trials compare runs, and the :class:`Chance` there:
+    ``upto`` (the parting step), unless plain runs agree there so often that
+    :data:`MAX_PAIRS` pairs could not beat chance (a loader with three workers has about three
+    first batches); then the last step every plain run made, where they agree less often, if
+    they do. Later steps may part for other causes too, so the short horizon is kept when it can
+    prove something."""
+    chance = chance_of(traces, upto, stage)
+    if chance.rate ** MAX_PAIRS <= ALPHA:
+        return upto, chance
+    last = min((sum(r.get("type") == Record.STEP for r in t) for t in traces), default=0) - 1
+    if last <= upto:
+        return upto, chance
+    longer = chance_of(traces, last, stage)
+    return (last, longer) if longer.rate < chance.rate else (upto, chance)
+
+
 def pairs_needed(rate: float, alpha: float = ALPHA) -> int:
     """Pairs that must all agree for ``rate ** pairs <= alpha``."""
     if rate <= 0:
