@@ -90,3 +90,21 @@ def test_fingerprints_on_cuda_match_their_properties():
     u = t.clone()
     u.view(torch.int32)[7] += 1
     assert fp.gather([fp.fingerprint(u)])[0] != base
+
+
+def test_ddp_under_nccl_traces_every_rank_on_its_gpu():
+    """The NCCL path of ``--nproc``: one rank per GPU (two where there are two), the tool's own
+    DDP wrapping on each rank's device, fingerprints gathered on the device; the clean trainer's
+    replicas agree."""
+    from audit.probes.determinism.distributed import audit_distributed
+    from audit.probes.determinism.orchestrate import DeterminismOptions
+
+    nproc = min(torch.cuda.device_count(), 2)
+    opts = DeterminismOptions(target=os.path.join(TARGETS, "ddp_faults.py") + ":build", steps=4,
+                              runs=2, jobs=2, cwd=TARGETS, device="cuda", attribute=False)
+    r = audit_distributed(opts, nproc, timeout=120)
+    assert r.error is None, r.error
+    assert r.device.startswith("cuda")
+    assert r.replicas is not None and r.replicas.verdict == "consistent"
+    assert r.verdict in ("deterministic", "nondeterministic")  # cuBLAS/NCCL may reorder sums
+    assert r.steps == 4
