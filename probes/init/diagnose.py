@@ -321,28 +321,28 @@ def recommend(schemes: list, thresholds: Optional[dict] = None) -> tuple:
     ranked = sorted((s for s in schemes if s.error is None),
                     key=lambda s: s.score if s.score is not None else scheme_score(s))
     if not ranked:
-        return None, "every scheme raised an error; see each scheme's error"
+        return None, "Every scheme raised an error; see each scheme's error."
     best = ranked[0]
     own = next((s for s in schemes if s.name == "default"), None)
     steps = len(best.loss)
     if own is not None and own.error is None and not own.findings and best.name != "default":
         if not best.findings and not _clearly_lower(best, own, t["loss_tolerance"]):
-            return "default", (f"the model's own init is healthy and no scheme's loss after "
+            return "default", (f"The model's own init is healthy and no scheme's loss after "
                                f"{len(own.loss)} steps is clearly lower (best: {best.name}, "
-                               f"{_last(best):.4g} vs {_last(own):.4g})")
+                               f"{_last(best):.4g} vs {_last(own):.4g}).")
     if best.findings:
         kinds = ", ".join(sorted({f.kind for f in best.findings}))
-        return best.name, (f"no scheme is free of findings; {best.name} has the least severe "
-                           f"({kinds}) and the lowest loss among those")
+        return best.name, (f"No scheme is free of findings; {best.name} has the least severe "
+                           f"({kinds}) and the lowest loss among those.")
     if best.name == "default":
-        return "default", (f"the model's own init is healthy and has the lowest loss after "
-                           f"{steps} steps ({_last(best):.4g})")
-    why = f"{best.name} has no findings and the lowest loss after {steps} steps ({_last(best):.4g}"
+        return "default", (f"The model's own init is healthy and has the lowest loss after "
+                           f"{steps} steps ({_last(best):.4g}).")
+    why = f"No findings, and the lowest loss after {steps} steps ({_last(best):.4g}"
     if own is not None and own.error is None:
         why += f" vs default {_last(own):.4g}"
         if own.findings:
             why += "; default has " + ", ".join(sorted({f.kind for f in own.findings}))
-    return best.name, why + ")"
+    return best.name, why + ")."
 
 
 def _last(scheme: SchemeResult) -> float:

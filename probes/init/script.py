@@ -107,10 +107,11 @@ def _own_failure(data: dict) -> Optional[str]:
     return f"audit init: {why}"
 
 
-def _fix_code(code: str, runs: list) -> str:
+def _fix_code(code: str, best: Optional[str], runs: list) -> str:
+    """The scheme's code, placed in the script (the model's own init needs no placing)."""
     where = next((r.get("optimizer_where") for r in runs if r.get("optimizer_where")), None)
     model = next((r.get("model") for r in runs if r.get("model")), "the model")
-    if not code or not where:
+    if not code or not where or best == "default":
         return code
     return (f"# In the script: after {model} is built and before the optimizer is made "
             f"({where}), with `model` the {model}:\n{code}")
@@ -152,7 +153,7 @@ def run_init_script(opts: ScriptInitOptions,
         verdict=own.verdict, recommended=best, schemes=results, mode="script",
         target=shlex.join(opts.script), steps=opts.steps, seed=opts.seed,
         device=runs[0].get("device", opts.device), environment=runs[0].get("environment", {}),
-        thresholds=limits, recommendation_code=_fix_code(code, runs),
+        thresholds=limits, recommendation_code=_fix_code(code, best, runs),
         recommendation_reason=reason + _noise_note(runs),
         error=f"the script's own init failed to train: {own.error}" if own.error else None,
         seconds=time.perf_counter() - started)
