@@ -283,6 +283,10 @@ def run(spec: RunSpec, program, call=None) -> int:
                               escape_log=spec.escape_log,
                               draws=DrawWatch(spec.escape_log))
         run_end.tracer = tracer
+        if spec.cuda_ops:
+            from audit.probes.determinism.script_ops import StepScan
+
+            tracer.scan = StepScan(writer)
         attached = script_ranks.attach(spec, writer, tracer, RUNNER)  # ranks, or spawned ones
         os._exit = _exit_hook(run_end, lockstep, real_exit)
         if spec.stdin == "terminal":

@@ -142,6 +142,7 @@ class ScriptTracer:
         self._last = time.perf_counter()
         self.source = "none"  # where the data compared come from: "dataloader" | "module_inputs"
         self.on_step: Optional[Callable[[int], None]] = None  # after each step record (ranks)
+        self.scan = None  # a probes.determinism.script_ops.StepScan: the first run's op scan
 
     def _reset_step(self) -> None:
         self._batches.clear()
@@ -256,6 +257,8 @@ class ScriptTracer:
         self._patches.append((owner, name, original))
 
     def uninstall(self) -> None:
+        if self.scan is not None and self._mine():
+            self.scan.finish(self._device())
         if self._patches and self._mine():
             if self._pending is not None:  # the last backward pass's step, after its update
                 self._flush(final=True)
@@ -337,6 +340,8 @@ class ScriptTracer:
             return
         if self._depth == 0 and self._main_thread():
             self._at_top(args)
+            if self.scan is not None and self._begun and self.done:  # the second step
+                self.scan.start(self.naming.module_names, module, args)
         self._depth += 1
 
     def _top_post(self, module, args, output) -> None:
@@ -386,10 +391,14 @@ class ScriptTracer:
                 self._rng = rng_fingerprints(self._device())
         for t in tensors_in(tensors):
             self._losses.append(t.detach())
+        if self.scan is not None:
+            self.scan.backward(tensors)
 
     def _after_backward(self, grads_by_id: Optional[dict]) -> None:
         if self.counting != "backward" or not self._begun or not self._mine():
             return
+        if self.scan is not None:
+            self.scan.finish(self._device())
         grads = [grads_by_id.get(id(p)) if grads_by_id is not None else p.grad for p in self.params]
         copies = None
         if self.lockstep is not None:
@@ -406,6 +415,8 @@ class ScriptTracer:
             return
         if self.stopped:
             raise StopScript()
+        if self.scan is not None:
+            self.scan.finish(self._device())
         self._register(optimizer)
         if not self._begun:
             self._begin()

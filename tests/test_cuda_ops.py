@@ -206,3 +206,46 @@ def test_a_kernel_cause_cites_the_scanned_ops_of_its_module():
     assert "aten::reflection_pad2d_backward" in causes[0].evidence and not causes[1].evidence
     cite_scan(causes[1:], _sample([RAISING]).cuda_ops, "other")
     assert not causes[1].evidence
+
+
+def _script_trace(tmp_path, name: str, scan: bool) -> tuple:
+    """``build_{name}`` trained for 3 steps as a script trains it, under the script hooks
+    (with the op scan when ``scan``): the records, and the scan record's result."""
+    from audit.probes.determinism.script_ops import StepScan
+    from audit.probes.script_trace import ScriptTracer
+    from audit.probes.trace import TraceWriter, read_trace
+    from audit.probes.training import compute_loss, cycle_batches
+
+    torch.manual_seed(0)
+    setup = load_target(f"{MODELS}:build_{name}")
+    path = str(tmp_path / f"{name}-{scan}.trace")
+    writer = TraceWriter(path)
+    tracer = ScriptTracer(writer, 10)
+    tracer.scan = StepScan(writer) if scan else None
+    tracer.install()
+    try:
+        opt = torch.optim.SGD(setup.model.parameters(), lr=0.1)
+        for _, batch in cycle_batches(setup.data, 3):
+            opt.zero_grad()
+            compute_loss(setup, batch).backward()
+            opt.step()
+    finally:
+        tracer.uninstall()
+        writer.close()
+    records = read_trace(path)
+    scans = [CudaOpsScan.from_dict(r["scan"]) for r in records if r["type"] == "cuda_ops"]
+    return [r for r in records if r["type"] == "step"], scans
+
+
+@pytest.mark.parametrize("name", ["interpolate", "parent_interpolate", "embedding_bag", "plain"])
+def test_script_mode_scans_its_second_step_as_it_trains(tmp_path, name):
+    steps, scans = _script_trace(tmp_path, name, scan=True)
+    assert len(scans) == 1 and scans[0].error is None
+    want = {(op, cat, passes, tuple(m.rpartition(".")[2] for m in mods))
+            for op, cat, passes, mods in EXPECTED[name]}
+    assert {(o, c, p, tuple(m.rpartition(".")[2] for m in ms))
+            for o, c, p, ms in listed(scans[0])} == want
+    plain_steps, none = _script_trace(tmp_path, name, scan=False)
+    assert none == [] and len(steps) == len(plain_steps) == 3
+    for a, b in zip(steps, plain_steps):  # recorded, the run trains exactly as unrecorded
+        assert (a["grads"], a["params"], a["loss"]) == (b["grads"], b["params"], b["loss"])

@@ -30,14 +30,16 @@ class ModuleMap:
     autograd nodes (assigned when each module's forward returns). Hooks are removed in
     :meth:`close`."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: Optional[nn.Module] = None, named: Optional[list] = None):
+        """Hooks on ``model``'s modules, or on ``named``: ``[(name, module)]`` (script mode:
+        every traced model's modules, under the names the reports use)."""
         self.stack: list = []
         self.node_module: dict = {}
         self.inputs: list = []  # per running module: grad_fns of its inputs (walks stop there)
         self.handles: list = []
         self.local = threading.local()  # the backward node running in this thread
         try:
-            for name, module in model.named_modules():
+            for name, module in (named if named is not None else model.named_modules()):
                 self.handles.append(module.register_forward_pre_hook(self._pre(name), with_kwargs=True))
                 self.handles.append(module.register_forward_hook(self._post))
         except Exception:
@@ -46,13 +48,20 @@ class ModuleMap:
 
     def _pre(self, name: str):
         def hook(module, args, kwargs):
-            self.stack.append(name)
-            self.inputs.append({t.grad_fn for t in tensors_in([args, kwargs]) if t.grad_fn is not None})
+            self.entered(name, [args, kwargs])
         return hook
+
+    def entered(self, name: str, args) -> None:
+        """A module's forward starts (its pre-hook; or, for a call already under way when the
+        hooks were added, the caller says so)."""
+        self.stack.append(name)
+        self.inputs.append({t.grad_fn for t in tensors_in(args) if t.grad_fn is not None})
 
     def _post(self, module, args, output):
         """Claim the graph nodes this call made: those between its outputs and its inputs
         that no inner module claimed first (inner modules return first)."""
+        if not self.stack:  # a call that began before the hooks
+            return
         name, stop = self.stack.pop(), self.inputs.pop()
         seen, todo = set(), [t.grad_fn for t in tensors_in(output) if t.grad_fn is not None]
         while todo:
@@ -219,9 +228,13 @@ def _add(items: list, value) -> None:
 
 def scan(setup: TrainingSetup, batch: Any, device: torch.device) -> CudaOpsScan:
     """The documented CUDA-nondeterministic ops of one forward and backward pass."""
-    calls = record_step(setup, batch)
-    return summarize(calls, str(device),
-                     table.cublas_workspace_required(torch.use_deterministic_algorithms.__doc__))
+    return summarize(record_step(setup, batch), str(device), cublas_needed())
+
+
+def cublas_needed() -> bool:
+    """Whether the installed torch asks for ``CUBLAS_WORKSPACE_CONFIG`` under deterministic
+    algorithms (read from its documentation)."""
+    return table.cublas_workspace_required(torch.use_deterministic_algorithms.__doc__)
 
 
 def confirm(setup: TrainingSetup, batch: Any, result: CudaOpsScan, device: torch.device) -> None:

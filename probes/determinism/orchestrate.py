@@ -432,9 +432,10 @@ def _first_result(opts: DeterminismOptions, outs: list):
 
 def _audit(opts: DeterminismOptions, launcher: Launcher, state: _State,
            started: float) -> DeterminismResult:
-    # The first run also scans its ops for CUDA nondeterminism (target mode; one extra pass).
+    # The first run also scans its ops for CUDA nondeterminism (target mode: one extra pass;
+    # script mode: its second step, recorded as it trains).
     state.runs = [launcher.spec(f"run{i}", opts.steps,
-                                cuda_ops=i == 0 and opts.cuda_ops and not opts.script)
+                                cuda_ops=i == 0 and opts.cuda_ops)
                   for i in range(opts.runs)]
     outs = launcher.run_all(state.runs, opts.jobs,
                             phase=f"runs ({opts.runs} x {_plural(opts.steps, 'step')})")
