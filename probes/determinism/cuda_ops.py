@@ -122,23 +122,33 @@ class OpRecorder(TorchDispatchMode):
     ``confirm`` (deterministic algorithms on) it records which calls PyTorch refuses, and
     reruns just those with the setting off, as ``warn_only=True`` would."""
 
-    def __init__(self, modules: ModuleMap, confirm: bool = False):
+    def __init__(self, modules: ModuleMap, confirm: bool = False, quiet: bool = False):
         super().__init__()
         self.modules, self.confirm = modules, confirm
+        self.quiet = quiet  # inside a user's own step: a call that cannot be matched is skipped
         self.backward = False
         self.calls: list = []  # [OpCall]
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
+    def _call(self, func, args: tuple, kwargs: dict) -> OpCall:
         name = func._overloadpacket.__name__
         node = self.modules.backward_node()
         phase = "backward" if self.backward else "forward"
         module = node[1] if node is not None else self.modules.forward_module()
         entry = table.match(name, _named(func, args, kwargs), node[0] if node else None)
-        key = entry.key if entry is not None else _library(name)
+        return OpCall(name, entry.key if entry is not None else _library(name), phase, module)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        try:
+            call = self._call(func, args, kwargs)
+        except Exception:
+            if not self.quiet:
+                raise
+            return func(*args, **kwargs)
+        name, key, phase, module = call.op, call.key, call.phase, call.module
         if not self.confirm:
             if key is not None:
-                self.calls.append(OpCall(name, key, phase, module))
+                self.calls.append(call)
             return func(*args, **kwargs)
         try:
             out, text = func(*args, **kwargs), ""

@@ -44,7 +44,7 @@ class StepScan:
             self.modules = ModuleMap(named=[(name, m) for m, name in module_names.items()])
             if module in module_names:
                 self.modules.entered(module_names[module], args)
-            self.recorder = OpRecorder(self.modules)
+            self.recorder = OpRecorder(self.modules, quiet=True)
             self.recorder.__enter__()
         except Exception as exc:  # the run goes on unscanned
             self._close()
