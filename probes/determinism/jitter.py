@@ -2,8 +2,9 @@
 first (``in_order=False``) show itself. Each worker sleeps a random few milliseconds, drawn
 from the operating system (not from any generator the script or the seed controls), before
 each fetch, and a longer one as it starts, so that the worker started first (the one that
-finishes first when nothing varies) is no likelier than the others to deliver first. Installed in every worker through ``worker_init_fn``, so it holds under any
-multiprocessing start method."""
+finishes first when nothing varies) is no likelier than the others to deliver first.
+Installed in every worker through ``worker_init_fn``, so it holds under any multiprocessing
+start method."""
 from __future__ import annotations
 
 import os
