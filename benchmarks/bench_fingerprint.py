@@ -3,9 +3,11 @@
     PYTHONPATH=. python benchmarks/bench_fingerprint.py [--rounds 3] [--steps 8] [--clock cpu]
     PYTHONPATH=. python benchmarks/bench_fingerprint.py --profile
 
-For each model, rounds alternate plain and traced training of the same setup; a step's time is
-the wall time between optimizer steps (``--clock cpu``: the process's CPU time, steadier on a
-machine other jobs share); the table shows the medians and their ratio. ``--profile`` shows
+For each model, each round trains the same setup twice at once, one step of each in turn: a
+traced step, then a plain step, so both see the machine in the same state (other jobs, clock
+speed). A step's time is its wall time (``--clock cpu``: the process's CPU time, steadier on a
+machine other jobs share); the table shows the median step times, the median of the per-step
+ratios traced/plain, and the middle half of those ratios. ``--profile`` shows
 where a traced step's extra time goes (each part's median CPU time, as a share of a plain step,
 measured side by side): parameter and gradient fingerprints, the batch's (whole and per
 sample), the RNG digests, the record's JSON.
@@ -50,29 +52,43 @@ CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = time.perf_counter
 
 
-def plain(setup, steps):
+def plain_steps(setup, steps):
+    """A plain training loop, one step per ``next()``."""
     model = setup.model
     model.train()
     opt = setup.optimizer(model.parameters())
-    stamps = [clock()]
     for _, batch in cycle_batches(setup.data, steps):
         opt.zero_grad(set_to_none=True)
         loss = compute_loss(setup, batch)
         loss.backward()
         opt.step()
         loss.item()  # the host sync a training loop makes when it logs the loss
-        stamps.append(clock())
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+        yield
 
 
-def traced(setup, steps):
-    stamps = []
+def interleaved(make, steps):
+    """Per step, (plain seconds, traced seconds): a traced run whose every step is followed by
+    one step of a plain run of the same setup, so both see the machine in the same state."""
+    torch.manual_seed(0)
+    plain = plain_steps(make(), steps)
+    torch.manual_seed(0)
+    traced_setup = make()
+    pairs: list = []
+    mark = [0.0]
+
+    def after_traced_step(done):
+        traced = clock() - mark[0]
+        started = clock()
+        next(plain)
+        pairs.append((clock() - started, traced))
+        mark[0] = clock()
+
     with tempfile.TemporaryDirectory() as folder:
         writer = TraceWriter(os.path.join(folder, "t"))
-        stamps.append(clock())
-        run_traced(setup, steps, torch.device("cpu"), writer, on_step=lambda i: stamps.append(clock()))
+        mark[0] = clock()
+        run_traced(traced_setup, steps, torch.device("cpu"), writer, on_step=after_traced_step)
         writer.close()
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return pairs[1:]  # the first step warms up
 
 
 def profile(name: str, rounds: int) -> None:
@@ -98,10 +114,10 @@ def profile(name: str, rounds: int) -> None:
     grads = [p.grad for p in params]
     inputs, targets = split_batch(batch)
     record = trace.step_fields(trace.combine([fp.fingerprint(t) for t in inputs]), 0,
-                               [trace.row_part(inputs)], [], [], trace.grad_parts(grads), params)
+                               [trace.row_part(inputs)], [], [], trace.grad_parts(grads).values, params)
     parts = {
         "plain step": step,
-        "parameters": lambda: [fp.fingerprint(p) for p in params],
+        "parameters": lambda: fp.fingerprints(params),
         "gradients": lambda: trace.grad_parts(grads),
         "batch": lambda: [fp.fingerprint(t) for t in inputs + targets],
         "batch rows": lambda: (trace.row_part(inputs), trace.row_part(targets)),
@@ -137,17 +153,17 @@ def main() -> None:
         for name in args.models.split(","):
             profile(name, max(args.rounds, 5))
         return
-    print(f"{'model':<10} {'plain ms/step':>14} {'traced ms/step':>15} {'ratio':>7}")
+    print(f"{'model':<10} {'plain ms/step':>14} {'traced ms/step':>15} {'ratio':>7} "
+          f"{'pairs':>6} {'middle half of ratios':>22}")
     for name in args.models.split(","):
         make = {"example": example, "resnet18": resnet18}[name]
-        times = {"plain": [], "traced": []}
-        for _ in range(args.rounds):
-            for mode, fn in (("plain", plain), ("traced", traced)):
-                torch.manual_seed(0)
-                setup = make()
-                times[mode] += fn(setup, args.steps)[1:]  # the first step warms up
-        p, t = statistics.median(times["plain"]), statistics.median(times["traced"])
-        print(f"{name:<10} {p * 1000:>14.1f} {t * 1000:>15.1f} {t / p:>7.3f}")
+        pairs = [pair for _ in range(args.rounds) for pair in interleaved(make, args.steps)]
+        ratios = sorted(t / p for p, t in pairs)
+        p = statistics.median(p for p, _ in pairs)
+        t = statistics.median(t for _, t in pairs)
+        quarter = len(ratios) // 4
+        print(f"{name:<10} {p * 1000:>14.1f} {t * 1000:>15.1f} {statistics.median(ratios):>7.3f} "
+              f"{len(ratios):>6} {ratios[quarter]:>10.3f} .. {ratios[-1 - quarter]:.3f}")
 
 
 if __name__ == "__main__":

@@ -23,12 +23,13 @@ import hashlib
 import zlib
 
 import numpy as np
-from typing import Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 
 _C1 = 0x9E3779B97F4A7C15 - (1 << 64)  # odd, as a signed int64
 _weights: dict = {}
+_CPU = torch.device("cpu")
 
 
 def _weight_table(n: int, device: torch.device):
@@ -62,54 +63,81 @@ def words(t: torch.Tensor) -> torch.Tensor:
     return flat.view(torch.uint8)
 
 
+_metas: dict = {}
+
+
 def _meta(t: torch.Tensor) -> int:
     # Not hash(): Python salts string hashes per process.
-    return zlib.crc32(f"{t.dtype}{tuple(t.shape)}".encode())
+    key = (t.dtype, tuple(t.shape))
+    value = _metas.get(key)
+    if value is None:
+        value = _metas[key] = zlib.crc32(f"{t.dtype}{key[1]}".encode())
+    return value
 
 
 _BLOCK = 1024
 _CHUNK_ROWS = 64  # rows of words converted at a time: 512 KiB of float64, cache-resident
+_SMALL = 4 * _BLOCK  # fewer words: fingerprinted together with the call's other small tensors
 _ROW_WEIGHTS = np.stack([np.ones(_BLOCK), np.arange(_BLOCK, dtype=np.float64)], axis=1)
+# Scales float rows before a float sum, so finite values never overflow it (see _row_sums).
+_FINITE_SCALE = {np.dtype(np.float32): np.full(_BLOCK, 2.0 ** -20, dtype=np.float32),
+                 np.dtype(np.float64): np.full(_BLOCK // 2, 2.0 ** -20, dtype=np.float64)}
 
 
-def _row_sums(grid: np.ndarray) -> np.ndarray:
+def _row_sums(grid: np.ndarray, floats: Optional[np.dtype] = None):
     """Per row of ``_BLOCK`` words: ``[sum_k a_k, sum_k k * a_k]`` as exact int64.
 
     Computed as a float64 matrix product (BLAS, one pass over the words): every term is an
     integer below ``2**31 * 2**10`` in magnitude and every partial sum of a row below ``2**51``,
     so each float64 operation is exact (integers below ``2**53``), whatever order or fused
-    multiply-add the BLAS uses."""
+    multiply-add the BLAS uses.
+
+    ``floats`` (float32 or float64, the words' values): also whether every value is finite,
+    from a sum of each chunk's values scaled by ``2**-20`` while the chunk is in cache (NaN and
+    infinities propagate through it; scaled, finite values cannot overflow it). Returns the
+    sums, or ``(sums, finite)``."""
     out = np.empty((grid.shape[0], 2), dtype=np.float64)
+    buffer = np.empty((min(_CHUNK_ROWS, grid.shape[0]), _BLOCK), dtype=np.float64)
+    finite = True
     for start in range(0, grid.shape[0], _CHUNK_ROWS):
         chunk = grid[start:start + _CHUNK_ROWS]
-        np.matmul(chunk.astype(np.float64), _ROW_WEIGHTS, out=out[start:start + len(chunk)])
-    return out.astype(np.int64)
+        converted = buffer[:len(chunk)]
+        np.copyto(converted, chunk, casting="unsafe")
+        np.matmul(converted, _ROW_WEIGHTS, out=out[start:start + len(chunk)])
+        if floats is not None and finite:
+            values = chunk.view(floats)
+            finite = bool(np.isfinite((values @ _FINITE_SCALE[floats]).sum()))
+    sums = out.astype(np.int64)
+    return sums if floats is None else (sums, finite)
 
 
-def _cpu_dot(a: np.ndarray) -> int:
-    """``sum((2i + 1) * a_i) * C1 mod 2**64`` from exact row sums: with ``i = b*B + k``,
-    ``sum(i * a_i) = B * sum_b(b * rowsum_b) + sum_b(sum_k(k * a_bk))``."""
-    n = a.size
-    rows_n = n // _BLOCK
-    m = rows_n * _BLOCK
+def _combine_rows(sums: np.ndarray) -> int:
+    """``sum((2i + 1) * a_i) * C1 mod 2**64`` from :func:`_row_sums` of consecutive blocks:
+    with ``i = b*B + k``, ``sum(i * a_i) = B * sum_b(b * rowsum_b) + sum_b(sum_k(k * a_bk))``."""
     with np.errstate(over="ignore"):
-        if rows_n >= 4:
-            sums = _row_sums(a[:m].reshape(rows_n, _BLOCK))
-            total = sums[:, 0].sum()
-            weighted = (np.arange(rows_n, dtype=np.int64) * _BLOCK * sums[:, 0]).sum() + \
-                sums[:, 1].sum()
-        else:
-            m = 0
-            total = weighted = np.int64(0)
-        tail = a[m:].astype(np.int64)
-        total += tail.sum()
-        weighted += (np.arange(m, n, dtype=np.int64) * tail).sum()
+        total = sums[:, 0].sum()
+        weighted = (np.arange(len(sums), dtype=np.int64) * _BLOCK * sums[:, 0]).sum() + \
+            sums[:, 1].sum()
         return int((weighted * 2 + total) * np.int64(_C1))
 
 
-def _cpu_row_dots(rows: np.ndarray) -> list:
-    """:func:`_cpu_dot` of each row of a 2-D word array, from one :func:`_row_sums` over the
-    rows cut in blocks (a row's last block padded with zero words, which add nothing)."""
+def _cpu_dot(a: np.ndarray) -> int:
+    """``sum((2i + 1) * a_i) * C1 mod 2**64`` of a flat word array."""
+    if a.size < _SMALL:
+        with np.errstate(over="ignore"):
+            return int((a.astype(np.int64) * _weight_table(a.size, _CPU)).sum())
+    rows_n = a.size // _BLOCK
+    m = rows_n * _BLOCK
+    value = _combine_rows(_row_sums(a[:m].reshape(rows_n, _BLOCK)))
+    with np.errstate(over="ignore"):
+        tail = (a[m:].astype(np.int64) * _weight_table(a.size, _CPU)[m:]).sum()
+        return int(np.int64(value) + tail)
+
+
+def _cpu_row_dots(rows: np.ndarray):
+    """:func:`_cpu_dot` of each row of a 2-D word array (a list), and of the whole array read
+    flat (an int), from one :func:`_row_sums` over the rows cut in blocks (a row's last block
+    padded with zero words, which add nothing)."""
     n, length = rows.shape
     blocks = -(-length // _BLOCK)
     if length != blocks * _BLOCK:
@@ -121,7 +149,17 @@ def _cpu_row_dots(rows: np.ndarray) -> list:
         total = sums[:, :, 0].sum(1)
         weighted = (np.arange(blocks, dtype=np.int64) * _BLOCK * sums[:, :, 0]).sum(1) + \
             sums[:, :, 1].sum(1)
-        return [int(v) for v in (weighted * 2 + total) * np.int64(_C1)]
+        raw = (weighted * 2 + total) * np.int64(_C1)
+        return raw.tolist(), _whole(raw, total, length)
+
+
+def _whole(raw: np.ndarray, total: np.ndarray, length: int) -> int:
+    """The flat array's dot from its rows' (``raw``, each row's own) and the rows' word sums:
+    word ``k`` of row ``j`` is word ``j*L + k`` of the whole, its weight ``2jL*C1`` more."""
+    with np.errstate(over="ignore"):
+        shift = (np.arange(len(total), dtype=np.int64) * total).sum() * np.int64(2 * length) * \
+            np.int64(_C1)
+        return int(raw.sum() + shift)
 
 
 def _dot(w, device: torch.device):
@@ -139,16 +177,145 @@ def fingerprint(t: torch.Tensor):
     return value + _meta(t)
 
 
+class Scan(NamedTuple):
+    """:func:`scan` of several tensors."""
+
+    values: list  # the fingerprint of each tensor, None where the tensor was None
+    finite: object  # 1 when every floating value is finite, else 0 (a 0-d tensor off the CPU)
+
+
+def fingerprints(tensors: Sequence[Optional[torch.Tensor]]) -> list:
+    """:func:`fingerprint` of each tensor (None stays None). On the CPU the small tensors
+    (biases, norms) are fingerprinted together, in a few numpy calls instead of a few each."""
+    return _many(tensors, False).values
+
+
+def scan(tensors: Sequence[Optional[torch.Tensor]]) -> Scan:
+    """:func:`fingerprints`, and whether every value of the floating tensors is finite: on
+    the CPU from the same read of each large float32/float64 tensor (the chunk in cache), so a
+    step's gradients are read once for both."""
+    return _many(tensors, True)
+
+
+_FLOATS = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
+
+def _many(tensors: Sequence[Optional[torch.Tensor]], check: bool) -> Scan:
+    values: list = [None] * len(tensors)
+    small: list = []  # (index, tensor, words)
+    unchecked: list = []  # floating tensors whose values are still to be checked
+    finite = True
+    for i, t in enumerate(tensors):
+        if t is None:
+            continue
+        w = words(t)
+        if t.device.type != "cpu":
+            values[i] = _dot(w, w.device) + _meta(t)
+            unchecked.append(t)
+        elif w.numel() < _SMALL:
+            small.append((i, t, w))
+            unchecked.append(t)
+        else:
+            floats = _FLOATS.get(t.dtype) if check else None
+            value, ok = _cpu_large(w.numpy(), floats)
+            values[i] = value + _meta(t)
+            finite = finite and ok
+            if floats is None:
+                unchecked.append(t)
+    for (i, t, _), value in zip(small, _small_dots([w.numpy() for _, _, w in small])):
+        values[i] = value + _meta(t)
+    if not check:
+        return Scan(values, 1)
+    return Scan(values, _finite_flag([t for t in unchecked if t.is_floating_point()], finite))
+
+
+def _cpu_large(a: np.ndarray, floats: Optional[np.dtype]):
+    """:func:`_cpu_dot` of a flat word array of at least ``_SMALL`` words, and (``floats``
+    given) whether its values, read as that dtype, are all finite."""
+    rows_n = a.size // _BLOCK
+    m = rows_n * _BLOCK
+    grid = a[:m].reshape(rows_n, _BLOCK)
+    sums, finite = _row_sums(grid, floats) if floats is not None else (_row_sums(grid), True)
+    value = _combine_rows(sums)
+    with np.errstate(over="ignore"):
+        tail = (a[m:].astype(np.int64) * _weight_table(a.size, _CPU)[m:]).sum()
+        value = int(np.int64(value) + tail)
+    if floats is not None and m < a.size:
+        finite = finite and bool(np.isfinite(a[m:].view(floats)).all())
+    return value, finite
+
+
+_layouts: dict = {}
+
+
+def _small_dots(arrays: list) -> list:
+    """:func:`_cpu_dot` of each small word array, from one product and one segmented sum."""
+    if not arrays:
+        return []
+    sizes = tuple(a.size for a in arrays)
+    layout = _layouts.get(sizes)
+    if layout is None:
+        if len(_layouts) > 256:
+            _layouts.clear()
+        starts = np.cumsum((0,) + sizes[:-1])
+        weights = np.concatenate([_weight_table(n, _CPU) for n in sizes]) if sum(sizes) else None
+        layout = _layouts[sizes] = (starts, weights)
+    starts, weights = layout
+    out = [0] * len(arrays)
+    nonempty = [k for k, n in enumerate(sizes) if n]
+    if nonempty:
+        words_ = np.concatenate(arrays, dtype=np.int64)
+        with np.errstate(over="ignore"):
+            sums = np.add.reduceat(words_ * weights, starts[nonempty])
+        for k, v in zip(nonempty, sums.tolist()):
+            out[k] = v
+    return out
+
+
+def _finite_flag(tensors: list, finite: bool):
+    """``finite`` and whether every value of ``tensors`` is finite: 1 or 0, or a 0-d int64
+    tensor on the tensors' device (no host sync of its own; :func:`gather` takes it). CPU
+    tensors (the small ones, and dtypes numpy cannot read) are checked together; others from
+    each one's largest and smallest value (NaN propagates through both, +inf is the largest,
+    -inf the smallest): no temporary tensor of a tensor's size on the device."""
+    if not finite:
+        return 0
+    cpu = [t.detach().reshape(-1) for t in tensors if t.device.type == "cpu" and t.numel()]
+    if cpu and not bool(torch.isfinite(torch.cat(cpu)).all()):
+        return 0
+    peaks = [torch.stack([t.detach().amax(), t.detach().amin()]).float()
+             for t in tensors if t.device.type != "cpu" and t.numel()]
+    if not peaks:
+        return 1
+    if len({p.device for p in peaks}) > 1:
+        return int(all(bool(torch.isfinite(p).all()) for p in peaks))
+    return torch.isfinite(torch.cat(peaks)).all().to(torch.int64)
+
+
 def row_fingerprints(t: torch.Tensor):
     """One fingerprint per sample (along dim 0): lets a comparison tell order from content."""
+    return sample_fingerprints(t)[0]
+
+
+def sample_fingerprints(t: torch.Tensor):
+    """:func:`row_fingerprints` and the :func:`fingerprint` of the whole tensor; on the CPU
+    from one read of the tensor."""
     if t.dim() == 0 or t.shape[0] == 0:
-        return [fingerprint(t)]
+        whole = fingerprint(t)
+        return [whole], whole
     n = t.shape[0]
     w = words(t).reshape(n, -1)
-    if w.device.type == "cpu":
-        return _cpu_row_dots(w.numpy()) if w.shape[1] >= _BLOCK else \
-            (w.numpy().astype(np.int64) @ _weight_table(w.shape[1], w.device)).tolist()
-    return (w.to(torch.int64) * _weight_table(w.shape[1], w.device)).sum(1)
+    if w.device.type != "cpu":
+        return (w.to(torch.int64) * _weight_table(w.shape[1], w.device)).sum(1), fingerprint(t)
+    a = w.numpy()
+    if a.shape[1] >= _BLOCK:
+        rows, whole = _cpu_row_dots(a)
+    else:
+        wide = a.astype(np.int64)
+        with np.errstate(over="ignore"):
+            raw = wide @ _weight_table(a.shape[1], _CPU)
+        rows, whole = raw.tolist(), _whole(raw, wide.sum(1), a.shape[1])
+    return rows, whole + _meta(t)
 
 
 def gather(parts: Sequence) -> list:

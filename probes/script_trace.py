@@ -48,7 +48,7 @@ from audit.probes import fingerprint as fp
 from audit.probes import script_data
 from audit.probes.determinism import knobs
 from audit.probes.script_names import Naming, graph_leaves, join
-from audit.probes.trace import (ModuleRecorder, OutputRecorder, TraceWriter, combine, finite_flag,
+from audit.probes.trace import (ModuleRecorder, OutputRecorder, TraceWriter, batch_parts, combine,
                                 grad_parts, init_record, optimizer_state_tensors, rng_fingerprints,
                                 row_part, step_fields)
 from audit.probes.training import split_batch, tensors_in
@@ -71,16 +71,22 @@ class StopScript(BaseException):
     so the script's own ``except Exception`` lets it through)."""
 
 
+def _parts(tensors: list):
+    """Each tensor's fingerprint and the batch's :func:`row_part`, a lone tensor read once."""
+    if len(tensors) == 1:
+        whole, rows = batch_parts(tensors)
+        return [whole], rows
+    return fp.fingerprints(tensors), row_part(tensors)
+
+
 class _Batch:
     """One fetched batch, fingerprinted on arrival."""
 
     __slots__ = ("inputs", "targets", "input_rows", "target_rows", "tensors")
 
     def __init__(self, inputs: list, targets: list, keep: bool):
-        self.inputs = [fp.fingerprint(t) for t in inputs]
-        self.targets = [fp.fingerprint(t) for t in targets]
-        self.input_rows = row_part(inputs)
-        self.target_rows = row_part(targets)
+        self.inputs, self.input_rows = _parts(inputs)
+        self.targets, self.target_rows = _parts(targets)
         self.tensors = (inputs, targets) if keep else None
 
 
@@ -151,7 +157,7 @@ class ScriptTracer:
         self._targets, self._target_tensors = [], []
         self._rng = self._grads = self._grad_copies = None
         self._start = self._start_copies = None
-        self._finite = 1  # finite_flag of the step's gradients
+        self._finite = 1  # the finite flag of the step's gradients (grad_parts)
 
     # ------------------------------------------------------------------ install / uninstall
 
@@ -356,7 +362,7 @@ class ScriptTracer:
         if self._fed is None and torch.is_grad_enabled():
             try:
                 tensors = [t for t in tensors_in(args) if t.grad_fn is None]
-                self._fed = combine([fp.fingerprint(t) for t in tensors])
+                self._fed = combine(fp.fingerprints(tensors))
             except Exception:
                 tensors, self._fed = [], 0
             if self.lockstep is not None:
@@ -364,7 +370,7 @@ class ScriptTracer:
         if self._rng is None:
             self._rng = rng_fingerprints(self._device())
         if self._start is None and self._begun and self.counting == "optimizer" and self.done:
-            self._start = [fp.fingerprint(p) for p in self.params]
+            self._start = fp.fingerprints(self.params)
             if self.lockstep is not None:
                 self._start_copies = {n: p.detach().clone() for n, p in zip(self.names, self.params)}
 
@@ -403,8 +409,9 @@ class ScriptTracer:
         copies = None
         if self.lockstep is not None:
             copies = {n: g.detach().clone() for n, g in zip(self.names, grads) if g is not None}
-        self._finite = finite_flag(grads)
-        self._pending = self._take(grad_parts(grads), copies)
+        scanned = grad_parts(grads)
+        self._finite = scanned.finite
+        self._pending = self._take(scanned.values, copies)
 
     def _pre_step(self, optimizer, args, kwargs) -> None:
         if not self._mine():
@@ -422,8 +429,7 @@ class ScriptTracer:
             self._begin()
         elif self._traced.get(optimizer) != _count(optimizer):
             self._extend()
-        self._grads = grad_parts([p.grad for p in self.params])
-        self._finite = finite_flag([p.grad for p in self.params])
+        self._grads, self._finite = grad_parts([p.grad for p in self.params])
         if self.lockstep is not None:
             self._grad_copies = {n: p.grad.detach().clone() for n, p in zip(self.names, self.params)
                                  if p.grad is not None}

@@ -200,7 +200,7 @@ class OutputRecorder:
 
 
 def _combined(tensors: list):
-    return combine([fp.fingerprint(t) for t in tensors])
+    return combine(fp.fingerprints(tensors))
 
 
 def combine(values: list):
@@ -230,29 +230,24 @@ def optimizer_state_tensors(optimizer: torch.optim.Optimizer, params: list) -> l
 def row_part(tensors: list):
     """Per-sample fingerprints of a batch's first tensor (one tensor), or one fingerprint for
     several tensors, or nothing: a part for :func:`step_fields`, gathered with the rest."""
-    if not tensors:
-        return []
-    return fp.row_fingerprints(tensors[0]) if len(tensors) == 1 else _combined(tensors)
+    return batch_parts(tensors)[1]
 
 
-def grad_parts(grads: list) -> list:
-    """Fingerprints of gradients, taken before the optimizer may change them (None: no grad)."""
-    return [fp.fingerprint(g) if g is not None else None for g in grads]
+def batch_parts(tensors: list):
+    """The fingerprint of a batch's tensors (:func:`_combined`) and their :func:`row_part`,
+    from one read of a lone tensor."""
+    if len(tensors) == 1:
+        rows, whole = fp.sample_fingerprints(tensors[0])
+        return whole, rows
+    whole = _combined(tensors)
+    return whole, (whole if tensors else [])
 
 
-def finite_flag(grads: list):
-    """1 when every gradient is finite, else 0: a 0-d int64 tensor on the gradients' device
-    until :func:`step_fields` gathers it with the fingerprints (no host sync of its own).
-    From each gradient's largest and smallest value (NaN propagates through both, +inf is the
-    largest, -inf the smallest): no temporary tensor, under half the cost of the gradients'
-    fingerprints."""
-    peaks = [torch.stack([g.detach().amax(), g.detach().amin()]).float()
-             for g in grads if g is not None and g.numel()]
-    if not peaks:
-        return 1
-    if len({p.device for p in peaks}) > 1:
-        return int(all(bool(torch.isfinite(p).all()) for p in peaks))
-    return torch.isfinite(torch.cat(peaks)).all().to(torch.int64)
+def grad_parts(grads: list) -> fp.Scan:
+    """Fingerprints of gradients, taken before the optimizer may change them (None: no grad),
+    and the finite flag (1 when every gradient is finite, else 0; off the CPU a 0-d tensor
+    until :func:`step_fields` gathers it with the fingerprints, no host sync of its own)."""
+    return fp.scan(grads)
 
 
 def _loss_bits(losses: list):
@@ -284,13 +279,13 @@ def step_fields(inputs, targets, input_rows: list, target_rows: list, losses: li
     it. ``optim_state`` and ``events`` ([name, call, phase, fingerprint] of a
     :class:`ModuleRecorder`) are the detail mode's. ``outputs`` is the fingerprint of the
     model's outputs (:class:`OutputRecorder`), or None where they are not watched;
-    ``grads_finite`` is :func:`finite_flag`. ``extra`` maps more field names to lists of
+    ``grads_finite`` is the flag of :func:`grad_parts`. ``extra`` maps more field names to lists of
     fingerprints (script mode's ``start``, ``fed``, ``loss_targets``), each a list of texts.
     """
     head = [inputs, targets, _combined(losses), _loss_bits(losses), grads_finite,
             0 if outputs is None else outputs]
     nr, nt, n = len(input_rows), len(target_rows), len(params)
-    parts = [*head, *input_rows, *target_rows, *grads, *[fp.fingerprint(p) for p in params]]
+    parts = [*head, *input_rows, *target_rows, *grads, *fp.fingerprints(params)]
     if optim_state is not None:
         parts.append(_combined(optim_state))
     if events is not None:
@@ -374,19 +369,19 @@ def _traced_step(loop: _Loop, step: int, batch) -> dict:
     loss.backward()
     params, names = loop.params, loop.names
     grads = [p.grad for p in params]
-    grad_fps = grad_parts(grads)
-    finite = finite_flag(grads)
+    grad_scan = grad_parts(grads)
     grad_copies = ({n: g.detach().clone() for n, g in zip(names, grads) if g is not None}
                    if loop.lockstep is not None else None)
     optimizer_step(loop.optimizer, loop.scheduler)
 
     record = {"type": Record.STEP, "step": step}
+    (inputs_fp, inputs_rows), (targets_fp, targets_rows) = batch_parts(inputs), batch_parts(targets)
     record.update(step_fields(
-        _combined(inputs), _combined(targets), [row_part(inputs)], [row_part(targets)],
-        [loss], grad_fps, params,
+        inputs_fp, targets_fp, [inputs_rows], [targets_rows],
+        [loss], grad_scan.values, params,
         optim_state=optimizer_state_tensors(loop.optimizer, params) if loop.detail else None,
         events=loop.recorder.events if loop.detail else None, outputs=loop.watched.take(),
-        grads_finite=finite))
+        grads_finite=grad_scan.finite))
     record["rng"] = rng
     record["seconds"] = round(time.perf_counter() - started, 6)
     if loop.lockstep is not None:
@@ -450,7 +445,7 @@ def run_traced(
 def init_record(params: list, names: list, lockstep=None) -> dict:
     """The ``init`` record: every parameter before the first update (and, in lockstep, how far
     the partner's are)."""
-    record = {"type": Record.INIT, "params": [fp.as_text(v) for v in fp.gather([fp.fingerprint(p) for p in params])]}
+    record = {"type": Record.INIT, "params": [fp.as_text(v) for v in fp.gather(fp.fingerprints(params))]}
     if lockstep is not None:
         diffs = lockstep.exchange(-1, {"params": {n: p.detach() for n, p in zip(names, params)}})
         if diffs is not None:

@@ -102,6 +102,11 @@ def test_cuda_fingerprints_stay_on_device_and_gather_once():
     swapped = t.clone()
     swapped[[0, 1]] = t[[1, 0]]
     assert fp.gather([fp.fingerprint(swapped)])[0] != values[0]
+    scanned = fp.scan([t, t.half(), None])
+    assert fp.gather(scanned.values[:2] + [scanned.finite]) == [values[0], fp.gather([fp.fingerprint(t.half())])[0], 1]
+    broken = t.clone()
+    broken[7] = float("nan")
+    assert fp.gather([fp.scan([t, broken]).finite]) == [0]
 
 
 @settings(max_examples=40, deadline=None)
@@ -148,3 +153,55 @@ def test_row_fingerprints_equal_each_rows_fingerprint_sum(rows, length, seed):
     t = torch.randn(rows, length, generator=torch.Generator().manual_seed(seed))
     words = fp.words(t).numpy().reshape(rows, length)
     assert fp.row_fingerprints(t) == [_reference(r) for r in words]
+
+
+SIZES = st.sampled_from([0, 1, 7, 1023, 1024, 4095, 4096, 5000, 9000])
+DTYPES = st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16,
+                          torch.int64, torch.uint8])
+
+
+@settings(max_examples=40, deadline=None)
+@given(specs=st.lists(st.tuples(SIZES, DTYPES), min_size=1, max_size=6),
+       seed=st.integers(0, 2**31 - 1), gap=st.booleans())
+def test_fingerprints_of_many_tensors_equal_each_tensors_own(specs, seed, gap):
+    """Small tensors fingerprinted together, large ones one by one: each value is the tensor's
+    own :func:`fingerprint` (a None keeps its place)."""
+    g = torch.Generator().manual_seed(seed)
+    tensors = [(torch.randn(n, generator=g) * 50).to(dtype) for n, dtype in specs]
+    if gap:
+        tensors.insert(len(tensors) // 2, None)
+    expected = [None if t is None else fp.fingerprint(t) for t in tensors]
+    assert fp.fingerprints(tensors) == expected
+    assert fp.scan(tensors).values == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(specs=st.lists(st.tuples(SIZES.filter(bool), DTYPES), min_size=1, max_size=5),
+       seed=st.integers(0, 2**31 - 1), data=st.data())
+def test_scan_flags_a_single_non_finite_value_anywhere(specs, seed, data):
+    g = torch.Generator().manual_seed(seed)
+    tensors = [(torch.randn(n, generator=g) * 50).to(dtype) for n, dtype in specs]
+    floats = [i for i, t in enumerate(tensors) if t.is_floating_point()]
+    assert fp.scan(tensors).finite == 1
+    if not floats:
+        return
+    k = data.draw(st.sampled_from(floats))
+    i = data.draw(st.integers(0, tensors[k].numel() - 1))
+    tensors[k][i] = data.draw(st.sampled_from([float("nan"), float("inf"), float("-inf")]))
+    assert fp.scan(tensors).finite == 0
+
+
+def test_scan_sees_no_overflow_in_large_finite_values():
+    t = torch.full((70000,), 3.0e38)
+    assert fp.scan([t, -t]).finite == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.sampled_from([(), (3,), (5, 7), (4, 3, 32, 32), (2, 1025), (3, 0), (0, 4)]),
+       dtype=DTYPES, seed=st.integers(0, 2**31 - 1))
+def test_sample_fingerprints_give_the_rows_and_the_whole_from_one_read(shape, dtype, seed):
+    t = (torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 50).to(dtype)
+    rows, whole = fp.sample_fingerprints(t)
+    assert whole == fp.fingerprint(t)
+    if t.dim() and t.shape[0]:
+        assert rows == [_reference(fp.words(row).numpy()) for row in t]
