@@ -84,12 +84,11 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from audit.probes import ranks
-    from audit.probes.determinism.rank_launch import free_port
+    from audit.probes import ranks, rendezvous
     from audit.probes.spec import DistSpec
 
-    os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(free_port()))
+    store = rendezvous.host_store(1)  # noqa: F841 (serves the rank while it lives)
+    os.environ.update(RANK="0", WORLD_SIZE="1", **rendezvous.client_env(store.port))
     ctx = ranks.start(DistSpec(nproc=1), torch.device("cpu"))
     try:
         modes = [lambda: plain(ctx, args.steps), lambda: traced(ctx, args.steps, replica=False),

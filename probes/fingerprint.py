@@ -283,7 +283,7 @@ def _finite_flag(tensors: list, finite: bool):
     cpu = [t.detach().reshape(-1) for t in tensors if t.device.type == "cpu" and t.numel()]
     if cpu and not bool(torch.isfinite(torch.cat(cpu)).all()):
         return 0
-    peaks = [torch.stack([t.detach().amax(), t.detach().amin()]).float()
+    peaks = [torch.stack([t.detach().amax(), t.detach().amin()])
              for t in tensors if t.device.type != "cpu" and t.numel()]
     if not peaks:
         return 1

@@ -6,8 +6,9 @@
 it returns a :class:`RankObserver`: it watches every ``DistributedSampler``, sees the script's
 first ``DistributedDataParallel`` being made (a ``dist`` record, then the wrapped module's
 buffers fingerprinted at the start of each step's first forward, after DDP's broadcast), and
-points the script's rendezvous at the run's own free port on the loopback interface (a script
-that writes ``MASTER_PORT = "12355"`` would otherwise collide with the run next to it). In
+points the script's rendezvous at the run's own store, hosted by the audit on the loopback
+interface (a script that writes ``MASTER_PORT = "12355"`` would otherwise collide with the run
+next to it). In
 the script's own process it returns a :class:`~audit.probes.script_spawn.SpawnPatch` instead:
 children started with ``torch.multiprocessing`` are traced as ranks.
 """
@@ -17,11 +18,11 @@ import os
 from typing import Optional
 from urllib.parse import urlsplit, urlunsplit
 
-from audit.probes import ranks
+from audit.probes import ranks, rendezvous
 from audit.probes.script_spawn import SpawnPatch
 from audit.probes.spec import RunSpec
 
-LOOPBACK = "127.0.0.1"
+LOOPBACK = rendezvous.LOOPBACK
 
 
 def attach(spec: RunSpec, writer, tracer, runner: str):
@@ -39,14 +40,16 @@ def attach(spec: RunSpec, writer, tracer, runner: str):
 
 
 def local_url(url: str, port: Optional[str]) -> str:
-    """The rendezvous the script asked for, moved to the run's loopback port: ``env://`` reads
-    the environment (set here), ``tcp://HOST:PORT`` is rewritten; others are left alone."""
+    """The rendezvous the script asked for, moved to the run's store, which the audit hosts on
+    a loopback port (:mod:`audit.probes.rendezvous`): ``env://`` reads the environment (set
+    here), ``tcp://HOST:PORT`` is rewritten; others are left alone."""
     if not port or not isinstance(url, str):
         return url
     if url.startswith("env://"):
-        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = LOOPBACK, str(port)
+        os.environ.update(rendezvous.client_env(port))
         return url
     if url.startswith("tcp://"):
+        os.environ.update(rendezvous.client_env(port))  # the store there is the audit's
         parts = urlsplit(url)
         return urlunsplit(parts._replace(netloc=f"{LOOPBACK}:{port}"))
     return url

@@ -5,7 +5,8 @@ In the script's own process, :class:`SpawnPatch` wraps the first such call: ever
 ``fn(i, *args)`` inside a :class:`TracedRank`, which runs it under the bootstrap (the same
 tracer, knobs and RNG tracing as the script) with a spec of its own: trace
 ``TRACE.rank{i}``, its own escape and seed logs, ``dist`` (so the child records what a rank
-records, :mod:`audit.probes.script_ranks`) and a free loopback port for the run. A ``spawn``
+records, :mod:`audit.probes.script_ranks`) and the run's rendezvous store, which the script's
+process hosts (:mod:`audit.probes.rendezvous`). A ``spawn``
 record in the script's trace names the children's files; the audit reads them as the ranks of
 the run. Later calls, and processes made by hand with ``multiprocessing.Process``, are not
 traced.
@@ -14,23 +15,16 @@ from __future__ import annotations
 
 import importlib
 import os
-import socket
 import sys
 from dataclasses import replace
 from typing import Callable
 
+from audit.probes import rendezvous
 from audit.probes.results.records import Record
 from audit.probes.spec import DistSpec, RunSpec
 
 #: What a child's run ending ends its process with (crashed, the script found nothing to run).
 EXIT_CODES = (3, 4)
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback interface right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def child_specs(spec: RunSpec, nprocs: int, port: int) -> list:
@@ -81,6 +75,7 @@ class SpawnPatch:
         self.spec, self.writer, self.runner = spec, writer, runner
         self.used = False
         self._original = None
+        self._store = None  # the children's rendezvous store, served while the script runs
 
     def install(self) -> None:
         import torch.multiprocessing as tmp
@@ -94,7 +89,8 @@ class SpawnPatch:
         if self.used or not self.spec.trace:
             return self._original(fn, args, nprocs, join, daemon, start_method)
         self.used = True
-        specs = child_specs(self.spec, nprocs, free_port())
+        self._store = rendezvous.host_store(nprocs)
+        specs = child_specs(self.spec, nprocs, self._store.port)
         self.writer.write({"type": Record.SPAWN, "nprocs": nprocs, "start_method": start_method,
                            "traces": [s.trace for s in specs],
                            "escape_logs": [s.escape_log for s in specs],
@@ -110,3 +106,4 @@ class SpawnPatch:
         sys.modules["torch.multiprocessing.spawn"].start_processes = self._original
         tmp.start_processes = self._original
         self._original = None
+        self._store = None

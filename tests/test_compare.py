@@ -38,6 +38,12 @@ def test_init():
     assert (p.step, p.stage, p.tensor) == (None, "init", "a.bias")
 
 
+def test_a_run_that_ended_before_its_parameters_does_not_part():
+    """A run that crashed at start-up (no init record, no step) is a crash, not a parting."""
+    assert compare.first_parting(trace(), trace()[:1]) is None
+    assert compare.first_parting([], trace()) is None
+
+
 @pytest.mark.parametrize("key,stage,tensor", [
     ("loss", "forward", None), ("grads", "backward", "b.weight"), ("params", "optimizer", "b.weight")])
 def test_each_stage_of_a_step(key, stage, tensor):

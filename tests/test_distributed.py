@@ -219,6 +219,7 @@ def test_a_failed_rank_gets_its_hanging_peers_killed(monkeypatch, tmp_path):
     assert code == 4 and group.first_failed == 1
     assert hang.poll() is not None and fail.poll() == 4
     env = rank_launch.rank_env([], 1, 2, 29500)
-    assert {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")} == {
+    assert {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
+                                "TORCHELASTIC_USE_AGENT_STORE")} == {
         "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": "29500"}
+        "MASTER_PORT": "29500", "TORCHELASTIC_USE_AGENT_STORE": "True"}  # the audit hosts the store

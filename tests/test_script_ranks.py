@@ -160,10 +160,18 @@ def test_launchers_refused_where_they_cannot_run(tmp_path):
 
 @given(st.sampled_from(["localhost", "10.1.2.3", "[::1]"]), st.integers(1, 65535),
        st.integers(1024, 65535))
-def test_rendezvous_moves_to_the_runs_port(host, asked, port):
-    assert local_url(f"tcp://{host}:{asked}?rank=1", str(port)) == f"tcp://127.0.0.1:{port}?rank=1"
-    assert local_url("file:///tmp/x", str(port)) == "file:///tmp/x"
-    assert local_url(f"tcp://{host}:{asked}", None) == f"tcp://{host}:{asked}"
+def test_rendezvous_moves_to_the_runs_store(host, asked, port):
+    saved = dict(os.environ)
+    try:
+        assert local_url(f"tcp://{host}:{asked}?rank=1", str(port)) == f"tcp://127.0.0.1:{port}?rank=1"
+        # the store at that address is the audit's: the rank joins it as a client
+        assert (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]) == ("127.0.0.1", str(port))
+        assert os.environ["TORCHELASTIC_USE_AGENT_STORE"] == "True"
+        assert local_url("file:///tmp/x", str(port)) == "file:///tmp/x"
+        assert local_url(f"tcp://{host}:{asked}", None) == f"tcp://{host}:{asked}"
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def test_the_rank_that_failed_first_speaks_for_the_run(tmp_path):

@@ -99,8 +99,10 @@ def first_parting(a: list, b: list) -> Optional[Parting]:
     header, init_a, sa = split(a)
     _, init_b, sb = split(b)
     names = header.get("names", [])
-    if init_a.get("params") != init_b.get("params"):
-        return Parting(None, "init", _first_named(names, init_a.get("params", []), init_b.get("params", [])))
+    params_a, params_b = init_a.get("params"), init_b.get("params")
+    if params_a is not None and params_b is not None and params_a != params_b:
+        # (a run that ended before it made its parameters is a crash, not a parting)
+        return Parting(None, "init", _first_named(names, params_a, params_b))
     in_loop = IN_LOOP + (LOADED if header.get("data_source") == "module_inputs" else ())
     pending_rng: Optional[Parting] = None
     for i, (ra, rb) in enumerate(zip(sa, sb)):

@@ -1,7 +1,8 @@
 """Starting one distributed run: N worker processes, as ``torchrun`` starts them.
 
-Every rank gets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR=127.0.0.1`` and a free
-loopback ``MASTER_PORT`` of its own run, its own spec and trace. A :class:`RankGroup` stands
+Every rank gets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, its own spec and trace, and joins its
+run's rendezvous store, which the audit hosts on a loopback port (:mod:`audit.probes.rendezvous`,
+as torchrun's agent does). A :class:`RankGroup` stands
 for the run where the orchestrator expects one process: when a rank fails, the others are
 given a few seconds and then killed (they would wait in a collective until the process group's
 timeout), and nothing is left behind when the audit stops.
@@ -9,12 +10,12 @@ timeout), and nothing is left behind when the audit stops.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
+from audit.probes import rendezvous
 from audit.probes.determinism import merge
 from audit.probes.determinism.orchestrate import Launcher, Outcome, run_env
 from audit.probes.rng_escape import read_log
@@ -26,23 +27,16 @@ from audit.probes.trace import read_trace
 GRACE_SECONDS = 5.0
 
 
-def free_port() -> int:
-    """A TCP port free on the loopback interface right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def rank_env(knobs: list, rank: int, world: int, port: int) -> dict:
     """The environment of one rank: the knobs' part, our package first on the path, and the
-    variables torchrun sets."""
+    variables torchrun sets (the rendezvous: the store at ``port``, hosted by the audit)."""
     env = run_env(knobs)
     loopback = "lo0" if sys.platform == "darwin" else "lo"
     env.setdefault("GLOO_SOCKET_IFNAME", loopback)  # loopback only
     env.setdefault("NCCL_SOCKET_IFNAME", loopback)
     env.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-                "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(port)})
+                "LOCAL_WORLD_SIZE": str(world)})
+    env.update(rendezvous.client_env(port))
     return env
 
 
@@ -52,8 +46,9 @@ class RankGroup:
     once a rank has failed the others get :data:`GRACE_SECONDS`, then they are ended (they
     would wait in a collective until the process group's timeout)."""
 
-    def __init__(self, runs: list):
+    def __init__(self, runs: list, store=None):
         self.runs = runs
+        self.store = store  # the run's rendezvous store (rendezvous.host_store), while it runs
         self.started = min(r.started for r in runs)
         self.failed_at: Optional[float] = None
         self.first_failed: Optional[int] = None  # the rank that failed first
@@ -88,10 +83,12 @@ class RankGroup:
     def end_when_done(self) -> int:
         for run in self.runs:
             run.end_when_done()
+        self.store = None
         return self.poll() or 0
 
     def end(self) -> int:
         end_runs(self.runs)
+        self.store = None
         return self.poll() or 0
 
     def output_tail(self) -> str:
@@ -139,17 +136,17 @@ class RankLauncher(Launcher):
         return rank_env(rs.knobs, rank, self.nproc, port)
 
     def start(self, spec: RunSpec) -> RankGroup:
-        port = free_port()
+        store = rendezvous.host_store(self.nproc)
         runs: list = []
         try:
             for rank, rs in enumerate(spec.rank_specs):
                 runs.append(Run(self.command(rs), rs.log, rs.trace,
-                                self.environment(rs, rank, port), cwd=self.opts.cwd,
+                                self.environment(rs, rank, store.port), cwd=self.opts.cwd,
                                 stdin_path=self.stdin_path))
         except BaseException:
             end_runs(runs)
             raise
-        return RankGroup(runs)
+        return RankGroup(runs, store)
 
     def finish(self, spec: RunSpec, group: RankGroup, stopped: str = "", stack: str = "") -> Outcome:
         code = group.end() if stopped else group.end_when_done()

@@ -63,7 +63,6 @@ def audit_script(opts: DeterminismOptions, nproc: int = 1,
 def torchrun_env(knobs: list, rank: int, world: int, port: int) -> dict:
     """Target mode's rank environment plus what else torchrun gives a single-node worker."""
     env = rank_env(knobs, rank, world, port)
-    env.pop("TORCHELASTIC_USE_AGENT_STORE", None)  # rank 0 hosts the store, as without an agent
     env.update({"GROUP_RANK": "0", "GROUP_WORLD_SIZE": "1", "ROLE_RANK": str(rank),
                 "ROLE_WORLD_SIZE": str(world), "ROLE_NAME": "default",
                 "TORCHELASTIC_RESTART_COUNT": "0", "TORCHELASTIC_MAX_RESTARTS": "0",
