@@ -9,8 +9,8 @@ speed). A step's time is its wall time (``--clock cpu``: the process's CPU time,
 machine other jobs share); the table shows the median step times, the median of the per-step
 ratios traced/plain, and the middle half of those ratios. ``--profile`` shows
 where a traced step's extra time goes (each part's median CPU time, as a share of a plain step,
-measured side by side): parameter and gradient fingerprints, the batch's (whole and per
-sample), the RNG digests, the record's JSON.
+measured side by side): parameter fingerprints, gradient fingerprints with the finite flag,
+the batch's (whole and per sample), the RNG digests, the record's JSON.
 """
 from __future__ import annotations
 
@@ -118,9 +118,8 @@ def profile(name: str, rounds: int) -> None:
     parts = {
         "plain step": step,
         "parameters": lambda: fp.fingerprints(params),
-        "gradients": lambda: trace.grad_parts(grads),
-        "batch": lambda: [fp.fingerprint(t) for t in inputs + targets],
-        "batch rows": lambda: (trace.row_part(inputs), trace.row_part(targets)),
+        "gradients": lambda: trace.grad_parts(grads),  # and their finite flag
+        "batch": lambda: (trace.batch_parts(inputs), trace.batch_parts(targets)),
         "rng digests": lambda: trace.rng_fingerprints(torch.device("cpu")),
         "json record": lambda: json.dumps(record, separators=(",", ":")),
         "(floor: sum)": lambda: [t.sum() for t in params + grads + inputs],
