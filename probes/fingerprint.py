@@ -94,8 +94,8 @@ def _row_sums(grid: np.ndarray, floats: Optional[np.dtype] = None):
 
     ``floats`` (float32 or float64, the words' values): also whether every value is finite,
     from a sum of each chunk's values scaled by ``2**-20`` while the chunk is in cache (NaN and
-    infinities propagate through it; scaled, finite values cannot overflow it). Returns the
-    sums, or ``(sums, finite)``."""
+    infinities propagate through it; scaled, finite values cannot overflow it; True when
+    ``floats`` is None). Returns ``(sums, finite)``."""
     out = np.empty((grid.shape[0], 2), dtype=np.float64)
     buffer = np.empty((min(_CHUNK_ROWS, grid.shape[0]), _BLOCK), dtype=np.float64)
     finite = True
@@ -107,8 +107,7 @@ def _row_sums(grid: np.ndarray, floats: Optional[np.dtype] = None):
         if floats is not None and finite:
             values = chunk.view(floats)
             finite = bool(np.isfinite((values @ _FINITE_SCALE[floats]).sum()))
-    sums = out.astype(np.int64)
-    return sums if floats is None else (sums, finite)
+    return out.astype(np.int64), finite
 
 
 def _combine_rows(sums: np.ndarray) -> int:
@@ -123,15 +122,7 @@ def _combine_rows(sums: np.ndarray) -> int:
 
 def _cpu_dot(a: np.ndarray) -> int:
     """``sum((2i + 1) * a_i) * C1 mod 2**64`` of a flat word array."""
-    if a.size < _SMALL:
-        with np.errstate(over="ignore"):
-            return int((a.astype(np.int64) * _weight_table(a.size, _CPU)).sum())
-    rows_n = a.size // _BLOCK
-    m = rows_n * _BLOCK
-    value = _combine_rows(_row_sums(a[:m].reshape(rows_n, _BLOCK)))
-    with np.errstate(over="ignore"):
-        tail = (a[m:].astype(np.int64) * _weight_table(a.size, _CPU)[m:]).sum()
-        return int(np.int64(value) + tail)
+    return _small_dots([a])[0] if a.size < _SMALL else _cpu_large(a, None)[0]
 
 
 def _cpu_row_dots(rows: np.ndarray):
@@ -144,7 +135,7 @@ def _cpu_row_dots(rows: np.ndarray):
         padded = np.zeros((n, blocks * _BLOCK), dtype=rows.dtype)
         padded[:, :length] = rows
         rows = padded
-    sums = _row_sums(rows.reshape(n * blocks, _BLOCK)).reshape(n, blocks, 2)
+    sums = _row_sums(rows.reshape(n * blocks, _BLOCK))[0].reshape(n, blocks, 2)
     with np.errstate(over="ignore"):
         total = sums[:, :, 0].sum(1)
         weighted = (np.arange(blocks, dtype=np.int64) * _BLOCK * sums[:, :, 0]).sum(1) + \
@@ -235,7 +226,7 @@ def _cpu_large(a: np.ndarray, floats: Optional[np.dtype]):
     rows_n = a.size // _BLOCK
     m = rows_n * _BLOCK
     grid = a[:m].reshape(rows_n, _BLOCK)
-    sums, finite = _row_sums(grid, floats) if floats is not None else (_row_sums(grid), True)
+    sums, finite = _row_sums(grid, floats)
     value = _combine_rows(sums)
     with np.errstate(over="ignore"):
         tail = (a[m:].astype(np.int64) * _weight_table(a.size, _CPU)[m:]).sum()
