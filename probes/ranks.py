@@ -103,7 +103,7 @@ class RankTracker:
     def _pre(self, module, args):
         if self.buffers is None:
             bufs = [b for _, b in self.inner.named_buffers()]
-            self.buffers = [fp.as_text(v) for v in fp.gather([fp.fingerprint(b) for b in bufs])]
+            self.buffers = [fp.as_text(v) for v in fp.gather(fp.fingerprints(bufs))]
 
     def on_step(self, done: int) -> None:
         self.writer.write({"type": Record.REPLICA, "step": done - 1, "buffers": self.buffers or []})

@@ -193,7 +193,9 @@ def test_scan_flags_a_single_non_finite_value_anywhere(specs, seed, data):
 
 def test_scan_sees_no_overflow_in_large_finite_values():
     t = torch.full((70000,), 3.0e38)
-    assert fp.scan([t, -t]).finite == 1
+    big = torch.tensor([1e300, -1e300], dtype=torch.float64)  # beyond float32, still finite
+    assert fp.scan([t, -t, big, big.repeat(3000)]).finite == 1
+    assert fp.scan([torch.randn(3, dtype=torch.complex64)]).finite == 1  # no float extremes
 
 
 @settings(max_examples=40, deadline=None)

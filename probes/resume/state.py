@@ -38,8 +38,8 @@ def _optimizer_parts(live: LiveObjects, params: list) -> list:
     parts = []
     for p in params:
         state = live.optimizer.state.get(p, {})
-        tensors = [fp.fingerprint(state[k]) for k in sorted(state) if isinstance(state[k], torch.Tensor)]
-        parts.append(combine(tensors))
+        parts.append(combine(fp.fingerprints([state[k] for k in sorted(state)
+                                              if isinstance(state[k], torch.Tensor)])))
     return parts
 
 
@@ -50,8 +50,7 @@ def state_record(live: LiveObjects, scalers: list, step: int, device) -> dict:
     named = list(live.model.named_parameters())
     buffers = list(live.model.named_buffers())
     params = [p for _, p in named]
-    parts = ([fp.fingerprint(p.detach()) for p in params] + [fp.fingerprint(b) for _, b in buffers]
-             + _optimizer_parts(live, params))
+    parts = fp.fingerprints(params + [b for _, b in buffers]) + _optimizer_parts(live, params)
     values = [fp.as_text(v) for v in fp.gather(parts)]
     n, m = len(params), len(buffers)
     groups = [{k: v for k, v in g.items() if k != "params"} for g in live.optimizer.param_groups]
