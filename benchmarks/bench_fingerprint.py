@@ -114,7 +114,7 @@ def profile(name: str, rounds: int) -> None:
     grads = [p.grad for p in params]
     inputs, targets = split_batch(batch)
     record = trace.step_fields(trace.combine([fp.fingerprint(t) for t in inputs]), 0,
-                               [trace.row_part(inputs)], [], [], trace.grad_parts(grads).values, params)
+                               [trace.batch_parts(inputs)[1]], [], [], trace.grad_parts(grads).values, params)
     parts = {
         "plain step": step,
         "parameters": lambda: fp.fingerprints(params),

@@ -50,7 +50,7 @@ from audit.probes.determinism import knobs
 from audit.probes.script_names import Naming, graph_leaves, join
 from audit.probes.trace import (ModuleRecorder, OutputRecorder, TraceWriter, batch_parts, combine,
                                 grad_parts, init_record, optimizer_state_tensors, rng_fingerprints,
-                                row_part, step_fields)
+                                step_fields)
 from audit.probes.training import split_batch, tensors_in
 from audit.probes.results.records import Record
 
@@ -72,11 +72,13 @@ class StopScript(BaseException):
 
 
 def _parts(tensors: list):
-    """Each tensor's fingerprint and the batch's :func:`row_part`, a lone tensor read once."""
+    """Each tensor's fingerprint and the batch's rows part (:func:`batch_parts`), every
+    tensor read once."""
     if len(tensors) == 1:
         whole, rows = batch_parts(tensors)
         return [whole], rows
-    return fp.fingerprints(tensors), row_part(tensors)
+    values = fp.fingerprints(tensors)
+    return values, (combine(values) if values else [])
 
 
 class _Batch:

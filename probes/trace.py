@@ -227,15 +227,10 @@ def optimizer_state_tensors(optimizer: torch.optim.Optimizer, params: list) -> l
     return out
 
 
-def row_part(tensors: list):
-    """Per-sample fingerprints of a batch's first tensor (one tensor), or one fingerprint for
-    several tensors, or nothing: a part for :func:`step_fields`, gathered with the rest."""
-    return batch_parts(tensors)[1]
-
-
 def batch_parts(tensors: list):
-    """The fingerprint of a batch's tensors (:func:`_combined`) and their :func:`row_part`,
-    from one read of a lone tensor."""
+    """The fingerprint of a batch's tensors (:func:`_combined`) and its rows part for
+    :func:`step_fields`: per-sample fingerprints of a lone tensor (read once for both), one
+    fingerprint for several tensors, nothing for none."""
     if len(tensors) == 1:
         rows, whole = fp.sample_fingerprints(tensors[0])
         return whole, rows
@@ -273,8 +268,8 @@ def step_fields(inputs, targets, input_rows: list, target_rows: list, losses: li
     """A step's fingerprint fields of a trace record, gathered with the step's one host sync.
 
     ``inputs``/``targets`` are the batch's fingerprints (``_combined`` of its tensors);
-    ``input_rows``/``target_rows`` lists of :func:`row_part` values (one per batch); ``losses``
-    the tensors backward ran from;
+    ``input_rows``/``target_rows`` lists of rows parts of :func:`batch_parts` (one per
+    batch); ``losses`` the tensors backward ran from;
     ``grads`` the :func:`grad_parts` taken before the update; ``params`` the parameters after
     it. ``optim_state`` and ``events`` ([name, call, phase, fingerprint] of a
     :class:`ModuleRecorder`) are the detail mode's. ``outputs`` is the fingerprint of the
