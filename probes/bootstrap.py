@@ -1,9 +1,13 @@
 """Script mode's bootstrap: runs an unmodified training script under the audit's hooks.
 
-Started by :mod:`audit.orchestrate` (through :func:`audit.script_runner.command`) as::
+Started by :mod:`audit.probes.determinism.orchestrate` (through
+:func:`audit.probes.script_runner.command`, a :func:`audit.probes.runs.child_argv`) as what
+amounts to::
 
-    python -m audit.bootstrap SPEC.json -- train.py args...
-    python -m audit.bootstrap SPEC.json -- -m package.module args...
+    python -m audit.probes.bootstrap SPEC.json -- train.py args...
+    python -m audit.probes.bootstrap SPEC.json -- -m package.module args...
+
+but with the tool imported from where it is installed, never from the working folder.
 
 Before the script's own code runs it starts the RNG escape tracing, the knob observers, the
 knobs the spec asks for, and a :class:`probes.script_trace.ScriptTracer`. The script then runs
@@ -16,7 +20,7 @@ run was stopped there), ``ended_early`` (the script returned, or exited with sta
 ``exited`` (``sys.exit`` / ``os._exit`` with another status: ``exit_code``), ``crashed`` (an
 exception: ``message``, ``where`` in the script, ``traceback``; what was measured is kept), or
 ``target_error`` when no optimizer step happened at all (the CLI's one-line usage error).
-Exit status: 0, or 3 for ``target_error``, 4 for ``crashed`` (as :mod:`audit.worker`).
+Exit status: 0, or 3 for ``target_error``, 4 for ``crashed`` (as :mod:`audit.probes.worker`).
 """
 from __future__ import annotations
 
@@ -230,8 +234,8 @@ def _run_script(program, tracer, run_end: _Run, call=None) -> int:
 
     if program is not None:
         sys.argv = [program.path or program.module, *program.args]
-        sys.path[0] = (os.getcwd() if program.path is None
-                       else os.path.dirname(os.path.abspath(program.path)))
+        sys.path.insert(0, os.getcwd() if program.path is None
+                        else os.path.dirname(os.path.abspath(program.path)))
     try:
         if call is not None:
             call()
@@ -321,7 +325,7 @@ def main(argv=None) -> int:
 
     answer_stack_requests()
     if not argv:
-        print("usage: python -m audit.bootstrap SPEC.json -- (FILE | -m MODULE) [args...]", file=sys.stderr)
+        print("usage: python -m audit.probes.bootstrap SPEC.json -- (FILE | -m MODULE) [args...]", file=sys.stderr)
         return 2
     spec_path, rest = argv[0], argv[1:]
     if rest[:1] == ["--"]:

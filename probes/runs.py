@@ -22,12 +22,43 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import sysconfig
 import time
 from dataclasses import dataclass
 from typing import Optional
 
 from audit.probes.results.records import Record
+
+#: The program a fresh child starts with (``python -c _LAUNCH MODULE ARGS...``): it runs MODULE
+#: as ``python -m MODULE`` would, but first takes away the working folder that ``-c`` (and
+#: ``-m``) put first on ``sys.path``. That folder is the user's: a folder or package there named
+#: ``audit`` (a project's own, or a clone of this tool) would otherwise be imported in place of
+#: the installed tool. The child puts back what a plain ``python train.py`` would have (the
+#: script's folder, or the working folder for a target) once the tool is imported.
+_LAUNCH = ("import os, runpy, sys\n"
+          "if (not getattr(sys.flags, 'safe_path', False)\n"
+          "        and sys.path[:1] in ([''], [os.getcwd()])):\n"
+          "    del sys.path[0]\n"
+          "sys.argv = sys.argv[1:]\n"
+          "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n")
+
+
+def child_argv(module: str, *args: str, options: tuple[str, ...] = ()) -> list[str]:
+    """The argv of a fresh child running the tool's ``module`` (``audit.probes.worker``, ...)
+    with ``args``, under this interpreter and its ``options`` (``-X ...``, ``-W ...``), importing
+    the tool from where it is installed whatever the working folder holds (:data:`_LAUNCH`)."""
+    return [sys.executable, *options, "-c", _LAUNCH, module, *args]
+
+def last_words(output: str, lines: int = 3, width: int = 400) -> str:
+    """``"; its last output: ..."`` with the last ``lines`` non-blank lines a child wrote
+    (a traceback's last lines name the error), or ``""`` when it wrote nothing."""
+    said = [line.strip() for line in output.splitlines() if line.strip()][-lines:]
+    if not said:
+        return ""
+    text = " | ".join(said)
+    return "; its last output: " + (text if len(text) <= width else "..." + text[-width:])
+
 
 #: Seconds a run may go without a training step, unless told otherwise (``--timeout``).
 DEFAULT_TIMEOUT = 300.0
@@ -90,28 +121,33 @@ def short_path(path: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def library_dirs() -> tuple:
+def library_dirs() -> tuple[str, ...]:
     """The folders whose code is not the user's: the audit's own, the standard library's,
-    and those of the libraries the audit wraps (torch, NumPy), wherever they are installed
-    (found without importing them)."""
+    those of the libraries the audit wraps (torch, NumPy), wherever they are installed (found
+    without importing them), and every folder installed packages live in (site-packages and
+    dist-packages, the user's site too), wherever the interpreter keeps them."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     dirs = [os.path.join(root, name) + os.sep for name in ("probes", "audit", "reports")]
     for name in ("numpy", "torch"):
         found = importlib.util.find_spec(name)
         if found is not None and found.origin:
             dirs.append(os.path.dirname(os.path.abspath(found.origin)) + os.sep)
-    for key in ("stdlib", "platstdlib"):
-        path = sysconfig.get_paths().get(key)
-        if path:
-            dirs.append(os.path.abspath(path) + os.sep)
+    paths = sysconfig.get_paths()
+    found = [paths.get(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")]
+    found += [p for p in sys.path if os.path.basename(p.rstrip(os.sep)) in _SITE_FOLDERS]
+    dirs += [os.path.abspath(p) + os.sep for p in found if p]
     return tuple(dict.fromkeys(dirs))
+
+
+#: The names of the folders installed packages live in.
+_SITE_FOLDERS = ("site-packages", "dist-packages")
 
 
 def is_user_file(path: str) -> bool:
     """Not the audit's own code, the standard library or an installed package."""
     full = os.path.abspath(path)
     return not (path.startswith("<") or full.startswith(library_dirs())
-                or "site-packages" in full or "dist-packages" in full)
+                or any(name in full for name in _SITE_FOLDERS))
 
 
 def user_frame(frames: list) -> Optional[Frame]:

@@ -4,8 +4,11 @@
 line, exit status 2); :func:`command` gives the argv that runs it under the bootstrap in a
 fresh process::
 
-    python [interpreter options] -m audit.bootstrap SPEC.json -- train.py args...
-    python [interpreter options] -m audit.bootstrap SPEC.json -- -m package.module args...
+    python [options] -c LAUNCH audit.probes.bootstrap SPEC.json -- train.py args...
+    python [options] -c LAUNCH audit.probes.bootstrap SPEC.json -- -m package.module args...
+
+(``LAUNCH``: :func:`audit.probes.runs.child_argv`, which imports the tool from where it is
+installed, never from the working folder.)
 
 The script runs under the interpreter that runs ``audit`` (the ``python`` word says "a Python
 program"; it does not pick another interpreter). Interpreter options that do not hide the
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from audit.probes.errors import UsageError
+from audit.probes.runs import child_argv
 from audit.probes.spec import RunSpec
 
 _PYTHON = re.compile(r"^python(\d+(\.\d+)*)?w?(\.exe)?$", re.IGNORECASE)
@@ -31,7 +35,7 @@ _FLAGS = "uBObqsvdR"  # interpreter flags without a value, passed on
 _VALUED = "WX"  # interpreter options with a value, passed on
 _REFUSED = {
     "E": "it ignores PYTHON* environment variables, which the audit's runs rely on",
-    "I": "isolated mode ignores PYTHONPATH, which the audit's bootstrap is found through",
+    "I": "isolated mode ignores PYTHON* environment variables, which the audit's runs rely on",
     "P": "the audit puts the script's folder first on sys.path, as plain python does",
     "c": "script mode runs a file or a module: save the code to a file",
     "i": "an interactive prompt has no place in an unattended run",
@@ -197,5 +201,5 @@ def read_stdin(stream=None) -> Optional[bytes]:
 def command(spec: RunSpec) -> list:
     """The argv that runs ``spec.script`` under the bootstrap in a fresh process."""
     program = parse(spec.script)
-    return [sys.executable, *program.options, "-m", "audit.probes.bootstrap", spec.spec_path, "--",
-            *program.argv()]
+    return child_argv("audit.probes.bootstrap", spec.spec_path, "--", *program.argv(),
+                      options=tuple(program.options))

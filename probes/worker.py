@@ -1,6 +1,7 @@
 """One audited run: a fresh process that seeds, loads the target and trains under a trace.
 
-Started by :mod:`audit.orchestrate` as ``python -m audit.worker SPEC.json``. It writes its
+Started by :mod:`audit.probes.determinism.orchestrate` as ``python -m audit.probes.worker
+SPEC.json`` would start it (:func:`audit.probes.runs.child_argv`). It writes its
 trace (JSON lines) to the path the spec names and exits with:
 0 the steps ran; 3 the target could not be loaded or called (a usage error for the CLI);
 4 training raised. Either way the trace's last record says what happened.

@@ -742,8 +742,9 @@ def test_good_commands_parse_and_run_under_the_bootstrap(tmp_path):
     assert (p.path, p.module, p.args) == (None, "pkg.train", ["a"])
     spec = RunSpec(name="run", trace="/s.trace", steps=1, spec_path="/s.json",
                    script=["python", "-OO", "-m", "pkg.train", "--x"])
-    assert script_runner.command(spec) == [sys.executable, "-O", "-O", "-m", "audit.probes.bootstrap",
-                                           "/s.json", "--", "-m", "pkg.train", "--x"]
+    argv = script_runner.command(spec)
+    assert argv[:3] == [sys.executable, "-O", "-O"] and argv[3] == "-c"
+    assert argv[5:] == ["audit.probes.bootstrap", "/s.json", "--", "-m", "pkg.train", "--x"]
 
 
 # ------------------------------------------------------------------------------ in-process

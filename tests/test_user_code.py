@@ -43,3 +43,28 @@ def test_the_innermost_user_frame_is_found():
 def test_seed_calls_from_here_are_the_users():
     where = seed_log.caller(0)
     assert where is not None and where.rsplit(":", 1)[0].endswith("test_user_code.py")
+
+
+@pytest.mark.parametrize("kind", ["site-packages", "dist-packages"])
+def test_packages_in_any_site_folder_are_libraries_to_the_escape_tracer(kind, tmp_path,
+                                                                       monkeypatch):
+    """A site folder outside the interpreter's own tree (Debian's dist-packages, a user site, a
+    folder a .pth file adds): what a package there does is the library's; the place named is
+    the user's line that called it."""
+    site = tmp_path / "elsewhere" / kind
+    (site / "somelib").mkdir(parents=True)
+    (site / "somelib" / "__init__.py").write_text("def make(probe):\n    return probe()\n")
+    monkeypatch.syspath_prepend(str(site))
+    library_dirs.cache_clear()
+    try:
+        import somelib
+
+        def probe():
+            return rng_escape.user_frame(library_dirs())
+
+        assert not is_user_file(somelib.__file__)
+        where = somelib.make(probe)
+    finally:
+        library_dirs.cache_clear()
+        sys.modules.pop("somelib", None)
+    assert where is not None and os.path.basename(where.split(":")[0]) == "test_user_code.py"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -28,23 +27,19 @@ from audit.probes.progress import Progress, Reporter, silent
 from audit.probes.results import DeterminismResult, Divergence, GrowthPoint, RunInfo
 from audit.probes.results.cuda_ops import CudaOpsScan
 from audit.probes.rng_escape import read_log
-from audit.probes.runs import (DEFAULT_TIMEOUT, Interrupted, Run, end_runs, parse_stack,
-                               user_frame)
+from audit.probes.runs import (DEFAULT_TIMEOUT, Interrupted, Run, child_argv, end_runs,
+                               last_words, parse_stack, user_frame)
 from audit.probes.spec import LockstepSpec, ResumeSpec, RunSpec, write_spec
 from audit.probes.target import TargetError, check_target
 from audit.probes.trace import read_trace
 from audit.probes.results.records import Record, Status
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def run_env(knobs) -> dict:
-    """A run's environment: ours, the knobs' part, the package first on the path, Agg."""
+    """A run's environment: ours, the knobs' part, Agg. Nothing of the tool goes on the
+    user's ``PYTHONPATH``: the child imports it from where it is installed."""
     env = dict(os.environ)
     for knob in knobs:
         env.update(KNOBS[knob].env)
-    path = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = ROOT + (os.pathsep + path if path else "")
     env.setdefault("MPLBACKEND", "Agg")
     return env
 
@@ -156,7 +151,7 @@ class Launcher:
 
             argv = script_runner.command(spec)
         else:
-            argv = [sys.executable, "-m", "audit.probes.worker", spec.spec_path]
+            argv = child_argv("audit.probes.worker", spec.spec_path)
         stdin = self.stdin_path if spec.script else None
         return Run(argv, spec.log, spec.trace, self._env(spec.knobs), cwd=self.opts.cwd,
                    stdin_path=stdin)
@@ -232,7 +227,7 @@ def _run_info(index: int, out: Outcome, timeout: Optional[float] = None) -> RunI
             status, how = Status.KILLED, f"was killed by {_signal_name(-code)}"
         else:
             status, how = Status.EXITED, f"exited with status {code}"
-        message = f"the process {how} {_in_step(out)} without a report"
+        message = f"the process {how} {_in_step(out)} without a report" + last_words(out.output_tail)
     else:
         message = end.get("message", "")
         if end.get("where") and status != Status.EXITED:

@@ -19,7 +19,7 @@ from audit.probes import rendezvous
 from audit.probes.determinism import merge
 from audit.probes.determinism.orchestrate import Launcher, Outcome, run_env
 from audit.probes.rng_escape import read_log
-from audit.probes.runs import Run, end_runs
+from audit.probes.runs import Run, child_argv, end_runs
 from audit.probes.spec import DistSpec, LockstepSpec, RunSpec, write_spec
 from audit.probes.trace import read_trace
 
@@ -129,7 +129,7 @@ class RankLauncher(Launcher):
 
     def command(self, rs: RunSpec) -> list:
         """The argv of one rank."""
-        return [sys.executable, "-m", "audit.probes.worker", rs.spec_path]
+        return child_argv("audit.probes.worker", rs.spec_path)
 
     def environment(self, rs: RunSpec, rank: int, port: int) -> dict:
         """The environment of one rank, started as torchrun starts one."""

@@ -13,7 +13,6 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -25,6 +24,7 @@ from audit.probes.init.thresholds import resolve_thresholds
 from audit.probes.init.scheme_names import validate_schemes
 from audit.probes.results import BUILTIN_SCHEMES, InitResult, LayerStats, SchemeResult
 from audit.probes.results.records import Status
+from audit.probes.runs import child_argv
 from audit.probes.spec import SchemeRunSpec, write_spec
 
 
@@ -55,8 +55,8 @@ def _run_scheme(opts: ScriptInitOptions, scheme: str, folder: str, margin: float
     write_spec(SchemeRunSpec(scheme=scheme, steps=opts.steps, result=result_path, device=device,
                              saturation_margin=margin), spec_path)
     program = script_runner.parse(opts.script)
-    argv = [sys.executable, *program.options, "-m", "audit.probes.init.script_child",
-            spec_path, "--", *program.argv()]
+    argv = child_argv("audit.probes.init.script_child", spec_path, "--", *program.argv(),
+                      options=tuple(program.options))
     with open(log_path, "wb") as log:
         code = subprocess.run(argv, cwd=opts.cwd, stdin=subprocess.DEVNULL, stdout=log,
                               stderr=subprocess.STDOUT).returncode

@@ -175,7 +175,8 @@ def run(spec: SchemeRunSpec, program: script_runner.Program) -> dict:
 
     scheme = SchemeRun(spec)
     sys.argv = [program.path or program.module, *program.args]
-    sys.path[0] = os.path.dirname(os.path.abspath(program.path)) if program.path else os.getcwd()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(program.path)) if program.path
+                    else os.getcwd())
     scheme.install()
     try:
         if program.module:

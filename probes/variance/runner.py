@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from audit.probes.runs import child_argv
 from audit.probes.spec import VarianceRunSpec, write_spec
 from audit.probes.results.records import Status
 
@@ -87,7 +87,7 @@ class Pool:
     def _start(self, index: int, run: RunSpec) -> tuple:
         base = self._write_spec(index, run)
         log = open(base + ".log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "audit.probes.variance.worker", base + ".json"],
+        proc = subprocess.Popen(child_argv("audit.probes.variance.worker", base + ".json"),
                                 env=self.env, cwd=self.opts.cwd, stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT)
         return proc, log, base
