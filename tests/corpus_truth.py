@@ -1,9 +1,10 @@
-"""The plain-run truth for the corpus: ``python corpus_truth.py OUT STEPS [--seed S] SCRIPT ARGS...``
-runs SCRIPT as ``python SCRIPT ARGS...`` would (``__main__``, its argv, its folder first on
-``sys.path``) and writes to OUT, as JSON, what each backward pass saw: the fingerprints of the
+"""The plain-run truth for the corpus:
+``python corpus_truth.py OUT STEPS [--seed S] SCRIPT ARGS...`` runs SCRIPT as
+``python SCRIPT ARGS...`` would (``__main__``, its argv, its folder first on ``sys.path``) and
+writes to OUT, as JSON, what each backward pass saw: the fingerprints of the
 parameters of every module that ran a forward pass (before the pass's update), of the loss and
 of the gradients. It stops after STEPS optimizer steps (or STEPS backward passes in a script
-that updates its weights by hand) and then adds the parameters' fingerprint after the update.
+that updates its weights by hand) and adds the parameters' fingerprint at that point.
 
 Independent of the audit on purpose: it is the reference the audit's answers are held to.
 ``--seed S`` seeds Python's ``random``, NumPy's global generator and torch before the script

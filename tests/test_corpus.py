@@ -25,13 +25,12 @@ import shutil
 import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import numpy as np
 import pytest
-
 from corpus_truth import first_difference
 
 pytestmark = pytest.mark.slow
@@ -59,7 +58,8 @@ def write_text_corpus(root: str) -> None:
     """train/valid/test.txt as the word language model's ``data.Corpus`` reads them."""
     folder = os.path.join(root, "word_language_model", "tiny")
     os.makedirs(folder, exist_ok=True)
-    words = np.array("the cat sat on a mat dog ran to park and ate fish".split())
+    words = np.array(["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "park", "and",
+                      "ate", "fish"])
     rng = np.random.default_rng(0)
     for name, lines in (("train", 40), ("valid", 8), ("test", 8)):
         rows = rng.choice(words, size=(lines, 12))
@@ -86,7 +86,7 @@ class Case:
     script: str                          # path in it; the script runs from its own folder
     args: list[str]
     steps: int
-    parts: Optional[tuple[str, str]]     # None: bit-identical; else (stage, cause source)
+    parts: tuple[str, str] | None     # None: bit-identical; else (stage, cause source)
     needs: tuple[str, ...] = ()          # third-party modules (the ``realworld`` extra)
     env: dict[str, str] = field(default_factory=dict)
     cost: int = 1                        # start order: the costliest first
@@ -136,24 +136,24 @@ def child_env(case: Case) -> dict[str, str]:
     return env
 
 
-def plain(case: Case, cwd: str, out: str, seed: Optional[int] = None) -> dict:
+def plain(case: Case, cwd: str, out: str, seed: int | None = None) -> dict:
     """One plain run of the script under the truth runner; its fingerprints."""
     seeded = ["--seed", str(seed)] if seed is not None else []
     cmd = [sys.executable, TRUTH, out, str(case.steps), *seeded,
            os.path.basename(case.script), *case.args]
-    proc = subprocess.run(cmd, cwd=cwd, env=child_env(case), capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, check=False, cwd=cwd, env=child_env(case), capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out, encoding="utf-8") as fh:
         return json.load(fh)
 
 
-def audit(case: Case, cwd: str, out: str) -> tuple[int, Optional[dict], str]:
+def audit(case: Case, cwd: str, out: str) -> tuple[int, dict | None, str]:
     """``audit determinism`` on the unmodified script, as a user types it."""
     cmd = [sys.executable, "-m", "audit", "determinism", "--jobs", "2", "--out", out,
            "--steps", str(case.steps), "--", "python", os.path.basename(case.script), *case.args]
-    proc = subprocess.run(cmd, cwd=cwd, env=child_env(case), capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, check=False, cwd=cwd, env=child_env(case), capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL)
     report = os.path.join(out, "determinism.json")
     doc = None
     if os.path.exists(report):
@@ -167,7 +167,7 @@ class Outcome:
     truth: list[dict]             # two plain runs
     seeded: list[dict]            # two plain runs seeded first (only where the plain ones part)
     code: int
-    doc: Optional[dict]
+    doc: dict | None
     output: str
 
 
@@ -234,11 +234,13 @@ def test_plain_runs_give_the_expected_truth(outcomes: dict[str, Outcome], name: 
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_the_audit_verdict_is_the_plain_runs_verdict(outcomes: dict[str, Outcome], name: str) -> None:
+def test_the_audit_verdict_is_the_plain_runs_verdict(outcomes: dict[str, Outcome],
+                                                     name: str) -> None:
     case, out = CASES[name], outcome_of(outcomes, name)
     doc = out.doc
     assert doc is not None, out.output
-    assert [(r["status"], r["steps_completed"]) for r in doc["run_info"]] == [("ok", case.steps)] * 2
+    runs = [(r["status"], r["steps_completed"]) for r in doc["run_info"]]
+    assert runs == [("ok", case.steps)] * 2
     expected = "deterministic" if first_difference(*out.truth) is None else "nondeterministic"
     assert doc["verdict"] == expected, out.output
 
