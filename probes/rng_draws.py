@@ -12,7 +12,11 @@ the innermost line of the user's code, and the first seeding call after it:
 * NumPy and Python: the module-level functions bound to the global generator
   (``np.random.rand``, ``random.shuffle``, ...);
 * seeding: ``torch.manual_seed``, ``torch.cuda.manual_seed(_all)``, ``torch.set_rng_state``,
-  ``np.random.seed`` / ``set_state``, ``random.seed`` / ``setstate`` with a seed.
+  ``np.random.seed`` / ``set_state``, ``random.seed`` / ``setstate`` with a seed. A state handed
+  back that this process's own getter gave out (``torch.get_rng_state``, ``np.random.get_state``,
+  ``random.getstate``) is a restore, not a seed: Lightning's ``isolate_rng`` around its sanity
+  check, ``torch.utils.checkpoint`` and ``fork_rng`` restore states taken from the unseeded
+  generator; a state loaded from a checkpoint file does seed.
 
 :meth:`DrawWatch.finish` writes each unseeded draw to the escape log, where attribution proves it
 with the ``seed_escapes`` knob (the bootstrap then seeds every global generator at start-up).
@@ -39,6 +43,11 @@ KINDS = {
     "python": "python random global generator",
 }
 _NOT_DRAWS = {"seed", "getstate", "setstate", "get_state", "set_state"}
+#: The getters whose states, handed back to the setters, restore rather than seed.
+_GETTERS = ((torch, "get_rng_state", "torch"), (np.random, "get_state", "numpy"),
+            (random, "getstate", "python"))
+#: The setters: the stream each sets.
+_SETTERS = {"set_rng_state": "torch", "set_state": "numpy", "setstate": "python"}
 
 
 @dataclass
@@ -97,6 +106,7 @@ class DrawWatch:
         self._mode: Optional[_TorchDraws] = None
         self._pid = os.getpid()
         self._skip = rng_escape.library_dirs()
+        self._handed: dict[str, set[int]] = {}  # stream -> digests of the states given out
 
     def wants(self, stream: str) -> bool:
         """Still looking for a first unseeded draw from ``stream`` (torch: CPU or CUDA)?"""
@@ -145,7 +155,10 @@ class DrawWatch:
                                      (np.random, "set_state", ("numpy",)),
                                      (random, "seed", ("python",)),
                                      (random, "setstate", ("python",))):
-            self._wrap(owner, name, self._seeding(getattr(owner, name), streams))
+            self._wrap(owner, name, self._seeding(getattr(owner, name), streams,
+                                                  restores=name in _SETTERS))
+        for owner, name, stream in _GETTERS:
+            self._wrap(owner, name, self._handing(getattr(owner, name), stream))
         for module, instance, stream in ((random, random._inst, "python"),
                                          (np.random, np.random.mtrand._rand, "numpy")):
             for name in dir(module):
@@ -155,14 +168,27 @@ class DrawWatch:
         self._mode = _TorchDraws(self)
         self._mode.__enter__()
 
-    def _seeding(self, original, streams: tuple):
+    def _seeding(self, original, streams: tuple, restores: bool = False):
         def wrapper(*args, **kwargs):
             value = args[0] if args else next(iter(kwargs.values()), None)
-            if value is not None:  # seed(None) draws from the OS again: not a seed
+            # seed(None) draws from the OS again, and a state this process gave out restores
+            # the unseeded generator: neither is a seed
+            if value is not None and not (restores and self._gave_out(streams[0], value)):
                 self._seed(streams)
             return original(*args, **kwargs)
 
         return wrapper
+
+    def _handing(self, original, stream: str):
+        def wrapper(*args, **kwargs):
+            state = original(*args, **kwargs)
+            self._handed.setdefault(stream, set()).add(_digest(state))
+            return state
+
+        return wrapper
+
+    def _gave_out(self, stream: str, state) -> bool:
+        return _digest(state) in self._handed.get(stream, ())
 
     def _drawing(self, original, stream: str, name: str):
         def wrapper(*args, **kwargs):
@@ -207,6 +233,23 @@ class DrawWatch:
     def reported(self) -> set:
         """The generators whose first unseeded draw this watch has seen."""
         return set(self.first)
+
+
+def _digest(state) -> int:
+    """A number that tells generator states apart within this process (a torch ByteTensor,
+    NumPy's ``get_state`` tuple or dict, Python's ``getstate`` tuple)."""
+    if isinstance(state, torch.Tensor):
+        return hash(state.detach().cpu().numpy().tobytes())
+    if isinstance(state, np.ndarray):
+        return hash(state.tobytes())
+    if isinstance(state, dict):
+        return hash(tuple((k, _digest(v)) for k, v in sorted(state.items())))
+    if isinstance(state, (tuple, list)):
+        return hash(tuple(_digest(part) for part in state))
+    try:
+        return hash(state)
+    except TypeError:
+        return id(state)
 
 
 def _escape(draw: Draw) -> dict:

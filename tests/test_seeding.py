@@ -136,6 +136,28 @@ def test_draws_before_seeding_are_seen_at_their_line(tmp_path):
     assert "never seeded" in found["python random global generator"]["detail"]
 
 
+def test_a_state_the_process_gave_out_restores_and_does_not_seed(tmp_path):
+    """Lightning's isolate_rng, torch.utils.checkpoint and fork_rng take the state and hand it
+    back: the generator stays unseeded. A state from elsewhere (a checkpoint) does seed."""
+    log = str(tmp_path / "escapes")
+    watch = DrawWatch(log)
+    watch.install()
+    try:
+        torch.randn(2)  # draw-torch-unseeded
+        torch.set_rng_state(torch.get_rng_state())
+        random.random()  # draw-python-unseeded
+        random.setstate(random.getstate())
+        np.random.rand()  # draw-numpy
+        np.random.set_state(np.random.RandomState(3).get_state())  # seed-numpy-from-elsewhere
+    finally:
+        watch.finish()
+    found = {e["kind"]: e for e in rng_escape.read_log(log)}
+    assert "never seeded" in found["torch global generator"]["detail"]
+    assert "never seeded" in found["python random global generator"]["detail"]
+    assert f":{line_of(__file__, '# seed-numpy-from-elsewhere')}" in found[
+        "numpy global generator"]["detail"]
+
+
 def test_outputs_part_the_forward_pass_when_the_loss_rounds_alike():
     a = {"inputs": "1", "targets": "2", "rng": {}, "loss": "5", "outputs": "7", "grads": ["8"],
          "params": ["9"]}
