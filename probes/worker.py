@@ -119,6 +119,8 @@ class WorkerRun:
         done = run_traced(setup, steps, device, self.writer, detail=self.spec.detail,
                           lockstep=self.lockstep, session=session,
                           on_step=self.tracker.on_step if self.tracker else None)
+        if self.tracker is not None:
+            self.tracker.write_samplers()
         return done, steps
 
     def scan_cuda_ops(self, setup, device) -> None:
