@@ -34,6 +34,8 @@ def one_line(err: str) -> str:
     (["diff", "--", "python", "train.py"], "--against"),
     (["diff", "a.py:build", "b.py:build", "--against", "corrupt.audit"], "one TARGET"),
     (["record", "--out", "folder"], "is a folder"),
+    (["record", "--out", "train.py/base.audit"], "train.py"),  # under a regular file: no run
+    (["record", "--out", "train.py/refs/base.audit"], "train.py"),
 ])
 def test_bad_input_is_one_line_and_exit_2(project, capsys, argv, needle):
     (project / "corrupt.audit").write_text('{"schema": "audit.reference/1", "rec')
@@ -42,7 +44,9 @@ def test_bad_input_is_one_line_and_exit_2(project, capsys, argv, needle):
     (project / "train.py").write_text("print('hi')\n")
     (project / "folder").mkdir()
     assert main(argv) == 2
-    assert needle in one_line(capsys.readouterr().err)
+    line = one_line(capsys.readouterr().err)
+    assert needle in line and (argv[0] != "record" or line.startswith("audit record: ")), line
+    assert not (project / "audit-report" / "record.json").exists()
 
 
 def test_the_config_table_takes_against_relative_to_the_pyproject(tmp_path):
