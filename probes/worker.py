@@ -90,10 +90,12 @@ class WorkerRun:
         """The knobs again (the target may reset flags), the ``env`` record, the DDP wrap and
         the replay partner."""
         from audit.probes.determinism import knobs
+        from audit.probes.environment import code_fingerprint
 
         spec = self.spec
         knobs.apply(spec.knobs, spec.escape_log, spec.pin_sites)
         self.writer.write({"type": Record.ENV, "environment": environment(device),
+                           "code": code_fingerprint([setup.model]),
                            "module_sources": knobs.module_sources(setup.model),
                            "synthetic": setup.synthetic, "description": setup.description})
         if rank_ctx is not None:
