@@ -31,12 +31,13 @@ def cpu_name() -> str:
 
 
 def describe(device) -> dict:
-    """Python, platform, CPU, thread count, torch/NumPy/torchvision/scipy, CUDA and cuDNN
+    """Python, platform, CPU, thread counts, torch/NumPy/torchvision/scipy, CUDA and cuDNN
     versions, the device (and the GPU's name on CUDA)."""
     device = torch.device(device)
     env = {
         "python": platform.python_version(), "platform": platform.platform(),
         "cpu": cpu_name(), "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),  # reading it fixes nothing
         "torch": torch.__version__, "numpy": np.__version__, "device": str(device),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,

@@ -16,8 +16,8 @@ RECORD_SCHEMA = "audit.record/1"  # what `audit record` reports (not the referen
 DIFF_STAGES = ("init", "data", "rng", "forward", "loss", "backward", "optimizer")
 VERDICTS = ("identical", "differs", "nondeterministic")
 #: Environment keys compared between the sides, in the order they are listed.
-ENVIRONMENT_KEYS = ("python", "torch", "cuda", "cudnn", "numpy", "cpu", "threads", "device",
-                    "gpu", "torchvision", "platform")
+ENVIRONMENT_KEYS = ("python", "torch", "cuda", "cudnn", "numpy", "cpu", "threads", "interop_threads",
+                    "device", "gpu", "torchvision", "platform")
 #: A loss curve whose relative difference stays below this is "rounding level".
 ROUNDING_LEVEL = 1e-4
 
