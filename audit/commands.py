@@ -51,7 +51,10 @@ def audit(kind: AuditKind, args: argparse.Namespace, script: Optional[list]) -> 
     if script is not None:
         from audit.probes.script_launch import validate
 
-        validate(script, os.getcwd(), kind.launchers)  # a bad command: one line before any run
+        try:  # a bad command: one line before any run, naming the command that was run
+            validate(script, os.getcwd(), kind.launchers)
+        except UsageError as exc:
+            raise UsageError(f"audit {kind.name}: {exc}") from None
         s = s.replace(target=None, script=script)
     held = _hold(kind.report_folder(s))
     try:

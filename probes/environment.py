@@ -1,11 +1,21 @@
 """The one description of the machine and versions the numbers depend on."""
 from __future__ import annotations
 
+import hashlib
+import os
 import platform
+import sys
 from importlib import metadata
+from typing import Iterable, Optional
 
 import numpy as np
 import torch
+
+from audit.probes.runs import is_user_file
+
+#: The environment variables that set how many threads the math libraries use.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                    "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 
 
 def cpu_name() -> str:
@@ -21,12 +31,13 @@ def cpu_name() -> str:
 
 
 def describe(device) -> dict:
-    """Python, platform, CPU, thread count, torch/NumPy/torchvision/scipy, CUDA and cuDNN
+    """Python, platform, CPU, thread counts, torch/NumPy/torchvision/scipy, CUDA and cuDNN
     versions, the device (and the GPU's name on CUDA)."""
     device = torch.device(device)
     env = {
         "python": platform.python_version(), "platform": platform.platform(),
         "cpu": cpu_name(), "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),  # reading it fixes nothing
         "torch": torch.__version__, "numpy": np.__version__, "device": str(device),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
@@ -39,3 +50,40 @@ def describe(device) -> dict:
     if device.type == "cuda" and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
+
+
+def thread_variables() -> dict:
+    """Each of :data:`THREAD_VARIABLES` as this process sees it (None when unset)."""
+    return {name: os.environ.get(name) for name in THREAD_VARIABLES}
+
+
+def _source_files(models: Iterable[torch.nn.Module]) -> set:
+    """The user's source files this process has loaded, and those defining the models'
+    modules (the built-in example's included; torch's own left out)."""
+    files = set()
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str) and path.endswith(".py") and is_user_file(path):
+            files.add(os.path.abspath(path))
+    for model in models:
+        for name in {type(m).__module__ for m in model.modules()}:
+            path = getattr(sys.modules.get(name), "__file__", None)
+            if not name.startswith("torch") and isinstance(path, str) and path.endswith(".py"):
+                files.add(os.path.abspath(path))
+    return files
+
+
+def code_fingerprint(models: Iterable[torch.nn.Module] = ()) -> Optional[str]:
+    """A fingerprint of the code being trained: the contents (not the paths) of the user's
+    source files loaded when training starts and of the files defining the models' modules.
+    The same code, wherever it lies, gives the same fingerprint; None when no file is known."""
+    digests = set()
+    for path in _source_files(models):
+        try:
+            with open(path, "rb") as fh:
+                digests.add(hashlib.blake2b(fh.read(), digest_size=16).hexdigest())
+        except OSError:
+            continue
+    if not digests:
+        return None
+    return hashlib.blake2b("\n".join(sorted(digests)).encode(), digest_size=8).hexdigest()

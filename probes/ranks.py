@@ -99,6 +99,7 @@ class RankTracker:
         self.inner, self.writer = inner, writer
         self.buffers: Optional[list] = None
         self.handle = inner.register_forward_pre_hook(self._pre)
+        self.samplers_written = False
 
     def _pre(self, module, args):
         if self.buffers is None:
@@ -109,11 +110,18 @@ class RankTracker:
         self.writer.write({"type": Record.REPLICA, "step": done - 1, "buffers": self.buffers or []})
         self.buffers = None
 
+    def write_samplers(self) -> None:
+        """The ``samplers`` record: what the samplers did in the traced steps (once; a pass
+        after them, e.g. the CUDA-op scan's batch, is not one of the run's epochs)."""
+        if not self.samplers_written:
+            self.samplers_written = True
+            self.writer.write({"type": Record.SAMPLERS, "samplers": SamplerWatch.report()})
+
     def close(self) -> None:
         if self.handle is not None:
             self.handle.remove()
             self.handle = None
-        self.writer.write({"type": Record.SAMPLERS, "samplers": SamplerWatch.report()})
+        self.write_samplers()
 
 
 def finish() -> None:

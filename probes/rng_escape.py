@@ -192,7 +192,7 @@ def _make_random_class(base):
 def _make_system_random(base):
     class SystemRandom(base):  # cannot be seeded at all; under the knob it becomes seeded
         def __init__(self, x=None):
-            place = _record("random.SystemRandom()", "draws from os.urandom; cannot be seeded")
+            place = _record("random.SystemRandom()", "fed by os.urandom and cannot be seeded")
             pin = _state["pin"] and place[0] is not None
             self._pinned = _originals[(random, "Random")](_pinned_seed(place)) if pin else None
             super().__init__(x)

@@ -14,7 +14,6 @@ from typing import Optional
 
 from audit.probes.errors import UsageError
 
-_PREFIX = "audit determinism"
 #: Options with a value the audit accepts and ignores: it starts the ranks of one node itself,
 #: on the loopback interface, with a free port per run (no rendezvous, no restarts).
 _IGNORED = {"master_port", "rdzv_backend", "rdzv_endpoint", "rdzv_id", "rdzv_conf",
@@ -41,10 +40,6 @@ class Launch:
     nproc: int
     python: list = field(default_factory=list)  # ["python", (FILE | -m MODULE), args...]
     launcher: str = "torchrun"
-
-
-def _fail(message: str) -> UsageError:
-    return UsageError(f"{_PREFIX}: {message}")
 
 
 def _launcher_module(words: list) -> Optional[str]:
@@ -77,9 +72,9 @@ def parse(words: list) -> Launch:
     else:
         program = script_runner.parse(words)
         if not _MODULES[program.module]:
-            raise _fail("python -m torch.distributed.launch is deprecated: write "
-                        "'-- torchrun --nproc_per_node N train.py' (the script reads LOCAL_RANK "
-                        "from the environment)")
+            raise UsageError("python -m torch.distributed.launch is deprecated: write "
+                             "'-- torchrun --nproc_per_node N train.py' (the script reads LOCAL_RANK "
+                             "from the environment)")
         interpreter, rest = program.options, list(program.args)
         launcher = "python -m torch.distributed.run"
     values, script = _options(rest, launcher)
@@ -101,43 +96,43 @@ def _options(words: list, launcher: str) -> tuple:
         name, eq, value = word.lstrip("-").partition("=")
         name = {"m": "module", "r": "redirects", "t": "tee"}.get(name, name).replace("-", "_")
         if name in _REFUSED:
-            raise _fail(f"{launcher} option {word.split('=')[0]} is not supported: {_REFUSED[name]}")
+            raise UsageError(f"{launcher} option {word.split('=')[0]} is not supported: {_REFUSED[name]}")
         if name in _FLAGS:
             values[name] = True
             continue
         if name not in _IGNORED | {"nproc_per_node", "nnodes", "node_rank", "master_addr",
                                    "max_restarts"}:
-            raise _fail(f"{launcher} option {word.split('=')[0]} is not supported; the audit "
-                        "understands --nproc-per-node, --nnodes 1, --standalone, -m, and the "
-                        "single-node rendezvous options (ignored: it picks a free port per run)")
+            raise UsageError(f"{launcher} option {word.split('=')[0]} is not supported; the audit "
+                             "understands --nproc-per-node, --nnodes 1, --standalone, -m, and the "
+                             "single-node rendezvous options (ignored: it picks a free port per run)")
         if not eq:
             if not words:
-                raise _fail(f"{launcher} option {word} needs a value")
+                raise UsageError(f"{launcher} option {word} needs a value")
             value = words.pop(0)
         values[name] = value
     if not words:
-        raise _fail(f"no training script after {launcher}: write '-- {launcher} "
-                    "--nproc_per_node 2 train.py [args]'")
+        raise UsageError(f"no training script after {launcher}: write '-- {launcher} "
+                         "--nproc_per_node 2 train.py [args]'")
     return values, words
 
 
 def _nproc(values: dict, launcher: str) -> int:
     nnodes = str(values.get("nnodes", "1"))
     if nnodes not in ("1", "1:1"):
-        raise _fail(f"{launcher} --nnodes {nnodes}: the audit runs the ranks of one node; "
-                    "give --nnodes 1")
+        raise UsageError(f"{launcher} --nnodes {nnodes}: the audit runs the ranks of one node; "
+                         "give --nnodes 1")
     if str(values.get("node_rank", "0")) != "0":
-        raise _fail(f"{launcher} --node-rank must be 0: the audit runs the ranks of one node")
+        raise UsageError(f"{launcher} --node-rank must be 0: the audit runs the ranks of one node")
     if str(values.get("master_addr", "127.0.0.1")) not in _LOOPBACK:
-        raise _fail(f"{launcher} --master-addr {values['master_addr']}: the ranks run on this "
-                    "machine; leave it out (the audit uses 127.0.0.1)")
+        raise UsageError(f"{launcher} --master-addr {values['master_addr']}: the ranks run on this "
+                         "machine; leave it out (the audit uses 127.0.0.1)")
     if str(values.get("max_restarts", "0")) != "0":
-        raise _fail(f"{launcher} --max-restarts must be 0: a restarted rank would retrain "
-                    "from the start inside a compared run")
+        raise UsageError(f"{launcher} --max-restarts must be 0: a restarted rank would retrain "
+                         "from the start inside a compared run")
     text = str(values.get("nproc_per_node", "1"))
     if not text.isdigit() or int(text) < 1:
-        raise _fail(f"{launcher} --nproc-per-node {text}: give the number of ranks, e.g. "
-                    "--nproc-per-node 2")
+        raise UsageError(f"{launcher} --nproc-per-node {text}: give the number of ranks, e.g. "
+                         "--nproc-per-node 2")
     return int(text)
 
 
@@ -162,6 +157,6 @@ def python_command(script: list, nproc: int) -> tuple:
         return nproc, list(script)
     launch = parse(script)
     if nproc > 1 and nproc != launch.nproc:
-        raise _fail(f"--nproc {nproc} and {launch.launcher} --nproc-per-node {launch.nproc} "
-                    "disagree: give one of them")
+        raise UsageError(f"--nproc {nproc} and {launch.launcher} --nproc-per-node {launch.nproc} "
+                         "disagree: give one of them")
     return launch.nproc, launch.python

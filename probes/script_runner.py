@@ -42,7 +42,6 @@ _REFUSED = {
     "x": "give the file without its first line",
     "h": "", "V": "", "?": "",
 }
-_PREFIX = "audit determinism"
 _EXAMPLE = "'-- python train.py [args]' or '-- python -m package.module [args]'"
 
 
@@ -61,22 +60,18 @@ class Program:
         return [*head, *self.args]
 
 
-def _fail(message: str) -> UsageError:
-    return UsageError(f"{_PREFIX}: {message}")
-
-
 def parse(argv: list, interpreter: bool = True) -> Program:
     """Read a ``python [options] (FILE | -m MODULE) [args]`` command. With ``interpreter``
     the first word must name a Python interpreter; without, the command starts after it."""
     words = list(argv)
     if interpreter:
         if not words:
-            raise _fail(f"nothing after '--': give the training command, {_EXAMPLE}")
+            raise UsageError(f"nothing after '--': give the training command, {_EXAMPLE}")
         first = words.pop(0)
         if not _is_python(first):
             hint = f" (put python before {first})" if first.endswith(".py") else ""
-            raise _fail(f"script mode runs a Python program: write {_EXAMPLE}, "
-                        f"not '-- {first} ...'{hint}")
+            raise UsageError(f"script mode runs a Python program: write {_EXAMPLE}, "
+                             f"not '-- {first} ...'{hint}")
     program = Program()
     while words:
         word = words.pop(0)
@@ -86,11 +81,11 @@ def parse(argv: list, interpreter: bool = True) -> Program:
                     break
                 word = words.pop(0)
             if word == "-":
-                raise _fail("script mode cannot read the program from stdin: give a file")
+                raise UsageError("script mode cannot read the program from stdin: give a file")
             program.path, program.args = word, words
             return program
         if word.startswith("--"):
-            raise _fail(f"python option {word} is not supported in script mode")
+            raise UsageError(f"python option {word} is not supported in script mode")
         i = 1
         while i < len(word):
             char = word[i]
@@ -100,22 +95,22 @@ def parse(argv: list, interpreter: bool = True) -> Program:
             elif char in _VALUED:
                 value = word[i + 1:] or (words.pop(0) if words else None)
                 if value is None:
-                    raise _fail(f"python option -{char} needs a value")
+                    raise UsageError(f"python option -{char} needs a value")
                 program.options += [f"-{char}", value]
                 break
             elif char == "m":
                 module = word[i + 1:] or (words.pop(0) if words else None)
                 if not module:
-                    raise _fail("python -m needs a module name, e.g. -- python -m package.train")
+                    raise UsageError("python -m needs a module name, e.g. -- python -m package.train")
                 if not _MODULE.match(module):
-                    raise _fail(f"{module!r} is not a module name like package.train")
+                    raise UsageError(f"{module!r} is not a module name like package.train")
                 program.module, program.args = module, words
                 return program
             else:
                 why = _REFUSED.get(char)
-                raise _fail(f"python option -{char} is not supported in script mode"
-                            + (f": {why}" if why else ""))
-    raise _fail(f"no script after python: write {_EXAMPLE}")
+                raise UsageError(f"python option -{char} is not supported in script mode"
+                                 + (f": {why}" if why else ""))
+    raise UsageError(f"no script after python: write {_EXAMPLE}")
 
 
 def _is_python(word: str) -> bool:
@@ -137,14 +132,14 @@ def validate(script: list, cwd: Optional[str] = None) -> Program:
         full = os.path.join(cwd, program.path)
         if os.path.isdir(full):
             if not os.path.isfile(os.path.join(full, "__main__.py")):
-                raise _fail(f"{program.path!r} is a folder without a __main__.py; give the script "
-                            "file, e.g. -- python train.py")
+                raise UsageError(f"{program.path!r} is a folder without a __main__.py; give the script "
+                                 "file, e.g. -- python train.py")
         elif not os.path.isfile(full):
-            raise _fail(f"script {program.path!r} not found (looked in {cwd})")
+            raise UsageError(f"script {program.path!r} not found (looked in {cwd})")
     else:
         problem = _module_problem(program.module, cwd)
         if problem:
-            raise _fail(problem)
+            raise UsageError(problem)
     return program
 
 

@@ -47,6 +47,7 @@ from torch import nn
 from audit.probes import fingerprint as fp
 from audit.probes import script_data
 from audit.probes.determinism import knobs
+from audit.probes.environment import code_fingerprint
 from audit.probes.script_names import Naming, graph_leaves, join
 from audit.probes.trace import (ModuleRecorder, OutputRecorder, TraceWriter, batch_parts, combine,
                                 grad_parts, init_record, optimizer_state_tensors, rng_fingerprints,
@@ -571,7 +572,9 @@ class ScriptTracer:
         for root, label in self.naming.roots:
             for name, where in knobs.module_sources(root).items():
                 sources[join(label, name)] = where
+        code = code_fingerprint([root for root, _ in self.naming.roots])
         self.writer.write({"type": Record.ENV, "environment": environment, "module_sources": sources,
+                           "code": code,
                            "synthetic": False, "description": self._describe(header),
                            "counting": self.counting})
 

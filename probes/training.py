@@ -97,10 +97,25 @@ def data_length(data: Iterable) -> Optional[int]:
     return length if length > 0 else None
 
 
+def set_sampler_epoch(data: Any, epoch: int) -> None:
+    """Tell the loader's samplers which epoch begins, as Lightning's loop does: its
+    ``sampler``, ``batch_sampler`` and ``batch_sampler.sampler`` get ``set_epoch(epoch)`` when
+    they have one (a shuffling ``DistributedSampler`` then draws a new order each epoch)."""
+    batch_sampler = getattr(data, "batch_sampler", None)
+    seen = set()
+    for sampler in (getattr(data, "sampler", None), batch_sampler,
+                    getattr(batch_sampler, "sampler", None)):
+        if sampler is not None and id(sampler) not in seen and callable(getattr(sampler, "set_epoch", None)):
+            seen.add(id(sampler))
+            sampler.set_epoch(epoch)
+
+
 def cycle_batches(data: Iterable, steps: int, start: int = 0,
                   open_pass: Optional[Callable[[int], Iterator]] = None) -> Iterator[tuple[int, Any]]:
     """Yield ``(step, batch)`` for steps ``start`` .. ``steps - 1``, starting a new pass over
-    ``data`` when it ends (as epochs do).
+    ``data`` when it ends (as epochs do). Before each pass the loader's samplers are told its
+    epoch (:func:`set_sampler_epoch`): the loop is the audit's, so it does what a training
+    loop does.
 
     A resumed run (``start`` > 0) picks up where step ``start`` left the data as far as the
     tool can know: pass ``start // len(data)``, after skipping ``start % len(data)`` batches of
@@ -113,6 +128,7 @@ def cycle_batches(data: Iterable, steps: int, start: int = 0,
     step = start
     while step < steps:
         produced = False
+        set_sampler_epoch(data, epoch)
         for batch in open_pass(epoch):
             produced = True
             if skip:

@@ -91,10 +91,12 @@ class WorkerRun:
         """The knobs again (the target may reset flags), the ``env`` record, the DDP wrap and
         the replay partner."""
         from audit.probes.determinism import knobs
+        from audit.probes.environment import code_fingerprint
 
         spec = self.spec
         knobs.apply(spec.knobs, spec.escape_log, spec.pin_sites)
         self.writer.write({"type": Record.ENV, "environment": environment(device),
+                           "code": code_fingerprint([setup.model]),
                            "module_sources": knobs.module_sources(setup.model),
                            "synthetic": setup.synthetic, "description": setup.description})
         if rank_ctx is not None:
@@ -120,6 +122,8 @@ class WorkerRun:
         done = run_traced(setup, steps, device, self.writer, detail=self.spec.detail,
                           lockstep=self.lockstep, session=session,
                           on_step=self.tracker.on_step if self.tracker else None)
+        if self.tracker is not None:
+            self.tracker.write_samplers()
         return done, steps
 
     def scan_cuda_ops(self, setup, device) -> None:

@@ -588,8 +588,27 @@ def diff_where(result) -> str:
     return text
 
 
+def _setting(value) -> str:
+    return "not set" if value is None else one_line(value)
+
+
+def environment_reason(result) -> str:
+    """When the code is the same on both sides but the numbers differ (``likely_reason``
+    ``environment``): one sentence naming what changed in the environment, else ""."""
+    if result.likely_reason != "environment":
+        return ""
+    changes = result.environment_changes
+    if not changes:
+        return ("The code is the same on both sides and no recorded environment key changed: "
+                "the likely reason is what the audit does not record (the CPU's instruction "
+                "set, how a library was built).")
+    named = "; ".join(f"{one_line(c.key)} {_setting(c.a)} -> {_setting(c.b)}" for c in changes[:4])
+    more = f" and {len(changes) - 4} more" if len(changes) > 4 else ""
+    return f"The code is the same on both sides: the environment is the likely reason ({named}{more})."
+
+
 def diff_sentence(result) -> str:
-    """One sentence that says what happened."""
+    """One sentence that says what happened (and, for the same code, why: the environment)."""
     against = "the reference" if result.mode == "against" else "side a"
     if result.first_difference is None:
         if result.error:
@@ -613,7 +632,8 @@ def diff_sentence(result) -> str:
         if result.loss.max_rel_diff is not None:
             text += f" (largest relative loss difference {fmt_num(result.loss.max_rel_diff)})"
         text += "."
-    return text
+    reason = environment_reason(result)
+    return f"{text} {reason}" if reason else text
 
 
 def diff_timeline_rows(result) -> list[dict]:

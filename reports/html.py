@@ -41,6 +41,7 @@ from audit.reports.common import (
     determinism_sentence,
     diff_headline,
     diff_sentence,
+    environment_reason,
     diff_timeline_rows,
     diverged,
     final_loss,
@@ -415,6 +416,7 @@ def diff_html(result: DiffResult, *, charts: bool = True) -> str:
     pad = lambda xs: list(xs) + [None] * (n - len(xs))  # noqa: E731
     return render(
         "diff.html", r=result, status=status, title=title, sentence=diff_sentence(result),
+        reason=environment_reason(result),
         timeline=_collapse(diff_timeline_rows(result)), loss_svg=Markup(loss_svg),
         growth_svg=Markup(growth_svg), loss_rows=list(zip(pad(result.loss.a), pad(result.loss.b))),
         environment_rows=_environment_rows(result.b.environment), DIFF_STAGES=DIFF_TIMELINE_STAGES,

@@ -590,7 +590,8 @@ def diff_summary(result: DiffResult, report_path: Optional[str] = None, *,
         w.fields(pairs)
     _diff_modules(w, result)
     if result.environment_changes:
-        w.heading("Environment changes")
+        w.heading("Environment changes" + (" (the likely reason: the code is the same)"
+                                           if result.likely_reason == "environment" else ""))
         w.fields([(c.key, f"{one_line(c.a)} -> {one_line(c.b)}") for c in result.environment_changes])
     _report_line(w, report_path)
     return w.text()

@@ -31,7 +31,7 @@ def one_line(err: str) -> str:
     (["determinism", "--runs", "1"], "2 or more"),
     (["determinism", "--steps", "0"], "must be 1 or more"),
     (["determinism", "--frobnicate"], "unrecognized arguments"),
-    (["init", "--", "python", "train.py"], "determinism"),
+    (["init", "--", "python", "train.py"], "audit init: "),  # the command that was run
     (["determinism", "--", "python", "missing_script.py"], "missing_script.py"),
 ])
 def test_bad_input_is_one_line_and_exit_2(project, capsys, argv, needle):

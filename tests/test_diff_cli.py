@@ -7,6 +7,7 @@ import pytest
 
 from audit import config, registry
 from audit.cli import main
+from audit.probes.diff import reference
 
 TARGET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "targets", "diff_pairs.py") + ":build"
 
@@ -34,6 +35,8 @@ def one_line(err: str) -> str:
     (["diff", "--", "python", "train.py"], "--against"),
     (["diff", "a.py:build", "b.py:build", "--against", "corrupt.audit"], "one TARGET"),
     (["record", "--out", "folder"], "is a folder"),
+    (["record", "--out", "train.py/base.audit"], "train.py"),  # under a regular file: no run
+    (["record", "--out", "train.py/refs/base.audit"], "train.py"),
 ])
 def test_bad_input_is_one_line_and_exit_2(project, capsys, argv, needle):
     (project / "corrupt.audit").write_text('{"schema": "audit.reference/1", "rec')
@@ -42,7 +45,9 @@ def test_bad_input_is_one_line_and_exit_2(project, capsys, argv, needle):
     (project / "train.py").write_text("print('hi')\n")
     (project / "folder").mkdir()
     assert main(argv) == 2
-    assert needle in one_line(capsys.readouterr().err)
+    line = one_line(capsys.readouterr().err)
+    assert needle in line and (argv[0] != "record" or line.startswith("audit record: ")), line
+    assert not (project / "audit-report" / "record.json").exists()
 
 
 def test_the_config_table_takes_against_relative_to_the_pyproject(tmp_path):
@@ -68,3 +73,38 @@ def test_record_then_diff_against_it(project, capsys):
     assert {"from": "head", "to": "classifier"} in data["renamed"]
     assert (project / "rep" / "diff.html").read_text().startswith("<!DOCTYPE html>")
     assert "numbers identical" in (project / "rep" / "junit.xml").read_text()
+
+
+def test_the_same_code_in_another_environment_names_the_environment(project, monkeypatch, capsys):
+    """Recorded with OMP_NUM_THREADS=1, checked with 2: every recorded key that moved is listed
+    (the thread count and the variable), the code is the same on both sides, and the report
+    says the environment is the likely reason; the same environment again is identical."""
+    target = os.path.join(os.path.dirname(TARGET), "threads_chunked.py") + ":build"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    assert main(["record", target, "--steps", "2", "--out", "one.audit"]) == 0
+    recorded = reference.load(str(project / "one.audit")).environment
+    assert recorded["threads"] == 1
+    assert (recorded["flags"]["OMP_NUM_THREADS"], recorded["flags"]["MKL_NUM_THREADS"]) == ("1", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.delenv("MKL_NUM_THREADS")
+    assert main(["diff", target, "--against", "one.audit", "--out", "two"]) == 1
+    data = json.loads((project / "two" / "diff.json").read_text())
+    assert data["verdict"] == "differs" and data["first_difference"]["step"] == 0
+    assert data["first_difference"]["module"] == "2"  # ChunkedSum
+    changes = {c["key"]: (c["a"], c["b"]) for c in data["environment_changes"]}
+    assert changes["threads"] == (1, 2)
+    assert changes["flags.OMP_NUM_THREADS"] == ("1", "2")
+    assert changes["flags.MKL_NUM_THREADS"] == ("1", None)
+    assert data["a"]["code"] == data["b"]["code"] is not None
+    assert (data["same_code"], data["likely_reason"]) == (True, "environment")
+    page = (project / "two" / "diff.html").read_text()
+    assert 'id="likely-reason"' in page
+    assert "flags.OMP_NUM_THREADS" in (project / "two" / "summary.md").read_text()
+    capsys.readouterr()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    assert main(["diff", target, "--against", "one.audit", "--out", "again"]) == 0
+    again = json.loads((project / "again" / "diff.json").read_text())
+    assert again["environment_changes"] == []
+    assert (again["same_code"], again["likely_reason"]) == (True, None)

@@ -18,6 +18,7 @@ from audit.probes.results import GrowthPoint, StepAgreement
 from audit.probes.results.diff import (DiffResult, DiffSide, Difference, EnvironmentChange,
                                        LossCurves, Rename, Replaced, SelfDifference, Unmatched)
 from audit.reports import files, html, json_report, terminal
+from audit.reports.common import diff_sentence, environment_reason
 
 GOLD = Path(__file__).parent / "gold"
 UPDATE_GOLD = os.environ.get("AUDIT_UPDATE_GOLD", "") not in ("", "0")
@@ -121,11 +122,60 @@ def test_loss_curves_measure_the_largest_relative_difference(a, eps):
     assert measure.drift(curves, []) == ("material" if curves.max_rel_diff > 1e-4 else "rounding")
 
 
-def test_environment_changes_name_the_keys_that_moved():
-    a = {"python": "3.11.9", "torch": "2.4.1", "device": "cpu", "flags": {"torch.get_num_threads()": 8}}
-    b = {"python": "3.11.9", "torch": "2.5.0", "device": "cpu", "flags": {"torch.get_num_threads()": 4}}
+def test_environment_changes_name_the_keys_that_moved(monkeypatch):
+    """As a run records them (probes.worker.environment): the thread count and the thread
+    variables included; a key one side lacks counts as None there."""
+    from audit.probes.worker import environment
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    a = environment("cpu")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.delenv("MKL_NUM_THREADS")
+    b = {**environment("cpu"), "torch": "9.9.9", "threads": a["threads"] + 1}
+    b["flags"] = {**b["flags"], "num_threads": a["threads"] + 1}
     changes = measure.environment_changes(a, b)
-    assert [(c.key, c.a, c.b) for c in changes] == [("torch", "2.4.1", "2.5.0"), ("threads", 8, 4)]
+    assert [(c.key, c.a, c.b) for c in changes] == [
+        ("torch", a["torch"], "9.9.9"), ("threads", a["threads"], a["threads"] + 1),
+        ("flags.MKL_NUM_THREADS", "1", None), ("flags.OMP_NUM_THREADS", "1", "2")]
+    assert measure.environment_changes(a, dict(a)) == []
+
+
+_values = st.one_of(st.none(), st.integers(0, 3), st.sampled_from(["1", "2", "cpu"]))
+_envs = st.dictionaries(st.sampled_from(["python", "torch", "threads", "cpu", "zeta", "alpha"]), _values)
+
+
+@given(_envs, _envs, st.dictionaries(st.sampled_from(["A", "B", "num_threads"]), _values),
+       st.dictionaries(st.sampled_from(["A", "B", "num_threads"]), _values))
+def test_environment_changes_list_every_differing_key_once(a, b, flags_a, flags_b):
+    a, b = {**a, "flags": flags_a}, {**b, "flags": flags_b}
+    changes = measure.environment_changes(a, b)
+    keys = [c.key for c in changes]
+    expected = {k for k in set(a) | set(b) if k != "flags" and a.get(k) != b.get(k)}
+    expected |= {f"flags.{k}" for k in set(flags_a) | set(flags_b)
+                 if k != "num_threads" and flags_a.get(k) != flags_b.get(k)}
+    assert set(keys) == expected and len(keys) == len(set(keys))
+    known = [k for k in keys if k in ("python", "torch", "cpu", "threads")]
+    assert keys[:len(known)] == known  # the known keys first, in their order
+    assert measure.environment_changes(a, a) == []
+
+
+def test_the_environment_is_the_likely_reason_only_for_the_same_code():
+    r = sample("environment")
+    assert (r.same_code, r.likely_reason) == (True, "environment")
+    assert environment_reason(r) and environment_reason(r) in diff_sentence(r)
+    r.b.code = "other"
+    assert (r.same_code, r.likely_reason, environment_reason(r)) == (False, None, "")
+    r.b.code = None  # an older reference: not known, so not claimed
+    assert (r.same_code, r.likely_reason) == (None, None)
+    r = sample("environment")
+    r.b.target += ",lr=0.1"  # the same files, called otherwise
+    assert (r.same_code, r.likely_reason) == (False, None)
+    for verdict in ("identical", "nondeterministic"):
+        r = sample(verdict)
+        r.a.code = r.b.code = "same"
+        r.b.target = r.a.target
+        assert r.likely_reason is None
 
 
 # --------------------------------------------------------------------------- the reference file
@@ -191,6 +241,16 @@ def sample(verdict="differs") -> DiffResult:
     r.drift = "rounding"
     if verdict == "nondeterministic":
         r.self_difference = SelfDifference(side="b", step=1, stage="forward")
+    if verdict == "environment":  # the same code, another environment: the numbers moved
+        r.verdict, r.renamed, r.replaced, r.unmatched = "differs", [], [], Unmatched()
+        r.first_difference = Difference(step=0, stage="backward", module="hidden",
+                                        tensor="hidden.weight", max_abs_diff=2.4e-7)
+        r.a = DiffSide("train.py:build", {**env_a, "threads": 1, "flags": {"OMP_NUM_THREADS": "1"}},
+                       "reference", code="4f2a9c1d")
+        r.b = DiffSide("train.py:build", {**env_a, "threads": 2, "flags": {"OMP_NUM_THREADS": "2"}},
+                       code="4f2a9c1d")
+        r.mode = "against"
+        r.environment_changes = measure.environment_changes(r.a.environment, r.b.environment)
     return r
 
 
@@ -206,7 +266,7 @@ def test_diff_json_follows_the_contract():
     assert set(data["a"]) >= {"target", "environment"}
 
 
-@pytest.mark.parametrize("verdict", ["identical", "differs", "nondeterministic"])
+@pytest.mark.parametrize("verdict", ["identical", "differs", "nondeterministic", "environment"])
 def test_diff_json_round_trips(verdict):
     r = sample(verdict)
     assert DiffResult.from_dict(json.loads(json_report.dumps(r))).to_dict() == r.to_dict()
@@ -228,7 +288,7 @@ def compare_gold(name: str, actual: str, tmp_path: Path) -> None:
         pytest.fail(f"{name} differs from its gold file; the output is in {tmp_path / name}")
 
 
-@pytest.mark.parametrize("verdict", ["identical", "differs", "nondeterministic"])
+@pytest.mark.parametrize("verdict", ["identical", "differs", "nondeterministic", "environment"])
 def test_reports_match_their_gold_files(verdict, tmp_path):
     r = sample(verdict)
     compare_gold(f"diff_{verdict}.txt", terminal.diff_summary(r, "audit-report/diff.html"), tmp_path)

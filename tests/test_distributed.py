@@ -7,8 +7,11 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils.data import BatchSampler, DataLoader, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
 
 from audit import cli
 from audit.kinds.determinism import checks
@@ -19,6 +22,7 @@ from audit.probes.determinism.orchestrate import DeterminismOptions
 from audit.probes.determinism.replicas import replica_parting
 from audit.probes.determinism.samplers import sampler_causes
 from audit.probes.results import DeterminismResult
+from audit.probes.training import cycle_batches
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGETS = os.path.join(HERE, "targets")
@@ -39,9 +43,9 @@ def _audit(fault: str):
 
 
 def _cli_audit(out) -> int:
-    """The missing set_epoch fault through the CLI, with a target path relative to the working
-    folder (the fixture's, TARGETS)."""
-    return cli.main(["determinism", "ddp_faults.py:build,fault='epoch'", "--nproc", "2",
+    """The plain DataLoader (no set_epoch anywhere in the target) through the CLI, with a
+    target path relative to the working folder (the fixture's, TARGETS)."""
+    return cli.main(["determinism", "ddp_faults.py:build,fault='plain'", "--nproc", "2",
                      "--steps", "6", "--jobs", "2", "--out", str(out)])
 
 
@@ -136,15 +140,30 @@ def test_crashing_rank_leaves_no_process_behind(audits):
     assert children == []
 
 
-def test_missing_set_epoch_through_the_cli(audits):
+def test_the_audits_loop_tells_a_plain_loaders_sampler_its_epoch(audits):
+    """Target mode: the loop is the audit's, so it calls set_epoch on each new pass (as
+    Lightning's loop does); a clean target with a plain DataLoader passes through the CLI.
+    6 steps of 4 per epoch: the second pass draws another order."""
     code, out = audits["cli"], audits["cli_out"]
     data = json.loads((out / "determinism.json").read_text())
-    assert code == 1
+    assert code == 0
     assert (data["verdict"], data["nproc"], data["replicas"]["verdict"]) == (
         "deterministic", 2, "consistent")
-    cause = next(c for c in data["causes"] if c["source"] == "sampler_epoch")
-    assert cause["where"] == f"ddp_faults.py:{_line('sampler = DistributedSampler')}"
+    assert [c["source"] for c in data["causes"]] == []
     assert "Ranks" in (out / "determinism.html").read_text()
+
+
+def test_set_sampler_epoch_reaches_every_sampler_a_loader_holds():
+    data = TensorDataset(torch.arange(16.0))
+    plain = DataLoader(data, batch_size=4,
+                       sampler=DistributedSampler(data, num_replicas=2, rank=0, shuffle=True))
+    batched = DataLoader(data, batch_sampler=BatchSampler(
+        DistributedSampler(data, num_replicas=2, rank=1, shuffle=True), 4, False))
+    for loader, sampler in ((plain, plain.sampler), (batched, batched.batch_sampler.sampler)):
+        epochs = [sampler.epoch for _ in cycle_batches(loader, 6)]
+        assert epochs == [0, 0, 1, 1, 2, 2]  # 2 batches a pass: a new epoch each pass
+    resumed = [plain.sampler.epoch for _ in cycle_batches(plain, 6, start=3)]
+    assert resumed == [1, 2, 2]  # a resumed loop starts in the pass step 3 falls in
 
 
 # ------------------------------------------------------------------ hand-made traces

@@ -51,3 +51,4 @@ def test_a_script_that_never_trains_is_one_line_and_exit_2(tmp_path):
     proc, _ = audit_init("init_no_training", tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "optimizer step" in proc.stderr
+    assert proc.stderr.startswith("audit init: ")  # the command that was run, not another

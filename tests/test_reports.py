@@ -648,6 +648,24 @@ def test_html_pages_structure():
     assert _init_page().count("<svg") == 4
 
 
+def test_html_header_shows_the_target_as_typed():
+    """The header's label is upper-cased by CSS; the user's text inside it is not."""
+    typed = "Runs/Train_CIFAR.py:Build,lr=0.1"
+    for result, render in ((deterministic_result(), html.determinism_html),
+                           (init_result(), html.init_html)):
+        result.target = typed
+        page = render(result, charts=False)
+        eyebrow = re.search(r'<div class="eyebrow">(.*?)</div>', page, re.S).group(1)
+        assert re.search(r'<span class="typed">([^<]*)</span>', eyebrow).group(1) == typed
+        assert re.search(r"\.eyebrow \.typed \{[^}]*text-transform: none", page)
+    templates = os.path.join(os.path.dirname(html.__file__), "templates")
+    for name in sorted(os.listdir(templates)):
+        with open(os.path.join(templates, name), encoding="utf-8") as fh:
+            for eyebrow in re.findall(r'<div class="eyebrow">(.*?)</div>', fh.read()):
+                user = re.sub(r'<span class="typed">\{\{[^}]*\}\}</span>', "", eyebrow)
+                assert not re.search(r"\{\{ r\.(b\.)?(target|metric)", user), (name, eyebrow)
+
+
 def test_html_crashed_shows_error():
     page = _determinism_page("crashed")
     assert page.index('id="error"') < page.index('id="timeline"')

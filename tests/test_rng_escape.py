@@ -44,6 +44,21 @@ def test_each_kind_is_seen_at_its_line(tracer):
                for e in rng_escape.read_log(tracer))
 
 
+def test_each_detail_reads_after_is(tracer):
+    """Reports write "{kind} is {detail}": every detail opens with a participle ("seeded from
+    the clock", "fed by os.urandom"), never a verb of its own ("is draws from")."""
+    random.SystemRandom()  # esc-system
+    np.random.default_rng()
+    import time
+    random.seed(time.time())
+    escapes = rng_escape.read_log(tracer)
+    assert {e["kind"] for e in escapes} == {"random.SystemRandom()", "numpy.random.default_rng()",
+                                            "random.seed(time)"}
+    system = next(e for e in escapes if e["kind"] == "random.SystemRandom()")
+    assert system["where"].endswith(f":{line_of('esc-system')}")
+    assert all(e["detail"].split()[0].endswith("ed") for e in escapes), escapes
+
+
 def test_replacements_still_pass_isinstance_checks(tracer):
     assert isinstance(np.random.mtrand._rand, np.random.RandomState)
     assert isinstance(np.random.default_rng(0).bit_generator, np.random.PCG64)

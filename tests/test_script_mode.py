@@ -729,6 +729,19 @@ def test_bad_commands_are_one_line_usage_errors(tmp_path, monkeypatch, capsys, c
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("kind", ["determinism", "init", "record"])
+@pytest.mark.parametrize("command", [["train.py"], ["python", "missing.py"],
+                                     ["torchrun", "--nnodes", "2", "train.py"]])
+def test_a_bad_command_names_the_audit_that_was_run(tmp_path, monkeypatch, capsys, kind, command):
+    (tmp_path / "train.py").write_text("print('hi')\n")
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    monkeypatch.chdir(tmp_path)
+    code = cli.main([kind, "--out", str(tmp_path / "out"), "--", *command])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.split(" ", 2)[:2] == ["audit", f"{kind}:"], err
+
+
 def test_good_commands_parse_and_run_under_the_bootstrap(tmp_path):
     (tmp_path / "train.py").write_text("")
     (tmp_path / "pkg").mkdir()

@@ -146,6 +146,17 @@ def test_unsupported_launcher_options_are_one_line_before_any_run(options, tmp_p
     assert not (tmp_path / "out" / "determinism.json").exists()
 
 
+@pytest.mark.parametrize("kind, argv", [
+    ("determinism", ["--nproc", "3", "--", "torchrun", "--nproc_per_node", "2", "ddp_torchrun.py"]),
+    ("init", ["--", "torchrun", "--nproc_per_node", "2", "ddp_torchrun.py"]),
+])
+def test_a_refused_launch_names_the_audit_that_was_run(kind, argv, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(SCRIPTS)
+    code = cli.main([kind, "--out", str(tmp_path / "out"), *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith(f"audit {kind}: "), err
+
+
 def test_launchers_refused_where_they_cannot_run(tmp_path):
     with pytest.raises(UsageError, match="disagree"):
         script_launch.python_command(["torchrun", "--nproc_per_node", "2", "t.py"], 3)

@@ -96,7 +96,10 @@ def _run_script(s: DeterminismSettings, opts, progress: Progress) -> Determinism
     """Script mode: one process per run, or ranks (``--nproc``, torchrun, mp.spawn)."""
     from audit.probes.determinism.script_launcher import audit_script
 
-    return audit_script(opts, s.nproc, progress=progress)
+    try:
+        return audit_script(opts, s.nproc, progress=progress)
+    except UsageError as exc:  # e.g. --nproc and the launcher's rank count disagree
+        raise UsageError(f"audit determinism: {exc}") from None
 
 
 # --------------------------------------------------------------------------- checks

@@ -84,10 +84,14 @@ def checks(result: DiffResult) -> list:
                       "fix the error in the training code; run `audit diff --debug`")]
     if result.verdict == "identical":
         return [Check("diff", "numbers identical", True, diff_sentence(result))]
-    fix = ("run `audit determinism` on that side first: it disagrees with itself"
-           if result.verdict == "nondeterministic"
-           else "if the change is meant to move the numbers, record a new reference "
-                "(`audit record --out FILE`)")
+    if result.verdict == "nondeterministic":
+        fix = "run `audit determinism` on that side first: it disagrees with itself"
+    elif result.likely_reason == "environment":
+        fix = ("the code is the same: run where the reference was recorded (the environment "
+               "changes in the report), or record a new reference here (`audit record --out FILE`)")
+    else:
+        fix = ("if the change is meant to move the numbers, record a new reference "
+               "(`audit record --out FILE`)")
     return [Check("diff", "numbers identical", False, diff_sentence(result), fix)]
 
 

@@ -102,7 +102,7 @@ def run_script(s: InitSettings, progress: Progress = None) -> InitResult:
                              device=s.device, thresholds=s.thresholds or None, cwd=s.cwd)
     try:
         return run_init_script(opts, progress)
-    except ValueError as exc:
+    except (UsageError, ValueError) as exc:  # the engine's lines name no command
         raise UsageError(f"audit init: {exc}") from None
 
 

@@ -35,14 +35,30 @@ def check_table(chk: config.Checker, table: dict) -> dict:
     return config.check_table(chk, "record", table, {"steps": config.positive_int()})
 
 
+def out_problem(path: str) -> str:
+    """Why the reference file cannot be written at ``path`` (what to do included), or ""."""
+    if os.path.isdir(path):
+        return f"is a folder; give the reference file's path (default {REFERENCE})"
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):  # the nearest folder that exists; the rest is made
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        return f"lies under {folder}, which is a file; give a path in a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot be written: {folder} is not writable; give a path you can write to"
+    if os.path.exists(path) and not os.path.isfile(path):
+        return "is not a regular file; give the reference file's path"
+    return ""
+
+
 def run(s: RecordSettings, progress: Progress = None) -> RecordResult:
     from audit.probes.determinism.orchestrate import TargetFailed
     from audit.probes.diff import reference
     from audit.probes.diff.engine import DiffOptions, record
 
-    if os.path.isdir(s.out):
-        raise UsageError(f"audit record: --out {s.out} is a folder; give the reference file's "
-                         f"path (default {REFERENCE})")
+    problem = out_problem(s.out)
+    if problem:  # before any training: the runs' numbers would be lost at the end
+        raise UsageError(f"audit record: --out {s.out} {problem}")
     opts = DiffOptions(target_a=s.target, script_a=s.script, steps=s.steps, seed=s.seed,
                        device=s.device, input_shape=s.input_shape, num_classes=s.num_classes,
                        cwd=s.cwd)

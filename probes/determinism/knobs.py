@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 
 from audit.probes import rng_escape
+from audit.probes.environment import thread_variables
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,7 @@ def flags() -> dict:
         "num_threads": torch.get_num_threads(),
         "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED"),
         "CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        **thread_variables(),
     }
 
 

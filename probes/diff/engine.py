@@ -29,7 +29,7 @@ from audit.probes.diff.reference import Reference
 from audit.probes.spec import LockstepSpec
 from audit.probes.results.diff import (DiffResult, DiffSide, Difference, RecordResult, Rename,
                                        Replaced, SelfDifference, Unmatched)
-from audit.probes.results.records import Status
+from audit.probes.results.records import Record, Status
 
 BUILTIN = "audit.example:build (built-in)"
 
@@ -60,6 +60,12 @@ def _launcher(opts: DiffOptions, folder: str, side: str) -> Launcher:
 
 def _label(opts: DeterminismOptions) -> str:
     return " ".join(opts.script) if opts.script else (opts.target or BUILTIN)
+
+
+def _side(opts: DeterminismOptions, env: dict) -> DiffSide:
+    """A side as its ``env`` record describes it: environment and code fingerprint."""
+    return DiffSide(_label(opts), env.get("environment", {}),
+                    "script" if opts.script else "target", env.get("code"))
 
 
 def _checked(outs: list, launchers: list) -> list:
@@ -95,10 +101,7 @@ def diff(opts: DiffOptions, progress: Optional[Callable[[str], None]] = None,
         say(f"2 sides x {opts.steps} steps")
         a, b = _checked(la.run_all([la.spec("a-run", opts.steps), lb.spec("b-run", opts.steps)], 2),
                         [la, lb])
-        side_a = DiffSide(_label(la.opts), a.env.get("environment", {}),
-                          "script" if opts.script_a else "target")
-        side_b = DiffSide(_label(lb.opts), b.env.get("environment", {}),
-                          "script" if opts.script_b else "target")
+        side_a, side_b = _side(la.opts, a.env), _side(lb.opts, b.env)
         m = match(compare.split(a.records)[0], compare.split(b.records)[0])
         result = _base(opts, side_a, side_b, m, a.records, b.records, "pair")
         result.error = _crash("a", a, opts.steps) or _crash("b", b, opts.steps)
@@ -186,9 +189,9 @@ def diff_against(ref: Reference, opts: DiffOptions, progress: Optional[Callable[
         lb = _launcher(opts, folder, "b")
         say(f"1 run x {opts.steps} steps against the reference")
         (b,) = _checked(lb.run_all([lb.spec("b-run", opts.steps)], 1), [lb])
-        side_a = DiffSide(ref.target, ref.environment, "reference")
-        side_b = DiffSide(_label(lb.opts), b.env.get("environment", {}),
-                          "script" if opts.script_b else "target")
+        env_a = next((r for r in ref.records if r.get("type") == Record.ENV), {})
+        side_a = DiffSide(ref.target, ref.environment, "reference", env_a.get("code"))
+        side_b = _side(lb.opts, b.env)
         m = match(compare.split(ref.records)[0], _header(b))
         result = _base(opts, side_a, side_b, m, ref.records, b.records, "against")
         result.error = _crash("b", b, opts.steps)

@@ -9,22 +9,31 @@ from audit.probes.determinism import compare
 from audit.probes.results import GrowthPoint
 from audit.probes.results.diff import ENVIRONMENT_KEYS, ROUNDING_LEVEL, EnvironmentChange, LossCurves
 
-_THREADS = "torch.get_num_threads()"
+#: Recorded twice under two names; listed once, under the first.
+_SAME_AS = {"flags.num_threads": "threads"}
+#: Not a property of the environment: why a side's description is incomplete.
+_NOT_ENVIRONMENT = {"error"}
+
+
+def _flat(env: dict) -> dict:
+    """``{"threads": 2, "flags.OMP_NUM_THREADS": "2", ...}``: nested tables one level down."""
+    out = {}
+    for key, value in env.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        elif key not in _NOT_ENVIRONMENT:
+            out[key] = value
+    return {k: v for k, v in out.items() if k not in _SAME_AS}
 
 
 def environment_changes(env_a: dict, env_b: dict) -> list:
-    """What differs between the sides' environments, in :data:`ENVIRONMENT_KEYS` order."""
-    def value(env: dict, key: str):
-        if key == "threads":
-            return (env.get("flags") or {}).get(_THREADS)
-        return env.get(key)
-
-    out = []
-    for key in ENVIRONMENT_KEYS:
-        a, b = value(env_a, key), value(env_b, key)
-        if a != b:
-            out.append(EnvironmentChange(key=key, a=a, b=b))
-    return out
+    """Every recorded key whose value differs between the sides (a key one side lacks counts
+    as None there): :data:`ENVIRONMENT_KEYS` first, in that order, then the rest by name
+    (the determinism flags and thread variables as ``flags.NAME``)."""
+    a, b = _flat(env_a), _flat(env_b)
+    keys = set(a) | set(b)
+    order = [k for k in ENVIRONMENT_KEYS if k in keys] + sorted(keys - set(ENVIRONMENT_KEYS))
+    return [EnvironmentChange(key=k, a=a.get(k), b=b.get(k)) for k in order if a.get(k) != b.get(k)]
 
 
 def _rel(x: float, y: float) -> float:

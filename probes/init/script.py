@@ -101,10 +101,9 @@ def _own_failure(data: dict) -> Optional[str]:
     """One line when the script's own run shows it cannot be audited (no step at all)."""
     if data.get("status") == Status.OK:
         return None
-    why = data.get("error") or ("the script ended without an optimizer step: the audit measures "
-                                "the model a torch.optim optimizer trains; does the script "
-                                "train, with these arguments?")
-    return f"audit init: {why}"
+    return data.get("error") or ("the script ended without an optimizer step: the audit "
+                                 "measures the model a torch.optim optimizer trains; does the "
+                                 "script train, with these arguments?")
 
 
 def _fix_code(code: str, best: Optional[str], runs: list) -> str:

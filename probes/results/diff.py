@@ -16,8 +16,8 @@ RECORD_SCHEMA = "audit.record/1"  # what `audit record` reports (not the referen
 DIFF_STAGES = ("init", "data", "rng", "forward", "loss", "backward", "optimizer")
 VERDICTS = ("identical", "differs", "nondeterministic")
 #: Environment keys compared between the sides, in the order they are listed.
-ENVIRONMENT_KEYS = ("python", "torch", "cuda", "cudnn", "numpy", "cpu", "threads", "device",
-                    "gpu", "torchvision", "platform")
+ENVIRONMENT_KEYS = ("python", "torch", "cuda", "cudnn", "numpy", "cpu", "threads", "interop_threads",
+                    "device", "gpu", "torchvision", "platform")
 #: A loss curve whose relative difference stays below this is "rounding level".
 ROUNDING_LEVEL = 1e-4
 
@@ -29,6 +29,7 @@ class DiffSide:
     target: str
     environment: dict = field(default_factory=dict)
     mode: str = "target"  # "target" | "script" | "reference"
+    code: Optional[str] = None  # fingerprint of the source trained (None: not recorded)
 
 
 @dataclass
@@ -119,8 +120,23 @@ class DiffResult(Renderable):
     error: Optional[str] = None
     seconds: Optional[float] = None
 
+    @property
+    def same_code(self) -> Optional[bool]:
+        """Do both sides train the same code (the same target or command, and the same source
+        fingerprint)? None when a side's fingerprint was not recorded."""
+        if self.a.code is None or self.b.code is None:
+            return None
+        return self.a.code == self.b.code and self.a.target == self.b.target
+
+    @property
+    def likely_reason(self) -> Optional[str]:
+        """``"environment"`` when the numbers differ although the code is the same."""
+        moved = self.verdict == "differs" and self.first_difference is not None
+        return "environment" if moved and self.same_code else None
+
     def to_dict(self) -> dict:
         data = plain(self)
+        data["same_code"], data["likely_reason"] = self.same_code, self.likely_reason
         data["renamed"] = [{"from": r.source, "to": r.to} for r in self.renamed]
         head = ["schema", "verdict", "steps", "seed", "a", "b", "environment_changes",
                 "first_difference", "renamed", "loss"]
@@ -128,7 +144,7 @@ class DiffResult(Renderable):
 
     @classmethod
     def from_dict(cls, data: dict) -> "DiffResult":
-        data = dict(data)
+        data = dict(data)  # same_code, likely_reason: derived, left out by build
         data["a"] = build(DiffSide, data.get("a") or {"target": ""})
         data["b"] = build(DiffSide, data.get("b") or {"target": ""})
         data["environment_changes"] = [build(EnvironmentChange, c)

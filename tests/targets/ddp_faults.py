@@ -1,7 +1,8 @@
 """Distributed targets for ``audit determinism --nproc 2``: a clean DDP trainer, and one planted
 fault each (``fault=...``): a buffer each rank updates without broadcast, a parameter without
-gradient changed locally, a DistributedSampler never told the epoch, per-rank unseeded
-dropout applied to the weights, and a rank that crashes mid-training."""
+gradient changed locally, per-rank unseeded dropout applied to the weights, and a rank that
+crashes mid-training. ``fault="plain"`` is no fault: the plain DataLoader, whose
+DistributedSampler the audit's own loop tells the epoch (the target has no loop)."""
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -11,7 +12,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 
 class EpochLoader:
-    """Each pass over the data is an epoch: the sampler is told so (the clean way)."""
+    """Each pass over the data is an epoch: the sampler is told so by the data itself."""
 
     def __init__(self, loader):
         self.loader, self.epoch = loader, 0
@@ -89,7 +90,7 @@ def build(fault=None, samples=32, batch=4):
     model = _model(fault)
     if fault == "buffer":
         model = DDP(model, broadcast_buffers=False)
-    target = {"model": model, "data": loader if fault == "epoch" else EpochLoader(loader)}
+    target = {"model": model, "data": loader if fault == "plain" else EpochLoader(loader)}
     if fault == "crash":
         target["step"] = _crash_step
     return target
