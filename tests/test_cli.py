@@ -39,6 +39,17 @@ def test_bad_input_is_one_line_and_exit_2(project, capsys, argv, needle):
     assert needle in one_line(capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("argv", [
+    ["diff", "--against", "missing.audit"],
+    ["determinism", "nope.py:build"],
+    ["resume", "nope.py:build"],
+    ["record", "nope.py:build"],
+])
+def test_every_usage_error_names_the_command_that_was_run(project, capsys, argv):
+    assert main(argv) == 2
+    assert one_line(capsys.readouterr().err).startswith(f"audit {argv[0]}: ")
+
+
 def test_a_target_that_raises_is_exit_2_in_one_line(project, capsys):
     (project / "t.py").write_text("def build():\n    raise ValueError('no data here')\n")
     assert main(["determinism", "t.py:build", "--steps", "1"]) == 2
