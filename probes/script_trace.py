@@ -49,8 +49,8 @@ from audit.probes import script_data
 from audit.probes.determinism import knobs
 from audit.probes.script_names import Naming, graph_leaves, join
 from audit.probes.trace import (ModuleRecorder, OutputRecorder, TraceWriter, batch_parts, combine,
-                                grad_parts, init_record, optimizer_state_tensors, rng_fingerprints,
-                                step_fields)
+                                combine_evaluations, grad_parts, init_record,
+                                optimizer_state_tensors, read_grads, rng_fingerprints, step_fields)
 from audit.probes.training import split_batch, tensors_in
 from audit.probes.results.records import Record
 
@@ -446,13 +446,7 @@ class ScriptTracer:
         return wrapped
 
     def _read_grads(self) -> tuple:
-        """(fingerprints, finite flag, copies for the lockstep) of the traced gradients now."""
-        scanned = grad_parts([p.grad for p in self.params])
-        copies = None
-        if self.lockstep is not None:
-            copies = {n: p.grad.detach().clone() for n, p in zip(self.names, self.params)
-                      if p.grad is not None}
-        return scanned.values, scanned.finite, copies
+        return read_grads(self.params, self.names, self.lockstep is not None)
 
     def _wrap_closure(self, args: tuple, kwargs: dict) -> Optional[tuple]:
         """``optimizer.step(closure)`` (``args[0]`` is the optimizer) or ``step(closure=...)``:
@@ -501,22 +495,11 @@ class ScriptTracer:
         self._evaluations.append(self._read_grads())
 
     def _closure_grads(self) -> None:
-        """The step's gradients from its closure's evaluations: each gradient's fingerprints
-        combined over the evaluations (a difference in any of them shows), the copies joined."""
+        """The step's gradients from its closure's evaluations (:func:`combine_evaluations`)."""
         evaluations, self._evaluations = self._evaluations, None
         if not evaluations:  # an optimizer that never called the closure
             evaluations = [self._read_grads()]
-        self._grads, self._finite, self._grad_copies = evaluations[0]
-        if len(evaluations) == 1:
-            return
-        columns = zip(*(values for values, _, _ in evaluations))
-        self._grads = [None if all(v is None for v in column)
-                       else combine([v for v in column if v is not None]) for column in columns]
-        for _, finite, _ in evaluations[1:]:
-            self._finite = self._finite * finite
-        if self._grad_copies is not None:
-            self._grad_copies = {n: torch.cat([c[n].flatten() for _, _, c in evaluations if n in c])
-                                 for n in self._grad_copies}
+        self._grads, self._finite, self._grad_copies = combine_evaluations(evaluations)
 
     def _post_step(self, optimizer, args, kwargs) -> None:
         if not self._mine() or self.counting != "optimizer":

@@ -342,3 +342,51 @@ def test_an_optimizer_that_never_calls_its_closure_still_has_its_gradients(tmp_p
 
     steps = _steps(_traced(tmp_path / "lazy.trace", 2, train))
     assert len(steps) == 2 and all(g is not None for r in steps for g in r["grads"])
+
+
+# ------------------------------------------------------------------------------ target mode
+
+
+def _lbfgs_target_trace(path, jitter: bool) -> list:
+    """Two steps of an LBFGS target traced by target mode's loop; with ``jitter``, the
+    gradient of ``2.weight`` is scaled by an unseeded factor at the second evaluation only."""
+    import os
+
+    import torch
+    from torch import nn
+
+    from audit.probes.trace import TraceWriter, read_trace, run_traced
+    from audit.probes.training import TrainingSetup
+
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    backward = [0]
+
+    def late(grad):
+        backward[0] += 1
+        return grad * (1 + 1e-3 * os.urandom(1)[0] / 255) if jitter and backward[0] == 2 else grad
+
+    model[2].weight.register_hook(late)
+    setup = TrainingSetup(model, [(x, y)] * 2,
+                          optimizer=lambda params: torch.optim.LBFGS(params, lr=0.5, max_iter=3))
+    writer = TraceWriter(str(path))
+    try:
+        done = run_traced(setup, 2, torch.device("cpu"), writer)
+    finally:
+        writer.close()
+    assert done == 2 and backward[0] > 2  # LBFGS was given a closure and evaluated it again
+    return read_trace(str(path))
+
+
+def test_target_mode_gives_lbfgs_a_closure_and_reads_every_evaluation(tmp_path):
+    from audit.probes.determinism.compare import first_parting
+
+    clean = [_lbfgs_target_trace(tmp_path / f"clean{i}.trace", False) for i in range(2)]
+    assert first_parting(*clean) is None
+    late = [_lbfgs_target_trace(tmp_path / f"late{i}.trace", True) for i in range(2)]
+    parting = first_parting(*late)
+    assert (parting.step, parting.stage) == (0, "backward")
+    # the loop's own forward (the first evaluation) is the step's: it agrees
+    a, b = (_steps(t)[0] for t in late)
+    assert (a["outputs"], a["loss"]) == (b["outputs"], b["loss"])
