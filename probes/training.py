@@ -40,7 +40,7 @@ def make_scheduler(setup: TrainingSetup, optimizer: torch.optim.Optimizer):
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, scheduler=None,
-                   closure: Optional[Callable[[], torch.Tensor]] = None) -> None:
+                   closure: Optional[Callable[[], Any]] = None) -> None:
     """One update, and the scheduler's step after it (as every audit's loop does). ``closure``
     (:func:`step_closure`) is given to an optimizer whose ``step`` takes one: LBFGS needs it
     and evaluates it several times."""
@@ -66,7 +66,7 @@ def step_closure(setup: TrainingSetup, optimizer: torch.optim.Optimizer, batch: 
     the first call returns that ``loss``; each later one (LBFGS's line search, at parameters
     the optimizer moved) clears the gradients, runs forward and backward on ``batch`` again and
     returns its loss, and ``after()`` then sees the new gradients."""
-    calls = []
+    calls: list[int] = []
 
     def closure() -> torch.Tensor:
         if not calls:
