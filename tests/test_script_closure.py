@@ -14,6 +14,8 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from audit import cli
 
@@ -390,3 +392,23 @@ def test_target_mode_gives_lbfgs_a_closure_and_reads_every_evaluation(tmp_path):
     # the loop's own forward (the first evaluation) is the step's: it agrees
     a, b = (_steps(t)[0] for t in late)
     assert (a["outputs"], a["loss"]) == (b["outputs"], b["loss"])
+
+
+@given(st.lists(st.lists(st.integers(0, 2 ** 63 - 1), min_size=3, max_size=3), min_size=1,
+                max_size=6), st.data())
+def test_a_change_at_any_evaluation_changes_the_steps_gradients(values, data):
+    """combine_evaluations: one evaluation's fingerprints as they are; with several, changing
+    any one gradient of any evaluation changes that gradient's combined fingerprint only."""
+    from audit.probes.trace import combine_evaluations
+
+    evaluations = [(list(v), 1, None) for v in values]
+    grads, finite, copies = combine_evaluations(evaluations)
+    assert (finite, copies) == (1, None)
+    if len(values) == 1:
+        assert grads == values[0]
+    k = data.draw(st.integers(0, len(values) - 1))
+    i = data.draw(st.integers(0, 2))
+    changed = [list(v) for v in values]
+    changed[k][i] += data.draw(st.integers(1, 2 ** 20))
+    other, _, _ = combine_evaluations([(v, 1, None) for v in changed])
+    assert [j for j in range(3) if other[j] != grads[j]] == [i]
