@@ -50,8 +50,8 @@ from audit.probes.determinism import knobs
 from audit.probes.environment import code_fingerprint
 from audit.probes.script_names import Naming, graph_leaves, join
 from audit.probes.trace import (ModuleRecorder, OutputRecorder, TraceWriter, batch_parts, combine,
-                                grad_parts, init_record, optimizer_state_tensors, rng_fingerprints,
-                                step_fields)
+                                combine_evaluations, grad_parts, init_record,
+                                optimizer_state_tensors, read_grads, rng_fingerprints, step_fields)
 from audit.probes.training import split_batch, tensors_in
 from audit.probes.results.records import Record
 
@@ -152,6 +152,7 @@ class ScriptTracer:
         self.source = "none"  # where the data compared come from: "dataloader" | "module_inputs"
         self.on_step: Optional[Callable[[int], None]] = None  # after each step record (ranks)
         self.scan = None  # a probes.determinism.script_ops.StepScan: the first run's op scan
+        self.closures = False  # the first step's optimizer was given a closure
 
     def _reset_step(self) -> None:
         self._batches.clear()
@@ -161,6 +162,9 @@ class ScriptTracer:
         self._rng = self._grads = self._grad_copies = None
         self._start = self._start_copies = None
         self._finite = 1  # the finite flag of the step's gradients (grad_parts)
+        # A step given a closure: each of its evaluations' (grads, finite, copies), else None
+        self._evaluations: Optional[list] = None
+        self._closure_outputs = None  # its first evaluation's model outputs
 
     # ------------------------------------------------------------------ install / uninstall
 
@@ -416,31 +420,94 @@ class ScriptTracer:
         self._finite = scanned.finite
         self._pending = self._take(scanned.values, copies)
 
-    def _pre_step(self, optimizer, args, kwargs) -> None:
+    def _pre_step(self, optimizer, args, kwargs) -> Optional[tuple]:
         if not self._mine():
-            return
+            return None
         if self.counting is None:
             self._decide()
         if self.counting != "optimizer":
-            return
+            return None
         if self.stopped:
             raise StopScript()
         if self.scan is not None:
             self.scan.finish(self._device())
         self._register(optimizer)
+        wrapped = self._wrap_closure(args, kwargs)
         if not self._begun:
+            self.closures = wrapped is not None
             self._begin()
         elif self._traced.get(optimizer) != _count(optimizer):
             self._extend()
-        self._grads, self._finite = grad_parts([p.grad for p in self.params])
-        if self.lockstep is not None:
-            self._grad_copies = {n: p.grad.detach().clone() for n, p in zip(self.names, self.params)
-                                 if p.grad is not None}
+        if wrapped is None:  # the gradients are there already
+            self._grads, self._finite, self._grad_copies = self._read_grads()
+        else:  # forward and backward run inside the step: read after each evaluation
+            self._evaluations = []
         if self._rng is None:
             self._rng = rng_fingerprints(self._device())
+        return wrapped
+
+    def _read_grads(self) -> tuple:
+        return read_grads(self.params, self.names, self.lockstep is not None)
+
+    def _wrap_closure(self, args: tuple, kwargs: dict) -> Optional[tuple]:
+        """``optimizer.step(closure)`` (``args[0]`` is the optimizer) or ``step(closure=...)``:
+        the step's (args, kwargs) with the closure wrapped by :meth:`_evaluated`, else None."""
+        if callable(kwargs.get("closure")):
+            return args, dict(kwargs, closure=self._evaluated(kwargs["closure"]))
+        if len(args) > 1 and callable(args[1]):
+            return (args[0], self._evaluated(args[1]), *args[2:]), kwargs
+        return None
+
+    def _evaluated(self, closure: Callable) -> Callable:
+        """``closure`` (forward and backward, as Lightning's automatic optimization and LBFGS
+        run them inside the step), read after each call: its return value is the loss."""
+        tracer = self
+
+        def evaluate(*args, **kwargs):
+            mark = len(tracer._losses)
+            result = closure(*args, **kwargs)
+            tracer._after_closure(result, mark)
+            return result
+
+        return evaluate
+
+    def _after_closure(self, result, mark: int) -> None:
+        """One evaluation of a step's closure ended; its gradients are read. The step's loss
+        is the first evaluation's return value (what ``step`` returns; the tensors its backward
+        ran from when it returns none) and its outputs the first evaluation's: later ones
+        (LBFGS's line search) run at parameters the optimizer moved, and count through their
+        gradients."""
+        if self._evaluations is None or not self._main_thread():
+            return
+        if self.scan is not None:
+            self.scan.finish(self._device())
+        first = not self._evaluations
+        returned = [t.detach() for t in tensors_in(result)]
+        if isinstance(result, float):
+            returned = [torch.tensor(result)]
+        if returned or not first:
+            for _ in range(max(len(self._losses) - mark, 0)):
+                self._losses.pop()
+        if first:
+            self._losses.extend(returned)
+            self._closure_outputs = self._outputs.take()
+        else:
+            self._outputs.take()
+        self._evaluations.append(self._read_grads())
+
+    def _closure_grads(self) -> None:
+        """The step's gradients from its closure's evaluations (:func:`combine_evaluations`)."""
+        evaluations, self._evaluations = self._evaluations, None
+        if not evaluations:  # an optimizer that never called the closure
+            evaluations = [self._read_grads()]
+        self._grads, self._finite, self._grad_copies = combine_evaluations(evaluations)
 
     def _post_step(self, optimizer, args, kwargs) -> None:
-        if not self._mine() or self._grads is None or self.counting != "optimizer":
+        if not self._mine() or self.counting != "optimizer":
+            return
+        if self._evaluations is not None:
+            self._closure_grads()
+        if self._grads is None:
             return
         self._write(self._take(self._grads, self._grad_copies), self._opt_index.get(optimizer))
 
@@ -462,9 +529,14 @@ class ScriptTracer:
                      targets=list(self._targets), target_tensors=list(self._target_tensors),
                      losses=list(self._losses), rng=rng, grads=grads, grad_copies=grad_copies,
                      start=self._start, start_copies=self._start_copies, events=events,
-                     outputs=outputs, model_outputs=self._outputs.take(), finite=self._finite)
+                     outputs=outputs, model_outputs=self._model_outputs(), finite=self._finite)
         self._reset_step()
         return step
+
+    def _model_outputs(self):
+        """The step's model outputs: its closure's first evaluation's, or all of the step's."""
+        outputs = self._outputs.take()
+        return outputs if self._closure_outputs is None else self._closure_outputs
 
     def _data_parts(self, step: _Step) -> tuple:
         """(inputs, targets, input rows, target rows, extra fields) of a step's record."""
@@ -607,6 +679,11 @@ class ScriptTracer:
             opts = ", ".join(f"opt{o['index']}={o['class']} ({len(o['params'])} tensors)"
                              for o in header["optimizers"])
             steps = f"a step is one optimizer step ({opts})"
+            if self.closures:
+                steps += (", given a closure: the loss is its return value and the gradients "
+                          "are read after its backward pass; where the optimizer evaluates it "
+                          "several times (LBFGS), the loss and outputs are the first "
+                          "evaluation's and the gradients every evaluation's")
         data = ("the batches DataLoaders yield before each step" if self.source == "dataloader"
                 else "the tensors given to the first module call of each step (no DataLoader batch "
                      "before the first step)")

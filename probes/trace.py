@@ -33,8 +33,8 @@ from torch import nn
 
 from audit.probes import fingerprint as fp
 from audit.probes.training import (LiveObjects, TrainingSetup, compute_loss, cycle_batches,
-                                   make_scheduler, optimizer_step, split_batch, tensors_in,
-                                   to_device)
+                                   make_scheduler, optimizer_step, split_batch, step_closure,
+                                   tensors_in, to_device)
 from audit.probes.results.records import Record
 
 
@@ -245,6 +245,34 @@ def grad_parts(grads: list) -> fp.Scan:
     return fp.scan(grads)
 
 
+def read_grads(params: list, names: list, copy: bool) -> tuple:
+    """(:func:`grad_parts` values, finite flag, copies by name for the lockstep or None) of
+    the parameters' gradients now: one evaluation of a step."""
+    scanned = grad_parts([p.grad for p in params])
+    copies = None
+    if copy:
+        copies = {n: p.grad.detach().clone() for n, p in zip(names, params) if p.grad is not None}
+    return scanned.values, scanned.finite, copies
+
+
+def combine_evaluations(evaluations: list) -> tuple:
+    """A step's gradients from the :func:`read_grads` of each evaluation of its closure (LBFGS
+    evaluates it several times): each gradient's fingerprints combined over the evaluations
+    (a difference in any of them shows), the finite flags together, the copies joined. One
+    evaluation's are returned as they are."""
+    grads, finite, copies = evaluations[0]
+    if len(evaluations) == 1:
+        return grads, finite, copies
+    columns = zip(*(values for values, _, _ in evaluations))
+    grads = [None if all(v is None for v in column) else combine([v for v in column if v is not None])
+             for column in columns]
+    for _, more, _ in evaluations[1:]:
+        finite = finite * more
+    if copies is not None:
+        copies = {n: torch.cat([c[n].flatten() for _, _, c in evaluations if n in c]) for n in copies}
+    return grads, finite, copies
+
+
 def _loss_bits(losses: list):
     """The float32 bits of the summed loss: gathered with the fingerprints, so the loss value
     costs no host sync of its own."""
@@ -363,20 +391,21 @@ def _traced_step(loop: _Loop, step: int, batch) -> dict:
         raise TypeError("the loss must be a scalar tensor; make 'loss' or 'step' return one")
     loss.backward()
     params, names = loop.params, loop.names
-    grads = [p.grad for p in params]
-    grad_scan = grad_parts(grads)
-    grad_copies = ({n: g.detach().clone() for n, g in zip(names, grads) if g is not None}
-                   if loop.lockstep is not None else None)
-    optimizer_step(loop.optimizer, loop.scheduler)
+    evaluations = [read_grads(params, names, loop.lockstep is not None)]
+    outputs = loop.watched.take()  # the step's forward; an LBFGS line search's count by its grads
+    optimizer_step(loop.optimizer, loop.scheduler, step_closure(
+        loop.setup, loop.optimizer, batch, loss,
+        after=lambda: evaluations.append(read_grads(params, names, loop.lockstep is not None))))
+    loop.watched.take()
+    grads, finite, grad_copies = combine_evaluations(evaluations)
 
     record = {"type": Record.STEP, "step": step}
     (inputs_fp, inputs_rows), (targets_fp, targets_rows) = batch_parts(inputs), batch_parts(targets)
     record.update(step_fields(
-        inputs_fp, targets_fp, [inputs_rows], [targets_rows],
-        [loss], grad_scan.values, params,
+        inputs_fp, targets_fp, [inputs_rows], [targets_rows], [loss], grads, params,
         optim_state=optimizer_state_tensors(loop.optimizer, params) if loop.detail else None,
-        events=loop.recorder.events if loop.detail else None, outputs=loop.watched.take(),
-        grads_finite=grad_scan.finite))
+        events=loop.recorder.events if loop.detail else None, outputs=outputs,
+        grads_finite=finite))
     record["rng"] = rng
     record["seconds"] = round(time.perf_counter() - started, 6)
     if loop.lockstep is not None:

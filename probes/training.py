@@ -6,6 +6,7 @@ scalar loss. :func:`cycle_batches` re-iterates the data when it runs out, as epo
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -38,11 +39,47 @@ def make_scheduler(setup: TrainingSetup, optimizer: torch.optim.Optimizer):
     return setup.scheduler(optimizer) if setup.scheduler is not None else None
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, scheduler=None) -> None:
-    """One update, and the scheduler's step after it (as every audit's loop does)."""
-    optimizer.step()
+def optimizer_step(optimizer: torch.optim.Optimizer, scheduler=None,
+                   closure: Optional[Callable[[], Any]] = None) -> None:
+    """One update, and the scheduler's step after it (as every audit's loop does). ``closure``
+    (:func:`step_closure`) is given to an optimizer whose ``step`` takes one: LBFGS needs it
+    and evaluates it several times."""
+    if closure is not None and takes_closure(optimizer):
+        optimizer.step(closure)
+    else:
+        optimizer.step()
     if scheduler is not None:
         scheduler.step()
+
+
+def takes_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` has a ``closure`` parameter."""
+    try:
+        return "closure" in inspect.signature(optimizer.step).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def step_closure(setup: TrainingSetup, optimizer: torch.optim.Optimizer, batch: Any,
+                 loss: torch.Tensor, after: Optional[Callable[[], None]] = None) -> Callable:
+    """``optimizer.step``'s closure for a step whose forward and backward the loop has run:
+    the first call returns that ``loss``; each later one (LBFGS's line search, at parameters
+    the optimizer moved) clears the gradients, runs forward and backward on ``batch`` again and
+    returns its loss, and ``after()`` then sees the new gradients."""
+    calls: list[int] = []
+
+    def closure() -> torch.Tensor:
+        if not calls:
+            calls.append(1)
+            return loss.detach()
+        optimizer.zero_grad(set_to_none=True)
+        again = compute_loss(setup, batch)
+        again.backward()
+        if after is not None:
+            after()
+        return again.detach()
+
+    return closure
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

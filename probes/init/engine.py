@@ -36,7 +36,7 @@ from audit.probes.init.scheme_names import validate_schemes
 from audit.probes.init.schemes import (DrawCache, apply_scheme, restore_state, scheme_code,
                                        scheme_owned_keys, snapshot_state)
 from audit.probes.training import (TrainingSetup, compute_loss, cycle_batches, make_scheduler,
-                                   optimizer_step, to_device)
+                                   optimizer_step, step_closure, to_device)
 
 #: Schemes run when none are named: every built-in one. ``normal:STD`` is left out: a fixed
 #: std is not a scheme anyone should be steered to without asking for it (``normal:0.01`` in
@@ -190,7 +190,7 @@ class _SchemeRunner:
                 result.loss.append(value)
                 if not math.isfinite(value):
                     break
-                optimizer_step(optimizer, scheduler)
+                optimizer_step(optimizer, scheduler, step_closure(setup, optimizer, batch, loss))
                 stepped(index + 1)
         except Exception as exc:  # a scheme that breaks is a result, not a crash of the audit
             result.error = f"{type(exc).__name__}: {exc}"

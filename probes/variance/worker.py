@@ -30,7 +30,7 @@ def _train(setup, steps: int, device, streams) -> list:
     import torch
 
     from audit.probes.training import (compute_loss, cycle_batches, make_scheduler,
-                                       optimizer_step, to_device)
+                                       optimizer_step, step_closure, to_device)
 
     model = setup.model
     model.train()
@@ -48,7 +48,7 @@ def _train(setup, steps: int, device, streams) -> list:
             optimizer.zero_grad(set_to_none=True)
             loss = compute_loss(setup, batch)
             loss.backward()
-            optimizer_step(optimizer, scheduler)
+            optimizer_step(optimizer, scheduler, step_closure(setup, optimizer, batch, loss))
         losses.append(loss.detach().float().reshape(()))
     return torch.stack(losses).cpu().tolist() if losses else []
 
