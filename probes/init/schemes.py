@@ -35,6 +35,7 @@ audit the schemes share their random draws (:class:`DrawCache`).
 from __future__ import annotations
 
 import math
+import zlib
 from collections import Counter, OrderedDict
 from typing import Any, Callable, Iterable, Optional
 
@@ -90,7 +91,7 @@ def init_seed_value(seed: int, init_seed: int) -> int:
 def redraw_own(model: nn.Module, seed: int, skip: Iterable = ()) -> None:
     """Another draw of the model's own init, in place: each parameter's values moved among its
     units by random permutations of its first two dimensions (rows and columns; a vector's
-    entries), drawn from ``seed``.
+    entries), drawn from ``seed`` and the parameter's name.
 
     For the i.i.d. inits nearly every model uses (PyTorch's defaults, ``normal_(0, 0.02)``,
     Kaiming, Xavier) a permuted tensor is exactly as likely as the original, so this is a
@@ -99,11 +100,14 @@ def redraw_own(model: nn.Module, seed: int, skip: Iterable = ()) -> None:
     alone (what the next scheme overwrites anyway).
     """
     skip = set(skip)
-    generator = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name in skip or param.numel() <= 1:
                 continue
+            # Per parameter, so a parameter's draw does not depend on which others are skipped:
+            # the schemes that keep it (embeddings) get the model's own draw of the same seed.
+            generator = torch.Generator().manual_seed(
+                (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
             value = param.detach()
             for dim in range(min(value.ndim, 2)):
                 order = torch.randperm(value.size(dim), generator=generator)
