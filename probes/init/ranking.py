@@ -134,13 +134,6 @@ def noise_candidates(schemes: list[SchemeResult]) -> list[SchemeResult]:
     return sorted(lower, key=lambda s: early_loss(s.loss))[:CANDIDATES]
 
 
-def _open(own: SchemeResult, candidates: list[SchemeResult], limits: dict) -> bool:
-    margin = _margin(own, limits)
-    if any(_beats(c, own, margin) for c in candidates):
-        return False
-    return not all(_cannot_beat(c, own, margin) for c in candidates)
-
-
 def settle(schemes: list[SchemeResult], run_seed: RunSeed,
            thresholds: Optional[dict] = None) -> int:
     """Run the model's own init and the :func:`noise_candidates` on more init seeds while the
@@ -151,18 +144,19 @@ def settle(schemes: list[SchemeResult], run_seed: RunSeed,
     if not candidates:
         return 1
     own = next(s for s in schemes if s.name == "default")
-    group = [own, *candidates]
-    for scheme in group:
+    for scheme in (own, *candidates):
         scheme.loss_seeds = [list(scheme.loss)]
-    seeds = 0
-    while seeds < MAX_SEEDS:
+    seeds, active = 0, list(candidates)
+    while seeds < MAX_SEEDS and active:
         target = FIRST_SEEDS if seeds == 0 else seeds + 1
         for seed in range(seeds + 1, target + 1):
-            for scheme in group:
+            for scheme in (own, *active):
                 scheme.loss_seeds.append(list(run_seed(scheme.name, seed)))
         seeds = target
-        if not _open(own, candidates, limits):
+        margin = _margin(own, limits)
+        if any(_beats(c, own, margin) for c in active):
             break
+        active = [c for c in active if not _cannot_beat(c, own, margin)]  # dropped: no more runs
     return seeds
 
 
