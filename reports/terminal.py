@@ -29,7 +29,6 @@ from audit.reports.common import (
     direction_words,
     diff_headline,
     diff_sentence,
-    final_loss,
     finding_advice,
     finding_numbers,
     finding_title,
