@@ -98,6 +98,10 @@ class SchemeRunSpec:
     result: str  # the JSON file the run writes its measurements to
     device: str = "auto"
     saturation_margin: float = 0.01
+    # 0: the script's own init (and the scheme drawn from the script's random stream); more:
+    # the own init redrawn and the scheme drawn from this seed of the audit's (``seed``).
+    init_seed: int = 0
+    seed: int = 0
 
 
 Spec = TypeVar("Spec")

@@ -345,6 +345,36 @@ def final_loss(scheme: SchemeResult) -> Optional[float]:
     return float("nan") if value is None else value
 
 
+def seed_loss(scheme: SchemeResult) -> tuple[Optional[float], Optional[float], int]:
+    """The median early loss over the scheme's init seeds, its std (``None`` for one seed)
+    and the number of seeds; one seed: :func:`final_loss`."""
+    curves = scheme.loss_seeds or []
+    if len(curves) < 2:
+        return final_loss(scheme), None, 1
+    values = sorted(finite(c[-1]) if c else None for c in curves)
+    if any(v is None for v in values):
+        return float("nan"), None, len(curves)
+    n, mean = len(values), sum(values) / len(values)
+    median = (values[(n - 1) // 2] + values[n // 2]) / 2
+    return median, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)), n
+
+
+def fmt_spread(scheme: SchemeResult, missing: str = "") -> str:
+    """``±0.012 (4)``: the early loss's std over the init seeds and their number."""
+    _, std, n = seed_loss(scheme)
+    return missing if std is None else f"±{fmt_num(std, 2)} ({n})"
+
+
+def fmt_depth(scheme: SchemeResult, missing: str = "-") -> str:
+    """``0.96/0.31``: the fitted end-to-end factors (last weight layer over first) of the
+    output std and of the output-gradient norm."""
+    trend = scheme.depth_trend
+    if trend is None or (trend.activations is None and trend.gradients is None):
+        return missing
+    return "/".join("-" if finite(v) is None else f"{v:.3g}"
+                    for v in (trend.activations, trend.gradients))
+
+
 def diverged(scheme: SchemeResult) -> bool:
     return any(finite(v) is None for v in scheme.loss)
 

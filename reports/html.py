@@ -45,6 +45,8 @@ from audit.reports.common import (
     diff_timeline_rows,
     diverged,
     final_loss,
+    fmt_spread,
+    seed_loss,
     finding_advice,
     finding_title,
     fmt_loss,
@@ -281,7 +283,7 @@ def init_html(result: InitResult, *, charts: bool = True) -> str:
     return render(
         "init.html", r=result, status=status, title=title, schemes=schemes, default=default,
         recommended=recommended, charts=chart_svgs, flagged=flagged,
-        final_loss=final_loss, diverged=diverged,
+        final_loss=final_loss, diverged=diverged, seed_loss=seed_loss, fmt_spread=fmt_spread,
         environment_rows=_environment_rows(result.environment),
         threshold_rows=[(str(k), _env_value(v)) for k, v in (result.thresholds or {}).items()],
     )

@@ -29,18 +29,20 @@ from audit.reports.common import (
     direction_words,
     diff_headline,
     diff_sentence,
-    final_loss,
     finding_advice,
     finding_numbers,
     finding_title,
+    fmt_depth,
     fmt_loss,
     fmt_num,
     fmt_percent,
+    fmt_spread,
     init_headline,
     nonfinite_sentence,
     one_line,
     ordered_schemes,
     RESUME_STAGE_MEANING,
+    seed_loss,
     resume_headline,
     resume_notes,
     resume_sentence,
@@ -309,20 +311,23 @@ def _cuda_ops(w: _Writer, scan: CudaOpsScan) -> None:
 def _scheme_table(w: _Writer, result: InitResult) -> None:
     w.blank()
     name_width = min(max(max(len(one_line(s.name)) for s in result.schemes), 6), 28,
-                     max(w.width - 54, 10))
+                     max(w.width - 73, 10))
     header = (f"  {'scheme'.ljust(name_width)}  {'verdict':<9}  {'findings':>8}  "
-              f"{'final loss':>10}  {'score':>7}")
+              f"{'loss':>10}  {'± (seeds)':<10}  {'act/grad':>11}")
     w.add(w.s(header, "dim"))
     for scheme in ordered_schemes(result):
         verdict = "error" if scheme.error else scheme.verdict
         mark = "* " if scheme.name == result.recommended else "  "
         line = (f"{mark}{shorten(one_line(scheme.name), name_width).ljust(name_width)}  "
                 f"{w.s(verdict.ljust(9), 'green' if verdict == 'healthy' else 'red')}  "
-                f"{len(scheme.findings):>8}  {fmt_loss(final_loss(scheme)):>10}  "
-                f"{fmt_num(scheme.score, 3):>7}")
+                f"{len(scheme.findings):>8}  {fmt_loss(seed_loss(scheme)[0]):>10}  "
+                f"{fmt_spread(scheme):<10}  {fmt_depth(scheme):>11}")
         if scheme.name == result.recommended:
             line += "  recommended"
         w.add(line.rstrip())
+    w.wrap("loss: after the steps, the median over init seeds where more than one ran; "
+           "act/grad: how the output std and the output-gradient norm change from the first "
+           "weight layer to the last (fitted; 1 keeps the scale).", indent="  ")
     for scheme in (s for s in result.schemes if s.error):
         w.wrap(f"{scheme.name}: {scheme.error}", indent="    ", first="  ! ")
 
@@ -342,8 +347,8 @@ def _default_findings(w: _Writer, findings: list) -> None:
 
 def init_summary(result: InitResult, report_path: Optional[str] = None, *,
                  color: bool = False, width: Optional[int] = None) -> str:
-    """A compact table of the schemes (verdict, findings, final loss, score), the recommendation
-    with its code, and the default init's findings with what to do about each."""
+    """A compact table of the schemes (verdict, findings, loss over seeds, depth trends), the
+    recommendation with its code, and the default init's findings with what to do about each."""
     w = _Writer(width, color)
     status, title = init_headline(result)
     _verdict(w, "init", status, title)

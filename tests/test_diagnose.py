@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from audit.probes.init.diagnose import depth_trend, diagnose, recommend, scheme_score
+from audit.probes.init.diagnose import depth_trend, diagnose, scheme_score
+from audit.probes.init.ranking import recommend
 from audit.probes.init.thresholds import DEFAULT_THRESHOLDS, resolve_thresholds
 from audit.probes.init.flow import dead_fraction, saturated_fraction
 from audit.probes.init.engine import run_init
@@ -285,11 +286,12 @@ def test_score_puts_diagnosis_before_loss():
 def test_recommend():
     default = scheme("default", loss=[2.30])
     slightly_better = scheme("kaiming_normal", loss=[2.29])
-    name, reason = recommend([default, slightly_better])
-    assert name == "default" and "healthy" in reason  # within the loss tolerance
-    name, _ = recommend([default, scheme("orthogonal", loss=[1.5])])
-    assert name == "orthogonal"
+    choice = recommend([default, slightly_better])
+    # one seed each: a lower loss alone is no reason to change a healthy init
+    assert choice.scheme == "default" and choice.kept_own and choice.delta is None
+    assert recommend([default, scheme("orthogonal", loss=[1.5])]).scheme == "default"
     sick = scheme("default", ["vanishing_gradients"], loss=[1.0])
-    name, reason = recommend([sick, scheme("lsuv", loss=[2.2])])
-    assert name == "lsuv" and "vanishing_gradients" in reason
-    assert recommend([scheme("default", error="x")])[0] is None
+    choice = recommend([sick, scheme("lsuv", loss=[2.2])])
+    assert choice.scheme == "lsuv" and "vanishing_gradients" in choice.reason
+    assert not choice.kept_own and choice.seeds == 1
+    assert recommend([scheme("default", error="x")]).scheme is None

@@ -125,10 +125,15 @@ def test_every_scheme_name_works_and_the_json_round_trips():
         assert len(scheme.loss) == 2 and scheme.layers and scheme.score is not None
     assert result.environment["torch"] == torch.__version__
     data = json.loads(json.dumps(result.to_dict()))
-    assert data["schema"] == "audit.init/1" and list(data)[:4] == \
-        ["schema", "verdict", "recommended", "schemes"]
+    assert data["schema"] == "audit.init/1" and list(data)[:5] == \
+        ["schema", "verdict", "recommended", "schemes", "recommendation"]
+    assert data["recommendation"]["scheme"] == data["recommended"]
+    assert set(data["recommendation"]) == {"scheme", "reason", "kept_own", "against", "seeds",
+                                           "delta", "ci"}
+    assert all("loss_seeds" in s and "depth_trend" not in s for s in data["schemes"])
     again = InitResult.from_dict(data)
     assert again.scheme("lsuv").layers[0].name == "0"
+    assert again.recommendation.scheme == result.recommended
     assert DEFAULT_SCHEMES == list(BUILTIN_SCHEMES)
 
 

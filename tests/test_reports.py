@@ -42,6 +42,8 @@ from audit import registry
 from audit.gate.outputs import audit_summary
 from audit.probes.results import (
     AuditSummary,
+    DepthTrend,
+    Recommendation,
     Cause,
     Check,
     DeterminismResult,
@@ -229,10 +231,12 @@ def init_result() -> InitResult:
             Finding(kind="dead_units", layer="net.12", value=0.8, threshold=0.6,
                     message="80% of net.12's ReLU units output zero for every sample."),
         ],
-        loss=[2.3026, 2.3019, 2.3011, 2.3004, 2.2998], score=0.21, seconds=0.8)
+        loss=[2.3026, 2.3019, 2.3011, 2.3004, 2.2998], score=0.21, seconds=0.8,
+        depth_trend=DepthTrend(activations=0.0034, gradients=720.0))
     kaiming = SchemeResult(name="kaiming_normal", verdict="healthy",
                            layers=_layers(1.0, 1.0, dead=0.3),
-                           loss=[2.3412, 2.1021, 1.9234, 1.8011, 1.7102], score=0.94, seconds=0.7)
+                           loss=[2.3412, 2.1021, 1.9234, 1.8011, 1.7102], score=0.94, seconds=0.7,
+                           depth_trend=DepthTrend(activations=1.1, gradients=0.93))
     kaiming_u = SchemeResult(name="kaiming_uniform", verdict="healthy",
                              layers=_layers(0.99, 1.01, dead=0.31),
                              loss=[2.3391, 2.1187, 1.9402, 1.8190, 1.7318], score=0.92)
@@ -272,6 +276,7 @@ def init_result() -> InitResult:
         recommendation_reason="It keeps the activation std flat across depth (ratio 1.00 per "
                               "layer) and reaches the lowest loss after 5 steps (1.71).",
         seconds=6.0,
+        recommendation=Recommendation("kaiming_normal", "It keeps the activation std flat."),
     )
 
 
@@ -402,6 +407,46 @@ def test_gold_init(tmp_path):
     compare_gold("init.json", json_report.dumps(result), tmp_path)
     compare_gold("init.txt", terminal.init_summary(result, "audit-report/init.html"), tmp_path)
     compare_gold("init.html", _init_page(), tmp_path)
+
+
+def init_noise_result() -> InitResult:
+    """A healthy own init that no scheme beats beyond seed noise: the close candidates ran
+    on four init seeds."""
+    def healthy(name: str, losses: list, trend: tuple, score: float) -> SchemeResult:
+        curves = [[2.3026, 2.25, value] for value in losses]
+        return SchemeResult(name=name, verdict="healthy", layers=_layers(1.0, 1.0),
+                            loss=curves[0], score=score,
+                            loss_seeds=curves if len(curves) > 1 else None,
+                            depth_trend=DepthTrend(*trend))
+    schemes = [healthy("default", [2.21, 2.19, 2.24, 2.20], (0.96, 0.31), 0.88),
+               healthy("lsuv", [2.18, 2.26, 2.15, 2.27], (1.0, 0.39), 0.87),
+               healthy("orthogonal", [2.19, 2.22, 2.25, 2.16], (1.06, 0.36), 0.87),
+               healthy("xavier_normal", [2.45], (4.4, 0.1), 0.91)]
+    reason = ("The model's own init is healthy and no scheme beats it beyond seed noise: lsuv "
+              "minus default, loss after 3 steps, is +0.01 (99% CI -0.19 to +0.21, 3 init "
+              "seeds paired by seed); the other healthy schemes are within noise of it or "
+              "worse.")
+    return InitResult(
+        verdict="healthy", recommended="default", schemes=schemes, target="pkg.model:build",
+        steps=3, recommendation_reason=reason, seconds=4.0,
+        recommendation=Recommendation("default", reason, kept_own=True, against="lsuv", seeds=3,
+                                      delta=0.01, ci=[-0.19, 0.21]))
+
+
+def test_gold_init_noise(tmp_path):
+    result = init_noise_result()
+    text = terminal.init_summary(result, "audit-report/init.html")
+    compare_gold("init_noise.txt", text, tmp_path)
+    data = json.loads(json_report.dumps(result))
+    assert data["recommendation"] == {"scheme": "default", "reason": result.recommendation_reason,
+                                      "kept_own": True, "against": "lsuv", "seeds": 3,
+                                      "delta": 0.01, "ci": [-0.19, 0.21]}
+    assert [len(s["loss_seeds"] or []) for s in data["schemes"]] == [4, 4, 4, 0]
+    assert InitResult.from_dict(data).recommendation == result.recommendation
+    row = next(line for line in text.splitlines() if line.lstrip("* ").startswith("lsuv"))
+    assert "2.2200" in row and "(4)" in row and "1/0.39" in row  # median, seeds, depth trends
+    page = html.init_html(result, charts=False)
+    assert "2.2200" in page and "(4)" in page
 
 
 def test_gold_gate(tmp_path):

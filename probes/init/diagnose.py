@@ -1,4 +1,5 @@
-"""Turning measured layers into findings, a score per scheme, and a recommendation.
+"""Turning measured layers into findings and a score per scheme (the recommendation:
+:mod:`audit.probes.init.ranking`).
 
 Signals are judged by their *trend across depth*, fitted robustly (Theil-Sen, ``scipy.stats.
 theilslopes``) to log-value versus weight-layer depth: the fit gives a per-layer factor and a
@@ -78,7 +79,7 @@ import numpy as np
 from scipy import stats
 
 from audit.probes.init.thresholds import resolve_thresholds
-from audit.probes.results import Finding, SchemeResult
+from audit.probes.results import DepthTrend, Finding, SchemeResult
 
 #: How much each kind of finding weighs in :func:`scheme_score`.
 SEVERITY = {"nonfinite": 8.0, "exploding_gradients": 4.0, "exploding_activations": 4.0,
@@ -299,6 +300,16 @@ def _saturation(weights: list, t: dict, add) -> None:
 # --------------------------------------------------------------------------- ranking
 
 
+def depth_trends(layers: list, thresholds: Optional[dict] = None) -> DepthTrend:
+    """The fitted end-to-end trends the table shows and :mod:`probes.init.ranking` prefers
+    by: the output std's and the output-gradient norm's, last weight layer over first."""
+    t = resolve_thresholds(thresholds)
+    act = depth_trend(layers, "act_std", t["trend_min_layers"])
+    grad = depth_trend(layers, "output_grad_norm", t["trend_min_layers"])
+    return DepthTrend(activations=act.end_to_end if act else None,
+                      gradients=grad.end_to_end if grad else None)
+
+
 def scheme_score(scheme: SchemeResult) -> float:
     """Lower is better. Diagnosis first: the sum of :data:`SEVERITY` over the scheme's
     findings (each kind counts once; at most one finding per kind); then the last loss after
@@ -311,48 +322,3 @@ def scheme_score(scheme: SchemeResult) -> float:
     if last is None or not math.isfinite(last):
         return severity + 1.0
     return severity + 0.5 * (last / (1.0 + abs(last)) + 1.0) * (1 - 1e-12)
-
-
-def recommend(schemes: list, thresholds: Optional[dict] = None) -> tuple:
-    """``(name, reason)`` of the scheme to use: the lowest :func:`scheme_score`; a healthy
-    ``default`` is kept when the best healthy scheme's last loss is not lower by more than
-    ``loss_tolerance`` (relative). ``(None, reason)`` when every scheme raised."""
-    t = resolve_thresholds(thresholds)
-    ranked = sorted((s for s in schemes if s.error is None),
-                    key=lambda s: s.score if s.score is not None else scheme_score(s))
-    if not ranked:
-        return None, "Every scheme raised an error; see each scheme's error."
-    best = ranked[0]
-    own = next((s for s in schemes if s.name == "default"), None)
-    steps = len(best.loss)
-    if own is not None and own.error is None and not own.findings and best.name != "default":
-        if not best.findings and not _clearly_lower(best, own, t["loss_tolerance"]):
-            return "default", (f"The model's own init is healthy and no scheme's loss after "
-                               f"{len(own.loss)} steps is clearly lower (best: {best.name}, "
-                               f"{_last(best):.4g} vs {_last(own):.4g}).")
-    if best.findings:
-        kinds = ", ".join(sorted({f.kind for f in best.findings}))
-        return best.name, (f"No scheme is free of findings; {best.name} has the least severe "
-                           f"({kinds}) and the lowest loss among those.")
-    if best.name == "default":
-        return "default", (f"The model's own init is healthy and has the lowest loss after "
-                           f"{steps} steps ({_last(best):.4g}).")
-    why = f"No findings, and the lowest loss after {steps} steps ({_last(best):.4g}"
-    if own is not None and own.error is None:
-        why += f" vs default {_last(own):.4g}"
-        if own.findings:
-            why += "; default has " + ", ".join(sorted({f.kind for f in own.findings}))
-    return best.name, why + ")."
-
-
-def _last(scheme: SchemeResult) -> float:
-    return scheme.loss[-1] if scheme.loss else math.nan
-
-
-def _clearly_lower(a: SchemeResult, b: SchemeResult, tolerance: float) -> bool:
-    la, lb = _last(a), _last(b)
-    if not math.isfinite(la):
-        return False
-    if not math.isfinite(lb):
-        return True
-    return la < lb - tolerance * abs(lb)

@@ -26,15 +26,17 @@ import torch
 
 from audit.probes.environment import describe as environment
 from audit.probes.seeding import seed_all
-from audit.probes.init.diagnose import diagnose, recommend, scheme_score
+from audit.probes.init.diagnose import depth_trends, diagnose, scheme_score
+from audit.probes.init.ranking import recommend, settle
 from audit.probes.init.thresholds import resolve_thresholds
 from audit.probes.init.flow import FlowProbe, ForwardTrace, modules_with_parameters, trace_forward
 from audit.probes.progress import Progress, Reporter, silent
 from audit.probes.runs import Interrupted
 from audit.probes.results import BUILTIN_SCHEMES, InitResult, SchemeResult
 from audit.probes.init.scheme_names import validate_schemes
-from audit.probes.init.schemes import (DrawCache, apply_scheme, restore_state, scheme_code,
-                                       scheme_owned_keys, snapshot_state)
+from audit.probes.init.schemes import (DrawCache, apply_scheme, init_seed_value, redraw_own,
+                                       restore_state, scheme_code, scheme_owned_keys,
+                                       snapshot_state)
 from audit.probes.training import (TrainingSetup, compute_loss, cycle_batches, make_scheduler,
                                    optimizer_step, step_closure, to_device)
 
@@ -86,6 +88,8 @@ def run_init(setup: TrainingSetup, schemes: Optional[list] = None, steps: int = 
             phase = f"scheme {name} ({i} of {len(names)})"
             say(Progress(phase, 0, steps))
             results.append(audit.run(name, lambda done: say(Progress(phase, done, steps))))
+        phase = "init seeds of the closest schemes"
+        settle(results, _seed_runs(audit, say), limits)
     except Interrupted as exc:  # keep the schemes that finished for the partial report
         if results:
             exc.partial = _result(results, model, audit, **shared)
@@ -99,15 +103,24 @@ def run_init(setup: TrainingSetup, schemes: Optional[list] = None, steps: int = 
     return _result(results, model, audit, **shared)
 
 
+def _seed_runs(audit: "_SchemeRunner", say: Callable[[Progress], None]
+               ) -> Callable[[str, int], list[float]]:
+    def run(name: str, init_seed: int) -> list[float]:
+        say(Progress(f"scheme {name}, init seed {init_seed + 1}", 0, len(audit.batches)))
+        return audit.losses(name, init_seed)
+    return run
+
+
 def _result(results: list, model, audit: "_SchemeRunner", *, target: str, steps: int, seed: int,
             device: str, limits: dict, started: float) -> InitResult:
-    best, reason = recommend(results, limits)
+    choice = recommend(results, limits)
+    best, reason = choice.scheme, choice.reason
     own = results[0]
     code = scheme_code(best, model, audit.trace or ForwardTrace()) if best else ""
     return InitResult(
         verdict=own.verdict, recommended=best, schemes=results, target=target, steps=steps,
         seed=seed, device=device, environment=environment(device), thresholds=limits,
-        recommendation_code=code, recommendation_reason=reason,
+        recommendation_code=code, recommendation_reason=reason, recommendation=choice,
         # The target's own model failing to train is a broken target, not an unhealthy init.
         error=f"the model as the target built it failed: {own.error}" if own.error else None,
         seconds=time.perf_counter() - started,
@@ -130,6 +143,7 @@ class _SchemeRunner:
         self.cache = DrawCache(model)
         self.modules = modules_with_parameters(model)
         self.trace: Optional[ForwardTrace] = None
+        self._seed_cache: tuple = (0, None)  # (init seed, DrawCache) of the seed running
 
     def _forward(self):
         """The forward pass on the first batch that lsuv (and a fallback trace) run. It
@@ -151,52 +165,81 @@ class _SchemeRunner:
                 self.trace = ForwardTrace()
         return self.trace
 
-    def run(self, name: str, stepped: Callable[[int], None]) -> SchemeResult:
-        """Reseed, restore, apply, reseed, train ``len(batches)`` steps measuring the first.
+    def _apply(self, name: str, init_seed: int, trace: Optional[ForwardTrace]) -> None:
+        """Reseed, restore, apply ``name``, reseed again. Init seed 0 is the model's own
+        values; another seed first redraws them (:func:`redraw_own`) and draws the scheme's
+        weights from its own seed. Reseeding after applying gives every scheme's training the
+        same random stream (dropout masks), whatever its init drew."""
+        model = self.setup.model
+        skip = () if name == "default" else self.owned
+        cache = self.cache
+        if init_seed:
+            if self._seed_cache[0] != init_seed:  # settle() runs the seeds one after another
+                self._seed_cache = (init_seed, DrawCache(model))
+            cache = self._seed_cache[1]
+        seed_all(self.seed if not init_seed else init_seed_value(self.seed, init_seed))
+        restore_state(model, self.state, skip=skip)
+        if init_seed:
+            redraw_own(model, init_seed_value(self.seed, init_seed), skip=skip)
+        model.train()
+        apply_scheme(model, name, trace or ForwardTrace(), forward=self._forward, cache=cache)
+        seed_all(self.seed)
+        model.zero_grad(set_to_none=True)
 
-        Reseeding again after applying gives every scheme's training the same random stream
-        (dropout masks), whatever its init drew.
-        """
+    def _train(self, result: SchemeResult, stepped: Callable[[int], None],
+               probe: Optional[FlowProbe]) -> None:
+        """Train the cached batches, ``probe`` around the first step; losses into ``result``."""
+        model, setup = self.setup.model, self.setup
+        optimizer = setup.optimizer(model.parameters())
+        scheduler = make_scheduler(setup, optimizer)
+        for index, batch in enumerate(self.batches):
+            optimizer.zero_grad(set_to_none=True)
+            if index == 0 and probe is not None:
+                with probe:
+                    loss = compute_loss(setup, batch)
+                    loss.backward()
+                result.layers = probe.collect()
+            else:
+                loss = compute_loss(setup, batch)
+                loss.backward()
+            value = float(loss.detach())
+            result.loss.append(value)
+            if not math.isfinite(value):
+                break
+            optimizer_step(optimizer, scheduler, step_closure(setup, optimizer, batch, loss))
+            stepped(index + 1)
+
+    def run(self, name: str, stepped: Callable[[int], None]) -> SchemeResult:
+        """Apply ``name`` (init seed 0), train ``len(batches)`` steps measuring the first,
+        diagnose."""
         started = time.perf_counter()
         result = SchemeResult(name=name, verdict="unhealthy")
-        model, setup = self.setup.model, self.setup
         tracing = name == "default" and self.trace is None
         try:
             trace = None if tracing else self._ensure_trace()
-            seed_all(self.seed)
-            restore_state(model, self.state, skip=() if name == "default" else self.owned)
-            model.train()
-            apply_scheme(model, name, trace or ForwardTrace(), forward=self._forward,
-                         cache=self.cache)
-            seed_all(self.seed)
-            model.zero_grad(set_to_none=True)
-            optimizer = setup.optimizer(model.parameters())
-            scheduler = make_scheduler(setup, optimizer)
-            for index, batch in enumerate(self.batches):
-                optimizer.zero_grad(set_to_none=True)
-                if index == 0:
-                    probe = FlowProbe(model, trace, modules=self.modules,
-                                      saturation_margin=self.limits["saturation_margin"])
-                    with probe:
-                        loss = compute_loss(setup, batch)
-                        loss.backward()
-                    result.layers = probe.collect()
-                    if tracing:
-                        self.trace = probe.finish_trace()
-                else:
-                    loss = compute_loss(setup, batch)
-                    loss.backward()
-                value = float(loss.detach())
-                result.loss.append(value)
-                if not math.isfinite(value):
-                    break
-                optimizer_step(optimizer, scheduler, step_closure(setup, optimizer, batch, loss))
-                stepped(index + 1)
+            self._apply(name, 0, trace)
+            probe = FlowProbe(self.setup.model, trace, modules=self.modules,
+                              saturation_margin=self.limits["saturation_margin"])
+            self._train(result, stepped, probe)
+            if tracing:
+                self.trace = probe.finish_trace()
         except Exception as exc:  # a scheme that breaks is a result, not a crash of the audit
             result.error = f"{type(exc).__name__}: {exc}"
         result.findings = diagnose(result.layers, result.loss, self.limits, error=result.error)
         result.verdict = "healthy" if not result.findings and result.error is None \
             else "unhealthy"
         result.score = scheme_score(result)
+        result.depth_trend = depth_trends(result.layers, self.limits)
         result.seconds = time.perf_counter() - started
         return result
+
+    def losses(self, name: str, init_seed: int) -> list[float]:
+        """The loss curve of ``name`` on another init seed (nothing measured; a scheme that
+        raises there gives no loss, so it cannot beat the model's own init)."""
+        result = SchemeResult(name=name, verdict="unhealthy")
+        try:
+            self._apply(name, init_seed, self._ensure_trace())
+            self._train(result, lambda done: None, None)
+        except Exception:  # noqa: BLE001 - recorded as a missing loss
+            return []
+        return result.loss

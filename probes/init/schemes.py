@@ -35,6 +35,7 @@ audit the schemes share their random draws (:class:`DrawCache`).
 from __future__ import annotations
 
 import math
+import zlib
 from collections import Counter, OrderedDict
 from typing import Any, Callable, Iterable, Optional
 
@@ -79,6 +80,39 @@ def restore_state(model: nn.Module, state: dict, skip: Iterable = ()) -> None:
         for key, value in state.items():
             if key not in skip and isinstance(live.get(key), torch.Tensor):
                 live[key].copy_(value)
+
+
+def init_seed_value(seed: int, init_seed: int) -> int:
+    """The random seed of init seed ``init_seed`` (>= 1) of an audit run with ``seed``: apart
+    from the training seed and from the other init seeds."""
+    return (int(seed) * 1_000_003 + 7919 * int(init_seed)) % 2**32
+
+
+def redraw_own(model: nn.Module, seed: int, skip: Iterable = ()) -> None:
+    """Another draw of the model's own init, in place: each parameter's values moved among its
+    units by random permutations of its first two dimensions (rows and columns; a vector's
+    entries), drawn from ``seed`` and the parameter's name.
+
+    For the i.i.d. inits nearly every model uses (PyTorch's defaults, ``normal_(0, 0.02)``,
+    Kaiming, Xavier) a permuted tensor is exactly as likely as the original, so this is a
+    fresh draw from the model's own scheme without knowing its code; constants (zeros, ones)
+    stay as they are and orthogonal matrices stay orthogonal. ``skip``: parameter names left
+    alone (what the next scheme overwrites anyway).
+    """
+    skip = set(skip)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in skip or param.numel() <= 1:
+                continue
+            # Per parameter, so a parameter's draw does not depend on which others are skipped:
+            # the schemes that keep it (embeddings) get the model's own draw of the same seed.
+            generator = torch.Generator().manual_seed(
+                (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
+            value = param.detach()
+            for dim in range(min(value.ndim, 2)):
+                order = torch.randperm(value.size(dim), generator=generator)
+                value = value.index_select(dim, order.to(value.device))
+            param.copy_(value)
 
 
 def scheme_owned_keys(model: nn.Module) -> set:

@@ -46,14 +46,17 @@ def _layer(data: dict) -> LayerStats:
     return LayerStats(**{k: v for k, v in data.items() if k in names})
 
 
-def _run_scheme(opts: ScriptInitOptions, scheme: str, folder: str, margin: float) -> dict:
-    """One fresh run of the script under ``scheme``; its measurements."""
-    spec_path = os.path.join(folder, f"{scheme.replace(':', '_')}.json")
+def _run_scheme(opts: ScriptInitOptions, scheme: str, folder: str, margin: float,
+                init_seed: int = 0) -> dict:
+    """One fresh run of the script under ``scheme`` (on init seed ``init_seed``); its
+    measurements."""
+    spec_path = os.path.join(folder, f"{scheme.replace(':', '_')}.{init_seed}.json")
     result_path = spec_path + ".result"
     log_path = spec_path + ".log"
     device = "cpu" if opts.device == "cpu" else "auto"
     write_spec(SchemeRunSpec(scheme=scheme, steps=opts.steps, result=result_path, device=device,
-                             saturation_margin=margin), spec_path)
+                             saturation_margin=margin, init_seed=init_seed, seed=opts.seed),
+               spec_path)
     program = script_runner.parse(opts.script)
     argv = child_argv("audit.probes.init.script_child", spec_path, "--", *program.argv(),
                       options=tuple(program.options))
@@ -82,7 +85,7 @@ def _warm_diagnosis() -> None:
 
 
 def _scheme_result(data: dict, limits: dict, seconds: float) -> SchemeResult:
-    from audit.probes.init.diagnose import diagnose, scheme_score
+    from audit.probes.init.diagnose import depth_trends, diagnose, scheme_score
 
     result = SchemeResult(name=data["scheme"], verdict="unhealthy")
     result.layers = [_layer(x) for x in data.get("layers", [])]
@@ -93,8 +96,21 @@ def _scheme_result(data: dict, limits: dict, seconds: float) -> SchemeResult:
     result.findings = diagnose(result.layers, result.loss, limits, error=result.error)
     result.verdict = "healthy" if not result.findings and result.error is None else "unhealthy"
     result.score = scheme_score(result)
+    result.depth_trend = depth_trends(result.layers, limits)
     result.seconds = seconds
     return result
+
+
+def _seed_runs(opts: ScriptInitOptions, folder: str, limits: dict,
+               progress: Optional[Callable[[str], None]]) -> Callable[[str, int], list[float]]:
+    """Runs of the script on more init seeds (:func:`probes.init.ranking.settle`): their
+    loss curves (empty where the run made no step)."""
+    def run(name: str, init_seed: int) -> list[float]:
+        if progress is not None:
+            progress(f"init seed {init_seed + 1}: {name}")
+        data = _run_scheme(opts, name, folder, limits["saturation_margin"], init_seed)
+        return [x for x in data.get("loss", []) if x is not None]
+    return run
 
 
 def _own_failure(data: dict) -> Optional[str]:
@@ -143,9 +159,11 @@ def run_init_script(opts: ScriptInitOptions,
             if i == 0 and _own_failure(runs[0]):
                 raise UsageError(_own_failure(runs[0]))
             results.append(_scheme_result(runs[-1], limits, time.perf_counter() - t0))
-    from audit.probes.init.diagnose import recommend
+        from audit.probes.init.ranking import recommend, settle
 
-    best, reason = recommend(results, limits)
+        settle(results, _seed_runs(opts, folder, limits, progress), limits)
+    choice = recommend(results, limits)
+    best, reason = choice.scheme, choice.reason
     code = next((r.get("code", "") for r in runs if r["scheme"] == best), "") if best else ""
     own = results[0]
     return InitResult(
@@ -153,6 +171,6 @@ def run_init_script(opts: ScriptInitOptions,
         target=shlex.join(opts.script), steps=opts.steps, seed=opts.seed,
         device=runs[0].get("device", opts.device), environment=runs[0].get("environment", {}),
         thresholds=limits, recommendation_code=_fix_code(code, best, runs),
-        recommendation_reason=reason + _noise_note(runs),
+        recommendation_reason=reason + _noise_note(runs), recommendation=choice,
         error=f"the script's own init failed to train: {own.error}" if own.error else None,
         seconds=time.perf_counter() - started)

@@ -32,7 +32,9 @@ from audit.probes.init.flow import FlowProbe, modules_with_parameters, trace_for
 from audit.probes.runs import Frame, user_frame
 from audit.probes.results.records import Status
 from audit.probes.spec import SchemeRunSpec, read_spec
-from audit.probes.init.schemes import DrawCache, apply_scheme, restore_state, scheme_code, snapshot_state
+from audit.probes.init.schemes import (DrawCache, apply_scheme, init_seed_value, redraw_own,
+                                       restore_state, scheme_code, scheme_owned_keys,
+                                       snapshot_state)
 
 
 
@@ -67,6 +69,7 @@ class SchemeRun:
     def __init__(self, spec: SchemeRunSpec):
         self.scheme, self.steps = spec.scheme, int(spec.steps)
         self.margin = float(spec.saturation_margin)
+        self.init_seed, self.seed = int(spec.init_seed), int(spec.seed)
         self.optimizers: list = []  # (optimizer, {id(param)}, where)
         self.model: Optional[nn.Module] = None
         self.probe: Optional[FlowProbe] = None
@@ -143,6 +146,11 @@ class SchemeRun:
             forward = lambda: model(*args)  # noqa: E731
             trace = trace_forward(model, forward)
             restore_state(model, state)
+            if self.init_seed:  # another draw, from the audit's seed, not the script's stream
+                value = init_seed_value(self.seed, self.init_seed)
+                torch.manual_seed(value)
+                redraw_own(model, value, skip=() if self.scheme == "default"
+                           else scheme_owned_keys(model))
             apply_scheme(model, self.scheme, trace, forward=forward, cache=DrawCache(None))
             self.out["code"] = scheme_code(self.scheme, model, trace)
         finally:

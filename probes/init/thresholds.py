@@ -53,8 +53,11 @@ DEFAULT_THRESHOLDS = {
     # The margin, in units of tanh's output (|y| >= 1 - margin; sigmoid: the same
     # pre-activation, y <= margin/2 or y >= 1 - margin/2). Used while measuring.
     "saturation_margin": 0.01,
-    # recommend(): a healthy 'default' is kept unless another healthy scheme's last loss is
-    # lower by more than this relative amount (a few steps' loss differences are noise).
+    # The smallest gain worth a change (relative to the model's own median loss after the
+    # steps): a healthy 'default' is replaced only by a scheme whose loss is lower beyond seed
+    # noise (a paired interval over init seeds below zero) AND by at least this much on
+    # average; probes/init/ranking.py. Among tied healthy schemes, a lower loss by more than
+    # this overrides the fixed order of preference.
     "loss_tolerance": 0.02,
 }
 

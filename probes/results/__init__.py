@@ -341,6 +341,42 @@ class SchemeResult:
     score: Optional[float] = None
     seconds: Optional[float] = None
     error: Optional[str] = None
+    # The loss curve of each init seed (seed 0's is ``loss``), where more than one was run.
+    loss_seeds: Optional[list] = None  # [[float]]
+    # The fitted end-to-end depth trends of the first step (last weight layer / first) of the
+    # output std and of the output-gradient norm; shown in the table, not part of init.json.
+    depth_trend: Optional[DepthTrend] = None
+
+
+@dataclass
+class DepthTrend:
+    activations: Optional[float] = None  # fitted output std, last weight layer / first
+    gradients: Optional[float] = None  # fitted output-gradient norm, last / first
+
+    @property
+    def fold(self) -> float:
+        """The larger factor by which either signal changes through depth (>= 1; 1 where no
+        trend could be fitted)."""
+        folds = [max(v, 1.0 / v) for v in (self.activations, self.gradients)
+                 if v is not None and math.isfinite(v) and v > 0]
+        return max(folds, default=1.0)
+
+
+@dataclass
+class Recommendation:
+    """How the recommended scheme was chosen (``init.json``'s ``recommendation``)."""
+
+    scheme: Optional[str]
+    reason: str = ""
+    kept_own: bool = False  # the model's own init kept: nothing beats it beyond noise
+    against: Optional[str] = None  # the closest candidate compared with the model's own init
+    seeds: int = 1  # init seeds behind the comparison
+    delta: Optional[float] = None  # candidate minus own, early loss, mean over seeds
+    ci: Optional[list] = None  # [low, high] of delta, paired by seed
+    level: float = 0.99  # the interval's confidence level
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in _plain(self).items() if k != "level"}
 
 
 @dataclass
@@ -360,10 +396,14 @@ class InitResult(Renderable):
     recommendation_reason: str = ""
     error: Optional[str] = None
     seconds: Optional[float] = None
+    recommendation: Optional[Recommendation] = None
 
     def to_dict(self) -> dict:
         data = _plain(self)
-        head = ["schema", "verdict", "recommended", "schemes"]
+        for scheme in data["schemes"]:
+            scheme.pop("depth_trend", None)
+        data["recommendation"] = self.recommendation.to_dict() if self.recommendation else None
+        head = ["schema", "verdict", "recommended", "schemes", "recommendation"]
         return {**{k: data[k] for k in head}, **{k: v for k, v in data.items() if k not in head}}
 
     @classmethod
@@ -376,6 +416,8 @@ class InitResult(Renderable):
             s["findings"] = [_build(Finding, x) for x in s.get("findings", [])]
             schemes.append(_build(SchemeResult, s))
         data["schemes"] = schemes
+        if isinstance(data.get("recommendation"), dict):
+            data["recommendation"] = _build(Recommendation, data["recommendation"])
         return _build(cls, data)
 
     def scheme(self, name: str) -> Optional[SchemeResult]:
