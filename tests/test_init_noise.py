@@ -125,9 +125,25 @@ def test_the_answer_does_not_depend_on_the_scheme_order_and_a_change_is_beyond_n
     for name, _ in run.calls:
         per_scheme[name] = per_scheme.get(name, 0) + 1
     assert all(count <= ranking.MAX_SEEDS for count in per_scheme.values())
-    assert len(per_scheme) <= ranking.CANDIDATES + 1
+    below = {s.name for s in first if s.name != "default" and s.loss[-1] < first[0].loss[-1]}
+    assert set(per_scheme) <= below | {"default"}  # only schemes below the own init on seed 0
     if not answer.kept_own:
         assert answer.ci[1] < 0 and answer.delta <= -0.02 * own * 0.9
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10**6))
+def test_several_clear_winners_give_the_same_answer_on_every_audit(seed):
+    """Every candidate beats the own init by far; among themselves they are within the loss
+    tolerance: whatever the audit's noise, the same one is named (the order of preference)."""
+    means = {"default": 3.1, "lsuv": 2.10, "orthogonal": 2.09, "xavier_normal": 2.11,
+             "kaiming_normal": 2.12}
+    noise = 0.03
+    schemes = [healthy(n, m + random.Random(f"{seed}/{n}/0").gauss(0, noise))
+               for n, m in means.items()]
+    ranking.settle(schemes, runner(means, noise, seed))
+    choice = ranking.recommend(schemes)
+    assert choice.scheme == "kaiming_normal" and not choice.kept_own and choice.ci[1] < 0
 
 
 def test_paired_interval_matches_the_t_distribution():
@@ -213,7 +229,7 @@ def test_a_healthy_but_slow_own_init_loses_to_xavier_with_its_interval(seed):
     assert rec.against == "xavier_normal" and rec.seeds >= ranking.FIRST_SEEDS
     assert rec.ci[0] <= rec.delta <= rec.ci[1] < 0
     default = result.scheme("default")
-    assert len(default.loss_seeds) == rec.seeds + 1 and default.loss_seeds[0] == default.loss
+    assert len(default.loss_seeds) >= rec.seeds + 1 and default.loss_seeds[0] == default.loss
     assert "xavier_normal_" in result.recommendation_code
 
 

@@ -3,20 +3,21 @@
 1. Findings decide whenever any scheme has them (:func:`probes.init.diagnose.scheme_score`).
 2. The model's own init healthy: a healthy scheme whose early loss (the loss after the steps)
    on the audit's run (init seed 0) is lower than the model's own is compared with it on
-   fresh init seeds (:func:`settle`; at most :data:`CANDIDATES` of them, the lowest), paired
-   by seed: the mean difference (candidate minus own) and its Student-t interval at
-   :data:`LEVEL`. Seed 0 chose the candidates, so it is left out (it would favour them).
-   Seeds are added a round at a time (first :data:`FIRST_SEEDS`, then one more, at most
-   :data:`MAX_SEEDS`) while the call is open. A candidate *beats* the model's own init when
-   the whole interval is below zero and the mean difference is at least ``loss_tolerance``
-   (relative to the own init's median loss) in size; it is dropped once the interval at
-   :data:`FUTILITY_LEVEL` lies above minus that margin. With no winner the model's own init
-   is kept, and the others are within noise. A t interval, not the bootstrap of ``audit
+   fresh init seeds (:func:`settle`; every such scheme, so that one seed's noise does not
+   choose which are compared), paired by seed: the mean difference (candidate minus own) and
+   its Student-t interval at :data:`LEVEL`. Seed 0 chose the candidates, so it is left out (it
+   would favour them). Seeds are added a round at a time (first :data:`FIRST_SEEDS`, then one
+   more, at most :data:`MAX_SEEDS`) for the candidates whose call is still open. A candidate
+   *beats* the model's own init when the whole interval is below zero and the mean difference
+   is at least ``loss_tolerance`` (relative to the own init's median loss) in size; it is
+   dropped once the interval at :data:`FUTILITY_LEVEL` lies above minus that margin. With no
+   winner the model's own init is kept, and the others are within noise; with several, the
+   choice among them is the rule of 3, so every audit names the same one. A t interval, not the bootstrap of ``audit
    compare``: with 3 to 8 pairs a bootstrap interval is too narrow, and a sign-flip test
    cannot reach 1 % below 7 pairs. The 99 % level keeps a false change rare although the
    interval is looked at after every round (six looks at most).
 3. Among healthy schemes that tie (the model's own init unhealthy, where no extra seeds are
-   spent, or several candidates within noise of the winner): the one whose activations and
+   spent, or several candidates that beat the model's own init): the one whose activations and
    gradients keep their scale through depth (:attr:`DepthTrend.fold` within
    :data:`PROPAGATION_SLACK` of the best), then a fixed order (:data:`PREFERENCE`), so the
    answer does not follow one seed's loss.
@@ -43,8 +44,6 @@ MAX_SEEDS = 8
 #: A candidate is dropped from the comparison once the interval at this level shows it is
 #: not better by ``loss_tolerance`` (a missed change costs less than a false one).
 FUTILITY_LEVEL = 0.8
-#: The most candidates compared with the model's own init over seeds.
-CANDIDATES = 2
 #: Schemes whose depth fold is within this factor of the best one's propagate equally well: the
 #: fitted folds of one scheme vary several-fold from seed to seed in narrow nets (Kaiming on a
 #: 20-layer, 16-channel ReLU CNN: 1.4x to 16x), while Xavier there is 600x and more.
@@ -124,21 +123,22 @@ def _healthy(scheme: Optional[SchemeResult]) -> bool:
 
 
 def noise_candidates(schemes: list[SchemeResult]) -> list[SchemeResult]:
-    """The healthy schemes to compare with a healthy own init over seeds: those whose first
-    seed's early loss is below the own init's, the lowest :data:`CANDIDATES`."""
+    """The healthy schemes to compare with a healthy own init over seeds: every one whose first
+    seed's early loss is below the own init's, lowest first."""
     own = next((s for s in schemes if s.name == "default"), None)
     if own is None or not _healthy(own) or math.isnan(early_loss(own.loss)):
         return []
     lower = [s for s in schemes if s is not own and _healthy(s)
              and early_loss(s.loss) < early_loss(own.loss)]
-    return sorted(lower, key=lambda s: early_loss(s.loss))[:CANDIDATES]
+    return sorted(lower, key=lambda s: early_loss(s.loss))
 
 
 def settle(schemes: list[SchemeResult], run_seed: RunSeed,
            thresholds: Optional[dict] = None) -> int:
-    """Run the model's own init and the :func:`noise_candidates` on more init seeds while the
-    call is open (see the module's doc), filling their ``loss_seeds``; the seeds run (1 when
-    no comparison was needed)."""
+    """Run the model's own init and the :func:`noise_candidates` on more init seeds while a
+    candidate's call is open (see the module's doc), filling their ``loss_seeds``; the most
+    seeds run (1 when no comparison was needed). A decided candidate runs no more seeds; its
+    comparison pairs the seeds it ran with the own init's same seeds."""
     limits = resolve_thresholds(thresholds)
     candidates = noise_candidates(schemes)
     if not candidates:
@@ -154,9 +154,12 @@ def settle(schemes: list[SchemeResult], run_seed: RunSeed,
                 scheme.loss_seeds.append(list(run_seed(scheme.name, seed)))
         seeds = target
         margin = _margin(own, limits)
-        if any(_beats(c, own, margin) for c in active):
-            break
-        active = [c for c in active if not _cannot_beat(c, own, margin)]  # dropped: no more runs
+        active = [c for c in active  # decided either way: no more runs
+                  if not _beats(c, own, margin) and not _cannot_beat(c, own, margin)]
+        winners = [c for c in candidates if _beats(c, own, margin)]
+        if winners:  # only a scheme preferred to the choice so far could still change it
+            choice = prefer(winners, limits)
+            active = [c for c in active if _order(c) < _order(choice)]
     return seeds
 
 
@@ -172,14 +175,26 @@ def _fold(scheme: SchemeResult) -> float:
 def prefer(schemes: list[SchemeResult], thresholds: Optional[dict] = None) -> SchemeResult:
     """Among ``schemes`` (healthy, tied on loss): those whose depth fold is within
     :data:`PROPAGATION_SLACK` of the best, first by :data:`PREFERENCE`, unless another of them
-    has a median early loss lower by more than ``loss_tolerance``."""
+    has an early loss clearly lower (:func:`clearly_lower`)."""
     limits = resolve_thresholds(thresholds)
     least = min(_fold(s) for s in schemes)
     good = sorted((s for s in schemes if _fold(s) <= PROPAGATION_SLACK * least), key=_order)
     pick = good[0]
     lowest = min(good, key=lambda s: _loss_key(typical_loss(s)))
-    limit = typical_loss(pick) - limits["loss_tolerance"] * abs(typical_loss(pick))
-    return lowest if math.isnan(limit) or typical_loss(lowest) < limit else pick
+    if math.isnan(typical_loss(pick)):
+        return lowest
+    return lowest if lowest is not pick and clearly_lower(lowest, pick, limits) else pick
+
+
+def clearly_lower(a: SchemeResult, b: SchemeResult, limits: dict) -> bool:
+    """``a``'s early loss is lower than ``b``'s by more than ``loss_tolerance``: beyond seed
+    noise (paired by seed, as a change needs) where both ran several init seeds, else on the
+    one seed they ran (the own init unhealthy: no seeds are spent there)."""
+    margin = limits["loss_tolerance"] * abs(typical_loss(b))
+    if a.loss_seeds and b.loss_seeds:
+        p = paired(compared_losses(a), compared_losses(b))
+        return p is not None and p.high < 0 and p.delta <= -margin
+    return typical_loss(a) < typical_loss(b) - margin
 
 
 def _loss_key(value: float) -> float:
@@ -246,21 +261,17 @@ def _keep_or_beat(own: SchemeResult, others: list[SchemeResult],
 def _beaten(own: SchemeResult, winners: list[SchemeResult], compared: dict,
             limits: dict) -> Recommendation:
     top = min(winners, key=lambda s: compared[s.name].delta)
-    ties = [s for s in winners if s is top or _tied(s, top)]
-    choice = prefer(ties, limits) if len(ties) > 1 else top
+    choice = prefer(winners, limits)
     p = compared[choice.name]
     why = (f"{choice.name} beats the model's own init beyond seed noise and has no findings: "
            f"{choice.name} minus default, loss after {len(own.loss)} steps, is {_ci_text(p)}.")
     if choice is not top:
-        why += (f" {top.name} is within noise of it; {choice.name} keeps the signals' scale "
-                f"through depth as well or better ({_fold(choice):.3g}x vs {_fold(top):.3g}x).")
+        why += (f" {top.name} beats it too, by less than the {limits['loss_tolerance']:.0%} of "
+                f"the loss that would decide between them; {choice.name} keeps the signals' "
+                f"scale through depth as well ({_fold(choice):.3g}x vs {_fold(top):.3g}x) and "
+                "comes first in the order of preference.")
     return Recommendation(choice.name, why, kept_own=False, against=choice.name,
                           seeds=p.seeds, delta=p.delta, ci=[p.low, p.high], level=LEVEL)
-
-
-def _tied(a: SchemeResult, b: SchemeResult) -> bool:
-    p = paired(compared_losses(a), compared_losses(b))
-    return p is None or p.low <= 0 <= p.high
 
 
 def _fix(own: Optional[SchemeResult], healthy: list[SchemeResult],
