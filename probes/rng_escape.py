@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from audit.probes import rng_use, seed_log
-from audit.probes.runs import library_dirs
+from audit.probes.runs import is_user_file, library_dirs  # noqa: F401 (re-exported)
 from audit.probes.seed_log import short_path  # noqa: F401  (the place format, re-exported)
 
 _state: dict = {"log": None, "pin": False, "seen": {}, "count": {}, "installed": False,
@@ -79,7 +79,6 @@ def origin(depth: int = 2) -> tuple:
     generator's maker itself) and that code's globals. ``(None, None, None)``: no user code
     (a library making a generator while it is imported)."""
     frame = sys._getframe(depth)
-    skip = library_dirs()
     called, fallback = None, None
     while frame is not None:
         filename = frame.f_code.co_filename
@@ -88,10 +87,10 @@ def origin(depth: int = 2) -> tuple:
         if filename.startswith("<"):
             if fallback is None and "frozen" not in filename:
                 fallback = (f"{filename}:{frame.f_lineno}", called, frame.f_globals)
-        elif not os.path.abspath(filename).startswith(skip):
-            path = os.path.abspath(filename)
+        elif is_user_file(filename):
             made_by = call_name(called) if called is not None else None
-            return f"{short_path(path)}:{frame.f_lineno}", made_by, frame.f_globals
+            where = f"{short_path(os.path.abspath(filename))}:{frame.f_lineno}"
+            return where, made_by, frame.f_globals
         elif not filename.startswith(_OURS):
             called = frame
         frame = frame.f_back
