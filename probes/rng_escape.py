@@ -477,8 +477,12 @@ def finish() -> None:
     log = _state["log"]
     if not log or os.getpid() != _state["pid"]:
         return
+    try:
+        found = uses()
+    except Exception:  # a user object that cannot be read: no say, so every escape counts as drawn
+        return
     with open(log, "a", encoding="utf-8") as fh:
-        for item in uses():
+        for item in found:
             fh.write(json.dumps({**item, "pid": os.getpid()}) + "\n")
 
 

@@ -43,6 +43,8 @@ class Watched:
         return self.outcome or UNUSED
 
 
+#: Children looked at per object when searching for a generator's holder.
+_WIDTH = 64
 #: Values whose insides are never searched for a generator's holder.
 _LEAVES = (str, bytes, int, float, bool, type(None), types.ModuleType, types.FunctionType)
 
@@ -148,27 +150,33 @@ def holders(key: tuple) -> list:
 def _children(obj: Any) -> list:
     """``(text to append to the path, child)`` pairs: attributes, items of lists and dicts."""
     if isinstance(obj, (list, tuple)):
-        return [(f"[{i}]", v) for i, v in enumerate(obj[:64])]
+        return [(f"[{i}]", v) for i, v in enumerate(obj[:_WIDTH])]
     if isinstance(obj, dict):
-        return [(f"[{k!r}]", v) for k, v in list(obj.items())[:256] if isinstance(k, (str, int))]
+        return [(f"[{k!r}]", v) for k, v in list(obj.items())[:_WIDTH] if isinstance(k, (str, int))]
     attrs = getattr(obj, "__dict__", None)
     if not isinstance(attrs, dict) or isinstance(obj, (type, *_LEAVES)):
         return []
-    return [(f".{k}", v) for k, v in list(attrs.items())[:256] if isinstance(k, str)]
+    return [(f".{k}", v) for k, v in list(attrs.items())[:_WIDTH] if isinstance(k, str)]
 
 
 def _holds(obj: Any, tokens: list) -> bool:
-    """``obj`` holds one of ``tokens`` directly (or a NumPy Generator drawing from one)."""
-    return any(v is t or getattr(v, "bit_generator", None) is t
-               for _, v in _children(obj) for t in tokens)
+    """``obj`` has a ``seed`` method and holds one of ``tokens`` directly (or a NumPy
+    Generator drawing from one). User objects' attributes may be properties that raise."""
+    try:
+        if not callable(getattr(obj, "seed", None)):
+            return False
+        values = [v for _, v in _children(obj)]
+        return any(v is t or getattr(v, "bit_generator", None) is t for v in values for t in tokens)
+    except Exception:
+        return False
 
 
-def holder(tokens: list, roots: dict, budget: int = 20000) -> Optional[str]:
+def holder(tokens: list, roots: dict, budget: int = 5000) -> Optional[str]:
     """The path, from the names in ``roots`` (a script's globals), to the nearest object that
     holds one of ``tokens`` and has a ``seed`` method (``envs.single_action_space``); None
     when there is none within ``budget`` objects."""
     seen: set = set()
-    queue = deque((name, value) for name, value in roots.items()
+    queue = deque((name, value) for name, value in list(roots.items())
                   if not name.startswith("_") and not isinstance(value, (type, *_LEAVES)))
     while queue and budget > 0:
         path, obj = queue.popleft()
@@ -176,9 +184,12 @@ def holder(tokens: list, roots: dict, budget: int = 20000) -> Optional[str]:
             continue
         seen.add(id(obj))
         budget -= 1
-        if callable(getattr(obj, "seed", None)) and _holds(obj, tokens):
+        if _holds(obj, tokens):
             return path
-        queue.extend((path + step, child) for step, child in _children(obj))
+        try:
+            queue.extend((path + step, child) for step, child in _children(obj))
+        except Exception:  # an object whose __dict__ or items cannot be read
+            continue
     return None
 
 

@@ -181,3 +181,22 @@ def test_a_library_made_generator_names_the_call_the_users_line_and_its_holder(t
     # the holder is searched for from the globals of the user's code: this test module's
     # globals do not reach ``env``, a local
     assert entry["holder"] is None
+
+
+def test_the_holder_search_survives_objects_that_raise_and_skips_private_names():
+    class Bad:
+        @property
+        def seed(self):
+            raise RuntimeError("a property that raises")
+
+    class Space:
+        def __init__(self, rng):
+            self.rng = rng
+
+        def seed(self, seed):
+            self.rng = np.random.default_rng(seed)
+
+    rng = np.random.default_rng(0)
+    roots = {"_hidden": Space(rng), "bad": Bad(), "envs": [Bad(), {"space": Space(rng)}]}
+    assert rng_use.holder([rng.bit_generator], roots) == "envs[1]['space']"
+    assert rng_use.holder([rng.bit_generator], {"_hidden": Space(rng)}) is None
