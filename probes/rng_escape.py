@@ -20,7 +20,8 @@ import sys
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Optional
+from types import FrameType
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ def user_frame(skip_dirs: tuple) -> Optional[str]:
 _OURS = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
-def call_name(frame) -> str:
+def call_name(frame: FrameType) -> str:
     """``package.module.Class`` (a constructor) or ``package.module.function`` of a frame."""
     code = frame.f_code
     name = getattr(code, "co_qualname", code.co_name)
@@ -78,8 +79,9 @@ def origin(depth: int = 2) -> tuple:
     code on the stack, the library call that line made (None: the user's code called the
     generator's maker itself) and that code's globals. ``(None, None, None)``: no user code
     (a library making a generator while it is imported)."""
-    frame = sys._getframe(depth)
-    called, fallback = None, None
+    frame: Optional[FrameType] = sys._getframe(depth)
+    called: Optional[FrameType] = None
+    fallback: Optional[tuple] = None
     while frame is not None:
         filename = frame.f_code.co_filename
         if filename.startswith("<frozen importlib"):
@@ -88,9 +90,8 @@ def origin(depth: int = 2) -> tuple:
             if fallback is None and "frozen" not in filename:
                 fallback = (f"{filename}:{frame.f_lineno}", called, frame.f_globals)
         elif is_user_file(filename):
-            made_by = call_name(called) if called is not None else None
             where = f"{short_path(os.path.abspath(filename))}:{frame.f_lineno}"
-            return where, made_by, frame.f_globals
+            return where, call_name(called) if called is not None else None, frame.f_globals
         elif not filename.startswith(_OURS):
             called = frame
         frame = frame.f_back
@@ -184,7 +185,7 @@ class Global:
     state: Callable[[], object]
 
 
-def _building(original: Callable, *args, **kwargs):
+def _building(original: Callable, *args: Any, **kwargs: Any) -> Any:
     """Make a generator: a SeedSequence asked for entropy meanwhile is not drawn from."""
     _state["building"] += 1
     try:
@@ -193,12 +194,13 @@ def _building(original: Callable, *args, **kwargs):
         _state["building"] -= 1
 
 
-def _bit_state(gen) -> Callable[[], object]:
+def _bit_state(gen: Any) -> Callable[[], object]:
     bits = getattr(gen, "bit_generator", gen)
     return lambda: bits.state
 
 
-def _made(key: Optional[tuple], seed, made, state: Callable[[], object]) -> None:
+def _made(key: Optional[tuple], seed: Any, made: Any,
+          state: Optional[Callable[[], object]]) -> None:
     """Watch a generator just made: its own escape, or the watched seed sequence it came from."""
     if key is not None:
         rng_use.watch(key, made, state)
@@ -241,7 +243,7 @@ def _wrap_function(owner, name: str, kind: str, seed_index: int = 0, seed_kw: st
     setattr(owner, name, wrapper)
 
 
-def _copied(original):
+def _copied(original: type) -> dict:
     """A bit generator's ``__setstate__`` (``copy.deepcopy``, pickling): a copy of a watched
     generator is watched too."""
     def __setstate__(self, state):
@@ -251,7 +253,7 @@ def _copied(original):
     return {"__setstate__": __setstate__}
 
 
-def _reseeded(original):
+def _reseeded(original: type) -> dict:
     """``RandomState.seed``: a value given reaches this generator before what comes next."""
     def seed(self, *args, **kwargs):
         if args and args[0] is not None or kwargs.get("seed") is not None:
@@ -261,7 +263,7 @@ def _reseeded(original):
     return {"seed": seed}
 
 
-def _asked_for_entropy(original):
+def _asked_for_entropy(original: type) -> dict:
     """A SeedSequence's ``generate_state`` / ``spawn`` outside the making of a generator: its
     entropy goes where the audit cannot follow, so it counts as drawn from."""
     def hook(name: str):
