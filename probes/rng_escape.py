@@ -10,6 +10,11 @@ given a seed that is the current time. Each call is recorded once per place as a
 With ``pin=True`` (the ``unseeded_rng`` knob of the attribution reruns) each such call gets a
 seed derived from its place and occurrence instead, the same in every run: if that removes the
 divergence, the escape is proven to be the cause.
+
+The place is the innermost line of the user's code (:func:`origin`); a generator a library made
+also names the library call that line made (``made_by``). Each generator made is handed to
+:mod:`probes.rng_use`, and :func:`finish` writes, at the end of the compared steps, what became
+of each escape's generators (drawn from, reseeded before their first draw, unused).
 """
 from __future__ import annotations
 
