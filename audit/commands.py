@@ -81,6 +81,8 @@ def _report(kind: AuditKind, args: argparse.Namespace, outcome: gate.Outcome) ->
         print(gate.verdict_line(kind, outcome.result, report, outcome.state))
     else:
         print(kind.summary(outcome.result, report).rstrip("\n"))
+        for line in gate.failed_check_lines(kind, outcome.result, outcome.state):
+            print(line)
     if outcome.state is not None and outcome.state.regressions:
         print("Regressions against the baseline:\n"
               + "\n".join(f"  - {r}" for r in outcome.state.texts))

@@ -74,11 +74,13 @@ class _Run:
         self.written = False
 
     def end(self, status: str, exit_code: int = 0, message: str = "", **extra) -> int:
+        from audit.probes import rng_escape
         from audit.probes.determinism import knobs
 
         if self.written:
             return EXIT_OK
         self.written = True
+        rng_escape.finish()  # what became of the generators made without a seed
         said = extra.pop("said", False)  # the script printed its own message (sys.exit("..."))
         steps = self.tracer.done if self.tracer is not None else 0
         if extra.get("stdin"):

@@ -10,6 +10,11 @@ given a seed that is the current time. Each call is recorded once per place as a
 With ``pin=True`` (the ``unseeded_rng`` knob of the attribution reruns) each such call gets a
 seed derived from its place and occurrence instead, the same in every run: if that removes the
 divergence, the escape is proven to be the cause.
+
+The place is the innermost line of the user's code (:func:`origin`); a generator a library made
+also names the library call that line made (``made_by``). Each generator made is handed to
+:mod:`probes.rng_use`, and :func:`finish` writes, at the end of the compared steps, what became
+of each escape's generators (drawn from, reseeded before their first draw, unused).
 """
 from __future__ import annotations
 
@@ -20,17 +25,18 @@ import sys
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Optional
+from types import FrameType
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 
-from audit.probes import seed_log
-from audit.probes.runs import library_dirs
+from audit.probes import rng_use, seed_log
+from audit.probes.runs import is_user_file, library_dirs  # noqa: F401 (re-exported)
 from audit.probes.seed_log import short_path  # noqa: F401  (the place format, re-exported)
 
 _state: dict = {"log": None, "pin": False, "seen": {}, "count": {}, "installed": False,
-                "pin_sites": frozenset(), "site_count": {}}
+                "pin_sites": frozenset(), "site_count": {}, "building": 0, "pid": None}
 
 
 @dataclass
@@ -38,6 +44,8 @@ class Escape:
     kind: str
     where: Optional[str]
     detail: str = ""
+    made_by: Optional[str] = None  # the library call the user's line made it through
+    names: Optional[dict] = None  # the globals of the user's code there (to find its holder)
 
 
 def user_frame(skip_dirs: tuple) -> Optional[str]:
@@ -57,19 +65,61 @@ def user_frame(skip_dirs: tuple) -> Optional[str]:
     return fallback
 
 
+_OURS = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def call_name(frame: FrameType) -> str:
+    """``package.module.Class`` (a constructor) or ``package.module.function`` of a frame."""
+    code = frame.f_code
+    name = getattr(code, "co_qualname", code.co_name)
+    for tail in (".__init__", ".__new__", ".__call__"):
+        if name.endswith(tail):
+            name = name[: -len(tail)]
+    module = frame.f_globals.get("__name__")
+    return f"{module}.{name}" if module else name
+
+
+def origin(depth: int = 2) -> tuple:
+    """``(where, made_by, names)`` of a generator being made: the innermost line of the user's
+    code on the stack, the library call that line made (None: the user's code called the
+    generator's maker itself) and that code's globals. ``(None, None, None)``: no user code
+    (a library making a generator while it is imported)."""
+    frame: Optional[FrameType] = sys._getframe(depth)
+    called: Optional[FrameType] = None
+    fallback: Optional[tuple] = None
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if filename.startswith("<frozen importlib"):
+            return None, None, None
+        if filename.startswith("<"):
+            if fallback is None and "frozen" not in filename:
+                fallback = (f"{filename}:{frame.f_lineno}", called, frame.f_globals)
+        elif is_user_file(filename):
+            where = f"{short_path(os.path.abspath(filename))}:{frame.f_lineno}"
+            return where, call_name(called) if called is not None else None, frame.f_globals
+        elif not filename.startswith(_OURS):
+            called = frame
+        frame = frame.f_back
+    if fallback is None:
+        return None, None, None
+    where, called, names = fallback
+    return where, call_name(called) if called is not None else None, names
+
+
 def _record(kind: str, detail: str = "") -> tuple:
     """Note one escape at the caller's place; returns (where, how many times seen there)."""
-    where = user_frame(library_dirs())
-    if where is None:  # made inside the standard library or torch itself (e.g. tempfile names)
+    where, made_by, names = origin(3)
+    if where is None:  # made while a library is imported
         return None, 0
     key = (kind, where)
     count = _state["count"].get(key, 0) + 1
     _state["count"][key] = count
     if key not in _state["seen"]:
-        _state["seen"][key] = Escape(kind, where, detail)
+        _state["seen"][key] = Escape(kind, where, detail, made_by, names)
         log = _state["log"]
         if log:
-            line = json.dumps({"kind": kind, "where": where, "detail": detail, "pid": os.getpid()})
+            line = json.dumps({"kind": kind, "where": where, "detail": detail, "made_by": made_by,
+                               "pid": os.getpid()})
             with open(log, "a", encoding="utf-8") as fh:
                 fh.write(line + "\n")
     return where, count
@@ -92,29 +142,34 @@ def _is_clock(value) -> bool:
     return False
 
 
-def _unseeded(kind: str, seed_arg_missing: bool, seed) -> Optional[int]:
-    """Record an escape if this call draws entropy; return a pinned seed under the knob."""
+def _unseeded(kind: str, seed_arg_missing: bool, seed) -> tuple:
+    """Record an escape if this call draws entropy. Returns ``(pinned, key)``: the seed to use
+    instead under the knob (else None) and the escape's ``(kind, where)`` (None: no escape)."""
     if seed_arg_missing or seed is None:
-        place = _record(kind + "()", "seeded from the operating system")
+        name = kind + "()"
+        place = _record(name, "seeded from the operating system")
     elif _is_clock(seed):
-        place = _record(kind + "(time)", "seeded from the clock")
+        name = kind + "(time)"
+        place = _record(name, "seeded from the clock")
     else:
-        return None
-    return _pinned_seed(place) if _state["pin"] and place[0] is not None else None
+        return None, None
+    if place[0] is None:
+        return None, None
+    return (_pinned_seed(place) if _state["pin"] else None), (name, place[0])
 
 
-def _seeding(kind: str, seed_arg_missing: bool, seed) -> Optional[int]:
+def _seeding(kind: str, seed_arg_missing: bool, seed) -> tuple:
     """Every seeding call: logged with its value (:mod:`probes.seed_log`), checked for entropy
-    (:func:`_unseeded`); returns the seed to use instead under a knob, else None. Called by the
-    wrappers, directly from the user's call."""
+    (:func:`_unseeded`). Returns ``(pinned, key)``: the seed to use instead under a knob (else
+    None) and the escape it is (else None). Called by the wrappers, directly from the user's call."""
     value = None if seed_arg_missing else seed
     site = seed_log.record(kind, value, depth=2)
-    pinned = _unseeded(kind, seed_arg_missing, value)
+    pinned, key = _unseeded(kind, seed_arg_missing, value)
     if pinned is None and site is not None and site in _state["pin_sites"]:
         count = _state["site_count"].get(site, 0) + 1
         _state["site_count"][site] = count
         pinned = _pinned_seed((site, count))
-    return pinned
+    return pinned, key
 
 
 def pin_sites(sites) -> None:
@@ -127,7 +182,41 @@ _MISSING = object()
 _originals: dict = {}
 
 
-def _wrap_function(owner, name: str, kind: str, seed_index: int = 0, seed_kw: str = "seed"):
+@dataclass
+class Global:
+    """A global generator that a seeding function reseeds: what stands for it, its state."""
+
+    token: Callable[[], object]
+    state: Callable[[], object]
+
+
+def _building(original: Callable, *args: Any, **kwargs: Any) -> Any:
+    """Make a generator: a SeedSequence asked for entropy meanwhile is not drawn from."""
+    _state["building"] += 1
+    try:
+        return original(*args, **kwargs)
+    finally:
+        _state["building"] -= 1
+
+
+def _bit_state(gen: Any) -> Callable[[], object]:
+    bits = getattr(gen, "bit_generator", gen)
+    return lambda: bits.state
+
+
+def _made(key: Optional[tuple], seed: Any, made: Any,
+          state: Optional[Callable[[], object]]) -> None:
+    """Watch a generator just made: its own escape, or the watched seed sequence it came from."""
+    if key is not None:
+        rng_use.watch(key, made, state)
+    elif seed is not None and rng_use.key_of(seed) is not None:
+        rng_use.derived(made, seed, state)
+
+
+def _wrap_function(owner, name: str, kind: str, seed_index: int = 0, seed_kw: str = "seed",
+                   reseeds: Optional[Global] = None, makes: bool = False):
+    """``reseeds``: the global generator the function seeds; ``makes``: it returns a new
+    NumPy generator (``default_rng``)."""
     original = getattr(owner, name)
     _originals[(owner, name)] = original
 
@@ -137,14 +226,21 @@ def _wrap_function(owner, name: str, kind: str, seed_index: int = 0, seed_kw: st
         else:
             seed = kwargs.get(seed_kw, _MISSING)
             missing = seed is _MISSING
-        pinned = _seeding(kind, missing, None if missing else seed)
+        pinned, key = _seeding(kind, missing, None if missing else seed)
         if pinned is not None:
             args = list(args)
             if len(args) > seed_index:
                 args[seed_index] = pinned
             else:
                 kwargs[seed_kw] = pinned
-        return original(*args, **kwargs)
+        if reseeds is not None and key is None and not missing and seed is not None:
+            rng_use.reseeding(reseeds.token())
+        result = _building(original, *args, **kwargs)
+        if makes:
+            _made(key, None if missing else seed, result, _bit_state(result))
+        elif reseeds is not None and key is not None:
+            rng_use.watch(key, reseeds.token(), reseeds.state)
+        return result
 
     wrapper.__wrapped__ = original
     wrapper.__name__ = getattr(original, "__name__", name)
@@ -152,11 +248,59 @@ def _wrap_function(owner, name: str, kind: str, seed_index: int = 0, seed_kw: st
     setattr(owner, name, wrapper)
 
 
+def _copied(original: type) -> dict:
+    """A bit generator's ``__setstate__`` (``copy.deepcopy``, pickling): a copy of a watched
+    generator is watched too."""
+    def __setstate__(self, state):
+        original.__setstate__(self, state)
+        rng_use.copied(self, _bit_state(self))
+
+    return {"__setstate__": __setstate__}
+
+
+def _reseeded(original: type) -> dict:
+    """``RandomState.seed``: a value given reaches this generator before what comes next."""
+    def seed(self, *args, **kwargs):
+        if args and args[0] is not None or kwargs.get("seed") is not None:
+            rng_use.reseeding(self)
+        return original.seed(self, *args, **kwargs)
+
+    return {"seed": seed}
+
+
+def _asked_for_entropy(original: type) -> dict:
+    """A SeedSequence's ``generate_state`` / ``spawn`` outside the making of a generator: its
+    entropy goes where the audit cannot follow, so it counts as drawn from."""
+    def hook(name: str):
+        def method(self, *args, **kwargs):
+            if not _state["building"]:
+                rng_use.drew(self)
+            return getattr(original, name)(self, *args, **kwargs)
+
+        method.__name__ = name
+        return method
+
+    return {"generate_state": hook("generate_state"), "spawn": hook("spawn")}
+
+
+#: Per wrapped NumPy class: how to read an instance's state (None: a hook reports its use)
+#: and the methods the wrapper adds (a bit generator: its ``__setstate__``).
+_CLASS_STATE = {"SeedSequence": None, "RandomState": lambda self: lambda: self.get_state(legacy=False)}
+_CLASS_METHODS = {"SeedSequence": _asked_for_entropy, "RandomState": _reseeded}
+
+
+def _by_pickle() -> bool:
+    """Called by NumPy's unpickling helpers (``copy.deepcopy`` too): the state follows."""
+    frame = sys._getframe(2)
+    return frame is not None and frame.f_globals.get("__name__") == "numpy.random._pickle"
+
+
 def _wrap_class(owner, name: str, kind: str, seed_kw: str = "seed") -> None:
     """Replace a seedable class by a subclass that sees unseeded construction. Instances of
     the original class still pass ``isinstance`` checks against the replacement."""
     original = getattr(owner, name)
     _originals[(owner, name)] = original
+    state_of = _CLASS_STATE.get(name, _bit_state)
 
     class Meta(type(original)):
         def __instancecheck__(cls, obj):
@@ -168,21 +312,34 @@ def _wrap_class(owner, name: str, kind: str, seed_kw: str = "seed") -> None:
     def __init__(self, seed=_MISSING, *args, **kwargs):
         if seed is _MISSING and seed_kw in kwargs:
             seed = kwargs.pop(seed_kw)
-        pinned = _seeding(kind, seed is _MISSING, None if seed is _MISSING else seed)
+        if seed is _MISSING and _by_pickle():
+            original.__init__(self, *args, **kwargs)
+            return
+        pinned, key = _seeding(kind, seed is _MISSING, None if seed is _MISSING else seed)
         if pinned is not None:
             seed = pinned
-        original.__init__(self, None if seed is _MISSING else seed, *args, **kwargs)
+        _building(original.__init__, self, None if seed is _MISSING else seed, *args, **kwargs)
+        _made(key, None if seed is _MISSING else seed, self,
+              state_of(self) if state_of is not None else None)
 
-    replacement = Meta(name, (original,), {"__init__": __init__, "__module__": original.__module__,
-                                          "__doc__": original.__doc__})
+    body = {"__init__": __init__, "__module__": original.__module__, "__doc__": original.__doc__}
+    body.update(_CLASS_METHODS.get(name, _copied)(original))
+    replacement = Meta(name, (original,), body)
     setattr(owner, name, replacement)
 
 
 def _make_random_class(base):
     class Random(base):  # random.Random() without a seed draws from the OS
         def __init__(self, x=_MISSING):
-            pinned = _seeding("random.Random", x is _MISSING, None if x is _MISSING else x)
+            pinned, key = _seeding("random.Random", x is _MISSING, None if x is _MISSING else x)
             super().__init__(pinned if pinned is not None else (None if x is _MISSING else x))
+            if key is not None:
+                rng_use.watch(key, self, self.getstate)
+
+        def seed(self, a=None, version=2):
+            if a is not None:
+                rng_use.reseeding(self)
+            super().seed(a, version)
 
     Random.__name__ = Random.__qualname__ = "Random"
     Random.__module__ = "random"
@@ -196,12 +353,20 @@ def _make_system_random(base):
             pin = _state["pin"] and place[0] is not None
             self._pinned = _originals[(random, "Random")](_pinned_seed(place)) if pin else None
             super().__init__(x)
+            if place[0] is not None:
+                rng_use.watch(("random.SystemRandom()", place[0]), self, None)
 
         def random(self):
+            rng_use.drew(self)
             return self._pinned.random() if self._pinned else super().random()
 
         def getrandbits(self, k):
+            rng_use.drew(self)
             return self._pinned.getrandbits(k) if self._pinned else super().getrandbits(k)
+
+        def randbytes(self, n):
+            rng_use.drew(self)
+            return self._pinned.randbytes(n) if self._pinned else super().randbytes(n)
 
     SystemRandom.__name__ = SystemRandom.__qualname__ = "SystemRandom"
     SystemRandom.__module__ = "random"
@@ -211,15 +376,23 @@ def _make_system_random(base):
 def _make_generator_class(base):
     class Generator(base):  # torch.Generator().seed() draws from the OS
         def seed(self):
-            pinned = _unseeded("torch.Generator.seed", True, None)
+            pinned, key = _unseeded("torch.Generator.seed", True, None)
             if pinned is not None:
                 self.manual_seed(pinned)
                 return pinned
-            return super().seed()
+            value = super().seed()
+            if key is not None:
+                rng_use.watch(key, self, self.get_state)
+            return value
 
         def manual_seed(self, seed):
-            pinned = _seeding("torch.Generator.manual_seed", False, seed)
-            return super().manual_seed(pinned if pinned is not None else seed)
+            pinned, key = _seeding("torch.Generator.manual_seed", False, seed)
+            if key is None:
+                rng_use.reseeding(self)
+            out = super().manual_seed(pinned if pinned is not None else seed)
+            if key is not None:
+                rng_use.watch(key, self, self.get_state)
+            return out
 
     Generator.__name__ = Generator.__qualname__ = "Generator"
     Generator.__module__ = "torch"
@@ -232,37 +405,49 @@ def install(log_path: Optional[str] = None, pin: bool = False,
     ``seeds_path`` logs every seeding call with its value (:mod:`probes.seed_log`)."""
     _state["log"] = log_path
     _state["pin"] = pin
+    _state["pid"] = os.getpid()
     if seeds_path is not None:
         seed_log.start(seeds_path)
     if _state["installed"]:
         return
-    _wrap_function(np.random, "default_rng", "numpy.random.default_rng")
-    _wrap_function(np.random, "seed", "numpy.random.seed")
+    numpy_global = Global(lambda: np.random.mtrand._rand,
+                          lambda: np.random.mtrand._rand.get_state(legacy=False))
+    _wrap_function(np.random, "default_rng", "numpy.random.default_rng", makes=True)
+    _wrap_function(np.random, "seed", "numpy.random.seed", reseeds=numpy_global)
     for name in ("RandomState", "PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64"):
         if hasattr(np.random, name):
             _wrap_class(np.random, name, f"numpy.random.{name}")
     _wrap_class(np.random, "SeedSequence", "numpy.random.SeedSequence", seed_kw="entropy")
-    _wrap_function(random, "seed", "random.seed", seed_kw="a")
+    _wrap_function(random, "seed", "random.seed", seed_kw="a",
+                   reseeds=Global(lambda: random._inst, random.getstate))
     _originals[(random, "Random")] = random.Random
     random.Random = _make_random_class(random.Random)
     _originals[(random, "SystemRandom")] = random.SystemRandom
     random.SystemRandom = _make_system_random(random.SystemRandom)
-    _wrap_function(torch, "manual_seed", "torch.manual_seed")
+    _install_torch()
+    _state["installed"] = True
+
+
+def _install_torch() -> None:
+    torch_global = Global(lambda: torch.default_generator, torch.get_rng_state)
+    _wrap_function(torch, "manual_seed", "torch.manual_seed", reseeds=torch_global)
     _wrap_function(torch.cuda, "manual_seed", "torch.cuda.manual_seed")
     _wrap_function(torch.cuda, "manual_seed_all", "torch.cuda.manual_seed_all")
     _originals[(torch, "seed")] = torch.seed
 
     def torch_seed():
-        pinned = _unseeded("torch.seed", True, None)
+        pinned, key = _unseeded("torch.seed", True, None)
         if pinned is not None:
             _originals[(torch, "manual_seed")](pinned)
             return pinned
-        return _originals[(torch, "seed")]()
+        value = _originals[(torch, "seed")]()
+        if key is not None:
+            rng_use.watch(key, torch.default_generator, torch.get_rng_state)
+        return value
 
     torch.seed = torch_seed
     _originals[(torch, "Generator")] = torch.Generator
     torch.Generator = _make_generator_class(torch.Generator)
-    _state["installed"] = True
 
 
 def uninstall() -> None:
@@ -271,22 +456,58 @@ def uninstall() -> None:
         setattr(owner, name, original)
     _originals.clear()
     _state.update(installed=False, seen={}, count={}, log=None, pin=False,
-                  pin_sites=frozenset(), site_count={})
+                  pin_sites=frozenset(), site_count={}, building=0, pid=None)
+    rng_use.reset()
     seed_log.start(None)
+
+
+def uses() -> list:
+    """What became of each escape's generators in this process: ``{kind, where, use}`` and,
+    for one a library made that was drawn from, ``holder``: the path from the user's globals
+    to the object holding it that has a ``seed`` method (None: not found)."""
+    found = rng_use.outcomes()
+    out = []
+    for key, esc in _state["seen"].items():
+        use = found.get(key)
+        if use is None:  # nothing could be watched there: counted as drawn by the reader
+            continue
+        item = {"kind": key[0], "where": key[1], "use": use}
+        if use == rng_use.DRAWN and esc.made_by and esc.names is not None:
+            item["holder"] = rng_use.holder(rng_use.holders(key), esc.names)
+        out.append(item)
+    return out
+
+
+def finish() -> None:
+    """At the end of the compared steps, in the process that installed the tracing: one
+    ``use`` line per escape in the log (an escape without one counts as drawn from)."""
+    log = _state["log"]
+    if not log or os.getpid() != _state["pid"]:
+        return
+    try:
+        found = uses()
+    except Exception:  # a user object that cannot be read: no say, so every escape counts as drawn
+        return
+    with open(log, "a", encoding="utf-8") as fh:
+        for item in found:
+            fh.write(json.dumps({**item, "pid": os.getpid()}) + "\n")
 
 
 def escapes() -> list:
     """What this process saw, first occurrence order, with counts."""
     return [
-        {"kind": e.kind, "where": e.where, "detail": e.detail, "count": _state["count"][key]}
+        {"kind": e.kind, "where": e.where, "detail": e.detail, "made_by": e.made_by,
+         "count": _state["count"][key]}
         for key, e in _state["seen"].items()
     ]
 
 
 def read_log(path: str) -> list:
     """Escapes recorded by every process that wrote to ``path`` (main and workers), one entry
-    per kind and place; ``count`` is how many processes hit it."""
+    per kind and place; ``count`` is how many processes hit it; ``use`` what became of its
+    generators (``drawn`` when a process that made one did not say: it may have)."""
     seen: dict = {}
+    told: dict = {}  # (kind, where, pid) -> use line
     try:
         with open(path, encoding="utf-8") as fh:
             for line in fh:
@@ -295,12 +516,21 @@ def read_log(path: str) -> list:
                 except ValueError:
                     continue
                 key = (item.get("kind"), item.get("where"))
-                if key in seen:
+                if "use" in item:
+                    told[(*key, item.get("pid"))] = item
+                elif key in seen:
                     seen[key]["count"] += 1
+                    seen[key]["pids"].append(item.get("pid"))
                 else:
-                    seen[key] = {"kind": key[0], "where": key[1], "detail": item.get("detail", ""), "count": 1}
+                    seen[key] = {"kind": key[0], "where": key[1], "detail": item.get("detail", ""),
+                                 "made_by": item.get("made_by"), "count": 1,
+                                 "pids": [item.get("pid")]}
     except FileNotFoundError:
         return []
+    for key, entry in seen.items():
+        said = [told.get((*key, pid)) for pid in entry.pop("pids")]
+        entry["use"] = rng_use.combined([s["use"] if s else rng_use.DRAWN for s in said])
+        entry["holder"] = next((s.get("holder") for s in said if s and s.get("holder")), None)
     return list(seen.values())
 
 

@@ -147,12 +147,14 @@ class WorkerRun:
 
 def _steps(worker: WorkerRun) -> dict:
     """Everything from the seed to the last step; the ``end`` record's fields."""
+    from audit.probes import rng_escape
     from audit.probes.determinism import knobs
 
     worker.observe_and_seed()
     setup, device, rank_ctx = worker.load()
     worker.prepare(setup, device, rank_ctx)
     done, steps = worker.train(setup, device)
+    rng_escape.finish()  # what became of the generators made without a seed
     observed = knobs.observed()
     if worker.spec.cuda_ops:
         worker.scan_cuda_ops(setup, device)

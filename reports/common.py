@@ -198,6 +198,20 @@ def determinism_headline(result) -> tuple[str, str]:
     return "fail", "Nondeterministic"
 
 
+#: What became of an escape's generators, as the reports say it.
+ESCAPE_USE = {"drawn": "drawn from",
+              "unused": "never drawn from: nothing to fix",
+              "reseeded": "reseeded before its first draw: nothing to fix"}
+
+
+def listed_escapes(result) -> list:
+    """The generators the seed does not reach that the escapes table lists: when the runs
+    agreed, those drawn from are latent sources (listed there, once), so only the others."""
+    if result.verdict == "deterministic" and result.latent_sources:
+        return [e for e in result.rng_escapes if not e.drawn]
+    return list(result.rng_escapes)
+
+
 def steps_made(result) -> int:
     """The steps every run made (what was compared): fewer than asked when the script ended
     or crashed sooner."""

@@ -22,6 +22,8 @@ from audit.probes.results.diff import DiffResult, RecordResult
 from audit.probes.results.resume import ResumeResult
 from audit.probes.results.variance import CompareResult, VarianceResult
 from audit.reports.common import (
+    ESCAPE_USE,
+    listed_escapes,
     CELL_NOTES,
     DIFF_STAGE_MEANING,
     DIFF_TIMELINE_STAGES,
@@ -225,7 +227,7 @@ def determinism_html(result: DeterminismResult, *, charts: bool = True) -> str:
         steps_made=steps_text(result), CELL_NOTES=CELL_NOTES,
         notes_used=sorted({n for row in timeline_rows(result) for n in row["notes"] if n}),
         bad_runs=[r for r in result.run_info if r.status != Status.OK],
-        ranks=_ranks(result),
+        ranks=_ranks(result), escapes=listed_escapes(result), ESCAPE_USE=ESCAPE_USE,
     )
 
 

@@ -16,6 +16,8 @@ from audit.probes.results.cuda_ops import CudaOpsScan
 from audit.probes.results.diff import DiffResult, RecordResult
 from audit.probes.results.resume import ResumeResult
 from audit.reports.common import (
+    ESCAPE_USE,
+    listed_escapes,
     DIFF_STAGE_MEANING,
     DRIFT_WORDS,
     NONFINITE_FIX,
@@ -217,14 +219,16 @@ def _latent(w: _Writer, result: DeterminismResult) -> None:
         _body(w, item.tried, item.where, item.fix)
 
 
-def _escapes(w: _Writer, result: DeterminismResult) -> None:
+def _escapes(w: _Writer, escapes: list) -> None:
     w.heading("Generators the seed does not reach")
     rows = [(one_line(e.kind), one_line(e.where or "unknown place"),
-             f"x{e.count}") for e in result.rng_escapes]
+             f"x{e.count}") for e in escapes]
     a = min(max(len(r[0]) for r in rows), w.width // 2)
     b = min(max(len(r[1]) for r in rows), w.width // 3)
-    for kind, where, count in rows:
+    for (kind, where, count), e in zip(rows, escapes):
         w.add(f"  {shorten(kind, a).ljust(a)}  {shorten(where, b).ljust(b)}  {count}")
+        made = f"made by {one_line(e.made_by)}; " if e.made_by else ""
+        w.wrap(made + ESCAPE_USE.get(e.use, one_line(e.use)), indent="    ")
 
 
 def _determinism_facts(w: _Writer, result: DeterminismResult) -> None:
@@ -268,8 +272,8 @@ def determinism_summary(result: DeterminismResult, report_path: Optional[str] = 
         w.wrap("No cause was identified: no knob removed the divergence.")
     if result.latent_sources:
         _latent(w, result)
-    if result.rng_escapes:
-        _escapes(w, result)
+    if listed_escapes(result):
+        _escapes(w, listed_escapes(result))
     if result.cuda_ops is not None:
         _cuda_ops(w, result.cuda_ops)
     _report_line(w, report_path)

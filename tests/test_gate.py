@@ -96,15 +96,65 @@ def test_deterministic_result_passes_every_check():
                              ("no latent sources", True, False)]
 
 
-def test_an_unseeded_generator_fails_even_when_the_runs_agree():
+def test_an_unseeded_generator_drawn_while_the_runs_agree_is_a_latent_source_not_a_failure():
+    from audit.probes.determinism import latent
+
     escape = RngEscape("numpy.random.default_rng()", "train.py:12", 1, "seeded from the OS")
-    checks = {c.name: c for c in gate.checks_for("determinism", det(escapes=[escape]))}
-    assert checks["runs agree"].passed
-    gen = checks["no unseeded generators"]
-    assert not gen.passed and gen.where == "train.py:12"
-    assert "numpy.random.default_rng() at train.py:12" in gen.message
-    assert "will differ between runs" in gen.message
-    assert gen.fix.startswith("rng = np.random.default_rng(seed)")
+    found = latent.sources({}, [escape], "cpu", jittered=False)
+    assert [(s.source, s.where) for s in found] == [("unseeded_rng", "train.py:12")]
+    assert found[0].fix.startswith("rng = np.random.default_rng(seed)")
+    result = det(escapes=[escape])
+    result.latent_sources = found
+    checks = {c.name: c for c in gate.checks_for("determinism", result)}
+    assert checks["runs agree"].passed and checks["no unseeded generators"].passed
+    warned = checks["no latent sources"]
+    assert warned.passed and warned.where == "train.py:12"
+    assert not registry.get("determinism").failing(result)
+    assert gate.failed_check_lines(registry.get("determinism"), result, None) == []
+    result.latent_level = "fail"
+    checks = {c.name: c for c in gate.checks_for("determinism", result)}
+    assert not checks["no latent sources"].passed and checks["no unseeded generators"].passed
+    # the headline says PASS (the runs agree), so the verdict line and the summary say which
+    # check failed: never PASS with exit status 1 and no word why
+    line = gate.verdict_line("determinism", result, None)
+    assert line.startswith("audit determinism: FAIL") and "no latent sources" in line
+    lines = gate.failed_check_lines(registry.get("determinism"), result, None)
+    assert len(lines) == 2 and "no latent sources" in lines[1] and "train.py:12" in lines[1]
+
+
+@pytest.mark.parametrize("use", ["unused", "reseeded"])
+def test_an_unseeded_generator_never_drawn_from_fails_nothing(use):
+    from audit.probes.determinism import latent
+
+    escape = RngEscape("numpy.random.SeedSequence()", "train.py:12", 1, "seeded from the OS",
+                       use=use, made_by="lib.envs.VectorEnv")
+    for verdict, stage in (("deterministic", None), ("nondeterministic", "data")):
+        result = det(verdict, stage=stage, escapes=[escape])
+        result.latent_level = "fail"
+        result.latent_sources = latent.sources({}, [e for e in [escape] if e.drawn], "cpu", False)
+        checks = {c.name: c for c in gate.checks_for("determinism", result)}
+        assert checks["no unseeded generators"].passed, verdict
+        assert checks["no latent sources"].passed and not result.latent_sources
+        assert gate.snapshot("determinism", result)["rng_escapes"] == []
+    assert gate.failed_check_lines(registry.get("determinism"), det(escapes=[escape]), None) == []
+
+
+def test_a_library_made_generator_drawn_from_names_the_call_and_a_fix_at_the_users_object():
+    from audit.probes.determinism.attribute import generator_fix
+
+    held = RngEscape("numpy.random.SeedSequence()", "train.py:21", 1, "seeded from the OS",
+                     made_by="gym.vector.SyncVectorEnv", holder="envs.single_action_space")
+    assert generator_fix(held).startswith("envs.single_action_space.seed(seed)")
+    loose = RngEscape("numpy.random.SeedSequence()", "train.py:21", 1, "seeded from the OS",
+                      made_by="gym.vector.SyncVectorEnv")
+    assert "gym.vector.SyncVectorEnv" in generator_fix(loose)
+    assert "train.py:21" in generator_fix(loose)
+    assert "SeedSequence(seed)" not in generator_fix(loose)  # not a fix the user can apply
+    result = det("nondeterministic", stage="data", escapes=[held],
+                 trials=[KnobTrial("seed_escapes", "unseeded_rng", False, 2)])
+    gen = {c.name: c for c in gate.checks_for("determinism", result)}["no unseeded generators"]
+    assert not gen.passed and gen.where == "train.py:21"
+    assert gen.fix == generator_fix(held) and "gym.vector.SyncVectorEnv" in gen.message
 
 
 def test_nondeterministic_result_has_one_check_per_cause_source():
@@ -289,7 +339,8 @@ def test_annotations_one_per_place_relative_to_the_workspace(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path / "src")
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
     monkeypatch.setenv("GITHUB_WORKSPACE", str(tmp_path))
-    result = det(escapes=[RngEscape("random.Random()", "data.py:5"),
+    result = det("nondeterministic", stage="data",
+                 escapes=[RngEscape("random.Random()", "data.py:5"),
                           RngEscape("numpy.random.default_rng()", "aug.py:9")])
     gate.write_reports("out", "determinism", result)
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("::")]
@@ -301,7 +352,8 @@ def test_annotations_one_per_place_relative_to_the_workspace(tmp_path, monkeypat
 
 
 def test_no_annotations_outside_github_actions(capsys):
-    gate.write_reports("out", "determinism", det(escapes=[RngEscape("random.Random()", "d.py:5")]))
+    gate.write_reports("out", "determinism", det("nondeterministic", stage="data",
+                                                 escapes=[RngEscape("random.Random()", "d.py:5")]))
     assert "::error" not in capsys.readouterr().out
 
 
@@ -358,7 +410,8 @@ def test_step_summary_stays_under_the_cap(tmp_path, monkeypatch):
     cap = 1024 * 1024
     summary.write_bytes(b"x" * (cap - 40 * 1024))
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    huge = det(escapes=[RngEscape(f"random.Random() #{i} " + "y" * 200, f"f{i}.py:{i + 1}")
+    huge = det("nondeterministic", stage="data",
+               escapes=[RngEscape(f"random.Random() #{i} " + "y" * 200, f"f{i}.py:{i + 1}")
                         for i in range(3000)])
     gate.write_reports("out", "determinism", huge)
     size = summary.stat().st_size

@@ -174,6 +174,10 @@ def deterministic_result() -> DeterminismResult:
         timeline=_timeline(20, None, None),
         growth=[GrowthPoint(step=s, max_abs_diff=0.0, rel_l2=0.0) for s in range(20)],
         seconds=6.2,
+        rng_escapes=[  # made by a library called at the user's line, never drawn from: a note
+            RngEscape(kind="numpy.random.SeedSequence()", where="train.py:21", count=2,
+                      detail="seeded from the operating system", use="unused",
+                      made_by="gymnasium.vector.sync_vector_env.SyncVectorEnv")],
     )
 
 

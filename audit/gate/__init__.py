@@ -12,12 +12,13 @@ from audit.gate.baseline import (BASELINE_SCHEMA, DEFAULT_BASELINE, REGRESSION_C
                                  BaselineState, read_baseline, write_baseline)
 from audit.gate.ci import print_annotations
 from audit.gate.run import (CheckOutcome, GateOptions, Outcome, audit_one, check_all,
-                            enabled_kinds, gate_verdict_line)
+                            enabled_kinds, failed_check_lines, gate_verdict_line)
 from audit.kinds.base import AuditKind
 
 __all__ = ["BASELINE_SCHEMA", "DEFAULT_BASELINE", "REGRESSION_CHECK", "BaselineState",
            "CheckOutcome", "GateOptions", "Outcome", "apply_baseline", "audit_one", "check_all",
-           "checks_for", "enabled_kinds", "gate_verdict_line", "print_annotations",
+           "checks_for", "enabled_kinds", "failed_check_lines", "gate_verdict_line",
+           "print_annotations",
            "read_baseline", "regressions", "snapshot", "verdict_line", "write_baseline",
            "write_reports"]
 

@@ -112,10 +112,28 @@ def verdict_line(kind: AuditKind, result: Any, report_path: Optional[str],
         status = "fail" if state.regressions else "pass"
         text += (f"; {plural(len(state.regressions), 'regression')} against the baseline"
                  if state.regressions else "; no regressions against the baseline")
+    elif state is None and status == "pass":
+        failing = kind.failing(result)
+        if failing:  # a check that is not the verdict's own failed (latent = "fail", ...)
+            status = "fail"
+            text += "; failed: " + ", ".join(c.name for c in failing)
     line = f"audit {kind.name}: {status.upper()} {text}"
     if report_path:
         line += f" -- report: {report_path}"
     return one_line(line)
+
+
+def failed_check_lines(kind: AuditKind, result: Any,
+                       state: Optional[baselines.BaselineState]) -> list:
+    """When the headline says PASS but a check failed (the exit status is then 1), the lines
+    that say which check failed and why; none otherwise."""
+    if state is not None or kind.headline(result)[0] != "pass":
+        return []
+    lines = []
+    for check in kind.failing(result):
+        at = f" (at {check.where})" if check.where else ""
+        lines.append("  - " + one_line(f"{check.name}: {check.message}{at}"))
+    return ["Failed checks (the exit status is 1):", *lines] if lines else []
 
 
 def gate_verdict_line(gate: GateResult, report_path: Optional[str]) -> str:

@@ -209,41 +209,51 @@ def _nonfinite_check(result: DeterminismResult) -> Check:
                  nonfinite_sentence(result.nonfinite), NONFINITE_FIX)
 
 
-def _generator_check(result: DeterminismResult) -> Check:
-    from audit.probes.determinism.attribute import escape_fix  # torch only when needed
+def _quiet_note(result: DeterminismResult) -> str:
+    """The generators made without a seed that nothing drew from: a note, nothing to fix."""
+    quiet = [e for e in result.rng_escapes if not e.drawn]
+    if not quiet:
+        return ""
+    never = sum(1 for e in quiet if e.use == "unused")
+    parts = ([f"{never} never drawn from"] if never else []) + (
+        [f"{len(quiet) - never} reseeded before their first draw"] if len(quiet) > never else [])
+    return (f"{plural(len(quiet), 'generator')} made without a seed did not reach the training "
+            f"({', '.join(parts)}): nothing to fix")
 
-    
-    escapes = list(result.rng_escapes)
+
+def _generator_check(result: DeterminismResult) -> Check:
+    """Fails when the runs part and a generator the seed does not reach was drawn from (or a
+    seed changed between runs). Drawn from while the runs agreed, it is a latent source (that
+    check warns or fails); never drawn from, or reseeded before its first draw, a note."""
+    from audit.probes.determinism.attribute import generator_fix, made_text  # torch when needed
+
+    escapes = [e for e in result.rng_escapes if e.drawn]
     rng_causes = [c for c in result.causes if c.source == "unseeded_rng"]
-    if not escapes and not rng_causes:
+    note = _quiet_note(result)
+    if (not escapes or result.verdict == "deterministic") and not rng_causes:
+        message = "every random generator the training used follows the seed"
+        if escapes:
+            message = (f"{plural(len(escapes), 'generator')} the matched seed does not reach "
+                       f"{'was' if len(escapes) == 1 else 'were'} drawn from, but the runs "
+                       "agreed: see the check 'no latent sources'")
         return Check("determinism", "no unseeded generators", True,
-                     "every random generator the training used follows the seed")
+                     "; ".join(m for m in (message, note) if m))
     confirmed = any(c.confirmed for c in rng_causes)
-    places = [f"{e.kind} at {e.where or 'an unknown place'}"
-              + (f" ({e.detail})" if e.detail else "") for e in escapes]
     if escapes:
         message = (f"{plural(len(escapes), 'generator')} the matched seed does not reach: "
-                   + "; ".join(places) + ". ")
+                   + "; ".join(made_text(e) + (f" ({e.detail})" if e.detail else "")
+                               for e in escapes) + ". ")
     else:
         message = "; ".join(c.evidence for c in rng_causes) + ". "
     if confirmed:
         message += "Seeding them was proven to remove the divergence between the runs."
-    elif result.verdict == "nondeterministic" and not any(
-            t.knob in ("seed_escapes", "pin_seeds") for t in result.knob_trials):
+    elif not any(t.knob in ("seed_escapes", "pin_seeds") for t in result.knob_trials):
         message += ("Attribution did not run, so whether they cause the divergence is not "
                     "proven; seeding them is the first thing to try.")
-    elif result.verdict == "nondeterministic":
-        message += "Seeding them alone did not remove the divergence; fix them anyway."
     else:
-        message += ("These steps agreed, but whatever draws from them later (another epoch, "
-                    "a validation split, a later layer) will differ between runs.")
+        message += "Seeding them alone did not remove the divergence; fix them anyway."
     if escapes:
-        fixes = []
-        for e in escapes:
-            line = escape_fix(e.kind)
-            if line not in fixes:
-                fixes.append(line)
-        fix = "\n".join(fixes)
+        fix = "\n".join(dict.fromkeys(generator_fix(e) for e in escapes))
         where = next((e.where for e in escapes if e.where), None)
     else:
         fix = rng_causes[0].fix
@@ -251,18 +261,19 @@ def _generator_check(result: DeterminismResult) -> Check:
     return Check("determinism", "no unseeded generators", False, message, fix, where)
 
 
-
 def annotations(check: Check, result: DeterminismResult) -> list:
     """The generator check once per unseeded generator, so each place gets an annotation."""
-    from audit.probes.determinism.attribute import escape_fix  # torch only when needed
+    from audit.probes.determinism.attribute import generator_fix  # torch when needed
 
-    if check.name != "no unseeded generators" or len(result.rng_escapes) <= 1:
+    escapes = [e for e in result.rng_escapes if e.drawn and e.where]
+    if check.name != "no unseeded generators" or check.passed or len(escapes) <= 1:
         return [check]
     return [dataclasses.replace(
         check, where=e.where,
-        message=f"{e.kind} is not seeded by the run's seed"
+        message=e.kind + (f" (made by {e.made_by})" if e.made_by else "")
+                + " is not seeded by the run's seed"
                 + (f" ({e.detail})" if e.detail else "") + ": runs of the same code will differ",
-        fix=escape_fix(e.kind)) for e in result.rng_escapes if e.where]
+        fix=generator_fix(e)) for e in escapes]
 
 
 # --------------------------------------------------------------------------- baseline
@@ -292,8 +303,8 @@ def snapshot(result: DeterminismResult) -> dict:
             "step": div.step, "stage": div.stage, "module": div.module,
             "max_abs_diff": rounded(div.max_abs_diff)},
         "cause_sources": sorted({c.source for c in result.causes}),
-        "rng_escapes": sorted(({"kind": e.kind, "where": e.where} for e in result.rng_escapes),
-                              key=lambda e: (e["kind"], e["where"] or "")),
+        "rng_escapes": sorted(({"kind": e.kind, "where": e.where} for e in result.rng_escapes
+                               if e.drawn), key=lambda e: (e["kind"], e["where"] or "")),
         "failing_checks": failing_names(checks(result)),
     }
 
@@ -366,8 +377,9 @@ def verdict_detail(result: DeterminismResult) -> str:
             text += f"; cause: {result.causes[0].source}"
             if result.causes[0].where:
                 text += f" at {one_line(result.causes[0].where)}"
-    elif result.rng_escapes:
-        text += f", but {plural(len(result.rng_escapes), 'unseeded generator')} found"
+    elif any(e.drawn for e in result.rng_escapes):
+        drawn = sum(1 for e in result.rng_escapes if e.drawn)
+        text += f", but {plural(drawn, 'unseeded generator')} drawn from"
     return text + f" ({result.runs} runs x {result.steps} steps)"
 
 

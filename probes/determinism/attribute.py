@@ -100,6 +100,23 @@ def escape_fix(kind: str, where: Optional[str] = None) -> str:
     return "seed this generator from your run's seed"
 
 
+def generator_fix(esc: RngEscape) -> str:
+    """The fix for one escape, as code the user can apply at its place: for a generator a
+    library made, seed the object the user holds (or what the library call returns)."""
+    if not esc.made_by:
+        return escape_fix(esc.kind, esc.where)
+    if esc.holder:
+        return f"{esc.holder}.seed(seed)  # it holds the generator {esc.made_by} made unseeded"
+    return (f"# {esc.made_by} (called at {esc.where or 'an unknown place'}) made it without a "
+            "seed: seed what it returns\n# from your run's seed, as that library allows, before "
+            "anything draws from it, e.g.\nobj.seed(seed)  # or obj.reset(seed=seed)")
+
+
+def drawn(escapes: list[RngEscape]) -> list[RngEscape]:
+    """The escapes whose generators were drawn from: the only ones that can part runs."""
+    return [e for e in escapes if e.drawn]
+
+
 def _where_text(parting: Parting) -> str:
     if parting.stage == "init":
         return "the initial parameters"
@@ -124,11 +141,17 @@ class Evidence:
         return f" in module {self.module!r}" if self.module else ""
 
 
+def made_text(esc: RngEscape) -> str:
+    """``numpy.random.default_rng() at train.py:12``, naming the library call that made it."""
+    by = f" (made by {esc.made_by})" if esc.made_by else ""
+    return f"{esc.kind}{by} at {esc.where or 'an unknown place'}"
+
+
 def _escape_causes(ev: Evidence, proof: str) -> list:
     return [Cause("unseeded_rng", True,
-                  f"{esc.kind} at {esc.where or 'an unknown place'} is {esc.detail or 'not seeded'}; "
+                  f"{made_text(esc)} is {esc.detail or 'not seeded'}; "
                   f"the runs part at {ev.at}; {proof}{ev.caveat}",
-                  escape_fix(esc.kind, esc.where), esc.where) for esc in ev.escapes]
+                  generator_fix(esc), esc.where) for esc in ev.escapes]
 
 
 def _pinned_seed_causes(ev: Evidence, proof: str) -> list:
@@ -221,9 +244,8 @@ def _unproven(ev: Evidence) -> list:
     out = []
     if "seed_escapes" not in ev.removed:
         out += [Cause("unseeded_rng", False,
-                      f"{esc.kind} at {esc.where or 'an unknown place'} is "
-                      f"{esc.detail or 'not seeded'}; seeding it did not by itself remove the "
-                      f"divergence at {ev.at}", escape_fix(esc.kind, esc.where), esc.where)
+                      f"{made_text(esc)} is {esc.detail or 'not seeded'}; seeding it did not by "
+                      f"itself remove the divergence at {ev.at}", generator_fix(esc), esc.where)
                 for esc in ev.escapes]
     if "pin_seeds" not in ev.removed:
         out += [seed_cause(call, "fixing it did not by itself remove the divergence "
@@ -310,11 +332,18 @@ def escapes_from(items: list) -> list:
     seen: dict = {}
     for item in items:
         key = (item.get("kind"), item.get("where"))
+        use = item.get("use", "drawn")
         if key in seen:
-            seen[key].count += item.get("count", 1)
+            esc = seen[key]
+            esc.count += item.get("count", 1)
+            esc.use = "drawn" if "drawn" in (esc.use, use) else (
+                "reseeded" if "reseeded" in (esc.use, use) else "unused")
+            esc.holder = esc.holder or item.get("holder")
         else:
             seen[key] = RngEscape(kind=item.get("kind", "?"), where=item.get("where"),
-                                  count=item.get("count", 1), detail=item.get("detail", ""))
+                                  count=item.get("count", 1), detail=item.get("detail", ""),
+                                  use=use, made_by=item.get("made_by"),
+                                  holder=item.get("holder"))
     return list(seen.values())
 
 

@@ -74,7 +74,8 @@ def annotate(result: DeterminismResult, launcher: RankLauncher, runs: int, nproc
         run=parting.run, kind=parting.kind, grid=parting.grid)
     extra = []
     if parting.first is not None:
-        extra.append(replica_cause(parting, traces[parting.run], launcher, result.rng_escapes))
+        extra.append(replica_cause(parting, traces[parting.run], launcher,
+                                   [e for e in result.rng_escapes if e.drawn]))
     extra += sampler_causes(traces[0])
     at = next((i for i, c in enumerate(result.causes) if c.source == "unknown"), len(result.causes))
     result.causes[at:at] = extra

@@ -3,8 +3,8 @@
 Two runs can agree while the code holds a source that parts them on another day: a DataLoader
 with workers and ``in_order=False`` (batches arrive in the order the workers finish), cuDNN
 autotuning (the algorithm picked by timing), a generator the seed does not reach that the
-compared steps did not happen to draw from. :func:`can_act` says when the audit can make such
-a source act before it answers (varied worker timing, :mod:`probes.determinism.jitter`);
+compared steps drew from without parting the runs (one never drawn from is not a source).
+:func:`can_act` says when the audit can make such a source act before it answers (varied worker timing, :mod:`probes.determinism.jitter`);
 :func:`sources` lists those still present, with place and fix, for the report, the JSON
 (``latent_sources``) and the gate (:func:`check`).
 """
@@ -29,8 +29,9 @@ def can_act(observed: dict) -> bool:
 
 
 def sources(observed: dict, escapes: list, device: str, jittered: bool) -> list:
-    """The latent sources of a run whose comparison found no divergence."""
-    from audit.probes.determinism.attribute import escape_fix  # torch: not for the gate's check
+    """The latent sources of a run whose comparison found no divergence; ``escapes`` are
+    those whose generators were drawn from."""
+    from audit.probes.determinism.attribute import generator_fix, made_text  # torch: not for the gate
 
     out = []
     tried = ("rerun with varied worker timing, the runs still agreed" if jittered else "")
@@ -46,12 +47,12 @@ def sources(observed: dict, escapes: list, device: str, jittered: bool) -> list:
             "cuDNN autotuning is on: it picks convolution algorithms by timing them, so another "
             "run (or machine load) can pick another one with other rounding",
             "torch.backends.cudnn.benchmark = False"))
-    for esc in escapes:
+    for esc in escapes:  # those drawn from: one that never was cannot act
         out.append(LatentSource(
             "unseeded_rng", esc.where,
-            f"{esc.kind} is {esc.detail or 'not seeded'}; the compared steps did not draw from it "
-            "in a way that parted the runs, later ones may",
-            escape_fix(esc.kind)))
+            f"{made_text(esc)} is {esc.detail or 'not seeded'}; the compared steps drew from it "
+            "without parting the runs, later ones may",
+            generator_fix(esc)))
     return out
 
 

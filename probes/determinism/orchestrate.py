@@ -444,8 +444,8 @@ def _audit(opts: DeterminismOptions, launcher: Launcher, state: _State,
     if parting is None and not launcher.stalled and latent.can_act(observed):
         parting, outs = _jitter(opts, launcher, result, outs)
     if parting is None:
-        result.latent_sources = latent.sources(observed, result.rng_escapes, result.device,
-                                               jittered=launcher.jitter_tried)
+        result.latent_sources = latent.sources(observed, attribute.drawn(result.rng_escapes),
+                                               result.device, jittered=launcher.jitter_tried)
     elif not launcher.stalled:  # a replay would hang as the run did
         _explain(opts, launcher, result, parting, outs, env, observed)
     if launcher.stalled and not result.error:
@@ -515,15 +515,15 @@ def _explain(opts: DeterminismOptions, launcher: Launcher, result: DeterminismRe
     trials = []
     if opts.attribute:
         upto = 0 if parting.step is None else parting.step
-        plan = attribute.plan(parting, result.device, result.rng_escapes, observed,
+        plan = attribute.plan(parting, result.device, attribute.drawn(result.rng_escapes), observed,
                               {"PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED"),
                                "flags": result.environment.get("flags", {})},
                               varying=result.varying_seeds)
         upto, chance = proof.horizon(controls, upto, parting.stage)
         trials = _try_knobs(launcher, plan, upto, opts, chance, result.device)
     result.knob_trials = trials
-    result.causes = attribute.causes(parting, trials, result.rng_escapes, observed, module,
-                                     module_where, reproduced=reproduced,
+    result.causes = attribute.causes(parting, trials, attribute.drawn(result.rng_escapes),
+                                     observed, module, module_where, reproduced=reproduced,
                                      varying=result.varying_seeds)
     cite_scan(result.causes, result.cuda_ops, module)
 

@@ -134,6 +134,15 @@ class RngEscape:
     where: Optional[str]  # "file.py:12" in the user's code
     count: int = 1
     detail: str = ""
+    #: What became of its generators in the runs: "drawn" (from before any seeding call
+    #: reached them), "reseeded" (a seeding call with a value came first) or "unused".
+    use: str = "drawn"
+    made_by: Optional[str] = None  # the library call the line at ``where`` made it through
+    holder: Optional[str] = None  # the user's object holding it, which has a seed() method
+
+    @property
+    def drawn(self) -> bool:
+        return self.use == "drawn"
 
 
 @dataclass
@@ -163,7 +172,7 @@ class KnobTrial:
 class LatentSource:
     """A source of nondeterminism that acts only sometimes, present although the runs agreed
     (a DataLoader with workers and ``in_order=False``, cuDNN autotuning, a generator the seed
-    does not reach that the compared steps did not draw from)."""
+    does not reach that the compared steps drew from without parting the runs)."""
 
     source: str  # a cause source (contract vocabulary)
     where: Optional[str]  # "file.py:12" in the user's code
