@@ -206,10 +206,6 @@ def outcome_of(outcomes: dict[str, Outcome], name: str) -> Outcome:
     return outcomes[name]
 
 
-def _xfail(name: str, reason: str) -> object:
-    return pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=reason))
-
-
 # ------------------------------------------------------------------------------ the truth
 
 
@@ -260,11 +256,7 @@ def test_where_the_runs_part_is_where_the_plain_runs_part(outcomes: dict[str, Ou
     assert cause["where"].startswith(os.path.basename(case.script) + ":")
 
 
-@pytest.mark.parametrize("name", [
-    _xfail(n, "#27 item 3: gymnasium's spaces make unseeded generators the script never draws "
-              "from (SyncVectorEnv); reported as failing latent sources, exit 1")
-    if n == "cleanrl_ppo" else n
-    for n in CASES])
+@pytest.mark.parametrize("name", list(CASES))
 def test_exit_status_and_gate_follow_the_truth(outcomes: dict[str, Outcome], name: str) -> None:
     """0 with nothing failing for a bit-identical script, 1 where the plain runs part."""
     case, out = CASES[name], outcome_of(outcomes, name)
