@@ -137,27 +137,17 @@ def _interrupted_line(exc: Interrupted) -> str:
     return f"audit: stopped by {exc.name}; every run was ended; no report was written"
 
 
-def _usage_line(message: str, command: Optional[str]) -> str:
-    """The one line of a usage error, naming the command that was run when the message does
-    not already name it."""
-    if command is None or message.startswith("audit"):
-        return message
-    return f"audit {command}: {message}"
-
-
 def _main(argv: list, script: Optional[list]) -> int:
     debug = "--debug" in argv
     from audit import commands
 
-    command = None
     try:
         args = _parse(argv, script)
-        command = args.command
         if args.command == "check":
             return int(commands.check(args))
         return int(commands.audit(registry.get(args.command), args, script))
     except UsageError as exc:
-        print(_usage_line(str(exc), command), file=sys.stderr)
+        print(str(exc), file=sys.stderr)
         return ExitCode.USAGE
     except Interrupted as exc:
         print(_interrupted_line(exc), file=sys.stderr)

@@ -63,7 +63,7 @@ def run(s: DiffSettings, progress: Progress = None) -> DiffResult:
             if s.target_b:
                 raise UsageError("audit diff: with --against give one TARGET (the code to "
                                  "compare with the file), not two")
-            ref = reference.load(s.against)
+            ref = _reference(reference, s.against)
             return diff_against(ref, DiffOptions(target_b=s.target, script_b=s.script, **common),
                                 progress=progress)
         if s.script:
@@ -74,6 +74,14 @@ def run(s: DiffSettings, progress: Progress = None) -> DiffResult:
                              "(audit diff old.py:build new.py:build), or --against FILE")
         return diff(DiffOptions(target_a=s.target, target_b=s.target_b, **common), progress=progress)
     except TargetFailed as exc:
+        raise UsageError(f"audit diff: {exc}") from None
+
+
+def _reference(reference, path: str):
+    """The reference file at ``path``; its one-line refusal names the command."""
+    try:
+        return reference.load(path)
+    except UsageError as exc:
         raise UsageError(f"audit diff: {exc}") from None
 
 
