@@ -99,7 +99,8 @@ def rank_lines(result: DeterminismResult) -> list:
                   if _first_stage(row.stages) not in ("agree", "missing")]
         if differ:
             step, stage = differ[0]
-            lines.append(f"rank {t.rank}: runs part {'before the first step' if step is None else f'at step {step}'} ({stage})")
+            when = "before the first step" if step is None else f"at step {step}"
+            lines.append(f"rank {t.rank}: runs part {when} ({stage})")
         else:
             lines.append(f"rank {t.rank}: runs agree on every step")
     lines.append(replica_sentence(result))

@@ -24,7 +24,8 @@ def test_deterministic_knob_holds_against_the_target():
 
 def test_dataloader_and_thread_knobs_and_observations():
     out = run(
-        "import torch; from audit.probes.determinism import knobs; knobs.observe(); knobs.apply(['dataloader', 'one_thread']); "
+        "import torch; from audit.probes.determinism import knobs; knobs.observe(); "
+        "knobs.apply(['dataloader', 'one_thread']); "
         "from torch.utils.data import DataLoader; "
         "dl = DataLoader(list(range(8)), batch_size=2, num_workers=2, in_order=False); "
         "torch.set_num_threads(2); "

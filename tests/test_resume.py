@@ -1,6 +1,7 @@
 """End to end: planted checkpoint omissions are caught at the right step and stage and
 attributed to the right piece; a complete checkpoint passes; a nondeterministic trainer is
-reported as such (a complete checkpoint and a load that raises: ``test_resume_cli.py``). Each audit spawns fresh processes, so
+reported as such (a complete checkpoint and a load that raises: ``test_resume_cli.py``). Each audit spawns fresh
+processes, so
 the audits run once per session, two at a time, and the tests assert on their results."""
 import os
 from concurrent.futures import ThreadPoolExecutor

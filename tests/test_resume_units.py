@@ -87,7 +87,6 @@ def test_state_differences_name_the_piece():
 
 
 def _loader():
-    g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.arange(24.0).reshape(12, 2), torch.arange(12))
     return DataLoader(data, batch_size=3, shuffle=True)
 

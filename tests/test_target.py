@@ -81,7 +81,8 @@ def test_target_arguments_are_passed_to_the_callable(tmp_path):
         "import torch\nfrom torch import nn\n"
         "def build(width=2, act='relu', dims=(1, 2)):\n"
         "    assert dims == (1, 2)\n"
-        "    return {'model': nn.Linear(width, 2), 'data': [(torch.zeros(1, width), torch.zeros(1, dtype=torch.long))],\n"
+        "    return {'model': nn.Linear(width, 2),\n"
+        "            'data': [(torch.zeros(1, width), torch.zeros(1, dtype=torch.long))],\n"
         "            'scheduler': lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1), 'evaluate': lambda m: 0.5}\n")
     setup = load_target(f"{tmp_path / 't.py'}:build,width=3,act=gelu,dims=(1, 2)")
     assert setup.model.in_features == 3

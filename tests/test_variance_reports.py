@@ -5,7 +5,7 @@ import json
 from test_reports import compare_gold
 
 from audit.probes.results.variance import (CompareResult, MetricVariance, Routing, RunRecord,
-                                           SourceStats, Variant, VarianceResult)
+                                           SourceStats, VarianceResult)
 from audit.probes.variance.compare import compare_samples
 from audit.reports import html, json_report, terminal
 
@@ -49,7 +49,8 @@ def variance_result() -> VarianceResult:
 
 def compare_result(verdict="better") -> CompareResult:
     a = [0.50, 0.52, 0.49, 0.55, 0.51, 0.53]
-    b = [x - 0.04 for x in a] if verdict == "better" else [x + d for x, d in zip(a, [0.01, -0.012, 0.004, -0.002, 0.006, -0.003])]
+    wobble = [0.01, -0.012, 0.004, -0.002, 0.006, -0.003]
+    b = [x - 0.04 for x in a] if verdict == "better" else [x + d for x, d in zip(a, wobble)]
     res = compare_samples(a, b, "lower")
     res.metric, res.steps, res.paired_seeds = "val_loss", 30, list(range(6))
     res.a.target, res.b.target = "train.py:build,lr=0.01", EVIL

@@ -4,7 +4,8 @@ Two runs can agree while the code holds a source that parts them on another day:
 with workers and ``in_order=False`` (batches arrive in the order the workers finish), cuDNN
 autotuning (the algorithm picked by timing), a generator the seed does not reach that the
 compared steps drew from without parting the runs (one never drawn from is not a source).
-:func:`can_act` says when the audit can make such a source act before it answers (varied worker timing, :mod:`probes.determinism.jitter`);
+:func:`can_act` says when the audit can make such a source act before it answers (varied worker
+timing, :mod:`probes.determinism.jitter`);
 :func:`sources` lists those still present, with place and fix, for the report, the JSON
 (``latent_sources``) and the gate (:func:`check`).
 """

@@ -21,7 +21,6 @@ import math
 import time
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from audit.probes.environment import describe as environment

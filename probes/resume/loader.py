@@ -5,7 +5,8 @@ or else from torch's global RNG: the base seed of its worker processes, and (for
 sampler) the order of the pass. An uninterrupted run drew both at the start of the epoch; a
 resumed run that opens a fresh pass draws them again, from whatever state the RNG has then.
 
-:class:`PassRecorder` notes, for every pass of the uninterrupted run (which saves the checkpoint), the RNG state the pass
+:class:`PassRecorder` notes, for every pass of the uninterrupted run (which saves the checkpoint),
+the RNG state the pass
 started from and the order its sampler gave. :func:`resumed_pass` opens the resumed pass with
 what the user's checkpoint left, or, for the tool's own knobs, with the recorded order
 (``data_position``) and/or the recorded worker seed (``worker_seeds``); with either knob the

@@ -51,7 +51,7 @@ def find_scalers(setup: TrainingSetup) -> list:
 
 def _filled(cell) -> bool:
     try:
-        cell.cell_contents
+        _ = cell.cell_contents  # an empty cell raises
     except ValueError:
         return False
     return True

@@ -147,7 +147,7 @@ def _metric_variance(records: list, metric: str, groups: list, direction: str,
         mv.sources[group] = source_stats([r for r in records if r.group == group], metric,
                                          confidence, rng_seed=k)
     total = mv.sources[ALL].std
-    for group, st in mv.sources.items():
+    for st in mv.sources.values():
         if st.std is not None and total is not None:
             st.share = stats.share(st.std ** 2, total ** 2)
     return mv

@@ -134,7 +134,7 @@ class Pool:
 
 
 def _terminate(running: list) -> None:
-    for _, proc, log, _ in running:
+    for _, proc, _log, _ in running:
         if proc.poll() is None:
             proc.terminate()
     for _, proc, log, _ in running:
