@@ -53,8 +53,12 @@ def plain_relu_cnn() -> TrainingSetup:
                          data=synthetic_batches((3, 16, 16), 10, 16, 5, seed=0))
 
 
+TEXT = ("to be or not to be that is the question whether tis nobler in the mind to suffer "
+        "the slings and arrows of outrageous fortune or to take arms against a sea of troubles ") * 4
+
+
 class TinyLM(nn.Module):
-    """Two transformer layers over 16 tokens, predicting a token the input holds."""
+    """Two transformer layers over 16 characters, predicting the next one."""
 
     def __init__(self, vocab: int = 32, block: int = 16, width: int = 64):
         super().__init__()
@@ -72,13 +76,15 @@ class TinyLM(nn.Module):
 
 
 def tiny_transformer() -> TrainingSetup:
+    chars = sorted(set(TEXT))
+    text = torch.tensor([chars.index(c) for c in TEXT])
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     batches = []
     for _ in range(5):
-        x = torch.randint(32, (16, 16), generator=g)
-        batches.append((x, x[:, 3].clone()))
-    return TrainingSetup(model=TinyLM(), data=batches,
+        at = torch.randint(len(text) - 17, (16,), generator=g)
+        batches.append((torch.stack([text[i:i + 16] for i in at]), text[at + 16]))
+    return TrainingSetup(model=TinyLM(vocab=len(chars)), data=batches,
                          optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
 
 

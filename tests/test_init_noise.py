@@ -127,6 +127,7 @@ def test_the_answer_does_not_depend_on_the_scheme_order_and_a_change_is_beyond_n
     assert all(count <= ranking.MAX_SEEDS for count in per_scheme.values())
     below = {s.name for s in first if s.name != "default" and s.loss[-1] < first[0].loss[-1]}
     assert set(per_scheme) <= below | {"default"}  # only schemes below the own init on seed 0
+    assert len(per_scheme) <= ranking.CANDIDATES + 1
     if not answer.kept_own:
         assert answer.ci[1] < 0 and answer.delta <= -0.02 * own * 0.9
 

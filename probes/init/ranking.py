@@ -3,8 +3,9 @@
 1. Findings decide whenever any scheme has them (:func:`probes.init.diagnose.scheme_score`).
 2. The model's own init healthy: a healthy scheme whose early loss (the loss after the steps)
    on the audit's run (init seed 0) is lower than the model's own is compared with it on
-   fresh init seeds (:func:`settle`; every such scheme, so that one seed's noise does not
-   choose which are compared), paired by seed: the mean difference (candidate minus own) and
+   fresh init seeds (:func:`settle`; at most :data:`CANDIDATES` of them, chosen by the rule of
+   3, not by their losses, so that one seed's noise does not choose which are compared),
+   paired by seed: the mean difference (candidate minus own) and
    its Student-t interval at :data:`LEVEL`. Seed 0 chose the candidates, so it is left out (it
    would favour them). Seeds are added a round at a time (first :data:`FIRST_SEEDS`, then one
    more, at most :data:`MAX_SEEDS`) for the candidates whose call is still open. A candidate
@@ -44,6 +45,8 @@ MAX_SEEDS = 8
 #: A candidate is dropped from the comparison once the interval at this level shows it is
 #: not better by ``loss_tolerance`` (a missed change costs less than a false one).
 FUTILITY_LEVEL = 0.8
+#: The most candidates compared with the model's own init over seeds.
+CANDIDATES = 3
 #: Schemes whose depth fold is within this factor of the best one's propagate equally well: the
 #: fitted folds of one scheme vary several-fold from seed to seed in narrow nets (Kaiming on a
 #: 20-layer, 16-channel ReLU CNN: 1.4x to 16x), while Xavier there is 600x and more.
@@ -123,14 +126,19 @@ def _healthy(scheme: Optional[SchemeResult]) -> bool:
 
 
 def noise_candidates(schemes: list[SchemeResult]) -> list[SchemeResult]:
-    """The healthy schemes to compare with a healthy own init over seeds: every one whose first
-    seed's early loss is below the own init's, lowest first."""
+    """The healthy schemes to compare with a healthy own init over seeds: of those whose first
+    seed's early loss is below the own init's, the first :data:`CANDIDATES` by propagation
+    (depth fold within :data:`PROPAGATION_SLACK` of the best) and then :data:`PREFERENCE`."""
     own = next((s for s in schemes if s.name == "default"), None)
     if own is None or not _healthy(own) or math.isnan(early_loss(own.loss)):
         return []
     lower = [s for s in schemes if s is not own and _healthy(s)
              and early_loss(s.loss) < early_loss(own.loss)]
-    return sorted(lower, key=lambda s: early_loss(s.loss))
+    if not lower:
+        return []
+    least = min(_fold(s) for s in lower)
+    ranked = sorted(lower, key=lambda s: (_fold(s) > PROPAGATION_SLACK * least, _order(s)))
+    return ranked[:CANDIDATES]
 
 
 def settle(schemes: list[SchemeResult], run_seed: RunSeed,
@@ -187,13 +195,14 @@ def prefer(schemes: list[SchemeResult], thresholds: Optional[dict] = None) -> Sc
 
 
 def clearly_lower(a: SchemeResult, b: SchemeResult, limits: dict) -> bool:
-    """``a``'s early loss is lower than ``b``'s by more than ``loss_tolerance``: beyond seed
-    noise (paired by seed, as a change needs) where both ran several init seeds, else on the
-    one seed they ran (the own init unhealthy: no seeds are spent there)."""
+    """``a``'s early loss is lower than ``b``'s by more than ``loss_tolerance``: where both ran
+    several init seeds, the whole paired interval lies beyond that margin (so a gap smaller
+    than the margin never decides, whatever one audit's noise); else on the one seed they ran
+    (the own init unhealthy: no seeds are spent there)."""
     margin = limits["loss_tolerance"] * abs(typical_loss(b))
     if a.loss_seeds and b.loss_seeds:
         p = paired(compared_losses(a), compared_losses(b))
-        return p is not None and p.high < 0 and p.delta <= -margin
+        return p is not None and p.high < -margin
     return typical_loss(a) < typical_loss(b) - margin
 
 
