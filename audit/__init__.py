@@ -6,7 +6,7 @@ load it first. The public surface is the CLI, :class:`Target`, :func:`run` and :
 """
 from typing import Any
 
-from audit.probes.target import Target
+from audit.probes.run.target import Target
 
 __all__ = ["Target", "run", "to_json"]
 __version__ = "0.1.0"

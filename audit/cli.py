@@ -16,7 +16,7 @@ from audit.config import parse_shape
 from audit.interrupts import exit_status, signals_raise
 from audit.kinds.base import positive_arg
 from audit.probes.errors import ExitCode, UsageError
-from audit.probes.runs import Interrupted
+from audit.probes.run.processes import Interrupted
 
 
 _SIZES = re.compile(r"\d+(?:[,x]\d+)*")

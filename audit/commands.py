@@ -11,7 +11,7 @@ from audit import gate, settings
 from audit.gate.run import write_partial
 from audit.kinds.base import AuditKind
 from audit.probes.errors import ExitCode, UsageError
-from audit.probes.runs import Interrupted
+from audit.probes.run.processes import Interrupted
 from audit.reports import terminal
 from audit.reports.folder import FolderError, Held
 
@@ -49,7 +49,7 @@ def audit(kind: AuditKind, args: argparse.Namespace, script: Optional[list]) -> 
     """``audit <kind> ...``: run one audit as a gate and print its summary."""
     s = settings.resolve(kind, settings.load_config(args.config), _flags(args))
     if script is not None:
-        from audit.probes.script_launch import validate
+        from audit.probes.script.torchrun import validate
 
         try:  # a bad command: one line before any run, naming the command that was run
             validate(script, os.getcwd(), kind.launchers)

@@ -149,7 +149,7 @@ def string_list(value: Any) -> Optional[list]:
 
 
 def _is_target_spec(value: str) -> bool:
-    from audit.probes.target import TargetError, parse_spec  # light: torch only when loading
+    from audit.probes.run.target import TargetError, parse_spec  # light: torch only when loading
 
     try:
         parse_spec(value)

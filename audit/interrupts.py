@@ -1,4 +1,4 @@
-"""SIGINT and SIGTERM, while a command runs, become :class:`~audit.probes.runs.Interrupted`.
+"""SIGINT and SIGTERM, while a command runs, become :class:`~audit.probes.run.processes.Interrupted`.
 
 The exception unwinds through the engines, which end their runs (every process group) and
 attach what they measured; the CLI writes those partial reports, prints one line and exits
@@ -12,7 +12,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-from audit.probes.runs import Interrupted
+from audit.probes.run.processes import Interrupted
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

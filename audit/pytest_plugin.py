@@ -71,7 +71,7 @@ def _module_root(module) -> Optional[str]:
 
 
 def _resolve_spec(spec: str, test_dir: Optional[str]) -> str:
-    from audit.probes.target import TargetError, TargetSpec, parse_spec
+    from audit.probes.run.target import TargetError, TargetSpec, parse_spec
 
     try:
         parsed = parse_spec(spec)

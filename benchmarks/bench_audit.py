@@ -18,8 +18,8 @@ sys.path.insert(0, ROOT)
 PLAIN = """
 import random, sys
 import numpy as np, torch
-from audit.probes.target import load_target
-from audit.probes.training import compute_loss, cycle_batches
+from audit.probes.run.target import load_target
+from audit.probes.run.training import compute_loss, cycle_batches
 steps = int(sys.argv[1])
 random.seed(0); np.random.seed(0); torch.manual_seed(0)
 setup = load_target(None)
@@ -42,10 +42,11 @@ def plain(runs: int, steps: int) -> float:
 
 
 def audit(runs: int, steps: int) -> float:
-    from audit.probes.determinism.orchestrate import DeterminismOptions, audit_determinism
+    from audit.probes.run.launcher import RunOptions
+    from audit.probes.determinism.orchestrate import audit_determinism
 
     start = time.perf_counter()
-    result = audit_determinism(DeterminismOptions(runs=runs, steps=steps))
+    result = audit_determinism(RunOptions(runs=runs, steps=steps))
     assert result.verdict == "deterministic", result.first_divergence
     return time.perf_counter() - start
 

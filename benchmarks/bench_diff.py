@@ -25,8 +25,8 @@ sys.path.insert(0, ROOT)
 PLAIN = """
 import random, sys
 import numpy as np, torch
-from audit.probes.target import load_target
-from audit.probes.training import compute_loss, cycle_batches, make_scheduler, optimizer_step
+from audit.probes.run.target import load_target
+from audit.probes.run.training import compute_loss, cycle_batches, make_scheduler, optimizer_step
 steps = int(sys.argv[1])
 random.seed(0); np.random.seed(0); torch.manual_seed(0)
 setup = load_target(None, batches=steps)

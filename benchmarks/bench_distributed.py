@@ -23,8 +23,8 @@ sys.path.insert(0, ROOT)
 def _setup(ctx, writer):
     import torch
 
-    from audit.probes import ranks
-    from audit.probes.target import load_target
+    from audit.probes.run import ranks
+    from audit.probes.run.target import load_target
 
     torch.manual_seed(0)
     setup = load_target(None, batches=4)
@@ -32,8 +32,8 @@ def _setup(ctx, writer):
 
 
 def plain(ctx, steps: int) -> float:
-    from audit.probes.trace import TraceWriter
-    from audit.probes.training import compute_loss, cycle_batches
+    from audit.probes.run.trace import TraceWriter
+    from audit.probes.run.training import compute_loss, cycle_batches
 
     with tempfile.TemporaryDirectory() as folder:
         writer = TraceWriter(os.path.join(folder, "t"))
@@ -55,7 +55,7 @@ def _median_step(ends: list) -> float:
 
 
 def traced(ctx, steps: int, replica: bool = True) -> float:
-    from audit.probes.trace import TraceWriter, run_traced
+    from audit.probes.run.trace import TraceWriter, run_traced
 
     with tempfile.TemporaryDirectory() as folder:
         writer = TraceWriter(os.path.join(folder, "t"))
@@ -84,8 +84,8 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from audit.probes import ranks, rendezvous
-    from audit.probes.spec import DistSpec
+    from audit.probes.run import ranks, rendezvous
+    from audit.probes.run.spec import DistSpec
 
     store = rendezvous.host_store(1)  # noqa: F841 (serves the rank while it lives)
     os.environ.update(RANK="0", WORLD_SIZE="1", **rendezvous.client_env(store.port))

@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from audit.probes.trace import TraceWriter, run_traced  # noqa: E402
-from audit.probes.training import TrainingSetup, compute_loss, cycle_batches, synthetic_batches  # noqa: E402
+from audit.probes.run.trace import TraceWriter, run_traced  # noqa: E402
+from audit.probes.run.training import TrainingSetup, compute_loss, cycle_batches, synthetic_batches  # noqa: E402
 
 
 def example():
@@ -95,9 +95,9 @@ def profile(name: str, rounds: int) -> None:
     """Each part of a traced step's extra work, timed side by side with plain steps."""
     import json
 
-    from audit.probes import fingerprint as fp
-    from audit.probes import trace
-    from audit.probes.training import split_batch
+    from audit.probes.run import fingerprint as fp
+    from audit.probes.run import trace
+    from audit.probes.run.training import split_batch
 
     torch.manual_seed(0)
     setup = {"example": example, "resnet18": resnet18}[name]()

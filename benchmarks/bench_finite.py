@@ -16,8 +16,8 @@ import time
 import torch
 
 from audit.example import build
-from audit.probes import fingerprint
-from audit.probes.training import TrainingSetup, compute_loss
+from audit.probes.run import fingerprint
+from audit.probes.run.training import TrainingSetup, compute_loss
 
 
 def gradients() -> list:

@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from audit.probes.init.engine import DEFAULT_SCHEMES, run_init  # noqa: E402
-from audit.probes.training import TrainingSetup, compute_loss, synthetic_batches  # noqa: E402
+from audit.probes.run.training import TrainingSetup, compute_loss, synthetic_batches  # noqa: E402
 
 
 def setup(size: int, batch: int, steps: int) -> TrainingSetup:

@@ -22,8 +22,8 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import audit.probes.init.engine as engine  # noqa: E402
-from audit.probes.target import normalize  # noqa: E402
-from audit.probes.training import TrainingSetup, synthetic_batches  # noqa: E402
+from audit.probes.run.target import normalize  # noqa: E402
+from audit.probes.run.training import TrainingSetup, synthetic_batches  # noqa: E402
 
 
 def example() -> TrainingSetup:

@@ -27,9 +27,9 @@ DEFAULT_TARGET = os.path.join(ROOT, "tests", "targets", "resume_complete.py") + 
 
 def plain_run(target: str, steps: int) -> None:
     """One plain run in this process: load the target, train ``steps`` steps, no tracing."""
-    from audit.probes.target import load_target
-    from audit.probes.training import compute_loss, cycle_batches, make_scheduler, optimizer_step
-    from audit.probes.seeding import seed_all
+    from audit.probes.run.target import load_target
+    from audit.probes.run.training import compute_loss, cycle_batches, make_scheduler, optimizer_step
+    from audit.probes.run.seeding import seed_all
 
     seed_all(0)
     setup = load_target(target, batches=steps)

@@ -4,9 +4,9 @@ One process trains the built-in example's CNN (three conv+BN+ReLU+pool blocks, a
 hidden layer) on CIFAR-shaped batches three ways:
 
 * ``plain``: the training loop with no audit at all;
-* ``target``: target mode's tracing (:func:`probes.trace.run_traced`);
+* ``target``: target mode's tracing (:func:`probes.run.trace.run_traced`);
 * ``script``: the same loop as ``plain`` written as a user's script, under script mode's hooks
-  (:class:`probes.script_trace.ScriptTracer`, installed as the bootstrap installs them, and
+  (:class:`probes.script.tracer.ScriptTracer`, installed as the bootstrap installs them, and
   removed after the trial).
 
 The three take turns trial by trial, on the very same model and data tensors (the weights are
@@ -41,9 +41,9 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from audit.example import SimpleCNN  # noqa: E402
-from audit.probes.script_trace import ScriptTracer  # noqa: E402
-from audit.probes.trace import TraceWriter, run_traced  # noqa: E402
-from audit.probes.training import TrainingSetup  # noqa: E402
+from audit.probes.script.tracer import ScriptTracer  # noqa: E402
+from audit.probes.run.trace import TraceWriter, run_traced  # noqa: E402
+from audit.probes.run.training import TrainingSetup  # noqa: E402
 
 MODES = ("plain", "target", "script")
 CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}

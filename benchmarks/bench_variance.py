@@ -24,8 +24,8 @@ sys.path.insert(0, ROOT)
 PLAIN = """
 import random, sys
 import numpy as np, torch
-from audit.probes.target import load_target
-from audit.probes.training import compute_loss, cycle_batches
+from audit.probes.run.target import load_target
+from audit.probes.run.training import compute_loss, cycle_batches
 steps, seed = int(sys.argv[1]), int(sys.argv[2])
 random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
 setup = load_target(None)

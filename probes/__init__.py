@@ -1,3 +1,5 @@
-"""probes: the measuring library. Runs, hooks, fingerprints, comparisons, init schemes,
-statistics and diagnoses; returns the dataclasses of :mod:`probes.results` and never prints,
-parses argv or writes report files."""
+"""probes: the measuring library, installed as ``audit.probes``. Rooms: ``results`` (the
+result model), ``run`` (running training in fresh processes), ``script`` (observing an
+unmodified script), one package per engine (``determinism``, ``init``, ``resume``,
+``variance``, ``diff``) and ``child`` (the entry points of fresh processes). Engines return the
+dataclasses of :mod:`audit.probes.results` and never print, parse argv or write report files."""

@@ -86,7 +86,8 @@ ALLOWED = {
 
 def test_the_module_map_sees_the_house():
     assert {"audit.cli", "audit.registry", "audit.probes.results", "audit.reports.html",
-            "audit.probes.determinism.orchestrate", "audit.probes.init.engine"} <= set(MODULES)
+            "audit.probes.determinism.orchestrate", "audit.probes.init.engine",
+            "audit.probes.run.launcher", "audit.probes.script.tracer", "audit.probes.child.worker"} <= set(MODULES)
 
 
 def test_no_import_runs_against_the_flow():
@@ -113,6 +114,53 @@ def test_no_import_cycles():
             visit(module, [module])
     assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
 
+
+
+ENGINES = ("determinism", "init", "resume", "variance", "diff")
+#: The rooms of probes/ and the rooms each may import: results <- run <- script <- engines <- child.
+ROOMS = {
+    "results": {"results"},
+    "run": {"results", "run"},
+    "script": {"results", "run", "script"},
+    "engine": {"results", "run", "script"},  # and its own package
+    "child": {"results", "run", "script", "engine", "child"},
+}
+
+
+def room(module: str) -> tuple:
+    """(room, engine) of a probes module: ``("engine", "init")`` for audit.probes.init.*."""
+    part = module.split(".")[2] if module.count(".") >= 2 else ""
+    if part in ("results", "errors", "progress"):
+        return "results", ""
+    if part in ENGINES:
+        return "engine", part
+    return part, ""
+
+
+def test_probes_has_rooms_and_no_loose_modules():
+    loose = {m for m in MODULES if m.startswith("audit.probes.") and m.count(".") == 2
+             and room(m)[0] not in ROOMS}
+    assert not loose, f"modules of probes/ outside a room: {sorted(loose)}"
+
+
+def test_imports_between_rooms_run_one_way_and_engines_never_import_each_other():
+    wrong = []
+    for module, targets in GRAPH.items():
+        if not module.startswith("audit.probes."):
+            continue
+        (mine, engine) = room(module)
+        for target in sorted(t for t in targets if t.startswith("audit.probes.")):
+            (theirs, other) = room(target)
+            same_engine = theirs == "engine" and other == engine
+            if theirs not in ROOMS[mine] and not same_engine:
+                wrong.append(f"{module} ({mine} {engine}) imports {target} ({theirs} {other})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_room_rules_see_a_wrong_import():
+    assert room("audit.probes.diff.engine") == ("engine", "diff")
+    assert "engine" not in ROOMS["run"] and "child" not in ROOMS["engine"]
+    assert room("audit.probes.run.launcher")[0] == "run" and room("audit.probes.errors")[0] == "results"
 
 # --------------------------------------------------------------------------- the registry
 
@@ -196,10 +244,10 @@ def test_no_private_name_is_used_outside_its_module():
 
 
 def test_the_private_name_check_sees_both_forms():
-    tree = ast.parse("from audit.probes import rng_escape as r\n"
-                     "from audit.probes.runs import _FRAME\nr._state\n")
-    bound, private = _module_bindings("audit.probes.knobs", tree)
-    assert bound == {"r": "audit.probes.rng_escape"} and len(private) == 1
+    tree = ast.parse("from audit.probes.run import rng_escape as r\n"
+                     "from audit.probes.run.processes import _FRAME\nr._state\n")
+    bound, private = _module_bindings("audit.probes.run.knobs", tree)
+    assert bound == {"r": "audit.probes.run.rng_escape"} and len(private) == 1
 
 
 # --------------------------------------------------------------------------- short functions

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from audit.probes.determinism import compare
+from audit.probes.run import compare
 
 NAMES = ["a.weight", "a.bias", "b.weight"]
 

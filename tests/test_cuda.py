@@ -14,9 +14,10 @@ TARGETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "targets")
 
 
 def test_index_add_backward_is_found_and_proven_on_cuda():
-    from audit.probes.determinism.orchestrate import DeterminismOptions, audit_determinism
+    from audit.probes.run.launcher import RunOptions
+    from audit.probes.determinism.orchestrate import audit_determinism
 
-    r = audit_determinism(DeterminismOptions(
+    r = audit_determinism(RunOptions(
         target=os.path.join(TARGETS, "cuda_index_add.py") + ":build", steps=3, device="cuda",
         cwd=TARGETS))
     assert r.device.startswith("cuda")
@@ -42,7 +43,7 @@ MODELS = os.path.join(TARGETS, "cuda_ops_models.py")
 
 def _warn_only_kernels(setup, batch) -> set:
     """The kernels PyTorch names in its warnings for one step under warn_only=True."""
-    from audit.probes.training import compute_loss
+    from audit.probes.run.training import compute_loss
 
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
@@ -60,8 +61,8 @@ def _warn_only_kernels(setup, batch) -> set:
                                   "adaptive_pool", "index_add", "scatter_add", "plain"])
 def test_scan_matches_warn_only_warnings_on_the_gpu(name):
     from audit.probes.determinism import cuda_ops
-    from audit.probes.target import load_target
-    from audit.probes.training import cycle_batches, to_device
+    from audit.probes.run.target import load_target
+    from audit.probes.run.training import cycle_batches, to_device
 
     torch.manual_seed(0)
     device = torch.device("cuda")
@@ -83,7 +84,7 @@ def test_scan_matches_warn_only_warnings_on_the_gpu(name):
 
 
 def test_fingerprints_on_cuda_match_their_properties():
-    from audit.probes import fingerprint as fp
+    from audit.probes.run import fingerprint as fp
 
     t = torch.randn(4096, device="cuda")
     base = fp.gather([fp.fingerprint(t)])[0]
@@ -97,10 +98,10 @@ def test_ddp_under_nccl_traces_every_rank_on_its_gpu():
     DDP wrapping on each rank's device, fingerprints gathered on the device; the clean trainer's
     replicas agree."""
     from audit.probes.determinism.distributed import audit_distributed
-    from audit.probes.determinism.orchestrate import DeterminismOptions
+    from audit.probes.run.launcher import RunOptions
 
     nproc = min(torch.cuda.device_count(), 2)
-    opts = DeterminismOptions(target=os.path.join(TARGETS, "ddp_faults.py") + ":build", steps=4,
+    opts = RunOptions(target=os.path.join(TARGETS, "ddp_faults.py") + ":build", steps=4,
                               runs=2, jobs=2, cwd=TARGETS, device="cuda", attribute=False)
     r = audit_distributed(opts, nproc, timeout=120)
     assert r.error is None, r.error

@@ -11,7 +11,7 @@ from audit.probes.determinism import cuda_ops, cuda_ops_table as table
 from audit.probes.determinism.cuda_ops_check import cuda_ops_check
 from audit.probes.results import DeterminismResult
 from audit.probes.results.cuda_ops import CudaOp, CudaOpsScan
-from audit.probes.target import load_target
+from audit.probes.run.target import load_target
 
 TARGETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "targets")
 MODELS = os.path.join(TARGETS, "cuda_ops_models.py")
@@ -49,7 +49,7 @@ def test_scan_lists_the_documented_ops_with_their_modules(name):
 
 def test_index_select_backward_is_found_in_the_backward_and_mapped_to_its_module():
     from torch import nn
-    from audit.probes.training import TrainingSetup
+    from audit.probes.run.training import TrainingSetup
 
     class Gather(nn.Module):
         def __init__(self):
@@ -85,7 +85,7 @@ def test_scan_leaves_no_hooks_and_no_gradients_behind():
 
 def test_a_step_that_raises_gives_a_scan_with_its_error():
     from torch import nn
-    from audit.probes.training import TrainingSetup
+    from audit.probes.run.training import TrainingSetup
 
     setup = TrainingSetup(model=nn.Linear(4, 3), data=[(torch.randn(2, 5), torch.tensor([0, 1]))])
     scan = cuda_ops.scan_training(setup, torch.device("cpu"))
@@ -188,9 +188,10 @@ def test_reports_show_the_scan_and_escape_module_names():
 
 
 def test_audit_scans_the_first_run():
-    from audit.probes.determinism.orchestrate import DeterminismOptions, audit_determinism
+    from audit.probes.run.launcher import RunOptions
+    from audit.probes.determinism.orchestrate import audit_determinism
 
-    r = audit_determinism(DeterminismOptions(target=f"{MODELS}:build_reflection_pad", runs=2,
+    r = audit_determinism(RunOptions(target=f"{MODELS}:build_reflection_pad", runs=2,
                                              steps=1, device="cpu", cwd=TARGETS))
     assert r.verdict == "deterministic"
     assert listed(r.cuda_ops) == EXPECTED["reflection_pad"]
@@ -212,9 +213,9 @@ def _script_trace(tmp_path, name: str, scan: bool) -> tuple:
     """``build_{name}`` trained for 3 steps as a script trains it, under the script hooks
     (with the op scan when ``scan``): the records, and the scan record's result."""
     from audit.probes.determinism.script_ops import StepScan
-    from audit.probes.script_trace import ScriptTracer
-    from audit.probes.trace import TraceWriter, read_trace
-    from audit.probes.training import compute_loss, cycle_batches
+    from audit.probes.script.tracer import ScriptTracer
+    from audit.probes.run.trace import TraceWriter, read_trace
+    from audit.probes.run.training import compute_loss, cycle_batches
 
     torch.manual_seed(0)
     setup = load_target(f"{MODELS}:build_{name}")

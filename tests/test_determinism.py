@@ -7,7 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from audit.probes.determinism.orchestrate import DeterminismOptions, audit_determinism
+from audit.probes.run.launcher import RunOptions
+
+from audit.probes.determinism.orchestrate import audit_determinism
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGETS = os.path.join(HERE, "targets")
@@ -33,7 +35,7 @@ PLANTED = {
 def _audit(name: str, steps: int):
     os.environ.setdefault("AUDIT_TEST_COUNTER", os.path.join(
         os.environ.get("TMPDIR", "/tmp"), f"audit-counter-{uuid.uuid4().hex}"))
-    opts = DeterminismOptions(target=os.path.join(TARGETS, f"{name}.py") + ":build",
+    opts = RunOptions(target=os.path.join(TARGETS, f"{name}.py") + ":build",
                               steps=steps, runs=2, cwd=TARGETS)
     return audit_determinism(opts)
 

@@ -15,7 +15,7 @@ from audit.probes.init.thresholds import DEFAULT_THRESHOLDS, resolve_thresholds
 from audit.probes.init.flow import dead_fraction, saturated_fraction
 from audit.probes.init.engine import run_init
 from audit.probes.results import Finding, LayerStats, SchemeResult
-from audit.probes.training import TrainingSetup, synthetic_batches
+from audit.probes.run.training import TrainingSetup, synthetic_batches
 
 SETTINGS = settings(max_examples=30, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from audit.probes.determinism import compare
+from audit.probes.run import compare
 from audit.probes.diff import measure, reference, traces
 from audit.probes.diff.match import match
 from audit.probes.errors import UsageError
@@ -123,9 +123,9 @@ def test_loss_curves_measure_the_largest_relative_difference(a, eps):
 
 
 def test_environment_changes_name_the_keys_that_moved(monkeypatch):
-    """As a run records them (probes.worker.environment): the thread count and the thread
+    """As a run records them (probes.run.knobs.describe_run): the thread count and the thread
     variables included; a key one side lacks counts as None there."""
-    from audit.probes.worker import environment
+    from audit.probes.run.knobs import describe_run as environment
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("MKL_NUM_THREADS", "1")

@@ -16,13 +16,13 @@ from torch.utils.data.distributed import DistributedSampler
 from audit import cli
 from audit.kinds.determinism import checks
 from audit.probes.determinism.distributed import audit_distributed
-from audit.probes.determinism.merge import merge, strip_name
-from audit.probes.determinism.compare import first_parting
-from audit.probes.determinism.orchestrate import DeterminismOptions
+from audit.probes.run.merge import merge, strip_name
+from audit.probes.run.compare import first_parting
+from audit.probes.run.launcher import RunOptions
 from audit.probes.determinism.replicas import replica_parting
 from audit.probes.determinism.samplers import sampler_causes
 from audit.probes.results import DeterminismResult
-from audit.probes.training import cycle_batches
+from audit.probes.run.training import cycle_batches
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGETS = os.path.join(HERE, "targets")
@@ -37,7 +37,7 @@ AUDITS = {"dropout": (2, True), "clean": (6, False), "buffer": (3, False), "para
 def _audit(fault: str):
     steps, attribution = AUDITS[fault]
     target = TARGET + ":build" + ("" if fault == "clean" else f",fault={fault!r}")
-    opts = DeterminismOptions(target=target, steps=steps, runs=2, jobs=2, cwd=TARGETS,
+    opts = RunOptions(target=target, steps=steps, runs=2, jobs=2, cwd=TARGETS,
                               attribute=attribution)
     return audit_distributed(opts, 2, timeout=30)
 
@@ -219,8 +219,8 @@ def test_a_failed_rank_gets_its_hanging_peers_killed(monkeypatch, tmp_path):
     import sys
     import time
 
-    from audit.probes.determinism import rank_launch
-    from audit.probes.runs import Run
+    from audit.probes.run import rank_launch
+    from audit.probes.run.processes import Run
 
     monkeypatch.setattr(rank_launch, "GRACE_SECONDS", 0.2)
 

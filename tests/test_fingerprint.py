@@ -5,7 +5,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from audit.probes import fingerprint as fp
+from audit.probes.run import fingerprint as fp
 
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 finite = st.floats(-1e4, 1e4, allow_nan=False, width=16)

@@ -705,7 +705,7 @@ def test_single_audit_command_with_a_baseline(tmp_path, monkeypatch):
 
 def test_an_interrupted_check_writes_what_was_measured(tmp_path, monkeypatch):
     from audit.gate import run as gate_run
-    from audit.probes.runs import Interrupted
+    from audit.probes.run.processes import Interrupted
     import signal
 
     partial = init(error="interrupted by SIGTERM while scheme lsuv")

@@ -22,11 +22,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tool_module_names() -> list[str]:
-    """Every name a module or package of the tool's engines would take at the top level."""
-    folder = audit.probes.__path__[0]
-    names = {n[:-3] if n.endswith(".py") else n for n in os.listdir(folder)
-             if (n.endswith(".py") or os.path.isdir(os.path.join(folder, n, "")))
-             and not n.startswith("_") and n != "__pycache__"}
+    """Every name a module or package of the tool's engines has, at any depth (a user's
+    top-level package of that name must never be taken for it)."""
+    names = set()
+    for _, dirs, files in os.walk(audit.probes.__path__[0]):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        names |= {n[:-3] for n in files if n.endswith(".py") and not n.startswith("_")}
+        names |= set(dirs)
     return sorted(names | {"probes", "reports", "audit_probes"})
 
 
@@ -81,8 +83,8 @@ def _write_project(root: str) -> dict:
 
 
 def test_the_tool_has_modules_a_user_may_also_have():
-    assert {"trace", "worker", "progress", "results", "training", "spec", "runs",
-            "target"} <= set(_tool_module_names())
+    assert {"trace", "worker", "progress", "results", "training", "spec", "processes",
+            "target", "run", "script", "child", "compare"} <= set(_tool_module_names())
 
 
 @pytest.mark.parametrize("mode", ["target", "script"])
@@ -109,7 +111,7 @@ def test_a_run_that_dies_before_reporting_shows_its_last_lines(tmp_path):
     site.mkdir()
     (site / "sitecustomize.py").write_text(
         "import os, sys\n"
-        "if 'audit.probes.worker' in sys.orig_argv:\n"
+        "if 'audit.probes.child.worker' in sys.orig_argv:\n"
         "    print('ModuleNotFoundError: the-last-words-of-the-run', file=sys.stderr, flush=True)\n"
         "    os._exit(1)\n")
     out = str(tmp_path / "out")

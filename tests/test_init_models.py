@@ -13,7 +13,7 @@ import audit.probes.init.engine as init_audit
 from audit.example import SimpleCNN, build
 from audit.probes.init.engine import DEFAULT_SCHEMES, run_init
 from audit.probes.results import BUILTIN_SCHEMES, InitResult
-from audit.probes.training import TrainingSetup, synthetic_batches
+from audit.probes.run.training import TrainingSetup, synthetic_batches
 
 
 def tv_setup(model: nn.Module, side: int, batch: int = 4, count: int = 2) -> TrainingSetup:

@@ -19,7 +19,7 @@ from audit.probes.init import ranking
 from audit.probes.init.engine import run_init
 from audit.probes.init.schemes import redraw_own
 from audit.probes.results import DepthTrend, Finding, SchemeResult
-from audit.probes.training import TrainingSetup, synthetic_batches
+from audit.probes.run.training import TrainingSetup, synthetic_batches
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
 

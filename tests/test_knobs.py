@@ -14,7 +14,7 @@ def run(code: str) -> list:
 
 def test_deterministic_knob_holds_against_the_target():
     out = run(
-        "import torch; from audit.probes.determinism import knobs; knobs.observe(); "
+        "import torch; from audit.probes.run import knobs; knobs.observe(); "
         "knobs.apply(['deterministic_algorithms']); "
         "torch.backends.cudnn.benchmark = True; torch.use_deterministic_algorithms(False); "
         "print(torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled(), "
@@ -24,7 +24,7 @@ def test_deterministic_knob_holds_against_the_target():
 
 def test_dataloader_and_thread_knobs_and_observations():
     out = run(
-        "import torch; from audit.probes.determinism import knobs; knobs.observe(); "
+        "import torch; from audit.probes.run import knobs; knobs.observe(); "
         "knobs.apply(['dataloader', 'one_thread']); "
         "from torch.utils.data import DataLoader; "
         "dl = DataLoader(list(range(8)), batch_size=2, num_workers=2, in_order=False); "

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from audit.probes.determinism import attribute, latent, proof
-from audit.probes.determinism.compare import Parting
+from audit.probes.run.compare import Parting
 from audit.probes.results import DeterminismResult, RngEscape
 
 

@@ -306,8 +306,8 @@ def test_an_input_shape_is_sizes_and_separators_only(text):
 
 def test_an_interrupted_init_keeps_the_schemes_that_finished():
     from audit.probes.init.engine import run_init
-    from audit.probes.runs import Interrupted
-    from audit.probes.training import TrainingSetup, synthetic_batches
+    from audit.probes.run.processes import Interrupted
+    from audit.probes.run.training import TrainingSetup, synthetic_batches
     from torch import nn
 
     def progress(event):

@@ -10,7 +10,7 @@ from audit.probes.results.resume import StateDifference
 from audit.probes.resume import loader, state
 from audit.probes.resume.attribute import applicable, plan
 from audit.probes.resume.session import choose_plan
-from audit.probes.training import LiveObjects, cycle_batches
+from audit.probes.run.training import LiveObjects, cycle_batches
 
 import pytest
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from audit.probes import rng_escape, rng_use
+from audit.probes.run import rng_escape, rng_use
 
 
 @pytest.fixture

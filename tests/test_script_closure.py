@@ -226,8 +226,8 @@ def _tiny():
 
 
 def _traced(path, steps: int, train, detail: bool = False) -> list:
-    from audit.probes.script_trace import ScriptTracer, StopScript
-    from audit.probes.trace import TraceWriter, read_trace
+    from audit.probes.script.tracer import ScriptTracer, StopScript
+    from audit.probes.run.trace import TraceWriter, read_trace
 
     writer = TraceWriter(str(path))
     tracer = ScriptTracer(writer, steps, detail=detail)
@@ -287,7 +287,7 @@ def test_lbfgs_steps_have_the_first_evaluations_loss_and_every_evaluations_gradi
     import torch
     from torch import nn
 
-    from audit.probes.trace import read_trace
+    from audit.probes.run.trace import read_trace
 
     returned, evaluations = [], []
 
@@ -357,8 +357,8 @@ def _lbfgs_target_trace(path, jitter: bool) -> list:
     import torch
     from torch import nn
 
-    from audit.probes.trace import TraceWriter, read_trace, run_traced
-    from audit.probes.training import TrainingSetup
+    from audit.probes.run.trace import TraceWriter, read_trace, run_traced
+    from audit.probes.run.training import TrainingSetup
 
     torch.manual_seed(0)
     x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
@@ -382,7 +382,7 @@ def _lbfgs_target_trace(path, jitter: bool) -> list:
 
 
 def test_target_mode_gives_lbfgs_a_closure_and_reads_every_evaluation(tmp_path):
-    from audit.probes.determinism.compare import first_parting
+    from audit.probes.run.compare import first_parting
 
     clean = [_lbfgs_target_trace(tmp_path / f"clean{i}.trace", False) for i in range(2)]
     assert first_parting(*clean) is None
@@ -399,7 +399,7 @@ def test_target_mode_gives_lbfgs_a_closure_and_reads_every_evaluation(tmp_path):
 def test_a_change_at_any_evaluation_changes_the_steps_gradients(values, data):
     """combine_evaluations: one evaluation's fingerprints as they are; with several, changing
     any one gradient of any evaluation changes that gradient's combined fingerprint only."""
-    from audit.probes.trace import combine_evaluations
+    from audit.probes.run.trace import combine_evaluations
 
     evaluations = [(list(v), 1, None) for v in values]
     grads, finite, copies = combine_evaluations(evaluations)

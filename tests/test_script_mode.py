@@ -22,8 +22,8 @@ import pytest
 from audit import cli
 
 
-from audit.probes import script_runner
-from audit.probes.spec import RunSpec, write_spec
+from audit.probes.run import program as script_runner
+from audit.probes.run.spec import RunSpec, write_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -498,7 +498,7 @@ def _bootstrap_run(workdir, command: list, steps: int) -> list:
     env = dict(os.environ, PYTHONPATH=ROOT)
     proc = subprocess.run(script_runner.command(spec), cwd=workdir, env=env, capture_output=True,
                           text=True, timeout=600)
-    from audit.probes.trace import read_trace
+    from audit.probes.run.trace import read_trace
 
     return proc.returncode, read_trace(spec.trace)
 
@@ -757,7 +757,7 @@ def test_good_commands_parse_and_run_under_the_bootstrap(tmp_path):
                    script=["python", "-OO", "-m", "pkg.train", "--x"])
     argv = script_runner.command(spec)
     assert argv[:3] == [sys.executable, "-O", "-O"] and argv[3] == "-c"
-    assert argv[5:] == ["audit.probes.bootstrap", "/s.json", "--", "-m", "pkg.train", "--x"]
+    assert argv[5:] == ["audit.probes.child.bootstrap", "/s.json", "--", "-m", "pkg.train", "--x"]
 
 
 # ------------------------------------------------------------------------------ in-process
@@ -781,9 +781,9 @@ def test_script_trace_is_target_modes_trace(tmp_path):
     import torch
     from torch import nn
 
-    from audit.probes.script_trace import ScriptTracer, StopScript
-    from audit.probes.trace import TraceWriter, read_trace, run_traced
-    from audit.probes.training import TrainingSetup
+    from audit.probes.script.tracer import ScriptTracer, StopScript
+    from audit.probes.run.trace import TraceWriter, read_trace, run_traced
+    from audit.probes.run.training import TrainingSetup
 
     def sgd(params):
         return torch.optim.SGD(params, lr=0.1, momentum=0.9)
@@ -833,8 +833,8 @@ def test_hooks_are_removed_and_other_optimizers_get_their_own_names(tmp_path):
     from torch import nn
     from torch.utils.data import dataloader
 
-    from audit.probes.script_trace import ScriptTracer
-    from audit.probes.trace import TraceWriter, read_trace
+    from audit.probes.script.tracer import ScriptTracer
+    from audit.probes.run.trace import TraceWriter, read_trace
 
     before = (torch.autograd.backward, dataloader._BaseDataLoaderIter.__next__,
               torch.optim.Optimizer.__init__, np.random.seed)
@@ -879,9 +879,9 @@ def test_os_seeded_global_generators_count_once_the_script_seeds_them(tmp_path):
     import numpy as np
     import torch
 
-    from audit.probes.rng_escape import read_log
-    from audit.probes.script_trace import ScriptTracer
-    from audit.probes.trace import TraceWriter, read_trace
+    from audit.probes.run.rng_escape import read_log
+    from audit.probes.script.tracer import ScriptTracer
+    from audit.probes.run.trace import TraceWriter, read_trace
 
     log = str(tmp_path / "escapes")
     writer = TraceWriter(str(tmp_path / "t.trace"))

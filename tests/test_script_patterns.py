@@ -118,10 +118,10 @@ def test_manual_sgd_with_a_seeded_shuffle_passes(audits):
 def test_raw_tensor_weights_are_traced_by_their_names(workdir):
     """No module, no optimizer: the tensors the graph trains, named as the script's globals;
     each step's parameters are those after the script's own update."""
-    from audit.probes import script_runner
-    from audit.probes.trace import read_trace
+    from audit.probes.run import program as script_runner
+    from audit.probes.run.trace import read_trace
 
-    from audit.probes.spec import RunSpec, write_spec
+    from audit.probes.run.spec import RunSpec, write_spec
 
     spec = RunSpec(name="run", trace=str(workdir / "raw.trace"), escape_log=str(workdir / "raw.esc"),
                    steps=3, device="cpu", script=["python", "raw_tensors.py"])

@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 
 from audit import cli
 from audit.kinds.determinism import checks
-from audit.probes import script_launch
-from audit.probes.determinism.orchestrate import DeterminismOptions
+from audit.probes.script import torchrun as script_launch
+from audit.probes.run.launcher import RunOptions
 from audit.probes.determinism.script_launcher import (RankFiles, audit_script, first_failed,
                                                       rank_outcome)
 from audit.probes.errors import UsageError
-from audit.probes.script_ranks import local_url
-from audit.probes.trace import read_trace
+from audit.probes.script.ranks import local_url
+from audit.probes.run.trace import read_trace
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPTS = os.path.join(HERE, "scripts")
@@ -34,7 +34,7 @@ def _line(marker: str) -> int:
 
 
 def _direct(script: list, nproc: int, keep: str):
-    opts = DeterminismOptions(script=script, steps=STEPS, runs=2, jobs=2, cwd=SCRIPTS,
+    opts = RunOptions(script=script, steps=STEPS, runs=2, jobs=2, cwd=SCRIPTS,
                               attribute=False, stdin=b"")
     return audit_script(opts, nproc, keep=keep)
 

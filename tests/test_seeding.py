@@ -26,10 +26,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 from audit import cli
-from audit.probes import rng_escape, seed_log
-from audit.probes.determinism import compare, seeds
-from audit.probes.determinism.orchestrate import DeterminismOptions, audit_determinism
-from audit.probes.rng_draws import DrawWatch
+from audit.probes.run import rng_escape, seed_log
+from audit.probes.run import compare
+from audit.probes.determinism import seeds
+from audit.probes.run.launcher import RunOptions
+from audit.probes.determinism.orchestrate import audit_determinism
+from audit.probes.script.draws import DrawWatch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGETS = os.path.join(HERE, "targets")
@@ -190,7 +192,7 @@ ORDER = [n for n in [*TARGET_AUDITS, *SCRIPT_AUDITS] if n not in CHEAP] + list(C
 
 def _target_audit(name: str):
     target, steps, attribute = TARGET_AUDITS[name]
-    opts = DeterminismOptions(target=os.path.join(TARGETS, f"{target}.py") + ":build",
+    opts = RunOptions(target=os.path.join(TARGETS, f"{target}.py") + ":build",
                               steps=steps, runs=2, cwd=TARGETS, attribute=attribute)
     if name == "order":
         return [audit_determinism(opts) for _ in range(REPEATS)]

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audit.probes.spec import (DistSpec, LockstepSpec, ResumeSpec, RunSpec, SchemeRunSpec,
+from audit.probes.run.spec import (DistSpec, LockstepSpec, ResumeSpec, RunSpec, SchemeRunSpec,
                                VarianceRunSpec, read_spec, write_spec)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,7 +66,7 @@ def test_an_unknown_key_is_refused(tmp_path):
 
 
 def test_reading_a_spec_imports_no_torch():
-    code = "import sys, audit.probes.spec; print('torch' in sys.modules)"
+    code = "import sys, audit.probes.run.spec; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          check=True).stdout
     assert out.strip() == "False"

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from audit.probes.target import Target, TargetError, TargetSpec, load_target, parse_spec, split_spec
+from audit.probes.run.target import Target, TargetError, TargetSpec, load_target, parse_spec, split_spec
 
 
 def write(tmp_path, body, name="t.py"):
@@ -32,7 +32,7 @@ def test_module_target_and_audit_target_object():
     setup = load_target("audit.example:build")
     assert not setup.synthetic and setup.model is not None
     t = Target(model=nn.Linear(2, 2), data=[(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))])
-    from audit.probes.target import normalize
+    from audit.probes.run.target import normalize
     assert normalize(t, "x").data is t.data
 
 
@@ -63,7 +63,7 @@ def test_bad_targets(tmp_path, body, needle):
 
 
 def test_bare_module_input_shape_and_classes_are_inferred_or_given():
-    from audit.probes.target import normalize
+    from audit.probes.run.target import normalize
     conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(7))
     setup = normalize(conv, "x", input_shape=(3, 16, 16), num_classes=5)
     x, y = setup.data[0]

@@ -12,8 +12,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from audit.probes import rng_escape, runs, seed_log
-from audit.probes.runs import Frame, is_user_file, library_dirs, user_frame
+from audit.probes.run import rng_escape, processes as runs, seed_log
+from audit.probes.run.processes import Frame, is_user_file, library_dirs, user_frame
 
 
 @pytest.mark.parametrize("module", [runs, rng_escape, random, np, torch])

@@ -9,7 +9,7 @@ import pytest
 
 from audit.probes.errors import TargetError, UsageError
 from audit.probes.results.variance import CompareResult, VarianceResult
-from audit.probes.variance import worker
+from audit.probes.child import variance as worker
 from audit.probes.variance.compare import CompareOptions, audit_compare
 from audit.probes.variance.engine import VarianceOptions, audit_variance
 from audit.probes.variance.runner import RunOutcome, worker_spec

@@ -16,7 +16,7 @@ from audit.gate.progress import display
 from audit.kinds.base import AuditKind, Settings, plural
 from audit.probes.errors import UsageError
 from audit.probes.results import GateResult
-from audit.probes.runs import Interrupted
+from audit.probes.run.processes import Interrupted
 from audit.reports.common import one_line
 
 

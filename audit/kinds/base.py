@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from audit.probes.results import Check
-from audit.probes.runs import DEFAULT_TIMEOUT
+from audit.probes.run.processes import DEFAULT_TIMEOUT
 
 #: A progress callback: called with a short phase description ("run 1 of 2: step 3/20").
 Progress = Optional[Callable[[str], None]]

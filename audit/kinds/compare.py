@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _spec(key: str):
     """A checker of a target spec under ``key`` (paths relative to the working folder)."""
     def check(chk: config.Checker, value: Any) -> str:
-        from audit.probes.target import parse_spec
+        from audit.probes.run.target import parse_spec
 
         expected = "a string 'path/to/file.py:NAME[,key=value...]' or 'package.module:NAME'"
         if not isinstance(value, str):

@@ -64,12 +64,12 @@ def check_table(chk: config.Checker, table: dict) -> dict:
 
 
 def run(s: DeterminismSettings, progress: Progress = None) -> DeterminismResult:
-    from audit.probes.determinism.orchestrate import (DeterminismOptions, TargetFailed,
-                                                      audit_determinism)
+    from audit.probes.determinism.orchestrate import audit_determinism
+    from audit.probes.run.launcher import RunOptions, TargetFailed
 
     if s.runs < 2:
         raise UsageError("runs must be 2 or more: a comparison needs two runs")
-    opts = DeterminismOptions(
+    opts = RunOptions(
         target=s.target, runs=s.runs, steps=s.steps, seed=s.seed, device=s.device,
         input_shape=s.input_shape, num_classes=s.num_classes, jobs=s.jobs,
         attribute=s.attribution, script=s.script, cwd=s.cwd, timeout=s.timeout)

@@ -52,7 +52,7 @@ def check_table(chk: config.Checker, table: dict) -> dict:
 
 
 def run(s: DiffSettings, progress: Progress = None) -> DiffResult:
-    from audit.probes.determinism.orchestrate import TargetFailed
+    from audit.probes.run.launcher import TargetFailed
     from audit.probes.diff import reference
     from audit.probes.diff.engine import DiffOptions, diff, diff_against
 

@@ -108,7 +108,7 @@ def run_script(s: InitSettings, progress: Progress = None) -> InitResult:
 
 def _setup(s: InitSettings, name: str):
     """The target as a TrainingSetup, built in this process."""
-    from audit.probes.target import call_target, load_target, normalize
+    from audit.probes.run.target import call_target, load_target, normalize
 
     options = dict(input_shape=tuple(s.input_shape) if s.input_shape else None,
                    num_classes=s.num_classes, seed=s.seed, batches=max(s.steps, 1))
@@ -126,9 +126,9 @@ def run(s: InitSettings, progress: Progress = None) -> InitResult:
     if s.script:
         return run_script(s, progress)
     from audit.probes.init.engine import run_init
-    from audit.probes.runs import Stalled, Watchdog
-    from audit.probes.seeding import seed_all
-    from audit.probes.worker import resolve_device
+    from audit.probes.run.processes import Stalled, Watchdog
+    from audit.probes.run.seeding import seed_all
+    from audit.probes.run.environment import resolve_device
 
     try:
         device = resolve_device(s.device)

@@ -52,7 +52,7 @@ def out_problem(path: str) -> str:
 
 
 def run(s: RecordSettings, progress: Progress = None) -> RecordResult:
-    from audit.probes.determinism.orchestrate import TargetFailed
+    from audit.probes.run.launcher import TargetFailed
     from audit.probes.diff import reference
     from audit.probes.diff.engine import DiffOptions, record
 

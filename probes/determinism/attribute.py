@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from audit.probes.determinism.compare import Parting
-from audit.probes.determinism.knobs import KNOBS
+from audit.probes.run.compare import Parting
+from audit.probes.run.knobs import KNOBS
 from audit.probes.results import Cause, KnobTrial, RngEscape, SeedCall
 
 #: The order causes are listed in: a knob that names a place beats one that names a subsystem.
@@ -73,7 +73,7 @@ _ESCAPE_FIX = {
 }
 
 
-#: Global generators drawn from before seeding (:mod:`probes.rng_draws`): the seeding call.
+#: Global generators drawn from before seeding (:mod:`probes.script.draws`): the seeding call.
 _GLOBAL_FIX = {
     "torch global generator": "torch.manual_seed(seed)",
     "torch CUDA global generator": "torch.manual_seed(seed)  # seeds every CUDA device too",

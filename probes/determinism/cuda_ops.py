@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from audit.probes.determinism import cuda_ops_table as table
 from audit.probes.results.cuda_ops import CudaLibraryUse, CudaOp, CudaOpsScan
-from audit.probes.training import TrainingSetup, compute_loss, cycle_batches, tensors_in, to_device
+from audit.probes.run.training import TrainingSetup, compute_loss, cycle_batches, tensors_in, to_device
 
 
 class ModuleMap:

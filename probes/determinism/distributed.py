@@ -1,6 +1,6 @@
 """``audit determinism --nproc N``: the audit over distributed runs, then what only ranks show.
 
-Every run is N ranks (:mod:`~audit.probes.determinism.rank_launch`); the orchestrator compares
+Every run is N ranks (:mod:`~audit.probes.run.rank_launch`); the orchestrator compares
 the runs' merged traces as it compares single processes (so localization and the knob reruns
 work unchanged), then this module adds, from the per-rank traces: the first rank where the
 runs part, the per-rank timelines, replica consistency within each run (parameters after every
@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from audit.probes.determinism import compare
-from audit.probes.determinism.orchestrate import DeterminismOptions, audit_determinism
-from audit.probes.determinism.rank_launch import RankLauncher
+from audit.probes.run import compare
+from audit.probes.run.launcher import RunOptions
+from audit.probes.determinism.orchestrate import audit_determinism
+from audit.probes.run.rank_launch import RankLauncher
 from audit.probes.determinism.replicas import ReplicaParting, replica_cause, replica_parting
 from audit.probes.determinism.samplers import rank_rng_note, sampler_causes, sharding_note
 from audit.probes.errors import UsageError
@@ -24,7 +25,7 @@ from audit.probes.results import DeterminismResult, RankTimeline, Replicas
 DEFAULT_TIMEOUT = 120.0
 
 
-def audit_distributed(opts: DeterminismOptions, nproc: int,
+def audit_distributed(opts: RunOptions, nproc: int,
                       progress: Optional[Callable[[str], None]] = None,
                       timeout: float = DEFAULT_TIMEOUT) -> DeterminismResult:
     """The determinism audit with every run made of ``nproc`` ranks under torch.distributed."""

@@ -5,7 +5,7 @@ with workers and ``in_order=False`` (batches arrive in the order the workers fin
 autotuning (the algorithm picked by timing), a generator the seed does not reach that the
 compared steps drew from without parting the runs (one never drawn from is not a source).
 :func:`can_act` says when the audit can make such a source act before it answers (varied worker
-timing, :mod:`probes.determinism.jitter`);
+timing, :mod:`probes.run.jitter`);
 :func:`sources` lists those still present, with place and fix, for the report, the JSON
 (``latent_sources``) and the gate (:func:`check`).
 """

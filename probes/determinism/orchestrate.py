@@ -19,180 +19,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from audit.probes import seed_log
-from audit.probes.determinism import attribute, compare, latent, proof, seeds
+from audit.probes.determinism import attribute, latent, proof, seeds
+from audit.probes.run import compare
 from audit.probes.determinism.cuda_ops_check import cite_scan
-from audit.probes.determinism.knobs import KNOBS
-from audit.probes.progress import Progress, Reporter, silent
+from audit.probes.progress import Reporter
 from audit.probes.results import DeterminismResult, Divergence, GrowthPoint, RunInfo
 from audit.probes.results.cuda_ops import CudaOpsScan
-from audit.probes.rng_escape import read_log
-from audit.probes.runs import (DEFAULT_TIMEOUT, Interrupted, Run, child_argv, end_runs,
-                               last_words, parse_stack, user_frame)
-from audit.probes.spec import LockstepSpec, ResumeSpec, RunSpec, write_spec
-from audit.probes.target import TargetError, check_target
-from audit.probes.trace import read_trace
+from audit.probes.run.rng_escape import read_log
+from audit.probes.run.processes import (Interrupted, last_words, parse_stack, user_frame)
+from audit.probes.run.spec import LockstepSpec
+from audit.probes.run.target import TargetError, check_target
+from audit.probes.run.trace import read_trace
+from audit.probes.run.launcher import Launcher, Outcome, RunOptions, TargetFailed
 from audit.probes.results.records import Record, Status
-
-def run_env(knobs) -> dict:
-    """A run's environment: ours, the knobs' part, Agg. Nothing of the tool goes on the
-    user's ``PYTHONPATH``: the child imports it from where it is installed."""
-    env = dict(os.environ)
-    for knob in knobs:
-        env.update(KNOBS[knob].env)
-    env.setdefault("MPLBACKEND", "Agg")
-    return env
-
-
-class TargetFailed(Exception):
-    """A run could not load or call the target (exit status 2), with the worker's message."""
-
-
-@dataclass
-class DeterminismOptions:
-    target: Optional[str] = None
-    runs: int = 2
-    steps: int = 20
-    seed: int = 0
-    device: str = "auto"
-    input_shape: Optional[list] = None
-    num_classes: Optional[int] = None
-    jobs: int = 1
-    attribute: bool = True
-    script: Optional[list] = None  # script mode: ["python", "train.py", ...]
-    cuda_ops: bool = True  # scan the first run's ops for CUDA nondeterminism
-    cwd: Optional[str] = None
-    timeout: Optional[float] = DEFAULT_TIMEOUT  # seconds a run may go without a step
-    stdin: Optional[bytes] = None  # script mode: every run's stdin; None: read the tool's own once
-
-
-@dataclass
-class Outcome:
-    """One finished worker process."""
-
-    name: str
-    records: list
-    exit_code: Optional[int]  # None: ended by the audit (a timeout or an interrupt)
-    seconds: float
-    escapes: list = field(default_factory=list)
-    output_tail: str = ""
-    stopped: str = ""  # Status.TIMED_OUT or Status.INTERRUPTED: the audit ended it
-    stack: str = ""  # the stuck process's stacks (faulthandler), when it timed out
-    seeds: list = field(default_factory=list)  # the seeding calls it logged
-
-    @property
-    def end(self) -> dict:
-        return next((r for r in reversed(self.records) if r.get("type") == Record.END), {})
-
-    @property
-    def env(self) -> dict:
-        return next((r for r in self.records if r.get("type") == Record.ENV), {})
-
-    @property
-    def steps_done(self) -> int:
-        return sum(1 for r in self.records if r.get("type") == Record.STEP)
-
-
-class Launcher:
-    """Starts worker processes with specs and environments, watches them (progress, the
-    no-progress limit) and collects their traces. Whatever ends the watching (an interrupt
-    included), no process it started is left running."""
-
-    def __init__(self, opts: DeterminismOptions, folder: str, progress: Reporter = None):
-        self.opts, self.folder = opts, folder
-        self.progress = progress or silent
-        self.phase = "starting"
-        self.count = 0
-        self.stalled: list = []  # outcomes of runs ended for making no progress
-        self.pin_sites: list = []  # the seeding calls the pin_seeds knob pins
-        self.jitter = False  # vary DataLoader worker timing in the runs started from now on
-        self.jitter_tried = False
-        self.stdin_path: Optional[str] = None  # script mode: the bytes every run reads
-        self.terminal = False  # script mode: the tool's stdin is a terminal
-        if opts.script:
-            self._keep_stdin()
-
-    def _keep_stdin(self) -> None:
-        from audit.probes import script_runner
-
-        data = self.opts.stdin if self.opts.stdin is not None else script_runner.read_stdin()
-        self.terminal = data is script_runner.TERMINAL
-        if not self.terminal:
-            self.stdin_path = os.path.join(self.folder, "stdin")
-            with open(self.stdin_path, "wb") as fh:
-                fh.write(data)
-
-    def spec(self, name: str, steps: int, knobs=(), detail=False,
-             lockstep: Optional[LockstepSpec] = None, resume: Optional[ResumeSpec] = None,
-             cuda_ops: bool = False) -> RunSpec:
-        """A worker spec, written to the folder."""
-        self.count += 1
-        base = os.path.join(self.folder, f"{self.count:03d}-{name}")
-        spec = RunSpec(
-            name=name, trace=base + ".trace", escape_log=base + ".escapes",
-            target=self.opts.target, seed=self.opts.seed, steps=steps,
-            device=self.opts.device, input_shape=self.opts.input_shape,
-            num_classes=self.opts.num_classes, knobs=list(knobs), detail=detail,
-            lockstep=lockstep, script=self.opts.script, log=base + ".log",
-            seed_log=base + ".seeds", pin_sites=self.pin_sites,
-            stdin="terminal" if self.terminal else "file", jitter=self.jitter,
-            resume=resume, cuda_ops=cuda_ops,
-        )
-        self.jitter_tried = self.jitter_tried or self.jitter
-        write_spec(spec, base + ".json")
-        return spec
-
-    def _env(self, knobs) -> dict:
-        return run_env(knobs)
-
-    def start(self, spec: RunSpec) -> Run:
-        if spec.script:
-            from audit.probes import script_runner
-
-            argv = script_runner.command(spec)
-        else:
-            argv = child_argv("audit.probes.worker", spec.spec_path)
-        stdin = self.stdin_path if spec.script else None
-        return Run(argv, spec.log, spec.trace, self._env(spec.knobs), cwd=self.opts.cwd,
-                   stdin_path=stdin)
-
-    def finish(self, spec: RunSpec, run: Run, stopped: str = "", stack: str = "") -> Outcome:
-        code = run.end() if stopped else run.end_when_done()
-        return Outcome(spec.name, read_trace(spec.trace), None if stopped else code,
-                       time.monotonic() - run.started, read_log(spec.escape_log),
-                       run.output_tail(), stopped, stack, seed_log.read(spec.seed_log))
-
-    def run_all(self, specs: list, jobs: int, phase: str = "") -> list:
-        """Run specs with at most ``jobs`` at a time; lockstep partners always together. A run
-        that makes no step for ``opts.timeout`` seconds is ended (its stacks kept)."""
-        self.phase = phase or self.phase
-        results: dict = {}
-        pending = list(range(len(specs)))
-        running: list = []
-        total = sum(s.steps for s in specs)
-        try:
-            while pending or running:
-                while pending and (len(running) < max(jobs, 1) or specs[pending[0]].lockstep):
-                    i = pending.pop(0)
-                    running.append((i, self.start(specs[i])))
-                for item in list(running):
-                    i, run = item
-                    run.read_steps()
-                    if run.poll() is not None:
-                        running.remove(item)
-                        results[i] = self.finish(specs[i], run)
-                    elif run.stalled(self.opts.timeout):
-                        running.remove(item)
-                        results[i] = self.finish(specs[i], run, Status.TIMED_OUT, run.stack())
-                        self.stalled.append(results[i])
-                done = sum(min(o.steps_done, specs[i].steps) for i, o in results.items())
-                done += sum(min(run.steps, specs[i].steps) for i, run in running)
-                self.progress(Progress(self.phase, done, total))
-                time.sleep(0.05)
-        finally:  # an interrupt, or an error of ours: end them all
-            end_runs([run for _, run in running])
-        return [results[i] for i in range(len(specs))]
-
 
 def _in_step(out: Outcome) -> str:
     """Where a run was when it ended: loading the target, or in which step (0-based)."""
@@ -336,14 +175,14 @@ def _localize(parting: compare.Parting, again: Optional[compare.Parting],
     return None, None, None
 
 
-def audit_determinism(opts: DeterminismOptions, progress: Reporter = None,
+def audit_determinism(opts: RunOptions, progress: Reporter = None,
                       keep: Optional[str] = None,
                       launcher: Optional[Callable] = None) -> DeterminismResult:
     """Run the whole audit; raises :class:`TargetFailed` when the target cannot be loaded.
     ``launcher(opts, folder, progress)`` makes the :class:`Launcher` (distributed runs pass
     their own).
 
-    An :class:`~audit.probes.runs.Interrupted` raised while it runs (the CLI's signal handler)
+    An :class:`~audit.probes.run.processes.Interrupted` raised while it runs (the CLI's signal handler)
     ends every run and goes on up with ``partial``: the result of what was measured so far.
     """
     started = time.monotonic()
@@ -364,7 +203,7 @@ def audit_determinism(opts: DeterminismOptions, progress: Reporter = None,
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _partial(opts: DeterminismOptions, launcher: Launcher, state: _State, exc: Interrupted,
+def _partial(opts: RunOptions, launcher: Launcher, state: _State, exc: Interrupted,
              started: float) -> Optional[DeterminismResult]:
     """The result of what was measured before the interrupt (None: nothing was)."""
     result = state.result
@@ -380,7 +219,7 @@ def _partial(opts: DeterminismOptions, launcher: Launcher, state: _State, exc: I
     return result
 
 
-def _first_result(opts: DeterminismOptions, outs: list):
+def _first_result(opts: RunOptions, outs: list):
     """The result of the compared runs alone: runs, timeline, escapes, non-finite values,
     and the first parting (None: they agree). Returns ``(result, parting, env)``."""
     env = next((o.env for o in outs if o.env), {})
@@ -425,7 +264,7 @@ def _first_result(opts: DeterminismOptions, outs: list):
     return result, parting, env
 
 
-def _audit(opts: DeterminismOptions, launcher: Launcher, state: _State,
+def _audit(opts: RunOptions, launcher: Launcher, state: _State,
            started: float) -> DeterminismResult:
     # The first run also scans its ops for CUDA nondeterminism (target mode: one extra pass;
     # script mode: its second step, recorded as it trains).
@@ -469,12 +308,12 @@ def _observed(outs: list) -> dict:
     return observed
 
 
-def _plain_runs(opts: DeterminismOptions, launcher: Launcher, name: str, phase: str) -> list:
+def _plain_runs(opts: RunOptions, launcher: Launcher, name: str, phase: str) -> list:
     specs = [launcher.spec(f"{name}{i}", opts.steps) for i in range(opts.runs)]
     return launcher.run_all(specs, opts.jobs, phase=phase)
 
 
-def _jitter(opts: DeterminismOptions, launcher: Launcher, result: DeterminismResult,
+def _jitter(opts: RunOptions, launcher: Launcher, result: DeterminismResult,
             outs: list) -> tuple:
     """The runs agreed, but a loader's batch order depends on its workers' timing: rerun with
     that timing varied. Returns ``(parting, outs)``: the new runs where they part."""
@@ -495,7 +334,7 @@ def _jitter(opts: DeterminismOptions, launcher: Launcher, result: DeterminismRes
     return parting, outs
 
 
-def _explain(opts: DeterminismOptions, launcher: Launcher, result: DeterminismResult,
+def _explain(opts: RunOptions, launcher: Launcher, result: DeterminismResult,
              parting: compare.Parting, outs: list, env: dict, observed: dict) -> None:
     """Localize the first parting (the replay) and prove its causes (the knob trials)."""
     if parting.data:
@@ -547,7 +386,7 @@ def _module_where(module_sources: dict, module: Optional[str]) -> Optional[str]:
          if module.startswith(m + ".") or m == ""), None)
 
 
-def _replay(opts: DeterminismOptions, launcher: Launcher, result: DeterminismResult,
+def _replay(opts: RunOptions, launcher: Launcher, result: DeterminismResult,
             parting: compare.Parting) -> tuple:
     """Replay in lockstep: the module, and the magnitudes. Returns ``(module, replay)``."""
     folder = os.path.join(launcher.folder, "lockstep")
@@ -580,7 +419,7 @@ def _replay(opts: DeterminismOptions, launcher: Launcher, result: DeterminismRes
     return module, replay
 
 
-def _pair_removed(launcher: Launcher, knobs: list, upto: int, opts: DeterminismOptions) -> list:
+def _pair_removed(launcher: Launcher, knobs: list, upto: int, opts: RunOptions) -> list:
     specs = []
     for knob_set in knobs:
         label = "+".join(knob_set) or "control"
@@ -592,7 +431,7 @@ def _pair_removed(launcher: Launcher, knobs: list, upto: int, opts: DeterminismO
     return [_agree_through(outs[2 * i], outs[2 * i + 1], upto) for i in range(len(knobs))]
 
 
-def _try_knobs(launcher: Launcher, plan: list, upto: int, opts: DeterminismOptions,
+def _try_knobs(launcher: Launcher, plan: list, upto: int, opts: RunOptions,
                chance: proof.Chance, device: str) -> list:
     """:func:`probes.determinism.proof.search` with pairs of fresh processes."""
     def run_pairs(knobs: list, count: int) -> list:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from audit.probes.determinism.merge import user_name
+from audit.probes.run.merge import user_name
 from audit.probes.results import Cause, ReplicaPoint, ReplicaRow
 from audit.probes.results.records import Record
 

@@ -19,23 +19,26 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from audit.probes import script_launch, script_runner, seed_log
-from audit.probes.determinism import merge
+from audit.probes.script import torchrun as script_launch
+
+from audit.probes.run import program as script_runner, seed_log
+from audit.probes.run import merge
 from audit.probes.determinism.distributed import annotate
-from audit.probes.determinism.orchestrate import DeterminismOptions, Launcher, audit_determinism
-from audit.probes.determinism.rank_launch import RankGroup, RankLauncher, RankOutcome, rank_env
+from audit.probes.run.launcher import Launcher, RunOptions
+from audit.probes.determinism.orchestrate import audit_determinism
+from audit.probes.run.rank_launch import RankGroup, RankLauncher, RankOutcome, rank_env
 from audit.probes.results import DeterminismResult
 from audit.probes.results.records import Record, Status
-from audit.probes.rng_escape import read_log
-from audit.probes.runs import STEP_PREFIX, Run
-from audit.probes.spec import DistSpec, RunSpec
-from audit.probes.trace import read_trace
+from audit.probes.run.rng_escape import read_log
+from audit.probes.run.processes import STEP_PREFIX, Run
+from audit.probes.run.spec import DistSpec, RunSpec
+from audit.probes.run.trace import read_trace
 
 #: End statuses of a rank that failed (a rank killed by its peers' failure may have none).
 FAILED = (Status.CRASHED, Status.TARGET_ERROR, Status.EXITED)
 
 
-def audit_script(opts: DeterminismOptions, nproc: int = 1,
+def audit_script(opts: RunOptions, nproc: int = 1,
                  progress: Optional[Callable[[str], None]] = None,
                  keep: Optional[str] = None) -> DeterminismResult:
     """The determinism audit of a script command, ranks included (``nproc``: ``--nproc``);
@@ -111,7 +114,7 @@ def rank_outcome(name: str, files: list, code: Optional[int], seconds: float, ta
 class ScriptRankLauncher(RankLauncher):
     """Every run is ``nproc`` bootstrap processes started as torchrun starts its workers."""
 
-    def __init__(self, opts: DeterminismOptions, folder: str, nproc: int, progress=None):
+    def __init__(self, opts: RunOptions, folder: str, nproc: int, progress=None):
         super().__init__(opts, folder, nproc, DistSpec(nproc).timeout, progress)
 
     def command(self, rs: RunSpec) -> list:
@@ -163,7 +166,7 @@ class SpawnLauncher(Launcher):
     """One process per run, as in plain script mode; a run whose script started ranks with
     ``torch.multiprocessing`` is those ranks (``nproc``: the most any run started)."""
 
-    def __init__(self, opts: DeterminismOptions, folder: str, progress=None):
+    def __init__(self, opts: RunOptions, folder: str, progress=None):
         super().__init__(opts, folder, progress)
         self.nproc = 1
         self.finished: dict = {}  # run name -> RankOutcome, runs that spawned ranks

@@ -18,7 +18,7 @@ from audit.probes.determinism.cuda_ops import ModuleMap, OpRecorder, cublas_need
 from audit.probes.determinism.cuda_ops_table import SOURCE
 from audit.probes.results.cuda_ops import CudaOpsScan
 from audit.probes.results.records import Record
-from audit.probes.training import tensors_in
+from audit.probes.run.training import tensors_in
 
 WAITING, RECORDING, DONE = "waiting", "recording", "done"
 

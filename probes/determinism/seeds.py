@@ -1,10 +1,10 @@
 """Seeding calls compared across matched runs: the call sites whose value changed.
 
-Each run logs its seeding calls (:mod:`probes.seed_log`). A call site that got other values in
+Each run logs its seeding calls (:mod:`probes.run.seed_log`). A call site that got other values in
 another run computes its seed from something the matched seed does not fix: the clock, the
 process id, a counter on disk. Seeds that legitimately differ per DataLoader worker (derived
 from ``torch.initial_seed()`` or the worker id) are the same in every run, so they never show
-here. Calls that took no seed at all are the escapes' business (:mod:`probes.rng_escape`).
+here. Calls that took no seed at all are the escapes' business (:mod:`probes.run.rng_escape`).
 """
 from __future__ import annotations
 

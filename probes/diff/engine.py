@@ -21,12 +21,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from audit.probes.determinism import compare
-from audit.probes.determinism.orchestrate import DeterminismOptions, Launcher, Outcome, TargetFailed
+from audit.probes.run import compare
+from audit.probes.run.launcher import Launcher, Outcome, RunOptions, TargetFailed
 from audit.probes.diff import measure, traces
 from audit.probes.diff.match import Matching, match
 from audit.probes.diff.reference import Reference
-from audit.probes.spec import LockstepSpec
+from audit.probes.run.spec import LockstepSpec
 from audit.probes.results.diff import (DiffResult, DiffSide, Difference, RecordResult, Rename,
                                        Replaced, SelfDifference, Unmatched)
 from audit.probes.results.records import Record, Status
@@ -52,17 +52,17 @@ class DiffOptions:
 
 def _launcher(opts: DiffOptions, folder: str, side: str) -> Launcher:
     target, script = (opts.target_a, opts.script_a) if side == "a" else (opts.target_b, opts.script_b)
-    det = DeterminismOptions(target=target, steps=opts.steps, seed=opts.seed, device=opts.device,
+    det = RunOptions(target=target, steps=opts.steps, seed=opts.seed, device=opts.device,
                              input_shape=opts.input_shape, num_classes=opts.num_classes,
                              script=script, cwd=opts.cwd)
     return Launcher(det, folder)
 
 
-def _label(opts: DeterminismOptions) -> str:
+def _label(opts: RunOptions) -> str:
     return " ".join(opts.script) if opts.script else (opts.target or BUILTIN)
 
 
-def _side(opts: DeterminismOptions, env: dict) -> DiffSide:
+def _side(opts: RunOptions, env: dict) -> DiffSide:
     """A side as its ``env`` record describes it: environment and code fingerprint."""
     return DiffSide(_label(opts), env.get("environment", {}),
                     "script" if opts.script else "target", env.get("code"))

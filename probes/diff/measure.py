@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from audit.probes.determinism import compare
+from audit.probes.run import compare
 from audit.probes.results import GrowthPoint
 from audit.probes.results.diff import ENVIRONMENT_KEYS, ROUNDING_LEVEL, EnvironmentChange, LossCurves
 

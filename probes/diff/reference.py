@@ -28,7 +28,7 @@ class Reference:
     steps: int
     seed: int
     device: str
-    records: list  # the trace of one detail run (probes.trace records)
+    records: list  # the trace of one detail run (probes.run.trace records)
     environment: dict = field(default_factory=dict)
     losses: list = field(default_factory=list)
     mode: str = "target"  # "target" | "script"

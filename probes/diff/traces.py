@@ -1,5 +1,5 @@
 """Putting one side's trace into the other side's names, so the determinism audit's
-comparison (:mod:`audit.probes.determinism.compare`) reads two versions as two runs.
+comparison (:mod:`audit.probes.run.compare`) reads two versions as two runs.
 
 Parameter lists (init, gradients, parameters after the update) are reordered into side b's
 parameter order, with ``MISSING`` where side a has no partner (and side a's own extras after
@@ -9,7 +9,7 @@ differences) are dropped by :func:`plain`, so a plain run compares with a detail
 """
 from __future__ import annotations
 
-from audit.probes.determinism.compare import split
+from audit.probes.run.compare import split
 from audit.probes.diff.match import Matching
 from audit.probes.results.records import Record
 

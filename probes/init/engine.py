@@ -23,20 +23,20 @@ from typing import Callable, Optional
 
 import torch
 
-from audit.probes.environment import describe as environment
-from audit.probes.seeding import seed_all
+from audit.probes.run.environment import describe as environment
+from audit.probes.run.seeding import seed_all
 from audit.probes.init.diagnose import depth_trends, diagnose, scheme_score
 from audit.probes.init.ranking import recommend, settle
 from audit.probes.init.thresholds import resolve_thresholds
 from audit.probes.init.flow import FlowProbe, ForwardTrace, modules_with_parameters, trace_forward
 from audit.probes.progress import Progress, Reporter, silent
-from audit.probes.runs import Interrupted
+from audit.probes.run.processes import Interrupted
 from audit.probes.results import BUILTIN_SCHEMES, InitResult, SchemeResult
 from audit.probes.init.scheme_names import validate_schemes
 from audit.probes.init.schemes import (DrawCache, apply_scheme, init_seed_value, redraw_own,
                                        restore_state, scheme_code, scheme_owned_keys,
                                        snapshot_state)
-from audit.probes.training import (TrainingSetup, compute_loss, cycle_batches, make_scheduler,
+from audit.probes.run.training import (TrainingSetup, compute_loss, cycle_batches, make_scheduler,
                                    optimizer_step, step_closure, to_device)
 
 #: Schemes run when none are named: every built-in one. ``normal:STD`` is left out: a fixed

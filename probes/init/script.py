@@ -1,6 +1,6 @@
 """``audit init -- python train.py``: the init audit on an unmodified training script.
 
-Each scheme is one fresh run of the script (:mod:`audit.probes.init.script_child`): ``default``
+Each scheme is one fresh run of the script (:mod:`audit.probes.child.init_scheme`): ``default``
 measures the script's own init, whatever it did before training; every other scheme
 re-initializes the parameters the script's optimizer holds right before the first training
 forward. The runs' statistics are diagnosed and ranked exactly as in target mode.
@@ -18,14 +18,14 @@ import threading
 import time
 from typing import Callable, Optional
 
-from audit.probes import script_runner
+from audit.probes.run import program as script_runner
 from audit.probes.errors import UsageError
 from audit.probes.init.thresholds import resolve_thresholds
 from audit.probes.init.scheme_names import validate_schemes
 from audit.probes.results import BUILTIN_SCHEMES, InitResult, LayerStats, SchemeResult
 from audit.probes.results.records import Status
-from audit.probes.runs import child_argv
-from audit.probes.spec import SchemeRunSpec, write_spec
+from audit.probes.run.processes import child_argv
+from audit.probes.run.spec import SchemeRunSpec, write_spec
 
 
 @dataclasses.dataclass
@@ -58,7 +58,7 @@ def _run_scheme(opts: ScriptInitOptions, scheme: str, folder: str, margin: float
                              saturation_margin=margin, init_seed=init_seed, seed=opts.seed),
                spec_path)
     program = script_runner.parse(opts.script)
-    argv = child_argv("audit.probes.init.script_child", spec_path, "--", *program.argv(),
+    argv = child_argv("audit.probes.child.init_scheme", spec_path, "--", *program.argv(),
                       options=tuple(program.options))
     with open(log_path, "wb") as log:
         code = subprocess.run(argv, cwd=opts.cwd, stdin=subprocess.DEVNULL, stdout=log,

@@ -3,7 +3,7 @@ engines read them, the result model and the reports name them (plain strings, as
 
 
 class Record:
-    """The ``type`` of each line of a trace (:mod:`audit.probes.trace`)."""
+    """The ``type`` of each line of a trace (:mod:`audit.probes.run.trace`)."""
 
     LOADING = "loading"  # the run starts loading its target (the watchdog's clock starts)
     ENV = "env"  # the machine, the versions, the flags, where the modules were made

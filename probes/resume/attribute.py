@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from audit.probes.determinism.compare import Parting
+from audit.probes.run.compare import Parting
 from audit.probes.results import Cause, KnobTrial
 from audit.probes.results.resume import ResumeDivergence
 from audit.probes.resume.pieces import PIECES

@@ -1,10 +1,10 @@
 """The resumed run against the uninterrupted one: the state right after the load, then each
-step from K on, with the determinism audit's comparison (:mod:`probes.determinism.compare`)."""
+step from K on, with the determinism audit's comparison (:mod:`probes.run.compare`)."""
 from __future__ import annotations
 
 from typing import Optional
 
-from audit.probes.determinism import compare
+from audit.probes.run import compare
 from audit.probes.results.resume import ResumeDivergence, ResumeStep
 from audit.probes.resume import state
 from audit.probes.results.records import Record

@@ -20,15 +20,15 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from audit.probes.determinism import compare as det_compare
-from audit.probes.determinism.orchestrate import DeterminismOptions, Launcher, Outcome
+from audit.probes.run import compare as det_compare
+from audit.probes.run.launcher import Launcher, Outcome, RunOptions
 from audit.probes.errors import TargetError, UsageError
 from audit.probes.results import Divergence, RunInfo
 from audit.probes.results.resume import ResumeResult
 from audit.probes.resume import attribute, compare
 from audit.probes.resume.session import choose_plan
-from audit.probes.spec import ResumeSpec, RunSpec
-from audit.probes.target import parse_spec
+from audit.probes.run.spec import ResumeSpec, RunSpec
+from audit.probes.run.target import parse_spec
 from audit.probes.results.records import Status
 
 BUILTIN_LABEL = "audit.example:build (built-in)"
@@ -55,7 +55,7 @@ class _Runs:
         self.opts = opts
         self.checkpoints = os.path.join(folder, "checkpoint")
         os.makedirs(self.checkpoints, exist_ok=True)
-        self.launcher = Launcher(DeterminismOptions(
+        self.launcher = Launcher(RunOptions(
             target=opts.target, seed=opts.seed, device=opts.device, input_shape=opts.input_shape,
             num_classes=opts.num_classes, cwd=opts.cwd), folder)
 

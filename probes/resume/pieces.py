@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from audit.probes.resume import loader
-from audit.probes.training import LiveObjects, TrainingSetup
+from audit.probes.run.training import LiveObjects, TrainingSetup
 
 #: Knob -> the contract's resume source it proves.
 PIECES = {

@@ -1,6 +1,6 @@
 """One run of ``audit resume`` inside the worker: uninterrupted, interrupted, or resumed.
 
-Both roles share the traced training loop (:func:`probes.trace.run_traced`); the session only
+Both roles share the traced training loop (:func:`probes.run.trace.run_traced`); the session only
 adds what each role does around it:
 
 * ``a`` (uninterrupted): trains S steps without stopping. After step K-1 it writes its
@@ -10,7 +10,7 @@ adds what each role does around it:
   interrupted run: what it saved at K is what a run stopped right after saving leaves behind.
 * ``c`` (resumed): after building the run's objects, calls the target's ``load(path, objects)``
   (or the default load), restores the pieces its knobs name, writes its ``state`` record, and
-  trains steps K .. S-1 from where step K left the data (:func:`probes.training.cycle_batches`).
+  trains steps K .. S-1 from where step K left the data (:func:`probes.run.training.cycle_batches`).
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ import torch
 from audit.probes.errors import TargetError, UsageError
 from audit.probes.resume import loader, pieces
 from audit.probes.resume.state import state_record
-from audit.probes.spec import ResumeSpec
-from audit.probes.training import LiveObjects, TrainingSetup, data_length
+from audit.probes.run.spec import ResumeSpec
+from audit.probes.run.training import LiveObjects, TrainingSetup, data_length
 from audit.probes.results.records import Record
 
 #: Epochs up to this many batches get defaults that cross an epoch boundary.

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from audit.probes import fingerprint as fp
+from audit.probes.run import fingerprint as fp
 from audit.probes.results.resume import StateDifference
-from audit.probes.trace import combine, rng_fingerprints
-from audit.probes.training import LiveObjects
+from audit.probes.run.trace import combine, rng_fingerprints
+from audit.probes.run.training import LiveObjects
 from audit.probes.results.records import Record
 
 

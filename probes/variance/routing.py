@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from audit.probes.results.variance import Routing
-from audit.probes.seeding import seed_all
+from audit.probes.run.seeding import seed_all
 
 _TAGS = {"augment": 1, "dropout": 2, "evaluate": 3, "data": 4}
 

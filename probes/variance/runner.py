@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from audit.probes.runs import child_argv
-from audit.probes.spec import VarianceRunSpec, write_spec
+from audit.probes.run.processes import child_argv
+from audit.probes.run.spec import VarianceRunSpec, write_spec
 from audit.probes.results.records import Status
 
 
@@ -56,7 +56,7 @@ class PoolOptions:
 
 
 def worker_spec(run: RunSpec, opts: PoolOptions, environment: bool = False) -> VarianceRunSpec:
-    """What :mod:`audit.probes.variance.worker` reads (``out`` set by the caller)."""
+    """What :mod:`audit.probes.child.variance` reads (``out`` set by the caller)."""
     return VarianceRunSpec(target=run.target, seeds=run.seeds, base_seed=opts.base_seed,
                            steps=opts.steps, device=opts.device, input_shape=opts.input_shape,
                            num_classes=opts.num_classes, environment=environment)
@@ -87,7 +87,7 @@ class Pool:
     def _start(self, index: int, run: RunSpec) -> tuple:
         base = self._write_spec(index, run)
         log = open(base + ".log", "wb")
-        proc = subprocess.Popen(child_argv("audit.probes.variance.worker", base + ".json"),
+        proc = subprocess.Popen(child_argv("audit.probes.child.variance", base + ".json"),
                                 env=self.env, cwd=self.opts.cwd, stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT)
         return proc, log, base

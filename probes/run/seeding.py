@@ -5,7 +5,7 @@ import random
 
 import numpy as np
 
-from audit.probes import rng_escape
+from audit.probes.run import rng_escape
 
 
 def seed_all(seed: int) -> None:

@@ -155,7 +155,7 @@ def load_callable(spec: str) -> Callable:
 def _described(exc: BaseException) -> str:
     """``Type: message (at file.py:LINE)``, the place being the innermost frame of the user's
     code (for a syntax error, the line that does not parse)."""
-    from audit.probes.runs import Frame, short_path, user_frame
+    from audit.probes.run.processes import Frame, short_path, user_frame
 
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
@@ -185,10 +185,10 @@ def call_target(fn: Callable, spec: str, kwargs: Optional[dict] = None) -> Any:
 def normalize(returned: Any, spec: str, *, input_shape: Optional[tuple] = None,
               num_classes: Optional[int] = None, batch_size: int = 16,
               batches: int = 4, seed: int = 0):
-    """Turn what the target returned into a :class:`probes.training.TrainingSetup`."""
+    """Turn what the target returned into a :class:`probes.run.training.TrainingSetup`."""
     from torch import nn
 
-    from audit.probes import training
+    from audit.probes.run import training
 
     if isinstance(returned, nn.Module):
         model = returned
@@ -307,7 +307,7 @@ def _top_level_names(path: str) -> Optional[set]:
 
 
 def _short(path: str) -> str:
-    from audit.probes.runs import short_path
+    from audit.probes.run.processes import short_path
 
     return short_path(path)
 

@@ -16,8 +16,8 @@ from typing import Optional
 
 import torch
 
-from audit.probes import rng_escape
-from audit.probes.environment import thread_variables
+from audit.probes.run import rng_escape
+from audit.probes.run.environment import describe, thread_variables
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def _loader_arguments(arguments: dict) -> None:
     """A DataLoader's arguments under the ``jitter`` and ``dataloader`` knobs, in place."""
     workers = arguments.get("num_workers", 0)
     if "jitter" in _pinned and workers and "dataloader" not in _pinned:
-        from audit.probes.determinism.jitter import JitterInit
+        from audit.probes.run.jitter import JitterInit
 
         arguments["worker_init_fn"] = JitterInit(arguments.get("worker_init_fn"))
     if "dataloader" in _pinned:
@@ -171,7 +171,7 @@ def observed() -> dict:
 
 def jitter_workers() -> None:
     """From now on, DataLoaders with workers get random delays before each fetch
-    (:mod:`probes.determinism.jitter`): an order that depends on worker timing shows itself."""
+    (:mod:`probes.run.jitter`): an order that depends on worker timing shows itself."""
     _pinned["jitter"] = True
 
 
@@ -231,3 +231,9 @@ def module_sources(model: torch.nn.Module) -> dict:
         if path:
             out[name] = f"{rng_escape.short_path(os.path.abspath(path))}:{line}"
     return out
+
+
+def describe_run(device) -> dict:
+    """What a run records of its place: the machine and versions
+    (:func:`audit.probes.run.environment.describe`) and the determinism flags in force."""
+    return {**describe(device), "flags": flags()}

@@ -4,10 +4,10 @@
 line, exit status 2); :func:`command` gives the argv that runs it under the bootstrap in a
 fresh process::
 
-    python [options] -c LAUNCH audit.probes.bootstrap SPEC.json -- train.py args...
-    python [options] -c LAUNCH audit.probes.bootstrap SPEC.json -- -m package.module args...
+    python [options] -c LAUNCH audit.probes.child.bootstrap SPEC.json -- train.py args...
+    python [options] -c LAUNCH audit.probes.child.bootstrap SPEC.json -- -m package.module args...
 
-(``LAUNCH``: :func:`audit.probes.runs.child_argv`, which imports the tool from where it is
+(``LAUNCH``: :func:`audit.probes.run.processes.child_argv`, which imports the tool from where it is
 installed, never from the working folder.)
 
 The script runs under the interpreter that runs ``audit`` (the ``python`` word says "a Python
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from audit.probes.errors import UsageError
-from audit.probes.runs import child_argv
-from audit.probes.spec import RunSpec
+from audit.probes.run.processes import child_argv
+from audit.probes.run.spec import RunSpec
 
 _PYTHON = re.compile(r"^python(\d+(\.\d+)*)?w?(\.exe)?$", re.IGNORECASE)
 _MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -196,5 +196,5 @@ def read_stdin(stream=None) -> Optional[bytes]:
 def command(spec: RunSpec) -> list:
     """The argv that runs ``spec.script`` under the bootstrap in a fresh process."""
     program = parse(spec.script)
-    return child_argv("audit.probes.bootstrap", spec.spec_path, "--", *program.argv(),
+    return child_argv("audit.probes.child.bootstrap", spec.spec_path, "--", *program.argv(),
                       options=tuple(program.options))

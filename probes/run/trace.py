@@ -14,7 +14,7 @@ JSON line per record, flushed as it goes (a run that crashes keeps what it measu
   through a :class:`~probes.lockstep.Lockstep`, the tensors themselves for the magnitudes.
 
 All fingerprints of a step are gathered with one host sync (:func:`step_fields`, which
-script mode's tracer, :mod:`probes.script_trace`, shares).
+script mode's tracer, :mod:`probes.script.tracer`, shares).
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from audit.probes import fingerprint as fp
-from audit.probes.training import (LiveObjects, TrainingSetup, compute_loss, cycle_batches,
+from audit.probes.run import fingerprint as fp
+from audit.probes.run.training import (LiveObjects, TrainingSetup, compute_loss, cycle_batches,
                                    make_scheduler, optimizer_step, split_batch, step_closure,
                                    tensors_in, to_device)
 from audit.probes.results.records import Record

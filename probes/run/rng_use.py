@@ -1,6 +1,6 @@
 """What became of each generator made without a seed: drawn from, reseeded first, or unused.
 
-:mod:`probes.rng_escape` sees a generator made without a seed (or a global one reseeded from
+:mod:`probes.run.rng_escape` sees a generator made without a seed (or a global one reseeded from
 the OS or the clock) when it is made, and hands it to :func:`watch`. At the end of the run
 :func:`outcomes` says, per escape (kind and place), what became of the generators made there:
 

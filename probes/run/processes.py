@@ -45,7 +45,7 @@ _LAUNCH = ("import os, runpy, sys\n"
 
 
 def child_argv(module: str, *args: str, options: tuple[str, ...] = ()) -> list[str]:
-    """The argv of a fresh child running the tool's ``module`` (``audit.probes.worker``, ...)
+    """The argv of a fresh child running the tool's ``module`` (``audit.probes.child.worker``, ...)
     with ``args``, under this interpreter and its ``options`` (``-X ...``, ``-W ...``), importing
     the tool from where it is installed whatever the working folder holds (:data:`_LAUNCH`)."""
     return [sys.executable, *options, "-c", _LAUNCH, module, *args]
@@ -126,7 +126,7 @@ def library_dirs() -> tuple[str, ...]:
     those of the libraries the audit wraps (torch, NumPy), wherever they are installed (found
     without importing them), and every folder installed packages live in (site-packages and
     dist-packages, the user's site too), wherever the interpreter keeps them."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run/ probes/ root
     dirs = [os.path.join(root, name) + os.sep for name in ("probes", "audit", "reports")]
     for name in ("numpy", "torch"):
         found = importlib.util.find_spec(name)

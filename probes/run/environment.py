@@ -11,7 +11,7 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
-from audit.probes.runs import is_user_file
+from audit.probes.run.processes import is_user_file
 
 #: The environment variables that set how many threads the math libraries use.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
@@ -87,3 +87,13 @@ def code_fingerprint(models: Iterable[torch.nn.Module] = ()) -> Optional[str]:
     if not digests:
         return None
     return hashlib.blake2b("\n".join(sorted(digests)).encode(), digest_size=8).hexdigest()
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu")
+    return torch.device(name)

@@ -1,7 +1,7 @@
 """Starting one distributed run: N worker processes, as ``torchrun`` starts them.
 
 Every rank gets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, its own spec and trace, and joins its
-run's rendezvous store, which the audit hosts on a loopback port (:mod:`audit.probes.rendezvous`,
+run's rendezvous store, which the audit hosts on a loopback port (:mod:`audit.probes.run.rendezvous`,
 as torchrun's agent does). A :class:`RankGroup` stands
 for the run where the orchestrator expects one process: when a rank fails, the others are
 given a few seconds and then killed (they would wait in a collective until the process group's
@@ -15,13 +15,13 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
-from audit.probes import rendezvous
-from audit.probes.determinism import merge
-from audit.probes.determinism.orchestrate import Launcher, Outcome, run_env
-from audit.probes.rng_escape import read_log
-from audit.probes.runs import Run, child_argv, end_runs
-from audit.probes.spec import DistSpec, LockstepSpec, RunSpec, write_spec
-from audit.probes.trace import read_trace
+from audit.probes.run import rendezvous
+from audit.probes.run import merge
+from audit.probes.run.launcher import Launcher, Outcome, run_env
+from audit.probes.run.rng_escape import read_log
+from audit.probes.run.processes import Run, child_argv, end_runs
+from audit.probes.run.spec import DistSpec, LockstepSpec, RunSpec, write_spec
+from audit.probes.run.trace import read_trace
 
 #: Seconds the other ranks get to end on their own once one rank has failed.
 GRACE_SECONDS = 5.0
@@ -41,7 +41,7 @@ def rank_env(knobs: list, rank: int, world: int, port: int) -> dict:
 
 
 class RankGroup:
-    """The rank processes of one run (each a :class:`~audit.probes.runs.Run` in its own process
+    """The rank processes of one run (each a :class:`~audit.probes.run.processes.Run` in its own process
     group), answering as one run would: ``poll`` gives the first failing rank's status, else 0;
     once a rank has failed the others get :data:`GRACE_SECONDS`, then they are ended (they
     would wait in a collective until the process group's timeout)."""
@@ -104,7 +104,7 @@ class RankOutcome(Outcome):
 
 
 class RankLauncher(Launcher):
-    """A :class:`~audit.probes.determinism.orchestrate.Launcher` whose every run is ``nproc``
+    """A :class:`~audit.probes.run.launcher.Launcher` whose every run is ``nproc``
     ranks; keeps every finished run by name for the replica and sampler analysis."""
 
     def __init__(self, opts, folder: str, nproc: int, timeout: float, progress=None):
@@ -129,7 +129,7 @@ class RankLauncher(Launcher):
 
     def command(self, rs: RunSpec) -> list:
         """The argv of one rank."""
-        return child_argv("audit.probes.worker", rs.spec_path)
+        return child_argv("audit.probes.child.worker", rs.spec_path)
 
     def environment(self, rs: RunSpec, rank: int, port: int) -> dict:
         """The environment of one rank, started as torchrun starts one."""

@@ -5,8 +5,8 @@ In the script's own process, :class:`SpawnPatch` wraps the first such call: ever
 ``fn(i, *args)`` inside a :class:`TracedRank`, which runs it under the bootstrap (the same
 tracer, knobs and RNG tracing as the script) with a spec of its own: trace
 ``TRACE.rank{i}``, its own escape and seed logs, ``dist`` (so the child records what a rank
-records, :mod:`audit.probes.script_ranks`) and the run's rendezvous store, which the script's
-process hosts (:mod:`audit.probes.rendezvous`). A ``spawn``
+records, :mod:`audit.probes.script.ranks`) and the run's rendezvous store, which the script's
+process hosts (:mod:`audit.probes.run.rendezvous`). A ``spawn``
 record in the script's trace names the children's files; the audit reads them as the ranks of
 the run. Later calls, and processes made by hand with ``multiprocessing.Process``, are not
 traced.
@@ -19,9 +19,9 @@ import sys
 from dataclasses import replace
 from typing import Callable
 
-from audit.probes import rendezvous
+from audit.probes.run import rendezvous
 from audit.probes.results.records import Record
-from audit.probes.spec import DistSpec, RunSpec
+from audit.probes.run.spec import DistSpec, RunSpec
 
 #: What a child's run ending ends its process with (crashed, the script found nothing to run).
 EXIT_CODES = (3, 4)
@@ -51,7 +51,7 @@ class TracedRank:
         self.fn, self.specs, self.runner = fn, specs, runner
 
     def __call__(self, index: int, *args) -> None:
-        from audit.probes.runs import answer_stack_requests
+        from audit.probes.run.processes import answer_stack_requests
 
         answer_stack_requests()  # SIGTERM from mp.spawn's clean-up: the end record is written
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo0" if sys.platform == "darwin" else "lo")

@@ -1,6 +1,6 @@
 """Comparing traces: where two runs first part, and what agreed step by step.
 
-A trace is the list of records :mod:`probes.trace` wrote. Within a step the stages are
+A trace is the list of records :mod:`probes.run.trace` wrote. Within a step the stages are
 checked in the order the step flows: ``data`` (the batch), ``rng`` (global RNG states just
 before the forward pass, given data and parameters agree), ``forward`` (the model's outputs
 and the loss: the loss alone may round alike while the outputs already differ),

@@ -46,8 +46,8 @@ class ResumeSpec:
 
 @dataclass
 class RunSpec:
-    """One traced run (target mode: :mod:`audit.probes.worker`; script mode:
-    :mod:`audit.probes.bootstrap`)."""
+    """One traced run (target mode: :mod:`audit.probes.child.worker`; script mode:
+    :mod:`audit.probes.child.bootstrap`)."""
 
     name: str
     trace: str  # the trace file (JSON lines) the run writes
@@ -76,7 +76,7 @@ class RunSpec:
 
 @dataclass
 class VarianceRunSpec:
-    """One plain run of ``audit variance`` / ``audit compare`` (:mod:`audit.probes.variance.worker`)."""
+    """One plain run of ``audit variance`` / ``audit compare`` (:mod:`audit.probes.child.variance`)."""
 
     seeds: dict  # init/data/augment/dropout -> seed
     base_seed: int
@@ -91,7 +91,7 @@ class VarianceRunSpec:
 
 @dataclass
 class SchemeRunSpec:
-    """One scheme of ``audit init`` in script mode (:mod:`audit.probes.init.script_child`)."""
+    """One scheme of ``audit init`` in script mode (:mod:`audit.probes.child.init_scheme`)."""
 
     scheme: str
     steps: int

@@ -1,7 +1,7 @@
 """Tracing a training script the audit did not write (script mode).
 
 :class:`ScriptTracer` installs process-wide hooks before the script's own code runs and writes
-the same trace as :func:`probes.trace.run_traced`, one record per step. A step is one
+the same trace as :func:`probes.run.trace.run_traced`, one record per step. A step is one
 ``torch.optim`` optimizer step; in a script that makes none (it updates parameters by hand,
 ``p -= lr * p.grad``) a step is one backward pass (``Tensor.backward``,
 ``torch.autograd.backward``, ``torch.autograd.grad``), decided at the first of either:
@@ -18,13 +18,13 @@ the same trace as :func:`probes.trace.run_traced`, one record per step. A step i
 * **the batch**: DataLoader iteration (the batches fetched since the last step, fingerprinted
   as they arrive); and wherever the data come from, what the model receives (``fed``: the
   tensors given to the step's first top-level module call with gradients on) and what the loss
-  compares with (``loss_targets``: :mod:`probes.script_data`). Without a DataLoader these are
+  compares with (``loss_targets``: :mod:`probes.script.data`). Without a DataLoader these are
   the step's ``inputs`` and ``targets``.
 * **the RNG states**: when the last batch arrives (else at the first module call, else just
   before the update).
 * **the loss**: every tensor a backward pass ran from since the last step; **the outputs**:
-  those of the model's top-level calls with gradients on (:class:`probes.trace.OutputRecorder`).
-* **detail mode**: global module hooks (a :class:`probes.trace.ModuleRecorder` without a model).
+  those of the model's top-level calls with gradients on (:class:`probes.run.trace.OutputRecorder`).
+* **detail mode**: global module hooks (a :class:`probes.run.trace.ModuleRecorder` without a model).
 
 After ``steps`` steps a hook raises :class:`StopScript`, a ``BaseException`` the script's
 ``except Exception`` cannot swallow; the bootstrap catches it and ends the run.
@@ -44,15 +44,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from audit.probes import fingerprint as fp
-from audit.probes import script_data
-from audit.probes.determinism import knobs
-from audit.probes.environment import code_fingerprint
-from audit.probes.script_names import Naming, graph_leaves, join
-from audit.probes.trace import (ModuleRecorder, OutputRecorder, TraceWriter, batch_parts, combine,
+from audit.probes.run import fingerprint as fp
+from audit.probes.script import data as script_data
+from audit.probes.run import knobs
+from audit.probes.run.environment import code_fingerprint
+from audit.probes.script.names import Naming, graph_leaves, join
+from audit.probes.run.trace import (ModuleRecorder, OutputRecorder, TraceWriter, batch_parts, combine,
                                 combine_evaluations, grad_parts, init_record,
                                 optimizer_state_tensors, read_grads, rng_fingerprints, step_fields)
-from audit.probes.training import split_batch, tensors_in
+from audit.probes.run.training import split_batch, tensors_in
 from audit.probes.results.records import Record
 
 #: Batches kept per step: the ones fetched last before the update (accumulation included).
@@ -63,7 +63,7 @@ MAX_LOSSES = 64
 #: once the script seeds them; a script that draws from one it never seeded is an escape of the
 #: seed. torch's default generator is not fixed at start-up either (``torch.initial_seed()``
 #: differs in every process), but a torch state that differs is always compared: the draws
-#: made before seeding are :mod:`probes.rng_draws`' to find.
+#: made before seeding are :mod:`probes.script.draws`' to find.
 OS_SEEDED = {"numpy": "numpy.random.seed(not called)", "python": "random.seed(not called)"}
 
 
@@ -118,7 +118,7 @@ class ScriptTracer:
                  draws=None):
         self.writer, self.steps, self.detail, self.lockstep = writer, steps, detail, lockstep
         self.environment, self.escape_log = environment, escape_log
-        self.draws = draws  # a probes.rng_draws.DrawWatch, or None
+        self.draws = draws  # a probes.script.draws.DrawWatch, or None
         self._seeded: set = set()  # OS-seeded global generators the script has seeded
         self._start_states: dict = {}
         self._reported: set = set()

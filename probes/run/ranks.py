@@ -18,9 +18,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from audit.probes import fingerprint as fp
-from audit.probes.runs import Frame, user_frame
-from audit.probes.spec import DistSpec
+from audit.probes.run import fingerprint as fp
+from audit.probes.run.processes import Frame, user_frame
+from audit.probes.run.spec import DistSpec
 from audit.probes.results.records import Record
 
 #: Index lists kept per sampler for the disjointness check (the first epoch of each rank).
@@ -69,7 +69,7 @@ def _shard_synthetic(data: list, model: nn.Module, ctx: RankContext, seed: int) 
     """Rank r > 0 gets its own synthetic batches (rank 0 keeps the single-process ones)."""
     if ctx.rank == 0 or not data:
         return data
-    from audit.probes import training
+    from audit.probes.run import training
 
     inputs, _ = data[0]
     classes = training.infer_num_classes(model)

@@ -15,7 +15,7 @@ import warnings
 import torch
 from torch import nn
 
-from audit.probes.training import tensors_in
+from audit.probes.run.training import tensors_in
 
 
 def live_modules() -> list:

@@ -1,7 +1,7 @@
 """One audited run: a fresh process that seeds, loads the target and trains under a trace.
 
-Started by :mod:`audit.probes.determinism.orchestrate` as ``python -m audit.probes.worker
-SPEC.json`` would start it (:func:`audit.probes.runs.child_argv`). It writes its
+Started by :class:`audit.probes.run.launcher.Launcher` as ``python -m audit.probes.child.worker
+SPEC.json`` would start it (:func:`audit.probes.run.processes.child_argv`). It writes its
 trace (JSON lines) to the path the spec names and exits with:
 0 the steps ran; 3 the target could not be loaded or called (a usage error for the CLI);
 4 training raised. Either way the trace's last record says what happened.
@@ -13,31 +13,14 @@ import sys
 import traceback
 
 from audit.probes.errors import UsageError
-from audit.probes.spec import RunSpec, read_spec
+from audit.probes.run.environment import resolve_device
+from audit.probes.run.knobs import describe_run as environment
+from audit.probes.run.spec import RunSpec, read_spec
 from audit.probes.results.records import Record, Status
 
 EXIT_OK, EXIT_TARGET, EXIT_CRASH = 0, 3, 4
 #: Synthetic batches for a bare module when the audit chooses the steps (``audit resume``).
 AUTO_BATCHES = 8
-
-
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu")
-    return torch.device(name)
-
-
-def environment(device) -> dict:
-    """The machine and versions (:func:`audit.probes.environment.describe`) and the
-    determinism flags in force."""
-    from audit.probes.determinism import knobs
-    from audit.probes.environment import describe
-
-    return {**describe(device), "flags": knobs.flags()}
 
 
 class _TargetFailed(Exception):
@@ -50,12 +33,12 @@ class WorkerRun:
     def __init__(self, spec: RunSpec, writer):
         self.spec, self.writer = spec, writer
         self.lockstep = None
-        self.tracker = None  # distributed runs: a rank's RankTracker (audit.probes.ranks)
+        self.tracker = None  # distributed runs: a rank's RankTracker (audit.probes.run.ranks)
 
     def observe_and_seed(self) -> None:
         """Escape tracing, the knob observers and the knobs asked for, then the seed."""
-        from audit.probes import rng_escape
-        from audit.probes.determinism import knobs
+        from audit.probes.run import rng_escape
+        from audit.probes.run import knobs
 
         spec = self.spec
         rng_escape.install(spec.escape_log, pin=False, seeds_path=spec.seed_log)
@@ -63,19 +46,19 @@ class WorkerRun:
         knobs.apply(spec.knobs, spec.escape_log, spec.pin_sites)
         if spec.jitter:
             knobs.jitter_workers()
-        from audit.probes.seeding import seed_all
+        from audit.probes.run.seeding import seed_all
 
         seed_all(spec.seed)
 
     def load(self) -> tuple:
         """``(setup, device, rank context)``; raises :class:`_TargetFailed`."""
-        from audit.probes.target import TargetError, load_target
+        from audit.probes.run.target import TargetError, load_target
 
         spec = self.spec
         self.writer.write({"type": Record.LOADING})  # progress: the watchdog's clock starts here
         rank_ctx = None
         if spec.dist:  # distributed: the process group exists before the target is called
-            from audit.probes import ranks
+            from audit.probes.run import ranks
 
             rank_ctx = ranks.start(spec.dist, resolve_device(spec.device))
         try:
@@ -90,8 +73,8 @@ class WorkerRun:
     def prepare(self, setup, device, rank_ctx) -> None:
         """The knobs again (the target may reset flags), the ``env`` record, the DDP wrap and
         the replay partner."""
-        from audit.probes.determinism import knobs
-        from audit.probes.environment import code_fingerprint
+        from audit.probes.run import knobs
+        from audit.probes.run.environment import code_fingerprint
 
         spec = self.spec
         knobs.apply(spec.knobs, spec.escape_log, spec.pin_sites)
@@ -100,18 +83,18 @@ class WorkerRun:
                            "module_sources": knobs.module_sources(setup.model),
                            "synthetic": setup.synthetic, "description": setup.description})
         if rank_ctx is not None:
-            from audit.probes import ranks
+            from audit.probes.run import ranks
 
             self.tracker = ranks.prepare(setup, rank_ctx, self.writer, spec.seed)
         if spec.lockstep:
-            from audit.probes.determinism.lockstep import Lockstep
+            from audit.probes.run.lockstep import Lockstep
 
             self.lockstep = Lockstep(spec.lockstep.folder, spec.lockstep.role,
                                      rename=spec.lockstep.rename)
 
     def train(self, setup, device) -> tuple:
         """The traced steps (an ``audit resume`` role around them); ``(done, asked)``."""
-        from audit.probes.trace import run_traced
+        from audit.probes.run.trace import run_traced
 
         steps, session = self.spec.steps, None
         if self.spec.resume:
@@ -128,7 +111,7 @@ class WorkerRun:
 
     def scan_cuda_ops(self, setup, device) -> None:
         """After the traced steps, so the trace is untouched."""
-        from audit.probes import seed_log
+        from audit.probes.run import seed_log
         from audit.probes.determinism.cuda_ops import scan_training
 
         seed_log.start(None)  # the scan's extra pass is not one of the compared runs'
@@ -138,7 +121,7 @@ class WorkerRun:
         if self.lockstep is not None:
             self.lockstep.finish()
         if self.spec.dist:
-            from audit.probes import ranks
+            from audit.probes.run import ranks
 
             if self.tracker is not None:
                 self.tracker.close()
@@ -147,8 +130,8 @@ class WorkerRun:
 
 def _steps(worker: WorkerRun) -> dict:
     """Everything from the seed to the last step; the ``end`` record's fields."""
-    from audit.probes import rng_escape
-    from audit.probes.determinism import knobs
+    from audit.probes.run import rng_escape
+    from audit.probes.run import knobs
 
     worker.observe_and_seed()
     setup, device, rank_ctx = worker.load()
@@ -164,7 +147,7 @@ def _steps(worker: WorkerRun) -> dict:
 
 def _crash(exc: BaseException) -> dict:
     """The ``end`` record's fields for a run whose training raised."""
-    from audit.probes.runs import Frame, user_frame
+    from audit.probes.run.processes import Frame, user_frame
 
     found = user_frame([Frame(f.filename, f.lineno or 0, f.name)
                         for f in reversed(traceback.extract_tb(exc.__traceback__))])
@@ -176,7 +159,7 @@ def _crash(exc: BaseException) -> dict:
 def run(spec: RunSpec) -> int:
     """Seed, load the target and train under a trace; the trace's last record says how it
     ended. Returns the exit status."""
-    from audit.probes.trace import TraceWriter
+    from audit.probes.run.trace import TraceWriter
 
     writer = TraceWriter(spec.trace)
     worker = WorkerRun(spec, writer)
@@ -198,7 +181,7 @@ def run(spec: RunSpec) -> int:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from audit.probes.runs import answer_stack_requests
+    from audit.probes.run.processes import answer_stack_requests
 
     answer_stack_requests()
     spec = read_spec(RunSpec, argv[0])

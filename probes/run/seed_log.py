@@ -1,6 +1,6 @@
 """Every seeding call the user's code makes, with its place and its value.
 
-:mod:`probes.rng_escape` calls :func:`record` from its wrappers of ``torch.manual_seed``,
+:mod:`probes.run.rng_escape` calls :func:`record` from its wrappers of ``torch.manual_seed``,
 ``torch.cuda.manual_seed(_all)``, ``torch.Generator.manual_seed``, ``np.random.seed``,
 ``np.random.default_rng``, ``RandomState``, ``SeedSequence``, ``random.seed`` and
 ``random.Random``. A call counts when the code calling the seeding function directly is the
@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Optional
 
-from audit.probes.runs import is_user_file, short_path
+from audit.probes.run.processes import is_user_file, short_path
 
 _state: dict = {"path": None}
 
@@ -27,7 +27,8 @@ def start(path: Optional[str]) -> None:
     _state.update(path=path)
 
 
-_OURS = os.path.dirname(os.path.abspath(__file__)) + os.sep
+#: The folder of the tool's engines (probes/, installed as audit/probes/): frames of our own wrappers.
+_OURS = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def caller(depth: int) -> Optional[str]:

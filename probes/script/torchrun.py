@@ -44,7 +44,7 @@ class Launch:
 
 def _launcher_module(words: list) -> Optional[str]:
     """``torch.distributed.run`` (or ``.launch``) when ``words`` is ``python [opts] -m`` it."""
-    from audit.probes import script_runner
+    from audit.probes.run import program as script_runner
 
     try:
         program = script_runner.parse(words)
@@ -65,7 +65,7 @@ def is_launch(words: list) -> bool:
 def parse(words: list) -> Launch:
     """Read a launcher command; raises :class:`UsageError` (one line) for what the audit cannot
     run: several nodes, restarts, output redirection, a missing script."""
-    from audit.probes import script_runner
+    from audit.probes.run import program as script_runner
 
     if os.path.basename(words[0]) == "torchrun":
         interpreter, rest, launcher = [], list(words[1:]), "torchrun"
@@ -137,9 +137,9 @@ def _nproc(values: dict, launcher: str) -> int:
 
 
 def validate(script: list, cwd: Optional[str] = None, launchers: bool = True):
-    """:func:`audit.probes.script_runner.validate`, launcher commands included (``launchers``:
+    """:func:`audit.probes.run.program.validate`, launcher commands included (``launchers``:
     the audit runs them; else they are refused with one line)."""
-    from audit.probes import script_runner
+    from audit.probes.run import program as script_runner
 
     if is_launch(script):
         if not launchers:

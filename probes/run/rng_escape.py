@@ -13,7 +13,7 @@ divergence, the escape is proven to be the cause.
 
 The place is the innermost line of the user's code (:func:`origin`); a generator a library made
 also names the library call that line made (``made_by``). Each generator made is handed to
-:mod:`probes.rng_use`, and :func:`finish` writes, at the end of the compared steps, what became
+:mod:`probes.run.rng_use`, and :func:`finish` writes, at the end of the compared steps, what became
 of each escape's generators (drawn from, reseeded before their first draw, unused).
 """
 from __future__ import annotations
@@ -31,9 +31,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from audit.probes import rng_use, seed_log
-from audit.probes.runs import is_user_file, library_dirs  # noqa: F401 (re-exported)
-from audit.probes.seed_log import short_path  # noqa: F401  (the place format, re-exported)
+from audit.probes.run import rng_use, seed_log
+from audit.probes.run.processes import is_user_file, library_dirs  # noqa: F401 (re-exported)
+from audit.probes.run.seed_log import short_path  # noqa: F401  (the place format, re-exported)
 
 _state: dict = {"log": None, "pin": False, "seen": {}, "count": {}, "installed": False,
                 "pin_sites": frozenset(), "site_count": {}, "building": 0, "pid": None}
@@ -65,7 +65,8 @@ def user_frame(skip_dirs: tuple) -> Optional[str]:
     return fallback
 
 
-_OURS = os.path.dirname(os.path.abspath(__file__)) + os.sep
+#: The folder of the tool's engines (probes/, installed as audit/probes/): frames of our own wrappers.
+_OURS = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def call_name(frame: FrameType) -> str:
@@ -159,7 +160,7 @@ def _unseeded(kind: str, seed_arg_missing: bool, seed) -> tuple:
 
 
 def _seeding(kind: str, seed_arg_missing: bool, seed) -> tuple:
-    """Every seeding call: logged with its value (:mod:`probes.seed_log`), checked for entropy
+    """Every seeding call: logged with its value (:mod:`probes.run.seed_log`), checked for entropy
     (:func:`_unseeded`). Returns ``(pinned, key)``: the seed to use instead under a knob (else
     None) and the escape it is (else None). Called by the wrappers, directly from the user's call."""
     value = None if seed_arg_missing else seed
@@ -402,7 +403,7 @@ def _make_generator_class(base):
 def install(log_path: Optional[str] = None, pin: bool = False,
             seeds_path: Optional[str] = None) -> None:
     """Start recording escapes (idempotent). ``pin`` substitutes place-derived seeds;
-    ``seeds_path`` logs every seeding call with its value (:mod:`probes.seed_log`)."""
+    ``seeds_path`` logs every seeding call with its value (:mod:`probes.run.seed_log`)."""
     _state["log"] = log_path
     _state["pin"] = pin
     _state["pid"] = os.getpid()

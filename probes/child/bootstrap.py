@@ -1,16 +1,16 @@
 """Script mode's bootstrap: runs an unmodified training script under the audit's hooks.
 
 Started by :mod:`audit.probes.determinism.orchestrate` (through
-:func:`audit.probes.script_runner.command`, a :func:`audit.probes.runs.child_argv`) as what
+:func:`audit.probes.run.program.command`, a :func:`audit.probes.run.processes.child_argv`) as what
 amounts to::
 
-    python -m audit.probes.bootstrap SPEC.json -- train.py args...
-    python -m audit.probes.bootstrap SPEC.json -- -m package.module args...
+    python -m audit.probes.child.bootstrap SPEC.json -- train.py args...
+    python -m audit.probes.child.bootstrap SPEC.json -- -m package.module args...
 
 but with the tool imported from where it is installed, never from the working folder.
 
 Before the script's own code runs it starts the RNG escape tracing, the knob observers, the
-knobs the spec asks for, and a :class:`probes.script_trace.ScriptTracer`. The script then runs
+knobs the spec asks for, and a :class:`probes.script.tracer.ScriptTracer`. The script then runs
 as ``python train.py`` would run it: as ``__main__``, with its own ``sys.argv``, its folder
 first on ``sys.path`` (the working folder for ``-m``), the working folder, standard streams and
 seeding it was given. The audit observes; it seeds nothing.
@@ -20,7 +20,7 @@ run was stopped there), ``ended_early`` (the script returned, or exited with sta
 ``exited`` (``sys.exit`` / ``os._exit`` with another status: ``exit_code``), ``crashed`` (an
 exception: ``message``, ``where`` in the script, ``traceback``; what was measured is kept), or
 ``target_error`` when no optimizer step happened at all (the CLI's one-line usage error).
-Exit status: 0, or 3 for ``target_error``, 4 for ``crashed`` (as :mod:`audit.probes.worker`).
+Exit status: 0, or 3 for ``target_error``, 4 for ``crashed`` (as :mod:`audit.probes.child.worker`).
 """
 from __future__ import annotations
 
@@ -29,12 +29,12 @@ import os
 import sys
 import traceback
 
-from audit.probes.spec import RunSpec, read_spec
+from audit.probes.run.spec import RunSpec, read_spec
 from audit.probes.results.records import Record, Status
 
 EXIT_OK, EXIT_TARGET, EXIT_CRASH = 0, 3, 4
 #: :func:`run` by import path, for ``torch.multiprocessing`` children (this module is ``__main__``).
-RUNNER = "audit.probes.bootstrap:run"
+RUNNER = "audit.probes.child.bootstrap:run"
 STDIN_HELP = ("the script reads standard input, and the audit runs it several times, so it "
               "cannot type into it at a terminal: give the input through a pipe or a file, "
               "e.g. printf 'yes\\n' | audit determinism -- python train.py (every run reads the "
@@ -74,8 +74,8 @@ class _Run:
         self.written = False
 
     def end(self, status: str, exit_code: int = 0, message: str = "", **extra) -> int:
-        from audit.probes import rng_escape
-        from audit.probes.determinism import knobs
+        from audit.probes.run import rng_escape
+        from audit.probes.run import knobs
 
         if self.written:
             return EXIT_OK
@@ -144,7 +144,7 @@ def _exit_code(exc: SystemExit) -> tuple[int, str]:
 def _crash(exc: BaseException) -> dict:
     """message, where (the innermost frame in the user's code) and a traceback from the script
     down (the bootstrap's and runpy's frames left out)."""
-    from audit.probes.runs import is_user_file, short_path
+    from audit.probes.run.processes import is_user_file, short_path
 
     frames = traceback.extract_tb(exc.__traceback__)
     where = next((f"{short_path(os.path.abspath(f.filename))}:{f.lineno}" for f in reversed(frames)
@@ -175,7 +175,7 @@ def _pin_global_generators() -> None:
 
     import numpy as np
 
-    from audit.probes import rng_escape
+    from audit.probes.run import rng_escape
 
     np.random.seed(zlib.crc32(b"numpy.random global"))
     random.seed(zlib.crc32(b"random global"))
@@ -184,8 +184,8 @@ def _pin_global_generators() -> None:
 
 def _start_observing(spec: RunSpec) -> None:
     """Escape tracing, the knob observers and the knobs asked for, before the script runs."""
-    from audit.probes import rng_escape
-    from audit.probes.determinism import knobs
+    from audit.probes.run import rng_escape
+    from audit.probes.run import knobs
 
     _warm_lazy_imports()
     rng_escape.install(spec.escape_log, pin=False, seeds_path=spec.seed_log)
@@ -201,7 +201,7 @@ def _lockstep(spec: RunSpec):
     """The replay partner the spec asks for (None: not a replay)."""
     if not spec.lockstep:
         return None
-    from audit.probes.determinism.lockstep import Lockstep
+    from audit.probes.run.lockstep import Lockstep
 
     return Lockstep(spec.lockstep.folder, spec.lockstep.role, rename=spec.lockstep.rename)
 
@@ -232,7 +232,7 @@ def _run_script(program, tracer, run_end: _Run, call=None) -> int:
     installed tracer; the end record's status."""
     import runpy
 
-    from audit.probes.script_trace import StopScript
+    from audit.probes.script.tracer import StopScript
 
     if program is not None:
         sys.argv = [program.path or program.module, *program.args]
@@ -269,13 +269,13 @@ def _run_script(program, tracer, run_end: _Run, call=None) -> int:
 def run(spec: RunSpec, program, call=None) -> int:
     """Run the program under the tracer and write the end record; returns the exit status.
     ``call``: run this function instead (a rank's function in a ``torch.multiprocessing``
-    child, :mod:`audit.probes.script_spawn`); ``program`` is then None."""
-    from audit.probes import script_ranks
-    from audit.probes.rng_draws import DrawWatch
-    from audit.probes.script_trace import ScriptTracer
-    from audit.probes.trace import TraceWriter
+    child, :mod:`audit.probes.script.spawn`); ``program`` is then None."""
+    from audit.probes.script import ranks as script_ranks
+    from audit.probes.script.draws import DrawWatch
+    from audit.probes.script.tracer import ScriptTracer
+    from audit.probes.run.trace import TraceWriter
 
-    from audit.probes.worker import environment
+    from audit.probes.run.knobs import describe_run as environment
 
     writer = TraceWriter(spec.trace)
     lockstep = tracer = attached = None
@@ -320,14 +320,15 @@ def run(spec: RunSpec, program, call=None) -> int:
 
 
 def main(argv=None) -> int:
-    from audit.probes import script_runner
+    from audit.probes.run import program as script_runner
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    from audit.probes.runs import answer_stack_requests
+    from audit.probes.run.processes import answer_stack_requests
 
     answer_stack_requests()
     if not argv:
-        print("usage: python -m audit.probes.bootstrap SPEC.json -- (FILE | -m MODULE) [args...]", file=sys.stderr)
+        print("usage: python -m audit.probes.child.bootstrap SPEC.json -- (FILE | -m MODULE) [args...]",
+              file=sys.stderr)
         return 2
     spec_path, rest = argv[0], argv[1:]
     if rest[:1] == ["--"]:

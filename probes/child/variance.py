@@ -1,6 +1,6 @@
 """One run of ``audit variance`` / ``audit compare``: a fresh process that trains plainly.
 
-Started as ``python -m audit.probes.variance.worker SPEC.json``. It seeds and builds the target
+Started as ``python -m audit.probes.child.variance SPEC.json``. It seeds and builds the target
 under the init seed, routes the data, augment and dropout seeds (:mod:`.routing`), trains
 ``steps`` steps with no tracing, evaluates, and writes one JSON object to the spec's ``out``:
 ``status`` (``ok`` | ``target_error`` | ``crashed``), ``metrics``, ``routing``, ``message``.
@@ -15,7 +15,7 @@ import sys
 import time
 import traceback
 
-from audit.probes.spec import VarianceRunSpec, read_spec
+from audit.probes.run.spec import VarianceRunSpec, read_spec
 from audit.probes.results.records import Status
 
 EXIT_OK, EXIT_TARGET, EXIT_CRASH = 0, 3, 4
@@ -29,7 +29,7 @@ def tail_length(steps: int) -> int:
 def _train(setup, steps: int, device, streams) -> list:
     import torch
 
-    from audit.probes.training import (compute_loss, cycle_batches, make_scheduler,
+    from audit.probes.run.training import (compute_loss, cycle_batches, make_scheduler,
                                        optimizer_step, step_closure, to_device)
 
     model = setup.model
@@ -74,9 +74,9 @@ def _evaluate(setup, streams) -> dict:
 def _load(spec: VarianceRunSpec):
     """Seed with the init seed, build the target, put it on its device."""
     from audit.probes.errors import TargetError
-    from audit.probes.target import load_target
-    from audit.probes.seeding import seed_all
-    from audit.probes.worker import resolve_device
+    from audit.probes.run.target import load_target
+    from audit.probes.run.seeding import seed_all
+    from audit.probes.run.environment import resolve_device
 
     seed_all(spec.seeds["init"])
     try:
@@ -113,14 +113,14 @@ def _measure(spec: VarianceRunSpec) -> dict:
         out["message"] = "a metric is not finite: " + ", ".join(
             f"{k}={v}" for k, v in metrics.items() if not math.isfinite(v))
     if spec.environment:
-        from audit.probes.worker import environment
+        from audit.probes.run.knobs import describe_run as environment
 
         out["environment"] = environment(device)
     return out
 
 
 def _where(exc: BaseException):
-    from audit.probes.runs import Frame, user_frame
+    from audit.probes.run.processes import Frame, user_frame
 
     found = user_frame([Frame(f.filename, f.lineno or 0, f.name)
                         for f in reversed(traceback.extract_tb(exc.__traceback__))])

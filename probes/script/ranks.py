@@ -1,5 +1,5 @@
 """Script mode inside a rank: what target mode's worker records about distributed training
-(:mod:`audit.probes.ranks`), for a script that makes its own process group and its own DDP.
+(:mod:`audit.probes.run.ranks`), for a script that makes its own process group and its own DDP.
 
 :func:`attach` is called by the bootstrap once the tracer exists. In a rank (the spec has
 ``dist``: a process the audit started as torchrun would, or a ``torch.multiprocessing`` child)
@@ -9,7 +9,7 @@ buffers fingerprinted at the start of each step's first forward, after DDP's bro
 points the script's rendezvous at the run's own store, hosted by the audit on the loopback
 interface (a script that writes ``MASTER_PORT = "12355"`` would otherwise collide with the run
 next to it). In
-the script's own process it returns a :class:`~audit.probes.script_spawn.SpawnPatch` instead:
+the script's own process it returns a :class:`~audit.probes.script.spawn.SpawnPatch` instead:
 children started with ``torch.multiprocessing`` are traced as ranks.
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ import os
 from typing import Optional
 from urllib.parse import urlsplit, urlunsplit
 
-from audit.probes import ranks, rendezvous
-from audit.probes.script_spawn import SpawnPatch
-from audit.probes.spec import RunSpec
+from audit.probes.run import ranks, rendezvous
+from audit.probes.script.spawn import SpawnPatch
+from audit.probes.run.spec import RunSpec
 
 LOOPBACK = rendezvous.LOOPBACK
 
@@ -41,7 +41,7 @@ def attach(spec: RunSpec, writer, tracer, runner: str):
 
 def local_url(url: str, port: Optional[str]) -> str:
     """The rendezvous the script asked for, moved to the run's store, which the audit hosts on
-    a loopback port (:mod:`audit.probes.rendezvous`): ``env://`` reads the environment (set
+    a loopback port (:mod:`audit.probes.run.rendezvous`): ``env://`` reads the environment (set
     here), ``tcp://HOST:PORT`` is rewritten; others are left alone."""
     if not port or not isinstance(url, str):
         return url

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
-from audit.probes import rng_escape
+from audit.probes.run import rng_escape
 
 #: The escape kinds, per generator.
 KINDS = {

@@ -2,7 +2,7 @@
 
 Started by :mod:`audit.probes.init.script` as::
 
-    python -m audit.probes.init.script_child SPEC.json -- train.py args...
+    python -m audit.probes.child.init_scheme SPEC.json -- train.py args...
 
 The script runs as ``python train.py`` would run it. The model audited is the module whose
 parameters the script's optimizer holds, found at its first training forward (gradients on,
@@ -25,13 +25,13 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from audit.probes import fingerprint as fp
-from audit.probes import script_runner
-from audit.probes.environment import describe as environment
+from audit.probes.run import fingerprint as fp
+from audit.probes.run import program as script_runner
+from audit.probes.run.environment import describe as environment
 from audit.probes.init.flow import FlowProbe, modules_with_parameters, trace_forward
-from audit.probes.runs import Frame, user_frame
+from audit.probes.run.processes import Frame, user_frame
 from audit.probes.results.records import Status
-from audit.probes.spec import SchemeRunSpec, read_spec
+from audit.probes.run.spec import SchemeRunSpec, read_spec
 from audit.probes.init.schemes import (DrawCache, apply_scheme, init_seed_value, redraw_own,
                                        restore_state, scheme_code, scheme_owned_keys,
                                        snapshot_state)
