@@ -78,7 +78,7 @@ def test_fingerprints_are_stable_across_processes():
     import subprocess
     import sys
 
-    code = ("import torch; from probes import fingerprint as fp; "
+    code = ("import torch; from audit.probes.run import fingerprint as fp; "
             "print(fp.as_text(fp.fingerprint(torch.arange(10.0).reshape(2, 5))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={"PYTHONHASHSEED": "12345", "PATH": "", "PYTHONPATH": ":".join(sys.path)},
