@@ -27,7 +27,7 @@ for _kind in registry.KINDS:
     HTML_RENDERERS[_kind.result_type] = _kind.html
 
 
-def _settings(kind, target: Any, options: dict):
+def _settings(kind, target: Any, options: dict[str, Any]):
     fields = {f.name for f in dataclasses.fields(kind.settings)} - {"script", "config_path"}
     unknown = sorted(set(options) - fields)
     if unknown:

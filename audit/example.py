@@ -8,6 +8,7 @@ is given.
 """
 from __future__ import annotations
 
+from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -58,7 +59,7 @@ class SyntheticCIFAR(Dataset):
         return self.transform(self.images[index]), self.targets[index]
 
 
-def build() -> dict:
+def build() -> dict[str, Any]:
     """The target: model, a shuffled DataLoader with augmentation, Adam, cross-entropy."""
     model = SimpleCNN()
     loader = DataLoader(SyntheticCIFAR(), batch_size=64, shuffle=True, num_workers=0)

@@ -27,29 +27,29 @@ def _kind(audit) -> AuditKind:
     return registry.get(audit) if isinstance(audit, str) else audit
 
 
-def checks_for(audit, result: Any) -> list:
+def checks_for(audit, result: Any) -> list[Any]:
     """The checks of one audit's result (``audit``: a kind or its name)."""
     return _kind(audit).checks(result)
 
 
-def snapshot(audit, result: Any) -> dict:
+def snapshot(audit, result: Any) -> dict[str, Any]:
     """What a baseline keeps of one audit's result."""
     return _kind(audit).snapshot(result)
 
 
-def regressions(audit, base: dict, now: dict, tolerances: dict) -> list:
+def regressions(audit, base: dict[str, Any], now: dict[str, Any], tolerances: dict[str, Any]) -> list[Any]:
     """``(text, where)`` pairs: how snapshot ``now`` is worse than ``base``."""
     return _kind(audit).regressions(base, now, tolerances)
 
 
 def apply_baseline(audit, result: Any, path: Optional[str], update: bool,
-                   tolerances: Optional[dict] = None) -> Optional[BaselineState]:
+                   tolerances: Optional[dict[str, Any]] = None) -> Optional[BaselineState]:
     """Compare one result with the baseline at ``path`` (or record it when ``update``)."""
     return baselines.apply_baseline(_kind(audit), result, path, update, tolerances)
 
 
 def write_reports(out: str, audit, result: Any, junit_path: Optional[str] = None,
-                  state: Optional[BaselineState] = None) -> dict:
+                  state: Optional[BaselineState] = None) -> dict[str, Any]:
     """One audit's reports into ``out`` (see :func:`audit.gate.outputs.write_reports`)."""
     return outputs.write_reports(out, _kind(audit), result, junit_path, state)
 

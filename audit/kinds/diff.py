@@ -7,10 +7,10 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from audit import config
-from audit.kinds.base import AuditKind, Progress, Settings, failing_names, positive_arg, rounded
+from audit.kinds.base import AuditKind, Progress, Regression, Settings, failing_names, positive_arg, rounded
 from audit.probes.errors import UsageError
 from audit.probes.results import Check
 from audit.probes.results.diff import DiffResult
@@ -45,7 +45,7 @@ def _check_against(chk: config.Checker, value) -> str:
     return path if os.path.isabs(path) else os.path.normpath(os.path.join(root, path))
 
 
-def check_table(chk: config.Checker, table: dict) -> dict:
+def check_table(chk: config.Checker, table: dict[str, Any]) -> dict[str, Any]:
     tolerances = (lambda c, v: config.check_tolerances(c, "diff", v, TOLERANCES))
     return config.check_table(chk, "diff", table, {"steps": config.positive_int()},
                               {"against": _check_against, "tolerances": tolerances})
@@ -85,7 +85,7 @@ def _reference(reference, path: str):
         raise UsageError(f"audit diff: {exc}") from None
 
 
-def checks(result: DiffResult) -> list:
+def checks(result: DiffResult) -> list[Check]:
     """One check, ``numbers identical``: the sides train bit for bit alike."""
     if result.error and result.first_difference is None:
         return [Check("diff", "numbers identical", False, result.error,
@@ -103,7 +103,7 @@ def checks(result: DiffResult) -> list:
     return [Check("diff", "numbers identical", False, diff_sentence(result), fix)]
 
 
-def snapshot(result: DiffResult) -> dict:
+def snapshot(result: DiffResult) -> dict[str, Any]:
     d = result.first_difference
     return {
         "settings": {"steps": result.steps, "seed": result.seed, "device": result.device,
@@ -117,8 +117,8 @@ def snapshot(result: DiffResult) -> dict:
     }
 
 
-def regressions(base: dict, now: dict, tolerances: dict) -> list:
-    out = []
+def regressions(base: dict[str, Any], now: dict[str, Any], tolerances: dict[str, Any]) -> list[Regression]:
+    out: list[Regression] = []
     if now.get("error") and not base.get("error"):
         out.append(f"the diff failed: {now['error']}")
     if base.get("verdict") == "identical" and now.get("verdict") != "identical":
@@ -138,7 +138,7 @@ def verdict_detail(result: DiffResult) -> str:
     return f" ({where})" if where else ""
 
 
-def index(result: DiffResult) -> tuple:
+def index(result: DiffResult) -> tuple[Any, ...]:
     return diff_sentence(result), "", ""
 
 
