@@ -8,6 +8,7 @@ trace (JSON lines) to the path the spec names and exits with:
 """
 from __future__ import annotations
 
+from typing import Any
 import os
 import sys
 import traceback
@@ -50,7 +51,7 @@ class WorkerRun:
 
         seed_all(spec.seed)
 
-    def load(self) -> tuple:
+    def load(self) -> tuple[Any, ...]:
         """``(setup, device, rank context)``; raises :class:`_TargetFailed`."""
         from audit.probes.run.target import TargetError, load_target
 
@@ -92,7 +93,7 @@ class WorkerRun:
             self.lockstep = Lockstep(spec.lockstep.folder, spec.lockstep.role,
                                      rename=spec.lockstep.rename)
 
-    def train(self, setup, device) -> tuple:
+    def train(self, setup, device) -> tuple[Any, ...]:
         """The traced steps (an ``audit resume`` role around them); ``(done, asked)``."""
         from audit.probes.run.trace import run_traced
 
@@ -128,7 +129,7 @@ class WorkerRun:
             ranks.finish()
 
 
-def _steps(worker: WorkerRun) -> dict:
+def _steps(worker: WorkerRun) -> dict[str, Any]:
     """Everything from the seed to the last step; the ``end`` record's fields."""
     from audit.probes.run import rng_escape
     from audit.probes.run import knobs
@@ -145,7 +146,7 @@ def _steps(worker: WorkerRun) -> dict:
             "observed": observed}
 
 
-def _crash(exc: BaseException) -> dict:
+def _crash(exc: BaseException) -> dict[str, Any]:
     """The ``end`` record's fields for a run whose training raised."""
     from audit.probes.run.processes import Frame, user_frame
 

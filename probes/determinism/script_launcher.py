@@ -17,7 +17,7 @@ import glob
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from audit.probes.script import torchrun as script_launch
 
@@ -45,7 +45,7 @@ def audit_script(opts: RunOptions, nproc: int = 1,
     ``keep``: a folder where the runs' specs and traces stay."""
     ranks = nproc > 1 or script_launch.is_launch(opts.script)  # torchrun sets RANK etc., even for 1
     nproc, python = script_launch.python_command(opts.script, nproc)
-    launchers: list = []
+    launchers: list[Any] = []
     if keep:
         os.makedirs(keep, exist_ok=True)
 
@@ -63,7 +63,7 @@ def audit_script(opts: RunOptions, nproc: int = 1,
     return result
 
 
-def torchrun_env(knobs: list, rank: int, world: int, port: int) -> dict:
+def torchrun_env(knobs: list[str], rank: int, world: int, port: int) -> dict[str, Any]:
     """Target mode's rank environment plus what else torchrun gives a single-node worker."""
     env = rank_env(knobs, rank, world, port)
     env.update({"GROUP_RANK": "0", "GROUP_WORLD_SIZE": "1", "ROLE_RANK": str(rank),
@@ -84,7 +84,7 @@ class RankFiles:
     seed_log: str
 
 
-def first_failed(files: list, traces: list) -> Optional[int]:
+def first_failed(files: list[str], traces: list[Any]) -> Optional[int]:
     """The failed rank whose trace was written last the earliest: a rank's failure ends its
     trace before its peers see the connection close and fail in turn."""
     failed = [rank for rank, t in enumerate(traces)
@@ -99,7 +99,7 @@ def first_failed(files: list, traces: list) -> Optional[int]:
     return min(failed, key=written) if failed else None
 
 
-def rank_outcome(name: str, files: list, code: Optional[int], seconds: float, tail: str,
+def rank_outcome(name: str, files: list[str], code: Optional[int], seconds: float, tail: str,
                  stopped: str = "", stack: str = "") -> RankOutcome:
     """A run made of ranks: their traces merged (the end of the rank that failed first speaks
     for the run), escapes and seeding calls in rank order."""
@@ -117,10 +117,10 @@ class ScriptRankLauncher(RankLauncher):
     def __init__(self, opts: RunOptions, folder: str, nproc: int, progress=None):
         super().__init__(opts, folder, nproc, DistSpec(nproc).timeout, progress)
 
-    def command(self, rs: RunSpec) -> list:
+    def command(self, rs: RunSpec) -> list[Any]:
         return script_runner.command(rs)
 
-    def environment(self, rs: RunSpec, rank: int, port: int) -> dict:
+    def environment(self, rs: RunSpec, rank: int, port: int) -> dict[str, Any]:
         return torchrun_env(rs.knobs, rank, self.nproc, port)
 
     def finish(self, spec: RunSpec, group: RankGroup, stopped: str = "", stack: str = "") -> RankOutcome:
@@ -138,7 +138,7 @@ class SpawnRun(Run):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.ranks: dict = {}  # path -> [offset, steps]
+        self.ranks: dict[str, Any] = {}  # path -> [offset, steps]
         self.own = 0  # the script's own process's steps
 
     def read_steps(self) -> int:
@@ -169,7 +169,7 @@ class SpawnLauncher(Launcher):
     def __init__(self, opts: RunOptions, folder: str, progress=None):
         super().__init__(opts, folder, progress)
         self.nproc = 1
-        self.finished: dict = {}  # run name -> RankOutcome, runs that spawned ranks
+        self.finished: dict[str, Any] = {}  # run name -> RankOutcome, runs that spawned ranks
 
     def start(self, spec: RunSpec) -> SpawnRun:
         return SpawnRun(script_runner.command(spec), spec.log, spec.trace,

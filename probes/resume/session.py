@@ -18,7 +18,7 @@ import functools
 import inspect
 import os
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -79,13 +79,13 @@ def where(fn) -> Optional[str]:
         return None
 
 
-def default_save(path: str, objects: dict) -> None:
+def default_save(path: str, objects: dict[str, Any]) -> None:
     """What most tutorials save: the model's and the optimizer's state dicts."""
     torch.save({"model": objects["model"].state_dict(),
                 "optimizer": objects["optimizer"].state_dict()}, path)
 
 
-def default_load(path: str, objects: dict) -> None:
+def default_load(path: str, objects: dict[str, Any]) -> None:
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     objects["model"].load_state_dict(checkpoint["model"])
     objects["optimizer"].load_state_dict(checkpoint["optimizer"])
@@ -94,7 +94,7 @@ def default_load(path: str, objects: dict) -> None:
 class Session:
     """What one role does around the shared loop (see the module docstring)."""
 
-    def __init__(self, role: str, plan: Plan, setup: TrainingSetup, folder: str, knobs: list,
+    def __init__(self, role: str, plan: Plan, setup: TrainingSetup, folder: str, knobs: list[str],
                  device=None):
         self.role, self.plan, self.setup, self.knobs = role, plan, setup, knobs
         self.device = device if device is not None else torch.device("cpu")
@@ -124,7 +124,7 @@ class Session:
                 pieces.restore(knob, snap, live, self.scalers)
         writer.write(state_record(live, self.scalers, self.plan.at, self.device))
 
-    def open_pass(self, epoch: int) -> Iterator:
+    def open_pass(self, epoch: int) -> Iterator[Any]:
         data = self.setup.data
         if self.role == "a":
             return self.recorder.open_pass(epoch)

@@ -23,12 +23,12 @@ import hashlib
 import zlib
 
 import numpy as np
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
 
 _C1 = 0x9E3779B97F4A7C15 - (1 << 64)  # odd, as a signed int64
-_weights: dict = {}
+_weights: dict[str, Any] = {}
 _CPU = torch.device("cpu")
 
 
@@ -63,7 +63,7 @@ def words(t: torch.Tensor) -> torch.Tensor:
     return flat.view(torch.uint8)
 
 
-_metas: dict = {}
+_metas: dict[str, Any] = {}
 
 
 def _meta(t: torch.Tensor) -> int:
@@ -173,11 +173,11 @@ def fingerprint(t: torch.Tensor):
 class Scan(NamedTuple):
     """:func:`scan` of several tensors."""
 
-    values: list  # the fingerprint of each tensor, None where the tensor was None
+    values: list[Any]  # the fingerprint of each tensor, None where the tensor was None
     finite: object  # 1 when every floating value is finite, else 0 (a 0-d tensor off the CPU)
 
 
-def fingerprints(tensors: Sequence[Optional[torch.Tensor]]) -> list:
+def fingerprints(tensors: Sequence[Optional[torch.Tensor]]) -> list[Any]:
     """:func:`fingerprint` of each tensor (None stays None). On the CPU the small tensors
     (biases, norms) are fingerprinted together, in a few numpy calls instead of a few each."""
     return _many(tensors, False).values
@@ -194,9 +194,9 @@ _FLOATS = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float
 
 
 def _many(tensors: Sequence[Optional[torch.Tensor]], check: bool) -> Scan:
-    values: list = [None] * len(tensors)
-    small: list = []  # (index, tensor, words)
-    unchecked: list = []  # floating tensors whose values are still to be checked
+    values: list[Any] = [None] * len(tensors)
+    small: list[Any] = []  # (index, tensor, words)
+    unchecked: list[Any] = []  # floating tensors whose values are still to be checked
     finite = True
     for i, t in enumerate(tensors):
         if t is None:
@@ -238,10 +238,10 @@ def _cpu_large(a: np.ndarray, floats: Optional[np.dtype]):
     return value, finite
 
 
-_layouts: dict = {}
+_layouts: dict[str, Any] = {}
 
 
-def _small_dots(arrays: list) -> list:
+def _small_dots(arrays: list[Any]) -> list[Any]:
     """:func:`_cpu_dot` of each small word array, from one product and one segmented sum."""
     if not arrays:
         return []
@@ -265,7 +265,7 @@ def _small_dots(arrays: list) -> list:
     return out
 
 
-def _finite_flag(tensors: list, finite: bool):
+def _finite_flag(tensors: list[Any], finite: bool):
     """``finite`` and whether every value of ``tensors`` is finite: 1 or 0, or a 0-d int64
     tensor on the tensors' device (no host sync of its own; :func:`gather` takes it). CPU
     tensors (the small ones, and dtypes numpy cannot read) are checked together; others from
@@ -311,11 +311,11 @@ def sample_fingerprints(t: torch.Tensor):
     return rows, whole + _meta(t)
 
 
-def gather(parts: Sequence) -> list:
+def gather(parts: Sequence[Any]) -> list[Any]:
     """Bring a step's fingerprints to the host: ints pass through, device tensors are
     concatenated per device and copied once (one sync)."""
     out = list(parts)
-    by_device: dict = {}
+    by_device: dict[str, Any] = {}
     for i, p in enumerate(parts):
         if isinstance(p, torch.Tensor):
             by_device.setdefault(p.device, []).append(i)

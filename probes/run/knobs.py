@@ -12,7 +12,7 @@ import functools
 import inspect
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -24,7 +24,7 @@ from audit.probes.run.environment import describe, thread_variables
 class Knob:
     name: str
     source: str  # the cause it proves (contract vocabulary)
-    env: dict = field(default_factory=dict)
+    env: dict[str, Any] = field(default_factory=dict)
     description: str = ""
 
 
@@ -58,9 +58,9 @@ KNOBS = {
     )
 }
 
-_observed: dict = {"cudnn_benchmark": None, "loaders": [], "threads": None,
+_observed: dict[str, Any] = {"cudnn_benchmark": None, "loaders": [], "threads": None,
                    "deterministic_off": None}
-_pinned: dict = {}
+_pinned: dict[str, Any] = {}
 
 
 def _caller() -> Optional[str]:
@@ -96,7 +96,7 @@ def _observe_cudnn_benchmark() -> None:
     cudnn_cls._audit_observed = True
 
 
-def _loader_arguments(arguments: dict) -> None:
+def _loader_arguments(arguments: dict[str, Any]) -> None:
     """A DataLoader's arguments under the ``jitter`` and ``dataloader`` knobs, in place."""
     workers = arguments.get("num_workers", 0)
     if "jitter" in _pinned and workers and "dataloader" not in _pinned:
@@ -165,7 +165,7 @@ def _observe_threads_and_determinism() -> None:
     torch._audit_original_deterministic = original_det
 
 
-def observed() -> dict:
+def observed() -> dict[str, Any]:
     return dict(_observed, loaders=list(_observed["loaders"]))
 
 
@@ -175,7 +175,7 @@ def jitter_workers() -> None:
     _pinned["jitter"] = True
 
 
-def apply(names: list, escape_log: Optional[str] = None, pin_sites=()) -> None:
+def apply(names: list[str], escape_log: Optional[str] = None, pin_sites=()) -> None:
     """Apply the in-process part of the named knobs (their env part is set by the caller);
     ``pin_sites`` are the seeding calls' places the ``pin_seeds`` knob pins."""
     unknown = [n for n in names if n not in KNOBS]
@@ -202,7 +202,7 @@ def apply(names: list, escape_log: Optional[str] = None, pin_sites=()) -> None:
         torch.utils.deterministic.fill_uninitialized_memory = "fill_uninitialized_memory" in names
 
 
-def flags() -> dict:
+def flags() -> dict[str, Any]:
     """The process's determinism-relevant settings, for the report's environment section."""
     return {
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
@@ -216,7 +216,7 @@ def flags() -> dict:
     }
 
 
-def module_sources(model: torch.nn.Module) -> dict:
+def module_sources(model: torch.nn.Module) -> dict[str, Any]:
     """``file:line`` of each user-defined module's forward (not torch's own modules)."""
     out = {}
     for name, module in model.named_modules():
@@ -233,7 +233,7 @@ def module_sources(model: torch.nn.Module) -> dict:
     return out
 
 
-def describe_run(device) -> dict:
+def describe_run(device) -> dict[str, Any]:
     """What a run records of its place: the machine and versions
     (:func:`audit.probes.run.environment.describe`) and the determinism flags in force."""
     return {**describe(device), "flags": flags()}

@@ -23,7 +23,7 @@ import re
 import select
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from audit.probes.errors import UsageError
 from audit.probes.run.processes import child_argv
@@ -51,16 +51,16 @@ class Program:
 
     path: Optional[str] = None
     module: Optional[str] = None
-    args: list = field(default_factory=list)
-    options: list = field(default_factory=list)  # interpreter options to pass on
+    args: list[str] = field(default_factory=list)
+    options: list[Any] = field(default_factory=list)  # interpreter options to pass on
 
-    def argv(self) -> list:
+    def argv(self) -> list[Any]:
         """What follows the bootstrap's ``--``: ``[path, *args]`` or ``["-m", module, *args]``."""
         head = ["-m", self.module] if self.module else [self.path]
         return [*head, *self.args]
 
 
-def parse(argv: list, interpreter: bool = True) -> Program:
+def parse(argv: list[str], interpreter: bool = True) -> Program:
     """Read a ``python [options] (FILE | -m MODULE) [args]`` command. With ``interpreter``
     the first word must name a Python interpreter; without, the command starts after it."""
     words = list(argv)
@@ -123,7 +123,7 @@ def _is_python(word: str) -> bool:
         return False
 
 
-def validate(script: list, cwd: Optional[str] = None) -> Program:
+def validate(script: list[str], cwd: Optional[str] = None) -> Program:
     """Check a script command before any run starts: raises :class:`UsageError` (one line)
     when it is not ``python FILE`` / ``python -m MODULE`` with a file or module that exists."""
     cwd = cwd or os.getcwd()
@@ -193,7 +193,7 @@ def read_stdin(stream=None) -> Optional[bytes]:
         return b""
 
 
-def command(spec: RunSpec) -> list:
+def command(spec: RunSpec) -> list[Any]:
     """The argv that runs ``spec.script`` under the bootstrap in a fresh process."""
     program = parse(spec.script)
     return child_argv("audit.probes.child.bootstrap", spec.spec_path, "--", *program.argv(),

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Any, Optional
 
 from audit.probes.run import rendezvous
 from audit.probes.run import merge
@@ -27,7 +27,7 @@ from audit.probes.run.trace import read_trace
 GRACE_SECONDS = 5.0
 
 
-def rank_env(knobs: list, rank: int, world: int, port: int) -> dict:
+def rank_env(knobs: list[str], rank: int, world: int, port: int) -> dict[str, Any]:
     """The environment of one rank: the knobs' part, our package first on the path, and the
     variables torchrun sets (the rendezvous: the store at ``port``, hosted by the audit)."""
     env = run_env(knobs)
@@ -46,7 +46,7 @@ class RankGroup:
     once a rank has failed the others get :data:`GRACE_SECONDS`, then they are ended (they
     would wait in a collective until the process group's timeout)."""
 
-    def __init__(self, runs: list, store=None):
+    def __init__(self, runs: list[Any], store=None):
         self.runs = runs
         self.store = store  # the run's rendezvous store (rendezvous.host_store), while it runs
         self.started = min(r.started for r in runs)
@@ -100,7 +100,7 @@ class RankGroup:
 class RankOutcome(Outcome):
     """A finished distributed run: the merged trace as ``records``, each rank's in ``ranks``."""
 
-    ranks: list = field(default_factory=list)  # [records], rank order
+    ranks: list[str] = field(default_factory=list)  # [records], rank order
 
 
 class RankLauncher(Launcher):
@@ -110,7 +110,7 @@ class RankLauncher(Launcher):
     def __init__(self, opts, folder: str, nproc: int, timeout: float, progress=None):
         super().__init__(opts, folder, progress)
         self.nproc, self.timeout = nproc, timeout
-        self.finished: dict = {}  # run name -> RankOutcome
+        self.finished: dict[str, Any] = {}  # run name -> RankOutcome
 
     def spec(self, name: str, steps: int, knobs=(), detail=False,
              lockstep: Optional[LockstepSpec] = None, **more) -> RunSpec:
@@ -127,17 +127,17 @@ class RankLauncher(Launcher):
             spec.rank_specs.append(rs)
         return spec
 
-    def command(self, rs: RunSpec) -> list:
+    def command(self, rs: RunSpec) -> list[Any]:
         """The argv of one rank."""
         return child_argv("audit.probes.child.worker", rs.spec_path)
 
-    def environment(self, rs: RunSpec, rank: int, port: int) -> dict:
+    def environment(self, rs: RunSpec, rank: int, port: int) -> dict[str, Any]:
         """The environment of one rank, started as torchrun starts one."""
         return rank_env(rs.knobs, rank, self.nproc, port)
 
     def start(self, spec: RunSpec) -> RankGroup:
         store = rendezvous.host_store(self.nproc)
-        runs: list = []
+        runs: list[Any] = []
         try:
             for rank, rs in enumerate(spec.rank_specs):
                 runs.append(Run(self.command(rs), rs.log, rs.trace,

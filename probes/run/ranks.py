@@ -13,7 +13,7 @@ import os
 import traceback
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -65,7 +65,7 @@ def _wrap(model: nn.Module, ctx: RankContext) -> tuple[nn.Module, bool]:
     return DDP(model, device_ids=ids), True
 
 
-def _shard_synthetic(data: list, model: nn.Module, ctx: RankContext, seed: int) -> list:
+def _shard_synthetic(data: list[Any], model: nn.Module, ctx: RankContext, seed: int) -> list[Any]:
     """Rank r > 0 gets its own synthetic batches (rank 0 keeps the single-process ones)."""
     if ctx.rank == 0 or not data:
         return data
@@ -97,7 +97,7 @@ class RankTracker:
 
     def __init__(self, inner: nn.Module, writer):
         self.inner, self.writer = inner, writer
-        self.buffers: Optional[list] = None
+        self.buffers: Optional[list[Any]] = None
         self.handle = inner.register_forward_pre_hook(self._pre)
         self.samplers_written = False
 
@@ -149,7 +149,7 @@ class SamplerWatch:
     """Records every ``DistributedSampler``: where it was made, whether it shuffles, each
     pass's epoch and order digest, and the first pass's indices."""
 
-    made: list = []
+    made: list[Any] = []
 
     @classmethod
     def install(cls) -> None:
@@ -180,6 +180,6 @@ class SamplerWatch:
         DistributedSampler._audit_watched = True
 
     @classmethod
-    def report(cls) -> list:
+    def report(cls) -> list[Any]:
         return [dict(r) for r in cls.made]
 

@@ -8,6 +8,7 @@ rendezvous when ``MASTER_ADDR``/``MASTER_PORT`` name that store).
 """
 from __future__ import annotations
 
+from typing import Any
 LOOPBACK = "127.0.0.1"
 AGENT_STORE = "TORCHELASTIC_USE_AGENT_STORE"
 
@@ -20,6 +21,6 @@ def host_store(world: int):
     return TCPStore(LOOPBACK, 0, world, is_master=True, wait_for_workers=False)
 
 
-def client_env(port) -> dict:
+def client_env(port) -> dict[str, Any]:
     """The variables that make a rank join the store at ``port`` as a client."""
     return {"MASTER_ADDR": LOOPBACK, "MASTER_PORT": str(port), AGENT_STORE: "True"}

@@ -16,11 +16,11 @@ import json
 import operator
 import os
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 from audit.probes.run.processes import is_user_file, short_path
 
-_state: dict = {"path": None}
+_state: dict[str, Any] = {"path": None}
 
 def start(path: Optional[str]) -> None:
     """Log seeding calls to ``path`` (None: stop logging)."""
@@ -84,7 +84,7 @@ def _worker_id() -> Optional[int]:
     return None if info is None else info.id
 
 
-def read(path: str) -> list:
+def read(path: str) -> list[Any]:
     """The seeding calls one run logged (main process and workers), in the order written."""
     calls = []
     try:

@@ -29,14 +29,14 @@ class Target:
     """What a target callable may return instead of a plain dict (contract keys)."""
 
     model: Any
-    data: Optional[Iterable] = None
-    loss: Optional[Callable] = None
-    optimizer: Optional[Callable] = None
-    step: Optional[Callable] = None
-    scheduler: Optional[Callable] = None  # callable(optimizer) -> LR scheduler
-    evaluate: Optional[Callable] = None  # callable(model) -> float | dict[str, float]
-    save: Optional[Callable] = None  # callable(path, objects): the user's checkpoint code
-    load: Optional[Callable] = None  # callable(path, objects)
+    data: Optional[Iterable[Any]] = None
+    loss: Optional[Callable[..., Any]] = None
+    optimizer: Optional[Callable[..., Any]] = None
+    step: Optional[Callable[..., Any]] = None
+    scheduler: Optional[Callable[..., Any]] = None  # callable(optimizer) -> LR scheduler
+    evaluate: Optional[Callable[..., Any]] = None  # callable(model) -> float | dict[str, float]
+    save: Optional[Callable[..., Any]] = None  # callable(path, objects): the user's checkpoint code
+    load: Optional[Callable[..., Any]] = None  # callable(path, objects)
 
 
 @dataclass(frozen=True)
@@ -45,14 +45,14 @@ class TargetSpec:
 
     where: str
     name: str
-    kwargs: dict = field(default_factory=dict)
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __str__(self) -> str:
         args = "".join(f",{k}={v!r}" for k, v in self.kwargs.items())
         return f"{self.where}:{self.name}{args}"
 
 
-def split_top_level(text: str, sep: str = ",") -> list:
+def split_top_level(text: str, sep: str = ",") -> list[Any]:
     """``text`` split at ``sep`` outside brackets and quotes (``a=(1,2),b='x,y'`` -> 2 parts)."""
     parts, depth, quote, start, escaped = [], 0, None, 0, False
     for i, ch in enumerate(text):
@@ -109,7 +109,7 @@ def split_spec(spec: str) -> tuple[str, str]:
     return parsed.where, parsed.name
 
 
-def load_callable(spec: str) -> Callable:
+def load_callable(spec: str) -> Callable[..., Any]:
     """Import the object a spec names. A file's folder goes first on ``sys.path``."""
     where, name = split_spec(spec)
     if where.endswith(".py") or os.sep in where or "/" in where:
@@ -167,7 +167,7 @@ def _described(exc: BaseException) -> str:
     return f"{text} (at {found.where})" if found else text
 
 
-def call_target(fn: Callable, spec: str, kwargs: Optional[dict] = None) -> Any:
+def call_target(fn: Callable[..., Any], spec: str, kwargs: Optional[dict[str, Any]] = None) -> Any:
     """Call the target with its spec's keyword arguments (none for a plain spec)."""
     kwargs = kwargs or {}
     try:
@@ -182,7 +182,7 @@ def call_target(fn: Callable, spec: str, kwargs: Optional[dict] = None) -> Any:
         raise TargetError(f"{spec} raised {_described(exc)}") from exc
 
 
-def normalize(returned: Any, spec: str, *, input_shape: Optional[tuple] = None,
+def normalize(returned: Any, spec: str, *, input_shape: Optional[tuple[Any, ...]] = None,
               num_classes: Optional[int] = None, batch_size: int = 16,
               batches: int = 4, seed: int = 0):
     """Turn what the target returned into a :class:`probes.run.training.TrainingSetup`."""
@@ -280,7 +280,7 @@ def _module_source(module: str, cwd: str) -> Optional[str]:
 _DYNAMIC = {"globals", "vars", "exec", "setattr", "locals"}
 
 
-def _top_level_names(path: str) -> Optional[set]:
+def _top_level_names(path: str) -> Optional[set[Any]]:
     """Names a module's text binds (anywhere: a superset of its top level); None when the text
     cannot tell (``import *``, ``globals()``, ``exec``, a module ``__getattr__``)."""
     try:
@@ -290,7 +290,7 @@ def _top_level_names(path: str) -> Optional[set]:
         raise TargetError(f"importing {_short(path)} failed: {_described(exc)}") from None
     except (OSError, ValueError):
         return None
-    names: set = set()
+    names: set[Any] = set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)

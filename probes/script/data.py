@@ -8,7 +8,7 @@ functional losses, which the loss modules (``nn.CrossEntropyLoss`` ...) call too
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch.nn import functional as F
@@ -26,14 +26,14 @@ LOSS_TARGETS = {
 }
 
 
-def target_of(name: str, args: tuple, kwargs: dict):
+def target_of(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]):
     """The target tensor given to functional loss ``name``, or None."""
     position, keyword = LOSS_TARGETS[name]
     value = args[position] if len(args) > position else kwargs.get(keyword)
     return value if isinstance(value, torch.Tensor) else None
 
 
-def install(on_target: Callable[[torch.Tensor], None]) -> list:
+def install(on_target: Callable[[torch.Tensor], None]) -> list[Any]:
     """Wrap the functional losses; returns ``[(owner, name, original)]`` for the caller to put
     back. ``on_target(tensor)`` is called with each target before the loss runs."""
     patches = []

@@ -15,7 +15,7 @@ children started with ``torch.multiprocessing`` are traced as ranks.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 from audit.probes.run import ranks, rendezvous
@@ -63,7 +63,7 @@ class RankObserver:
         self.writer = writer
         self.port = port or os.environ.get("MASTER_PORT")
         self.tracker: Optional[ranks.RankTracker] = None
-        self._patches: list = []
+        self._patches: list[Any] = []
         self.closed = False
 
     def install(self) -> None:

@@ -17,7 +17,7 @@ import importlib
 import os
 import sys
 from dataclasses import replace
-from typing import Callable
+from typing import Any, Callable
 
 from audit.probes.run import rendezvous
 from audit.probes.results.records import Record
@@ -27,7 +27,7 @@ from audit.probes.run.spec import DistSpec, RunSpec
 EXIT_CODES = (3, 4)
 
 
-def child_specs(spec: RunSpec, nprocs: int, port: int) -> list:
+def child_specs(spec: RunSpec, nprocs: int, port: int) -> list[Any]:
     """The spec of each child: the script's, with files and a lockstep folder of its own."""
     out = []
     for rank in range(nprocs):
@@ -47,7 +47,7 @@ class TracedRank:
     specs, and where the bootstrap's ``run`` is: ``"module:function"``, imported in the child,
     since the bootstrap runs as ``__main__`` in the script's process)."""
 
-    def __init__(self, fn: Callable, specs: list, runner: str):
+    def __init__(self, fn: Callable[..., Any], specs: list[Any], runner: str):
         self.fn, self.specs, self.runner = fn, specs, runner
 
     def __call__(self, index: int, *args) -> None:

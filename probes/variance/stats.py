@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from scipy import stats
@@ -38,7 +38,7 @@ class Summary:
     max: float
     q1: float
     q3: float
-    std_ci: tuple  # (lo, hi) bootstrap CI of the std, or (None, None) under 3 values
+    std_ci: tuple[Any, ...]  # (lo, hi) bootstrap CI of the std, or (None, None) under 3 values
 
     @property
     def iqr(self) -> float:
@@ -49,7 +49,7 @@ def _constant(values: np.ndarray) -> bool:
     return values.size == 0 or bool(np.all(values == values[0]))
 
 
-def _bootstrap_ci(values: np.ndarray, statistic, confidence: float, rng_seed: int) -> tuple:
+def _bootstrap_ci(values: np.ndarray, statistic, confidence: float, rng_seed: int) -> tuple[Any, ...]:
     """BCa CI of ``statistic``; percentile when BCa is undefined (NaN) for this sample."""
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings():
@@ -84,7 +84,7 @@ def describe(values: Sequence[float], confidence: float = 0.95, rng_seed: int = 
                    max=float(arr.max()), q1=float(q1), q3=float(q3), std_ci=ci)
 
 
-def mean_ci(values: Sequence[float], confidence: float = 0.95, rng_seed: int = 0) -> tuple:
+def mean_ci(values: Sequence[float], confidence: float = 0.95, rng_seed: int = 0) -> tuple[Any, ...]:
     """BCa bootstrap CI of the mean; ``(x, x)`` for a constant sample, ``(None, None)`` under 2."""
     arr = np.asarray(values, dtype=float)
     if arr.size and _constant(arr):
