@@ -33,7 +33,7 @@ class SimpleCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-class SyntheticCIFAR(Dataset):
+class SyntheticCIFAR(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """CIFAR-shaped images with a learnable signal; sample ``i`` is always the same image."""
 
     def __init__(self, size: int = 1024, num_classes: int = 10, seed: int = 1234):
@@ -55,7 +55,7 @@ class SyntheticCIFAR(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.transform(self.images[index]), self.targets[index]
 
 

@@ -322,7 +322,8 @@ def _depth_chart(schemes: Sequence[SchemeResult], recommended: Optional[str], fi
 
     def build():
         fig, (ax,) = _figure()
-        values, depths = [], []
+        values: list[float] = []
+        depths: list[float] = []
         order = {s.name: i for i, s in enumerate(schemes)}
         for scheme in _ordered(schemes, recommended):
             layers = sorted(scheme.layers, key=lambda l: l.depth)
@@ -500,7 +501,7 @@ def loss_chart(schemes: Sequence[SchemeResult], recommended: Optional[str] = Non
         if not every:
             _no_data(ax, "every loss was non-finite")
             return fig
-        steady = [y for _, ys in curves if all(y is not None for y in ys) for y in ys] or every
+        steady = [y for _, ys in curves if all(y is not None for y in ys) for y in ys if y is not None] or every
         bottom, top, use_log = _loss_range(steady)
         order = {s.name: i for i, s in enumerate(schemes)}
         steps: list[int] = []
@@ -613,12 +614,13 @@ def loss_pair_chart(a: Sequence[Any], b: Sequence[Any], first_step: Optional[int
         fig, (top, bottom) = _figure(height=HEIGHT * 1.5, rows=2, sharex=True)
         for ys, text, color, style in ((a, "a (before)", MUTED, (0, (4, 2))),
                                        (b, "b (after)", BLUE, "-")):
-            values = [float("nan") if finite(y) is None else finite(y) for y in ys]
+            values = [float("nan") if (v := finite(y)) is None else v for y in ys]
             top.plot(range(len(values)), values, color=color, linestyle=style, label=text,
                      marker="o", markersize=2.5, zorder=3)
         top.set_ylabel("training loss")
         floor = 10.0 ** (math.floor(math.log10(min(positives))) - 1) if positives else None
         if positives:
+            assert floor is not None  # set from the positives
             _log_axis(bottom, positives, zero_floor=floor)
             bottom.plot(range(len(rel)), [float("nan") if r is None else (r or floor) for r in rel],
                         color=RED, marker="o", markersize=3, zorder=3, label="relative difference")

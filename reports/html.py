@@ -298,7 +298,7 @@ def _resume_timeline(result: ResumeResult) -> list[dict[str, Any]]:
     """Rows of the A-vs-C timeline around K: a cell per stage (``before`` for steps the
     resumed run did not make, ``na`` for ``state`` away from K), the first divergence marked."""
     div = result.first_divergence
-    rows: list[tuple[str, str]] = []
+    rows: list[dict[str, Any]] = []
     for entry in result.timeline:
         cells = []
         for stage in RESUME_STAGES_SHOWN:

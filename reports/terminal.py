@@ -476,10 +476,10 @@ def check_summary(gate: GateResult, *, color: bool = False, width: Optional[int]
             badge = w.s("FAIL", "red")
         indent = " " * (10 + audit_width)
         audit = shorten(one_line(check.audit), audit_width).ljust(audit_width)
-        name = textwrap.wrap(one_line(check.name), width=max(w.width - len(indent), 20),
-                             break_on_hyphens=False) or [""]
-        w.add(f"  {badge}  {audit}  {name[0]}".rstrip())
-        w.lines.extend(indent + more for more in name[1:])
+        title = textwrap.wrap(one_line(check.name), width=max(w.width - len(indent), 20),
+                              break_on_hyphens=False) or [""]
+        w.add(f"  {badge}  {audit}  {title[0]}".rstrip())
+        w.lines.extend(indent + more for more in title[1:])
         if not check.passed or check.skipped:
             if check.message:
                 w.wrap(check.message, indent=indent)

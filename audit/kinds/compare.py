@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from audit import config
 from audit.kinds.base import AuditKind, Progress, Regression, Settings, failing_names, positive_arg, rounded
@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=positive_arg, default=None, help="runs at once (default 1)")
 
 
-def _spec(key: str):
+def _spec(key: str) -> Callable[[config.Checker, Any], str]:
     """A checker of a target spec under ``key`` (paths relative to the working folder)."""
     def check(chk: config.Checker, value: Any) -> str:
         from audit.probes.run.target import parse_spec

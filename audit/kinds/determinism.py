@@ -7,7 +7,7 @@ import argparse
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from audit import config
 from audit.kinds import snapshot_shape as shape
@@ -23,6 +23,9 @@ from audit.reports.common import (NONFINITE_FIX, determinism_headline, determini
                                   nonfinite_sentence, one_line, source_title, split_where,
                                   stage_title)
 from audit.probes.results.records import Status
+
+if TYPE_CHECKING:  # torch: imported when the audit runs
+    from audit.probes.run.launcher import RunOptions
 
 #: Baseline tolerances: the first divergence's max |diff| may grow by this factor.
 TOLERANCES = {"max_abs_diff": 10.0}
@@ -86,13 +89,13 @@ def run(s: DeterminismSettings, progress: Progress = None) -> DeterminismResult:
     return result
 
 
-def _run_distributed(s: DeterminismSettings, opts, progress: Progress) -> DeterminismResult:
+def _run_distributed(s: DeterminismSettings, opts: RunOptions, progress: Progress) -> DeterminismResult:
     from audit.probes.determinism.distributed import audit_distributed
 
     return audit_distributed(opts, s.nproc, progress=progress)
 
 
-def _run_script(s: DeterminismSettings, opts, progress: Progress) -> DeterminismResult:
+def _run_script(s: DeterminismSettings, opts: RunOptions, progress: Progress) -> DeterminismResult:
     """Script mode: one process per run, or ranks (``--nproc``, torchrun, mp.spawn)."""
     from audit.probes.determinism.script_launcher import audit_script
 

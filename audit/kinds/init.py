@@ -264,6 +264,10 @@ def snapshot(result: InitResult) -> dict[str, Any]:
 
 
 
+#: The median layer's gradient norm in the baseline and now (None: no layer had one).
+Medians = tuple[Optional[float], Optional[float]]
+
+
 def _decades_from(value: Optional[float], ref: Optional[float]) -> Optional[float]:
     if value is None or ref is None or value <= 0 or ref <= 0:
         return None
@@ -278,7 +282,7 @@ def _median(values: list[Any]) -> Optional[float]:
     return values[mid] if len(values) % 2 else math.sqrt(values[mid - 1] * values[mid])
 
 
-def _gradient_regression(name: str, old: dict[str, Any], cur: dict[str, Any], medians: tuple[float, float],
+def _gradient_regression(name: str, old: dict[str, Any], cur: dict[str, Any], medians: Medians,
                          tol: Optional[float]) -> list[str]:
     if tol is None or not old.get("grad_norm") or old["grad_norm"] <= 0:
         return []
@@ -293,7 +297,7 @@ def _gradient_regression(name: str, old: dict[str, Any], cur: dict[str, Any], me
     return []
 
 
-def _layer_regressions(name: str, old: dict[str, Any], cur: dict[str, Any], medians: tuple[float, float],
+def _layer_regressions(name: str, old: dict[str, Any], cur: dict[str, Any], medians: Medians,
                        tolerances: dict[str, Any]) -> list[str]:
     """What got worse in one layer, as texts."""
     out = _gradient_regression(name, old, cur, medians, tolerances.get("grad_norm"))
@@ -314,7 +318,7 @@ def _layer_regressions(name: str, old: dict[str, Any], cur: dict[str, Any], medi
 
 def regressions(base: dict[str, Any], now: dict[str, Any], tolerances: dict[str, Any]) -> list[Regression]:
     """``(text, where)`` pairs: how ``now`` (a snapshot) is worse than ``base``."""
-    out: list[Regression] = []
+    out: list[str] = []
     if now.get("error") and not base.get("error"):
         out.append(f"the init audit failed: {now['error']}")
     if base.get("verdict") == "healthy" and now.get("verdict") != "healthy":

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from audit import config
 from audit.kinds.base import (AuditKind, Progress, Regression, Settings, failing_names, plural, positive_arg,
@@ -67,7 +67,7 @@ def check_table(chk: config.Checker, table: dict[str, Any]) -> dict[str, Any]:
     return config.check_table(chk, "variance", table, rules, special)
 
 
-def progress_adapter(progress: Progress):
+def progress_adapter(progress: Progress) -> Optional[Callable[[int, int, str], None]]:
     """The engine's ``(done, total, message)`` as the gate's one-line progress."""
     if progress is None:
         return None

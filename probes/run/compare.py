@@ -212,7 +212,7 @@ def localize(a: list[Any], b: list[Any], step: int, stage: str) -> tuple[Optiona
     if stage == "backward":
         grads_a, grads_b = ra.get("grads", []), rb.get("grads", [])
         differing = {names[i] for i, (x, y) in enumerate(zip(grads_a, grads_b)) if x != y and i < len(names)}
-        gouts: dict[str, Any] = {}
+        gouts: dict[tuple[str, int], list[bool]] = {}
         for name, call, phase, value in ev_a:
             if phase.startswith("gout"):
                 gouts.setdefault((name, call), []).append(value == index_b.get((name, call, phase)))

@@ -30,7 +30,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def describe(device) -> dict[str, Any]:
+def describe(device: torch.device) -> dict[str, Any]:
     """Python, platform, CPU, thread counts, torch/NumPy/torchvision/scipy, CUDA and cuDNN
     versions, the device (and the GPU's name on CUDA)."""
     device = torch.device(device)
@@ -89,7 +89,7 @@ def code_fingerprint(models: Iterable[torch.nn.Module] = ()) -> Optional[str]:
     return hashlib.blake2b("\n".join(sorted(digests)).encode(), digest_size=8).hexdigest()
 
 
-def resolve_device(name: str):
+def resolve_device(name: str) -> torch.device:
     import torch
 
     if name == "auto":

@@ -12,7 +12,7 @@ import functools
 import inspect
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -175,7 +175,7 @@ def jitter_workers() -> None:
     _pinned["jitter"] = True
 
 
-def apply(names: list[str], escape_log: Optional[str] = None, pin_sites=()) -> None:
+def apply(names: list[str], escape_log: Optional[str] = None, pin_sites: Sequence[str] = ()) -> None:
     """Apply the in-process part of the named knobs (their env part is set by the caller);
     ``pin_sites`` are the seeding calls' places the ``pin_seeds`` knob pins."""
     unknown = [n for n in names if n not in KNOBS]
@@ -233,7 +233,7 @@ def module_sources(model: torch.nn.Module) -> dict[str, Any]:
     return out
 
 
-def describe_run(device) -> dict[str, Any]:
+def describe_run(device: torch.device) -> dict[str, Any]:
     """What a run records of its place: the machine and versions
     (:func:`audit.probes.run.environment.describe`) and the determinism flags in force."""
     return {**describe(device), "flags": flags()}

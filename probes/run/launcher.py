@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from audit.probes.progress import Progress, Reporter, silent
 from audit.probes.results.records import Record, Status
@@ -23,7 +23,7 @@ from audit.probes.run.spec import LockstepSpec, ResumeSpec, RunSpec, write_spec
 from audit.probes.run.trace import read_trace
 
 
-def run_env(knobs) -> dict[str, Any]:
+def run_env(knobs: Sequence[str]) -> dict[str, str]:
     """A run's environment: ours, the knobs' part, Agg. Nothing of the tool goes on the
     user's ``PYTHONPATH``: the child imports it from where it is installed."""
     env = dict(os.environ)
@@ -111,7 +111,7 @@ class Launcher:
             with open(self.stdin_path, "wb") as fh:
                 fh.write(data)
 
-    def spec(self, name: str, steps: int, knobs=(), detail=False,
+    def spec(self, name: str, steps: int, knobs: Sequence[str] = (), detail: bool = False,
              lockstep: Optional[LockstepSpec] = None, resume: Optional[ResumeSpec] = None,
              cuda_ops: bool = False) -> RunSpec:
         """A worker spec, written to the folder."""
@@ -131,7 +131,7 @@ class Launcher:
         write_spec(spec, base + ".json")
         return spec
 
-    def _env(self, knobs) -> dict[str, Any]:
+    def _env(self, knobs: Sequence[str]) -> dict[str, str]:
         return run_env(knobs)
 
     def start(self, spec: RunSpec) -> Run:

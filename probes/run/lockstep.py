@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -32,7 +32,7 @@ class Lockstep:
     def _path(self, step: int) -> str:
         return os.path.join(self.folder, f"step{step + 1:06d}.pt")
 
-    def _wait(self, ready, what: str) -> bool:
+    def _wait(self, ready: Callable[[], bool], what: str) -> bool:
         deadline = time.monotonic() + self.timeout
         delay = 0.002
         while not ready():
@@ -104,7 +104,7 @@ def renamed(tensors: dict[str, Any], rename: Optional[dict[str, Any]]) -> dict[s
     return out
 
 
-def max_abs_diff(a, b) -> Optional[float]:
+def max_abs_diff(a: Any, b: Any) -> Optional[float]:
     """Largest element-wise difference; None when the shapes differ; inf for NaN mismatches."""
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.shape != b.shape:
         return None

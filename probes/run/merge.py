@@ -33,7 +33,7 @@ def user_name(name: str, prefix: str = "module.") -> str:
     return name if found is None else found
 
 
-def _strip_keys(obj, prefix: str):
+def _strip_keys(obj: Any, prefix: str) -> Any:
     if isinstance(obj, dict):
         out = {}
         for key, value in obj.items():
@@ -43,7 +43,7 @@ def _strip_keys(obj, prefix: str):
     return obj
 
 
-def _max_merge(values: list[Any]):
+def _max_merge(values: list[Any]) -> Any:
     present = [v for v in values if v is not None]
     if not present:
         return None
@@ -54,7 +54,7 @@ def _max_merge(values: list[Any]):
     return max(numbers) if numbers else present[0]
 
 
-def _join(values: list[Any]):
+def _join(values: list[Any]) -> Any:
     return None if all(v is None for v in values) else "|".join(str(v) for v in values)
 
 

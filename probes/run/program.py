@@ -23,7 +23,7 @@ import re
 import select
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, BinaryIO, Optional
 
 from audit.probes.errors import UsageError
 from audit.probes.run.processes import child_argv
@@ -175,7 +175,7 @@ TERMINAL = None
 STDIN_WAIT = 1.0
 
 
-def read_stdin(stream=None) -> Optional[bytes]:
+def read_stdin(stream: Optional[BinaryIO] = None) -> Optional[bytes]:
     """The tool's standard input, read once to its end so that every run gets the same bytes;
     ``None`` (:data:`TERMINAL`) when it is a terminal: nobody types into several runs at once.
     A closed or unreadable stdin, or a pipe with nothing to read within :data:`STDIN_WAIT`

@@ -13,11 +13,12 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from audit.probes.run import rendezvous
 from audit.probes.run import merge
-from audit.probes.run.launcher import Launcher, Outcome, run_env
+from audit.probes.progress import Reporter
+from audit.probes.run.launcher import Launcher, Outcome, RunOptions, run_env
 from audit.probes.run.rng_escape import read_log
 from audit.probes.run.processes import Run, child_argv, end_runs
 from audit.probes.run.spec import DistSpec, LockstepSpec, RunSpec, write_spec
@@ -46,7 +47,7 @@ class RankGroup:
     once a rank has failed the others get :data:`GRACE_SECONDS`, then they are ended (they
     would wait in a collective until the process group's timeout)."""
 
-    def __init__(self, runs: list[Any], store=None):
+    def __init__(self, runs: list[Run], store: Any = None):
         self.runs = runs
         self.store = store  # the run's rendezvous store (rendezvous.host_store), while it runs
         self.started = min(r.started for r in runs)
@@ -107,13 +108,13 @@ class RankLauncher(Launcher):
     """A :class:`~audit.probes.run.launcher.Launcher` whose every run is ``nproc``
     ranks; keeps every finished run by name for the replica and sampler analysis."""
 
-    def __init__(self, opts, folder: str, nproc: int, timeout: float, progress=None):
+    def __init__(self, opts: RunOptions, folder: str, nproc: int, timeout: float, progress: Reporter = None):
         super().__init__(opts, folder, progress)
         self.nproc, self.timeout = nproc, timeout
         self.finished: dict[str, Any] = {}  # run name -> RankOutcome
 
-    def spec(self, name: str, steps: int, knobs=(), detail=False,
-             lockstep: Optional[LockstepSpec] = None, **more) -> RunSpec:
+    def spec(self, name: str, steps: int, knobs: Sequence[str] = (), detail: bool = False,
+             lockstep: Optional[LockstepSpec] = None, **more: Any) -> RunSpec:
         spec = super().spec(name, steps, knobs=knobs, detail=detail, lockstep=lockstep, **more)
         base = spec.spec_path[:-len(".json")]
         for rank in range(self.nproc):

@@ -13,7 +13,7 @@ import os
 import traceback
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import nn
@@ -22,6 +22,10 @@ from audit.probes.run import fingerprint as fp
 from audit.probes.run.processes import Frame, user_frame
 from audit.probes.run.spec import DistSpec
 from audit.probes.results.records import Record
+
+if TYPE_CHECKING:  # imported by the training loop, which imports this module
+    from audit.probes.run.trace import TraceWriter
+    from audit.probes.run.training import TrainingSetup
 
 #: Index lists kept per sampler for the disjointness check (the first epoch of each rank).
 MAX_INDICES = 100_000
@@ -77,7 +81,7 @@ def _shard_synthetic(data: list[Any], model: nn.Module, ctx: RankContext, seed: 
                                       len(data), seed + 7919 * ctx.rank)
 
 
-def prepare(setup, ctx: RankContext, writer, seed: int) -> "RankTracker":
+def prepare(setup: TrainingSetup, ctx: RankContext, writer: TraceWriter, seed: int) -> "RankTracker":
     """Wrap the model in DDP unless the target did, shard the tool's synthetic data, and
     start fingerprinting synchronized buffers; writes a ``dist`` record."""
     if setup.synthetic:
@@ -95,7 +99,7 @@ class RankTracker:
     """Fingerprints the wrapped module's buffers at the start of each step's first forward
     (after DDP's broadcast), and writes them, one ``replica`` record per step."""
 
-    def __init__(self, inner: nn.Module, writer):
+    def __init__(self, inner: nn.Module, writer: TraceWriter):
         self.inner, self.writer = inner, writer
         self.buffers: Optional[list[Any]] = None
         self.handle = inner.register_forward_pre_hook(self._pre)

@@ -48,8 +48,8 @@ _WIDTH = 64
 #: Values whose insides are never searched for a generator's holder.
 _LEAVES = (str, bytes, int, float, bool, type(None), types.ModuleType, types.FunctionType)
 
-_live: dict[str, Any] = {}  # id(token) -> Watched, not settled
-_held: dict[str, Any] = {}  # key -> [Watched]
+_live: dict[int, Watched] = {}  # id(token) -> Watched, not settled
+_held: dict[tuple[str, str], list[Watched]] = {}  # (kind, where) -> [Watched]
 _forced: set[Any] = set()  # keys counted as drawn whatever their generators show
 
 
@@ -64,7 +64,7 @@ def same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def watch(key: tuple[Any, ...], token: Any, state: Optional[Callable[[], Any]]) -> None:
+def watch(key: tuple[str, str], token: Any, state: Optional[Callable[[], Any]]) -> None:
     """Hold ``token``, made (or reseeded from the OS) at ``key``'s place, until the end."""
     held = _held.setdefault(key, [])
     if len(held) >= LIMIT:
@@ -130,7 +130,7 @@ def combined(uses: list[Any]) -> str:
     return DRAWN if DRAWN in uses else RESEEDED if RESEEDED in uses else UNUSED
 
 
-def outcomes() -> dict[str, Any]:
+def outcomes() -> dict[tuple[str, str], str]:
     """``{(kind, where): "drawn" | "reseeded" | "unused"}`` for every place that made a
     watched generator (a place not listed: nothing was watched there; count it as drawn)."""
     out = {}
@@ -139,7 +139,7 @@ def outcomes() -> dict[str, Any]:
     return out
 
 
-def holders(key: tuple[Any, ...]) -> list[Any]:
+def holders(key: tuple[str, str]) -> list[Any]:
     """The generators watched for ``key`` that were drawn from (all of them when none was
     seen drawn), to find which of the user's objects holds one."""
     held = _held.get(key, [])

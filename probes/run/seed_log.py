@@ -50,7 +50,7 @@ def caller(depth: int) -> Optional[str]:
 
 
 
-def value_text(value) -> Optional[object]:
+def value_text(value: Any) -> Optional[object]:
     """A seed as JSON: integers as ints (large ones as text), None as None, others as text."""
     if value is None or isinstance(value, bool):
         return value
@@ -61,7 +61,7 @@ def value_text(value) -> Optional[object]:
     return number if abs(number) < 2 ** 53 else str(number)
 
 
-def record(kind: str, value, depth: int) -> Optional[str]:
+def record(kind: str, value: Any, depth: int) -> Optional[str]:
     """Log one seeding call made by the frame ``depth`` levels above the caller; returns its
     place, or None when that frame is not the user's code."""
     where = caller(depth + 1)

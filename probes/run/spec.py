@@ -107,7 +107,7 @@ class SchemeRunSpec:
 Spec = TypeVar("Spec")
 
 
-def to_dict(spec) -> dict[str, Any]:
+def to_dict(spec: Any) -> dict[str, Any]:
     """The spec as JSON-able data, without what only the parent keeps."""
     out = {}
     for f in dataclasses.fields(spec):
@@ -128,7 +128,7 @@ def from_dict(kind: type[Spec], data: dict[str, Any]) -> Spec:
     return kind(**values)
 
 
-def _spec_type(hint) -> Optional[type]:
+def _spec_type(hint: Any) -> Optional[type]:
     """The dataclass a field holds (``Optional[X]`` or ``X``), else None."""
     for candidate in (hint, *typing.get_args(hint)):
         if isinstance(candidate, type) and dataclasses.is_dataclass(candidate):
@@ -136,7 +136,7 @@ def _spec_type(hint) -> Optional[type]:
     return None
 
 
-def write_spec(spec, path: str) -> None:
+def write_spec(spec: Any, path: str) -> None:
     """Write ``spec`` for a child at ``path`` (a :class:`RunSpec` also learns its path)."""
     if isinstance(spec, RunSpec):
         spec.spec_path = path

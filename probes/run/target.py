@@ -15,9 +15,12 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from audit.probes.errors import TargetError
+
+if TYPE_CHECKING:  # torch: imported when a target is normalized
+    from audit.probes.run.training import TrainingSetup
 
 BUILTIN = "audit.example:build"
 #: The keys a target mapping (or :class:`Target`) may carry.
@@ -184,7 +187,7 @@ def call_target(fn: Callable[..., Any], spec: str, kwargs: Optional[dict[str, An
 
 def normalize(returned: Any, spec: str, *, input_shape: Optional[tuple[Any, ...]] = None,
               num_classes: Optional[int] = None, batch_size: int = 16,
-              batches: int = 4, seed: int = 0):
+              batches: int = 4, seed: int = 0) -> TrainingSetup:
     """Turn what the target returned into a :class:`probes.run.training.TrainingSetup`."""
     from torch import nn
 
@@ -312,7 +315,7 @@ def _short(path: str) -> str:
     return short_path(path)
 
 
-def load_target(spec: Optional[str], **options):
+def load_target(spec: Optional[str], **options: Any) -> TrainingSetup:
     """Load, call and normalize a target spec (``None`` means the built-in example)."""
     spec = spec or BUILTIN
     fn = load_callable(spec)

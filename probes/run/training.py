@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 
-def default_optimizer(params) -> torch.optim.Optimizer:
+def default_optimizer(params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
     """The optimizer used when the target names none: plain SGD with momentum."""
     return torch.optim.SGD(params, lr=0.01, momentum=0.9)
 
@@ -34,12 +34,12 @@ class TrainingSetup:
     description: str = ""
 
 
-def make_scheduler(setup: TrainingSetup, optimizer: torch.optim.Optimizer):
+def make_scheduler(setup: TrainingSetup, optimizer: torch.optim.Optimizer) -> Any:
     """The target's LR scheduler for ``optimizer``, or None when it gives none."""
     return setup.scheduler(optimizer) if setup.scheduler is not None else None
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, scheduler=None,
+def optimizer_step(optimizer: torch.optim.Optimizer, scheduler: Any = None,
                    closure: Optional[Callable[[], Any]] = None) -> None:
     """One update, and the scheduler's step after it (as every audit's loop does). ``closure``
     (:func:`step_closure`) is given to an optimizer whose ``step`` takes one: LBFGS needs it
