@@ -160,13 +160,13 @@ class SchemeRun:
                                saturation_margin=self.margin)
         self.probe.__enter__()
 
-    def pre_step(self, optimizer, args, kwargs) -> None:
+    def pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self.probe is not None:
             probe, self.probe = self.probe, None
             probe.__exit__(None, None, None)
             self.out["layers"] = [dataclasses.asdict(layer) for layer in probe.collect()]
 
-    def post_step(self, optimizer, args, kwargs) -> None:
+    def post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self.model is None:
             return
         self.out["loss"].append(self.last_loss)

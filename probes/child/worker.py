@@ -8,7 +8,7 @@ trace (JSON lines) to the path the spec names and exits with:
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 import os
 import sys
 import traceback
@@ -31,7 +31,7 @@ class _TargetFailed(Exception):
 class WorkerRun:
     """One traced run's steps (see :func:`run`); :meth:`close` ends what it started."""
 
-    def __init__(self, spec: RunSpec, writer):
+    def __init__(self, spec: RunSpec, writer: Any) -> None:
         self.spec, self.writer = spec, writer
         self.lockstep = None
         self.tracker = None  # distributed runs: a rank's RankTracker (audit.probes.run.ranks)
@@ -71,7 +71,7 @@ class WorkerRun:
             raise _TargetFailed(str(exc)) from None
         return setup, device, rank_ctx
 
-    def prepare(self, setup, device, rank_ctx) -> None:
+    def prepare(self, setup: Any, device: Any, rank_ctx: Any) -> None:
         """The knobs again (the target may reset flags), the ``env`` record, the DDP wrap and
         the replay partner."""
         from audit.probes.run import knobs
@@ -93,7 +93,7 @@ class WorkerRun:
             self.lockstep = Lockstep(spec.lockstep.folder, spec.lockstep.role,
                                      rename=spec.lockstep.rename)
 
-    def train(self, setup, device) -> tuple[Any, ...]:
+    def train(self, setup: Any, device: Any) -> tuple[Any, ...]:
         """The traced steps (an ``audit resume`` role around them); ``(done, asked)``."""
         from audit.probes.run.trace import run_traced
 
@@ -110,7 +110,7 @@ class WorkerRun:
             self.tracker.write_samplers()
         return done, steps
 
-    def scan_cuda_ops(self, setup, device) -> None:
+    def scan_cuda_ops(self, setup: Any, device: Any) -> None:
         """After the traced steps, so the trace is untouched."""
         from audit.probes.run import seed_log
         from audit.probes.determinism.cuda_ops import scan_training
@@ -180,7 +180,7 @@ def run(spec: RunSpec) -> int:
         writer.close()
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from audit.probes.run.processes import answer_stack_requests
 

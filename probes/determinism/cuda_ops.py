@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -46,12 +46,12 @@ class ModuleMap:
             self.close()
             raise
 
-    def _pre(self, name: str):
+    def _pre(self, name: str) -> Callable[..., None]:
         def hook(module, args, kwargs):
             self.entered(name, [args, kwargs])
         return hook
 
-    def entered(self, name: str, args) -> None:
+    def entered(self, name: str, args: Any) -> None:
         """A module's forward starts (its pre-hook; or, for a call already under way when the
         hooks were added, the caller says so)."""
         self.stack.append(name)
@@ -129,7 +129,7 @@ class OpRecorder(TorchDispatchMode):
         self.backward = False
         self.calls: list[OpCall] = []  # [OpCall]
 
-    def _call(self, func, args: tuple[Any, ...], kwargs: dict[str, Any]) -> OpCall:
+    def _call(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> OpCall:
         name = func._overloadpacket.__name__
         node = self.modules.backward_node()
         phase = "backward" if self.backward else "forward"
@@ -166,7 +166,7 @@ class OpRecorder(TorchDispatchMode):
         return out
 
 
-def _named(func, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+def _named(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     """An op call's arguments by their schema names."""
     named = {a.name: v for a, v in zip(func._schema.arguments, args)}
     named.update(kwargs)
@@ -231,7 +231,7 @@ def summarize(calls: list[Any], device: str, cublas_needed: bool) -> CudaOpsScan
                        cublas_workspace_required=cublas)
 
 
-def _add(items: list[Any], value) -> None:
+def _add(items: list[Any], value: Any) -> None:
     if value not in items:
         items.append(value)
 

@@ -21,7 +21,7 @@ def _place(modules: list[str]) -> str:
     return ", ".join(names)
 
 
-def _fix(scan) -> str:
+def _fix(scan: Any) -> str:
     lines = []
     if any(o.category == "made_deterministic" for o in scan.ops):
         lines.append("torch.use_deterministic_algorithms(True)  # before training")
@@ -56,7 +56,7 @@ def cuda_ops_check(result: DeterminismResult, level: str = "warn") -> Optional[C
     return Check("determinism", NAME, level == "warn", message, _fix(scan))
 
 
-def cite_scan(causes: list[Any], scan, module: Optional[str]) -> None:
+def cite_scan(causes: list[Any], scan: Any, module: Optional[str]) -> None:
     """Add to a ``nondeterministic_algorithm`` cause's evidence the scanned ops that run in
     the divergent module (or inside it)."""
     if scan is None or module is None:

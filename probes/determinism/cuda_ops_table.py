@@ -29,7 +29,7 @@ SOURCE = ("torch.use_deterministic_algorithms docstring (torch 2.14.1): its list
           "made deterministic and of operations that raise under use_deterministic_algorithms(True)")
 
 
-def _arg(name: str, default=None) -> Callable[..., Any]:
+def _arg(name: str, default: Any = None) -> Callable[..., Any]:
     return lambda a: a.get(name, default)
 
 

@@ -219,7 +219,7 @@ def _partial(opts: RunOptions, launcher: Launcher, state: _State, exc: Interrupt
     return result
 
 
-def _first_result(opts: RunOptions, outs: list[Any]):
+def _first_result(opts: RunOptions, outs: list[Any]) -> tuple[Any, Any, Any]:
     """The result of the compared runs alone: runs, timeline, escapes, non-finite values,
     and the first parting (None: they agree). Returns ``(result, parting, env)``."""
     env = next((o.env for o in outs if o.env), {})

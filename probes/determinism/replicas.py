@@ -137,7 +137,7 @@ def _buffer_reason(trace: RankTrace) -> tuple[str, str]:
             "# your own buffer: torch.distributed.all_reduce(buf) (or broadcast) where you update it")
 
 
-def _rng_proof(launcher, parting: ReplicaParting) -> Optional[int]:
+def _rng_proof(launcher: Any, parting: ReplicaParting) -> Optional[int]:
     """Steps through which the ranks stayed identical with every unseeded generator seeded
     from its place (the seed-escapes knob), if that rerun covered the parting step."""
     step = -1 if parting.first.step is None else parting.first.step
@@ -151,7 +151,7 @@ def _rng_proof(launcher, parting: ReplicaParting) -> Optional[int]:
     return None
 
 
-def replica_cause(parting: ReplicaParting, traces: list[Any], launcher, escapes: list[Any]) -> Cause:
+def replica_cause(parting: ReplicaParting, traces: list[Any], launcher: Any, escapes: list[Any]) -> Cause:
     """Cause ``unsynced_state`` for a replica parting: what parted, why, and the fix."""
     ranks = [read_rank(t) for t in traces]
     first = parting.first

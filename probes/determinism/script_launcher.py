@@ -24,7 +24,7 @@ from audit.probes.script import torchrun as script_launch
 from audit.probes.run import program as script_runner, seed_log
 from audit.probes.run import merge
 from audit.probes.determinism.distributed import annotate
-from audit.probes.run.launcher import Launcher, RunOptions
+from audit.probes.run.launcher import Launcher, Outcome, RunOptions
 from audit.probes.determinism.orchestrate import audit_determinism
 from audit.probes.run.rank_launch import RankGroup, RankLauncher, RankOutcome, rank_env
 from audit.probes.results import DeterminismResult
@@ -114,7 +114,7 @@ def rank_outcome(name: str, files: list[str], code: Optional[int], seconds: floa
 class ScriptRankLauncher(RankLauncher):
     """Every run is ``nproc`` bootstrap processes started as torchrun starts its workers."""
 
-    def __init__(self, opts: RunOptions, folder: str, nproc: int, progress=None):
+    def __init__(self, opts: RunOptions, folder: str, nproc: int, progress: Any = None) -> None:
         super().__init__(opts, folder, nproc, DistSpec(nproc).timeout, progress)
 
     def command(self, rs: RunSpec) -> list[Any]:
@@ -166,7 +166,7 @@ class SpawnLauncher(Launcher):
     """One process per run, as in plain script mode; a run whose script started ranks with
     ``torch.multiprocessing`` is those ranks (``nproc``: the most any run started)."""
 
-    def __init__(self, opts: RunOptions, folder: str, progress=None):
+    def __init__(self, opts: RunOptions, folder: str, progress: Any = None) -> None:
         super().__init__(opts, folder, progress)
         self.nproc = 1
         self.finished: dict[str, Any] = {}  # run name -> RankOutcome, runs that spawned ranks
@@ -175,7 +175,7 @@ class SpawnLauncher(Launcher):
         return SpawnRun(script_runner.command(spec), spec.log, spec.trace,
                         self._env(spec.knobs), cwd=self.opts.cwd, stdin_path=self.stdin_path)
 
-    def finish(self, spec: RunSpec, run: Run, stopped: str = "", stack: str = ""):
+    def finish(self, spec: RunSpec, run: Run, stopped: str = "", stack: str = "") -> Outcome:
         out = super().finish(spec, run, stopped, stack)
         spawned = next((r for r in out.records if r.get("type") == Record.SPAWN), None)
         if spawned is None:

@@ -121,7 +121,7 @@ def _header(out: Outcome) -> dict[str, Any]:
     return compare.split(out.records)[0]
 
 
-def _base(opts, side_a: DiffSide, side_b: DiffSide, m: Matching, rec_a: list[Any], rec_b: list[Any],
+def _base(opts: Any, side_a: DiffSide, side_b: DiffSide, m: Matching, rec_a: list[Any], rec_b: list[Any],
           mode: str) -> DiffResult:
     device = side_b.environment.get("device") or side_a.environment.get("device") or opts.device
     result = DiffResult(
@@ -138,7 +138,7 @@ def _base(opts, side_a: DiffSide, side_b: DiffSide, m: Matching, rec_a: list[Any
     return result
 
 
-def _explain_pair(result: DiffResult, parting, m: Matching, launchers: tuple[Any, ...], outs: tuple[Any, ...],
+def _explain_pair(result: DiffResult, parting: Any, m: Matching, launchers: tuple[Any, ...], outs: tuple[Any, ...],
                   folder: str) -> None:
     la, lb = launchers
     lock = os.path.join(folder, "lockstep")
@@ -151,7 +151,7 @@ def _explain_pair(result: DiffResult, parting, m: Matching, launchers: tuple[Any
     _conclude(result, parting, m, replay[0].records, replay[1].records, selves)
 
 
-def _conclude(result: DiffResult, parting, m: Matching, detail_a: list[Any], detail_b: list[Any],
+def _conclude(result: DiffResult, parting: Any, m: Matching, detail_a: list[Any], detail_b: list[Any],
               selves: list[Any]) -> None:
     """The verdict, the place (module named by side b) and the magnitudes, from the detail
     traces of both sides; ``selves`` pairs each rerun side with its first run."""

@@ -71,7 +71,7 @@ def _outputs_agree(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return bool(common) and all(outs_a[k] == outs_b[k] for k in common)
 
 
-def place(parting, detail_a: list[Any], detail_b: list[Any]) -> tuple[Any, ...]:
+def place(parting: Any, detail_a: list[Any], detail_b: list[Any]) -> tuple[Any, ...]:
     """(stage, module, tensor) in side b's names, from the detail traces (side a already in
     b's names). A forward difference where every module's output agrees is ``loss``."""
     stage, tensor = parting.stage, parting.tensor

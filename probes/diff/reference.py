@@ -86,7 +86,7 @@ def load(path: str) -> Reference:
     return from_data(data, path)
 
 
-def from_data(data, path: str) -> Reference:
+def from_data(data: Any, path: str) -> Reference:
     schema = data.get("schema") if isinstance(data, dict) else None
     kind, _, version = str(schema).partition("/")
     if kind != KIND:

@@ -145,7 +145,7 @@ def diagnose(layers: list[Any], loss: Iterable[Any] = (), thresholds: Optional[d
     nl = _dominant_nonlinearity(layers)
     found: list[Any] = []
 
-    def add(kind: str, layer: Optional[str], value, threshold, message: str) -> None:
+    def add(kind: str, layer: Optional[str], value: Any, threshold: Any, message: str) -> None:
         if all(f.kind != kind for f in found):
             found.append(Finding(kind, layer, value, threshold, message))
 
@@ -179,15 +179,15 @@ def diagnose(layers: list[Any], loss: Iterable[Any] = (), thresholds: Optional[d
     return found
 
 
-def _finite(value) -> float:
+def _finite(value: Any) -> float:
     return value if value is not None and math.isfinite(value) else -math.inf
 
 
-def _bad(value) -> bool:
+def _bad(value: Any) -> bool:
     return value is not None and not math.isfinite(value)
 
 
-def _nonfinite(layers: list[Any], loss: list[Any], add) -> None:
+def _nonfinite(layers: list[Any], loss: list[Any], add: Any) -> None:
     """Where NaN/inf starts: the first layer whose weights or output are non-finite, else
     (gradients flow backwards) the deepest layer whose gradients are."""
     bad = [layer for layer in layers if layer.nonfinite]
@@ -209,7 +209,7 @@ def _nonfinite(layers: list[Any], loss: list[Any], add) -> None:
             "clip gradients (torch.nn.utils.clip_grad_norm_).")
 
 
-def _gradients(layers: list[Any], weights: list[Any], t: dict[str, Any], nl: str, add) -> None:
+def _gradients(layers: list[Any], weights: list[Any], t: dict[str, Any], nl: str, add: Any) -> None:
     mn, fac = t["trend_min_layers"], t["per_layer_factor"]
     # A weight layer that is all zeros (a zero-initialized head, as in torchvision's ViT)
     # passes no gradient back in the first step, by design: judge only the layers after it.
@@ -261,7 +261,7 @@ def _gradients(layers: list[Any], weights: list[Any], t: dict[str, Any], nl: str
             "downstream). Zero the biases and use kaiming_normal.")
 
 
-def _dead(weights: list[Any], t: dict[str, Any], add) -> None:
+def _dead(weights: list[Any], t: dict[str, Any], add: Any) -> None:
     flagged = []
     for layer in weights:
         frac, units = layer.dead_fraction, layer.units
@@ -283,7 +283,7 @@ def _dead(weights: list[Any], t: dict[str, Any], add) -> None:
             "standard schemes do both), or use LeakyReLU.")
 
 
-def _saturation(weights: list[Any], t: dict[str, Any], add) -> None:
+def _saturation(weights: list[Any], t: dict[str, Any], add: Any) -> None:
     flagged = [l for l in weights if l.saturated_fraction is not None
                and l.saturated_fraction >= t["saturated_fraction"]]
     if flagged:

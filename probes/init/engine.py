@@ -110,7 +110,7 @@ def _seed_runs(audit: "_SchemeRunner", say: Callable[[Progress], None]
     return run
 
 
-def _result(results: list[Any], model, audit: "_SchemeRunner", *, target: str, steps: int, seed: int,
+def _result(results: list[Any], model: Any, audit: "_SchemeRunner", *, target: str, steps: int, seed: int,
             device: str, limits: dict[str, Any], started: float) -> InitResult:
     choice = recommend(results, limits)
     best, reason = choice.scheme, choice.reason

@@ -128,11 +128,11 @@ def modules_with_parameters(model: nn.Module) -> dict[str, Any]:
             if next(m.parameters(recurse=False), None) is not None}
 
 
-def _op_name(func) -> str:
+def _op_name(func: Any) -> str:
     return getattr(func, "__name__", "").strip("_")
 
 
-def _tensors(obj: Any):
+def _tensors(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         yield obj
     elif isinstance(obj, (list, tuple)):
@@ -264,7 +264,7 @@ class FlowProbe:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         try:
             self._mode.__exit__(*exc)
         finally:
@@ -277,7 +277,7 @@ class FlowProbe:
         self._handles.clear()
 
     # -------------------------------------------------------------- hooks
-    def _hook(self, name: str):
+    def _hook(self, name: str) -> Callable[..., None]:
         module = self.modules[name]
         weighted = is_weight_layer(module)
 
@@ -321,7 +321,7 @@ class FlowProbe:
                 stats["out_grad_norm"] = torch.linalg.vector_norm(grad.detach().float())
             self._handles.append(out.register_hook(grad_hook))
 
-    def _on_activation(self, names: frozenset[Any], op: str, args, kwargs, out: torch.Tensor) -> None:
+    def _on_activation(self, names: frozenset[Any], op: str, args: Any, kwargs: Any, out: torch.Tensor) -> None:
         fresh = [n for n in names if n not in self._acts]
         if not fresh:
             return
@@ -350,7 +350,7 @@ class FlowProbe:
         self.trace.nonlinearity = {n: self._acts.get(n, LINEAR) for n in self.trace.order}
         return self.trace
 
-    def _param_norms(self, trace) -> dict[str, Any]:
+    def _param_norms(self, trace: Any) -> dict[str, Any]:
         """Per layer: its parameters' weight norms and gradient norms (tensors, no sync)."""
         weights, grads, owners = [], [], []
         for name in trace.order:
@@ -373,7 +373,7 @@ class FlowProbe:
                 entry["g"].append(next(g_iter))
         return per_layer
 
-    def _numbers(self, trace) -> dict[str, Any]:
+    def _numbers(self, trace: Any) -> dict[str, Any]:
         """Every statistic as a float, keyed by (layer, statistic): one host sync."""
         per_layer = self._param_norms(trace)
         keys = ("act_mean", "act_norm", "out_grad_norm", "dead", "sat", "w_norm", "g_norm")
@@ -393,7 +393,7 @@ class FlowProbe:
         device = values[0].device
         return dict(zip(slots, torch.stack([v.to(device, torch.float32) for v in values]).tolist()))
 
-    def _layer(self, name: str, trace, numbers: dict[str, Any], depth: int, known: dict[str, Any]) -> LayerStats:
+    def _layer(self, name: str, trace: Any, numbers: dict[str, Any], depth: int, known: dict[str, Any]) -> LayerStats:
         get = lambda key: numbers.get((name, key))  # noqa: E731
         w_norm, g_norm, out_grad = get("w_norm"), get("g_norm"), get("out_grad_norm")
         act_mean, act_norm = get("act_mean"), get("act_norm")

@@ -427,7 +427,7 @@ def _nonlinearity_table(trace: ForwardTrace) -> tuple[list[Any], str, str]:
     return lines, default, "LEAKY_SLOPE" if slopes else "None"
 
 
-def _init_call(kind: str, std, trace: ForwardTrace) -> tuple[Any, ...]:
+def _init_call(kind: str, std: Any, trace: ForwardTrace) -> tuple[Any, ...]:
     """``(table lines, the init call for one module m)`` of a scheme."""
     lines, default, slope = [], "linear", "None"
     if kind in ("kaiming_normal", "kaiming_uniform", "orthogonal"):

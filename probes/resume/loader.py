@@ -60,7 +60,7 @@ class _IndexSampler:
     the original's indices, taken whole at the first request (the moment the original would
     have drawn its seed). ``before_first`` runs just before that."""
 
-    def __init__(self, original, order: Optional[list[Any]] = None, before_first=None):
+    def __init__(self, original: Any, order: Optional[list[Any]] = None, before_first: Any = None) -> None:
         self.original, self.order, self.before_first = original, order, before_first
         self.seen: Optional[list[Any]] = None
 

@@ -59,7 +59,7 @@ class _Runs:
             target=opts.target, seed=opts.seed, device=opts.device, input_shape=opts.input_shape,
             num_classes=opts.num_classes, cwd=opts.cwd), folder)
 
-    def spec(self, name: str, role: str, knobs=(), folder: Optional[str] = None) -> RunSpec:
+    def spec(self, name: str, role: str, knobs: Any = (), folder: Optional[str] = None) -> RunSpec:
         folder = folder or self.checkpoints
         os.makedirs(folder, exist_ok=True)
         resume = ResumeSpec(role=role, at=self.opts.at, folder=folder, knobs=list(knobs))
@@ -115,7 +115,7 @@ def audit_resume(opts: ResumeOptions, progress: Optional[Callable[[str], None]] 
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _audit(runs: _Runs, say) -> ResumeResult:
+def _audit(runs: _Runs, say: Any) -> ResumeResult:
     say("uninterrupted run, saving at step K")
     (a,) = runs.run([runs.spec("a-uninterrupted", "a")])
     if a.end.get("status") != Status.OK:
@@ -181,7 +181,7 @@ def _removed(a: Outcome, c: Outcome, at: int, steps: int) -> bool:
     return c.steps_done >= steps - at and compare.step_parting(a.records, c.records, at) is None
 
 
-def _judge(runs: _Runs, result: ResumeResult, a: Outcome, diffs: list[Any], parting, say,
+def _judge(runs: _Runs, result: ResumeResult, a: Outcome, diffs: list[Any], parting: Any, say: Any,
            moot: frozenset[Any]) -> None:
     """Attribution, most likely piece first. A piece that makes a fresh resumed run match A
     bit for bit also shows A is reproducible; otherwise a second uninterrupted run decides
@@ -212,7 +212,7 @@ def _judge(runs: _Runs, result: ResumeResult, a: Outcome, diffs: list[Any], part
                                      plan_record.get("save_where"), result.steps)
 
 
-def _nondeterministic(result: ResumeResult, again) -> None:
+def _nondeterministic(result: ResumeResult, again: Any) -> None:
     result.verdict = "nondeterministic"
     result.first_divergence = None
     result.uninterrupted = Divergence(step=again.step, stage=again.stage, tensor=again.tensor)
@@ -220,7 +220,7 @@ def _nondeterministic(result: ResumeResult, again) -> None:
     result.causes = [attribute.nondeterministic_cause(f"{place}, stage {again.stage}")]
 
 
-def _more_trials(runs: _Runs, a: Outcome, result: ResumeResult, knobs: list[str], done: int, say) -> list[Any]:
+def _more_trials(runs: _Runs, a: Outcome, result: ResumeResult, knobs: list[str], done: int, say: Any) -> list[Any]:
     """The remaining knobs one at a time (``jobs`` at once) until one removes the divergence;
     if none does, all together, then all-but-one."""
     at, steps, trials = result.at, result.steps, []

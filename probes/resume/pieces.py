@@ -49,7 +49,7 @@ def find_scalers(setup: TrainingSetup) -> list[Any]:
     return found
 
 
-def _filled(cell) -> bool:
+def _filled(cell: Any) -> bool:
     try:
         _ = cell.cell_contents  # an empty cell raises
     except ValueError:

@@ -68,7 +68,7 @@ def choose_plan(steps: Optional[int], at: Optional[int], length: Optional[int]) 
     return Plan(steps, at, length, auto)
 
 
-def where(fn) -> Optional[str]:
+def where(fn: Any) -> Optional[str]:
     """``file.py:LINE`` of a user's callable, when Python can tell."""
     try:
         while isinstance(fn, functools.partial):
@@ -95,7 +95,7 @@ class Session:
     """What one role does around the shared loop (see the module docstring)."""
 
     def __init__(self, role: str, plan: Plan, setup: TrainingSetup, folder: str, knobs: list[str],
-                 device=None):
+                 device: Any = None) -> None:
         self.role, self.plan, self.setup, self.knobs = role, plan, setup, knobs
         self.device = device if device is not None else torch.device("cpu")
         self.path = os.path.join(folder, "checkpoint.pt")
@@ -106,7 +106,7 @@ class Session:
         self.steps = plan.steps
         self._record: Optional[loader.PassRecord] = None
 
-    def loaded(self, live: LiveObjects, writer) -> None:
+    def loaded(self, live: LiveObjects, writer: Any) -> None:
         """Resumed run: load the checkpoint, restore the knobs' pieces, write the state."""
         if self.role != "c":
             return
@@ -134,7 +134,7 @@ class Session:
             return loader.resumed_pass(data, self.plan.skip, tuple(self.knobs), self._record)
         return iter(data)
 
-    def stepped(self, live: LiveObjects, done: int, writer) -> None:
+    def stepped(self, live: LiveObjects, done: int, writer: Any) -> None:
         if done != self.plan.at or self.role == "c":
             return
         writer.write(state_record(live, self.scalers, done, self.device))
@@ -148,8 +148,8 @@ class Session:
                               "checkpoint can be written") from None
 
 
-def open_session(spec: ResumeSpec, setup: TrainingSetup, device, steps: Optional[int],
-                 writer) -> Session:
+def open_session(spec: ResumeSpec, setup: TrainingSetup, device: Any, steps: Optional[int],
+                 writer: Any) -> Session:
     """The session a worker spec's ``resume`` entry asks for; writes the ``plan`` record."""
     if (setup.save is None) != (setup.load is None):
         given = "save" if setup.save is not None else "load"

@@ -43,7 +43,7 @@ def _optimizer_parts(live: LiveObjects, params: list[Any]) -> list[Any]:
     return parts
 
 
-def state_record(live: LiveObjects, scalers: list[Any], step: int, device) -> dict[str, Any]:
+def state_record(live: LiveObjects, scalers: list[Any], step: int, device: Any) -> dict[str, Any]:
     """The ``state`` trace record: the run's state before step ``step`` (with the global RNG
     states, which the ``state`` stage leaves to each step's ``rng`` stage but attribution
     uses to skip pieces the checkpoint already restores)."""
@@ -96,7 +96,7 @@ KNOB_KEYS = {
 }
 
 
-def _get(rec: dict[str, Any], key: str):
+def _get(rec: dict[str, Any], key: str) -> Any:
     head, _, tail = key.partition(".")
     value = rec.get(head)
     return (value or {}).get(tail) if tail else value

@@ -26,7 +26,7 @@ LOSS_TARGETS = {
 }
 
 
-def target_of(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]):
+def target_of(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The target tensor given to functional loss ``name``, or None."""
     position, keyword = LOSS_TARGETS[name]
     value = args[position] if len(args) > position else kwargs.get(keyword)
@@ -46,7 +46,7 @@ def install(on_target: Callable[[torch.Tensor], None]) -> list[Any]:
     return patches
 
 
-def _wrap(name: str, original, on_target):
+def _wrap(name: str, original: Any, on_target: Any) -> Any:
     def loss(*args, **kwargs):
         target = target_of(name, args, kwargs)
         if target is not None:
@@ -59,6 +59,6 @@ def _wrap(name: str, original, on_target):
     return loss
 
 
-def is_loss_module(module) -> bool:
+def is_loss_module(module: Any) -> bool:
     """A loss module: torch's (``_Loss``) or the script's own (a class named ``...Loss``)."""
     return isinstance(module, torch.nn.modules.loss._Loss) or type(module).__name__.endswith("Loss")

@@ -27,7 +27,7 @@ def live_modules() -> list[Any]:
         return [o for o in gc.get_objects() if issubclass(type(o), nn.Module)]
 
 
-def graph_leaves(tensors) -> list[Any]:
+def graph_leaves(tensors: Any) -> list[Any]:
     """The leaf tensors an autograd graph accumulates gradients into (its trained tensors),
     in a fixed walk order, each once."""
     stack = [t.grad_fn for t in reversed(tensors_in(tensors)) if t.grad_fn is not None]
@@ -100,7 +100,7 @@ class Naming:
             for name, module in root.named_modules():
                 self.module_names.setdefault(module, join(label, name))
 
-    def _label(self, root, k: int, roots: list[Any], root_groups: dict[str, Any]) -> str:
+    def _label(self, root: Any, k: int, roots: list[Any], root_groups: dict[str, Any]) -> str:
         """No prefix for a single model; with several, the optimizer that trains it alone
         (``opt1``), else ``model{k}``."""
         if len(roots) == 1 and not self.roots:
@@ -111,7 +111,7 @@ class Naming:
             return f"opt{next(iter(groups))}"
         return f"model{k}"
 
-    def module_name(self, module) -> str:
+    def module_name(self, module: Any) -> str:
         name = self.module_names.get(unwrap(module))
         if name is None:  # not inside a traced model (a loss module, a transform): its class
             name = self._extra.get(module)
@@ -143,7 +143,7 @@ def _owners() -> tuple[Any, ...]:
     return owner, parent
 
 
-def _root(m, parent: dict[str, Any]):
+def _root(m: Any, parent: dict[str, Any]) -> Any:
     seen = set()
     while id(m) in parent and id(m) not in seen:
         seen.add(id(m))

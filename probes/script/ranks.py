@@ -25,7 +25,7 @@ from audit.probes.run.spec import RunSpec
 LOOPBACK = rendezvous.LOOPBACK
 
 
-def attach(spec: RunSpec, writer, tracer, runner: str):
+def attach(spec: RunSpec, writer: Any, tracer: Any, runner: str) -> Any:
     """Start observing: a rank's :class:`RankObserver` (also set as the tracer's ``on_step``),
     or the :class:`SpawnPatch` of a script that may start ranks itself (``runner``,
     ``"module:function"``, runs a child's function under the bootstrap)."""
@@ -59,7 +59,7 @@ class RankObserver:
     """One rank's distributed records: ``dist`` (at the first DDP), ``replica`` per step and
     ``samplers`` at the end; :meth:`close` also leaves the process group the script made."""
 
-    def __init__(self, writer, port: Optional[str] = None):
+    def __init__(self, writer: Any, port: Optional[str] = None) -> None:
         self.writer = writer
         self.port = port or os.environ.get("MASTER_PORT")
         self.tracker: Optional[ranks.RankTracker] = None
@@ -85,7 +85,7 @@ class RankObserver:
         DDP.__init__, c10d.rendezvous = ddp_init, rendezvous
         self._patches = [(DDP, "__init__", original_init), (c10d, "rendezvous", original_rendezvous)]
 
-    def on_ddp(self, ddp) -> None:
+    def on_ddp(self, ddp: Any) -> None:
         """The script's first DDP: its rank, its buffers, and the tracker of its module."""
         import torch.distributed as dist
 

@@ -50,7 +50,7 @@ class TracedRank:
     def __init__(self, fn: Callable[..., Any], specs: list[Any], runner: str):
         self.fn, self.specs, self.runner = fn, specs, runner
 
-    def __call__(self, index: int, *args) -> None:
+    def __call__(self, index: int, *args: Any) -> None:
         from audit.probes.run.processes import answer_stack_requests
 
         answer_stack_requests()  # SIGTERM from mp.spawn's clean-up: the end record is written
@@ -71,7 +71,7 @@ class SpawnPatch:
     """``torch.multiprocessing.start_processes`` (which ``spawn`` calls) with the first call's
     children traced; :meth:`close` puts the original back."""
 
-    def __init__(self, spec: RunSpec, writer, runner: str):
+    def __init__(self, spec: RunSpec, writer: Any, runner: str) -> None:
         self.spec, self.writer, self.runner = spec, writer, runner
         self.used = False
         self._original = None

@@ -136,7 +136,7 @@ def _nproc(values: dict[str, Any], launcher: str) -> int:
     return int(text)
 
 
-def validate(script: list[str], cwd: Optional[str] = None, launchers: bool = True):
+def validate(script: list[str], cwd: Optional[str] = None, launchers: bool = True) -> Any:
     """:func:`audit.probes.run.program.validate`, launcher commands included (``launchers``:
     the audit runs them; else they are refused with one line)."""
     from audit.probes.run import program as script_runner

@@ -93,7 +93,7 @@ class Pool:
         return proc, log, base
 
     @staticmethod
-    def _finish(run: RunSpec, proc, log, base: str) -> RunOutcome:
+    def _finish(run: RunSpec, proc: Any, log: Any, base: str) -> RunOutcome:
         log.close()
         with open(base + ".log", "rb") as fh:
             tail = fh.read()[-2000:].decode("utf-8", "replace")

@@ -49,7 +49,7 @@ def _constant(values: np.ndarray) -> bool:
     return values.size == 0 or bool(np.all(values == values[0]))
 
 
-def _bootstrap_ci(values: np.ndarray, statistic, confidence: float, rng_seed: int) -> tuple[Any, ...]:
+def _bootstrap_ci(values: np.ndarray, statistic: Any, confidence: float, rng_seed: int) -> tuple[Any, ...]:
     """BCa CI of ``statistic``; percentile when BCa is undefined (NaN) for this sample."""
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings():
