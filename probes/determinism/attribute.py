@@ -8,7 +8,7 @@ knob proved (unconfirmed, with their place), and falls back to ``unknown``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from audit.probes.run.compare import Parting
 from audit.probes.run.knobs import KNOBS
@@ -20,7 +20,7 @@ ORDER = ("seed_escapes", "pin_seeds", "pythonhashseed", "dataloader", "cudnn_ben
 
 
 def plan(parting: Parting, device: str, escapes: list[Any], observed: dict[str, Any], env: dict[str, Any],
-         varying: tuple[Any, ...] = ()) -> list[Any]:
+         varying: Sequence[SeedCall] = ()) -> list[str]:
     """The knobs to try, in the order the evidence makes them likely: what the runs showed
     first (escaped seeds, seeds that changed between runs, multi-worker loaders, a thread
     count the code sets, cuDNN autotuning, a kernel-level stage), then the rest. A seed that
@@ -265,7 +265,7 @@ def _unknown(ev: Evidence, trials: list[Any]) -> Cause:
 
 def causes(parting: Parting, trials: list[Any], escapes: list[Any], observed: dict[str, Any],
            module: Optional[str], module_where: Optional[str],
-           reproduced: bool = True, varying: tuple[Any, ...] = ()) -> list[Any]:
+           reproduced: bool = True, varying: Sequence[SeedCall] = ()) -> list[Cause]:
     """Causes, most likely first. ``trials`` are :class:`KnobTrial`; escapes :class:`RngEscape`;
     ``varying`` the :class:`SeedCall` whose values changed between runs."""
     caveat = "" if reproduced else (" (the divergence is intermittent: the same runs, repeated, "
@@ -329,7 +329,7 @@ def seed_cause(call: SeedCall, outcome: str, confirmed: bool) -> Cause:
 
 def escapes_from(items: list[Any]) -> list[Any]:
     """:class:`RngEscape` records from the escape logs, deduplicated by kind and place."""
-    seen: dict[str, Any] = {}
+    seen: dict[tuple[Any, Any], Any] = {}
     for item in items:
         key = (item.get("kind"), item.get("where"))
         use = item.get("use", "drawn")

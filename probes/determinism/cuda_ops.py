@@ -34,7 +34,7 @@ class ModuleMap:
         """Hooks on ``model``'s modules, or on ``named``: ``[(name, module)]`` (script mode:
         every traced model's modules, under the names the reports use)."""
         self.stack: list[Any] = []
-        self.node_module: dict[str, Any] = {}
+        self.node_module: dict[Any, Any] = {}
         self.inputs: list[Any] = []  # per running module: grad_fns of its inputs (walks stop there)
         self.handles: list[Any] = []
         self.local = threading.local()  # the backward node running in this thread
@@ -203,7 +203,7 @@ def record_step(setup: TrainingSetup, batch: Any, confirm: bool = False) -> list
 
 def summarize(calls: list[Any], device: str, cublas_needed: bool) -> CudaOpsScan:
     """Group recorded calls by table entry and op: passes, modules, counts."""
-    ops: dict[str, Any] = {}
+    ops: dict[tuple[Any, Any], Any] = {}
     libraries: dict[str, Any] = {}
     for call in calls:
         key, module = call.key, call.module
@@ -261,7 +261,7 @@ def confirm(setup: TrainingSetup, batch: Any, result: CudaOpsScan, device: torch
         calls = record_step(setup, batch, confirm=True)
     finally:
         torch.use_deterministic_algorithms(was[0], warn_only=was[1])
-    warned: dict[str, Any] = {}
+    warned: dict[tuple[str, Any], Any] = {}
     for call in calls:
         cublas = call.key == "cublas" or "CUBLAS_WORKSPACE_CONFIG" in call.refusal
         if call.refusal and not cublas:  # cuBLAS refusals (older torch) ask for the variable

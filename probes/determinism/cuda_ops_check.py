@@ -15,7 +15,7 @@ NAME = "no CUDA-nondeterministic ops"
 LEVELS = ("warn", "fail")
 
 
-def _place(modules: list[str]) -> str:
+def _place(modules: list[Optional[str]]) -> str:
     names = ["the model itself" if m == "" else "outside the model (loss or step code)"
              if m is None else m for m in modules]
     return ", ".join(names)

@@ -103,7 +103,7 @@ def _step_record(trace: RankTrace, step: Optional[int]) -> dict[str, Any]:
     return next((s for s in trace.steps if s.get("step") == step), {})
 
 
-def _parameter_reason(ranks: list[str], parting: ReplicaParting) -> tuple[str, str]:
+def _parameter_reason(ranks: list[RankTrace], parting: ReplicaParting) -> tuple[str, str]:
     step, i, rank = parting.first.step, parting.index, parting.first.rank
     if step is None:
         return ("the ranks start from different initial values: DDP was not told about it when "

@@ -84,7 +84,7 @@ class RankFiles:
     seed_log: str
 
 
-def first_failed(files: list[str], traces: list[Any]) -> Optional[int]:
+def first_failed(files: list[RankFiles], traces: list[Any]) -> Optional[int]:
     """The failed rank whose trace was written last the earliest: a rank's failure ends its
     trace before its peers see the connection close and fail in turn."""
     failed = [rank for rank, t in enumerate(traces)
@@ -99,7 +99,7 @@ def first_failed(files: list[str], traces: list[Any]) -> Optional[int]:
     return min(failed, key=written) if failed else None
 
 
-def rank_outcome(name: str, files: list[str], code: Optional[int], seconds: float, tail: str,
+def rank_outcome(name: str, files: list[RankFiles], code: Optional[int], seconds: float, tail: str,
                  stopped: str = "", stack: str = "") -> RankOutcome:
     """A run made of ranks: their traces merged (the end of the rank that failed first speaks
     for the run), escapes and seeding calls in rank order."""

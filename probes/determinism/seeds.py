@@ -19,7 +19,7 @@ SHOWN = 4
 
 def _by_site(calls: list[Any]) -> dict[str, Any]:
     """(kind, where) -> (sorted values as text, the values in order, made in a worker?)."""
-    sites: dict[str, Any] = defaultdict(lambda: ([], False))
+    sites: dict[tuple[str, str], Any] = defaultdict(lambda: ([], False))
     for call in calls:
         key = (call.get("kind"), call.get("where"))
         values, worker = sites[key]

@@ -111,7 +111,8 @@ def _pair_containers(ia: list[Any], ib: list[Any], m: Matching) -> None:
         return [x.name for x in infos if x.leaf and (name == "" or x.name.startswith(name + "."))]
 
     paired = set(m.modules.values())
-    by_leaves: dict[str, Any] = {}  # paired leaf set -> b's containers holding exactly it, outermost first
+    # paired leaf set -> b's containers holding exactly it, outermost first
+    by_leaves: dict[frozenset[str], list[Any]] = {}
     for y in ib:
         if not y.leaf:
             by_leaves.setdefault(frozenset(n for n in leaves_under(ib, y.name) if n in paired), []).append(y)

@@ -152,7 +152,7 @@ class _DataflowMode(TorchFunctionMode):
 
     def __init__(self, on_activation: Callable[..., Any]):
         super().__init__()
-        self._tags: dict[str, Any] = {}  # id(tensor) -> (weakref, frozenset of names)
+        self._tags: dict[int, Any] = {}  # id(tensor) -> (weakref, frozenset of names)
         self._on_activation = on_activation
         self.paused = False
 
@@ -393,7 +393,8 @@ class FlowProbe:
         device = values[0].device
         return dict(zip(slots, torch.stack([v.to(device, torch.float32) for v in values]).tolist()))
 
-    def _layer(self, name: str, trace: Any, numbers: dict[str, Any], depth: int, known: dict[str, Any]) -> LayerStats:
+    def _layer(self, name: str, trace: Any, numbers: dict[tuple[str, str], Any], depth: int,
+               known: dict[str, Any]) -> LayerStats:
         get = lambda key: numbers.get((name, key))  # noqa: E731
         w_norm, g_norm, out_grad = get("w_norm"), get("g_norm"), get("out_grad_norm")
         act_mean, act_norm = get("act_mean"), get("act_norm")
@@ -437,7 +438,7 @@ def _norms(tensors: list[Any]) -> list[Any]:
     if not tensors:
         return []
     out: list[Any] = [None] * len(tensors)
-    groups: dict[str, Any] = {}
+    groups: dict[tuple[Any, Any], list[int]] = {}
     for i, t in enumerate(tensors):
         groups.setdefault((t.device, t.dtype), []).append(i)
     for idx in groups.values():

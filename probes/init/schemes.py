@@ -210,7 +210,7 @@ class DrawCache:
                     for m in model.modules() if is_weight_layer(m)) if model is not None \
             else math.inf
         self.enabled = 3 * total <= max_bytes
-        self._store: dict[str, Any] = {}
+        self._store: dict[tuple[str, str], Any] = {}
 
     def _get(self, family: str, name: str, weight: torch.Tensor) -> torch.Tensor:
         """The unit draw of ``family`` for layer ``name``: N(0, 1), U(-1, 1), or the

@@ -6,7 +6,7 @@ import os
 import platform
 import sys
 from importlib import metadata
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Union
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def describe(device: torch.device) -> dict[str, Any]:
+def describe(device: Union[str, torch.device]) -> dict[str, Any]:
     """Python, platform, CPU, thread counts, torch/NumPy/torchvision/scipy, CUDA and cuDNN
     versions, the device (and the GPU's name on CUDA)."""
     device = torch.device(device)

@@ -12,7 +12,7 @@ import functools
 import inspect
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import torch
 
@@ -233,7 +233,7 @@ def module_sources(model: torch.nn.Module) -> dict[str, Any]:
     return out
 
 
-def describe_run(device: torch.device) -> dict[str, Any]:
+def describe_run(device: Union[str, torch.device]) -> dict[str, Any]:
     """What a run records of its place: the machine and versions
     (:func:`audit.probes.run.environment.describe`) and the determinism flags in force."""
     return {**describe(device), "flags": flags()}

@@ -101,7 +101,7 @@ class RankGroup:
 class RankOutcome(Outcome):
     """A finished distributed run: the merged trace as ``records``, each rank's in ``ranks``."""
 
-    ranks: list[str] = field(default_factory=list)  # [records], rank order
+    ranks: list[list[dict[str, Any]]] = field(default_factory=list)  # [records], rank order
 
 
 class RankLauncher(Launcher):

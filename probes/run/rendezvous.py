@@ -8,7 +8,7 @@ rendezvous when ``MASTER_ADDR``/``MASTER_PORT`` name that store).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Union
 
 if TYPE_CHECKING:  # torch.distributed: imported when a store is made
     from torch.distributed import TCPStore
@@ -25,6 +25,6 @@ def host_store(world: int) -> TCPStore:
     return TCPStore(LOOPBACK, 0, world, is_master=True, wait_for_workers=False)
 
 
-def client_env(port: int) -> dict[str, str]:
+def client_env(port: Union[int, str]) -> dict[str, str]:
     """The variables that make a rank join the store at ``port`` as a client."""
     return {"MASTER_ADDR": LOOPBACK, "MASTER_PORT": str(port), AGENT_STORE: "True"}

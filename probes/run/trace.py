@@ -96,7 +96,7 @@ class ModuleRecorder:
 
     def __init__(self, model: Optional[nn.Module], keep_outputs: bool = False):
         self.events: list[Any] = []  # [name or module, call, phase, fingerprint]
-        self.outputs: dict[str, Any] = {}  # "name#call" (or (module, call)) -> output tensor (magnitudes)
+        self.outputs: dict[Any, Any] = {}  # "name#call" (or (module, call)) -> output tensor (magnitudes)
         self.keep_outputs = keep_outputs
         self._calls: dict[str, Any] = {}
         self._handles: list[Any] = []

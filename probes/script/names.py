@@ -45,11 +45,11 @@ def graph_leaves(tensors: Any) -> list[Any]:
     return out
 
 
-def _main_globals() -> dict[str, Any]:
+def _main_globals() -> dict[int, str]:
     """``id(tensor) -> name`` for tensors the script keeps as globals (``w1 = torch.randn(...,
     requires_grad=True)`` in an old-style tutorial)."""
     main = sys.modules.get("__main__")
-    names = {}
+    names: dict[int, str] = {}
     for name, value in list(getattr(main, "__dict__", {}).items()):
         if isinstance(value, torch.Tensor) and not name.startswith("_"):
             names.setdefault(id(value), name)
@@ -59,7 +59,7 @@ def _main_globals() -> dict[str, Any]:
 class Naming:
     """The traced models (roots) and the names of their modules and tensors."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.roots: list[Any] = []  # [(root module, label)]
         self.module_names: dict[str, Any] = {}  # module -> dotted name (with its root's label)
         self._extra: dict[str, Any] = {}
@@ -70,7 +70,8 @@ class Naming:
         optimizer index to the ids of all its tensors (for the model labels)."""
         owner, parent = _owners()
         known = {id(r) for r, _ in self.roots}
-        fresh, root_groups = [], {}
+        fresh: list[Any] = []
+        root_groups: dict[int, set[Any]] = {}
         for group, _, p in new:
             m = owner.get(id(p))
             if m is None:
@@ -85,14 +86,14 @@ class Naming:
                 if ids & {id(p) for p in root.parameters()}:
                     root_groups.setdefault(id(root), set()).add(index)
         self._add_roots(fresh, root_groups)
-        named = {}
+        named: dict[int, str] = {}
         for root, label in self.roots:
             for name, q in root.named_parameters():
                 named.setdefault(id(q), join(label, name))
         plain = _main_globals()
         return [named.get(id(p)) or plain.get(id(p)) or fallback for _, fallback, p in new]
 
-    def _add_roots(self, fresh: list[Any], root_groups: dict[str, Any]) -> None:
+    def _add_roots(self, fresh: list[Any], root_groups: dict[int, set[Any]]) -> None:
         roots = [r for r, _ in self.roots] + fresh
         for k, root in enumerate(fresh, start=len(self.roots)):
             label = self._label(root, k, roots, root_groups)
@@ -100,7 +101,7 @@ class Naming:
             for name, module in root.named_modules():
                 self.module_names.setdefault(module, join(label, name))
 
-    def _label(self, root: Any, k: int, roots: list[Any], root_groups: dict[str, Any]) -> str:
+    def _label(self, root: Any, k: int, roots: list[Any], root_groups: dict[int, set[Any]]) -> str:
         """No prefix for a single model; with several, the optimizer that trains it alone
         (``opt1``), else ``model{k}``."""
         if len(roots) == 1 and not self.roots:
@@ -130,9 +131,10 @@ class Naming:
         return [type(m).__name__ for root, _ in self.roots for _, m in root.named_modules()]
 
 
-def _owners() -> tuple[Any, ...]:
+def _owners() -> tuple[dict[int, Any], dict[int, Any]]:
     """(id(parameter) -> module holding it, id(module) -> its parent) over the live modules."""
-    parent, owner = {}, {}
+    parent: dict[int, Any] = {}
+    owner: dict[int, Any] = {}
     for m in live_modules():
         for child in getattr(m, "_modules", {}).values():
             if child is not None:
@@ -143,7 +145,7 @@ def _owners() -> tuple[Any, ...]:
     return owner, parent
 
 
-def _root(m: Any, parent: dict[str, Any]) -> Any:
+def _root(m: Any, parent: dict[int, Any]) -> Any:
     seen = set()
     while id(m) in parent and id(m) not in seen:
         seen.add(id(m))

@@ -15,7 +15,7 @@ children started with ``torch.multiprocessing`` are traced as ranks.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Union
 from urllib.parse import urlsplit, urlunsplit
 
 from audit.probes.run import ranks, rendezvous
@@ -59,7 +59,7 @@ class RankObserver:
     """One rank's distributed records: ``dist`` (at the first DDP), ``replica`` per step and
     ``samplers`` at the end; :meth:`close` also leaves the process group the script made."""
 
-    def __init__(self, writer: Any, port: Optional[str] = None) -> None:
+    def __init__(self, writer: Any, port: Union[int, str, None] = None) -> None:
         self.writer = writer
         self.port = port or os.environ.get("MASTER_PORT")
         self.tracker: Optional[ranks.RankTracker] = None
