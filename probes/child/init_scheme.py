@@ -76,7 +76,9 @@ class SchemeRun:
         self.out: dict[str, Any] = {"scheme": self.scheme, "layers": [], "loss": [], "error": None,
                           "status": "no_step", "code": "", "optimizer_where": None,
                           "model": None, "init_fingerprint": None}
-        self.depth, self.busy, self.last_loss, self.handles = 0, False, None, []
+        self.depth, self.busy = 0, False
+        self.last_loss: Optional[float] = None
+        self.handles: list[Any] = []
         self.originals: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ install / remove

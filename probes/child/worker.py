@@ -8,7 +8,7 @@ trace (JSON lines) to the path the spec names and exits with:
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 import os
 import sys
 import traceback
@@ -18,6 +18,10 @@ from audit.probes.run.environment import resolve_device
 from audit.probes.run.knobs import describe_run as environment
 from audit.probes.run.spec import RunSpec, read_spec
 from audit.probes.results.records import Record, Status
+
+if TYPE_CHECKING:  # torch: imported when the run starts
+    from audit.probes.run.lockstep import Lockstep
+    from audit.probes.run.ranks import RankTracker
 
 EXIT_OK, EXIT_TARGET, EXIT_CRASH = 0, 3, 4
 #: Synthetic batches for a bare module when the audit chooses the steps (``audit resume``).
@@ -33,8 +37,8 @@ class WorkerRun:
 
     def __init__(self, spec: RunSpec, writer: Any) -> None:
         self.spec, self.writer = spec, writer
-        self.lockstep = None
-        self.tracker = None  # distributed runs: a rank's RankTracker (audit.probes.run.ranks)
+        self.lockstep: Optional[Lockstep] = None
+        self.tracker: Optional[RankTracker] = None  # distributed runs: a rank's RankTracker (audit.probes.run.ranks)
 
     def observe_and_seed(self) -> None:
         """Escape tracing, the knob observers and the knobs asked for, then the seed."""

@@ -100,13 +100,13 @@ def _agree_through(a: Outcome, b: Outcome, step: int) -> bool:
     return compare.first_parting(a.records, b.records) is None
 
 
-def _step_diffs(records: list[Any], step: Optional[int]) -> dict[str, Any]:
+def _step_diffs(records: list[dict[str, Any]], step: Optional[int]) -> dict[str, Any]:
     kind = Record.INIT if step is None else Record.STEP
     return next((r.get("diffs") for r in records if r.get("type") == kind
                  and (step is None or r.get("step") == step)), None) or {}
 
 
-def _magnitude(parting: compare.Parting, records: list[Any], module: Optional[str]) -> Optional[float]:
+def _magnitude(parting: compare.Parting, records: list[dict[str, Any]], module: Optional[str]) -> Optional[float]:
     """The largest difference the replay measured where the runs part: the stage's own tensor,
     else the stage's largest."""
     if parting.outside:
@@ -126,7 +126,7 @@ def _magnitude(parting: compare.Parting, records: list[Any], module: Optional[st
     return found.get(parting.tensor) or (max(found.values()) if found else None)
 
 
-def _any_magnitude(records: list[Any], step: Optional[int]) -> Optional[float]:
+def _any_magnitude(records: list[dict[str, Any]], step: Optional[int]) -> Optional[float]:
     """The largest difference measured at a step in any tensor (for a stage whose own tensors
     the replay could not compare, e.g. the RNG state)."""
     diffs = _step_diffs(records, step)
@@ -222,7 +222,7 @@ def _partial(opts: RunOptions, launcher: Launcher, state: _State, exc: Interrupt
 def _first_result(opts: RunOptions, outs: list[Any]) -> tuple[Any, Any, Any]:
     """The result of the compared runs alone: runs, timeline, escapes, non-finite values,
     and the first parting (None: they agree). Returns ``(result, parting, env)``."""
-    env = next((o.env for o in outs if o.env), {})
+    env: dict[str, Any] = next((o.env for o in outs if o.env), {})
     device = (env.get("environment") or {}).get("device", opts.device)
     infos = [_run_info(i, o, opts.timeout) for i, o in enumerate(outs)]
     result = DeterminismResult(

@@ -72,7 +72,7 @@ class Proof:
                 f"<= {self.luck:.2g} (sure to {100 * (1 - self.luck):.1f}%)")
 
 
-def signature(records: list[Any], upto: int) -> tuple[Any, ...]:
+def signature(records: list[dict[str, Any]], upto: int) -> tuple[Any, ...]:
     """What a run did through step ``upto``: two runs agree there when these are equal."""
     init = next((r.get("params") for r in records if r.get("type") == Record.INIT), None)
     steps = [r for r in records if r.get("type") == Record.STEP and r.get("step", 0) <= upto]

@@ -40,11 +40,11 @@ class RankTrace:
     module_sources: dict[str, Any]
 
 
-def read_rank(records: list[Any]) -> RankTrace:
-    header = next((r for r in reversed(records) if r.get("type") == Record.PARAMS), {})
-    dist = next((r for r in records if r.get("type") == Record.DIST), {})
-    env = next((r for r in records if r.get("type") == Record.ENV), {})
-    init = next((r for r in records if r.get("type") == Record.INIT), {})
+def read_rank(records: list[dict[str, Any]]) -> RankTrace:
+    header: dict[str, Any] = next((r for r in reversed(records) if r.get("type") == Record.PARAMS), {})
+    dist: dict[str, Any] = next((r for r in records if r.get("type") == Record.DIST), {})
+    env: dict[str, Any] = next((r for r in records if r.get("type") == Record.ENV), {})
+    init: dict[str, Any] = next((r for r in records if r.get("type") == Record.INIT), {})
     return RankTrace(
         names=[user_name(n) for n in header.get("names", [])],
         buffers=list(dist.get("buffers") or []), broadcast=bool(dist.get("broadcast_buffers", True)),

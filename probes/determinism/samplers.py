@@ -18,7 +18,7 @@ SET_EPOCH_FIX = ("for epoch in range(epochs):\n"
                  "    for batch in loader: ...")
 
 
-def _samplers(records: list[Any]) -> list[Any]:
+def _samplers(records: list[dict[str, Any]]) -> list[Any]:
     return next((r.get("samplers") or [] for r in records if r.get("type") == Record.SAMPLERS), [])
 
 

@@ -189,7 +189,7 @@ def diff_against(ref: Reference, opts: DiffOptions, progress: Optional[Callable[
         lb = _launcher(opts, folder, "b")
         say(f"1 run x {opts.steps} steps against the reference")
         (b,) = _checked(lb.run_all([lb.spec("b-run", opts.steps)], 1), [lb])
-        env_a = next((r for r in ref.records if r.get("type") == Record.ENV), {})
+        env_a: dict[str, Any] = next((r for r in ref.records if r.get("type") == Record.ENV), {})
         side_a = DiffSide(ref.target, ref.environment, "reference", env_a.get("code"))
         side_b = _side(lb.opts, b.env)
         m = match(compare.split(ref.records)[0], _header(b))
@@ -242,6 +242,6 @@ def record(opts: DiffOptions, progress: Optional[Callable[[str], None]] = None,
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _kept(records: list[Any]) -> list[Any]:
+def _kept(records: list[dict[str, Any]]) -> list[Any]:
     """What a reference keeps of a detail trace: everything but timings and lockstep data."""
     return [{k: v for k, v in r.items() if k not in ("seconds", "diffs", "traceback")} for r in records]

@@ -56,7 +56,7 @@ def loss_curves(a: list[Any], b: list[Any]) -> LossCurves:
     return LossCurves(a=list(a), b=list(b), max_rel_diff=worst, step_of_max=at if worst else None)
 
 
-def _record(records: list[Any], step: Optional[int]) -> dict[str, Any]:
+def _record(records: list[dict[str, Any]], step: Optional[int]) -> dict[str, Any]:
     _, init, steps = compare.split(records)
     if step is None:
         return init

@@ -28,7 +28,7 @@ class Reference:
     steps: int
     seed: int
     device: str
-    records: list[Any]  # the trace of one detail run (probes.run.trace records)
+    records: list[dict[str, Any]]  # the trace of one detail run (probes.run.trace records)
     environment: dict[str, Any] = field(default_factory=dict)
     losses: list[Any] = field(default_factory=list)
     mode: str = "target"  # "target" | "script"

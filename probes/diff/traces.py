@@ -25,7 +25,7 @@ def _reorder(values: list[Any], names_a: list[str], names_b: list[str], a_of_b: 
     return out + [by_name[p] for p in extras if p in by_name]
 
 
-def translate(records: list[Any], m: Matching, header_b: dict[str, Any]) -> list[Any]:
+def translate(records: list[dict[str, Any]], m: Matching, header_b: dict[str, Any]) -> list[Any]:
     """Side a's trace records in side b's names and parameter order."""
     header_a = split(records)[0]
     names_a, names_b = header_a.get("names", []), header_b.get("names", [])
@@ -49,11 +49,11 @@ def translate(records: list[Any], m: Matching, header_b: dict[str, Any]) -> list
     return out
 
 
-def plain(records: list[Any]) -> list[Any]:
+def plain(records: list[dict[str, Any]]) -> list[Any]:
     """Records without the detail-only fields: what a plain and a detail run both have."""
     return [{k: v for k, v in r.items() if k not in _DETAIL} for r in records]
 
 
-def losses(records: list[Any]) -> list[Any]:
+def losses(records: list[dict[str, Any]]) -> list[Any]:
     """The loss value of each step of a trace."""
     return [r.get("loss_value") for r in split(records)[2]]

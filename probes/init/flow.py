@@ -177,7 +177,7 @@ class _DataflowMode(TorchFunctionMode):
         is_act = op in ACTIVATION_GAINS
         if not is_act and op not in PASSTHROUGH_OPS:
             return out
-        names = frozenset()
+        names: frozenset[str] = frozenset()
         for arg in (*args, *kwargs.values()):
             for t in _tensors(arg):
                 names |= self.tags_of(t)

@@ -115,10 +115,10 @@ def redraw_own(model: nn.Module, seed: int, skip: Iterable[Any] = ()) -> None:
             param.copy_(value)
 
 
-def scheme_owned_keys(model: nn.Module) -> set[Any]:
+def scheme_owned_keys(model: nn.Module) -> set[str]:
     """``state_dict`` entries every scheme but ``default`` sets itself: weight layers' weight
     and bias, normalization layers' affine parameters and running statistics."""
-    owned = set()
+    owned: set[str] = set()
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
         if is_weight_layer(module):
@@ -429,7 +429,8 @@ def _nonlinearity_table(trace: ForwardTrace) -> tuple[list[Any], str, str]:
 
 def _init_call(kind: str, std: Any, trace: ForwardTrace) -> tuple[Any, ...]:
     """``(table lines, the init call for one module m)`` of a scheme."""
-    lines, default, slope = [], "linear", "None"
+    lines: list[str] = []
+    default, slope = "linear", "None"
     if kind in ("kaiming_normal", "kaiming_uniform", "orthogonal"):
         lines, default, slope = _nonlinearity_table(trace)
         lines.append("")

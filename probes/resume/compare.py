@@ -13,11 +13,11 @@ from audit.probes.results.records import Record
 CONTEXT = 2
 
 
-def record(records: list[Any], kind: str) -> dict[str, Any]:
+def record(records: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return next((r for r in records if r.get("type") == kind), {})
 
 
-def _from(records: list[Any], at: int) -> list[Any]:
+def _from(records: list[dict[str, Any]], at: int) -> list[Any]:
     """A trace cut to the steps from ``at`` on (its ``init`` record left out)."""
     header = [r for r in records if r.get("type") == Record.PARAMS][-1:]
     return header + [r for r in records if r.get("type") == Record.STEP and r.get("step", -1) >= at]

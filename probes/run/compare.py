@@ -42,11 +42,11 @@ class Parting:
         return (-1 if self.step is None else self.step, STAGES.index(self.stage))
 
 
-def split(records: list[Any]) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
+def split(records: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
     """(params header, init record, step records in order) of a trace."""
     # The last header: script mode adds one when an optimizer appears after the first step.
-    header = next((r for r in reversed(records) if r.get("type") == Record.PARAMS), {})
-    init = next((r for r in records if r.get("type") == Record.INIT), {})
+    header: dict[str, Any] = next((r for r in reversed(records) if r.get("type") == Record.PARAMS), {})
+    init: dict[str, Any] = next((r for r in records if r.get("type") == Record.INIT), {})
     steps = [r for r in records if r.get("type") == Record.STEP]
     return header, init, steps
 

@@ -60,7 +60,7 @@ class Outcome:
     """One finished worker process."""
 
     name: str
-    records: list[Any]
+    records: list[dict[str, Any]]
     exit_code: Optional[int]  # None: ended by the audit (a timeout or an interrupt)
     seconds: float
     escapes: list[Any] = field(default_factory=list)

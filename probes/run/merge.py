@@ -58,11 +58,11 @@ def _join(values: list[Any]) -> Any:
     return None if all(v is None for v in values) else "|".join(str(v) for v in values)
 
 
-def _concat(records: list[Any], key: str) -> list[Any]:
+def _concat(records: list[dict[str, Any]], key: str) -> list[Any]:
     return [x for r in records for x in (r.get(key) or [])]
 
 
-def _events(records: list[Any], prefix: str) -> list[Any]:
+def _events(records: list[dict[str, Any]], prefix: str) -> list[Any]:
     out = []
     for rank, record in enumerate(records):
         for name, call, phase, value in record.get("modules") or []:
@@ -72,7 +72,7 @@ def _events(records: list[Any], prefix: str) -> list[Any]:
     return out
 
 
-def merge_step(records: list[Any], prefix: str) -> dict[str, Any]:
+def merge_step(records: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
     """One step of every rank as one record (the ranks' fields side by side)."""
     first = records[0]
     merged = {"type": Record.STEP, "step": first.get("step")}
@@ -101,7 +101,7 @@ def _header(headers: list[Any], prefix: str) -> dict[str, Any]:
             "shapes": (first.get("shapes") or []) * len(headers)}
 
 
-def _by_type(records: list[Any], kind: str) -> list[Any]:
+def _by_type(records: list[dict[str, Any]], kind: str) -> list[Any]:
     return [r for r in records if r.get("type") == kind]
 
 
