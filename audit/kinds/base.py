@@ -70,7 +70,7 @@ class AuditKind:
     add_arguments: Callable[[argparse.ArgumentParser], None]  # the kind's own flags
     check_table: Callable[[Any, dict[str, Any]], dict[str, Any]]  # (config checker, [tool.audit.NAME]) -> settings
     tolerances: Mapping[str, float]  # baseline tolerances and their defaults
-    run: Callable[[Settings, Progress], Any]  # the engine; raises UsageError for bad input
+    run: Callable[[Any, Progress], Any]  # the engine, on the kind's own Settings; raises UsageError for bad input
     checks: Callable[[Any], list[Check]]  # result -> its checks
     snapshot: Callable[[Any], dict[str, Any]]  # result -> what a baseline keeps
     regressions: Callable[[dict[str, Any], dict[str, Any], dict[str, Any]], list[Regression]]  # (base, now, tolerances)

@@ -100,7 +100,8 @@ class SchemeRun:
             return backward(tensors, *args, **kwargs)
 
         self.originals = {"init": init, "backward": backward}
-        torch.optim.Optimizer.__init__ = optimizer_init
+        # patched to see the script's optimizers
+        torch.optim.Optimizer.__init__ = optimizer_init  # type: ignore[method-assign]
         torch.autograd.backward = autograd_backward
         from torch.nn.modules import module as module_mod
         from torch.optim import optimizer as optim_mod
@@ -112,7 +113,7 @@ class SchemeRun:
 
     def uninstall(self) -> None:
         if self.originals:
-            torch.optim.Optimizer.__init__ = self.originals["init"]
+            torch.optim.Optimizer.__init__ = self.originals["init"]  # type: ignore[method-assign]  # the original back
             torch.autograd.backward = self.originals["backward"]
             self.originals = {}
         for handle in self.handles:

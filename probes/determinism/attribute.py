@@ -130,7 +130,7 @@ class Evidence:
     at: str  # "step 3 (forward)" or "the initial parameters"
     caveat: str  # said when the divergence did not show again when repeated
     escapes: list[Any]  # RngEscape
-    varying: tuple[Any, ...]  # SeedCall whose values changed between runs
+    varying: Sequence[SeedCall]  # SeedCall whose values changed between runs
     observed: dict[str, Any]
     module: Optional[str]
     module_where: Optional[str]

@@ -177,7 +177,7 @@ def _localize(parting: compare.Parting, again: Optional[compare.Parting],
 
 def audit_determinism(opts: RunOptions, progress: Reporter = None,
                       keep: Optional[str] = None,
-                      launcher: Optional[Callable[..., Any]] = None) -> DeterminismResult:
+                      launcher: Optional[Callable[..., Launcher]] = None) -> DeterminismResult:
     """Run the whole audit; raises :class:`TargetFailed` when the target cannot be loaded.
     ``launcher(opts, folder, progress)`` makes the :class:`Launcher` (distributed runs pass
     their own).
@@ -192,11 +192,11 @@ def audit_determinism(opts: RunOptions, progress: Reporter = None,
         except TargetError as exc:
             raise TargetFailed(str(exc)) from None
     folder = keep or tempfile.mkdtemp(prefix="audit-determinism-")
-    launcher, state = (launcher or Launcher)(opts, folder, progress), _State()
+    runs, state = (launcher or Launcher)(opts, folder, progress), _State()
     try:
-        return _audit(opts, launcher, state, started)
+        return _audit(opts, runs, state, started)
     except Interrupted as exc:
-        exc.partial = _partial(opts, launcher, state, exc, started)
+        exc.partial = _partial(opts, runs, state, exc, started)
         raise
     finally:
         if keep is None:

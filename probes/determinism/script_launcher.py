@@ -84,7 +84,7 @@ class RankFiles:
     seed_log: str
 
 
-def first_failed(files: list[RankFiles], traces: list[Any]) -> Optional[int]:
+def first_failed(files: list[RankFiles], traces: list[list[dict[str, Any]]]) -> Optional[int]:
     """The failed rank whose trace was written last the earliest: a rank's failure ends its
     trace before its peers see the connection close and fail in turn."""
     failed = [rank for rank, t in enumerate(traces)

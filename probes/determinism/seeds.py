@@ -17,7 +17,7 @@ from audit.probes.results import SeedCall
 SHOWN = 4
 
 
-def _by_site(calls: list[Any]) -> dict[str, Any]:
+def _by_site(calls: list[Any]) -> dict[tuple[str, str], Any]:
     """(kind, where) -> (sorted values as text, the values in order, made in a worker?)."""
     sites: dict[tuple[str, str], Any] = defaultdict(lambda: ([], False))
     for call in calls:

@@ -80,7 +80,7 @@ def run_init(setup: TrainingSetup, schemes: Optional[list[str]] = None, steps: i
     audit = _SchemeRunner(setup, batches, seed, limits)
     results = []
     say = progress or silent
-    shared = dict(target=target, steps=steps, seed=seed, device=str(dev), limits=limits,
+    shared: dict[str, Any] = dict(target=target, steps=steps, seed=seed, device=str(dev), limits=limits,
                started=started)
     try:
         for i, name in enumerate(names, start=1):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 from audit.probes.results.cuda_ops import CudaOpsScan
 from audit.probes.results.distributed import (DISTRIBUTED_SOURCES, RankTimeline, ReplicaPoint,
@@ -74,7 +74,10 @@ def clean_float(value: Any) -> Optional[float]:
     return value if math.isfinite(value) else None
 
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def _plain(obj: Any) -> Any:

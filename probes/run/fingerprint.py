@@ -68,7 +68,7 @@ def words(t: torch.Tensor) -> torch.Tensor:
     return flat.view(torch.uint8)
 
 
-_metas: dict[tuple[np.dtype[Any], tuple[int, ...]], int] = {}
+_metas: dict[tuple[torch.dtype, tuple[int, ...]], int] = {}
 
 
 def _meta(t: torch.Tensor) -> int:
@@ -195,7 +195,7 @@ def scan(tensors: Sequence[Optional[torch.Tensor]]) -> Scan:
     return _many(tensors, True)
 
 
-_FLOATS = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+_FLOATS: dict[torch.dtype, np.dtype] = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 
 def _many(tensors: Sequence[Optional[torch.Tensor]], check: bool) -> Scan:

@@ -77,7 +77,8 @@ def observe() -> None:
 
 def _observe_cudnn_benchmark() -> None:
     cudnn_cls = type(torch.backends.cudnn)
-    prop = cudnn_cls.__dict__.get("benchmark")
+    # the cudnn module's class, patched to observe the user's settings
+    prop = cudnn_cls.__dict__.get("benchmark")  # type: ignore[attr-defined]
     if prop is None or getattr(cudnn_cls, "_audit_observed", False):
         return
 
@@ -92,8 +93,8 @@ def _observe_cudnn_benchmark() -> None:
                 _observed["cudnn_benchmark"] = _caller()
             prop.__set__(obj, value)
 
-    cudnn_cls.benchmark = Benchmark()
-    cudnn_cls._audit_observed = True
+    cudnn_cls.benchmark = Benchmark()  # type: ignore[attr-defined]  # patched to observe the user's settings
+    cudnn_cls._audit_observed = True  # type: ignore[attr-defined]  # our mark on the patched class
 
 
 def _loader_arguments(arguments: dict[str, Any]) -> None:
@@ -133,8 +134,8 @@ def _observe_loaders() -> None:
         _loader_arguments(arguments)
         original_init(self, **arguments, **extra)
 
-    loader_cls.__init__ = init
-    loader_cls._audit_observed = True
+    loader_cls.__init__ = init  # type: ignore[method-assign]  # patched to observe the user's DataLoader arguments
+    loader_cls._audit_observed = True  # type: ignore[attr-defined]  # our mark on the patched class
 
 
 def _observe_threads_and_determinism() -> None:
@@ -160,9 +161,10 @@ def _observe_threads_and_determinism() -> None:
         return original_det(mode, *args, **kwargs)
 
     torch.use_deterministic_algorithms = use_deterministic_algorithms
-    torch._audit_threads_observed = True
-    torch._audit_original_set_num_threads = original_set
-    torch._audit_original_deterministic = original_det
+    torch._audit_threads_observed = True  # type: ignore[attr-defined]  # our marks on the patched module
+    # our marks on the patched module
+    torch._audit_original_set_num_threads = original_set  # type: ignore[attr-defined]
+    torch._audit_original_deterministic = original_det  # type: ignore[attr-defined]  # our marks on the patched module
 
 
 def observed() -> dict[str, Any]:
@@ -199,14 +201,16 @@ def apply(names: list[str], escape_log: Optional[str] = None, pin_sites: Sequenc
         getattr(torch, "_audit_original_deterministic", torch.use_deterministic_algorithms)(
             True, warn_only=True)
         torch.backends.cudnn.deterministic = True
-        torch.utils.deterministic.fill_uninitialized_memory = "fill_uninitialized_memory" in names
+        # not in torch's stubs
+        torch.utils.deterministic.fill_uninitialized_memory = "fill_uninitialized_memory" in names  # type: ignore[attr-defined]
 
 
 def flags() -> dict[str, Any]:
     """The process's determinism-relevant settings, for the report's environment section."""
     return {
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-        "fill_uninitialized_memory": bool(torch.utils.deterministic.fill_uninitialized_memory),
+        # not in torch's stubs
+        "fill_uninitialized_memory": bool(torch.utils.deterministic.fill_uninitialized_memory),  # type: ignore[attr-defined]
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
         "num_threads": torch.get_num_threads(),

@@ -155,9 +155,9 @@ class Launcher:
         """Run specs with at most ``jobs`` at a time; lockstep partners always together. A run
         that makes no step for ``opts.timeout`` seconds is ended (its stacks kept)."""
         self.phase = phase or self.phase
-        results: dict[str, Any] = {}
+        results: dict[int, Outcome] = {}
         pending = list(range(len(specs)))
-        running: list[Any] = []
+        running: list[tuple[int, Run]] = []
         total = sum(s.steps for s in specs)
         try:
             while pending or running:

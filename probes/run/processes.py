@@ -82,7 +82,7 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-        self.partial = None
+        self.partial: Any = None  # a result of any audit (run/ knows none of them)
         self.report: Optional[str] = None
 
     @property

@@ -179,9 +179,9 @@ class SamplerWatch:
                     record["indices"] = [int(i) for i in indices]
             return iter(indices)
 
-        DistributedSampler.__init__ = init
-        DistributedSampler.__iter__ = iterate
-        DistributedSampler._audit_watched = True
+        DistributedSampler.__init__ = init  # type: ignore[method-assign]  # patched to watch the user's samplers
+        DistributedSampler.__iter__ = iterate  # type: ignore[method-assign]  # patched to watch the user's samplers
+        DistributedSampler._audit_watched = True  # type: ignore[attr-defined]  # our mark on the patched class
 
     @classmethod
     def report(cls) -> list[Any]:

@@ -25,7 +25,7 @@ import random
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from audit.probes.run.training import (LiveObjects, TrainingSetup, compute_loss,
                                    make_scheduler, optimizer_step, split_batch, step_closure,
                                    tensors_in, to_device)
 from audit.probes.results.records import Record
+
+if TYPE_CHECKING:  # named for the annotation only; the child makes the Lockstep
+    from audit.probes.run.lockstep import Lockstep
 
 
 class TraceWriter:
@@ -182,7 +185,7 @@ class OutputRecorder:
             self.close()
             raise
 
-    def record(self, module, args, output) -> None:
+    def record(self, module: Any, args: Any, output: Any) -> None:
         if torch.is_grad_enabled() and os.getpid() == self._pid:
             tensors = tensors_in(output)
             if tensors:
@@ -199,11 +202,11 @@ class OutputRecorder:
         self._handles = []
 
 
-def _combined(tensors: list[Any]):
+def _combined(tensors: list[Any]) -> Any:
     return combine(fp.fingerprints(tensors))
 
 
-def combine(values: list[Any]):
+def combine(values: list[Any]) -> Any:
     """One fingerprint of several, order-sensitive (the fingerprint itself for one; 0 for none)."""
     if not values:
         return 0
@@ -227,7 +230,7 @@ def optimizer_state_tensors(optimizer: torch.optim.Optimizer, params: list[Any])
     return out
 
 
-def batch_parts(tensors: list[Any]):
+def batch_parts(tensors: list[Any]) -> tuple[Any, Any]:
     """The fingerprint of a batch's tensors (:func:`_combined`) and its rows part for
     :func:`step_fields`: per-sample fingerprints of a lone tensor (read once for both), one
     fingerprint for several tensors, nothing for none."""
@@ -273,7 +276,7 @@ def combine_evaluations(evaluations: list[Any]) -> tuple[Any, ...]:
     return grads, finite, copies
 
 
-def _loss_bits(losses: list[Any]):
+def _loss_bits(losses: list[Any]) -> Any:
     """The float32 bits of the summed loss: gathered with the fingerprints, so the loss value
     costs no host sync of its own."""
     if not losses:
@@ -285,13 +288,13 @@ def _loss_bits(losses: list[Any]):
     return int(bits) if bits.device.type == "cpu" else bits.to(torch.int64).reshape(())
 
 
-def _bits_value(bits) -> Optional[float]:
+def _bits_value(bits: Any) -> Optional[float]:
     return None if bits is None else struct.unpack("<f", struct.pack("<i", int(bits)))[0]
 
 
-def step_fields(inputs, targets, input_rows: list[Any], target_rows: list[Any], losses: list[Any],
+def step_fields(inputs: Any, targets: Any, input_rows: list[Any], target_rows: list[Any], losses: list[Any],
                 grads: list[Any], params: list[Any], optim_state: Optional[list[Any]] = None,
-                events: Optional[list[Any]] = None, outputs=None, grads_finite=1,
+                events: Optional[list[Any]] = None, outputs: Any = None, grads_finite: Any = 1,
                 extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """A step's fingerprint fields of a trace record, gathered with the step's one host sync.
 
@@ -377,7 +380,7 @@ def params_record(model: nn.Module, named: list[Any]) -> dict[str, Any]:
             "shapes": [list(p.shape) for _, p in named]}
 
 
-def _traced_step(loop: _Loop, step: int, batch) -> dict[str, Any]:
+def _traced_step(loop: _Loop, step: int, batch: Any) -> dict[str, Any]:
     """Train one step on ``batch``; its ``step`` record."""
     started = time.perf_counter()
     batch = to_device(batch, loop.device)
@@ -424,9 +427,9 @@ def run_traced(
     device: torch.device,
     writer: TraceWriter,
     detail: bool = False,
-    lockstep=None,
+    lockstep: Optional[Lockstep] = None,
     on_step: Optional[Callable[[int], None]] = None,
-    session=None,
+    session: Any = None,  # an engine's (resume's Session): run/ names no engine
 ) -> int:
     """Train ``steps`` optimizer steps and trace them; returns the number of steps completed.
 
@@ -466,7 +469,7 @@ def run_traced(
     return done
 
 
-def init_record(params: list[Any], names: list[str], lockstep=None) -> dict[str, Any]:
+def init_record(params: list[Any], names: list[str], lockstep: Any = None) -> dict[str, Any]:
     """The ``init`` record: every parameter before the first update (and, in lockstep, how far
     the partner's are)."""
     record = {"type": Record.INIT, "params": [fp.as_text(v) for v in fp.gather(fp.fingerprints(params))]}
@@ -477,5 +480,5 @@ def init_record(params: list[Any], names: list[str], lockstep=None) -> dict[str,
     return record
 
 
-def _as_list(value) -> list[Any]:
+def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]

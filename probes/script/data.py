@@ -53,7 +53,7 @@ def _wrap(name: str, original: Any, on_target: Any) -> Any:
             on_target(target)
         return original(*args, **kwargs)
 
-    loss.__wrapped__ = original
+    loss.__wrapped__ = original  # type: ignore[attr-defined]  # as functools.wraps sets it
     loss.__name__ = original.__name__
     loss.__doc__ = original.__doc__
     return loss

@@ -81,8 +81,10 @@ class RankObserver:
         def rendezvous(url, *args, **kwargs):
             return original_rendezvous(local_url(url, observer.port), *args, **kwargs)
 
-        ddp_init.__wrapped__, rendezvous.__wrapped__ = original_init, original_rendezvous
-        DDP.__init__, c10d.rendezvous = ddp_init, rendezvous
+        # as functools.wraps sets it
+        ddp_init.__wrapped__, rendezvous.__wrapped__ = original_init, original_rendezvous  # type: ignore[attr-defined]
+        # patched to join the audit's store
+        DDP.__init__, c10d.rendezvous = ddp_init, rendezvous  # type: ignore[method-assign]
         self._patches = [(DDP, "__init__", original_init), (c10d, "rendezvous", original_rendezvous)]
 
     def on_ddp(self, ddp: Any) -> None:

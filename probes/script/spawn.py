@@ -81,7 +81,8 @@ class SpawnPatch:
         import torch.multiprocessing as tmp
 
         module = sys.modules["torch.multiprocessing.spawn"]
-        self._original = module.start_processes
+        # torch.multiprocessing.spawn, patched where the script calls it
+        self._original = module.start_processes  # type: ignore[attr-defined]
         module.start_processes = tmp.start_processes = self.start_processes
 
     def start_processes(self, fn, args=(), nprocs=1, join=True, daemon=False,

@@ -113,7 +113,7 @@ def execute(runs: list[Any], pool_opts: PoolOptions, progress: Optional[Progress
     return outs
 
 
-def metric_names(records: list[dict[str, Any]]) -> list[Any]:
+def metric_names(records: list[RunRecord]) -> list[str]:
     names: list[str] = []
     for r in records:
         for name in r.metrics:
@@ -122,7 +122,7 @@ def metric_names(records: list[dict[str, Any]]) -> list[Any]:
     return names
 
 
-def finite_values(records: list[dict[str, Any]], metric: str) -> tuple[Any, ...]:
+def finite_values(records: list[RunRecord], metric: str) -> tuple[Any, ...]:
     """(seeds, values) of the finished runs with a finite value of ``metric``, seed order."""
     pairs = sorted((r.seed, float(r.metrics[metric])) for r in records
                    if r.status == Status.OK and metric in r.metrics
@@ -130,7 +130,7 @@ def finite_values(records: list[dict[str, Any]], metric: str) -> tuple[Any, ...]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def source_stats(records: list[dict[str, Any]], metric: str, confidence: float, rng_seed: int) -> SourceStats:
+def source_stats(records: list[RunRecord], metric: str, confidence: float, rng_seed: int) -> SourceStats:
     seeds, values = finite_values(records, metric)
     out = SourceStats(values=values, seeds=seeds, excluded=len(records) - len(values))
     if values:
@@ -140,7 +140,7 @@ def source_stats(records: list[dict[str, Any]], metric: str, confidence: float, 
     return out
 
 
-def _metric_variance(records: list[dict[str, Any]], metric: str, groups: list[Any], direction: str,
+def _metric_variance(records: list[RunRecord], metric: str, groups: list[Any], direction: str,
                      confidence: float) -> MetricVariance:
     mv = MetricVariance(direction=direction)
     for k, group in enumerate(groups):
@@ -153,7 +153,7 @@ def _metric_variance(records: list[dict[str, Any]], metric: str, groups: list[An
     return mv
 
 
-def _control(records: list[dict[str, Any]], base: int) -> tuple[Any, ...]:
+def _control(records: list[RunRecord], base: int) -> tuple[Any, ...]:
     """(controlled, spread): do the runs with every seed at ``base`` agree on every metric?"""
     controls = [r for r in records if r.seed == base and r.status == Status.OK]
     spread = 0.0
@@ -225,7 +225,7 @@ def audit_variance(opts: VarianceOptions, progress: Optional[Progress] = None,
 CRASHED = (Status.CRASHED, Status.KILLED, Status.TARGET_ERROR)
 
 
-def crash_error(records: list[dict[str, Any]]) -> Optional[str]:
+def crash_error(records: list[RunRecord]) -> Optional[str]:
     """The error of a result whose runs crashed (they are left out of the statistics)."""
     bad = [r for r in records if r.status in CRASHED]
     if not bad:
@@ -236,7 +236,7 @@ def crash_error(records: list[dict[str, Any]]) -> Optional[str]:
             f"first: {first.group} seed {first.seed}: {first.message}{at}")
 
 
-def _all_failed(records: list[dict[str, Any]]) -> str:
+def _all_failed(records: list[RunRecord]) -> str:
     first = next((r for r in records if r.status != Status.OK), None)
     detail = f": {first.status}, {first.message}" if first else ""
     return f"no run finished with a metric{detail}"
