@@ -106,7 +106,7 @@ class Launcher:
 
         data = self.opts.stdin if self.opts.stdin is not None else script_runner.read_stdin()
         self.terminal = data is script_runner.TERMINAL
-        if not self.terminal:
+        if data is not None:  # TERMINAL is None
             self.stdin_path = os.path.join(self.folder, "stdin")
             with open(self.stdin_path, "wb") as fh:
                 fh.write(data)

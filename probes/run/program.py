@@ -23,7 +23,7 @@ import re
 import select
 import sys
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Optional
+from typing import IO, Any, Optional
 
 from audit.probes.errors import UsageError
 from audit.probes.run.processes import child_argv
@@ -175,20 +175,20 @@ TERMINAL = None
 STDIN_WAIT = 1.0
 
 
-def read_stdin(stream: Optional[BinaryIO] = None) -> Optional[bytes]:
+def read_stdin(stream: Optional[IO[Any]] = None) -> Optional[bytes]:
     """The tool's standard input, read once to its end so that every run gets the same bytes;
     ``None`` (:data:`TERMINAL`) when it is a terminal: nobody types into several runs at once.
     A closed or unreadable stdin, or a pipe with nothing to read within :data:`STDIN_WAIT`
     seconds, is empty."""
-    stream = sys.stdin if stream is None else stream
+    source: IO[Any] = sys.stdin if stream is None else stream
     try:
-        if stream.isatty():
+        if source.isatty():
             return TERMINAL
-        ready, _, _ = select.select([stream.fileno()], [], [], STDIN_WAIT)
+        ready, _, _ = select.select([source.fileno()], [], [], STDIN_WAIT)
         if not ready:
             return b""
-        buffer = getattr(stream, "buffer", None)
-        return buffer.read() if buffer is not None else stream.read().encode()
+        buffer = getattr(source, "buffer", None)
+        return buffer.read() if buffer is not None else source.read().encode()
     except (AttributeError, OSError, ValueError):
         return b""
 

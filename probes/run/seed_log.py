@@ -16,6 +16,7 @@ import json
 import operator
 import os
 import sys
+from types import FrameType
 from typing import Any, Optional
 
 from audit.probes.run.processes import is_user_file, short_path
@@ -34,6 +35,7 @@ _OURS = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 def caller(depth: int) -> Optional[str]:
     """``file:line`` of the frame ``depth`` levels up (past any more of the audit's own
     wrappers) when it is the user's code, else None."""
+    frame: Optional[FrameType]
     try:
         frame = sys._getframe(depth + 1)
     except ValueError:
