@@ -91,7 +91,7 @@ class Nonlinearity:
 
     @property
     def gain(self) -> float:
-        return nn.init.calculate_gain(self.gain_name, self.param)
+        return nn.init.calculate_gain(self.gain_name, self.param)  # type: ignore[arg-type]  # a name torch checks
 
 
 LINEAR = Nonlinearity()
@@ -373,11 +373,12 @@ class FlowProbe:
                 entry["g"].append(next(g_iter))
         return per_layer
 
-    def _numbers(self, trace: Any) -> dict[str, Any]:
+    def _numbers(self, trace: Any) -> dict[tuple[str, str], Any]:
         """Every statistic as a float, keyed by (layer, statistic): one host sync."""
         per_layer = self._param_norms(trace)
         keys = ("act_mean", "act_norm", "out_grad_norm", "dead", "sat", "w_norm", "g_norm")
-        values, slots = [], []
+        values: list[torch.Tensor] = []
+        slots: list[tuple[str, str]] = []
         for name in trace.order:
             stats = self._stats.setdefault(name, {})
             entry = per_layer[name]

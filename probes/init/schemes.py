@@ -60,7 +60,7 @@ def snapshot_state(model: nn.Module) -> dict[str, Any]:
     copy = OrderedDict((k, v.detach().to("cpu", copy=True)) for k, v in state.items())
     metadata = getattr(state, "_metadata", None)  # module versions some loaders rely on
     if metadata is not None:
-        copy._metadata = metadata
+        copy._metadata = metadata  # type: ignore[attr-defined]  # as Module.state_dict sets it
     return copy
 
 
@@ -74,7 +74,7 @@ def restore_state(model: nn.Module, state: dict[str, Any], skip: Iterable[Any] =
     if not skip:
         model.load_state_dict(state)
         return
-    live = dict(model.named_parameters())
+    live: dict[str, torch.Tensor] = dict(model.named_parameters())
     live.update(model.named_buffers())
     with torch.no_grad():
         for key, value in state.items():
@@ -177,7 +177,7 @@ def weight_scale(kind: str, weight: torch.Tensor, gain_name: str = "linear",
         return float(std)
     if kind == "lsuv":
         return 1.0
-    gain = nn.init.calculate_gain(gain_name, param)
+    gain = nn.init.calculate_gain(gain_name, param)  # type: ignore[arg-type]  # a nonlinearity's name, checked by torch
     if kind == "orthogonal":
         return gain
     fan_in, fan_out = fans(weight)
@@ -384,7 +384,7 @@ def lsuv_scale(model: nn.Module, forward: Callable[[], Any], tol: float = LSUV_T
             handle.remove()
     for module in model.modules():
         if isinstance(module, NORM_TYPES) and getattr(module, "track_running_stats", False):
-            module.reset_running_stats()
+            module.reset_running_stats()  # type: ignore[operator]  # a norm layer's method (stubs: Tensor | Module)
     return iterations
 
 

@@ -13,7 +13,7 @@ import os
 import traceback
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import torch
 from torch import nn
@@ -24,6 +24,8 @@ from audit.probes.run.spec import DistSpec
 from audit.probes.results.records import Record
 
 if TYPE_CHECKING:  # imported by the training loop, which imports this module
+    from torch.utils.hooks import RemovableHandle
+
     from audit.probes.run.trace import TraceWriter
     from audit.probes.run.training import TrainingSetup
 
@@ -85,9 +87,9 @@ def prepare(setup: TrainingSetup, ctx: RankContext, writer: TraceWriter, seed: i
     """Wrap the model in DDP unless the target did, shard the tool's synthetic data, and
     start fingerprinting synchronized buffers; writes a ``dist`` record."""
     if setup.synthetic:
-        setup.data = _shard_synthetic(setup.data, setup.model, ctx, seed)
+        setup.data = _shard_synthetic(cast(list[Any], setup.data), setup.model, ctx, seed)  # the tool's own batches
     setup.model, wrapped = _wrap(setup.model, ctx)
-    inner = setup.model.module
+    inner = cast(nn.Module, setup.model.module)  # DDP's wrapped model
     writer.write({"type": Record.DIST, "rank": ctx.rank, "world": ctx.world, "wrapped": wrapped,
                   "prefix": DDP_PREFIX,
                   "broadcast_buffers": bool(getattr(setup.model, "broadcast_buffers", True)),
@@ -102,7 +104,7 @@ class RankTracker:
     def __init__(self, inner: nn.Module, writer: TraceWriter):
         self.inner, self.writer = inner, writer
         self.buffers: Optional[list[Any]] = None
-        self.handle = inner.register_forward_pre_hook(self._pre)
+        self.handle: Optional[RemovableHandle] = inner.register_forward_pre_hook(self._pre)
         self.samplers_written = False
 
     def _pre(self, module, args):

@@ -124,6 +124,8 @@ def load_callable(spec: str) -> Callable[..., Any]:
             sys.path.insert(0, folder)
         module_name = "__audit_target__"
         spec_obj = importlib.util.spec_from_file_location(module_name, path)
+        if spec_obj is None or spec_obj.loader is None:  # a file Python cannot import (no .py)
+            raise TargetError(f"target file {where!r} is not a Python file; give a .py file")
         module = importlib.util.module_from_spec(spec_obj)
         sys.modules[module_name] = module
         try:
@@ -217,20 +219,20 @@ def normalize(returned: Any, spec: str, *, input_shape: Optional[tuple[Any, ...]
         raise TargetError(
             f"{spec} returned unknown key(s) {sorted(unknown)}; allowed: {', '.join(KEYS)}"
         )
-    model = returned.get("model")
-    if not isinstance(model, nn.Module):
+    own_model = returned.get("model")
+    if not isinstance(own_model, nn.Module):
         raise TargetError(f"{spec} returned no nn.Module under 'model'; add one")
-    data = returned.get("data")
-    if data is None:
+    own_data = returned.get("data")
+    if own_data is None:
         raise TargetError(f"{spec} returned a mapping without 'data'; add a DataLoader or a list of batches")
     # An iterator has __next__; calling iter() to find out would start a DataLoader pass, which
     # draws its base seed from the global generator and shifts every shuffle after it.
-    if not hasattr(data, "__iter__") or hasattr(data, "__next__"):
+    if not hasattr(own_data, "__iter__") or hasattr(own_data, "__next__"):
         raise TargetError(
             f"{spec}: 'data' must be re-iterable (a DataLoader or a list), not a one-shot "
             "iterator or generator"
         )
-    setup = training.TrainingSetup(model=model, data=data)
+    setup = training.TrainingSetup(model=own_model, data=own_data)
     for key in ("loss", "optimizer", "step", "scheduler", "evaluate", "save", "load"):
         value = returned.get(key)
         if value is not None:

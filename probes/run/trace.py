@@ -38,6 +38,8 @@ from audit.probes.run.training import (LiveObjects, TrainingSetup, compute_loss,
 from audit.probes.results.records import Record
 
 if TYPE_CHECKING:  # named for the annotation only; the child makes the Lockstep
+    from torch.utils.hooks import RemovableHandle
+
     from audit.probes.run.lockstep import Lockstep
 
 
@@ -102,7 +104,7 @@ class ModuleRecorder:
         self.outputs: dict[Any, Any] = {}  # "name#call" (or (module, call)) -> output tensor (magnitudes)
         self.keep_outputs = keep_outputs
         self._calls: dict[str, Any] = {}
-        self._handles: list[Any] = []
+        self._handles: list[RemovableHandle] = []
         self._pid = os.getpid()
         self._names = None if model is None else {module: name for name, module in model.named_modules()}
         try:
@@ -162,7 +164,7 @@ class ModuleRecorder:
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
-        self._handles = []
+        self._handles: list[RemovableHandle] = []
 
 
 class OutputRecorder:
@@ -174,7 +176,7 @@ class OutputRecorder:
     def __init__(self, roots: list[Any]):
         self._values: list[Any] = []
         self._pid = os.getpid()
-        self._handles = []
+        self._handles: list[RemovableHandle] = []
         self.watch(roots)
 
     def watch(self, roots: list[Any]) -> None:
@@ -199,7 +201,7 @@ class OutputRecorder:
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
-        self._handles = []
+        self._handles: list[RemovableHandle] = []
 
 
 def _combined(tensors: list[Any]) -> Any:

@@ -17,7 +17,7 @@ import importlib
 import os
 import sys
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from audit.probes.run import rendezvous
 from audit.probes.results.records import Record
@@ -74,16 +74,16 @@ class SpawnPatch:
     def __init__(self, spec: RunSpec, writer: Any, runner: str) -> None:
         self.spec, self.writer, self.runner = spec, writer, runner
         self.used = False
-        self._original = None
-        self._store = None  # the children's rendezvous store, served while the script runs
+        self._original: Optional[Callable[..., Any]] = None
+        self._store: Any = None  # the children's rendezvous store, served while the script runs
 
     def install(self) -> None:
         import torch.multiprocessing as tmp
 
         module = sys.modules["torch.multiprocessing.spawn"]
-        # torch.multiprocessing.spawn, patched where the script calls it
-        self._original = module.start_processes  # type: ignore[attr-defined]
-        module.start_processes = tmp.start_processes = self.start_processes
+        self._original = module.start_processes
+        # patched where the script calls it; torch.multiprocessing's stub does not list it
+        module.start_processes = tmp.start_processes = self.start_processes  # type: ignore[attr-defined]
 
     def start_processes(self, fn, args=(), nprocs=1, join=True, daemon=False,
                         start_method="spawn"):
