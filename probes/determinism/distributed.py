@@ -10,8 +10,9 @@ Ranks are compared by their trace files afterwards: no collective is added to tr
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
+from audit.probes.progress import Reporter
 from audit.probes.run import compare
 from audit.probes.run.launcher import RunOptions
 from audit.probes.determinism.orchestrate import audit_determinism
@@ -26,7 +27,7 @@ DEFAULT_TIMEOUT = 120.0
 
 
 def audit_distributed(opts: RunOptions, nproc: int,
-                      progress: Optional[Callable[[str], None]] = None,
+                      progress: Reporter = None,
                       timeout: float = DEFAULT_TIMEOUT) -> DeterminismResult:
     """The determinism audit with every run made of ``nproc`` ranks under torch.distributed."""
     _check_devices(opts.device, nproc)

@@ -17,8 +17,9 @@ import glob
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
+from audit.probes.progress import Reporter
 from audit.probes.script import torchrun as script_launch
 
 from audit.probes.run import program as script_runner, seed_log
@@ -39,7 +40,7 @@ FAILED = (Status.CRASHED, Status.TARGET_ERROR, Status.EXITED)
 
 
 def audit_script(opts: RunOptions, nproc: int = 1,
-                 progress: Optional[Callable[[str], None]] = None,
+                 progress: Reporter = None,
                  keep: Optional[str] = None) -> DeterminismResult:
     """The determinism audit of a script command, ranks included (``nproc``: ``--nproc``);
     ``keep``: a folder where the runs' specs and traces stay."""
@@ -114,7 +115,7 @@ def rank_outcome(name: str, files: list[RankFiles], code: Optional[int], seconds
 class ScriptRankLauncher(RankLauncher):
     """Every run is ``nproc`` bootstrap processes started as torchrun starts its workers."""
 
-    def __init__(self, opts: RunOptions, folder: str, nproc: int, progress: Any = None) -> None:
+    def __init__(self, opts: RunOptions, folder: str, nproc: int, progress: Reporter = None) -> None:
         super().__init__(opts, folder, nproc, DistSpec(nproc).timeout, progress)
 
     def command(self, rs: RunSpec) -> list[Any]:
@@ -166,7 +167,7 @@ class SpawnLauncher(Launcher):
     """One process per run, as in plain script mode; a run whose script started ranks with
     ``torch.multiprocessing`` is those ranks (``nproc``: the most any run started)."""
 
-    def __init__(self, opts: RunOptions, folder: str, progress: Any = None) -> None:
+    def __init__(self, opts: RunOptions, folder: str, progress: Reporter = None) -> None:
         super().__init__(opts, folder, progress)
         self.nproc = 1
         self.finished: dict[str, Any] = {}  # run name -> RankOutcome, runs that spawned ranks
