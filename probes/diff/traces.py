@@ -9,7 +9,7 @@ differences) are dropped by :func:`plain`, so a plain run compares with a detail
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 from audit.probes.run.compare import split
 from audit.probes.diff.match import Matching
 from audit.probes.results.records import Record
@@ -20,7 +20,7 @@ _DETAIL = ("optim", "modules", "diffs", "seconds")
 
 def _reorder(values: list[Any], names_a: list[str], names_b: list[str], a_of_b: dict[str, str],
              extras: list[str]) -> list[Any]:
-    by_name = dict(zip(names_a, values))
+    by_name: dict[Optional[str], Any] = dict(zip(names_a, values))
     out = [by_name.get(a_of_b.get(b_name), MISSING) for b_name in names_b]
     return out + [by_name[p] for p in extras if p in by_name]
 
