@@ -137,11 +137,11 @@ def reset_norm(module: nn.Module) -> None:
     """Weight 1, bias 0, running statistics reset."""
     with torch.no_grad():
         if isinstance(getattr(module, "weight", None), torch.Tensor):
-            module.weight.fill_(1.0)
+            module.weight.fill_(1.0)  # type: ignore[operator]  # a tensor (stubs: Tensor | Module)
         if isinstance(getattr(module, "bias", None), torch.Tensor):
-            module.bias.zero_()
+            module.bias.zero_()  # type: ignore[operator]  # a tensor (stubs: Tensor | Module)
     if getattr(module, "track_running_stats", False) and hasattr(module, "reset_running_stats"):
-        module.reset_running_stats()
+        module.reset_running_stats()  # type: ignore[operator]  # a norm layer's method
 
 
 #: Schemes that differ only by a per-layer scale share one unit draw ("family").

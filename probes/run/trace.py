@@ -164,7 +164,7 @@ class ModuleRecorder:
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
-        self._handles: list[RemovableHandle] = []
+        self._handles = []
 
 
 class OutputRecorder:
@@ -201,7 +201,7 @@ class OutputRecorder:
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
-        self._handles: list[RemovableHandle] = []
+        self._handles = []
 
 
 def _combined(tensors: list[Any]) -> Any:

@@ -39,7 +39,7 @@ def attach(spec: RunSpec, writer: Any, tracer: Any, runner: str) -> Any:
     return patch
 
 
-def local_url(url: str, port: Optional[str]) -> str:
+def local_url(url: str, port: Union[int, str, None]) -> str:
     """The rendezvous the script asked for, moved to the run's store, which the audit hosts on
     a loopback port (:mod:`audit.probes.run.rendezvous`): ``env://`` reads the environment (set
     here), ``tcp://HOST:PORT`` is rewritten; others are left alone."""

@@ -105,6 +105,6 @@ class SpawnPatch:
         import torch.multiprocessing as tmp
 
         sys.modules["torch.multiprocessing.spawn"].start_processes = self._original
-        tmp.start_processes = self._original
+        tmp.start_processes = self._original  # type: ignore[attr-defined]  # not in torch's stub
         self._original = None
         self._store = None
