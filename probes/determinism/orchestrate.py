@@ -419,7 +419,7 @@ def _replay(opts: RunOptions, launcher: Launcher, result: DeterminismResult,
     return module, replay
 
 
-def _pair_removed(launcher: Launcher, knobs: list[str], upto: int, opts: RunOptions) -> list[Any]:
+def _pair_removed(launcher: Launcher, knobs: list[list[str]], upto: int, opts: RunOptions) -> list[Any]:
     specs = []
     for knob_set in knobs:
         label = "+".join(knob_set) or "control"

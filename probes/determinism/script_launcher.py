@@ -124,7 +124,8 @@ class ScriptRankLauncher(RankLauncher):
     def environment(self, rs: RunSpec, rank: int, port: int) -> dict[str, Any]:
         return torchrun_env(rs.knobs, rank, self.nproc, port)
 
-    def finish(self, spec: RunSpec, group: RankGroup, stopped: str = "", stack: str = "") -> RankOutcome:
+    def finish(self, spec: RunSpec, group: RankGroup,  # type: ignore[override]  # RankLauncher's
+               stopped: str = "", stack: str = "") -> RankOutcome:
         code = group.end() if stopped else group.end_when_done()
         files = [RankFiles(rs.trace, rs.escape_log, rs.seed_log) for rs in spec.rank_specs]
         out = rank_outcome(spec.name, files, None if stopped else code,

@@ -113,8 +113,9 @@ class RankLauncher(Launcher):
         self.nproc, self.timeout = nproc, timeout
         self.finished: dict[str, Any] = {}  # run name -> RankOutcome
 
-    def spec(self, name: str, steps: int, knobs: Sequence[str] = (), detail: bool = False,
-             lockstep: Optional[LockstepSpec] = None, **more: Any) -> RunSpec:
+    # resume= and cuda_ops= pass through by keyword only
+    def spec(self, name: str, steps: int, knobs: Sequence[str] = (),  # type: ignore[override]
+             detail: bool = False, lockstep: Optional[LockstepSpec] = None, **more: Any) -> RunSpec:
         spec = super().spec(name, steps, knobs=knobs, detail=detail, lockstep=lockstep, **more)
         base = spec.spec_path[:-len(".json")]
         for rank in range(self.nproc):
@@ -136,7 +137,8 @@ class RankLauncher(Launcher):
         """The environment of one rank, started as torchrun starts one."""
         return rank_env(rs.knobs, rank, self.nproc, port)
 
-    def start(self, spec: RunSpec) -> RankGroup:
+    # a distributed run is a group of ranks, used where the base class uses a Run
+    def start(self, spec: RunSpec) -> RankGroup:  # type: ignore[override]
         store = rendezvous.host_store(self.nproc)
         runs: list[Any] = []
         try:
@@ -149,7 +151,8 @@ class RankLauncher(Launcher):
             raise
         return RankGroup(runs, store)
 
-    def finish(self, spec: RunSpec, group: RankGroup, stopped: str = "", stack: str = "") -> Outcome:
+    def finish(self, spec: RunSpec, group: RankGroup,  # type: ignore[override]  # see start()
+               stopped: str = "", stack: str = "") -> Outcome:
         code = group.end() if stopped else group.end_when_done()
         traces = [read_trace(rs.trace) for rs in spec.rank_specs]
         escapes = [e for rs in spec.rank_specs for e in read_log(rs.escape_log)]
