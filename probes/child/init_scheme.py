@@ -101,7 +101,7 @@ class SchemeRun:
 
         self.originals = {"init": init, "backward": backward}
         # patched to see the script's optimizers
-        torch.optim.Optimizer.__init__ = optimizer_init  # type: ignore[method-assign]
+        torch.optim.Optimizer.__init__ = optimizer_init  # type: ignore[method-assign, assignment]
         torch.autograd.backward = autograd_backward
         from torch.nn.modules import module as module_mod
         from torch.optim import optimizer as optim_mod

@@ -327,7 +327,7 @@ def step_fields(inputs: Any, targets: Any, input_rows: list[Any], target_rows: l
     rows_t, at = values[at:at + nt], at + nt
     grad_values, at = values[at:at + n], at + n
     param_values, at = values[at:at + n], at + n
-    fields = {
+    fields: dict[str, Any] = {
         "inputs": fp.as_text(values[0]), "targets": fp.as_text(values[1]),
         "inputs_rows": [fp.as_text(v) for part in rows_in for v in _as_list(part)],
         "targets_rows": [fp.as_text(v) for part in rows_t for v in _as_list(part)],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Generator, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -148,7 +148,7 @@ def set_sampler_epoch(data: Any, epoch: int) -> None:
 
 
 def cycle_batches(data: Iterable[Any], steps: int, start: int = 0,
-                  open_pass: Optional[Callable[[int], Iterator[Any]]] = None) -> Iterator[tuple[int, Any]]:
+                  open_pass: Optional[Callable[[int], Iterator[Any]]] = None) -> Generator[tuple[int, Any], None, None]:
     """Yield ``(step, batch)`` for steps ``start`` .. ``steps - 1``, starting a new pass over
     ``data`` when it ends (as epochs do). Before each pass the loader's samplers are told its
     epoch (:func:`set_sampler_epoch`): the loop is the audit's, so it does what a training

@@ -84,7 +84,7 @@ class RankObserver:
         # as functools.wraps sets it
         ddp_init.__wrapped__, rendezvous.__wrapped__ = original_init, original_rendezvous  # type: ignore[attr-defined]
         # patched to join the audit's store
-        DDP.__init__, c10d.rendezvous = ddp_init, rendezvous  # type: ignore[method-assign]
+        DDP.__init__, c10d.rendezvous = ddp_init, rendezvous  # type: ignore[method-assign, assignment]
         self._patches = [(DDP, "__init__", original_init), (c10d, "rendezvous", original_rendezvous)]
 
     def on_ddp(self, ddp: Any) -> None:

@@ -17,7 +17,7 @@ import importlib
 import os
 import sys
 from dataclasses import replace
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from audit.probes.run import rendezvous
 from audit.probes.results.records import Record
@@ -74,7 +74,7 @@ class SpawnPatch:
     def __init__(self, spec: RunSpec, writer: Any, runner: str) -> None:
         self.spec, self.writer, self.runner = spec, writer, runner
         self.used = False
-        self._original: Optional[Callable[..., Any]] = None
+        self._original: Any = None  # torch's start_processes, while installed
         self._store: Any = None  # the children's rendezvous store, served while the script runs
 
     def install(self) -> None:
@@ -104,7 +104,8 @@ class SpawnPatch:
             return
         import torch.multiprocessing as tmp
 
-        sys.modules["torch.multiprocessing.spawn"].start_processes = self._original
-        tmp.start_processes = self._original  # type: ignore[attr-defined]  # not in torch's stub
+        # the module object, not in torch's stub
+        sys.modules["torch.multiprocessing.spawn"].start_processes = self._original  # type: ignore[attr-defined]
+        tmp.start_processes = self._original
         self._original = None
         self._store = None
