@@ -116,9 +116,9 @@ def _completed_check(result: DeterminismResult) -> Check:
     if result.error or bad:
         first = bad[0] if bad else None
         match = _AT.search(first.message or "") if first is not None else None
-        message = result.error or (
-            f"run {first.index} {first.status} after {first.steps_completed} of "
-            f"{result.steps} steps: {first.message}")
+        message = result.error or (  # no error: a run failed, so bad[0] exists
+            f"run {bad[0].index} {bad[0].status} after {bad[0].steps_completed} of "
+            f"{result.steps} steps: {bad[0].message}")
         return Check("determinism", "runs completed", False,
                      message + "; the comparison covers only the steps before it",
                      "fix the error in the training code; run `audit determinism "
