@@ -104,6 +104,7 @@ def _step_record(trace: RankTrace, step: Optional[int]) -> dict[str, Any]:
 
 
 def _parameter_reason(ranks: list[RankTrace], parting: ReplicaParting) -> tuple[str, str]:
+    assert parting.first is not None  # a parting has the point where it starts
     step, i, rank = parting.first.step, parting.index, parting.first.rank
     if step is None:
         return ("the ranks start from different initial values: DDP was not told about it when "
@@ -140,6 +141,7 @@ def _buffer_reason(trace: RankTrace) -> tuple[str, str]:
 def _rng_proof(launcher: Any, parting: ReplicaParting) -> Optional[int]:
     """Steps through which the ranks stayed identical with every unseeded generator seeded
     from its place (the seed-escapes knob), if that rerun covered the parting step."""
+    assert parting.first is not None  # a parting has the point where it starts
     step = -1 if parting.first.step is None else parting.first.step
     for name, out in launcher.finished.items():
         if not name.startswith("knob-seed_escapes") or not out.ranks:
@@ -155,6 +157,7 @@ def replica_cause(parting: ReplicaParting, traces: list[Any], launcher: Any, esc
     """Cause ``unsynced_state`` for a replica parting: what parted, why, and the fix."""
     ranks = [read_rank(t) for t in traces]
     first = parting.first
+    assert first is not None  # a parting has the point where it starts
     at = "before the first step" if first.step is None else f"at step {first.step}"
     if parting.kind == "buffer":
         reason, fix = _buffer_reason(ranks[0])

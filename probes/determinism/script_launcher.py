@@ -44,6 +44,7 @@ def audit_script(opts: RunOptions, nproc: int = 1,
                  keep: Optional[str] = None) -> DeterminismResult:
     """The determinism audit of a script command, ranks included (``nproc``: ``--nproc``);
     ``keep``: a folder where the runs' specs and traces stay."""
+    assert opts.script is not None  # script mode
     ranks = nproc > 1 or script_launch.is_launch(opts.script)  # torchrun sets RANK etc., even for 1
     nproc, python = script_launch.python_command(opts.script, nproc)
     launchers: list[Any] = []
