@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from audit import registry
 from audit.gate.outputs import write_audit_files
+from audit.kinds.base import AuditKind, Settings
 from audit.probes.errors import UsageError
 from audit.probes.results import HTML_RENDERERS
 from audit.reports import json_report
@@ -27,7 +28,7 @@ for _kind in registry.KINDS:
     HTML_RENDERERS[_kind.result_type] = _kind.html
 
 
-def _settings(kind, target: Any, options: dict):
+def _settings(kind: AuditKind, target: Any, options: dict[str, Any]) -> Settings:
     fields = {f.name for f in dataclasses.fields(kind.settings)} - {"script", "config_path"}
     unknown = sorted(set(options) - fields)
     if unknown:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 from audit import __version__, registry
 from audit.config import parse_shape
@@ -22,7 +22,7 @@ from audit.probes.run.processes import Interrupted
 _SIZES = re.compile(r"\d+(?:[,x]\d+)*")
 
 
-def _int_list(text: str) -> list:
+def _int_list(text: str) -> list[Any]:
     if not _SIZES.fullmatch("".join(text.split())):
         raise argparse.ArgumentTypeError(f"{text!r} is not a list of sizes like 3,32,32")
     shape = parse_shape(text)
@@ -97,14 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _split_script(argv: list) -> tuple[list, Optional[list]]:
+def _split_script(argv: list[str]) -> tuple[list[Any], Optional[list[Any]]]:
     if "--" in argv:
         i = argv.index("--")
         return argv[:i], argv[i + 1:]
     return argv, None
 
 
-def _parse(argv: list, script: Optional[list]) -> argparse.Namespace:
+def _parse(argv: list[str], script: Optional[list[str]]) -> argparse.Namespace:
     parser = build_parser()
     if not argv:
         parser.print_help()
@@ -124,7 +124,7 @@ def _parse(argv: list, script: Optional[list]) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, script = _split_script(argv)
     with signals_raise():
@@ -137,7 +137,7 @@ def _interrupted_line(exc: Interrupted) -> str:
     return f"audit: stopped by {exc.name}; every run was ended; no report was written"
 
 
-def _main(argv: list, script: Optional[list]) -> int:
+def _main(argv: list[str], script: Optional[list[str]]) -> int:
     debug = "--debug" in argv
     from audit import commands
 

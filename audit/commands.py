@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 from audit import gate, settings
 from audit.gate.run import write_partial
@@ -20,7 +20,7 @@ _NOT_SETTINGS = {"command", "config", "debug", "quiet", "junit_xml", "baseline",
                  "update_baseline", "exit_zero"}
 
 
-def _flags(args: argparse.Namespace) -> dict:
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
 
 
@@ -45,7 +45,7 @@ def _hold(out: str) -> Held:
         raise UsageError(str(exc)) from None
 
 
-def audit(kind: AuditKind, args: argparse.Namespace, script: Optional[list]) -> ExitCode:
+def audit(kind: AuditKind, args: argparse.Namespace, script: Optional[list[str]]) -> ExitCode:
     """``audit <kind> ...``: run one audit as a gate and print its summary."""
     s = settings.resolve(kind, settings.load_config(args.config), _flags(args))
     if script is not None:

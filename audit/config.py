@@ -14,7 +14,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, NoReturn, Optional
 
 from audit.probes.errors import ConfigError
 
@@ -26,7 +26,7 @@ else:  # pragma: no cover - Python 3.10
 FILENAME = "pyproject.toml"
 
 #: A ``[tool.audit.<audit>]`` checker: (Checker, table) -> the checked settings.
-TableChecker = Callable[["Checker", dict], dict]
+TableChecker = Callable[["Checker", dict[str, Any]], dict[str, Any]]
 
 
 @dataclass
@@ -34,9 +34,9 @@ class Config:
     """The checked ``[tool.audit]`` settings. Only keys the file sets are present."""
 
     path: Optional[str] = None  # the pyproject.toml read; None when there is none / no table
-    common: dict = field(default_factory=dict)  # target, seed, device, out, input_shape, num_classes
-    sections: dict = field(default_factory=dict)  # audit name -> checked dict
-    audits: list = field(default_factory=list)  # what `audit check` runs (empty: every audit)
+    common: dict[str, Any] = field(default_factory=dict)  # target, seed, device, out, input_shape, num_classes
+    sections: dict[str, Any] = field(default_factory=dict)  # audit name -> checked dict
+    audits: list[str] = field(default_factory=list)  # what `audit check` runs (empty: every audit)
     baseline: Optional[str] = None  # baseline file for `audit check`
 
     @property
@@ -44,11 +44,11 @@ class Config:
         """The folder of the file read (what relative paths in it are relative to)."""
         return os.path.dirname(self.path) if self.path else None
 
-    def section(self, audit: str) -> dict:
+    def section(self, audit: str) -> dict[str, Any]:
         """The options of ``[tool.audit.<audit>]`` that the file sets (a copy)."""
         return dict(self.sections.get(audit, {}))
 
-    def tolerances(self, audit: str) -> dict:
+    def tolerances(self, audit: str) -> dict[str, Any]:
         """The baseline tolerances the file sets for ``audit`` (no defaults filled in)."""
         return dict(self.sections.get(audit, {}).get("tolerances", {}))
 
@@ -110,14 +110,14 @@ class Checker:
     def __init__(self, path: str):
         self.file = _display_path(path)
 
-    def fail(self, table: str, key: str, expected: str, value: Any = None, *, got: bool = True) -> None:
+    def fail(self, table: str, key: str, expected: str, value: Any = None, *, got: bool = True) -> NoReturn:
         where = f"[{table}] {key}"
         message = f"{self.file}: {where} must be {expected}"
         if got:
             message += f", got {_show(value)}"
         raise ConfigError(message)
 
-    def unknown(self, table: str, key: str, known) -> None:
+    def unknown(self, table: str, key: str, known: Iterable[str]) -> NoReturn:
         raise ConfigError(f"{self.file}: [{table}] unknown key {key!r}; expected one of: "
                           f"{', '.join(sorted(known))}")
 
@@ -134,12 +134,12 @@ def is_number(value: Any) -> bool:
             and math.isfinite(float(value)))
 
 
-def positive_int(minimum: int = 1) -> tuple[Callable, str]:
+def positive_int(minimum: int = 1) -> tuple[Callable[..., Any], str]:
     text = "a positive integer" if minimum == 1 else f"an integer of {minimum} or more"
     return (lambda v: is_int(v) and v >= minimum), text
 
 
-def string_list(value: Any) -> Optional[list]:
+def string_list(value: Any) -> Optional[list[Any]]:
     """A TOML array of strings or a comma-separated string, as a list; None if neither."""
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -172,7 +172,7 @@ def _resolve_path(root: str, path: str) -> str:
 
 # --------------------------------------------------------------------------- the tables
 
-def parse_shape(value: Any) -> Optional[list]:
+def parse_shape(value: Any) -> Optional[list[Any]]:
     """A per-sample shape from ``[3, 32, 32]``, ``"3,32,32"`` or ``"3x32x32"``; None if it is
     not one (every part a positive integer, no empty part)."""
     if isinstance(value, str):
@@ -200,7 +200,7 @@ def _path(chk: Checker, key: str, value: Any, root: str) -> str:
     return _resolve_path(root, value.strip())
 
 
-def _audits(chk: Checker, value: Any, names: tuple) -> list:
+def _audits(chk: Checker, value: Any, names: tuple[str, ...]) -> list[str]:
     listed = string_list(value)
     if not listed or any(n not in names for n in listed) or len(set(listed)) != len(listed):
         chk.fail("tool.audit", "audits", "a non-empty array of audit names from "
@@ -224,10 +224,10 @@ _COMMON_RULES = {
 }
 
 
-def _check_common(chk: Checker, table: dict, root: str,
-                  names: tuple) -> tuple[dict, list, Optional[str]]:
-    common: dict = {}
-    audits: list = []
+def _check_common(chk: Checker, table: dict[str, Any], root: str,
+                  names: tuple[Any, ...]) -> tuple[dict[str, Any], list[Any], Optional[str]]:
+    common: dict[str, Any] = {}
+    audits: list[str] = []
     baseline = None
     known = {"target", "out", "audits", "baseline", *_COMMON_RULES, *names}
     for key, value in table.items():
@@ -252,8 +252,8 @@ def _check_common(chk: Checker, table: dict, root: str,
     return common, audits, baseline
 
 
-def check_tolerances(chk: Checker, audit: str, value: Any, defaults: dict,
-                     minimums: Optional[dict] = None) -> dict:
+def check_tolerances(chk: Checker, audit: str, value: Any, defaults: dict[str, Any],
+                     minimums: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """A ``tolerances`` table: known keys only, each a number of at least its minimum (0)."""
     table = f"tool.audit.{audit}.tolerances"
     if not isinstance(value, dict):
@@ -286,7 +286,7 @@ def find_pyproject(start: Optional[str] = None) -> Optional[str]:
         folder = parent
 
 
-def _read(path: str) -> dict:
+def _read(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
@@ -298,7 +298,7 @@ def _read(path: str) -> dict:
         raise ConfigError(f"{_display_path(path)}: cannot read it: {exc.strerror or exc}") from None
 
 
-def parse(table: dict, path: str, tables: dict) -> Config:
+def parse(table: dict[str, Any], path: str, tables: dict[str, Any]) -> Config:
     """Check a ``[tool.audit]`` table read from ``path`` (``tables``: each audit's checker)
     and return the :class:`Config`."""
     chk = Checker(path)
@@ -311,7 +311,7 @@ def parse(table: dict, path: str, tables: dict) -> Config:
                   audits=audits, baseline=baseline)
 
 
-def load(tables: dict, path: Optional[str] = None, start: Optional[str] = None) -> Config:
+def load(tables: dict[str, Any], path: Optional[str] = None, start: Optional[str] = None) -> Config:
     """The ``[tool.audit]`` settings.
 
     ``path`` (``--config``) names the file to read; it must exist and hold ``[tool.audit]``.
@@ -337,16 +337,16 @@ def load(tables: dict, path: Optional[str] = None, start: Optional[str] = None) 
 
 
 #: A rule for one key of an audit's table: (test(value) -> bool, what is expected).
-Rule = tuple
+Rule = tuple[Callable[[Any], bool], str]
 
 
-def check_table(chk: Checker, audit: str, table: dict, rules: dict,
-                special: Optional[dict] = None) -> dict:
+def check_table(chk: Checker, audit: str, table: dict[str, Any], rules: dict[str, Any],
+                special: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Check ``[tool.audit.<audit>]`` against ``rules`` (key -> (test, expected)); keys in
     ``special`` are checked by their own function (chk, value) -> value."""
     name = f"tool.audit.{audit}"
     special = special or {}
-    out: dict = {}
+    out: dict[str, Any] = {}
     for key, value in table.items():
         if key in special:
             out[key] = special[key](chk, value)

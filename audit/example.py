@@ -8,6 +8,7 @@ is given.
 """
 from __future__ import annotations
 
+from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -32,7 +33,7 @@ class SimpleCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-class SyntheticCIFAR(Dataset):
+class SyntheticCIFAR(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """CIFAR-shaped images with a learnable signal; sample ``i`` is always the same image."""
 
     def __init__(self, size: int = 1024, num_classes: int = 10, seed: int = 1234):
@@ -54,11 +55,11 @@ class SyntheticCIFAR(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.transform(self.images[index]), self.targets[index]
 
 
-def build() -> dict:
+def build() -> dict[str, Any]:
     """The target: model, a shuffled DataLoader with augmentation, Adam, cross-entropy."""
     model = SimpleCNN()
     loader = DataLoader(SyntheticCIFAR(), batch_size=64, shuffle=True, num_workers=0)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from types import FrameType
+from typing import Iterator, Optional
 
 from audit.probes.run.processes import Interrupted
 
@@ -21,7 +22,7 @@ class _Handler:
     def __init__(self):
         self.fired = False
 
-    def __call__(self, signum: int, frame) -> None:
+    def __call__(self, signum: int, frame: Optional[FrameType]) -> None:
         for other in SIGNALS:
             signal.signal(other, signal.SIG_IGN)
         self.fired = True

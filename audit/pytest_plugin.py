@@ -38,9 +38,13 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import Any, Optional
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Optional
 
 import pytest
+
+if TYPE_CHECKING:  # the plugin loads light; the registry when a fixture runs
+    from audit.kinds.base import AuditKind
 
 _TEST_FILE = re.compile(r"^(test_.*|.*_test|conftest)\.py$")
 
@@ -57,7 +61,7 @@ def _is_module(obj: Any) -> bool:
     return torch is not None and isinstance(obj, torch.nn.Module)
 
 
-def _module_root(module) -> Optional[str]:
+def _module_root(module: ModuleType) -> Optional[str]:
     """The folder a module is imported from (the parent of its top-level package)."""
     path = getattr(module, "__file__", None)
     if not path:
@@ -111,7 +115,7 @@ def process_target(target: Any, test_dir: Optional[str] = None) -> tuple[str, Op
     if module is None:
         raise AuditTargetError(f"determinism_audit cannot tell which module defines {qualname}; "
                                "pass a 'file.py:NAME' string")
-    obj = module
+    obj: Any = module
     for part in qualname.split("."):
         obj = getattr(obj, part, None)
     if obj is not target:
@@ -132,7 +136,7 @@ def process_target(target: Any, test_dir: Optional[str] = None) -> tuple[str, Op
     return f"{module.__name__}:{qualname}", _module_root(module)
 
 
-def _test_dir(request) -> Optional[str]:
+def _test_dir(request: pytest.FixtureRequest) -> Optional[str]:
     path = getattr(request.node, "path", None) or getattr(request, "fspath", None)
     return os.path.dirname(str(path)) if path else None
 
@@ -140,7 +144,7 @@ def _test_dir(request) -> Optional[str]:
 # --------------------------------------------------------------------------- running
 
 
-def _failure(kind, result) -> Optional[str]:
+def _failure(kind: AuditKind, result: Any) -> Optional[str]:
     """The explanation to fail the test with, or None when every check passed."""
     failed = kind.failing(result)
     if not failed and getattr(result, "error", None) is None:
@@ -150,7 +154,7 @@ def _failure(kind, result) -> Optional[str]:
     return "\n".join(lines)
 
 
-def _with_path(extra_path: Optional[str]):
+def _with_path(extra_path: Optional[str]) -> ContextManager[None]:
     """Put ``extra_path`` first on the runs' PYTHONPATH for the duration of the block."""
     import contextlib
 
@@ -170,8 +174,8 @@ def _with_path(extra_path: Optional[str]):
     return block()
 
 
-def run_audit(name: str, request, target: Any = None, *, fail: bool = True,
-              out: Optional[str] = None, **options: Any):
+def run_audit(name: str, request: pytest.FixtureRequest, target: Any = None, *, fail: bool = True,
+              out: Optional[str] = None, **options: Any) -> Any:
     """Run the audit ``name`` on ``target`` for a test; fail the test with the audit's
     explanation when a check fails (``fail=False`` only returns the result)."""
     from audit import api, registry
@@ -195,9 +199,9 @@ def run_audit(name: str, request, target: Any = None, *, fail: bool = True,
     return result
 
 
-def _fixture(name: str):
-    def fixture(request):
-        def run(target: Any = None, **options: Any):
+def _fixture(name: str) -> Callable[[pytest.FixtureRequest], Callable[..., Any]]:
+    def fixture(request: pytest.FixtureRequest) -> Callable[..., Any]:
+        def run(target: Any = None, **options: Any) -> Any:
             return run_audit(name, request, target, **options)
         return run
 

@@ -13,7 +13,7 @@ def load_config(path: Optional[str] = None, start: Optional[str] = None) -> conf
     return config.load(registry.tables(), path, start)
 
 
-def resolve(kind: AuditKind, cfg: config.Config, flags: Optional[dict] = None) -> Settings:
+def resolve(kind: AuditKind, cfg: config.Config, flags: Optional[dict[str, Any]] = None) -> Settings:
     """The kind's settings: its defaults, then the config's common keys and its table, then
     every flag that was given (``None`` means not given)."""
     fields = {f.name for f in dataclasses.fields(kind.settings)}

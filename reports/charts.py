@@ -23,9 +23,10 @@ import io
 import math
 import re
 import warnings
-from typing import Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import matplotlib
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from matplotlib.transforms import blended_transform_factory
@@ -114,7 +115,7 @@ def _log_label(value: float, _pos: object = None) -> str:
     return f"{value:.2g}"
 
 
-def _log_axis(ax, values: Sequence[float], zero_floor: Optional[float] = None) -> None:
+def _log_axis(ax: Axes, values: Sequence[float], zero_floor: Optional[float] = None) -> None:
     """Log y axis with readable decade labels (10⁻⁸), sensible limits for one value or one
     decade, and an optional ``0`` line at ``zero_floor`` for exact zeros."""
     ax.set_yscale("log")
@@ -141,7 +142,7 @@ def _log_axis(ax, values: Sequence[float], zero_floor: Optional[float] = None) -
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def _integer_x(ax, xs: Sequence[float]) -> None:
+def _integer_x(ax: Axes, xs: Sequence[float]) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
     if xs:
         lo, hi = min(xs), max(xs)
@@ -152,7 +153,7 @@ def _integer_x(ax, xs: Sequence[float]) -> None:
             ax.set_xlim(lo - pad, hi + pad)
 
 
-def _no_data(ax, text: str) -> None:
+def _no_data(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color=MUTED,
             fontsize=10)
     ax.set_xticks([])
@@ -181,18 +182,21 @@ def _svg(fig: Figure, name: str, title: str) -> str:
     return head + text[head_end:].rstrip() + "\n"
 
 
-def _figure(height: float = HEIGHT, rows: int = 1, sharex: bool = False):
+def _figure(height: float = HEIGHT, rows: int = 1, sharex: bool = False) -> tuple[Figure, list[Axes]]:
     """A figure of the common width, so every chart shows text at the same size."""
     fig = Figure(figsize=(WIDTH, height), layout="constrained")
-    fig.get_layout_engine().set(w_pad=0.06, h_pad=0.06)
+    # layout="constrained" made the engine, whose set() takes the pads (the stub types the base)
+    fig.get_layout_engine().set(w_pad=0.06, h_pad=0.06)  # type: ignore[union-attr, call-arg]
     axes = fig.subplots(rows, 1, sharex=sharex, squeeze=False)[:, 0]
     return fig, list(axes)
 
 
-def _render(build, name: str, title: str) -> str:
+def _render(build: Callable[[], Optional[Figure]], name: str, title: str) -> str:
     """Run ``build()`` -> figure (or ``None`` when there is nothing to draw) under the chart
     style, and return its SVG."""
-    with matplotlib.rc_context(_RC), warnings.catch_warnings():
+    # _RC's keys are rcParams names; the stub wants them typed as its literal keys
+    with matplotlib.rc_context(_RC), warnings.catch_warnings():  # type: ignore[arg-type]
+
         warnings.simplefilter("ignore")  # missing glyphs, tight layout on tiny data
         fig = build()
         if fig is None:
@@ -203,16 +207,18 @@ def _render(build, name: str, title: str) -> str:
 # --------------------------------------------------------------------------- determinism
 
 
-def _growth_values(points: list, key: str, floor: Optional[float]) -> list:
-    """One series of the growth chart: exact zeros on the ``floor`` line, gaps as NaN."""
+def _growth_values(points: list[GrowthPoint], key: str, floor: Optional[float]) -> list[float]:
+    """One series of the growth chart: exact zeros on the ``floor`` line, gaps as NaN (there is
+    no ``floor`` only when no value is zero)."""
     ys = []
     for p in points:
         value = finite(getattr(p, key))
-        ys.append(float("nan") if value is None else (value if value > 0 else floor))
+        low = float("nan") if floor is None else floor
+        ys.append(float("nan") if value is None else (value if value > 0 else low))
     return ys
 
 
-def _mark_divergence(ax, step: int) -> None:
+def _mark_divergence(ax: Axes, step: int) -> None:
     ax.axvline(step, color=AMBER, linewidth=1.2, linestyle="--", zorder=2)
     ax.text(step, 1.0, f" first divergence (step {step})",
             transform=blended_transform_factory(ax.transData, ax.transAxes),
@@ -270,7 +276,7 @@ def growth_chart(growth: Iterable[GrowthPoint], divergence_step: Optional[int] =
 # --------------------------------------------------------------------------- init
 
 
-def _scheme_style(scheme: SchemeResult, index: int, recommended: Optional[str]) -> dict:
+def _scheme_style(scheme: SchemeResult, index: int, recommended: Optional[str]) -> dict[str, Any]:
     if scheme.name == "default":
         return {"color": DEFAULT_COLOR, "linewidth": 2.8, "zorder": 5, "alpha": 1.0,
                 "marker": "o", "markersize": 4}
@@ -290,13 +296,13 @@ def _scheme_label(scheme: SchemeResult, recommended: Optional[str], extra: str =
     return text + extra
 
 
-def _ordered(schemes: Sequence[SchemeResult], recommended: Optional[str]) -> list:
+def _ordered(schemes: Sequence[SchemeResult], recommended: Optional[str]) -> list[SchemeResult]:
     """Draw order: others first, then the recommended, then default on top; the legend keeps
     default and recommended first."""
     return sorted(schemes, key=lambda s: (s.name == "default", s.name == recommended))
 
 
-def _legend(fig, ax) -> None:
+def _legend(fig: Figure, ax: Axes) -> None:
     """The schemes' legend right of the plot: the model's own init first, then the
     recommended scheme, then the others as measured."""
     handles, labels = ax.get_legend_handles_labels()
@@ -316,7 +322,8 @@ def _depth_chart(schemes: Sequence[SchemeResult], recommended: Optional[str], fi
 
     def build():
         fig, (ax,) = _figure()
-        values, depths = [], []
+        values: list[float] = []
+        depths: list[float] = []
         order = {s.name: i for i, s in enumerate(schemes)}
         for scheme in _ordered(schemes, recommended):
             layers = sorted(scheme.layers, key=lambda l: l.depth)
@@ -365,7 +372,7 @@ def act_std_chart(schemes: Sequence[SchemeResult], recommended: Optional[str] = 
                         "actstd", "Activation standard deviation against depth, per scheme")
 
 
-def _layer_names(schemes: Sequence[SchemeResult]) -> list:
+def _layer_names(schemes: Sequence[SchemeResult]) -> list[str]:
     """Every scheme's layer names, in execution order, once each."""
     names: list[str] = []
     for scheme in schemes:
@@ -375,7 +382,7 @@ def _layer_names(schemes: Sequence[SchemeResult]) -> list:
     return names
 
 
-def _fraction_bars(ax, schemes: Sequence[SchemeResult], names: list, field_name: str,
+def _fraction_bars(ax: Axes, schemes: Sequence[SchemeResult], names: list[str], field_name: str,
                    what: str, recommended: Optional[str]) -> None:
     """One panel: a bar per layer and scheme of ``field_name`` (a fraction, 0 to 1)."""
     width = 0.8 / len(schemes)
@@ -405,7 +412,7 @@ def _fraction_bars(ax, schemes: Sequence[SchemeResult], names: list, field_name:
                 ha="center", va="center", color=MUTED, fontsize=9.5)
 
 
-def _layer_axis(axes, names: list, many: bool) -> None:
+def _layer_axis(axes: list[Axes], names: list[str], many: bool) -> None:
     """The shared x axis: layer names, or every few layer numbers when there are many."""
     axes[0].set_xlim(-0.6, len(names) - 0.4)
     if many:
@@ -446,7 +453,7 @@ def dead_saturated_chart(schemes: Sequence[SchemeResult],
     return _render(build, "deadsat", "Dead and saturated units per layer")
 
 
-def _loss_range(steady: list) -> tuple:
+def _loss_range(steady: list[Any]) -> tuple[Any, ...]:
     """``(bottom, top, log scale?)`` of the loss chart, from the losses that stayed finite."""
     lo, hi = min(steady), max(steady)
     span = (hi - lo) or max(abs(hi), 1.0) * 0.1
@@ -456,7 +463,7 @@ def _loss_range(steady: list) -> tuple:
     return bottom, top, use_log
 
 
-def _loss_curve(ax, scheme: SchemeResult, ys: list, style: dict, limits: tuple,
+def _loss_curve(ax: Axes, scheme: SchemeResult, ys: list[Any], style: dict[str, Any], limits: tuple[Any, ...],
                 recommended: Optional[str]) -> None:
     """One scheme's losses (None: not finite); the last finite point before a blow-up is
     crossed, and the legend says when the curve is non-finite or off scale."""
@@ -494,10 +501,10 @@ def loss_chart(schemes: Sequence[SchemeResult], recommended: Optional[str] = Non
         if not every:
             _no_data(ax, "every loss was non-finite")
             return fig
-        steady = [y for _, ys in curves if all(y is not None for y in ys) for y in ys] or every
+        steady = [y for _, ys in curves if all(y is not None for y in ys) for y in ys if y is not None] or every
         bottom, top, use_log = _loss_range(steady)
         order = {s.name: i for i, s in enumerate(schemes)}
-        steps = []
+        steps: list[int] = []
         for scheme, ys in curves:
             steps.extend(range(len(ys)))
             style = _scheme_style(scheme, order[scheme.name], recommended)
@@ -519,12 +526,12 @@ def loss_chart(schemes: Sequence[SchemeResult], recommended: Optional[str] = Non
 # --------------------------------------------------------------------------- variance, compare
 
 
-def _jitter(count: int) -> list:
+def _jitter(count: int) -> list[Any]:
     """Fixed vertical offsets for ``count`` dots in one row (the same every time)."""
     return [((i * 0.618034) % 1.0 - 0.5) * 0.36 for i in range(count)]
 
 
-def strip_chart(groups: Sequence[tuple], metric: str, name: str, title: str) -> str:
+def strip_chart(groups: Sequence[tuple[Any, ...]], metric: str, name: str, title: str) -> str:
     """One row per group (a source or a variant): its quartile box and median, and every seed
     as a dot. ``groups`` is ``[(label, [values...]), ...]``, drawn top to bottom."""
     rows = [(label, [v for v in (finite(x) for x in values) if v is not None])
@@ -553,7 +560,7 @@ def strip_chart(groups: Sequence[tuple], metric: str, name: str, title: str) -> 
     return _render(build, name, title)
 
 
-def delta_chart(deltas: Sequence[float], ci: Sequence, metric: str) -> str:
+def delta_chart(deltas: Sequence[float], ci: Sequence[Any], metric: str) -> str:
     """The paired differences (candidate - baseline), each seed a dot, their mean and its
     confidence interval as a bar, and zero marked: a bar clear of zero is a real change."""
     values = [v for v in (finite(x) for x in deltas) if v is not None]
@@ -583,8 +590,8 @@ def delta_chart(deltas: Sequence[float], ci: Sequence, metric: str) -> str:
 # --------------------------------------------------------------------------- diff
 
 
-def _rel_diffs(a: Sequence, b: Sequence) -> list:
-    out = []
+def _rel_diffs(a: Sequence[Any], b: Sequence[Any]) -> list[Optional[float]]:
+    out: list[Optional[float]] = []
     for x, y in zip(a, b):
         x, y = finite(x), finite(y)
         if x is None or y is None:
@@ -594,7 +601,7 @@ def _rel_diffs(a: Sequence, b: Sequence) -> list:
     return out
 
 
-def loss_pair_chart(a: Sequence, b: Sequence, first_step: Optional[int] = None) -> str:
+def loss_pair_chart(a: Sequence[Any], b: Sequence[Any], first_step: Optional[int] = None) -> str:
     """Two versions' loss curves overlaid (side a dashed under side b), and below them the
     relative difference per step (log scale, exact zeros on a ``0`` line); the step where the
     sides first part is marked."""
@@ -607,12 +614,13 @@ def loss_pair_chart(a: Sequence, b: Sequence, first_step: Optional[int] = None) 
         fig, (top, bottom) = _figure(height=HEIGHT * 1.5, rows=2, sharex=True)
         for ys, text, color, style in ((a, "a (before)", MUTED, (0, (4, 2))),
                                        (b, "b (after)", BLUE, "-")):
-            values = [float("nan") if finite(y) is None else finite(y) for y in ys]
+            values = [float("nan") if (v := finite(y)) is None else v for y in ys]
             top.plot(range(len(values)), values, color=color, linestyle=style, label=text,
                      marker="o", markersize=2.5, zorder=3)
         top.set_ylabel("training loss")
         floor = 10.0 ** (math.floor(math.log10(min(positives))) - 1) if positives else None
         if positives:
+            assert floor is not None  # set from the positives
             _log_axis(bottom, positives, zero_floor=floor)
             bottom.plot(range(len(rel)), [float("nan") if r is None else (r or floor) for r in rel],
                         color=RED, marker="o", markersize=3, zorder=3, label="relative difference")

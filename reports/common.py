@@ -8,7 +8,11 @@ import math
 import re
 from typing import Any, Iterable, Optional
 
-from audit.probes.results import STAGES, InitResult, SchemeResult
+from audit.probes.results import (STAGES, DeterminismResult, Finding, InitResult, NonFinite, RngEscape,
+                                  SchemeResult)
+from audit.probes.results.diff import DiffResult, RecordResult
+from audit.probes.results.resume import ResumeResult
+from audit.probes.results.variance import CompareResult, VarianceResult
 from audit.reports.ranks import distributed_problem
 from audit.probes.results.records import Status
 
@@ -159,7 +163,7 @@ RUN_STATUS_TITLES = {
 }
 
 
-def nonfinite_sentence(nf) -> str:
+def nonfinite_sentence(nf: NonFinite) -> str:
     """One sentence for :class:`~audit.probes.results.NonFinite`: what, where, when."""
     if nf.what == "loss":
         value = {"nan": "NaN", "inf": "+inf", "-inf": "-inf"}.get(nf.value or "", "non-finite")
@@ -185,7 +189,7 @@ def step_label(step: Optional[int]) -> str:
     return "init" if step is None else f"step {step}"
 
 
-def determinism_headline(result) -> tuple[str, str]:
+def determinism_headline(result: DeterminismResult) -> tuple[str, str]:
     """``(status, title)``: status is ``pass``, ``fail`` or ``error`` (a crash before any
     divergence was seen; a divergence found before a crash is still a ``fail``)."""
     if result.error:
@@ -204,7 +208,7 @@ ESCAPE_USE = {"drawn": "drawn from",
               "reseeded": "reseeded before its first draw: nothing to fix"}
 
 
-def listed_escapes(result) -> list:
+def listed_escapes(result: DeterminismResult) -> list[RngEscape]:
     """The generators the seed does not reach that the escapes table lists: when the runs
     agreed, those drawn from are latent sources (listed there, once), so only the others."""
     if result.verdict == "deterministic" and result.latent_sources:
@@ -212,14 +216,14 @@ def listed_escapes(result) -> list:
     return list(result.rng_escapes)
 
 
-def steps_made(result) -> int:
+def steps_made(result: DeterminismResult) -> int:
     """The steps every run made (what was compared): fewer than asked when the script ended
     or crashed sooner."""
     made = [r.steps_completed for r in result.run_info]
     return min(made) if made else result.steps
 
 
-def steps_text(result) -> str:
+def steps_text(result: DeterminismResult) -> str:
     """``8 steps``, or ``8 steps (of 20 asked)`` when the runs made fewer than asked."""
     made = steps_made(result)
     text = f"{made} step{'s' if made != 1 else ''}"
@@ -234,7 +238,7 @@ CELL_NOTES = {
 }
 
 
-def cell_note(result, step, stage: str, cells: dict) -> Optional[str]:
+def cell_note(result: DeterminismResult, step: Optional[int], stage: str, cells: dict[str, Any]) -> Optional[str]:
     """The :data:`CELL_NOTES` key for a differing cell, or None."""
     if cells.get(stage) != "differ" or step is None:
         return None
@@ -249,7 +253,7 @@ def cell_note(result, step, stage: str, cells: dict) -> Optional[str]:
     return "carried" if step >= div.step else None
 
 
-def determinism_sentence(result) -> str:
+def determinism_sentence(result: DeterminismResult) -> str:
     """One sentence that says what happened."""
     div = result.first_divergence
     runs = f"{result.runs} run{'s' if result.runs != 1 else ''}"
@@ -286,7 +290,7 @@ def determinism_sentence(result) -> str:
     return text
 
 
-def timeline_rows(result) -> list[dict]:
+def timeline_rows(result: DeterminismResult) -> list[dict[str, Any]]:
     """The step x stage grid: one row per step (the init row first), each with the state of
     each contract stage (``agree``, ``differ``, ``missing`` or ``""`` when not applicable)."""
     rows = []
@@ -365,9 +369,11 @@ def seed_loss(scheme: SchemeResult) -> tuple[Optional[float], Optional[float], i
     curves = scheme.loss_seeds or []
     if len(curves) < 2:
         return final_loss(scheme), None, 1
-    values = sorted(finite(c[-1]) if c else None for c in curves)
-    if any(v is None for v in values):
+    picked = [finite(c[-1]) if c else None for c in curves]
+    values = sorted(v for v in picked if v is not None)
+    if len(values) < len(picked):
         return float("nan"), None, len(curves)
+
     n, mean = len(values), sum(values) / len(values)
     median = (values[(n - 1) // 2] + values[n // 2]) / 2
     return median, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)), n
@@ -418,7 +424,7 @@ def unique(items: Iterable[Any]) -> list[Any]:
     return out
 
 
-def finding_numbers(finding) -> str:
+def finding_numbers(finding: Finding) -> str:
     """`` (value X, threshold Y)`` for a finding, or ``""`` when it carries neither."""
     numbers = []
     if finding.value is not None:
@@ -444,7 +450,7 @@ def direction_words(direction: str) -> str:
     return "lower is better" if direction == "lower" else "higher is better"
 
 
-def variance_headline(result) -> tuple[str, str]:
+def variance_headline(result: VarianceResult) -> tuple[str, str]:
     """``(status, title)`` of a variance result: pass / fail (randomness no seed reaches) /
     error."""
     if result.error:
@@ -454,7 +460,7 @@ def variance_headline(result) -> tuple[str, str]:
     return "pass", "Seed variance measured"
 
 
-def compare_headline(result) -> tuple[str, str]:
+def compare_headline(result: CompareResult) -> tuple[str, str]:
     """``(status, title)`` of a comparison: fail when the candidate is significantly worse."""
     if result.error:
         return "error", "Runs crashed" if len(result.deltas) >= 2 else "Comparison not made"
@@ -462,7 +468,7 @@ def compare_headline(result) -> tuple[str, str]:
     return status, COMPARE_TITLES.get(result.verdict, result.verdict)
 
 
-def variance_sentence(result, metric: str) -> str:
+def variance_sentence(result: VarianceResult, metric: str) -> str:
     """The recommendation in words for one metric: which source dominates and how large a
     change must be to stand out of seed noise."""
     mv = result.metrics.get(metric)
@@ -484,7 +490,7 @@ def variance_sentence(result, metric: str) -> str:
                    "`audit compare`.")
 
 
-def compare_sentence(result) -> str:
+def compare_sentence(result: CompareResult) -> str:
     """The verdict and the recommendation of a comparison, in words."""
     if result.error and len(result.deltas) < 2:
         return result.error
@@ -536,7 +542,7 @@ RESUME_STAGE_MEANING = {
 RESUME_STAGES_SHOWN = ("state", "data", "rng", "forward", "backward", "optimizer")
 
 
-def resume_notes(result) -> list:
+def resume_notes(result: ResumeResult) -> list[str]:
     """The result's notes (``detail``) as sentences."""
     notes = []
     for key, value in (result.detail or {}).items():
@@ -554,7 +560,7 @@ def resume_source_title(source: str) -> str:
     return RESUME_SOURCE_TITLES.get(source, source.replace("_", " "))
 
 
-def resume_headline(result) -> tuple[str, str]:
+def resume_headline(result: ResumeResult) -> tuple[str, str]:
     """``(status, title)`` of a resume result: ``pass``, ``fail`` or ``error``."""
     if result.error:
         return "error", "Incomplete: a run did not finish"
@@ -564,7 +570,7 @@ def resume_headline(result) -> tuple[str, str]:
                 result.verdict, ("fail", result.verdict))
 
 
-def resume_sentence(result) -> str:
+def resume_sentence(result: ResumeResult) -> str:
     """One sentence that says what happened."""
     saved = "its own save/load" if result.checkpoint == "target" else \
         "the default checkpoint (model and optimizer state dicts)"
@@ -578,6 +584,7 @@ def resume_sentence(result) -> str:
         return ("Two uninterrupted runs already differ, so the checkpoint cannot be judged; "
                 "run `audit determinism` first.")
     div = result.first_divergence
+    assert div is not None  # neither equivalent nor nondeterministic: the runs part
     where = "right after the load" if div.stage == "state" else \
         f"at step {div.step}, in the {stage_title(div.stage)}"
     text = f"Resumed at step {result.at} with {saved}, the run parts from the uninterrupted one {where}"
@@ -606,7 +613,7 @@ DRIFT_WORDS = {
 }
 
 
-def diff_headline(result) -> tuple[str, str]:
+def diff_headline(result: DiffResult) -> tuple[str, str]:
     """``(status, title)`` of a diff: ``pass`` identical, ``fail`` differs or a side is
     nondeterministic, ``error`` a side crashed before any difference."""
     if result.error and result.first_difference is None:
@@ -618,7 +625,7 @@ def diff_headline(result) -> tuple[str, str]:
     return "fail", "The numbers differ"
 
 
-def diff_where(result) -> str:
+def diff_where(result: DiffResult) -> str:
     """``at step 3, in the forward pass of mix`` (side b's name, side a's beside it)."""
     d = result.first_difference
     if d is None:
@@ -632,11 +639,11 @@ def diff_where(result) -> str:
     return text
 
 
-def _setting(value) -> str:
+def _setting(value: Any) -> str:
     return "not set" if value is None else one_line(value)
 
 
-def environment_reason(result) -> str:
+def environment_reason(result: DiffResult) -> str:
     """When the code is the same on both sides but the numbers differ (``likely_reason``
     ``environment``): one sentence naming what changed in the environment, else ""."""
     if result.likely_reason != "environment":
@@ -651,7 +658,7 @@ def environment_reason(result) -> str:
     return f"The code is the same on both sides: the environment is the likely reason ({named}{more})."
 
 
-def diff_sentence(result) -> str:
+def diff_sentence(result: DiffResult) -> str:
     """One sentence that says what happened (and, for the same code, why: the environment)."""
     against = "the reference" if result.mode == "against" else "side a"
     if result.first_difference is None:
@@ -680,7 +687,7 @@ def diff_sentence(result) -> str:
     return f"{text} {reason}" if reason else text
 
 
-def diff_timeline_rows(result) -> list[dict]:
+def diff_timeline_rows(result: DiffResult) -> list[dict[str, Any]]:
     """The step x stage grid of a diff, as :func:`timeline_rows`, with the ``loss`` column;
     ``first_col`` marks the first difference."""
     rows = []
@@ -703,14 +710,14 @@ def diff_timeline_rows(result) -> list[dict]:
     return rows
 
 
-def record_headline(result) -> tuple[str, str]:
+def record_headline(result: RecordResult) -> tuple[str, str]:
     """``(status, title)`` of ``audit record``."""
     if result.verdict == "recorded":
         return "pass", "Recorded"
     return "fail", "Refused: the target disagrees with itself"
 
 
-def record_sentence(result) -> str:
+def record_sentence(result: RecordResult) -> str:
     """One sentence: what was recorded where, or why nothing was."""
     if result.verdict == "recorded":
         size = f" ({result.size_bytes / 1024:.1f} KiB)" if result.size_bytes is not None else ""

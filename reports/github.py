@@ -6,8 +6,8 @@ Escaping follows the runner (``actions/toolkit`` ``command.ts``): in the message
 ``:`` -> ``%3A`` and ``,`` -> ``%2C``. So a message can span lines in the annotation, yet no
 user string can end the command early or start a new one.
 """
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: this module's own ``annotations`` would
+# shadow it (every annotation below is valid at run time on Python 3.10).
 from typing import Iterable, Optional
 
 from audit.probes.results import Check

@@ -114,10 +114,10 @@ def _env_value(value: Any) -> str:
     return str(value)
 
 
-def _environment_rows(environment: dict) -> list[tuple[str, str]]:
+def _environment_rows(environment: dict[str, Any]) -> list[tuple[str, str]]:
     """Environment as ``(key, value)`` rows; nested tables (e.g. flags) flattened with
     ``group › key``."""
-    rows = []
+    rows: list[tuple[str, str]] = []
     for key, value in (environment or {}).items():
         if isinstance(value, dict) and value:
             rows.extend((f"{key} › {k}", _env_value(v)) for k, v in value.items())
@@ -163,11 +163,11 @@ def render(template: str, **context: Any) -> str:
 # --------------------------------------------------------------------------- determinism
 
 
-def _collapse(rows: list[dict], limit: int = TIMELINE_COLLAPSE_ROWS) -> list[dict]:
+def _collapse(rows: list[dict[str, Any]], limit: int = TIMELINE_COLLAPSE_ROWS) -> list[dict[str, Any]]:
     """Long timelines: runs of three or more identical step rows become one ranged row."""
     if len(rows) <= limit:
         return rows
-    out: list[dict] = []
+    out: list[dict[str, Any]] = []
     for row in rows:
         prev = out[-1] if out else None
         if (prev is not None and row["step"] is not None and prev["step"] is not None
@@ -192,7 +192,7 @@ def _collapse(rows: list[dict], limit: int = TIMELINE_COLLAPSE_ROWS) -> list[dic
     return final
 
 
-def _timeline(result: DeterminismResult) -> list[dict]:
+def _timeline(result: DeterminismResult) -> list[dict[str, Any]]:
     rows = timeline_rows(result)
     div = result.first_divergence
     for row in rows:
@@ -231,7 +231,7 @@ def determinism_html(result: DeterminismResult, *, charts: bool = True) -> str:
     )
 
 
-def _ranks(result: DeterminismResult) -> dict:
+def _ranks(result: DeterminismResult) -> dict[str, Any]:
     """The distributed section: ranks side by side (``{}`` for single-process runs)."""
     if not result.nproc:
         return {}
@@ -294,11 +294,11 @@ def init_html(result: InitResult, *, charts: bool = True) -> str:
 # --------------------------------------------------------------------------- resume
 
 
-def _resume_timeline(result: ResumeResult) -> list[dict]:
+def _resume_timeline(result: ResumeResult) -> list[dict[str, Any]]:
     """Rows of the A-vs-C timeline around K: a cell per stage (``before`` for steps the
     resumed run did not make, ``na`` for ``state`` away from K), the first divergence marked."""
     div = result.first_divergence
-    rows = []
+    rows: list[dict[str, Any]] = []
     for entry in result.timeline:
         cells = []
         for stage in RESUME_STAGES_SHOWN:
@@ -350,7 +350,7 @@ def write_index(gate: GateResult, path: str) -> None:
 # --------------------------------------------------------------------------- variance, compare
 
 
-def _variance_metric(result: VarianceResult, index: int, name: str, charts: bool) -> dict:
+def _variance_metric(result: VarianceResult, index: int, name: str, charts: bool) -> dict[str, Any]:
     mv = result.metrics[name]
     svg = ""
     if charts:

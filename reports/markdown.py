@@ -16,7 +16,7 @@ from functools import partial
 from typing import Callable
 from urllib.parse import quote
 
-from audit.probes.results import GateResult
+from audit.probes.results import Check, GateResult
 from audit.reports.common import strip_controls
 
 #: GitHub rejects a step summary over 1 MiB; stay clear of it with some room to spare.
@@ -61,7 +61,7 @@ def _link(name: object) -> str:
     return f"[{escape_inline(name, 200)}]({target})"
 
 
-def _status_icon(check) -> str:
+def _status_icon(check: Check) -> str:
     if check.skipped:
         return "⏭️"
     return "✅" if check.passed else "❌"
@@ -121,7 +121,7 @@ def summary_markdown(gate: GateResult, *, max_bytes: int = DEFAULT_MAX_BYTES,
     return _assemble(head, table, blocks, tail, max_bytes)
 
 
-def _failure_block(check) -> list[str]:
+def _failure_block(check: Check) -> list[str]:
     block = [f"### ❌ {escape_inline(check.audit, 100)}: {escape_inline(check.name, 200)}", ""]
     if check.message:
         block += [escape_inline(check.message), ""]
@@ -132,7 +132,7 @@ def _failure_block(check) -> list[str]:
     return block
 
 
-def _regressions_block(items) -> list[str]:
+def _regressions_block(items: list[str]) -> list[str]:
     block = ["### Regressions against the baseline", ""]
     block += [f"- {escape_inline(item, 1000)}" for item in items]
     return block + [""]

@@ -2,7 +2,7 @@
 rank x step replica grid) and the sentences the terminal, HTML and summaries share."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from audit.probes.results import STAGES, DeterminismResult
 
@@ -22,7 +22,7 @@ def _label(step: Optional[int]) -> str:
     return "init" if step is None else str(step)
 
 
-def replica_grid(result: DeterminismResult) -> dict:
+def replica_grid(result: DeterminismResult) -> dict[str, Any]:
     """``{"steps": [labels], "rows": [{"rank", "cells": [state]}], "first": (rank, col)}``."""
     replicas = result.replicas
     if replicas is None or not replicas.grid:
@@ -40,14 +40,14 @@ def replica_grid(result: DeterminismResult) -> dict:
             "titles": REPLICA_STATE_TITLES}
 
 
-def _first_stage(stages: dict) -> str:
+def _first_stage(stages: dict[str, Any]) -> str:
     states = [stages.get(s) for s in STAGES if s in stages]
     if "missing" in states:
         return "missing"
     return next((s for s in STAGES if stages.get(s) == "differ"), "agree")
 
 
-def rank_timelines(result: DeterminismResult) -> dict:
+def rank_timelines(result: DeterminismResult) -> dict[str, Any]:
     """Each rank's run-to-run comparison per step: ``agree``, the first stage that differs,
     or ``missing``; same shape as :func:`replica_grid`."""
     if not result.rank_timelines:
@@ -91,7 +91,7 @@ def replica_sentence(result: DeterminismResult) -> str:
             f"{first.rank} differs from rank 0's (run {replicas.run}).")
 
 
-def rank_lines(result: DeterminismResult) -> list:
+def rank_lines(result: DeterminismResult) -> list[Any]:
     """Short lines for the terminal: per rank where the runs part, then replicas and notes."""
     lines = []
     for t in result.rank_timelines:

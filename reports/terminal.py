@@ -9,12 +9,13 @@ name cannot smuggle terminal escape sequences.
 from __future__ import annotations
 
 import textwrap
-from typing import Optional
+from typing import Any, Optional
 
 from audit.probes.results import DeterminismResult, GateResult, InitResult
 from audit.probes.results.cuda_ops import CudaOpsScan
-from audit.probes.results.diff import DiffResult, RecordResult
+from audit.probes.results.diff import DiffResult, DiffSide, RecordResult
 from audit.probes.results.resume import ResumeResult
+from audit.probes.results.variance import CompareResult, MetricVariance, VarianceResult
 from audit.reports.common import (
     ESCAPE_USE,
     listed_escapes,
@@ -163,7 +164,9 @@ def _bad_runs(w: _Writer, result: DeterminismResult) -> None:
 
 def _divergence(w: _Writer, result: DeterminismResult) -> None:
     div = result.first_divergence
+    assert div is not None  # called only when the runs part
     w.heading("Where the runs part")
+
     pairs = [("step", "before the first step" if div.step is None else str(div.step)),
              ("stage", f"{div.stage} -- {STAGE_MEANING.get(div.stage, stage_title(div.stage))}")]
     if div.rank is not None:
@@ -219,7 +222,7 @@ def _latent(w: _Writer, result: DeterminismResult) -> None:
         _body(w, item.tried, item.where, item.fix)
 
 
-def _escapes(w: _Writer, escapes: list) -> None:
+def _escapes(w: _Writer, escapes: list[Any]) -> None:
     w.heading("Generators the seed does not reach")
     rows = [(one_line(e.kind), one_line(e.where or "unknown place"),
              f"x{e.count}") for e in escapes]
@@ -336,7 +339,7 @@ def _scheme_table(w: _Writer, result: InitResult) -> None:
         w.wrap(f"{scheme.name}: {scheme.error}", indent="    ", first="  ! ")
 
 
-def _default_findings(w: _Writer, findings: list) -> None:
+def _default_findings(w: _Writer, findings: list[Any]) -> None:
     w.heading("Findings for the model's own init")
     for finding in findings:
         head = finding_title(finding.kind)
@@ -473,10 +476,10 @@ def check_summary(gate: GateResult, *, color: bool = False, width: Optional[int]
             badge = w.s("FAIL", "red")
         indent = " " * (10 + audit_width)
         audit = shorten(one_line(check.audit), audit_width).ljust(audit_width)
-        name = textwrap.wrap(one_line(check.name), width=max(w.width - len(indent), 20),
-                             break_on_hyphens=False) or [""]
-        w.add(f"  {badge}  {audit}  {name[0]}".rstrip())
-        w.lines.extend(indent + more for more in name[1:])
+        title = textwrap.wrap(one_line(check.name), width=max(w.width - len(indent), 20),
+                              break_on_hyphens=False) or [""]
+        w.add(f"  {badge}  {audit}  {title[0]}".rstrip())
+        w.lines.extend(indent + more for more in title[1:])
         if not check.passed or check.skipped:
             if check.message:
                 w.wrap(check.message, indent=indent)
@@ -499,7 +502,7 @@ def check_summary(gate: GateResult, *, color: bool = False, width: Optional[int]
 # --------------------------------------------------------------------------- variance, compare
 
 
-def _run_problems(w: _Writer, runs: list) -> None:
+def _run_problems(w: _Writer, runs: list[Any]) -> None:
     bad = [r for r in runs if r.status != Status.OK]
     if not bad:
         return
@@ -512,7 +515,7 @@ def _run_problems(w: _Writer, runs: list) -> None:
         w.add(f"  ... and {len(bad) - 8} more (see the JSON report)")
 
 
-def _source_table(w: _Writer, mv) -> None:
+def _source_table(w: _Writer, mv: MetricVariance) -> None:
     header = (f"  {'source':<8}  {'n':>3}  {'mean':>10}  {'std':>9}  {'95% CI of std':>21}  "
               f"{'IQR':>9}  {'share':>6}")
     w.add(w.s(header, "dim"))
@@ -523,7 +526,7 @@ def _source_table(w: _Writer, mv) -> None:
               f"{ci:>21}  {fmt_num(st.iqr):>9}  {fmt_percent(st.share):>6}")
 
 
-def variance_summary(result, report_path: Optional[str] = None, *, color: bool = False,
+def variance_summary(result: VarianceResult, report_path: Optional[str] = None, *, color: bool = False,
                      width: Optional[int] = None) -> str:
     """Per metric a table of the sources (mean, std with its CI, IQR, share of the all-sources
     variance) and the recommendation; how each seed is routed; runs left out."""
@@ -554,7 +557,7 @@ def variance_summary(result, report_path: Optional[str] = None, *, color: bool =
 # --------------------------------------------------------------------------- diff
 
 
-def _side_line(label: str, side) -> str:
+def _side_line(label: str, side: DiffSide) -> str:
     kind = {"reference": " (reference file)", "script": " (script mode)"}.get(side.mode, "")
     return f"{label}: {one_line(side.target or 'audit.example:build (built-in)')}{kind}"
 
@@ -606,7 +609,7 @@ def diff_summary(result: DiffResult, report_path: Optional[str] = None, *,
     return w.text()
 
 
-def compare_summary(result, report_path: Optional[str] = None, *, color: bool = False,
+def compare_summary(result: CompareResult, report_path: Optional[str] = None, *, color: bool = False,
                     width: Optional[int] = None) -> str:
     """Both variants, the paired difference with its CI and p-value, the probability of
     improvement, the effect in seed-std units and the recommendation."""
@@ -638,7 +641,7 @@ def compare_summary(result, report_path: Optional[str] = None, *, color: bool = 
     return w.text()
 
 
-def _curve(values: list, limit: int = 6) -> str:
+def _curve(values: list[Optional[float]], limit: int = 6) -> str:
     shown = [fmt_loss(v) for v in values[:limit]]
     return ", ".join(shown) + (f", ... ({len(values)} steps)" if len(values) > limit else "")
 
@@ -652,8 +655,8 @@ def _diff_modules(w: _Writer, result: DiffResult) -> None:
             w.wrap(f"... and {len(result.renamed) - 20} more (diff.json lists them all)")
     if result.replaced:
         w.heading("Modules whose type changed")
-        for r in result.replaced:
-            w.wrap(f"{r.b}: {r.a_type} -> {r.b_type}" + (f" (a: {r.a})" if r.a != r.b else ""),
+        for rep in result.replaced:
+            w.wrap(f"{rep.b}: {rep.a_type} -> {rep.b_type}" + (f" (a: {rep.a})" if rep.a != rep.b else ""),
                    indent="      ", first="  - ")
     for side, names in (("a", result.unmatched.a), ("b", result.unmatched.b)):
         if names:

@@ -32,17 +32,17 @@ class BaselineState:
     """One audit compared with (or recorded into) a baseline file."""
 
     path: str
-    regressions: list = field(default_factory=list)  # [(text, where)]
-    accepted: set = field(default_factory=set)  # names of checks that failed in the baseline
+    regressions: list[Any] = field(default_factory=list)  # [(text, where)]
+    accepted: set[Any] = field(default_factory=set)  # names of checks that failed in the baseline
     updated: bool = False
-    notes: list = field(default_factory=list)  # e.g. "recorded with other settings"
+    notes: list[Any] = field(default_factory=list)  # e.g. "recorded with other settings"
 
     @property
-    def texts(self) -> list:
+    def texts(self) -> list[Any]:
         return [text for text, _ in self.regressions]
 
 
-def baseline_problem(doc: dict) -> Optional[str]:
+def baseline_problem(doc: dict[str, Any]) -> Optional[str]:
     """The first thing wrong with the snapshots of a baseline document (None: nothing), by
     each kind's ``snapshot_rules``."""
     for kind in registry.KINDS:
@@ -53,7 +53,7 @@ def baseline_problem(doc: dict) -> Optional[str]:
     return None
 
 
-def read_baseline(path: str) -> dict:
+def read_baseline(path: str) -> dict[str, Any]:
     """The baseline document, checked; a missing or malformed file is a usage error."""
     if not os.path.isfile(path):
         raise UsageError(f"baseline {path} does not exist; run with --update-baseline to create it")
@@ -79,12 +79,12 @@ def read_baseline(path: str) -> dict:
     return data
 
 
-def write_baseline(path: str, data: dict) -> None:
+def write_baseline(path: str, data: dict[str, Any]) -> None:
     data = {**data, "schema": BASELINE_SCHEMA}
     write_atomic(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
-def _settings_notes(name: str, base: dict, now: dict) -> list:
+def _settings_notes(name: str, base: dict[str, Any], now: dict[str, Any]) -> list[Any]:
     b, n = base.get("settings") or {}, now.get("settings") or {}
     changed = [f"{k} {b.get(k)!r} -> {n.get(k)!r}" for k in sorted(set(b) | set(n))
                if k != "target" and b.get(k) != n.get(k)]
@@ -92,8 +92,8 @@ def _settings_notes(name: str, base: dict, now: dict) -> list:
             "rerun with --update-baseline if that is intended"] if changed else []
 
 
-def compare(kind: AuditKind, result: Any, doc: dict, path: str, update: bool,
-            tolerances: Optional[dict] = None) -> BaselineState:
+def compare(kind: AuditKind, result: Any, doc: dict[str, Any], path: str, update: bool,
+            tolerances: Optional[dict[str, Any]] = None) -> BaselineState:
     """Compare one audit with its section of ``doc``, or record it there when ``update``."""
     now = kind.snapshot(result)
     section = doc.get(kind.name)
@@ -104,6 +104,7 @@ def compare(kind: AuditKind, result: Any, doc: dict, path: str, update: bool,
     if update:
         doc[kind.name] = {**now, "tolerances": tol}
         return BaselineState(path, accepted=set(now["failing_checks"]), updated=True)
+    assert isinstance(section, dict)  # refused above when missing
     try:
         found = kind.regressions(section, now, tol)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -113,7 +114,7 @@ def compare(kind: AuditKind, result: Any, doc: dict, path: str, update: bool,
                          notes=_settings_notes(kind.name, section, now))
 
 
-def load_for_update(path: str) -> dict:
+def load_for_update(path: str) -> dict[str, Any]:
     """The document to record into: the file's, or a new one when it is missing or unusable."""
     try:
         return read_baseline(path)
@@ -122,7 +123,7 @@ def load_for_update(path: str) -> dict:
 
 
 def apply_baseline(kind: AuditKind, result: Any, path: Optional[str], update: bool,
-                   tolerances: Optional[dict] = None) -> Optional[BaselineState]:
+                   tolerances: Optional[dict[str, Any]] = None) -> Optional[BaselineState]:
     """One audit against the baseline at ``path`` (default ``audit-baseline.json``), or
     recorded into it when ``update``; None when no baseline is in use."""
     if path is None and not update:
@@ -135,7 +136,7 @@ def apply_baseline(kind: AuditKind, result: Any, path: Optional[str], update: bo
     return state
 
 
-def with_baseline(name: str, checks: list, state: Optional[BaselineState]) -> list:
+def with_baseline(name: str, checks: list[Check], state: Optional[BaselineState]) -> list[Any]:
     """Checks that also failed in the baseline become skipped ("accepted"); a check that
     lists the regressions is added."""
     if state is None:

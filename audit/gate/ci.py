@@ -4,12 +4,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 from audit import registry
-from audit.probes.results import GateResult
+from audit.probes.results import Check, GateResult
 from audit.reports.common import split_where
-from audit.reports.github import annotations
+from audit.reports import github
 from audit.reports.markdown import GITHUB_SUMMARY_LIMIT, summary_markdown
 
 #: Leave at least this much of GitHub's step-summary cap unused by us.
@@ -63,7 +63,7 @@ def github_where(where: Optional[str]) -> Optional[str]:
     return rel + (f":{line}" if line is not None else "") + (f":{col}" if col is not None else "")
 
 
-def _candidates(checks: list, results: dict) -> list:
+def _candidates(checks: list[Check], results: dict[str, Any]) -> list[Check]:
     out = []
     for check in checks:
         if check.passed or check.skipped:
@@ -75,7 +75,7 @@ def _candidates(checks: list, results: dict) -> list:
     return out
 
 
-def annotation_checks(checks: list, results: dict) -> list:
+def annotation_checks(checks: list[Check], results: dict[str, Any]) -> list[Check]:
     """The failed checks, one per place; ``runs agree`` (the symptom) is left out where a
     check that names the cause already points."""
     out = _candidates([c for c in checks if c.name != "runs agree"], results)
@@ -86,9 +86,9 @@ def annotation_checks(checks: list, results: dict) -> list:
     return out
 
 
-def print_annotations(checks: list, results: dict) -> None:
+def print_annotations(checks: list[Check], results: dict[str, Any]) -> None:
     if os.environ.get("GITHUB_ACTIONS") != "true":
         return
-    for line in annotations(annotation_checks(checks, results)):
+    for line in github.annotations(annotation_checks(checks, results)):
         print(line)
     sys.stdout.flush()

@@ -20,7 +20,7 @@ def audit_summary(kind: AuditKind, result: Any) -> AuditSummary:
     return AuditSummary(kind.name, status, title, text, label, code)
 
 
-def write_audit_files(out: str, kind: AuditKind, result: Any) -> dict:
+def write_audit_files(out: str, kind: AuditKind, result: Any) -> dict[str, Any]:
     """``<audit>.json`` and ``<audit>.html`` in ``out``; returns their paths by format."""
     os.makedirs(out, exist_ok=True)
     paths = {"json": os.path.join(out, f"{kind.name}.json"),
@@ -42,7 +42,7 @@ def add_audit(gate: GateResult, kind: AuditKind, result: Any, state: Optional[Ba
 
 
 def write_gate_files(out: str, gate: GateResult, junit_path: Optional[str],
-                     results: dict) -> dict:
+                     results: dict[str, Any]) -> dict[str, Any]:
     """``summary.md`` (and the step summary), JUnit XML when asked, CI annotations."""
     paths = {"summary": os.path.join(out, "summary.md")}
     write_atomic(paths["summary"], summary_markdown(gate))
@@ -55,7 +55,7 @@ def write_gate_files(out: str, gate: GateResult, junit_path: Optional[str],
 
 
 def write_reports(out: str, kind: AuditKind, result: Any, junit_path: Optional[str] = None,
-                  state: Optional[BaselineState] = None) -> dict:
+                  state: Optional[BaselineState] = None) -> dict[str, Any]:
     """One audit's reports into ``out``: JSON, HTML, ``summary.md``, JUnit when asked.
     Returns the paths by kind (``json``, ``html``, ``summary``, ``junit``)."""
     paths = write_audit_files(out, kind, result)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Optional, TextIO
+from typing import Optional, TextIO, Union
 
 from audit.probes.progress import Progress
 
@@ -28,7 +28,7 @@ class ProgressDisplay:
         self._bar = None
         self._drawn = 0.0
 
-    def __call__(self, event) -> None:
+    def __call__(self, event: Union[Progress, str]) -> None:
         if isinstance(event, str):  # an engine that only names its phases
             event = Progress(event)
         if event.phase != self.phase:

@@ -37,7 +37,7 @@ class Outcome:
     kind: AuditKind
     result: Any
     state: Optional[baselines.BaselineState] = None
-    paths: dict = field(default_factory=dict)
+    paths: dict[str, Any] = field(default_factory=dict)
     write_error: Optional[str] = None  # the reports could not be written (the verdict stands)
 
     @property
@@ -124,7 +124,7 @@ def verdict_line(kind: AuditKind, result: Any, report_path: Optional[str],
 
 
 def failed_check_lines(kind: AuditKind, result: Any,
-                       state: Optional[baselines.BaselineState]) -> list:
+                       state: Optional[baselines.BaselineState]) -> list[Any]:
     """When the headline says PASS but a check failed (the exit status is then 1), the lines
     that say which check failed and why; none otherwise."""
     if state is not None or kind.headline(result)[0] != "pass":
@@ -159,18 +159,18 @@ class CheckOutcome:
     """``audit check``: every enabled audit's result, the gate, the files written."""
 
     gate: GateResult
-    results: dict  # audit name -> result
+    results: dict[str, Any]  # audit name -> result
     index: str
     baseline_written: Optional[str] = None
-    notes: list = field(default_factory=list)
+    notes: list[Any] = field(default_factory=list)
 
     @property
-    def errors(self) -> list:
+    def errors(self) -> list[str]:
         return [f"audit {a}: {r.error}" for a, r in self.results.items()
                 if getattr(r, "error", None)]
 
 
-def _baseline_doc(path: Optional[str], update: bool, kinds: list) -> Optional[dict]:
+def _baseline_doc(path: Optional[str], update: bool, kinds: list[AuditKind]) -> Optional[dict[str, Any]]:
     if not path:
         return None
     if update:
@@ -183,14 +183,14 @@ def _baseline_doc(path: Optional[str], update: bool, kinds: list) -> Optional[di
     return doc
 
 
-def check_all(kinds: list, settings: dict, out: str, opts: GateOptions,
+def check_all(kinds: list[Any], settings: dict[str, Any], out: str, opts: GateOptions,
               baseline: Optional[str]) -> CheckOutcome:
     """Run ``kinds`` (with ``settings``: name -> Settings), apply the baseline, write every
     audit's reports, ``index.html``, ``summary.md`` and JUnit into ``out``."""
     if opts.update_baseline and not baseline:
         baseline = baselines.DEFAULT_BASELINE
     doc = _baseline_doc(baseline, opts.update_baseline, kinds)
-    results: dict = {}
+    results: dict[str, Any] = {}
     try:
         for kind in kinds:
             results[kind.name] = run_kind(kind, settings[kind.name], opts.quiet)
@@ -205,12 +205,14 @@ def check_all(kinds: list, settings: dict, out: str, opts: GateOptions,
         write_audit_files(out, kind, results[kind.name])
         state = None
         if doc is not None:
+            assert baseline is not None  # the doc was read from it
             state = baselines.compare(kind, results[kind.name], doc, baseline,
                                       opts.update_baseline, settings[kind.name].tolerances or None)
             notes += state.notes
         add_audit(gate, kind, results[kind.name], state, prefix=True)
     written = None
     if doc is not None and opts.update_baseline:
+        assert baseline is not None  # the doc was read from it
         baselines.write_baseline(baseline, doc)
         written = baseline
     index = write_index(out, gate)
@@ -218,7 +220,7 @@ def check_all(kinds: list, settings: dict, out: str, opts: GateOptions,
     return CheckOutcome(gate, results, index, written, notes)
 
 
-def _write_interrupted(out: str, kinds: list, results: dict) -> Optional[str]:
+def _write_interrupted(out: str, kinds: list[Any], results: dict[str, Any]) -> Optional[str]:
     """``audit check`` stopped by a signal: the reports of the audits measured so far and
     the index (no baseline is read or written); the index's path, or None."""
     if not kinds:
@@ -234,7 +236,7 @@ def _write_interrupted(out: str, kinds: list, results: dict) -> Optional[str]:
         return None
 
 
-def enabled_kinds(audits: list) -> list:
+def enabled_kinds(audits: list[str]) -> list[Any]:
     """The kinds ``[tool.audit] audits`` names (when it names none, those checked by default)."""
     if audits:
         return [registry.get(name) for name in audits]

@@ -19,7 +19,7 @@ from audit.probes.run.processes import DEFAULT_TIMEOUT
 #: A progress callback: called with a short phase description ("run 1 of 2: step 3/20").
 Progress = Optional[Callable[[str], None]]
 #: One regression against a baseline: its text and, when known, the place (file:line).
-Regression = tuple
+Regression = tuple[str, Optional[str]]
 
 
 @dataclass
@@ -31,12 +31,12 @@ class Settings:
     seed: int = 0
     device: str = "auto"
     out: str = "audit-report"
-    input_shape: Optional[list] = None
+    input_shape: Optional[list[Any]] = None
     num_classes: Optional[int] = None
     timeout: float = DEFAULT_TIMEOUT  # seconds a run may go without a training step
-    script: Optional[list] = None  # script mode: the command after "--"
+    script: Optional[list[str]] = None  # script mode: the command after "--"
     cwd: str = field(default_factory=os.getcwd)
-    tolerances: dict = field(default_factory=dict)  # baseline tolerances the config sets
+    tolerances: dict[str, Any] = field(default_factory=dict)  # baseline tolerances the config sets
     config_path: Optional[str] = None
 
     def replace(self, **changes: Any) -> "Settings":
@@ -51,7 +51,7 @@ class Settings:
 COMMON_KEYS = ("target", "seed", "device", "out", "input_shape", "num_classes", "timeout")
 
 
-def _no_annotations(check: Check, result: Any) -> list:
+def _no_annotations(check: Check, result: Any) -> list[Check]:
     return [check]
 
 
@@ -68,30 +68,30 @@ class AuditKind:
     help: str
     settings: type  # a Settings subclass with this kind's defaults
     add_arguments: Callable[[argparse.ArgumentParser], None]  # the kind's own flags
-    check_table: Callable[[Any, dict], dict]  # (config checker, [tool.audit.NAME]) -> settings
+    check_table: Callable[[Any, dict[str, Any]], dict[str, Any]]  # (config checker, [tool.audit.NAME]) -> settings
     tolerances: Mapping[str, float]  # baseline tolerances and their defaults
-    run: Callable[[Settings, Progress], Any]  # the engine; raises UsageError for bad input
-    checks: Callable[[Any], list]  # result -> [Check]
-    snapshot: Callable[[Any], dict]  # result -> what a baseline keeps
-    regressions: Callable[[dict, dict, dict], list]  # (base, now, tolerances) -> [Regression]
-    headline: Callable[[Any], tuple]  # result -> (status, title)
+    run: Callable[[Any, Progress], Any]  # the engine, on the kind's own Settings; raises UsageError for bad input
+    checks: Callable[[Any], list[Check]]  # result -> its checks
+    snapshot: Callable[[Any], dict[str, Any]]  # result -> what a baseline keeps
+    regressions: Callable[[dict[str, Any], dict[str, Any], dict[str, Any]], list[Regression]]  # (base, now, tolerances)
+    headline: Callable[[Any], tuple[str, str]]  # result -> (status, title)
     verdict_detail: Callable[[Any], str]  # result -> the rest of the one-line verdict
     summary: Callable[..., str]  # (result, report_path) -> terminal text
     html: Callable[[Any], str]  # result -> the self-contained HTML report
     result_type: type  # the engine's result dataclass
-    index: Callable[[Any], tuple]  # result -> (text, note_label, note_code) for index/summary
+    index: Callable[[Any], tuple[Any, ...]]  # result -> (text, note_label, note_code) for index/summary
     script_mode: bool = False  # accepts "-- python train.py ..."
     launchers: bool = False  # accepts "-- torchrun ... train.py" too (the ranks started by the audit)
     in_process: bool = False  # the Python API may pass objects (modules, callables)
     checked_by_default: bool = False  # `audit check` runs it when `audits` is not set
-    annotations: Callable[[Check, Any], list] = _no_annotations  # a failed check per place
+    annotations: Callable[[Check, Any], list[Check]] = _no_annotations  # a failed check per place
     # Where the report files go (``audit record``'s --out names the reference file instead).
     report_folder: Callable[[Settings], str] = _out_folder
     # What a baseline file's snapshot must hold, checked when the file is read (before any
     # run): field -> (test, what it must be), see :mod:`audit.kinds.snapshot_shape`.
-    snapshot_rules: Mapping[str, tuple] = field(default_factory=dict)
+    snapshot_rules: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
 
-    def failing(self, result: Any) -> list:
+    def failing(self, result: Any) -> list[Any]:
         return [c for c in self.checks(result) if not c.passed and not c.skipped]
 
 
@@ -127,5 +127,5 @@ def rounded(value: Any) -> Optional[float]:
     return float(f"{number:.4g}") if math.isfinite(number) else None
 
 
-def failing_names(checks: list) -> list:
+def failing_names(checks: list[Check]) -> list[Any]:
     return sorted({c.name for c in checks if not c.passed and not c.skipped})

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from audit import config
-from audit.kinds.base import AuditKind, Progress, Settings, failing_names, positive_arg, rounded
+from audit.kinds.base import AuditKind, Progress, Regression, Settings, failing_names, positive_arg, rounded
 from audit.kinds.variance import progress_adapter, runs_check
 from audit.probes.errors import TargetError, UsageError
 from audit.probes.results import Check
@@ -17,7 +17,7 @@ from audit.probes.results.variance import DIRECTIONS, CompareResult
 from audit.reports import html, terminal
 from audit.reports.common import compare_headline, compare_sentence, fmt_num
 
-TOLERANCES: dict = {}
+TOLERANCES: dict[str, Any] = {}
 
 
 @dataclass
@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=positive_arg, default=None, help="runs at once (default 1)")
 
 
-def _spec(key: str):
+def _spec(key: str) -> Callable[[config.Checker, Any], str]:
     """A checker of a target spec under ``key`` (paths relative to the working folder)."""
     def check(chk: config.Checker, value: Any) -> str:
         from audit.probes.run.target import parse_spec
@@ -61,7 +61,7 @@ def _spec(key: str):
     return check
 
 
-def check_table(chk: config.Checker, table: dict) -> dict:
+def check_table(chk: config.Checker, table: dict[str, Any]) -> dict[str, Any]:
     rules = {"seeds": config.positive_int(2), "steps": config.positive_int(),
              "jobs": config.positive_int(),
              "metric": ((lambda v: isinstance(v, str) and bool(v.strip())), "a metric name"),
@@ -93,7 +93,7 @@ def run(s: CompareSettings, progress: Progress = None) -> CompareResult:
         raise UsageError(f"audit compare: {exc}") from None
 
 
-def checks(result: CompareResult) -> list:
+def checks(result: CompareResult) -> list[Check]:
     worse = result.verdict == "worse"
     return [runs_check("compare", result.runs, result.error),
             Check("compare", "candidate not worse", not worse, compare_sentence(result),
@@ -101,7 +101,7 @@ def checks(result: CompareResult) -> list:
                   if worse else "")]
 
 
-def snapshot(result: CompareResult) -> dict:
+def snapshot(result: CompareResult) -> dict[str, Any]:
     return {
         "settings": {"seeds": result.seeds, "steps": result.steps, "seed": result.seed,
                      "metric": result.metric, "a": result.a.target, "b": result.b.target},
@@ -111,8 +111,8 @@ def snapshot(result: CompareResult) -> dict:
     }
 
 
-def regressions(base: dict, now: dict, tolerances: dict) -> list:
-    out = []
+def regressions(base: dict[str, Any], now: dict[str, Any], tolerances: dict[str, Any]) -> list[Regression]:
+    out: list[Regression] = []
     if now.get("error") and not base.get("error"):
         out.append((f"the comparison failed: {now['error']}", None))
     if base.get("verdict") != "worse" and now.get("verdict") == "worse":
@@ -127,7 +127,7 @@ def verdict_detail(result: CompareResult) -> str:
             f"{fmt_num(result.p_value)}, {len(result.deltas)} paired seeds)")
 
 
-def index(result: CompareResult) -> tuple:
+def index(result: CompareResult) -> tuple[Any, ...]:
     return compare_sentence(result), "verdict", result.verdict
 
 

@@ -7,11 +7,11 @@ import argparse
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from audit import config
 from audit.kinds import snapshot_shape as shape
-from audit.kinds.base import (AuditKind, Progress, Settings, at_least, failing_names, plural,
+from audit.kinds.base import (AuditKind, Progress, Regression, Settings, at_least, failing_names, plural,
                               positive_arg,
                               rounded)
 from audit.probes.determinism import latent
@@ -23,6 +23,9 @@ from audit.reports.common import (NONFINITE_FIX, determinism_headline, determini
                                   nonfinite_sentence, one_line, source_title, split_where,
                                   stage_title)
 from audit.probes.results.records import Status
+
+if TYPE_CHECKING:  # torch: imported when the audit runs
+    from audit.probes.run.launcher import RunOptions
 
 #: Baseline tolerances: the first divergence's max |diff| may grow by this factor.
 TOLERANCES = {"max_abs_diff": 10.0}
@@ -52,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "with a script: its ranks, started as torchrun starts them; default 1)")
 
 
-def check_table(chk: config.Checker, table: dict) -> dict:
+def check_table(chk: config.Checker, table: dict[str, Any]) -> dict[str, Any]:
     rules = {"runs": config.positive_int(2), "steps": config.positive_int(),
              "jobs": config.positive_int(), "attribution": config.boolean(),
              "cuda_ops": ((lambda v: v in LEVELS), "'warn' or 'fail'"),
@@ -86,13 +89,13 @@ def run(s: DeterminismSettings, progress: Progress = None) -> DeterminismResult:
     return result
 
 
-def _run_distributed(s: DeterminismSettings, opts, progress: Progress) -> DeterminismResult:
+def _run_distributed(s: DeterminismSettings, opts: RunOptions, progress: Progress) -> DeterminismResult:
     from audit.probes.determinism.distributed import audit_distributed
 
     return audit_distributed(opts, s.nproc, progress=progress)
 
 
-def _run_script(s: DeterminismSettings, opts, progress: Progress) -> DeterminismResult:
+def _run_script(s: DeterminismSettings, opts: RunOptions, progress: Progress) -> DeterminismResult:
     """Script mode: one process per run, or ranks (``--nproc``, torchrun, mp.spawn)."""
     from audit.probes.determinism.script_launcher import audit_script
 
@@ -113,9 +116,9 @@ def _completed_check(result: DeterminismResult) -> Check:
     if result.error or bad:
         first = bad[0] if bad else None
         match = _AT.search(first.message or "") if first is not None else None
-        message = result.error or (
-            f"run {first.index} {first.status} after {first.steps_completed} of "
-            f"{result.steps} steps: {first.message}")
+        message = result.error or (  # no error: a run failed, so bad[0] exists
+            f"run {bad[0].index} {bad[0].status} after {bad[0].steps_completed} of "
+            f"{result.steps} steps: {bad[0].message}")
         return Check("determinism", "runs completed", False,
                      message + "; the comparison covers only the steps before it",
                      "fix the error in the training code; run `audit determinism "
@@ -143,9 +146,9 @@ def _agree_check(result: DeterminismResult) -> Check:
                  "" if ok else fix, None if ok else where)
 
 
-def _cause_checks(result: DeterminismResult) -> list:
+def _cause_checks(result: DeterminismResult) -> list[Any]:
     """One ``cause: SOURCE`` check per cause source the other checks do not already carry."""
-    by_source: dict = {}
+    by_source: dict[str, Any] = {}
     for cause in result.causes:
         if cause.source != "unseeded_rng" and not (result.nproc and cause.source in DISTRIBUTED_SOURCES):
             by_source.setdefault(cause.source, []).append(cause)
@@ -160,7 +163,7 @@ def _cause_checks(result: DeterminismResult) -> list:
     return out
 
 
-def checks(result: DeterminismResult) -> list:
+def checks(result: DeterminismResult) -> list[Check]:
     """The determinism audit as checks: runs completed, runs agree, no unseeded generators,
     finite values, no latent sources, the CUDA op scan, the distributed checks with ``--nproc``, and one
     ``cause: SOURCE`` per cause source other than ``unseeded_rng``."""
@@ -174,7 +177,7 @@ def checks(result: DeterminismResult) -> list:
     return out + _cause_checks(result)
 
 
-def distributed_checks(result: DeterminismResult) -> list:
+def distributed_checks(result: DeterminismResult) -> list[Any]:
     """``--nproc``: "replicas agree" and "sampler reshuffles per epoch"."""
     replicas = result.replicas
     unsynced = next((c for c in result.causes if c.source == "unsynced_state"), None)
@@ -261,7 +264,7 @@ def _generator_check(result: DeterminismResult) -> Check:
     return Check("determinism", "no unseeded generators", False, message, fix, where)
 
 
-def annotations(check: Check, result: DeterminismResult) -> list:
+def place_annotations(check: Check, result: DeterminismResult) -> list[Check]:
     """The generator check once per unseeded generator, so each place gets an annotation."""
     from audit.probes.determinism.attribute import generator_fix  # torch when needed
 
@@ -279,7 +282,7 @@ def annotations(check: Check, result: DeterminismResult) -> list:
 # --------------------------------------------------------------------------- baseline
 
 
-def _differing_stages(result: DeterminismResult) -> list:
+def _differing_stages(result: DeterminismResult) -> list[Any]:
     stages = set()
     for row in result.timeline:
         for stage, state in (row.stages or {}).items():
@@ -290,7 +293,7 @@ def _differing_stages(result: DeterminismResult) -> list:
     return [s for s in STAGES if s in stages]
 
 
-def snapshot(result: DeterminismResult) -> dict:
+def snapshot(result: DeterminismResult) -> dict[str, Any]:
     """What a baseline keeps of a result (plain, JSON-able, numbers to 4 significant digits)."""
     div = result.first_divergence
     return {
@@ -313,9 +316,9 @@ def _where_file(where: Optional[str]) -> Optional[str]:
     return split_where(where)[0] if where else None
 
 
-def regressions(base: dict, now: dict, tolerances: dict) -> list:
+def regressions(base: dict[str, Any], now: dict[str, Any], tolerances: dict[str, Any]) -> list[Regression]:
     """``(text, where)`` pairs: how ``now`` (a snapshot) is worse than ``base``."""
-    out = []
+    out: list[Regression] = []
     if now.get("crashed") and not base.get("crashed"):
         out.append(("a run crashed; in the baseline every run completed", None))
     base_stages = set(base.get("nondeterministic_stages") or [])
@@ -344,10 +347,10 @@ def regressions(base: dict, now: dict, tolerances: dict) -> list:
     for source in now.get("cause_sources") or []:
         if source not in (base.get("cause_sources") or []):
             out.append((f"new cause of nondeterminism: {source}", None))
-    base_places: dict = {}
+    base_places: dict[tuple[str, Optional[str]], set[str]] = {}
     for e in base.get("rng_escapes") or []:
         base_places.setdefault((e["kind"], _where_file(e["where"])), set()).add(e["where"])
-    now_places: dict = {}
+    now_places: dict[tuple[str, Optional[str]], list[str]] = {}
     for e in now.get("rng_escapes") or []:
         now_places.setdefault((e["kind"], _where_file(e["where"])), []).append(e["where"])
     for key, wheres in now_places.items():
@@ -383,7 +386,7 @@ def verdict_detail(result: DeterminismResult) -> str:
     return text + f" ({result.runs} runs x {result.steps} steps)"
 
 
-def index(result: DeterminismResult) -> tuple:
+def index(result: DeterminismResult) -> tuple[Any, ...]:
     return determinism_sentence(result), "", ""
 
 
@@ -408,4 +411,4 @@ KIND = AuditKind(
     headline=determinism_headline, verdict_detail=verdict_detail,
     summary=terminal.determinism_summary, html=html.determinism_html,
     result_type=DeterminismResult, index=index, script_mode=True, launchers=True,
-    annotations=annotations, checked_by_default=True, snapshot_rules=SNAPSHOT_RULES)
+    annotations=place_annotations, checked_by_default=True, snapshot_rules=SNAPSHOT_RULES)

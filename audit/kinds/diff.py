@@ -7,10 +7,11 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
-from typing import Optional
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Optional
 
 from audit import config
-from audit.kinds.base import AuditKind, Progress, Settings, failing_names, positive_arg, rounded
+from audit.kinds.base import AuditKind, Progress, Regression, Settings, failing_names, positive_arg, rounded
 from audit.probes.errors import UsageError
 from audit.probes.results import Check
 from audit.probes.results.diff import DiffResult
@@ -19,6 +20,9 @@ from audit.reports.common import diff_headline, diff_sentence, diff_where
 
 #: Baseline tolerances: the largest relative loss difference may grow by this factor.
 TOLERANCES = {"max_rel_diff": 10.0}
+
+if TYPE_CHECKING:  # imported when the audit runs
+    from audit.probes.diff.reference import Reference
 
 
 @dataclass
@@ -37,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="compare TARGET (or the script) with a reference 'audit record' wrote")
 
 
-def _check_against(chk: config.Checker, value) -> str:
+def _check_against(chk: config.Checker, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         chk.fail("tool.audit.diff", "against", "the path of a reference file (a string)", value)
     root = os.path.dirname(os.path.abspath(chk.file))
@@ -45,7 +49,7 @@ def _check_against(chk: config.Checker, value) -> str:
     return path if os.path.isabs(path) else os.path.normpath(os.path.join(root, path))
 
 
-def check_table(chk: config.Checker, table: dict) -> dict:
+def check_table(chk: config.Checker, table: dict[str, Any]) -> dict[str, Any]:
     tolerances = (lambda c, v: config.check_tolerances(c, "diff", v, TOLERANCES))
     return config.check_table(chk, "diff", table, {"steps": config.positive_int()},
                               {"against": _check_against, "tolerances": tolerances})
@@ -56,7 +60,7 @@ def run(s: DiffSettings, progress: Progress = None) -> DiffResult:
     from audit.probes.diff import reference
     from audit.probes.diff.engine import DiffOptions, diff, diff_against
 
-    common = dict(seed=s.seed, device=s.device, input_shape=s.input_shape,
+    common: dict[str, Any] = dict(seed=s.seed, device=s.device, input_shape=s.input_shape,
                   num_classes=s.num_classes, cwd=s.cwd, steps=s.steps)
     try:
         if s.against:
@@ -77,7 +81,7 @@ def run(s: DiffSettings, progress: Progress = None) -> DiffResult:
         raise UsageError(f"audit diff: {exc}") from None
 
 
-def _reference(reference, path: str):
+def _reference(reference: ModuleType, path: str) -> Reference:
     """The reference file at ``path``; its one-line refusal names the command."""
     try:
         return reference.load(path)
@@ -85,7 +89,7 @@ def _reference(reference, path: str):
         raise UsageError(f"audit diff: {exc}") from None
 
 
-def checks(result: DiffResult) -> list:
+def checks(result: DiffResult) -> list[Check]:
     """One check, ``numbers identical``: the sides train bit for bit alike."""
     if result.error and result.first_difference is None:
         return [Check("diff", "numbers identical", False, result.error,
@@ -103,7 +107,7 @@ def checks(result: DiffResult) -> list:
     return [Check("diff", "numbers identical", False, diff_sentence(result), fix)]
 
 
-def snapshot(result: DiffResult) -> dict:
+def snapshot(result: DiffResult) -> dict[str, Any]:
     d = result.first_difference
     return {
         "settings": {"steps": result.steps, "seed": result.seed, "device": result.device,
@@ -117,8 +121,8 @@ def snapshot(result: DiffResult) -> dict:
     }
 
 
-def regressions(base: dict, now: dict, tolerances: dict) -> list:
-    out = []
+def regressions(base: dict[str, Any], now: dict[str, Any], tolerances: dict[str, Any]) -> list[Regression]:
+    out: list[str] = []
     if now.get("error") and not base.get("error"):
         out.append(f"the diff failed: {now['error']}")
     if base.get("verdict") == "identical" and now.get("verdict") != "identical":
@@ -138,7 +142,7 @@ def verdict_detail(result: DiffResult) -> str:
     return f" ({where})" if where else ""
 
 
-def index(result: DiffResult) -> tuple:
+def index(result: DiffResult) -> tuple[Any, ...]:
     return diff_sentence(result), "", ""
 
 

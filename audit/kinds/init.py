@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from audit import config
 from audit.kinds import snapshot_shape as shape
-from audit.kinds.base import (AuditKind, Progress, Settings, failing_names, plural, positive_arg,
+from audit.kinds.base import (AuditKind, Progress, Regression, Settings, failing_names, plural, positive_arg,
                               rounded)
 from audit.probes.errors import TargetError, UsageError
 from audit.probes.init.scheme_names import scheme_problem
@@ -18,6 +18,11 @@ from audit.probes.init.thresholds import DEFAULT_THRESHOLDS
 from audit.probes.results import Check, InitResult
 from audit.reports import html, terminal
 from audit.reports.common import finding_advice, finding_numbers, finding_title, init_headline
+
+from audit.probes.progress import Progress as ProgressEvent
+
+if TYPE_CHECKING:  # torch: imported when an audit runs
+    from audit.probes.run.training import TrainingSetup
 
 #: Baseline tolerances, per layer metric.
 TOLERANCES = {
@@ -43,8 +48,8 @@ SCHEMES_EXPECTED = ("an array of scheme names or a comma-separated string of the
 @dataclass
 class InitSettings(Settings):
     steps: int = 5
-    schemes: Optional[list] = None  # None: every built-in scheme
-    thresholds: dict = None  # overrides of probes/init/thresholds.py's DEFAULT_THRESHOLDS
+    schemes: Optional[list[str]] = None  # None: every built-in scheme
+    thresholds: Optional[dict[str, Any]] = None  # overrides of probes/init/thresholds.py's DEFAULT_THRESHOLDS
 
     def __post_init__(self) -> None:
         if isinstance(self.schemes, str):
@@ -52,7 +57,7 @@ class InitSettings(Settings):
         self.thresholds = dict(self.thresholds or {})
 
 
-def comma_list(text: str) -> list:
+def comma_list(text: str) -> list[Any]:
     """``"a, b,,c"`` -> ``["a", "b", "c"]`` (the one comma-list parser of flags and config)."""
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -65,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "xavier_uniform,orthogonal,lsuv,normal:STD (default: all but normal)")
 
 
-def _check_schemes(chk: config.Checker, value: Any) -> list:
+def _check_schemes(chk: config.Checker, value: Any) -> list[str]:
     names = config.string_list(value)
     if not names:
         chk.fail("tool.audit.init", "schemes", SCHEMES_EXPECTED, value)
@@ -76,7 +81,7 @@ def _check_schemes(chk: config.Checker, value: Any) -> list:
     return list(dict.fromkeys(names))
 
 
-def _check_thresholds(chk: config.Checker, value: Any) -> dict:
+def _check_thresholds(chk: config.Checker, value: Any) -> dict[str, Any]:
     table = "tool.audit.init.thresholds"
     if not isinstance(value, dict):
         chk.fail("tool.audit.init", "thresholds", "a table of diagnosis thresholds", value)
@@ -88,7 +93,7 @@ def _check_thresholds(chk: config.Checker, value: Any) -> dict:
     return dict(value)
 
 
-def check_table(chk: config.Checker, table: dict) -> dict:
+def check_table(chk: config.Checker, table: dict[str, Any]) -> dict[str, Any]:
     special = {"schemes": _check_schemes, "thresholds": _check_thresholds,
                "tolerances": lambda c, v: config.check_tolerances(c, "init", v, TOLERANCES)}
     return config.check_table(chk, "init", table, {"steps": config.positive_int()}, special)
@@ -98,6 +103,7 @@ def run_script(s: InitSettings, progress: Progress = None) -> InitResult:
     """Script mode: each scheme is one fresh run of the script."""
     from audit.probes.init.script import ScriptInitOptions, run_init_script
 
+    assert s.script is not None  # script mode
     opts = ScriptInitOptions(script=s.script, schemes=s.schemes, steps=s.steps, seed=s.seed,
                              device=s.device, thresholds=s.thresholds or None, cwd=s.cwd)
     try:
@@ -106,11 +112,12 @@ def run_script(s: InitSettings, progress: Progress = None) -> InitResult:
         raise UsageError(f"audit init: {exc}") from None
 
 
-def _setup(s: InitSettings, name: str):
+def _setup(s: InitSettings, name: str) -> TrainingSetup:
     """The target as a TrainingSetup, built in this process."""
     from audit.probes.run.target import call_target, load_target, normalize
 
-    options = dict(input_shape=tuple(s.input_shape) if s.input_shape else None,
+    options: dict[str, Any] = dict(
+input_shape=tuple(s.input_shape) if s.input_shape else None,
                    num_classes=s.num_classes, seed=s.seed, batches=max(s.steps, 1))
     if s.target is None or isinstance(s.target, str):
         return load_target(s.target, **options)
@@ -141,7 +148,7 @@ def run(s: InitSettings, progress: Progress = None) -> InitResult:
         with Watchdog(s.timeout, "loading the target") as dog:
             setup = _setup(s, name)
 
-            def report(event) -> None:
+            def report(event: ProgressEvent) -> None:
                 dog.kick(f"{event.phase}, in step {event.done}")
                 if progress is not None:
                     progress(event)
@@ -165,7 +172,7 @@ def _better(result: InitResult) -> bool:
                 and result.recommended != "default")
 
 
-def _default_check(result: InitResult, findings: list) -> Check:
+def _default_check(result: InitResult, findings: list[Any]) -> Check:
     default = result.scheme("default")
     _, headline = init_headline(result)
     if result.passed:
@@ -185,7 +192,7 @@ def _default_check(result: InitResult, findings: list) -> Check:
     return Check("init", "default init healthy", False, "; ".join(parts), fix)
 
 
-def _finding_check(result: InitResult, kind: str, name: str, findings: list) -> Check:
+def _finding_check(result: InitResult, kind: str, name: str, findings: list[Any]) -> Check:
     found = [f for f in findings if f.kind == kind]
     if not found:
         return Check("init", name, True, f"no {finding_title(kind).lower()} with the model's own init")
@@ -216,7 +223,7 @@ def _recommended_check(result: InitResult) -> Check:
                  "nonlinearity, the learning rate)")
 
 
-def checks(result: InitResult) -> list:
+def checks(result: InitResult) -> list[Check]:
     """The init audit as checks: default init healthy, one per finding kind of the default
     scheme (with the layers and what to do), recommended scheme healthy."""
     default = result.scheme("default")
@@ -229,7 +236,7 @@ def checks(result: InitResult) -> list:
 # --------------------------------------------------------------------------- baseline
 
 
-def snapshot(result: InitResult) -> dict:
+def snapshot(result: InitResult) -> dict[str, Any]:
     """What a baseline keeps of a result (plain, JSON-able, numbers to 4 significant digits)."""
     default = result.scheme("default")
     best = result.scheme(result.recommended) if result.recommended else None
@@ -257,13 +264,17 @@ def snapshot(result: InitResult) -> dict:
 
 
 
+#: The median layer's gradient norm in the baseline and now (None: no layer had one).
+Medians = tuple[Optional[float], Optional[float]]
+
+
 def _decades_from(value: Optional[float], ref: Optional[float]) -> Optional[float]:
     if value is None or ref is None or value <= 0 or ref <= 0:
         return None
     return abs(math.log10(value / ref))
 
 
-def _median(values: list) -> Optional[float]:
+def _median(values: list[Any]) -> Optional[float]:
     values = sorted(v for v in values if v is not None and v > 0)
     if not values:
         return None
@@ -271,7 +282,8 @@ def _median(values: list) -> Optional[float]:
     return values[mid] if len(values) % 2 else math.sqrt(values[mid - 1] * values[mid])
 
 
-def _gradient_regression(name: str, old: dict, cur: dict, medians: tuple, tol) -> list:
+def _gradient_regression(name: str, old: dict[str, Any], cur: dict[str, Any], medians: Medians,
+                         tol: Optional[float]) -> list[str]:
     if tol is None or not old.get("grad_norm") or old["grad_norm"] <= 0:
         return []
     g = cur.get("grad_norm")
@@ -285,7 +297,8 @@ def _gradient_regression(name: str, old: dict, cur: dict, medians: tuple, tol) -
     return []
 
 
-def _layer_regressions(name: str, old: dict, cur: dict, medians: tuple, tolerances: dict) -> list:
+def _layer_regressions(name: str, old: dict[str, Any], cur: dict[str, Any], medians: Medians,
+                       tolerances: dict[str, Any]) -> list[str]:
     """What got worse in one layer, as texts."""
     out = _gradient_regression(name, old, cur, medians, tolerances.get("grad_norm"))
     tol = tolerances.get("act_std")
@@ -303,9 +316,9 @@ def _layer_regressions(name: str, old: dict, cur: dict, medians: tuple, toleranc
     return out
 
 
-def regressions(base: dict, now: dict, tolerances: dict) -> list:
+def regressions(base: dict[str, Any], now: dict[str, Any], tolerances: dict[str, Any]) -> list[Regression]:
     """``(text, where)`` pairs: how ``now`` (a snapshot) is worse than ``base``."""
-    out = []
+    out: list[str] = []
     if now.get("error") and not base.get("error"):
         out.append(f"the init audit failed: {now['error']}")
     if base.get("verdict") == "healthy" and now.get("verdict") != "healthy":
@@ -338,7 +351,7 @@ def verdict_detail(result: InitResult) -> str:
     return text
 
 
-def index(result: InitResult) -> tuple:
+def index(result: InitResult) -> tuple[Any, ...]:
     text = (f"Recommended init: {result.recommended}." if result.recommended
             else "No init could be recommended.")
     return text, "recommended", result.recommended or ""

@@ -4,12 +4,13 @@ reference file ``audit diff --against`` reads (``--out FILE``, default
 own report pages go to ``audit-report/``, not beside the reference."""
 from __future__ import annotations
 
+from typing import Any
 import argparse
 import os
 from dataclasses import dataclass
 
 from audit import config
-from audit.kinds.base import AuditKind, Progress, Settings, positive_arg
+from audit.kinds.base import AuditKind, Progress, Regression, Settings, positive_arg
 from audit.probes.errors import UsageError
 from audit.probes.results import Check
 from audit.probes.results.diff import RecordResult
@@ -31,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="training steps to record (default 20)")
 
 
-def check_table(chk: config.Checker, table: dict) -> dict:
+def check_table(chk: config.Checker, table: dict[str, Any]) -> dict[str, Any]:
     return config.check_table(chk, "record", table, {"steps": config.positive_int()})
 
 
@@ -72,24 +73,24 @@ def run(s: RecordSettings, progress: Progress = None) -> RecordResult:
     return result
 
 
-def checks(result: RecordResult) -> list:
+def checks(result: RecordResult) -> list[Check]:
     ok = result.verdict == "recorded"
     return [Check("record", "target repeats itself", ok, record_sentence(result),
                   "" if ok else "run `audit determinism` on the target and fix what it finds")]
 
 
-def snapshot(result: RecordResult) -> dict:
+def snapshot(result: RecordResult) -> dict[str, Any]:
     return {"settings": {"steps": result.steps, "seed": result.seed, "device": result.device,
                          "target": result.target}, "verdict": result.verdict}
 
 
-def regressions(base: dict, now: dict, tolerances: dict) -> list:
+def regressions(base: dict[str, Any], now: dict[str, Any], tolerances: dict[str, Any]) -> list[Regression]:
     if base.get("verdict") == "recorded" and now.get("verdict") != "recorded":
         return [("the target no longer repeats itself", None)]
     return []
 
 
-def index(result: RecordResult) -> tuple:
+def index(result: RecordResult) -> tuple[Any, ...]:
     return record_sentence(result), "", ""
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from audit import config
-from audit.kinds.base import AuditKind, Progress, Settings, failing_names, positive_arg
+from audit.kinds.base import AuditKind, Progress, Regression, Settings, failing_names, positive_arg
 from audit.probes.errors import UsageError
 from audit.probes.results import Check
 from audit.probes.results.resume import ResumeResult
@@ -16,7 +16,7 @@ from audit.reports import html, terminal
 from audit.reports.common import resume_headline, resume_sentence, resume_source_title
 
 #: No numeric tolerances: a resume either reproduces the run or it does not.
-TOLERANCES: dict = {}
+TOLERANCES: dict[str, Any] = {}
 
 
 @dataclass
@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    default=None, help="skip the reruns that prove which piece is missing")
 
 
-def check_table(chk: config.Checker, table: dict) -> dict:
+def check_table(chk: config.Checker, table: dict[str, Any]) -> dict[str, Any]:
     rules = {"steps": config.positive_int(2), "at": config.positive_int(),
              "jobs": config.positive_int(), "attribution": config.boolean()}
     return config.check_table(chk, "resume", table, rules)
@@ -59,7 +59,7 @@ def run(s: ResumeSettings, progress: Progress = None) -> ResumeResult:
 # --------------------------------------------------------------------------- checks
 
 
-def checks(result: ResumeResult) -> list:
+def checks(result: ResumeResult) -> list[Check]:
     """Runs completed; the uninterrupted runs agree; the resumed run reproduces the
     uninterrupted one; one ``cause: SOURCE`` per confirmed cause."""
     out = [Check("resume", "runs completed", result.error is None,
@@ -90,7 +90,7 @@ def checks(result: ResumeResult) -> list:
 # --------------------------------------------------------------------------- baseline
 
 
-def snapshot(result: ResumeResult) -> dict:
+def snapshot(result: ResumeResult) -> dict[str, Any]:
     """What a baseline keeps of a result (plain, JSON-able)."""
     div = result.first_divergence
     return {
@@ -107,9 +107,9 @@ def snapshot(result: ResumeResult) -> dict:
     }
 
 
-def regressions(base: dict, now: dict, tolerances: dict) -> list:
+def regressions(base: dict[str, Any], now: dict[str, Any], tolerances: dict[str, Any]) -> list[Regression]:
     """``(text, where)`` pairs: how ``now`` (a snapshot) is worse than ``base``."""
-    out = []
+    out: list[Regression] = []
     if now.get("error") and not base.get("error"):
         out.append(("a run of the resume audit did not finish; in the baseline all did", None))
     if base.get("verdict") == "equivalent" and now.get("verdict") != "equivalent":
@@ -141,7 +141,7 @@ def verdict_detail(result: ResumeResult) -> str:
     return text + f" (K={result.at}, S={result.steps})"
 
 
-def index(result: ResumeResult) -> tuple:
+def index(result: ResumeResult) -> tuple[Any, ...]:
     return resume_sentence(result), "", ""
 
 

@@ -29,21 +29,21 @@ def str_list(v: Any) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
 
-def optional(test: Callable) -> Callable:
+def optional(test: Callable[..., Any]) -> Callable[..., Any]:
     return lambda v: v is None or test(v)
 
 
-def table(fields: dict) -> Callable:
+def table(fields: dict[str, Any]) -> Callable[..., Any]:
     """A table whose listed fields, where present, pass their tests."""
     return lambda v: isinstance(v, dict) and all(test(v[k]) for k, test in fields.items() if k in v)
 
 
-def records(fields: dict) -> Callable:
+def records(fields: dict[str, Any]) -> Callable[..., Any]:
     """A list of such tables."""
     return lambda v: isinstance(v, list) and all(table(fields)(x) for x in v)
 
 
-def tables(fields: dict) -> Callable:
+def tables(fields: dict[str, Any]) -> Callable[..., Any]:
     """A table of such tables (e.g. layers by name)."""
     return lambda v: isinstance(v, dict) and all(table(fields)(x) for x in v.values())
 
@@ -57,7 +57,7 @@ COMMON = {
 }
 
 
-def snapshot_problem(audit: str, section: Any, rules: Mapping) -> Optional[str]:
+def snapshot_problem(audit: str, section: Any, rules: Mapping[str, Any]) -> Optional[str]:
     """The first thing wrong with one audit's snapshot (None: nothing)."""
     if not isinstance(section, dict):
         return f"its {audit} snapshot is not a table"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from audit import config
-from audit.kinds.base import (AuditKind, Progress, Settings, failing_names, plural, positive_arg,
+from audit.kinds.base import (AuditKind, Progress, Regression, Settings, failing_names, plural, positive_arg,
                               rounded)
 from audit.probes.errors import TargetError, UsageError
 from audit.probes.results import Check
@@ -27,7 +27,7 @@ class VarianceSettings(Settings):
     seeds: int = 8
     steps: int = 50
     jobs: int = 1
-    sources: Optional[list] = None  # None: all four
+    sources: Optional[list[Any]] = None  # None: all four
     metric: Optional[str] = None  # the metric the report leads with (default: first reported)
     direction: Optional[str] = None  # for ``metric``; default from its name
 
@@ -49,14 +49,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="is a lower or a higher --metric better (default: from its name)")
 
 
-def check_sources(chk: config.Checker, table: str, value: Any) -> list:
+def check_sources(chk: config.Checker, table: str, value: Any) -> list[Any]:
     names = config.string_list(value)
     if not names or any(n not in VARIANCE_SOURCES for n in names):
         chk.fail(table, "sources", SOURCES_EXPECTED, value)
     return names
 
 
-def check_table(chk: config.Checker, table: dict) -> dict:
+def check_table(chk: config.Checker, table: dict[str, Any]) -> dict[str, Any]:
     rules = {"seeds": config.positive_int(2), "steps": config.positive_int(),
              "jobs": config.positive_int(),
              "metric": ((lambda v: isinstance(v, str) and bool(v.strip())), "a metric name"),
@@ -67,7 +67,7 @@ def check_table(chk: config.Checker, table: dict) -> dict:
     return config.check_table(chk, "variance", table, rules, special)
 
 
-def progress_adapter(progress: Progress):
+def progress_adapter(progress: Progress) -> Optional[Callable[[int, int, str], None]]:
     """The engine's ``(done, total, message)`` as the gate's one-line progress."""
     if progress is None:
         return None
@@ -101,7 +101,7 @@ def run(s: VarianceSettings, progress: Progress = None) -> VarianceResult:
 # --------------------------------------------------------------------------- checks
 
 
-def runs_check(audit: str, runs: list, error: Optional[str]) -> Check:
+def runs_check(audit: str, runs: list[Any], error: Optional[str]) -> Check:
     """``runs completed``: every run trained and gave finite metrics (shared with compare)."""
     bad = [r for r in runs if r.status != Status.OK]
     if error:
@@ -115,7 +115,7 @@ def runs_check(audit: str, runs: list, error: Optional[str]) -> Check:
                  "fix the error in the training code; the report lists every failed run", first.where)
 
 
-def checks(result: VarianceResult) -> list:
+def checks(result: VarianceResult) -> list[Check]:
     out = [runs_check("variance", result.runs, result.error)]
     if result.controlled is False:
         out.append(Check("variance", "seeds control the randomness", False,
@@ -139,7 +139,7 @@ def checks(result: VarianceResult) -> list:
 # --------------------------------------------------------------------------- baseline
 
 
-def snapshot(result: VarianceResult) -> dict:
+def snapshot(result: VarianceResult) -> dict[str, Any]:
     return {
         "settings": {"seeds": result.seeds, "steps": result.steps, "seed": result.seed,
                      "device": result.device, "target": result.target},
@@ -152,8 +152,8 @@ def snapshot(result: VarianceResult) -> dict:
     }
 
 
-def regressions(base: dict, now: dict, tolerances: dict) -> list:
-    out = []
+def regressions(base: dict[str, Any], now: dict[str, Any], tolerances: dict[str, Any]) -> list[Regression]:
+    out: list[Regression] = []
     if now.get("error") and not base.get("error"):
         out.append((f"the variance audit failed: {now['error']}", None))
     if base.get("controlled") is not False and now.get("controlled") is False:
@@ -184,7 +184,7 @@ def verdict_detail(result: VarianceResult) -> str:
     return text + (f", mostly {top})" if top else ")")
 
 
-def index(result: VarianceResult) -> tuple:
+def index(result: VarianceResult) -> tuple[Any, ...]:
     name = next(iter(result.metrics), None)
     text = variance_sentence(result, name) if name else (result.error or "")
     return text, "largest source", (result.dominant.get(name) or "") if name else ""

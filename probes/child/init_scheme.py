@@ -42,7 +42,7 @@ class Stop(BaseException):
     """Raised from the optimizer's step hook once the steps asked for are made."""
 
 
-def _frames(summary: list) -> list:
+def _frames(summary: list[Any]) -> list[Any]:
     return [Frame(f.filename, f.lineno or 0, f.name) for f in reversed(summary)]
 
 
@@ -52,12 +52,12 @@ def user_place() -> Optional[str]:
     return found.where if found else None
 
 
-def _rng_state() -> tuple:
+def _rng_state() -> tuple[Any, ...]:
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     return torch.get_rng_state(), cuda
 
 
-def _set_rng_state(state: tuple) -> None:
+def _set_rng_state(state: tuple[Any, ...]) -> None:
     torch.set_rng_state(state[0])
     if state[1] is not None:
         torch.cuda.set_rng_state_all(state[1])
@@ -70,14 +70,16 @@ class SchemeRun:
         self.scheme, self.steps = spec.scheme, int(spec.steps)
         self.margin = float(spec.saturation_margin)
         self.init_seed, self.seed = int(spec.init_seed), int(spec.seed)
-        self.optimizers: list = []  # (optimizer, {id(param)}, where)
+        self.optimizers: list[Any] = []  # (optimizer, {id(param)}, where)
         self.model: Optional[nn.Module] = None
         self.probe: Optional[FlowProbe] = None
-        self.out: dict = {"scheme": self.scheme, "layers": [], "loss": [], "error": None,
+        self.out: dict[str, Any] = {"scheme": self.scheme, "layers": [], "loss": [], "error": None,
                           "status": "no_step", "code": "", "optimizer_where": None,
                           "model": None, "init_fingerprint": None}
-        self.depth, self.busy, self.last_loss, self.handles = 0, False, None, []
-        self.originals: dict = {}
+        self.depth, self.busy = 0, False
+        self.last_loss: Optional[float] = None
+        self.handles: list[Any] = []
+        self.originals: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ install / remove
     def install(self) -> None:
@@ -98,7 +100,8 @@ class SchemeRun:
             return backward(tensors, *args, **kwargs)
 
         self.originals = {"init": init, "backward": backward}
-        torch.optim.Optimizer.__init__ = optimizer_init
+        # patched to see the script's optimizers
+        torch.optim.Optimizer.__init__ = optimizer_init  # type: ignore[method-assign, assignment]
         torch.autograd.backward = autograd_backward
         from torch.nn.modules import module as module_mod
         from torch.optim import optimizer as optim_mod
@@ -110,7 +113,7 @@ class SchemeRun:
 
     def uninstall(self) -> None:
         if self.originals:
-            torch.optim.Optimizer.__init__ = self.originals["init"]
+            torch.optim.Optimizer.__init__ = self.originals["init"]  # type: ignore[method-assign]  # the original back
             torch.autograd.backward = self.originals["backward"]
             self.originals = {}
         for handle in self.handles:
@@ -120,7 +123,7 @@ class SchemeRun:
             self.probe.__exit__(None, None, None)
 
     # ------------------------------------------------------------------ hooks
-    def pre_forward(self, module: nn.Module, args: tuple) -> None:
+    def pre_forward(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self.depth += 1
         if self.model is None and not self.busy and self.depth == 1 and torch.is_grad_enabled():
             params = {id(p) for p in module.parameters()}
@@ -128,10 +131,10 @@ class SchemeRun:
             if held is not None:
                 self.start(module, args, held[2])
 
-    def post_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
+    def post_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         self.depth = max(self.depth - 1, 0)
 
-    def start(self, model: nn.Module, args: tuple, where: Optional[str]) -> None:
+    def start(self, model: nn.Module, args: tuple[Any, ...], where: Optional[str]) -> None:
         """Re-initialize by the scheme (streams and buffers put back) and start measuring."""
         self.model, self.busy = model, True
         device = next(model.parameters()).device
@@ -160,13 +163,13 @@ class SchemeRun:
                                saturation_margin=self.margin)
         self.probe.__enter__()
 
-    def pre_step(self, optimizer, args, kwargs) -> None:
+    def pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self.probe is not None:
             probe, self.probe = self.probe, None
             probe.__exit__(None, None, None)
             self.out["layers"] = [dataclasses.asdict(layer) for layer in probe.collect()]
 
-    def post_step(self, optimizer, args, kwargs) -> None:
+    def post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self.model is None:
             return
         self.out["loss"].append(self.last_loss)
@@ -177,7 +180,7 @@ class SchemeRun:
             raise Stop()
 
 
-def run(spec: SchemeRunSpec, program: script_runner.Program) -> dict:
+def run(spec: SchemeRunSpec, program: script_runner.Program) -> dict[str, Any]:
     """Run the script under one scheme; the measurements as a plain dict."""
     import runpy
 
@@ -204,7 +207,7 @@ def run(spec: SchemeRunSpec, program: script_runner.Program) -> dict:
     return scheme.out
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     spec_path, rest = argv[0], argv[1:]
     if rest[:1] == ["--"]:

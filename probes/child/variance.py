@@ -8,6 +8,7 @@ Exit status: 0 trained; 3 the target could not be loaded; 4 training raised.
 """
 from __future__ import annotations
 
+from typing import Any, Optional
 import json
 import math
 import os
@@ -26,7 +27,7 @@ def tail_length(steps: int) -> int:
     return max(1, steps // 4)
 
 
-def _train(setup, steps: int, device, streams) -> list:
+def _train(setup: Any, steps: int, device: Any, streams: Any) -> list[Any]:
     import torch
 
     from audit.probes.run.training import (compute_loss, cycle_batches, make_scheduler,
@@ -53,14 +54,14 @@ def _train(setup, steps: int, device, streams) -> list:
     return torch.stack(losses).cpu().tolist() if losses else []
 
 
-def metric_values(returned, name: str = "eval") -> dict:
+def metric_values(returned: Any, name: str = "eval") -> dict[str, Any]:
     """``evaluate``'s return as ``{name: float}``: a number is named ``eval``."""
     if isinstance(returned, dict):
         return {str(k): float(v) for k, v in returned.items()}
     return {name: float(returned)}
 
 
-def _evaluate(setup, streams) -> dict:
+def _evaluate(setup: Any, streams: Any) -> dict[str, Any]:
     import torch
 
     if setup.evaluate is None:
@@ -71,7 +72,7 @@ def _evaluate(setup, streams) -> dict:
             return metric_values(setup.evaluate(setup.model))
 
 
-def _load(spec: VarianceRunSpec):
+def _load(spec: VarianceRunSpec) -> tuple[Any, Any]:
     """Seed with the init seed, build the target, put it on its device."""
     from audit.probes.errors import TargetError
     from audit.probes.run.target import load_target
@@ -93,7 +94,7 @@ def _load(spec: VarianceRunSpec):
     return setup, device
 
 
-def _measure(spec: VarianceRunSpec) -> dict:
+def _measure(spec: VarianceRunSpec) -> dict[str, Any]:
     from audit.probes.results import plain
     from audit.probes.variance import routing
 
@@ -119,7 +120,7 @@ def _measure(spec: VarianceRunSpec) -> dict:
     return out
 
 
-def _where(exc: BaseException):
+def _where(exc: BaseException) -> Optional[str]:
     from audit.probes.run.processes import Frame, user_frame
 
     found = user_frame([Frame(f.filename, f.lineno or 0, f.name)
@@ -127,7 +128,7 @@ def _where(exc: BaseException):
     return found.where if found else None
 
 
-def run(spec: VarianceRunSpec) -> tuple:
+def run(spec: VarianceRunSpec) -> tuple[Any, ...]:
     """``(exit status, report)`` of one run."""
     from audit.probes.errors import TargetError
 
@@ -140,7 +141,7 @@ def run(spec: VarianceRunSpec) -> tuple:
                             "where": _where(exc)}
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     spec = read_spec(VarianceRunSpec, argv[0])
     if os.getcwd() not in sys.path:

@@ -8,6 +8,7 @@ trace (JSON lines) to the path the spec names and exits with:
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Optional
 import os
 import sys
 import traceback
@@ -17,6 +18,10 @@ from audit.probes.run.environment import resolve_device
 from audit.probes.run.knobs import describe_run as environment
 from audit.probes.run.spec import RunSpec, read_spec
 from audit.probes.results.records import Record, Status
+
+if TYPE_CHECKING:  # torch: imported when the run starts
+    from audit.probes.run.lockstep import Lockstep
+    from audit.probes.run.ranks import RankTracker
 
 EXIT_OK, EXIT_TARGET, EXIT_CRASH = 0, 3, 4
 #: Synthetic batches for a bare module when the audit chooses the steps (``audit resume``).
@@ -30,10 +35,10 @@ class _TargetFailed(Exception):
 class WorkerRun:
     """One traced run's steps (see :func:`run`); :meth:`close` ends what it started."""
 
-    def __init__(self, spec: RunSpec, writer):
+    def __init__(self, spec: RunSpec, writer: Any) -> None:
         self.spec, self.writer = spec, writer
-        self.lockstep = None
-        self.tracker = None  # distributed runs: a rank's RankTracker (audit.probes.run.ranks)
+        self.lockstep: Optional[Lockstep] = None
+        self.tracker: Optional[RankTracker] = None  # distributed runs: a rank's RankTracker (audit.probes.run.ranks)
 
     def observe_and_seed(self) -> None:
         """Escape tracing, the knob observers and the knobs asked for, then the seed."""
@@ -50,7 +55,7 @@ class WorkerRun:
 
         seed_all(spec.seed)
 
-    def load(self) -> tuple:
+    def load(self) -> tuple[Any, ...]:
         """``(setup, device, rank context)``; raises :class:`_TargetFailed`."""
         from audit.probes.run.target import TargetError, load_target
 
@@ -70,7 +75,7 @@ class WorkerRun:
             raise _TargetFailed(str(exc)) from None
         return setup, device, rank_ctx
 
-    def prepare(self, setup, device, rank_ctx) -> None:
+    def prepare(self, setup: Any, device: Any, rank_ctx: Any) -> None:
         """The knobs again (the target may reset flags), the ``env`` record, the DDP wrap and
         the replay partner."""
         from audit.probes.run import knobs
@@ -92,7 +97,7 @@ class WorkerRun:
             self.lockstep = Lockstep(spec.lockstep.folder, spec.lockstep.role,
                                      rename=spec.lockstep.rename)
 
-    def train(self, setup, device) -> tuple:
+    def train(self, setup: Any, device: Any) -> tuple[Any, ...]:
         """The traced steps (an ``audit resume`` role around them); ``(done, asked)``."""
         from audit.probes.run.trace import run_traced
 
@@ -109,7 +114,7 @@ class WorkerRun:
             self.tracker.write_samplers()
         return done, steps
 
-    def scan_cuda_ops(self, setup, device) -> None:
+    def scan_cuda_ops(self, setup: Any, device: Any) -> None:
         """After the traced steps, so the trace is untouched."""
         from audit.probes.run import seed_log
         from audit.probes.determinism.cuda_ops import scan_training
@@ -128,7 +133,7 @@ class WorkerRun:
             ranks.finish()
 
 
-def _steps(worker: WorkerRun) -> dict:
+def _steps(worker: WorkerRun) -> dict[str, Any]:
     """Everything from the seed to the last step; the ``end`` record's fields."""
     from audit.probes.run import rng_escape
     from audit.probes.run import knobs
@@ -145,7 +150,7 @@ def _steps(worker: WorkerRun) -> dict:
             "observed": observed}
 
 
-def _crash(exc: BaseException) -> dict:
+def _crash(exc: BaseException) -> dict[str, Any]:
     """The ``end`` record's fields for a run whose training raised."""
     from audit.probes.run.processes import Frame, user_frame
 
@@ -179,7 +184,7 @@ def run(spec: RunSpec) -> int:
         writer.close()
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from audit.probes.run.processes import answer_stack_requests
 

@@ -8,7 +8,7 @@ knob proved (unconfirmed, with their place), and falls back to ``unknown``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 from audit.probes.run.compare import Parting
 from audit.probes.run.knobs import KNOBS
@@ -19,8 +19,8 @@ ORDER = ("seed_escapes", "pin_seeds", "pythonhashseed", "dataloader", "cudnn_ben
          "deterministic_algorithms", "fill_uninitialized_memory", "one_thread")
 
 
-def plan(parting: Parting, device: str, escapes: list, observed: dict, env: dict,
-         varying: tuple = ()) -> list:
+def plan(parting: Parting, device: str, escapes: list[Any], observed: dict[str, Any], env: dict[str, Any],
+         varying: Sequence[SeedCall] = ()) -> list[str]:
     """The knobs to try, in the order the evidence makes them likely: what the runs showed
     first (escaped seeds, seeds that changed between runs, multi-worker loaders, a thread
     count the code sets, cuDNN autotuning, a kernel-level stage), then the rest. A seed that
@@ -129,12 +129,12 @@ class Evidence:
 
     at: str  # "step 3 (forward)" or "the initial parameters"
     caveat: str  # said when the divergence did not show again when repeated
-    escapes: list  # RngEscape
-    varying: tuple  # SeedCall whose values changed between runs
-    observed: dict
+    escapes: list[Any]  # RngEscape
+    varying: Sequence[SeedCall]  # SeedCall whose values changed between runs
+    observed: dict[str, Any]
     module: Optional[str]
     module_where: Optional[str]
-    removed: list  # the knobs that removed the divergence
+    removed: list[Any]  # the knobs that removed the divergence
 
     @property
     def in_module(self) -> str:
@@ -147,19 +147,19 @@ def made_text(esc: RngEscape) -> str:
     return f"{esc.kind}{by} at {esc.where or 'an unknown place'}"
 
 
-def _escape_causes(ev: Evidence, proof: str) -> list:
+def _escape_causes(ev: Evidence, proof: str) -> list[Any]:
     return [Cause("unseeded_rng", True,
                   f"{made_text(esc)} is {esc.detail or 'not seeded'}; "
                   f"the runs part at {ev.at}; {proof}{ev.caveat}",
                   generator_fix(esc), esc.where) for esc in ev.escapes]
 
 
-def _pinned_seed_causes(ev: Evidence, proof: str) -> list:
+def _pinned_seed_causes(ev: Evidence, proof: str) -> list[Any]:
     return [seed_cause(call, f"the runs part at {ev.at}; {proof}{ev.caveat}", True)
             for call in ev.varying]
 
 
-def _hash_seed_causes(ev: Evidence, proof: str) -> list:
+def _hash_seed_causes(ev: Evidence, proof: str) -> list[Any]:
     return [Cause("hash_seed", True,
                   f"the runs part at {ev.at}, and only when every run has the same "
                   f"PYTHONHASHSEED do they agree ({proof}): the code depends on the order "
@@ -169,7 +169,7 @@ def _hash_seed_causes(ev: Evidence, proof: str) -> list:
                   "(it cannot be set from inside a running process)", None)]
 
 
-def _loader_causes(ev: Evidence, proof: str) -> list:
+def _loader_causes(ev: Evidence, proof: str) -> list[Any]:
     loader = (ev.observed.get("loaders") or [{}])[0]
     what = []
     if loader.get("num_workers"):
@@ -186,13 +186,13 @@ def _loader_causes(ev: Evidence, proof: str) -> list:
                   loader.get("where"))]
 
 
-def _cudnn_causes(ev: Evidence, proof: str) -> list:
+def _cudnn_causes(ev: Evidence, proof: str) -> list[Any]:
     return [Cause("cudnn_benchmark", True,
                   f"cuDNN autotuning is on and the runs part at {ev.at}; {proof}{ev.caveat}",
                   "torch.backends.cudnn.benchmark = False", ev.observed.get("cudnn_benchmark"))]
 
 
-def _algorithm_causes(ev: Evidence, proof: str) -> list:
+def _algorithm_causes(ev: Evidence, proof: str) -> list[Any]:
     evidence = (f"the runs part at {ev.at}{ev.in_module}, where a kernel's result depends on "
                 f"execution order (atomic adds); {proof}{ev.caveat}")
     fix = ("torch.use_deterministic_algorithms(True)\n"
@@ -203,7 +203,7 @@ def _algorithm_causes(ev: Evidence, proof: str) -> list:
     return [Cause("nondeterministic_algorithm", True, evidence, fix, ev.module_where)]
 
 
-def _uninitialized_causes(ev: Evidence, proof: str) -> list:
+def _uninitialized_causes(ev: Evidence, proof: str) -> list[Any]:
     if "deterministic_algorithms" in ev.removed:  # the broader knob already says it
         return []
     evidence = (f"the runs part at {ev.at}{ev.in_module}; deterministic algorithms alone "
@@ -214,7 +214,7 @@ def _uninitialized_causes(ev: Evidence, proof: str) -> list:
     return [Cause("nondeterministic_algorithm", True, evidence, fix, ev.module_where)]
 
 
-def _thread_causes(ev: Evidence, proof: str) -> list:
+def _thread_causes(ev: Evidence, proof: str) -> list[Any]:
     threads = ev.observed.get("threads") or {}
     return [Cause("thread_count", True,
                   f"the runs part at {ev.at}; {proof}: the result depends on how the work "
@@ -224,7 +224,7 @@ def _thread_causes(ev: Evidence, proof: str) -> list:
 
 
 #: The confirmed causes of each knob that removed the divergence, in :data:`ORDER`.
-PROVEN: dict = {
+PROVEN: dict[str, Any] = {
     "seed_escapes": _escape_causes, "pin_seeds": _pinned_seed_causes,
     "pythonhashseed": _hash_seed_causes, "dataloader": _loader_causes,
     "cudnn_benchmark_off": _cudnn_causes, "deterministic_algorithms": _algorithm_causes,
@@ -239,7 +239,7 @@ def _proof(trial: KnobTrial) -> str:
     return proof + (f" ({trial.detail})" if trial.detail else "")
 
 
-def _unproven(ev: Evidence) -> list:
+def _unproven(ev: Evidence) -> list[Any]:
     """Escapes and varying seeds that no knob proved: unconfirmed, with their place."""
     out = []
     if "seed_escapes" not in ev.removed:
@@ -253,7 +253,7 @@ def _unproven(ev: Evidence) -> list:
     return out
 
 
-def _unknown(ev: Evidence, trials: list) -> Cause:
+def _unknown(ev: Evidence, trials: list[Any]) -> Cause:
     tried = ", ".join(t.knob for t in trials) or "none"
     return Cause("unknown", False,
                  f"the runs part at {ev.at}{ev.in_module}, and no knob removed it "
@@ -263,16 +263,16 @@ def _unknown(ev: Evidence, trials: list) -> Cause:
                  ev.module_where)
 
 
-def causes(parting: Parting, trials: list, escapes: list, observed: dict,
+def causes(parting: Parting, trials: list[Any], escapes: list[Any], observed: dict[str, Any],
            module: Optional[str], module_where: Optional[str],
-           reproduced: bool = True, varying: tuple = ()) -> list:
+           reproduced: bool = True, varying: Sequence[SeedCall] = ()) -> list[Cause]:
     """Causes, most likely first. ``trials`` are :class:`KnobTrial`; escapes :class:`RngEscape`;
     ``varying`` the :class:`SeedCall` whose values changed between runs."""
     caveat = "" if reproduced else (" (the divergence is intermittent: the same runs, repeated, "
                                     "did not show it again)")
     ev = Evidence(_where_text(parting), caveat, escapes, varying, observed, module, module_where,
                   [t.knob for t in trials if t.removed])
-    out: list = []
+    out: list[Any] = []
     seen_sources = set()
     for knob in (k for k in ORDER if k in ev.removed):
         trial = next(t for t in trials if t.knob == knob)
@@ -327,9 +327,9 @@ def seed_cause(call: SeedCall, outcome: str, confirmed: bool) -> Cause:
     return Cause("unseeded_rng", confirmed, evidence, seed_fix(call), call.where)
 
 
-def escapes_from(items: list) -> list:
+def escapes_from(items: list[Any]) -> list[Any]:
     """:class:`RngEscape` records from the escape logs, deduplicated by kind and place."""
-    seen: dict = {}
+    seen: dict[tuple[Any, Any], Any] = {}
     for item in items:
         key = (item.get("kind"), item.get("where"))
         use = item.get("use", "drawn")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -30,13 +30,13 @@ class ModuleMap:
     autograd nodes (assigned when each module's forward returns). Hooks are removed in
     :meth:`close`."""
 
-    def __init__(self, model: Optional[nn.Module] = None, named: Optional[list] = None):
+    def __init__(self, model: Optional[nn.Module] = None, named: Optional[list[Any]] = None):
         """Hooks on ``model``'s modules, or on ``named``: ``[(name, module)]`` (script mode:
         every traced model's modules, under the names the reports use)."""
-        self.stack: list = []
-        self.node_module: dict = {}
-        self.inputs: list = []  # per running module: grad_fns of its inputs (walks stop there)
-        self.handles: list = []
+        self.stack: list[Any] = []
+        self.node_module: dict[Any, Any] = {}
+        self.inputs: list[Any] = []  # per running module: grad_fns of its inputs (walks stop there)
+        self.handles: list[Any] = []
         self.local = threading.local()  # the backward node running in this thread
         try:
             for name, module in (named if named is not None else model.named_modules()):
@@ -46,12 +46,12 @@ class ModuleMap:
             self.close()
             raise
 
-    def _pre(self, name: str):
+    def _pre(self, name: str) -> Callable[..., None]:
         def hook(module, args, kwargs):
             self.entered(name, [args, kwargs])
         return hook
 
-    def entered(self, name: str, args) -> None:
+    def entered(self, name: str, args: Any) -> None:
         """A module's forward starts (its pre-hook; or, for a call already under way when the
         hooks were added, the caller says so)."""
         self.stack.append(name)
@@ -127,9 +127,9 @@ class OpRecorder(TorchDispatchMode):
         self.modules, self.confirm = modules, confirm
         self.quiet = quiet  # inside a user's own step: a call that cannot be matched is skipped
         self.backward = False
-        self.calls: list = []  # [OpCall]
+        self.calls: list[OpCall] = []  # [OpCall]
 
-    def _call(self, func, args: tuple, kwargs: dict) -> OpCall:
+    def _call(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> OpCall:
         name = func._overloadpacket.__name__
         node = self.modules.backward_node()
         phase = "backward" if self.backward else "forward"
@@ -166,7 +166,7 @@ class OpRecorder(TorchDispatchMode):
         return out
 
 
-def _named(func, args: tuple, kwargs: dict) -> dict:
+def _named(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     """An op call's arguments by their schema names."""
     named = {a.name: v for a, v in zip(func._schema.arguments, args)}
     named.update(kwargs)
@@ -181,7 +181,7 @@ def _library(op: str) -> Optional[str]:
     return None
 
 
-def record_step(setup: TrainingSetup, batch: Any, confirm: bool = False) -> list:
+def record_step(setup: TrainingSetup, batch: Any, confirm: bool = False) -> list[Any]:
     """Run one forward and backward pass of ``setup`` on ``batch`` (already on its device)
     under the recorder; returns its calls. The optimizer does not step."""
     model = setup.model
@@ -201,10 +201,10 @@ def record_step(setup: TrainingSetup, batch: Any, confirm: bool = False) -> list
     return recorder.calls
 
 
-def summarize(calls: list, device: str, cublas_needed: bool) -> CudaOpsScan:
+def summarize(calls: list[Any], device: str, cublas_needed: bool) -> CudaOpsScan:
     """Group recorded calls by table entry and op: passes, modules, counts."""
-    ops: dict = {}
-    libraries: dict = {}
+    ops: dict[tuple[Any, Any], Any] = {}
+    libraries: dict[str, Any] = {}
     for call in calls:
         key, module = call.key, call.module
         if key in ("cudnn", "cublas"):
@@ -231,7 +231,7 @@ def summarize(calls: list, device: str, cublas_needed: bool) -> CudaOpsScan:
                        cublas_workspace_required=cublas)
 
 
-def _add(items: list, value) -> None:
+def _add(items: list[Any], value: Any) -> None:
     if value not in items:
         items.append(value)
 
@@ -261,7 +261,7 @@ def confirm(setup: TrainingSetup, batch: Any, result: CudaOpsScan, device: torch
         calls = record_step(setup, batch, confirm=True)
     finally:
         torch.use_deterministic_algorithms(was[0], warn_only=was[1])
-    warned: dict = {}
+    warned: dict[tuple[str, Any], Any] = {}
     for call in calls:
         cublas = call.key == "cublas" or "CUBLAS_WORKSPACE_CONFIG" in call.refusal
         if call.refusal and not cublas:  # cuBLAS refusals (older torch) ask for the variable

@@ -7,7 +7,7 @@ documents as nondeterministic on CUDA.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from audit.probes.results import Check, DeterminismResult
 
@@ -15,13 +15,13 @@ NAME = "no CUDA-nondeterministic ops"
 LEVELS = ("warn", "fail")
 
 
-def _place(modules: list) -> str:
+def _place(modules: list[Optional[str]]) -> str:
     names = ["the model itself" if m == "" else "outside the model (loss or step code)"
              if m is None else m for m in modules]
     return ", ".join(names)
 
 
-def _fix(scan) -> str:
+def _fix(scan: Any) -> str:
     lines = []
     if any(o.category == "made_deterministic" for o in scan.ops):
         lines.append("torch.use_deterministic_algorithms(True)  # before training")
@@ -56,7 +56,7 @@ def cuda_ops_check(result: DeterminismResult, level: str = "warn") -> Optional[C
     return Check("determinism", NAME, level == "warn", message, _fix(scan))
 
 
-def cite_scan(causes: list, scan, module: Optional[str]) -> None:
+def cite_scan(causes: list[Any], scan: Any, module: Optional[str]) -> None:
     """Add to a ``nondeterministic_algorithm`` cause's evidence the scanned ops that run in
     the divergent module (or inside it)."""
     if scan is None or module is None:

@@ -19,7 +19,7 @@ variable while the requirement stands: :func:`cublas_workspace_required`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 MADE_DETERMINISTIC = "made_deterministic"
 RAISES = "raises"
@@ -29,11 +29,11 @@ SOURCE = ("torch.use_deterministic_algorithms docstring (torch 2.14.1): its list
           "made deterministic and of operations that raise under use_deterministic_algorithms(True)")
 
 
-def _arg(name: str, default=None) -> Callable:
+def _arg(name: str, default: Any = None) -> Callable[..., Any]:
     return lambda a: a.get(name, default)
 
 
-def _index_put_values(a: dict) -> bool:
+def _index_put_values(a: dict[str, Any]) -> bool:
     """``index_put`` without accumulation: nondeterministic when indices repeat; a boolean
     mask cannot repeat, so mask assignments are left out."""
     if a.get("accumulate", False):
@@ -42,12 +42,12 @@ def _index_put_values(a: dict) -> bool:
     return not all(str(getattr(i, "dtype", "")) in ("torch.bool", "torch.uint8") for i in indices)
 
 
-def _floating_or_complex(a: dict) -> bool:
+def _floating_or_complex(a: dict[str, Any]) -> bool:
     dtype = a.get("dtype") or getattr(a.get("self"), "dtype", None)
     return dtype is not None and (dtype.is_floating_point or dtype.is_complex)
 
 
-def _sparse_operand(a: dict) -> bool:
+def _sparse_operand(a: dict[str, Any]) -> bool:
     return any(getattr(a.get(k), "is_sparse", False) for k in ("self", "mat2"))
 
 
@@ -58,10 +58,10 @@ class Entry:
     key: str
     doc: str  # the docstring's words
     category: str  # MADE_DETERMINISTIC | RAISES
-    ops: tuple  # aten overload-packet names, e.g. ("index_add", "index_add_")
+    ops: tuple[Any, ...]  # aten overload-packet names, e.g. ("index_add", "index_add_")
     cuda: bool = True  # False: the docstring names the CPU only (not part of the CUDA scan)
-    backward_of: Optional[tuple] = None  # autograd node names: only as their backward
-    when: Optional[Callable] = None  # named arguments -> bool (the bullet's condition)
+    backward_of: Optional[tuple[Any, ...]] = None  # autograd node names: only as their backward
+    when: Optional[Callable[..., Any]] = None  # named arguments -> bool (the bullet's condition)
     covered_by: Optional[str] = None  # seen as another entry's ops (no aten op of its own)
 
 
@@ -165,7 +165,7 @@ CUDNN_FIX = "torch.backends.cudnn.deterministic = True; torch.backends.cudnn.ben
 CUBLAS_FIX = "CUBLAS_WORKSPACE_CONFIG=:4096:8 in the environment before the process starts"
 
 
-def match(op: str, named: dict, node: Optional[str]) -> Optional[Entry]:
+def match(op: str, named: dict[str, Any], node: Optional[str]) -> Optional[Entry]:
     """The CUDA entry an op call falls under (``named``: its arguments by schema name;
     ``node``: the autograd node running it in the backward pass, else None)."""
     for entry in ENTRIES:

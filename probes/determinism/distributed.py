@@ -10,8 +10,9 @@ Ranks are compared by their trace files afterwards: no collective is added to tr
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Optional
 
+from audit.probes.progress import Reporter
 from audit.probes.run import compare
 from audit.probes.run.launcher import RunOptions
 from audit.probes.determinism.orchestrate import audit_determinism
@@ -26,11 +27,11 @@ DEFAULT_TIMEOUT = 120.0
 
 
 def audit_distributed(opts: RunOptions, nproc: int,
-                      progress: Optional[Callable[[str], None]] = None,
+                      progress: Reporter = None,
                       timeout: float = DEFAULT_TIMEOUT) -> DeterminismResult:
     """The determinism audit with every run made of ``nproc`` ranks under torch.distributed."""
     _check_devices(opts.device, nproc)
-    launchers: list = []
+    launchers: list[Any] = []
 
     def make(o, folder, reporter=None):
         launchers.append(RankLauncher(o, folder, nproc, timeout, reporter))
@@ -53,7 +54,7 @@ def _check_devices(device: str, nproc: int) -> None:
                          f"this machine has {count}: use --device cpu (gloo) or --nproc {max(count, 1)}")
 
 
-def _traces(launcher: RankLauncher, runs: int) -> list:
+def _traces(launcher: RankLauncher, runs: int) -> list[Any]:
     """Per run, its ranks' traces (runs that did not finish are left out)."""
     found = [launcher.finished.get(f"run{i}") for i in range(runs)]
     return [o.ranks for o in found if o is not None]
@@ -85,7 +86,7 @@ def annotate(result: DeterminismResult, launcher: RankLauncher, runs: int, nproc
             result.detail[key] = note
 
 
-def first_rank(traces: list) -> Optional[int]:
+def first_rank(traces: list[Any]) -> Optional[int]:
     """The lowest rank at the earliest place where a run parts from run 0 on the same rank."""
     best = None
     for rank in range(len(traces[0])):
@@ -97,7 +98,7 @@ def first_rank(traces: list) -> Optional[int]:
     return None if best is None else best[1]
 
 
-def _first_replica_parting(traces: list) -> ReplicaParting:
+def _first_replica_parting(traces: list[Any]) -> ReplicaParting:
     """The first run whose replicas part (its grid), else run 0's grid."""
     partings = [replica_parting(t, run) for run, t in enumerate(traces)]
     return next((p for p in partings if p.first is not None), partings[0])

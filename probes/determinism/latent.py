@@ -11,6 +11,7 @@ timing, :mod:`probes.run.jitter`);
 """
 from __future__ import annotations
 
+from typing import Any
 from audit.probes.results import Check, DeterminismResult, LatentSource
 
 JITTER_NOTE = ("the first runs agreed; rerun with DataLoader worker timing varied (random "
@@ -19,17 +20,17 @@ LOADER_FIX = ("DataLoader(..., in_order=True)  # batches in sampler order whatev
               "timing\n# or num_workers=0")
 
 
-def unordered_loaders(observed: dict) -> list:
+def unordered_loaders(observed: dict[str, Any]) -> list[Any]:
     """Loaders with workers whose batches come in the order the workers finish."""
     return [lo for lo in observed.get("loaders") or []
             if lo.get("num_workers") and lo.get("in_order") is False]
 
 
-def can_act(observed: dict) -> bool:
+def can_act(observed: dict[str, Any]) -> bool:
     return bool(unordered_loaders(observed))
 
 
-def sources(observed: dict, escapes: list, device: str, jittered: bool) -> list:
+def sources(observed: dict[str, Any], escapes: list[Any], device: str, jittered: bool) -> list[Any]:
     """The latent sources of a run whose comparison found no divergence; ``escapes`` are
     those whose generators were drawn from."""
     from audit.probes.determinism.attribute import generator_fix, made_text  # torch: not for the gate

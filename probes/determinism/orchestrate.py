@@ -17,7 +17,7 @@ import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from audit.probes.determinism import attribute, latent, proof, seeds
 from audit.probes.run import compare
@@ -100,13 +100,13 @@ def _agree_through(a: Outcome, b: Outcome, step: int) -> bool:
     return compare.first_parting(a.records, b.records) is None
 
 
-def _step_diffs(records: list, step: Optional[int]) -> dict:
+def _step_diffs(records: list[dict[str, Any]], step: Optional[int]) -> dict[str, Any]:
     kind = Record.INIT if step is None else Record.STEP
     return next((r.get("diffs") for r in records if r.get("type") == kind
                  and (step is None or r.get("step") == step)), None) or {}
 
 
-def _magnitude(parting: compare.Parting, records: list, module: Optional[str]) -> Optional[float]:
+def _magnitude(parting: compare.Parting, records: list[dict[str, Any]], module: Optional[str]) -> Optional[float]:
     """The largest difference the replay measured where the runs part: the stage's own tensor,
     else the stage's largest."""
     if parting.outside:
@@ -126,7 +126,7 @@ def _magnitude(parting: compare.Parting, records: list, module: Optional[str]) -
     return found.get(parting.tensor) or (max(found.values()) if found else None)
 
 
-def _any_magnitude(records: list, step: Optional[int]) -> Optional[float]:
+def _any_magnitude(records: list[dict[str, Any]], step: Optional[int]) -> Optional[float]:
     """The largest difference measured at a step in any tensor (for a stage whose own tensors
     the replay could not compare, e.g. the RNG state)."""
     diffs = _step_diffs(records, step)
@@ -136,7 +136,7 @@ def _any_magnitude(records: list, step: Optional[int]) -> Optional[float]:
     return max(values) if values else None
 
 
-def _measured(result: DeterminismResult, parting: compare.Parting, replay: list,
+def _measured(result: DeterminismResult, parting: compare.Parting, replay: list[Any],
               module: Optional[str]) -> Optional[float]:
     magnitude = _magnitude(parting, replay[1].records, module)
     if magnitude is None and parting.stage != "init":
@@ -151,12 +151,12 @@ def _measured(result: DeterminismResult, parting: compare.Parting, replay: list,
 class _State:
     """How far an audit got: what an interrupt's partial result is made from."""
 
-    runs: list = field(default_factory=list)  # the specs of the first, compared runs
+    runs: list[Any] = field(default_factory=list)  # the specs of the first, compared runs
     result: Optional[DeterminismResult] = None
 
 
 def _localize(parting: compare.Parting, again: Optional[compare.Parting],
-              replay: list) -> tuple:
+              replay: list[Any]) -> tuple[Any, ...]:
     """(module, tensor, note) for a forward or backward parting, from the replay's module-level
     fingerprints: where the replay parted at the same stage (its step may differ), else at the
     original step, where the replay's records may show the same stage differing."""
@@ -177,7 +177,7 @@ def _localize(parting: compare.Parting, again: Optional[compare.Parting],
 
 def audit_determinism(opts: RunOptions, progress: Reporter = None,
                       keep: Optional[str] = None,
-                      launcher: Optional[Callable] = None) -> DeterminismResult:
+                      launcher: Optional[Callable[..., Launcher]] = None) -> DeterminismResult:
     """Run the whole audit; raises :class:`TargetFailed` when the target cannot be loaded.
     ``launcher(opts, folder, progress)`` makes the :class:`Launcher` (distributed runs pass
     their own).
@@ -192,11 +192,11 @@ def audit_determinism(opts: RunOptions, progress: Reporter = None,
         except TargetError as exc:
             raise TargetFailed(str(exc)) from None
     folder = keep or tempfile.mkdtemp(prefix="audit-determinism-")
-    launcher, state = (launcher or Launcher)(opts, folder, progress), _State()
+    runs, state = (launcher or Launcher)(opts, folder, progress), _State()
     try:
-        return _audit(opts, launcher, state, started)
+        return _audit(opts, runs, state, started)
     except Interrupted as exc:
-        exc.partial = _partial(opts, launcher, state, exc, started)
+        exc.partial = _partial(opts, runs, state, exc, started)
         raise
     finally:
         if keep is None:
@@ -219,10 +219,10 @@ def _partial(opts: RunOptions, launcher: Launcher, state: _State, exc: Interrupt
     return result
 
 
-def _first_result(opts: RunOptions, outs: list):
+def _first_result(opts: RunOptions, outs: list[Any]) -> tuple[Any, Any, Any]:
     """The result of the compared runs alone: runs, timeline, escapes, non-finite values,
     and the first parting (None: they agree). Returns ``(result, parting, env)``."""
-    env = next((o.env for o in outs if o.env), {})
+    env: dict[str, Any] = next((o.env for o in outs if o.env), {})
     device = (env.get("environment") or {}).get("device", opts.device)
     infos = [_run_info(i, o, opts.timeout) for i, o in enumerate(outs)]
     result = DeterminismResult(
@@ -298,9 +298,9 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _observed(outs: list) -> dict:
+def _observed(outs: list[Any]) -> dict[str, Any]:
     """What the runs' knob observers saw (loaders, thread counts, cuDNN autotuning)."""
-    observed: dict = {}
+    observed: dict[str, Any] = {}
     for o in outs:
         for key, value in (o.end.get("observed") or {}).items():
             if value and not observed.get(key):
@@ -308,13 +308,13 @@ def _observed(outs: list) -> dict:
     return observed
 
 
-def _plain_runs(opts: RunOptions, launcher: Launcher, name: str, phase: str) -> list:
+def _plain_runs(opts: RunOptions, launcher: Launcher, name: str, phase: str) -> list[Any]:
     specs = [launcher.spec(f"{name}{i}", opts.steps) for i in range(opts.runs)]
     return launcher.run_all(specs, opts.jobs, phase=phase)
 
 
 def _jitter(opts: RunOptions, launcher: Launcher, result: DeterminismResult,
-            outs: list) -> tuple:
+            outs: list[Any]) -> tuple[Any, ...]:
     """The runs agreed, but a loader's batch order depends on its workers' timing: rerun with
     that timing varied. Returns ``(parting, outs)``: the new runs where they part."""
     launcher.jitter = True
@@ -335,7 +335,7 @@ def _jitter(opts: RunOptions, launcher: Launcher, result: DeterminismResult,
 
 
 def _explain(opts: RunOptions, launcher: Launcher, result: DeterminismResult,
-             parting: compare.Parting, outs: list, env: dict, observed: dict) -> None:
+             parting: compare.Parting, outs: list[Any], env: dict[str, Any], observed: dict[str, Any]) -> None:
     """Localize the first parting (the replay) and prove its causes (the knob trials)."""
     if parting.data:
         result.detail["data_difference"] = parting.data
@@ -377,7 +377,7 @@ INTERMITTENT = {
 }
 
 
-def _module_where(module_sources: dict, module: Optional[str]) -> Optional[str]:
+def _module_where(module_sources: dict[str, Any], module: Optional[str]) -> Optional[str]:
     """Where the module (or the nearest enclosing one) was made, in the user's code."""
     if module is None:
         return None
@@ -387,7 +387,7 @@ def _module_where(module_sources: dict, module: Optional[str]) -> Optional[str]:
 
 
 def _replay(opts: RunOptions, launcher: Launcher, result: DeterminismResult,
-            parting: compare.Parting) -> tuple:
+            parting: compare.Parting) -> tuple[Any, ...]:
     """Replay in lockstep: the module, and the magnitudes. Returns ``(module, replay)``."""
     folder = os.path.join(launcher.folder, "lockstep")
     replay = launcher.run_all(
@@ -419,7 +419,7 @@ def _replay(opts: RunOptions, launcher: Launcher, result: DeterminismResult,
     return module, replay
 
 
-def _pair_removed(launcher: Launcher, knobs: list, upto: int, opts: RunOptions) -> list:
+def _pair_removed(launcher: Launcher, knobs: list[list[str]], upto: int, opts: RunOptions) -> list[Any]:
     specs = []
     for knob_set in knobs:
         label = "+".join(knob_set) or "control"
@@ -431,10 +431,10 @@ def _pair_removed(launcher: Launcher, knobs: list, upto: int, opts: RunOptions) 
     return [_agree_through(outs[2 * i], outs[2 * i + 1], upto) for i in range(len(knobs))]
 
 
-def _try_knobs(launcher: Launcher, plan: list, upto: int, opts: RunOptions,
-               chance: proof.Chance, device: str) -> list:
+def _try_knobs(launcher: Launcher, plan: list[Any], upto: int, opts: RunOptions,
+               chance: proof.Chance, device: str) -> list[Any]:
     """:func:`probes.determinism.proof.search` with pairs of fresh processes."""
-    def run_pairs(knobs: list, count: int) -> list:
+    def run_pairs(knobs: list[str], count: int) -> list[Any]:
         return _pair_removed(launcher, [knobs] * count, upto, opts)
 
     return proof.search(plan, chance, device, run_pairs, upto + 1)

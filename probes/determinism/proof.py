@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from audit.probes.determinism.attribute import trial
 from audit.probes.results.records import Record
@@ -72,7 +72,7 @@ class Proof:
                 f"<= {self.luck:.2g} (sure to {100 * (1 - self.luck):.1f}%)")
 
 
-def signature(records: list, upto: int) -> tuple:
+def signature(records: list[dict[str, Any]], upto: int) -> tuple[Any, ...]:
     """What a run did through step ``upto``: two runs agree there when these are equal."""
     init = next((r.get("params") for r in records if r.get("type") == Record.INIT), None)
     steps = [r for r in records if r.get("type") == Record.STEP and r.get("step", 0) <= upto]
@@ -80,7 +80,7 @@ def signature(records: list, upto: int) -> tuple:
     return repr(init), rows
 
 
-def chance_of(traces: list, upto: int, stage: str) -> Chance:
+def chance_of(traces: list[Any], upto: int, stage: str) -> Chance:
     """:class:`Chance` from the plain runs' traces (runs that stopped before ``upto`` left out).
     One differing pair is not counted: the audit looked further only because a pair differed."""
     done = [t for t in traces if sum(r.get("type") == Record.STEP for r in t) > upto]
@@ -95,7 +95,7 @@ def chance_of(traces: list, upto: int, stage: str) -> Chance:
     return Chance(agreeing, pairs, few_outcomes=stage in FEW_OUTCOMES)
 
 
-def horizon(traces: list, upto: int, stage: str) -> tuple:
+def horizon(traces: list[Any], upto: int, stage: str) -> tuple[Any, ...]:
     """The step through which knob trials compare runs, and the :class:`Chance` there:
     ``upto`` (the parting step), unless plain runs agree there so often that
     :data:`MAX_PAIRS` pairs could not beat chance (a loader with three workers has about three
@@ -119,12 +119,12 @@ def pairs_needed(rate: float, alpha: float = ALPHA) -> int:
     return max(1, math.ceil(math.log(alpha) / math.log(rate) - 1e-9))
 
 
-def needs_repeats(knobs: list, chance: Chance, device: str) -> bool:
+def needs_repeats(knobs: list[str], chance: Chance, device: str) -> bool:
     off_device = not device.startswith("cuda") and any(k in DEVICE_KNOBS for k in knobs)
     return chance.agreeing > 0 or chance.few_outcomes or off_device
 
 
-def prove(knobs: list, chance: Chance, device: str, run_pairs: Callable[[list, int], list],
+def prove(knobs: list[str], chance: Chance, device: str, run_pairs: Callable[[list[Any], int], list[Any]],
           alpha: float = ALPHA) -> Proof:
     """Run pairs under ``knobs`` (``run_pairs(knobs, count) -> [agreed, ...]``) until their
     agreement beats chance or one pair differs."""
@@ -140,8 +140,8 @@ def prove(knobs: list, chance: Chance, device: str, run_pairs: Callable[[list, i
     return Proof(agreeing == pairs and luck <= alpha, pairs, agreeing, luck)
 
 
-def search(plan: list, chance: Chance, device: str, run_pairs: Callable[[list, int], list],
-           steps: int) -> list:
+def search(plan: list[Any], chance: Chance, device: str, run_pairs: Callable[[list[Any], int], list[Any]],
+           steps: int) -> list[Any]:
     """:class:`KnobTrial` records: one knob at a time, most likely first, until one removes
     the divergence beyond chance (a knob that removes it alone leaves no room for another
     independent cause). If none does, all knobs together, then all-but-one, find the ones

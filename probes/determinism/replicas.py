@@ -9,7 +9,7 @@ rank where a copy differs from rank 0's names the parting; :func:`replica_cause`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from audit.probes.run.merge import user_name
 from audit.probes.results import Cause, ReplicaPoint, ReplicaRow
@@ -24,27 +24,27 @@ class ReplicaParting:
     first: Optional[ReplicaPoint] = None
     kind: str = ""  # "parameter" | "buffer"
     index: int = -1  # the tensor's index in its list (parameters or buffers)
-    grid: list = field(default_factory=list)  # [ReplicaRow]
+    grid: list[ReplicaRow] = field(default_factory=list)  # [ReplicaRow]
 
 
 @dataclass
 class RankTrace:
     """What the replica check reads of one rank's trace."""
 
-    names: list
-    buffers: list
+    names: list[str]
+    buffers: list[Any]
     broadcast: bool
-    init: list
-    steps: list  # step records
-    replica: dict  # step -> buffer fingerprints at the start of its forward
-    module_sources: dict
+    init: list[Any]
+    steps: list[Any]  # step records
+    replica: dict[str, Any]  # step -> buffer fingerprints at the start of its forward
+    module_sources: dict[str, Any]
 
 
-def read_rank(records: list) -> RankTrace:
-    header = next((r for r in reversed(records) if r.get("type") == Record.PARAMS), {})
-    dist = next((r for r in records if r.get("type") == Record.DIST), {})
-    env = next((r for r in records if r.get("type") == Record.ENV), {})
-    init = next((r for r in records if r.get("type") == Record.INIT), {})
+def read_rank(records: list[dict[str, Any]]) -> RankTrace:
+    header: dict[str, Any] = next((r for r in reversed(records) if r.get("type") == Record.PARAMS), {})
+    dist: dict[str, Any] = next((r for r in records if r.get("type") == Record.DIST), {})
+    env: dict[str, Any] = next((r for r in records if r.get("type") == Record.ENV), {})
+    init: dict[str, Any] = next((r for r in records if r.get("type") == Record.INIT), {})
     return RankTrace(
         names=[user_name(n) for n in header.get("names", [])],
         buffers=list(dist.get("buffers") or []), broadcast=bool(dist.get("broadcast_buffers", True)),
@@ -54,11 +54,11 @@ def read_rank(records: list) -> RankTrace:
         module_sources={user_name(k): v for k, v in (env.get("module_sources") or {}).items()})
 
 
-def _first_diff(a: list, b: list) -> int:
+def _first_diff(a: list[Any], b: list[Any]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), -1)
 
 
-def replica_parting(traces: list, run: int = 0) -> ReplicaParting:
+def replica_parting(traces: list[Any], run: int = 0) -> ReplicaParting:
     """Compare every rank with rank 0: initial parameters, then per step the buffers at the
     start of the forward and the parameters after the update."""
     ranks = [read_rank(t) for t in traces]
@@ -88,7 +88,7 @@ def replica_parting(traces: list, run: int = 0) -> ReplicaParting:
     return out
 
 
-def _where(name: str, sources: dict) -> Optional[str]:
+def _where(name: str, sources: dict[str, Any]) -> Optional[str]:
     """The user's module that owns a tensor (its forward's ``file:line``), when known."""
     owner = name.rpartition(".")[0]
     while True:
@@ -99,11 +99,12 @@ def _where(name: str, sources: dict) -> Optional[str]:
         owner = owner.rpartition(".")[0]
 
 
-def _step_record(trace: RankTrace, step: Optional[int]) -> dict:
+def _step_record(trace: RankTrace, step: Optional[int]) -> dict[str, Any]:
     return next((s for s in trace.steps if s.get("step") == step), {})
 
 
-def _parameter_reason(ranks: list, parting: ReplicaParting) -> tuple[str, str]:
+def _parameter_reason(ranks: list[RankTrace], parting: ReplicaParting) -> tuple[str, str]:
+    assert parting.first is not None  # a parting has the point where it starts
     step, i, rank = parting.first.step, parting.index, parting.first.rank
     if step is None:
         return ("the ranks start from different initial values: DDP was not told about it when "
@@ -137,9 +138,10 @@ def _buffer_reason(trace: RankTrace) -> tuple[str, str]:
             "# your own buffer: torch.distributed.all_reduce(buf) (or broadcast) where you update it")
 
 
-def _rng_proof(launcher, parting: ReplicaParting) -> Optional[int]:
+def _rng_proof(launcher: Any, parting: ReplicaParting) -> Optional[int]:
     """Steps through which the ranks stayed identical with every unseeded generator seeded
     from its place (the seed-escapes knob), if that rerun covered the parting step."""
+    assert parting.first is not None  # a parting has the point where it starts
     step = -1 if parting.first.step is None else parting.first.step
     for name, out in launcher.finished.items():
         if not name.startswith("knob-seed_escapes") or not out.ranks:
@@ -151,10 +153,11 @@ def _rng_proof(launcher, parting: ReplicaParting) -> Optional[int]:
     return None
 
 
-def replica_cause(parting: ReplicaParting, traces: list, launcher, escapes: list) -> Cause:
+def replica_cause(parting: ReplicaParting, traces: list[Any], launcher: Any, escapes: list[Any]) -> Cause:
     """Cause ``unsynced_state`` for a replica parting: what parted, why, and the fix."""
     ranks = [read_rank(t) for t in traces]
     first = parting.first
+    assert first is not None  # a parting has the point where it starts
     at = "before the first step" if first.step is None else f"at step {first.step}"
     if parting.kind == "buffer":
         reason, fix = _buffer_reason(ranks[0])

@@ -8,7 +8,7 @@ the ranks draw dropout masks and augmentations from one RNG state or from their 
 from __future__ import annotations
 
 from itertools import combinations
-from typing import Optional
+from typing import Any, Optional
 
 from audit.probes.results import Cause
 from audit.probes.results.records import Record
@@ -18,13 +18,13 @@ SET_EPOCH_FIX = ("for epoch in range(epochs):\n"
                  "    for batch in loader: ...")
 
 
-def _samplers(records: list) -> list:
+def _samplers(records: list[dict[str, Any]]) -> list[Any]:
     return next((r.get("samplers") or [] for r in records if r.get("type") == Record.SAMPLERS), [])
 
 
-def _replayed(sampler: dict) -> Optional[tuple]:
+def _replayed(sampler: dict[str, Any]) -> Optional[tuple[Any, ...]]:
     """The first two passes (epochs) that drew the same order, if any."""
-    seen: dict = {}
+    seen: dict[str, Any] = {}
     for i, p in enumerate(sampler.get("passes") or []):
         if p.get("order") in seen:
             return seen[p["order"]], i, p.get("epoch")
@@ -32,7 +32,7 @@ def _replayed(sampler: dict) -> Optional[tuple]:
     return None
 
 
-def sampler_causes(traces: list) -> list:
+def sampler_causes(traces: list[Any]) -> list[Any]:
     """``sampler_epoch`` for each shuffling DistributedSampler whose order came back in a later
     epoch (from rank 0's trace)."""
     out = []
@@ -50,7 +50,7 @@ def sampler_causes(traces: list) -> list:
     return out
 
 
-def sharding_note(traces: list) -> str:
+def sharding_note(traces: list[Any]) -> str:
     """Whether the ranks saw disjoint samples: from the samplers' first epoch, else (data
     without a DistributedSampler) from the batches each rank trained on."""
     samplers = [_samplers(t) for t in traces]
@@ -65,7 +65,7 @@ def sharding_note(traces: list) -> str:
     return ""
 
 
-def _sampler_sharding(samplers: list) -> str:
+def _sampler_sharding(samplers: list[Any]) -> str:
     where = samplers[0][0].get("where") or "an unknown place"
     indices = [set(s[0].get("indices") or []) if s else set() for s in samplers]
     for a, b in combinations(range(len(indices)), 2):
@@ -77,7 +77,7 @@ def _sampler_sharding(samplers: list) -> str:
     return f"ranks saw disjoint samples within an epoch (DistributedSampler made at {where})"
 
 
-def rank_rng_note(traces: list) -> str:
+def rank_rng_note(traces: list[Any]) -> str:
     """How the ranks' torch RNG states relate at the first step: one state for all, or each
     its own."""
     states = []

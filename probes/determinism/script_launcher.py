@@ -17,14 +17,15 @@ import glob
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Optional
 
+from audit.probes.progress import Reporter
 from audit.probes.script import torchrun as script_launch
 
 from audit.probes.run import program as script_runner, seed_log
 from audit.probes.run import merge
 from audit.probes.determinism.distributed import annotate
-from audit.probes.run.launcher import Launcher, RunOptions
+from audit.probes.run.launcher import Launcher, Outcome, RunOptions
 from audit.probes.determinism.orchestrate import audit_determinism
 from audit.probes.run.rank_launch import RankGroup, RankLauncher, RankOutcome, rank_env
 from audit.probes.results import DeterminismResult
@@ -39,13 +40,14 @@ FAILED = (Status.CRASHED, Status.TARGET_ERROR, Status.EXITED)
 
 
 def audit_script(opts: RunOptions, nproc: int = 1,
-                 progress: Optional[Callable[[str], None]] = None,
+                 progress: Reporter = None,
                  keep: Optional[str] = None) -> DeterminismResult:
     """The determinism audit of a script command, ranks included (``nproc``: ``--nproc``);
     ``keep``: a folder where the runs' specs and traces stay."""
+    assert opts.script is not None  # script mode
     ranks = nproc > 1 or script_launch.is_launch(opts.script)  # torchrun sets RANK etc., even for 1
     nproc, python = script_launch.python_command(opts.script, nproc)
-    launchers: list = []
+    launchers: list[Any] = []
     if keep:
         os.makedirs(keep, exist_ok=True)
 
@@ -63,7 +65,7 @@ def audit_script(opts: RunOptions, nproc: int = 1,
     return result
 
 
-def torchrun_env(knobs: list, rank: int, world: int, port: int) -> dict:
+def torchrun_env(knobs: list[str], rank: int, world: int, port: int) -> dict[str, Any]:
     """Target mode's rank environment plus what else torchrun gives a single-node worker."""
     env = rank_env(knobs, rank, world, port)
     env.update({"GROUP_RANK": "0", "GROUP_WORLD_SIZE": "1", "ROLE_RANK": str(rank),
@@ -84,7 +86,7 @@ class RankFiles:
     seed_log: str
 
 
-def first_failed(files: list, traces: list) -> Optional[int]:
+def first_failed(files: list[RankFiles], traces: list[list[dict[str, Any]]]) -> Optional[int]:
     """The failed rank whose trace was written last the earliest: a rank's failure ends its
     trace before its peers see the connection close and fail in turn."""
     failed = [rank for rank, t in enumerate(traces)
@@ -99,7 +101,7 @@ def first_failed(files: list, traces: list) -> Optional[int]:
     return min(failed, key=written) if failed else None
 
 
-def rank_outcome(name: str, files: list, code: Optional[int], seconds: float, tail: str,
+def rank_outcome(name: str, files: list[RankFiles], code: Optional[int], seconds: float, tail: str,
                  stopped: str = "", stack: str = "") -> RankOutcome:
     """A run made of ranks: their traces merged (the end of the rank that failed first speaks
     for the run), escapes and seeding calls in rank order."""
@@ -114,16 +116,17 @@ def rank_outcome(name: str, files: list, code: Optional[int], seconds: float, ta
 class ScriptRankLauncher(RankLauncher):
     """Every run is ``nproc`` bootstrap processes started as torchrun starts its workers."""
 
-    def __init__(self, opts: RunOptions, folder: str, nproc: int, progress=None):
+    def __init__(self, opts: RunOptions, folder: str, nproc: int, progress: Reporter = None) -> None:
         super().__init__(opts, folder, nproc, DistSpec(nproc).timeout, progress)
 
-    def command(self, rs: RunSpec) -> list:
+    def command(self, rs: RunSpec) -> list[Any]:
         return script_runner.command(rs)
 
-    def environment(self, rs: RunSpec, rank: int, port: int) -> dict:
+    def environment(self, rs: RunSpec, rank: int, port: int) -> dict[str, Any]:
         return torchrun_env(rs.knobs, rank, self.nproc, port)
 
-    def finish(self, spec: RunSpec, group: RankGroup, stopped: str = "", stack: str = "") -> RankOutcome:
+    def finish(self, spec: RunSpec, group: RankGroup,  # type: ignore[override]  # RankLauncher's
+               stopped: str = "", stack: str = "") -> RankOutcome:
         code = group.end() if stopped else group.end_when_done()
         files = [RankFiles(rs.trace, rs.escape_log, rs.seed_log) for rs in spec.rank_specs]
         out = rank_outcome(spec.name, files, None if stopped else code,
@@ -138,7 +141,7 @@ class SpawnRun(Run):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.ranks: dict = {}  # path -> [offset, steps]
+        self.ranks: dict[str, Any] = {}  # path -> [offset, steps]
         self.own = 0  # the script's own process's steps
 
     def read_steps(self) -> int:
@@ -166,16 +169,16 @@ class SpawnLauncher(Launcher):
     """One process per run, as in plain script mode; a run whose script started ranks with
     ``torch.multiprocessing`` is those ranks (``nproc``: the most any run started)."""
 
-    def __init__(self, opts: RunOptions, folder: str, progress=None):
+    def __init__(self, opts: RunOptions, folder: str, progress: Reporter = None) -> None:
         super().__init__(opts, folder, progress)
         self.nproc = 1
-        self.finished: dict = {}  # run name -> RankOutcome, runs that spawned ranks
+        self.finished: dict[str, Any] = {}  # run name -> RankOutcome, runs that spawned ranks
 
     def start(self, spec: RunSpec) -> SpawnRun:
         return SpawnRun(script_runner.command(spec), spec.log, spec.trace,
                         self._env(spec.knobs), cwd=self.opts.cwd, stdin_path=self.stdin_path)
 
-    def finish(self, spec: RunSpec, run: Run, stopped: str = "", stack: str = ""):
+    def finish(self, spec: RunSpec, run: Run, stopped: str = "", stack: str = "") -> Outcome:
         out = super().finish(spec, run, stopped, stack)
         spawned = next((r for r in out.records if r.get("type") == Record.SPAWN), None)
         if spawned is None:

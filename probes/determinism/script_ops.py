@@ -10,7 +10,7 @@ it would change the kernels of a compared run (target mode makes it on a GPU).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -34,7 +34,7 @@ class StepScan:
         self.modules: Optional[ModuleMap] = None
         self.recorder: Optional[OpRecorder] = None
 
-    def start(self, module_names: dict, module, args) -> None:
+    def start(self, module_names: dict[str, Any], module: Any, args: Any) -> None:
         """At the top-level call of ``module`` (a traced model) with ``args``: its own
         pre-hook has run, so the call is entered here."""
         if self.state != WAITING:
@@ -50,7 +50,7 @@ class StepScan:
             self._close()
             self._write(None, f"{type(exc).__name__}: {exc}")
 
-    def backward(self, tensors) -> None:
+    def backward(self, tensors: Any) -> None:
         if self.state != RECORDING or self.recorder is None:
             return
         for t in tensors_in(tensors):

@@ -8,6 +8,7 @@ here. Calls that took no seed at all are the escapes' business (:mod:`probes.run
 """
 from __future__ import annotations
 
+from typing import Any
 from collections import defaultdict
 
 from audit.probes.results import SeedCall
@@ -16,9 +17,9 @@ from audit.probes.results import SeedCall
 SHOWN = 4
 
 
-def _by_site(calls: list) -> dict:
+def _by_site(calls: list[Any]) -> dict[tuple[str, str], Any]:
     """(kind, where) -> (sorted values as text, the values in order, made in a worker?)."""
-    sites: dict = defaultdict(lambda: ([], False))
+    sites: dict[tuple[str, str], Any] = defaultdict(lambda: ([], False))
     for call in calls:
         key = (call.get("kind"), call.get("where"))
         values, worker = sites[key]
@@ -27,7 +28,7 @@ def _by_site(calls: list) -> dict:
     return dict(sites)
 
 
-def varying(runs: list, escape_places: set) -> list:
+def varying(runs: list[Any], escape_places: set[Any]) -> list[Any]:
     """:class:`SeedCall` for each site whose values differ between run 0 and another run;
     ``runs`` holds each run's logged calls; sites that are already escapes are left out."""
     per_run = [_by_site(calls) for calls in runs]

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from audit.probes.run import compare
 from audit.probes.run.launcher import Launcher, Outcome, RunOptions, TargetFailed
@@ -40,12 +40,12 @@ class DiffOptions:
 
     target_a: Optional[str] = None
     target_b: Optional[str] = None
-    script_a: Optional[list] = None
-    script_b: Optional[list] = None
+    script_a: Optional[list[Any]] = None
+    script_b: Optional[list[Any]] = None
     steps: int = 8
     seed: int = 0
     device: str = "auto"
-    input_shape: Optional[list] = None
+    input_shape: Optional[list[Any]] = None
     num_classes: Optional[int] = None
     cwd: Optional[str] = None
 
@@ -62,13 +62,13 @@ def _label(opts: RunOptions) -> str:
     return " ".join(opts.script) if opts.script else (opts.target or BUILTIN)
 
 
-def _side(opts: RunOptions, env: dict) -> DiffSide:
+def _side(opts: RunOptions, env: dict[str, Any]) -> DiffSide:
     """A side as its ``env`` record describes it: environment and code fingerprint."""
     return DiffSide(_label(opts), env.get("environment", {}),
                     "script" if opts.script else "target", env.get("code"))
 
 
-def _checked(outs: list, launchers: list) -> list:
+def _checked(outs: list[Any], launchers: list[Any]) -> list[Any]:
     """Raise :class:`TargetFailed` (one line) when a side's target cannot be loaded."""
     for out, launcher in zip(outs, launchers):
         if out.end.get("status") == Status.TARGET_ERROR:
@@ -117,11 +117,11 @@ def diff(opts: DiffOptions, progress: Optional[Callable[[str], None]] = None,
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _header(out: Outcome) -> dict:
+def _header(out: Outcome) -> dict[str, Any]:
     return compare.split(out.records)[0]
 
 
-def _base(opts, side_a: DiffSide, side_b: DiffSide, m: Matching, rec_a: list, rec_b: list,
+def _base(opts: Any, side_a: DiffSide, side_b: DiffSide, m: Matching, rec_a: list[Any], rec_b: list[Any],
           mode: str) -> DiffResult:
     device = side_b.environment.get("device") or side_a.environment.get("device") or opts.device
     result = DiffResult(
@@ -138,7 +138,7 @@ def _base(opts, side_a: DiffSide, side_b: DiffSide, m: Matching, rec_a: list, re
     return result
 
 
-def _explain_pair(result: DiffResult, parting, m: Matching, launchers: tuple, outs: tuple,
+def _explain_pair(result: DiffResult, parting: Any, m: Matching, launchers: tuple[Any, ...], outs: tuple[Any, ...],
                   folder: str) -> None:
     la, lb = launchers
     lock = os.path.join(folder, "lockstep")
@@ -151,8 +151,8 @@ def _explain_pair(result: DiffResult, parting, m: Matching, launchers: tuple, ou
     _conclude(result, parting, m, replay[0].records, replay[1].records, selves)
 
 
-def _conclude(result: DiffResult, parting, m: Matching, detail_a: list, detail_b: list,
-              selves: list) -> None:
+def _conclude(result: DiffResult, parting: Any, m: Matching, detail_a: list[Any], detail_b: list[Any],
+              selves: list[Any]) -> None:
     """The verdict, the place (module named by side b) and the magnitudes, from the detail
     traces of both sides; ``selves`` pairs each rerun side with its first run."""
     result.verdict = "differs"
@@ -189,7 +189,7 @@ def diff_against(ref: Reference, opts: DiffOptions, progress: Optional[Callable[
         lb = _launcher(opts, folder, "b")
         say(f"1 run x {opts.steps} steps against the reference")
         (b,) = _checked(lb.run_all([lb.spec("b-run", opts.steps)], 1), [lb])
-        env_a = next((r for r in ref.records if r.get("type") == Record.ENV), {})
+        env_a: dict[str, Any] = next((r for r in ref.records if r.get("type") == Record.ENV), {})
         side_a = DiffSide(ref.target, ref.environment, "reference", env_a.get("code"))
         side_b = _side(lb.opts, b.env)
         m = match(compare.split(ref.records)[0], _header(b))
@@ -209,7 +209,7 @@ def diff_against(ref: Reference, opts: DiffOptions, progress: Optional[Callable[
 
 
 def record(opts: DiffOptions, progress: Optional[Callable[[str], None]] = None,
-           keep: Optional[str] = None) -> tuple:
+           keep: Optional[str] = None) -> tuple[Any, ...]:
     """Train side a (``opts.target_a`` / ``opts.script_a``) twice in detail: returns the
     :class:`RecordResult` and the :class:`Reference` (None when the runs disagree)."""
     started, say = time.monotonic(), progress or (lambda msg: None)
@@ -242,6 +242,6 @@ def record(opts: DiffOptions, progress: Optional[Callable[[str], None]] = None,
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _kept(records: list) -> list:
+def _kept(records: list[dict[str, Any]]) -> list[Any]:
     """What a reference keeps of a detail trace: everything but timings and lockstep data."""
     return [{k: v for k, v in r.items() if k not in ("seconds", "diffs", "traceback")} for r in records]

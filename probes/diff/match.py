@@ -10,14 +10,14 @@ other side that holds exactly its paired leaves' partners; the roots always pair
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 
 @dataclass(frozen=True)
 class ModuleInfo:
     name: str
     type: str
-    shapes: tuple  # the shapes of the module's own parameters, in order
+    shapes: tuple[Any, ...]  # the shapes of the module's own parameters, in order
     leaf: bool
 
 
@@ -25,13 +25,13 @@ class ModuleInfo:
 class Matching:
     """Side a's names -> side b's, for modules and parameters."""
 
-    modules: dict = field(default_factory=dict)
-    params: dict = field(default_factory=dict)
-    renamed: list = field(default_factory=list)  # [(a, b)] in b's order
-    replaced: list = field(default_factory=list)  # [(a, b, a_type, b_type)]
-    unmatched_a: list = field(default_factory=list)
-    unmatched_b: list = field(default_factory=list)
-    params_a: list = field(default_factory=list)  # a's parameter names without a partner
+    modules: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    renamed: list[Any] = field(default_factory=list)  # [(a, b)] in b's order
+    replaced: list[Any] = field(default_factory=list)  # [(a, b, a_type, b_type)]
+    unmatched_a: list[Any] = field(default_factory=list)
+    unmatched_b: list[Any] = field(default_factory=list)
+    params_a: list[Any] = field(default_factory=list)  # a's parameter names without a partner
 
     def module_a(self, b_name: Optional[str]) -> Optional[str]:
         """Side a's name for side b's module (None when it has no partner)."""
@@ -45,11 +45,11 @@ def _owner(param: str) -> str:
     return param.rpartition(".")[0]
 
 
-def modules_of(header: dict) -> list:
+def modules_of(header: dict[str, Any]) -> list[Any]:
     """The modules a trace's ``params`` header names, with type and own parameter shapes."""
     names = list(header.get("modules") or [])
     types = list(header.get("types") or ["?"] * len(names))
-    own: dict = {}
+    own: dict[str, Any] = {}
     for param, shape in zip(header.get("names") or [], header.get("shapes") or []):
         own.setdefault(_owner(param), []).append(tuple(shape))
     infos = []
@@ -59,12 +59,12 @@ def modules_of(header: dict) -> list:
     return infos
 
 
-def _own_params(header: dict, module: str) -> list:
+def _own_params(header: dict[str, Any], module: str) -> list[Any]:
     return [(p, tuple(s)) for p, s in zip(header.get("names") or [], header.get("shapes") or [])
             if _owner(p) == module]
 
 
-def _common(sig_a: list, sig_b: list) -> list:
+def _common(sig_a: list[Any], sig_b: list[Any]) -> list[Any]:
     """The longest common subsequence of two signature lists, as index pairs in order
     (dynamic programming: every aligned pair keeps creation order on both sides)."""
     n, k = len(sig_a), len(sig_b)
@@ -85,7 +85,7 @@ def _common(sig_a: list, sig_b: list) -> list:
     return pairs
 
 
-def _pair_stretch(xs: list, ys: list, m: Matching) -> None:
+def _pair_stretch(xs: list[Any], ys: list[Any], m: Matching) -> None:
     """Between two aligned pairs: same length, same parameter shapes -> a type change."""
     same_length = len(xs) == len(ys)
     for k in range(max(len(xs), len(ys))):
@@ -96,7 +96,7 @@ def _pair_stretch(xs: list, ys: list, m: Matching) -> None:
             m.replaced.append((x.name, y.name, x.type, y.type))
 
 
-def _pair_leaves(la: list, lb: list, m: Matching) -> None:
+def _pair_leaves(la: list[Any], lb: list[Any], m: Matching) -> None:
     pairs = _common([(x.type, x.shapes) for x in la], [(y.type, y.shapes) for y in lb])
     prev_i = prev_j = 0
     for i, j in pairs + [(len(la), len(lb))]:
@@ -106,12 +106,13 @@ def _pair_leaves(la: list, lb: list, m: Matching) -> None:
         prev_i, prev_j = i + 1, j + 1
 
 
-def _pair_containers(ia: list, ib: list, m: Matching) -> None:
-    def leaves_under(infos: list, name: str) -> list:
+def _pair_containers(ia: list[Any], ib: list[Any], m: Matching) -> None:
+    def leaves_under(infos: list[Any], name: str) -> list[Any]:
         return [x.name for x in infos if x.leaf and (name == "" or x.name.startswith(name + "."))]
 
     paired = set(m.modules.values())
-    by_leaves: dict = {}  # paired leaf set -> b's containers holding exactly it, outermost first
+    # paired leaf set -> b's containers holding exactly it, outermost first
+    by_leaves: dict[frozenset[str], list[Any]] = {}
     for y in ib:
         if not y.leaf:
             by_leaves.setdefault(frozenset(n for n in leaves_under(ib, y.name) if n in paired), []).append(y)
@@ -130,7 +131,7 @@ def _pair_containers(ia: list, ib: list, m: Matching) -> None:
                 m.modules[x.name] = partner.name
 
 
-def match(header_a: dict, header_b: dict) -> Matching:
+def match(header_a: dict[str, Any], header_b: dict[str, Any]) -> Matching:
     """Pair side a's modules and parameters with side b's."""
     ia, ib = modules_of(header_a), modules_of(header_b)
     m = Matching()

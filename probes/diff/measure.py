@@ -3,7 +3,7 @@ magnitudes from the lockstep replay, the loss curves, the drift and the environm
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 from audit.probes.run import compare
 from audit.probes.results import GrowthPoint
@@ -15,7 +15,7 @@ _SAME_AS = {"flags.num_threads": "threads"}
 _NOT_ENVIRONMENT = {"error"}
 
 
-def _flat(env: dict) -> dict:
+def _flat(env: dict[str, Any]) -> dict[str, Any]:
     """``{"threads": 2, "flags.OMP_NUM_THREADS": "2", ...}``: nested tables one level down."""
     out = {}
     for key, value in env.items():
@@ -26,7 +26,7 @@ def _flat(env: dict) -> dict:
     return {k: v for k, v in out.items() if k not in _SAME_AS}
 
 
-def environment_changes(env_a: dict, env_b: dict) -> list:
+def environment_changes(env_a: dict[str, Any], env_b: dict[str, Any]) -> list[Any]:
     """Every recorded key whose value differs between the sides (a key one side lacks counts
     as None there): :data:`ENVIRONMENT_KEYS` first, in that order, then the rest by name
     (the determinism flags and thread variables as ``flags.NAME``)."""
@@ -44,7 +44,7 @@ def _rel(x: float, y: float) -> float:
     return abs(x - y) / max(abs(x), abs(y))
 
 
-def loss_curves(a: list, b: list) -> LossCurves:
+def loss_curves(a: list[Any], b: list[Any]) -> LossCurves:
     """Both curves and their largest relative difference (over the steps both made)."""
     worst, at = None, None
     for step, (x, y) in enumerate(zip(a, b)):
@@ -56,14 +56,14 @@ def loss_curves(a: list, b: list) -> LossCurves:
     return LossCurves(a=list(a), b=list(b), max_rel_diff=worst, step_of_max=at if worst else None)
 
 
-def _record(records: list, step: Optional[int]) -> dict:
+def _record(records: list[dict[str, Any]], step: Optional[int]) -> dict[str, Any]:
     _, init, steps = compare.split(records)
     if step is None:
         return init
     return next((r for r in steps if r.get("step") == step), {})
 
 
-def _outputs_agree(a: dict, b: dict) -> bool:
+def _outputs_agree(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Every module call both sides made has the same output (and there is one)."""
     outs_a = {(e[0], e[1]): e[3] for e in a.get("modules") or [] if e[2] == "out"}
     outs_b = {(e[0], e[1]): e[3] for e in b.get("modules") or [] if e[2] == "out"}
@@ -71,7 +71,7 @@ def _outputs_agree(a: dict, b: dict) -> bool:
     return bool(common) and all(outs_a[k] == outs_b[k] for k in common)
 
 
-def place(parting, detail_a: list, detail_b: list) -> tuple:
+def place(parting: Any, detail_a: list[Any], detail_b: list[Any]) -> tuple[Any, ...]:
     """(stage, module, tensor) in side b's names, from the detail traces (side a already in
     b's names). A forward difference where every module's output agrees is ``loss``."""
     stage, tensor = parting.stage, parting.tensor
@@ -88,7 +88,7 @@ def place(parting, detail_a: list, detail_b: list) -> tuple:
     return stage, module, found or tensor
 
 
-def owner_of(tensor: Optional[str], header: dict) -> Optional[str]:
+def owner_of(tensor: Optional[str], header: dict[str, Any]) -> Optional[str]:
     """The module a parameter belongs to (None for the batch or an unknown tensor)."""
     if tensor is None or tensor not in (header.get("names") or []):
         return None
@@ -96,7 +96,7 @@ def owner_of(tensor: Optional[str], header: dict) -> Optional[str]:
 
 
 def magnitude(step: Optional[int], stage: str, module: Optional[str], tensor: Optional[str],
-              detail_b: list, loss: LossCurves) -> Optional[float]:
+              detail_b: list[Any], loss: LossCurves) -> Optional[float]:
     """The largest difference where the sides part: from the lockstep differences side b's
     replay recorded, or from the loss values for the ``loss`` stage."""
     if stage == "loss":
@@ -113,7 +113,7 @@ def magnitude(step: Optional[int], stage: str, module: Optional[str], tensor: Op
     return found.get(tensor) or (max(found.values()) if found else None)
 
 
-def growth(detail_b: list) -> list:
+def growth(detail_b: list[Any]) -> list[Any]:
     """How far apart the sides' parameters are after each step (lockstep replay)."""
     out = []
     for r in compare.split(detail_b)[2]:
@@ -123,7 +123,7 @@ def growth(detail_b: list) -> list:
     return out
 
 
-def drift(loss: LossCurves, points: list) -> Optional[str]:
+def drift(loss: LossCurves, points: list[Any]) -> Optional[str]:
     """``rounding`` while the loss and the parameters stay within :data:`ROUNDING_LEVEL` of
     each other (relative), else ``material``."""
     worst = [loss.max_rel_diff] + [points[-1].rel_l2 if points else None]
@@ -133,7 +133,7 @@ def drift(loss: LossCurves, points: list) -> Optional[str]:
     return "material" if max(known) > ROUNDING_LEVEL else "rounding"
 
 
-def mark_loss(timeline: list, step: Optional[int]) -> None:
+def mark_loss(timeline: list[Any], step: Optional[int]) -> None:
     """At the first difference, the forward pass agreed and the loss did not."""
     for row in timeline:
         if row.step == step and row.step is not None:
@@ -141,7 +141,7 @@ def mark_loss(timeline: list, step: Optional[int]) -> None:
             row.stages["loss"] = "differ"
 
 
-def add_loss_column(timeline: list) -> None:
+def add_loss_column(timeline: list[Any]) -> None:
     """Each step's ``loss`` state (the plain traces compare the loss: the forward column)."""
     for row in timeline:
         if row.step is not None and "forward" in row.stages:

@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from audit.probes.errors import UsageError
 
@@ -28,12 +28,12 @@ class Reference:
     steps: int
     seed: int
     device: str
-    records: list  # the trace of one detail run (probes.run.trace records)
-    environment: dict = field(default_factory=dict)
-    losses: list = field(default_factory=list)
+    records: list[dict[str, Any]]  # the trace of one detail run (probes.run.trace records)
+    environment: dict[str, Any] = field(default_factory=dict)
+    losses: list[Any] = field(default_factory=list)
     mode: str = "target"  # "target" | "script"
-    script: Optional[list] = None  # script mode: the command after "--"
-    input_shape: Optional[list] = None
+    script: Optional[list[str]] = None  # script mode: the command after "--"
+    input_shape: Optional[list[Any]] = None
     num_classes: Optional[int] = None
     schema: str = SCHEMA
 
@@ -86,7 +86,7 @@ def load(path: str) -> Reference:
     return from_data(data, path)
 
 
-def from_data(data, path: str) -> Reference:
+def from_data(data: Any, path: str) -> Reference:
     schema = data.get("schema") if isinstance(data, dict) else None
     kind, _, version = str(schema).partition("/")
     if kind != KIND:

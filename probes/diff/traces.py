@@ -9,6 +9,7 @@ differences) are dropped by :func:`plain`, so a plain run compares with a detail
 """
 from __future__ import annotations
 
+from typing import Any, Optional
 from audit.probes.run.compare import split
 from audit.probes.diff.match import Matching
 from audit.probes.results.records import Record
@@ -17,13 +18,14 @@ MISSING = "missing"
 _DETAIL = ("optim", "modules", "diffs", "seconds")
 
 
-def _reorder(values: list, names_a: list, names_b: list, a_of_b: dict, extras: list) -> list:
-    by_name = dict(zip(names_a, values))
+def _reorder(values: list[Any], names_a: list[str], names_b: list[str], a_of_b: dict[str, str],
+             extras: list[str]) -> list[Any]:
+    by_name: dict[Optional[str], Any] = dict(zip(names_a, values))
     out = [by_name.get(a_of_b.get(b_name), MISSING) for b_name in names_b]
     return out + [by_name[p] for p in extras if p in by_name]
 
 
-def translate(records: list, m: Matching, header_b: dict) -> list:
+def translate(records: list[dict[str, Any]], m: Matching, header_b: dict[str, Any]) -> list[Any]:
     """Side a's trace records in side b's names and parameter order."""
     header_a = split(records)[0]
     names_a, names_b = header_a.get("names", []), header_b.get("names", [])
@@ -47,11 +49,11 @@ def translate(records: list, m: Matching, header_b: dict) -> list:
     return out
 
 
-def plain(records: list) -> list:
+def plain(records: list[dict[str, Any]]) -> list[Any]:
     """Records without the detail-only fields: what a plain and a detail run both have."""
     return [{k: v for k, v in r.items() if k not in _DETAIL} for r in records]
 
 
-def losses(records: list) -> list:
+def losses(records: list[dict[str, Any]]) -> list[Any]:
     """The loss value of each step of a trace."""
     return [r.get("loss_value") for r in split(records)[2]]

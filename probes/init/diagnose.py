@@ -73,7 +73,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 from scipy import stats
@@ -98,7 +98,7 @@ class Trend:
     last: str  # the deepest layer fitted
 
 
-def depth_trend(layers: list, attr: str, min_layers: int = 3) -> Optional[Trend]:
+def depth_trend(layers: list[Any], attr: str, min_layers: int = 3) -> Optional[Trend]:
     """Theil-Sen fit of ``log(attr)`` against depth over the weight layers with a positive,
     finite value; ``None`` with fewer than ``min_layers`` such layers or a single depth."""
     points = [(layer.depth, math.log(value), layer.name) for layer in layers
@@ -118,7 +118,7 @@ def _exp(x: float) -> float:
     return math.exp(min(max(x, -700.0), 700.0))
 
 
-def _dominant_nonlinearity(layers: list) -> str:
+def _dominant_nonlinearity(layers: list[Any]) -> str:
     ops = [layer.nonlinearity for layer in layers if layer.weight_layer
            and layer.nonlinearity != "linear"]
     return max(set(ops), key=ops.count) if ops else "linear"
@@ -133,8 +133,8 @@ def _advice_scale_up(nl: str) -> str:
             "connections")
 
 
-def diagnose(layers: list, loss: Iterable = (), thresholds: Optional[dict] = None,
-             error: Optional[str] = None) -> list:
+def diagnose(layers: list[Any], loss: Iterable[Any] = (), thresholds: Optional[dict[str, Any]] = None,
+             error: Optional[str] = None) -> list[Any]:
     """Findings for one scheme's measured ``layers`` and loss curve; at most one per kind.
 
     ``error`` (the scheme raised) adds no finding of its own: the scheme is unhealthy
@@ -143,9 +143,9 @@ def diagnose(layers: list, loss: Iterable = (), thresholds: Optional[dict] = Non
     t = resolve_thresholds(thresholds)
     weights = [layer for layer in layers if layer.weight_layer]
     nl = _dominant_nonlinearity(layers)
-    found: list = []
+    found: list[Any] = []
 
-    def add(kind: str, layer: Optional[str], value, threshold, message: str) -> None:
+    def add(kind: str, layer: Optional[str], value: Any, threshold: Any, message: str) -> None:
         if all(f.kind != kind for f in found):
             found.append(Finding(kind, layer, value, threshold, message))
 
@@ -179,15 +179,15 @@ def diagnose(layers: list, loss: Iterable = (), thresholds: Optional[dict] = Non
     return found
 
 
-def _finite(value) -> float:
+def _finite(value: Any) -> float:
     return value if value is not None and math.isfinite(value) else -math.inf
 
 
-def _bad(value) -> bool:
+def _bad(value: Any) -> bool:
     return value is not None and not math.isfinite(value)
 
 
-def _nonfinite(layers: list, loss: list, add) -> None:
+def _nonfinite(layers: list[Any], loss: list[Any], add: Any) -> None:
     """Where NaN/inf starts: the first layer whose weights or output are non-finite, else
     (gradients flow backwards) the deepest layer whose gradients are."""
     bad = [layer for layer in layers if layer.nonfinite]
@@ -209,7 +209,7 @@ def _nonfinite(layers: list, loss: list, add) -> None:
             "clip gradients (torch.nn.utils.clip_grad_norm_).")
 
 
-def _gradients(layers: list, weights: list, t: dict, nl: str, add) -> None:
+def _gradients(layers: list[Any], weights: list[Any], t: dict[str, Any], nl: str, add: Any) -> None:
     mn, fac = t["trend_min_layers"], t["per_layer_factor"]
     # A weight layer that is all zeros (a zero-initialized head, as in torchvision's ViT)
     # passes no gradient back in the first step, by design: judge only the layers after it.
@@ -261,7 +261,7 @@ def _gradients(layers: list, weights: list, t: dict, nl: str, add) -> None:
             "downstream). Zero the biases and use kaiming_normal.")
 
 
-def _dead(weights: list, t: dict, add) -> None:
+def _dead(weights: list[Any], t: dict[str, Any], add: Any) -> None:
     flagged = []
     for layer in weights:
         frac, units = layer.dead_fraction, layer.units
@@ -283,7 +283,7 @@ def _dead(weights: list, t: dict, add) -> None:
             "standard schemes do both), or use LeakyReLU.")
 
 
-def _saturation(weights: list, t: dict, add) -> None:
+def _saturation(weights: list[Any], t: dict[str, Any], add: Any) -> None:
     flagged = [l for l in weights if l.saturated_fraction is not None
                and l.saturated_fraction >= t["saturated_fraction"]]
     if flagged:
@@ -300,7 +300,7 @@ def _saturation(weights: list, t: dict, add) -> None:
 # --------------------------------------------------------------------------- ranking
 
 
-def depth_trends(layers: list, thresholds: Optional[dict] = None) -> DepthTrend:
+def depth_trends(layers: list[Any], thresholds: Optional[dict[str, Any]] = None) -> DepthTrend:
     """The fitted end-to-end trends the table shows and :mod:`probes.init.ranking` prefers
     by: the output std's and the output-gradient norm's, last weight layer over first."""
     t = resolve_thresholds(thresholds)

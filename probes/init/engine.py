@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -46,8 +46,8 @@ from audit.probes.run.training import (TrainingSetup, compute_loss, cycle_batche
 DEFAULT_SCHEMES = list(BUILTIN_SCHEMES)
 
 
-def run_init(setup: TrainingSetup, schemes: Optional[list] = None, steps: int = 5,
-             seed: int = 0, device: str = "cpu", thresholds: Optional[dict] = None,
+def run_init(setup: TrainingSetup, schemes: Optional[list[str]] = None, steps: int = 5,
+             seed: int = 0, device: str = "cpu", thresholds: Optional[dict[str, Any]] = None,
              progress: Reporter = None, target: str = "") -> InitResult:
     """Run every scheme on ``setup`` and return the measured, diagnosed :class:`InitResult`.
 
@@ -80,7 +80,7 @@ def run_init(setup: TrainingSetup, schemes: Optional[list] = None, steps: int = 
     audit = _SchemeRunner(setup, batches, seed, limits)
     results = []
     say = progress or silent
-    shared = dict(target=target, steps=steps, seed=seed, device=str(dev), limits=limits,
+    shared: dict[str, Any] = dict(target=target, steps=steps, seed=seed, device=str(dev), limits=limits,
                started=started)
     try:
         for i, name in enumerate(names, start=1):
@@ -110,8 +110,8 @@ def _seed_runs(audit: "_SchemeRunner", say: Callable[[Progress], None]
     return run
 
 
-def _result(results: list, model, audit: "_SchemeRunner", *, target: str, steps: int, seed: int,
-            device: str, limits: dict, started: float) -> InitResult:
+def _result(results: list[Any], model: Any, audit: "_SchemeRunner", *, target: str, steps: int, seed: int,
+            device: str, limits: dict[str, Any], started: float) -> InitResult:
     choice = recommend(results, limits)
     best, reason = choice.scheme, choice.reason
     own = results[0]
@@ -134,7 +134,7 @@ class _SchemeRunner:
     the nonlinearities while it measures), so tracing costs no pass of its own.
     """
 
-    def __init__(self, setup: TrainingSetup, batches: list, seed: int, limits: dict):
+    def __init__(self, setup: TrainingSetup, batches: list[Any], seed: int, limits: dict[str, Any]):
         self.setup, self.batches, self.seed, self.limits = setup, batches, seed, limits
         model = setup.model
         self.state = snapshot_state(model)
@@ -142,7 +142,7 @@ class _SchemeRunner:
         self.cache = DrawCache(model)
         self.modules = modules_with_parameters(model)
         self.trace: Optional[ForwardTrace] = None
-        self._seed_cache: tuple = (0, None)  # (init seed, DrawCache) of the seed running
+        self._seed_cache: tuple[Any, ...] = (0, None)  # (init seed, DrawCache) of the seed running
 
     def _forward(self):
         """The forward pass on the first batch that lsuv (and a fallback trace) run. It

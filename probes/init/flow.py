@@ -91,7 +91,7 @@ class Nonlinearity:
 
     @property
     def gain(self) -> float:
-        return nn.init.calculate_gain(self.gain_name, self.param)
+        return nn.init.calculate_gain(self.gain_name, self.param)  # type: ignore[arg-type]  # a name torch checks
 
 
 LINEAR = Nonlinearity()
@@ -101,12 +101,12 @@ LINEAR = Nonlinearity()
 class ForwardTrace:
     """What one probing forward pass saw."""
 
-    order: list = field(default_factory=list)  # names of modules with parameters, run order
-    weight_layers: list = field(default_factory=list)  # the weight layers among them, in order
-    nonlinearity: dict = field(default_factory=dict)  # name -> Nonlinearity
-    types: dict = field(default_factory=dict)  # name -> class name
+    order: list[Any] = field(default_factory=list)  # names of modules with parameters, run order
+    weight_layers: list[Any] = field(default_factory=list)  # the weight layers among them, in order
+    nonlinearity: dict[str, Any] = field(default_factory=dict)  # name -> Nonlinearity
+    types: dict[str, Any] = field(default_factory=dict)  # name -> class name
 
-    def depths(self) -> dict:
+    def depths(self) -> dict[str, Any]:
         """name -> depth: index among weight layers; other modules take the last one's."""
         out, depth = {}, -1
         weight = set(self.weight_layers)
@@ -122,17 +122,17 @@ def is_weight_layer(module: nn.Module) -> bool:
         getattr(module, "weight", None), torch.Tensor)
 
 
-def modules_with_parameters(model: nn.Module) -> dict:
+def modules_with_parameters(model: nn.Module) -> dict[str, Any]:
     """name -> module, for modules that hold parameters themselves."""
     return {name: m for name, m in model.named_modules()
             if next(m.parameters(recurse=False), None) is not None}
 
 
-def _op_name(func) -> str:
+def _op_name(func: Any) -> str:
     return getattr(func, "__name__", "").strip("_")
 
 
-def _tensors(obj: Any):
+def _tensors(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         yield obj
     elif isinstance(obj, (list, tuple)):
@@ -150,19 +150,19 @@ def _first_tensor(obj: Any) -> Optional[torch.Tensor]:
 class _DataflowMode(TorchFunctionMode):
     """Carries layer tags through pass-through ops and reports activations that consume them."""
 
-    def __init__(self, on_activation: Callable):
+    def __init__(self, on_activation: Callable[..., Any]):
         super().__init__()
-        self._tags: dict = {}  # id(tensor) -> (weakref, frozenset of names)
+        self._tags: dict[int, Any] = {}  # id(tensor) -> (weakref, frozenset of names)
         self._on_activation = on_activation
         self.paused = False
 
-    def tags_of(self, tensor: torch.Tensor) -> frozenset:
+    def tags_of(self, tensor: torch.Tensor) -> frozenset[Any]:
         entry = self._tags.get(id(tensor))
         if entry is not None and entry[0]() is tensor:
             return entry[1]
         return frozenset()
 
-    def tag(self, tensor: torch.Tensor, names: frozenset) -> None:
+    def tag(self, tensor: torch.Tensor, names: frozenset[Any]) -> None:
         if names:
             self._tags[id(tensor)] = (weakref.ref(tensor), names)
         else:
@@ -177,7 +177,7 @@ class _DataflowMode(TorchFunctionMode):
         is_act = op in ACTIVATION_GAINS
         if not is_act and op not in PASSTHROUGH_OPS:
             return out
-        names = frozenset()
+        names: frozenset[str] = frozenset()
         for arg in (*args, *kwargs.values()):
             for t in _tensors(arg):
                 names |= self.tags_of(t)
@@ -194,7 +194,7 @@ class _DataflowMode(TorchFunctionMode):
         return out
 
 
-def _activation_param(op: str, args: tuple, kwargs: dict) -> Optional[float]:
+def _activation_param(op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Optional[float]:
     if op == "leaky_relu":
         slope = args[1] if len(args) > 1 else kwargs.get("negative_slope", 0.01)
         return float(slope)
@@ -241,16 +241,16 @@ class FlowProbe:
 
     def __init__(self, model: nn.Module, trace: Optional[ForwardTrace] = None,
                  measure: bool = True, saturation_margin: float = 0.01,
-                 modules: Optional[dict] = None):
+                 modules: Optional[dict[str, Any]] = None):
         self.model = model
         self.measure = measure
         self.margin = float(saturation_margin)
         self.modules = modules if modules is not None else modules_with_parameters(model)
         self.trace = ForwardTrace()
         self._known = trace
-        self._stats: dict = {}  # name -> {stat: 0-d tensor}
-        self._acts: dict = {}  # name -> Nonlinearity seen in this pass
-        self._handles: list = []
+        self._stats: dict[str, Any] = {}  # name -> {stat: 0-d tensor}
+        self._acts: dict[str, Any] = {}  # name -> Nonlinearity seen in this pass
+        self._handles: list[Any] = []
         self._mode = _DataflowMode(self._on_activation)
 
     # -------------------------------------------------------------- context
@@ -264,7 +264,7 @@ class FlowProbe:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         try:
             self._mode.__exit__(*exc)
         finally:
@@ -277,7 +277,7 @@ class FlowProbe:
         self._handles.clear()
 
     # -------------------------------------------------------------- hooks
-    def _hook(self, name: str):
+    def _hook(self, name: str) -> Callable[..., None]:
         module = self.modules[name]
         weighted = is_weight_layer(module)
 
@@ -321,7 +321,7 @@ class FlowProbe:
                 stats["out_grad_norm"] = torch.linalg.vector_norm(grad.detach().float())
             self._handles.append(out.register_hook(grad_hook))
 
-    def _on_activation(self, names: frozenset, op: str, args, kwargs, out: torch.Tensor) -> None:
+    def _on_activation(self, names: frozenset[Any], op: str, args: Any, kwargs: Any, out: torch.Tensor) -> None:
         fresh = [n for n in names if n not in self._acts]
         if not fresh:
             return
@@ -350,7 +350,7 @@ class FlowProbe:
         self.trace.nonlinearity = {n: self._acts.get(n, LINEAR) for n in self.trace.order}
         return self.trace
 
-    def _param_norms(self, trace) -> dict:
+    def _param_norms(self, trace: Any) -> dict[str, Any]:
         """Per layer: its parameters' weight norms and gradient norms (tensors, no sync)."""
         weights, grads, owners = [], [], []
         for name in trace.order:
@@ -363,7 +363,7 @@ class FlowProbe:
                 grads.append(p.grad.detach() if p.grad is not None else None)
                 owners.append(name)
         g_iter = iter(_norms([g for g in grads if g is not None]))
-        per_layer: dict = {}
+        per_layer: dict[str, Any] = {}
         for name, w, g in zip(owners, _norms(weights), grads):
             entry = per_layer.setdefault(name, {"w": [], "g": [], "missing": False})
             entry["w"].append(w)
@@ -373,11 +373,12 @@ class FlowProbe:
                 entry["g"].append(next(g_iter))
         return per_layer
 
-    def _numbers(self, trace) -> dict:
+    def _numbers(self, trace: Any) -> dict[tuple[str, str], Any]:
         """Every statistic as a float, keyed by (layer, statistic): one host sync."""
         per_layer = self._param_norms(trace)
         keys = ("act_mean", "act_norm", "out_grad_norm", "dead", "sat", "w_norm", "g_norm")
-        values, slots = [], []
+        values: list[torch.Tensor] = []
+        slots: list[tuple[str, str]] = []
         for name in trace.order:
             stats = self._stats.setdefault(name, {})
             entry = per_layer[name]
@@ -393,7 +394,8 @@ class FlowProbe:
         device = values[0].device
         return dict(zip(slots, torch.stack([v.to(device, torch.float32) for v in values]).tolist()))
 
-    def _layer(self, name: str, trace, numbers: dict, depth: int, known: dict) -> LayerStats:
+    def _layer(self, name: str, trace: Any, numbers: dict[tuple[str, str], Any], depth: int,
+               known: dict[str, Any]) -> LayerStats:
         get = lambda key: numbers.get((name, key))  # noqa: E731
         w_norm, g_norm, out_grad = get("w_norm"), get("g_norm"), get("out_grad_norm")
         act_mean, act_norm = get("act_mean"), get("act_norm")
@@ -412,7 +414,7 @@ class FlowProbe:
             nonlinearity=nonlin.op, nonfinite=bool(nonfinite),
             weight_layer=name in set(trace.weight_layers), units=self._stats[name].get("units"))
 
-    def collect(self) -> list:
+    def collect(self) -> list[Any]:
         """LayerStats per module with parameters, in execution order; one host sync."""
         trace = self.finish_trace()
         known = self._known.nonlinearity if self._known else {}
@@ -432,12 +434,12 @@ def _std(mean: Optional[float], norm: Optional[float], numel: Optional[int]) -> 
     return math.sqrt(max(norm * norm / numel - mean * mean, 0.0))
 
 
-def _norms(tensors: list) -> list:
+def _norms(tensors: list[Any]) -> list[Any]:
     """L2 norm of each tensor as 0-d float32 tensors, batched per device and dtype."""
     if not tensors:
         return []
-    out: list = [None] * len(tensors)
-    groups: dict = {}
+    out: list[Any] = [None] * len(tensors)
+    groups: dict[tuple[Any, Any], list[int]] = {}
     for i, t in enumerate(tensors):
         groups.setdefault((t.device, t.dtype), []).append(i)
     for idx in groups.values():
@@ -447,7 +449,7 @@ def _norms(tensors: list) -> list:
     return out
 
 
-def _combine(norms: list) -> torch.Tensor:
+def _combine(norms: list[Any]) -> torch.Tensor:
     """The joint L2 norm of several tensors from their norms."""
     if len(norms) == 1:
         return norms[0]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 from scipy import stats
@@ -103,7 +103,7 @@ def paired(candidate: list[float], own: list[float], level: float = LEVEL) -> Op
     return Paired(mean, mean - half, mean + half, int(diffs.size))
 
 
-def _margin(own: SchemeResult, limits: dict) -> float:
+def _margin(own: SchemeResult, limits: dict[str, Any]) -> float:
     return limits["loss_tolerance"] * abs(typical_loss(own))
 
 
@@ -142,7 +142,7 @@ def noise_candidates(schemes: list[SchemeResult]) -> list[SchemeResult]:
 
 
 def settle(schemes: list[SchemeResult], run_seed: RunSeed,
-           thresholds: Optional[dict] = None) -> int:
+           thresholds: Optional[dict[str, Any]] = None) -> int:
     """Run the model's own init and the :func:`noise_candidates` on more init seeds while a
     candidate's call is open (see the module's doc), filling their ``loss_seeds``; the most
     seeds run (1 when no comparison was needed). A decided candidate runs no more seeds; its
@@ -171,7 +171,7 @@ def settle(schemes: list[SchemeResult], run_seed: RunSeed,
     return seeds
 
 
-def _order(scheme: SchemeResult) -> tuple:
+def _order(scheme: SchemeResult) -> tuple[Any, ...]:
     known = scheme.name in PREFERENCE
     return (0 if known else 1, PREFERENCE.index(scheme.name) if known else 0, scheme.name)
 
@@ -180,7 +180,7 @@ def _fold(scheme: SchemeResult) -> float:
     return scheme.depth_trend.fold if scheme.depth_trend is not None else 1.0
 
 
-def prefer(schemes: list[SchemeResult], thresholds: Optional[dict] = None) -> SchemeResult:
+def prefer(schemes: list[SchemeResult], thresholds: Optional[dict[str, Any]] = None) -> SchemeResult:
     """Among ``schemes`` (healthy, tied on loss): those whose depth fold is within
     :data:`PROPAGATION_SLACK` of the best, first by :data:`PREFERENCE`, unless another of them
     has an early loss clearly lower (:func:`clearly_lower`)."""
@@ -194,7 +194,7 @@ def prefer(schemes: list[SchemeResult], thresholds: Optional[dict] = None) -> Sc
     return lowest if lowest is not pick and clearly_lower(lowest, pick, limits) else pick
 
 
-def clearly_lower(a: SchemeResult, b: SchemeResult, limits: dict) -> bool:
+def clearly_lower(a: SchemeResult, b: SchemeResult, limits: dict[str, Any]) -> bool:
     """``a``'s early loss is lower than ``b``'s by more than ``loss_tolerance``: where both ran
     several init seeds, the whole paired interval lies beyond that margin (so a gap smaller
     than the margin never decides, whatever one audit's noise); else on the one seed they ran
@@ -215,7 +215,7 @@ def _ci_text(p: Paired) -> str:
             "seeds paired by seed)")
 
 
-def recommend(schemes: list[SchemeResult], thresholds: Optional[dict] = None) -> Recommendation:
+def recommend(schemes: list[SchemeResult], thresholds: Optional[dict[str, Any]] = None) -> Recommendation:
     """The scheme to use and why (see the module's doc); ``scheme`` is ``None`` when every
     scheme raised."""
     limits = resolve_thresholds(thresholds)
@@ -236,7 +236,7 @@ def recommend(schemes: list[SchemeResult], thresholds: Optional[dict] = None) ->
 
 
 def _keep_or_beat(own: SchemeResult, others: list[SchemeResult],
-                  limits: dict) -> Recommendation:
+                  limits: dict[str, Any]) -> Recommendation:
     steps, mine = len(own.loss), compared_losses(own)
     margin = _margin(own, limits)
     compared = {s.name: p for s in others if s.loss_seeds
@@ -267,8 +267,8 @@ def _keep_or_beat(own: SchemeResult, others: list[SchemeResult],
                           delta=p.delta, ci=[p.low, p.high], level=LEVEL)
 
 
-def _beaten(own: SchemeResult, winners: list[SchemeResult], compared: dict,
-            limits: dict) -> Recommendation:
+def _beaten(own: SchemeResult, winners: list[SchemeResult], compared: dict[str, Any],
+            limits: dict[str, Any]) -> Recommendation:
     top = min(winners, key=lambda s: compared[s.name].delta)
     choice = prefer(winners, limits)
     p = compared[choice.name]
@@ -284,7 +284,7 @@ def _beaten(own: SchemeResult, winners: list[SchemeResult], compared: dict,
 
 
 def _fix(own: Optional[SchemeResult], healthy: list[SchemeResult],
-         limits: dict) -> Recommendation:
+         limits: dict[str, Any]) -> Recommendation:
     choice = prefer(healthy, limits)
     steps = len(choice.loss)
     why = (f"No findings, and it keeps the activations and gradients within "

@@ -3,7 +3,7 @@ configuration can check them before anything is imported)."""
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 from audit.probes.results import BUILTIN_SCHEMES
 
@@ -42,7 +42,7 @@ def parse_scheme(name: str) -> tuple[str, Optional[float]]:
     return ("normal", normal_std(text)) if text.startswith("normal:") else (text, None)
 
 
-def validate_schemes(names: Iterable[str]) -> list:
+def validate_schemes(names: Iterable[str]) -> list[Any]:
     """The scheme names, stripped, checked and without repeats. Raises ValueError."""
     out = []
     for name in names:

@@ -54,17 +54,17 @@ LSUV_MAX_ITER = 10  # Mishkin & Matas 2016, T_max
 
 
 
-def snapshot_state(model: nn.Module) -> dict:
+def snapshot_state(model: nn.Module) -> dict[str, Any]:
     """One CPU copy of the model's ``state_dict`` (the ``default`` scheme)."""
     state = model.state_dict()
     copy = OrderedDict((k, v.detach().to("cpu", copy=True)) for k, v in state.items())
     metadata = getattr(state, "_metadata", None)  # module versions some loaders rely on
     if metadata is not None:
-        copy._metadata = metadata
+        copy._metadata = metadata  # type: ignore[attr-defined]  # as Module.state_dict sets it
     return copy
 
 
-def restore_state(model: nn.Module, state: dict, skip: Iterable = ()) -> None:
+def restore_state(model: nn.Module, state: dict[str, Any], skip: Iterable[Any] = ()) -> None:
     """Copy ``state`` back into the model's own tensors (their identity is kept).
 
     Without ``skip``: ``load_state_dict``, exactly as saved. With ``skip`` (the entries the
@@ -74,7 +74,7 @@ def restore_state(model: nn.Module, state: dict, skip: Iterable = ()) -> None:
     if not skip:
         model.load_state_dict(state)
         return
-    live = dict(model.named_parameters())
+    live: dict[str, torch.Tensor] = dict(model.named_parameters())
     live.update(model.named_buffers())
     with torch.no_grad():
         for key, value in state.items():
@@ -88,7 +88,7 @@ def init_seed_value(seed: int, init_seed: int) -> int:
     return (int(seed) * 1_000_003 + 7919 * int(init_seed)) % 2**32
 
 
-def redraw_own(model: nn.Module, seed: int, skip: Iterable = ()) -> None:
+def redraw_own(model: nn.Module, seed: int, skip: Iterable[Any] = ()) -> None:
     """Another draw of the model's own init, in place: each parameter's values moved among its
     units by random permutations of its first two dimensions (rows and columns; a vector's
     entries), drawn from ``seed`` and the parameter's name.
@@ -115,10 +115,10 @@ def redraw_own(model: nn.Module, seed: int, skip: Iterable = ()) -> None:
             param.copy_(value)
 
 
-def scheme_owned_keys(model: nn.Module) -> set:
+def scheme_owned_keys(model: nn.Module) -> set[str]:
     """``state_dict`` entries every scheme but ``default`` sets itself: weight layers' weight
     and bias, normalization layers' affine parameters and running statistics."""
-    owned = set()
+    owned: set[str] = set()
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
         if is_weight_layer(module):
@@ -137,11 +137,11 @@ def reset_norm(module: nn.Module) -> None:
     """Weight 1, bias 0, running statistics reset."""
     with torch.no_grad():
         if isinstance(getattr(module, "weight", None), torch.Tensor):
-            module.weight.fill_(1.0)
+            module.weight.fill_(1.0)  # type: ignore[operator]  # a tensor (stubs: Tensor | Module)
         if isinstance(getattr(module, "bias", None), torch.Tensor):
-            module.bias.zero_()
+            module.bias.zero_()  # type: ignore[operator]  # a tensor (stubs: Tensor | Module)
     if getattr(module, "track_running_stats", False) and hasattr(module, "reset_running_stats"):
-        module.reset_running_stats()
+        module.reset_running_stats()  # type: ignore[operator]  # a norm layer's method
 
 
 #: Schemes that differ only by a per-layer scale share one unit draw ("family").
@@ -150,7 +150,7 @@ FAMILY = {"kaiming_normal": "normal", "xavier_normal": "normal", "normal": "norm
           "orthogonal": "orthogonal", "lsuv": "orthogonal"}
 
 
-def fans(weight: torch.Tensor) -> tuple:
+def fans(weight: torch.Tensor) -> tuple[Any, ...]:
     """``(fan_in, fan_out)`` as ``torch.nn.init`` computes them: ``size(1)`` resp. ``size(0)``
     times the receptive field (for a ConvTranspose, PyTorch's convention: ``size(1)`` is
     ``out_channels / groups``)."""
@@ -177,7 +177,7 @@ def weight_scale(kind: str, weight: torch.Tensor, gain_name: str = "linear",
         return float(std)
     if kind == "lsuv":
         return 1.0
-    gain = nn.init.calculate_gain(gain_name, param)
+    gain = nn.init.calculate_gain(gain_name, param)  # type: ignore[arg-type]  # a nonlinearity's name, checked by torch
     if kind == "orthogonal":
         return gain
     fan_in, fan_out = fans(weight)
@@ -210,7 +210,7 @@ class DrawCache:
                     for m in model.modules() if is_weight_layer(m)) if model is not None \
             else math.inf
         self.enabled = 3 * total <= max_bytes
-        self._store: dict = {}
+        self._store: dict[tuple[str, str], Any] = {}
 
     def _get(self, family: str, name: str, weight: torch.Tensor) -> torch.Tensor:
         """The unit draw of ``family`` for layer ``name``: N(0, 1), U(-1, 1), or the
@@ -295,7 +295,7 @@ def q_factor(gaussian: torch.Tensor) -> torch.Tensor:
 
 def apply_scheme(model: nn.Module, scheme: str, trace: ForwardTrace,
                  forward: Optional[Callable[[], Any]] = None,
-                 cache: Optional[DrawCache] = None) -> dict:
+                 cache: Optional[DrawCache] = None) -> dict[str, Any]:
     """Re-initialize ``model`` in place by ``scheme``; ``default`` changes nothing.
 
     ``trace`` gives each layer's following nonlinearity; ``forward`` (a callable running the
@@ -334,7 +334,7 @@ def _variance(x: torch.Tensor) -> float:
 
 
 def lsuv_scale(model: nn.Module, forward: Callable[[], Any], tol: float = LSUV_TOL,
-               max_iter: int = LSUV_MAX_ITER) -> dict:
+               max_iter: int = LSUV_MAX_ITER) -> dict[str, Any]:
     """LSUV's data-driven part: scale each weight layer to unit output variance, in run order.
 
     One forward pass under ``no_grad`` does it all. A forward hook on each weight layer
@@ -354,7 +354,7 @@ def lsuv_scale(model: nn.Module, forward: Callable[[], Any], tol: float = LSUV_T
     modules = dict(model.named_modules())
     layers = [n for n, m in modules.items() if is_weight_layer(m)]
     iterations = {n: 0 for n in layers}
-    done: set = set()
+    done: set[Any] = set()
 
     def hook_for(name):
         def hook(module, args, output):
@@ -384,7 +384,7 @@ def lsuv_scale(model: nn.Module, forward: Callable[[], Any], tol: float = LSUV_T
             handle.remove()
     for module in model.modules():
         if isinstance(module, NORM_TYPES) and getattr(module, "track_running_stats", False):
-            module.reset_running_stats()
+            module.reset_running_stats()  # type: ignore[operator]  # a norm layer's method (stubs: Tensor | Module)
     return iterations
 
 
@@ -396,7 +396,7 @@ _NORM_CLASSES = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "
                  "LayerNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm")
 
 
-def _public_classes(model: nn.Module, names: tuple) -> str:
+def _public_classes(model: nn.Module, names: tuple[Any, ...]) -> str:
     """``(nn.Conv2d, nn.Linear)``: the public classes of ``names`` the model's modules are."""
     found = []
     for module in model.modules():
@@ -409,7 +409,7 @@ def _public_classes(model: nn.Module, names: tuple) -> str:
     return "(" + ", ".join(f"nn.{c}" for c in found) + ("," if len(found) == 1 else "") + ")"
 
 
-def _nonlinearity_table(trace: ForwardTrace) -> tuple[list, str, str]:
+def _nonlinearity_table(trace: ForwardTrace) -> tuple[list[Any], str, str]:
     """Lines defining NONLINEARITY (and LEAKY_SLOPE if needed) and the default names."""
     gains = {n: trace.nonlinearity.get(n, LINEAR) for n in trace.weight_layers}
     common = Counter(nl.gain_name for nl in gains.values()).most_common(1)
@@ -427,9 +427,10 @@ def _nonlinearity_table(trace: ForwardTrace) -> tuple[list, str, str]:
     return lines, default, "LEAKY_SLOPE" if slopes else "None"
 
 
-def _init_call(kind: str, std, trace: ForwardTrace) -> tuple:
+def _init_call(kind: str, std: Any, trace: ForwardTrace) -> tuple[Any, ...]:
     """``(table lines, the init call for one module m)`` of a scheme."""
-    lines, default, slope = [], "linear", "None"
+    lines: list[str] = []
+    default, slope = "linear", "None"
     if kind in ("kaiming_normal", "kaiming_uniform", "orthogonal"):
         lines, default, slope = _nonlinearity_table(trace)
         lines.append("")
@@ -450,7 +451,7 @@ def _init_call(kind: str, std, trace: ForwardTrace) -> tuple:
     return lines, call
 
 
-def _lsuv_function(loop: list, weights: str) -> list:
+def _lsuv_function(loop: list[Any], weights: str) -> list[Any]:
     """A self-contained ``lsuv_init(model, inputs)`` and the line that calls it."""
     return [
         "def lsuv_init(model, inputs, tol=0.1, max_iter=10):",
@@ -510,7 +511,7 @@ def scheme_code(scheme: str, model: nn.Module, trace: ForwardTrace) -> str:
     return "\n".join(head + _lsuv_function(loop, weights)) + "\n"
 
 
-def _init_loop(call: str, weights: str, norms: str, indent: str = "") -> list:
+def _init_loop(call: str, weights: str, norms: str, indent: str = "") -> list[Any]:
     lines = [
         "with torch.no_grad():",
         "    for name, m in model.named_modules():",

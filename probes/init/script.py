@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from audit.probes.run import program as script_runner
 from audit.probes.errors import UsageError
@@ -32,22 +32,22 @@ from audit.probes.run.spec import SchemeRunSpec, write_spec
 class ScriptInitOptions:
     """What one ``audit init -- python ...`` runs."""
 
-    script: list
-    schemes: Optional[list] = None
+    script: list[str]
+    schemes: Optional[list[str]] = None
     steps: int = 5
     seed: int = 0
     device: str = "auto"
-    thresholds: Optional[dict] = None
+    thresholds: Optional[dict[str, Any]] = None
     cwd: Optional[str] = None
 
 
-def _layer(data: dict) -> LayerStats:
+def _layer(data: dict[str, Any]) -> LayerStats:
     names = {f.name for f in dataclasses.fields(LayerStats)}
     return LayerStats(**{k: v for k, v in data.items() if k in names})
 
 
 def _run_scheme(opts: ScriptInitOptions, scheme: str, folder: str, margin: float,
-                init_seed: int = 0) -> dict:
+                init_seed: int = 0) -> dict[str, Any]:
     """One fresh run of the script under ``scheme`` (on init seed ``init_seed``); its
     measurements."""
     spec_path = os.path.join(folder, f"{scheme.replace(':', '_')}.{init_seed}.json")
@@ -84,7 +84,7 @@ def _warm_diagnosis() -> None:
     threading.Thread(target=load, name="audit-warm-diagnosis", daemon=True).start()
 
 
-def _scheme_result(data: dict, limits: dict, seconds: float) -> SchemeResult:
+def _scheme_result(data: dict[str, Any], limits: dict[str, Any], seconds: float) -> SchemeResult:
     from audit.probes.init.diagnose import depth_trends, diagnose, scheme_score
 
     result = SchemeResult(name=data["scheme"], verdict="unhealthy")
@@ -101,7 +101,7 @@ def _scheme_result(data: dict, limits: dict, seconds: float) -> SchemeResult:
     return result
 
 
-def _seed_runs(opts: ScriptInitOptions, folder: str, limits: dict,
+def _seed_runs(opts: ScriptInitOptions, folder: str, limits: dict[str, Any],
                progress: Optional[Callable[[str], None]]) -> Callable[[str, int], list[float]]:
     """Runs of the script on more init seeds (:func:`probes.init.ranking.settle`): their
     loss curves (empty where the run made no step)."""
@@ -113,7 +113,7 @@ def _seed_runs(opts: ScriptInitOptions, folder: str, limits: dict,
     return run
 
 
-def _own_failure(data: dict) -> Optional[str]:
+def _own_failure(data: dict[str, Any]) -> Optional[str]:
     """One line when the script's own run shows it cannot be audited (no step at all)."""
     if data.get("status") == Status.OK:
         return None
@@ -122,7 +122,7 @@ def _own_failure(data: dict) -> Optional[str]:
                                  "script train, with these arguments?")
 
 
-def _fix_code(code: str, best: Optional[str], runs: list) -> str:
+def _fix_code(code: str, best: Optional[str], runs: list[Any]) -> str:
     """The scheme's code, placed in the script (the model's own init needs no placing)."""
     where = next((r.get("optimizer_where") for r in runs if r.get("optimizer_where")), None)
     model = next((r.get("model") for r in runs if r.get("model")), "the model")
@@ -132,7 +132,7 @@ def _fix_code(code: str, best: Optional[str], runs: list) -> str:
             f"({where}), with `model` the {model}:\n{code}")
 
 
-def _noise_note(runs: list) -> str:
+def _noise_note(runs: list[Any]) -> str:
     prints = {r.get("init_fingerprint") for r in runs if r.get("init_fingerprint")}
     if len(prints) <= 1:
         return ""

@@ -4,7 +4,7 @@ is what it is: :mod:`audit.probes.init.diagnose`."""
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 DEFAULT_THRESHOLDS = {
     # Fewest weight layers with usable values for a depth trend to be judged at all.
@@ -66,7 +66,7 @@ _LEAST = {"trend_min_layers": 2.0, "activation_trend": 1.0, "grad_weight_trend":
           "output_grad_trend": 1.0, "per_layer_factor": 1.0}
 
 
-def resolve_thresholds(overrides: Optional[dict] = None) -> dict:
+def resolve_thresholds(overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """DEFAULT_THRESHOLDS with ``overrides`` applied; unknown keys or non-numbers raise."""
     limits = dict(DEFAULT_THRESHOLDS)
     for key, value in (overrides or {}).items():

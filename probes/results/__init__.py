@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 from audit.probes.results.cuda_ops import CudaOpsScan
 from audit.probes.results.distributed import (DISTRIBUTED_SOURCES, RankTimeline, ReplicaPoint,
@@ -55,7 +55,7 @@ BUILTIN_SCHEMES = (
 
 #: HTML renderers by result type (result -> page), filled by the face (``audit.api``), so a
 #: result shows as its report in Jupyter without the result model importing the reporters.
-HTML_RENDERERS: dict = {}
+HTML_RENDERERS: dict[type, Callable[[Any], str]] = {}
 
 
 class Renderable:
@@ -74,6 +74,12 @@ def clean_float(value: Any) -> Optional[float]:
     return value if math.isfinite(value) else None
 
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
+
+
 def _plain(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
         return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
@@ -86,7 +92,7 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def _build(cls, data: dict):
+def _build(cls: type[T], data: dict[str, Any]) -> T:
     """Build a dataclass from a dict, ignoring unknown keys (forward compatible)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in names})
@@ -97,7 +103,7 @@ def plain(obj: Any) -> Any:
     return _plain(obj)
 
 
-def build(cls, data: dict):
+def build(cls: type[T], data: dict[str, Any]) -> T:
     """A dataclass from a dict, unknown keys ignored (for the result modules of other audits)."""
     return _build(cls, data)
 
@@ -151,7 +157,7 @@ class SeedCall:
 
     kind: str  # e.g. "torch.manual_seed"
     where: Optional[str]  # "file.py:12" in the user's code
-    values: list = field(default_factory=list)  # per run, the values seen there (first few)
+    values: list[list[Any]] = field(default_factory=list)  # per run, the values seen there (first few)
     in_workers: bool = False  # made in DataLoader worker processes
 
 
@@ -195,7 +201,7 @@ class StepAgreement:
     """For one step, each stage's state: ``agree``, ``differ`` or ``missing``."""
 
     step: Optional[int]  # None for the init row
-    stages: dict = field(default_factory=dict)
+    stages: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -228,20 +234,20 @@ class DeterminismResult(Renderable):
     steps: int
     seed: int
     device: str
-    environment: dict = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
     first_divergence: Optional[Divergence] = None
-    causes: list = field(default_factory=list)  # [Cause]
+    causes: list[Cause] = field(default_factory=list)  # [Cause]
     schema: str = DETERMINISM_SCHEMA
     target: str = ""
     mode: str = "target"  # "target" | "script"
-    run_info: list = field(default_factory=list)  # [RunInfo]
-    timeline: list = field(default_factory=list)  # [StepAgreement]
-    growth: list = field(default_factory=list)  # [GrowthPoint]
-    rng_escapes: list = field(default_factory=list)  # [RngEscape]
-    varying_seeds: list = field(default_factory=list)  # [SeedCall]
-    knob_trials: list = field(default_factory=list)  # [KnobTrial]
-    latent_sources: list = field(default_factory=list)  # [LatentSource]
-    detail: dict = field(default_factory=dict)  # free-form localization notes
+    run_info: list[RunInfo] = field(default_factory=list)  # [RunInfo]
+    timeline: list[StepAgreement] = field(default_factory=list)  # [StepAgreement]
+    growth: list[GrowthPoint] = field(default_factory=list)  # [GrowthPoint]
+    rng_escapes: list[RngEscape] = field(default_factory=list)  # [RngEscape]
+    varying_seeds: list[SeedCall] = field(default_factory=list)  # [SeedCall]
+    knob_trials: list[KnobTrial] = field(default_factory=list)  # [KnobTrial]
+    latent_sources: list[LatentSource] = field(default_factory=list)  # [LatentSource]
+    detail: dict[str, Any] = field(default_factory=dict)  # free-form localization notes
     error: Optional[str] = None  # set when a run crashed and the result is partial
     seconds: Optional[float] = None
     cuda_ops: Optional[CudaOpsScan] = None  # the CUDA op scan of the first run (None: not run)
@@ -249,10 +255,10 @@ class DeterminismResult(Renderable):
     latent_level: str = "warn"  # the gate: "warn" or "fail" on sources that act only sometimes
     nproc: Optional[int] = None  # distributed runs (--nproc N): ranks per run
     replicas: Optional[Replicas] = None  # distributed runs: replica consistency
-    rank_timelines: list = field(default_factory=list)  # [RankTimeline], distributed runs
+    rank_timelines: list[RankTimeline] = field(default_factory=list)  # [RankTimeline], distributed runs
     nonfinite: Optional[NonFinite] = None  # the first NaN/inf loss or gradient
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         data = _plain(self)
         if data.get("cuda_ops") is None:
             data.pop("cuda_ops", None)  # additive field: absent where no scan ran
@@ -267,7 +273,7 @@ class DeterminismResult(Renderable):
         return {**{k: data[k] for k in head}, **{k: v for k, v in data.items() if k not in head}}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DeterminismResult":
+    def from_dict(cls, data: dict[str, Any]) -> "DeterminismResult":
         data = dict(data)
         fd = data.get("first_divergence")
         data["first_divergence"] = _build(Divergence, fd) if fd else None
@@ -297,7 +303,7 @@ class DeterminismResult(Renderable):
 _DISTRIBUTED_KEYS = ("nproc", "replicas", "rank_timelines")
 
 
-def _replicas(data: Optional[dict]) -> Optional[Replicas]:
+def _replicas(data: Optional[dict[str, Any]]) -> Optional[Replicas]:
     if not data:
         return None
     data = dict(data)
@@ -344,14 +350,14 @@ class Finding:
 class SchemeResult:
     name: str
     verdict: str  # "healthy" | "unhealthy"
-    layers: list = field(default_factory=list)  # [LayerStats]
-    findings: list = field(default_factory=list)  # [Finding]
-    loss: list = field(default_factory=list)  # [float]
+    layers: list[LayerStats] = field(default_factory=list)  # [LayerStats]
+    findings: list[Finding] = field(default_factory=list)  # [Finding]
+    loss: list[float] = field(default_factory=list)  # [float]
     score: Optional[float] = None
     seconds: Optional[float] = None
     error: Optional[str] = None
     # The loss curve of each init seed (seed 0's is ``loss``), where more than one was run.
-    loss_seeds: Optional[list] = None  # [[float]]
+    loss_seeds: Optional[list[list[float]]] = None  # [[float]]
     # The fitted end-to-end depth trends of the first step (last weight layer / first) of the
     # output std and of the output-gradient norm; shown in the table, not part of init.json.
     depth_trend: Optional[DepthTrend] = None
@@ -381,10 +387,10 @@ class Recommendation:
     against: Optional[str] = None  # the closest candidate compared with the model's own init
     seeds: int = 1  # init seeds behind the comparison
     delta: Optional[float] = None  # candidate minus own, early loss, mean over seeds
-    ci: Optional[list] = None  # [low, high] of delta, paired by seed
+    ci: Optional[list[Optional[float]]] = None  # [low, high] of delta, paired by seed
     level: float = 0.99  # the interval's confidence level
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in _plain(self).items() if k != "level"}
 
 
@@ -392,22 +398,22 @@ class Recommendation:
 class InitResult(Renderable):
     verdict: str  # of the "default" scheme
     recommended: Optional[str]
-    schemes: list = field(default_factory=list)  # [SchemeResult]
+    schemes: list[SchemeResult] = field(default_factory=list)  # [SchemeResult]
     schema: str = INIT_SCHEMA
     mode: str = "target"  # "script": the script's command is the target
     target: str = ""
     steps: int = 0
     seed: int = 0
     device: str = "cpu"
-    environment: dict = field(default_factory=dict)
-    thresholds: dict = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    thresholds: dict[str, Any] = field(default_factory=dict)
     recommendation_code: str = ""
     recommendation_reason: str = ""
     error: Optional[str] = None
     seconds: Optional[float] = None
     recommendation: Optional[Recommendation] = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         data = _plain(self)
         for scheme in data["schemes"]:
             scheme.pop("depth_trend", None)
@@ -416,7 +422,7 @@ class InitResult(Renderable):
         return {**{k: data[k] for k in head}, **{k: v for k, v in data.items() if k not in head}}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "InitResult":
+    def from_dict(cls, data: dict[str, Any]) -> "InitResult":
         data = dict(data)
         schemes = []
         for s in data.get("schemes", []):
@@ -469,10 +475,10 @@ class AuditSummary:
 class GateResult:
     """What ``audit check`` ran: the checks drawn from each audit and each audit's summary."""
 
-    checks: list = field(default_factory=list)  # [Check]
-    reports: dict = field(default_factory=dict)  # audit name -> report file name
-    summaries: dict = field(default_factory=dict)  # audit name -> AuditSummary
-    baseline_regressions: list = field(default_factory=list)  # [str]
+    checks: list[Check] = field(default_factory=list)  # [Check]
+    reports: dict[str, str] = field(default_factory=dict)  # audit name -> report file name
+    summaries: dict[str, AuditSummary] = field(default_factory=dict)  # audit name -> AuditSummary
+    baseline_regressions: list[str] = field(default_factory=list)  # [str]
 
     @property
     def passed(self) -> bool:

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 #: ``category`` values: what ``torch.use_deterministic_algorithms(True)`` does to the op.
 CATEGORIES = ("made_deterministic", "raises")
@@ -20,8 +25,8 @@ class CudaOp:
     entry: str  # the table's key, e.g. "index_select_backward"
     doc: str  # the words of torch's docstring bullet
     category: str  # "made_deterministic" | "raises"
-    passes: list = field(default_factory=list)  # ["forward"] / ["backward"] / both
-    modules: list = field(default_factory=list)  # dotted names; "" the model itself, None outside it
+    passes: list[str] = field(default_factory=list)  # ["forward"] / ["backward"] / both
+    modules: list[Optional[str]] = field(default_factory=list)  # dotted names; "" the model itself, None outside it
     count: int = 0  # calls in the scanned step
     cublas_workspace: bool = False  # needs CUBLAS_WORKSPACE_CONFIG under deterministic algorithms
     confirmed: Optional[bool] = None  # GPU only: warn_only warned (True) or stayed silent (False)
@@ -33,8 +38,8 @@ class CudaLibraryUse:
     """cuDNN convolutions or cuBLAS products in the step: settings, not single kernels."""
 
     library: str  # "cudnn" | "cublas"
-    ops: list = field(default_factory=list)  # aten names
-    modules: list = field(default_factory=list)
+    ops: list[str] = field(default_factory=list)  # aten names
+    modules: list[str] = field(default_factory=list)
     fix: str = ""
     needed: bool = True  # cublas: whether this torch needs CUBLAS_WORKSPACE_CONFIG at all
 
@@ -46,21 +51,21 @@ class CudaOpsScan:
     torch: str
     device: str  # where the scanned step ran
     source: str  # where the table comes from
-    ops: list = field(default_factory=list)  # [CudaOp]
-    libraries: list = field(default_factory=list)  # [CudaLibraryUse]
+    ops: list[CudaOp] = field(default_factory=list)  # [CudaOp]
+    libraries: list[CudaLibraryUse] = field(default_factory=list)  # [CudaLibraryUse]
     cublas_workspace_required: bool = False  # deterministic algorithms need the variable here
     confirmed_on: Optional[str] = None  # the GPU the warn_only step ran on, when it ran
     error: Optional[str] = None  # the scan could not finish (the step raised)
 
     @property
-    def raises(self) -> list:
+    def raises(self) -> list[CudaOp]:
         return [o for o in self.ops if o.category == "raises"]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Optional[dict]) -> Optional["CudaOpsScan"]:
+    def from_dict(cls, data: Optional[dict[str, Any]]) -> Optional["CudaOpsScan"]:
         if not data:
             return None
         data = dict(data)
@@ -69,6 +74,6 @@ class CudaOpsScan:
         return _pick(cls, data)
 
 
-def _pick(cls, data: dict):
+def _pick(cls: type[T], data: dict[str, Any]) -> T:
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in names})

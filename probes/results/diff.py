@@ -6,7 +6,7 @@ the contract fixes it (contract fields first, extras after) and ``from_dict`` re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from audit.probes.results import GrowthPoint, Renderable, StepAgreement, build, plain
 
@@ -27,7 +27,7 @@ class DiffSide:
     """One side: ``a`` is before (or the reference), ``b`` after."""
 
     target: str
-    environment: dict = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
     mode: str = "target"  # "target" | "script" | "reference"
     code: Optional[str] = None  # fingerprint of the source trained (None: not recorded)
 
@@ -75,14 +75,14 @@ class Replaced:
 class Unmatched:
     """Modules without a counterpart on the other side."""
 
-    a: list = field(default_factory=list)
-    b: list = field(default_factory=list)
+    a: list[str] = field(default_factory=list)
+    b: list[str] = field(default_factory=list)
 
 
 @dataclass
 class LossCurves:
-    a: list = field(default_factory=list)
-    b: list = field(default_factory=list)
+    a: list[Optional[float]] = field(default_factory=list)
+    b: list[Optional[float]] = field(default_factory=list)
     max_rel_diff: Optional[float] = None
     step_of_max: Optional[int] = None
 
@@ -103,20 +103,20 @@ class DiffResult(Renderable):
     seed: int
     a: DiffSide
     b: DiffSide
-    environment_changes: list = field(default_factory=list)  # [EnvironmentChange]
+    environment_changes: list[EnvironmentChange] = field(default_factory=list)  # [EnvironmentChange]
     first_difference: Optional[Difference] = None
-    renamed: list = field(default_factory=list)  # [Rename]
+    renamed: list[Rename] = field(default_factory=list)  # [Rename]
     loss: LossCurves = field(default_factory=LossCurves)
     schema: str = DIFF_SCHEMA
     device: str = "cpu"
     mode: str = "pair"  # "pair" (two targets) | "against" (a recorded reference)
-    replaced: list = field(default_factory=list)  # [Replaced]
+    replaced: list[Replaced] = field(default_factory=list)  # [Replaced]
     unmatched: Unmatched = field(default_factory=Unmatched)
     self_difference: Optional[SelfDifference] = None
     drift: Optional[str] = None  # "rounding" | "material": how large the difference grows
-    timeline: list = field(default_factory=list)  # [StepAgreement], stages as DIFF_STAGES
-    growth: list = field(default_factory=list)  # [GrowthPoint]
-    detail: dict = field(default_factory=dict)
+    timeline: list[StepAgreement] = field(default_factory=list)  # [StepAgreement], stages as DIFF_STAGES
+    growth: list[GrowthPoint] = field(default_factory=list)  # [GrowthPoint]
+    detail: dict[str, Any] = field(default_factory=dict)
     error: Optional[str] = None
     seconds: Optional[float] = None
 
@@ -134,7 +134,7 @@ class DiffResult(Renderable):
         moved = self.verdict == "differs" and self.first_difference is not None
         return "environment" if moved and self.same_code else None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         data = plain(self)
         data["same_code"], data["likely_reason"] = self.same_code, self.likely_reason
         data["renamed"] = [{"from": r.source, "to": r.to} for r in self.renamed]
@@ -143,7 +143,7 @@ class DiffResult(Renderable):
         return {**{k: data[k] for k in head}, **{k: v for k, v in data.items() if k not in head}}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DiffResult":
+    def from_dict(cls, data: dict[str, Any]) -> "DiffResult":
         data = dict(data)  # same_code, likely_reason: derived, left out by build
         data["a"] = build(DiffSide, data.get("a") or {"target": ""})
         data["b"] = build(DiffSide, data.get("b") or {"target": ""})
@@ -182,12 +182,12 @@ class RecordResult(Renderable):
     seconds: Optional[float] = None
     schema: str = RECORD_SCHEMA
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         data = plain(self)
         return {"schema": data.pop("schema"), **data}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RecordResult":
+    def from_dict(cls, data: dict[str, Any]) -> "RecordResult":
         data = dict(data)
         sd = data.get("self_difference")
         data["self_difference"] = build(SelfDifference, sd) if sd else None

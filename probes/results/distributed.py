@@ -3,7 +3,7 @@ run, and the rank x step grids the reports draw."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 #: Replica verdicts (contract).
 REPLICA_VERDICTS = ("consistent", "diverged")
@@ -29,7 +29,7 @@ class Replicas:
     first: Optional[ReplicaPoint] = None
     run: int = 0  # the run the first parting was seen in
     kind: str = ""  # "parameter" | "buffer" (what parted first)
-    grid: list = field(default_factory=list)  # [ReplicaRow], run ``run``
+    grid: list[ReplicaRow] = field(default_factory=list)  # [ReplicaRow], run ``run``
 
 
 @dataclass
@@ -38,7 +38,7 @@ class ReplicaRow:
     ``params`` / ``buffers`` (that part differs from rank 0) or ``missing``."""
 
     step: Optional[int]  # None: the initial parameters
-    ranks: list = field(default_factory=list)  # [str], one per rank
+    ranks: list[str] = field(default_factory=list)  # [str], one per rank
 
 
 @dataclass
@@ -46,4 +46,4 @@ class RankTimeline:
     """The run-to-run comparison of one rank: each step's stages (as ``StepAgreement``)."""
 
     rank: int
-    rows: list = field(default_factory=list)  # [StepAgreement]
+    rows: list[Any] = field(default_factory=list)  # [StepAgreement]

@@ -3,7 +3,7 @@ saved, loaded in a fresh process and continued to step S match the uninterrupted
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from audit.probes.results import Cause, Divergence, KnobTrial, Renderable, RunInfo, build, plain
 
@@ -42,7 +42,7 @@ class ResumeStep:
     uninterrupted one (``agree`` | ``differ`` | ``missing``; steps before K: ``before``)."""
 
     step: int
-    stages: dict = field(default_factory=dict)
+    stages: dict[str, Any] = field(default_factory=dict)
     loss_a: Optional[float] = None  # the uninterrupted run's loss
     loss_c: Optional[float] = None  # the resumed run's loss
 
@@ -53,31 +53,31 @@ class ResumeResult(Renderable):
     steps: int
     at: int
     first_divergence: Optional[ResumeDivergence] = None
-    causes: list = field(default_factory=list)  # [Cause], source from RESUME_SOURCES
+    causes: list[Cause] = field(default_factory=list)  # [Cause], source from RESUME_SOURCES
     schema: str = RESUME_SCHEMA
     seed: int = 0
     device: str = "cpu"
-    environment: dict = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
     target: str = ""
     checkpoint: str = "default"  # "target": its own save/load; "default": model + optimizer
     epoch_length: Optional[int] = None  # batches per pass over the data, when known
     auto: bool = False  # steps/at chosen by the tool
-    state_differences: list = field(default_factory=list)  # [StateDifference]
-    timeline: list = field(default_factory=list)  # [ResumeStep]
-    knob_trials: list = field(default_factory=list)  # [KnobTrial]
+    state_differences: list[StateDifference] = field(default_factory=list)  # [StateDifference]
+    timeline: list[ResumeStep] = field(default_factory=list)  # [ResumeStep]
+    knob_trials: list[KnobTrial] = field(default_factory=list)  # [KnobTrial]
     uninterrupted: Optional[Divergence] = None  # nondeterministic: where two uninterrupted runs part
-    run_info: list = field(default_factory=list)  # [RunInfo]: a, b, c, ...
-    detail: dict = field(default_factory=dict)
+    run_info: list[RunInfo] = field(default_factory=list)  # [RunInfo]: a, b, c, ...
+    detail: dict[str, Any] = field(default_factory=dict)
     error: Optional[str] = None
     seconds: Optional[float] = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         data = plain(self)
         head = ["schema", "verdict", "steps", "at", "first_divergence", "causes"]
         return {**{k: data[k] for k in head}, **{k: v for k, v in data.items() if k not in head}}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ResumeResult":
+    def from_dict(cls, data: dict[str, Any]) -> "ResumeResult":
         data = dict(data)
         fd, un = data.get("first_divergence"), data.get("uninterrupted")
         data["first_divergence"] = build(ResumeDivergence, fd) if fd else None

@@ -8,7 +8,7 @@ document back (baselines, gold files).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from audit.probes.results import build, plain
 from audit.probes.results.records import Status
@@ -32,7 +32,7 @@ class RunRecord:
     group: str  # a source name or "all" (variance); "a" or "b" (compare)
     seed: int  # the varied seed (for "all": every source's seed)
     status: str  # one of RUN_STATUSES
-    metrics: dict = field(default_factory=dict)  # name -> float
+    metrics: dict[str, float] = field(default_factory=dict)  # name -> float
     message: str = ""
     seconds: Optional[float] = None
     where: Optional[str] = None  # "file.py:12" in the user's code, for a crash
@@ -53,16 +53,16 @@ class Routing:
 class SourceStats:
     """One metric under one source: each seed's value (contract: values, mean, std)."""
 
-    values: list = field(default_factory=list)  # [float], finished runs, seed order
+    values: list[float] = field(default_factory=list)  # [float], finished runs, seed order
     mean: Optional[float] = None
     std: Optional[float] = None
-    seeds: list = field(default_factory=list)  # [int], the seed of each value
+    seeds: list[int] = field(default_factory=list)  # [int], the seed of each value
     min: Optional[float] = None
     max: Optional[float] = None
     q1: Optional[float] = None
     q3: Optional[float] = None
     iqr: Optional[float] = None
-    std_ci: list = field(default_factory=lambda: [None, None])  # bootstrap CI of std
+    std_ci: list[Optional[float]] = field(default_factory=lambda: [None, None])  # bootstrap CI of std
     share: Optional[float] = None  # var(source) / var(all)
     excluded: int = 0  # runs of this source that crashed or gave a non-finite value
 
@@ -70,36 +70,36 @@ class SourceStats:
 @dataclass
 class MetricVariance:
     direction: str  # "lower" | "higher" is better
-    sources: dict = field(default_factory=dict)  # source -> SourceStats
+    sources: dict[str, SourceStats] = field(default_factory=dict)  # source -> SourceStats
 
 
 @dataclass
 class VarianceResult:
     seeds: int
     steps: int
-    metrics: dict = field(default_factory=dict)  # metric name -> MetricVariance
+    metrics: dict[str, MetricVariance] = field(default_factory=dict)  # metric name -> MetricVariance
     schema: str = VARIANCE_SCHEMA
     seed: int = 0
     target: str = ""
     device: str = "cpu"
-    sources: list = field(default_factory=list)  # the sources varied, contract order
-    routing: list = field(default_factory=list)  # [Routing]
+    sources: list[str] = field(default_factory=list)  # the sources varied, contract order
+    routing: list[Routing] = field(default_factory=list)  # [Routing]
     controlled: Optional[bool] = None  # did identical seed settings give identical metrics?
     control_spread: Optional[float] = None  # largest metric range over identical settings
-    dominant: dict = field(default_factory=dict)  # metric -> source with the largest std
-    runs: list = field(default_factory=list)  # [RunRecord]
+    dominant: dict[str, str] = field(default_factory=dict)  # metric -> source with the largest std
+    runs: list[RunRecord] = field(default_factory=list)  # [RunRecord]
     confidence: float = 0.95
-    environment: dict = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
     error: Optional[str] = None
     seconds: Optional[float] = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         data = plain(self)
         head = ["schema", "seeds", "steps", "metrics"]
         return {**{k: data[k] for k in head}, **{k: v for k, v in data.items() if k not in head}}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "VarianceResult":
+    def from_dict(cls, data: dict[str, Any]) -> "VarianceResult":
         data = dict(data)
         metrics = {}
         for name, m in (data.get("metrics") or {}).items():
@@ -112,7 +112,7 @@ class VarianceResult:
         return build(cls, data)
 
     @property
-    def crashed(self) -> list:
+    def crashed(self) -> list[RunRecord]:
         return [r for r in self.runs if r.status != Status.OK]
 
     @property
@@ -124,7 +124,7 @@ class VarianceResult:
 class Variant:
     """One side of a comparison: its target and its value per seed (contract: values)."""
 
-    values: list = field(default_factory=list)  # [float], seed order, paired seeds only
+    values: list[float] = field(default_factory=list)  # [float], seed order, paired seeds only
     target: str = ""
     mean: Optional[float] = None
     std: Optional[float] = None
@@ -138,8 +138,8 @@ class CompareResult:
     verdict: str  # one of COMPARE_VERDICTS, for the candidate (b) against the baseline (a)
     a: Variant = field(default_factory=Variant)
     b: Variant = field(default_factory=Variant)
-    deltas: list = field(default_factory=list)  # b - a per paired seed
-    ci: list = field(default_factory=lambda: [None, None])  # BCa CI of mean(deltas)
+    deltas: list[float] = field(default_factory=list)  # b - a per paired seed
+    ci: list[Optional[float]] = field(default_factory=lambda: [None, None])  # BCa CI of mean(deltas)
     p_value: Optional[float] = None  # paired sign-flip permutation test
     prob_improvement: Optional[float] = None
     seeds_needed: Optional[int] = None  # for 80 % power at the observed effect
@@ -150,24 +150,24 @@ class CompareResult:
     confidence: float = 0.95
     power: Optional[float] = None  # power of this test at the observed effect
     min_seeds: Optional[int] = None  # fewest seeds with which the test can reach alpha
-    paired_seeds: list = field(default_factory=list)  # [int]
-    metrics: list = field(default_factory=list)  # every metric the runs reported
+    paired_seeds: list[int] = field(default_factory=list)  # [int]
+    metrics: list[str] = field(default_factory=list)  # every metric the runs reported
     steps: int = 0
     seed: int = 0
     device: str = "cpu"
-    runs: list = field(default_factory=list)  # [RunRecord]
-    environment: dict = field(default_factory=dict)
+    runs: list[RunRecord] = field(default_factory=list)  # [RunRecord]
+    environment: dict[str, Any] = field(default_factory=dict)
     error: Optional[str] = None
     seconds: Optional[float] = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         data = plain(self)
         head = ["schema", "seeds", "metric", "direction", "verdict", "a", "b", "deltas", "ci",
                 "p_value", "prob_improvement", "seeds_needed"]
         return {**{k: data[k] for k in head}, **{k: v for k, v in data.items() if k not in head}}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CompareResult":
+    def from_dict(cls, data: dict[str, Any]) -> "CompareResult":
         data = dict(data)
         data["a"] = build(Variant, data.get("a") or {})
         data["b"] = build(Variant, data.get("b") or {})
@@ -175,7 +175,7 @@ class CompareResult:
         return build(cls, data)
 
     @property
-    def crashed(self) -> list:
+    def crashed(self) -> list[RunRecord]:
         return [r for r in self.runs if r.status != Status.OK]
 
     @property

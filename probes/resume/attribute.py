@@ -7,7 +7,7 @@ first); the orchestrator reruns the resumed run with one piece restored by the t
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from audit.probes.run.compare import Parting
 from audit.probes.results import Cause, KnobTrial
@@ -68,7 +68,7 @@ _STATE_PIECE_KNOB = {"scheduler": "scheduler", "optimizer state": "optimizer_sta
                      "grad scaler": "grad_scaler"}
 
 
-def applicable(plan_record: dict) -> list:
+def applicable(plan_record: dict[str, Any]) -> list[Any]:
     """The knobs that can change anything for this target and plan, in :data:`PIECES` order."""
     out = ["torch_rng", "numpy_python_rng"]
     if plan_record.get("skip") and plan_record.get("loader"):
@@ -82,8 +82,8 @@ def applicable(plan_record: dict) -> list:
     return out
 
 
-def plan(plan_record: dict, parting: Optional[Parting], state_diffs: list,
-         moot: frozenset = frozenset()) -> list:
+def plan(plan_record: dict[str, Any], parting: Optional[Parting], state_diffs: list[Any],
+         moot: frozenset[Any] = frozenset()) -> list[Any]:
     """The applicable knobs, those the divergence points at first; ``moot`` ones (their piece
     already agrees right after the load) left out."""
     first = [_STATE_PIECE_KNOB[d.piece] for d in state_diffs if d.piece in _STATE_PIECE_KNOB]
@@ -109,8 +109,8 @@ def _place(div: ResumeDivergence) -> str:
     return text + (f" ({div.tensor})" if div.tensor else "")
 
 
-def causes(div: ResumeDivergence, trials: list, checkpoint: str, where: Optional[str],
-           steps: int) -> list:
+def causes(div: ResumeDivergence, trials: list[Any], checkpoint: str, where: Optional[str],
+           steps: int) -> list[Any]:
     """A confirmed cause per knob that removed the divergence (alone, or needed together),
     else one ``unknown``."""
     proven = [t for t in trials if t.removed]

@@ -2,7 +2,7 @@
 step from K on, with the determinism audit's comparison (:mod:`probes.run.compare`)."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from audit.probes.run import compare
 from audit.probes.results.resume import ResumeDivergence, ResumeStep
@@ -13,22 +13,22 @@ from audit.probes.results.records import Record
 CONTEXT = 2
 
 
-def record(records: list, kind: str) -> dict:
+def record(records: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return next((r for r in records if r.get("type") == kind), {})
 
 
-def _from(records: list, at: int) -> list:
+def _from(records: list[dict[str, Any]], at: int) -> list[Any]:
     """A trace cut to the steps from ``at`` on (its ``init`` record left out)."""
     header = [r for r in records if r.get("type") == Record.PARAMS][-1:]
     return header + [r for r in records if r.get("type") == Record.STEP and r.get("step", -1) >= at]
 
 
-def _samples(rec: dict) -> set:
+def _samples(rec: dict[str, Any]) -> set[Any]:
     xs, ys = rec.get("inputs_rows", []), rec.get("targets_rows", [])
     return set(zip(xs, ys)) if len(xs) == len(ys) else set(xs)
 
 
-def step_parting(a: list, c: list, at: int) -> Optional[compare.Parting]:
+def step_parting(a: list[Any], c: list[Any], at: int) -> Optional[compare.Parting]:
     """Where the resumed run's steps first part from the uninterrupted run's, from step K on.
     A data parting is ``order`` when the resumed batch's samples all occur somewhere in the
     uninterrupted run (any step), else ``content``."""
@@ -40,7 +40,7 @@ def step_parting(a: list, c: list, at: int) -> Optional[compare.Parting]:
     return parting
 
 
-def state_differences(a: list, c: list) -> list:
+def state_differences(a: list[Any], c: list[Any]) -> list[Any]:
     """What differs between A's state after step K-1 and C's right after the load."""
     left, right = record(a, Record.STATE), record(c, Record.STATE)
     if not left or not right:
@@ -48,12 +48,12 @@ def state_differences(a: list, c: list) -> list:
     return state.differences(left, right)
 
 
-def moot_knobs(a: list, c: list) -> frozenset:
+def moot_knobs(a: list[Any], c: list[Any]) -> frozenset[Any]:
     """Knobs whose piece C's load already restored as A had it."""
     return frozenset(state.moot(record(a, Record.STATE), record(c, Record.STATE)))
 
 
-def divergence(diffs: list, parting: Optional[compare.Parting], at: int) -> Optional[ResumeDivergence]:
+def divergence(diffs: list[Any], parting: Optional[compare.Parting], at: int) -> Optional[ResumeDivergence]:
     """The first divergence: the state when it differs and the steps part too (a state
     difference nothing trains on is no divergence), else the steps' first parting."""
     if parting is None:
@@ -69,11 +69,11 @@ def divergence(diffs: list, parting: Optional[compare.Parting], at: int) -> Opti
     return ResumeDivergence(parting.step, parting.stage, module, parting.tensor)
 
 
-def _loss(rec: Optional[dict]) -> Optional[float]:
+def _loss(rec: Optional[dict[str, Any]]) -> Optional[float]:
     return rec.get("loss_value") if rec else None
 
 
-def timeline(a: list, c: list, at: int, steps: int, state_differs: bool) -> list:
+def timeline(a: list[Any], c: list[Any], at: int, steps: int, state_differs: bool) -> list[Any]:
     """Rows from a little before K to S-1: each stage of C against A (``before`` for steps
     the resumed run did not make), plus the losses."""
     sa = {r["step"]: r for r in a if r.get("type") == Record.STEP}

@@ -30,7 +30,7 @@ class PassRecord:
 
     epoch: int
     seed_state: torch.Tensor  # state of the generator the pass drew its seeds from
-    order: Optional[list] = None  # what the index sampler yielded, whole pass
+    order: Optional[list[Any]] = None  # what the index sampler yielded, whole pass
 
 
 def is_loader(data: Any) -> bool:
@@ -42,7 +42,7 @@ def uses_workers(data: Any) -> bool:
     return is_loader(data) and data.num_workers > 0
 
 
-def seed_source(loader: DataLoader) -> torch.Generator:
+def seed_source(loader: DataLoader[Any]) -> torch.Generator:
     """The generator a pass draws its worker base seed (and a default sampler's seed) from."""
     return loader.generator if loader.generator is not None else torch.default_generator
 
@@ -60,21 +60,21 @@ class _IndexSampler:
     the original's indices, taken whole at the first request (the moment the original would
     have drawn its seed). ``before_first`` runs just before that."""
 
-    def __init__(self, original, order: Optional[list] = None, before_first=None):
+    def __init__(self, original: Any, order: Optional[list[Any]] = None, before_first: Any = None) -> None:
         self.original, self.order, self.before_first = original, order, before_first
-        self.seen: Optional[list] = None
+        self.seen: Optional[list[Any]] = None
 
     def __len__(self) -> int:
         return len(self.original)
 
-    def __iter__(self) -> Iterator:
+    def __iter__(self) -> Iterator[Any]:
         if self.before_first is not None:
             self.before_first()
         self.seen = list(self.order) if self.order is not None else list(iter(self.original))
         yield from self.seen
 
 
-def _open(loader: DataLoader, sampler: _IndexSampler) -> Iterator:
+def _open(loader: DataLoader[Any], sampler: _IndexSampler) -> Iterator[Any]:
     """``iter(loader)`` with ``sampler`` standing in for its index sampler during the call."""
     attr = "batch_sampler" if loader.batch_sampler is not None else "sampler"
     original = getattr(loader, attr)
@@ -93,7 +93,7 @@ class PassRecorder:
         self.latest: Optional[PassRecord] = None
         self._sampler: Optional[_IndexSampler] = None
 
-    def open_pass(self, epoch: int) -> Iterator:
+    def open_pass(self, epoch: int) -> Iterator[Any]:
         if not is_loader(self.data):
             return iter(self.data)
         attr = "batch_sampler" if self.data.batch_sampler is not None else "sampler"
@@ -108,7 +108,8 @@ class PassRecorder:
         return self.latest
 
 
-def resumed_pass(loader: DataLoader, skip: int, knobs: tuple, record: Optional[PassRecord]) -> Iterator:
+def resumed_pass(loader: DataLoader[Any], skip: int, knobs: tuple[str, ...],
+                 record: Optional[PassRecord]) -> Iterator[Any]:
     """The resumed pass over ``loader`` (its first ``skip`` batches are discarded by the loop),
     opened with the tool's data knobs in ``knobs`` applied from ``record``."""
     wanted = [k for k in knobs if k in DATA_KNOBS] if record is not None else []
@@ -127,7 +128,7 @@ def resumed_pass(loader: DataLoader, skip: int, knobs: tuple, record: Optional[P
     return _rewound(it, skip, source, own)
 
 
-def _rewound(it: Iterator, skip: int, source: torch.Generator, state: torch.Tensor) -> Iterator:
+def _rewound(it: Iterator[Any], skip: int, source: torch.Generator, state: torch.Tensor) -> Iterator[Any]:
     """Yield from ``it``; once ``skip`` batches are out, put ``source`` back to ``state``."""
     for i, batch in enumerate(it):
         if i == skip:

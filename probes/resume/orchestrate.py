@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from audit.probes.run import compare as det_compare
 from audit.probes.run.launcher import Launcher, Outcome, RunOptions
@@ -41,7 +41,7 @@ class ResumeOptions:
     at: Optional[int] = None  # K; None: inside the second epoch
     seed: int = 0
     device: str = "auto"
-    input_shape: Optional[list] = None
+    input_shape: Optional[list[Any]] = None
     num_classes: Optional[int] = None
     jobs: int = 2
     attribute: bool = True
@@ -59,14 +59,14 @@ class _Runs:
             target=opts.target, seed=opts.seed, device=opts.device, input_shape=opts.input_shape,
             num_classes=opts.num_classes, cwd=opts.cwd), folder)
 
-    def spec(self, name: str, role: str, knobs=(), folder: Optional[str] = None) -> RunSpec:
+    def spec(self, name: str, role: str, knobs: Any = (), folder: Optional[str] = None) -> RunSpec:
         folder = folder or self.checkpoints
         os.makedirs(folder, exist_ok=True)
         resume = ResumeSpec(role=role, at=self.opts.at, folder=folder, knobs=list(knobs))
         # steps 0: the worker chooses S from the epoch length (the session's plan)
         return self.launcher.spec(name, self.opts.steps or 0, resume=resume)
 
-    def run(self, specs: list) -> list:
+    def run(self, specs: list[Any]) -> list[Any]:
         outs = self.launcher.run_all(specs, self.opts.jobs)
         for out in outs:
             if out.end.get("status") == Status.TARGET_ERROR:
@@ -115,7 +115,7 @@ def audit_resume(opts: ResumeOptions, progress: Optional[Callable[[str], None]] 
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _audit(runs: _Runs, say) -> ResumeResult:
+def _audit(runs: _Runs, say: Any) -> ResumeResult:
     say("uninterrupted run, saving at step K")
     (a,) = runs.run([runs.spec("a-uninterrupted", "a")])
     if a.end.get("status") != Status.OK:
@@ -141,7 +141,7 @@ def _audit(runs: _Runs, say) -> ResumeResult:
     return result
 
 
-def _plan_record(*outs: Outcome) -> dict:
+def _plan_record(*outs: Outcome) -> dict[str, Any]:
     return next((compare.record(o.records, "plan") for o in outs if compare.record(o.records, "plan")), {})
 
 
@@ -167,7 +167,7 @@ def _base(runs: _Runs, a: Outcome, c: Outcome) -> ResumeResult:
     return result
 
 
-def _failed(runs: _Runs, outs: list, name: str, out: Outcome) -> ResumeResult:
+def _failed(runs: _Runs, outs: list[Any], name: str, out: Outcome) -> ResumeResult:
     plan = _plan_record(*outs)
     info = _run_info(0, out)
     return ResumeResult(verdict="diverges", steps=plan.get("steps", runs.opts.steps or 0),
@@ -181,8 +181,8 @@ def _removed(a: Outcome, c: Outcome, at: int, steps: int) -> bool:
     return c.steps_done >= steps - at and compare.step_parting(a.records, c.records, at) is None
 
 
-def _judge(runs: _Runs, result: ResumeResult, a: Outcome, diffs: list, parting, say,
-           moot: frozenset) -> None:
+def _judge(runs: _Runs, result: ResumeResult, a: Outcome, diffs: list[Any], parting: Any, say: Any,
+           moot: frozenset[Any]) -> None:
     """Attribution, most likely piece first. A piece that makes a fresh resumed run match A
     bit for bit also shows A is reproducible; otherwise a second uninterrupted run decides
     whether the target is nondeterministic before any more pieces are tried."""
@@ -212,7 +212,7 @@ def _judge(runs: _Runs, result: ResumeResult, a: Outcome, diffs: list, parting, 
                                      plan_record.get("save_where"), result.steps)
 
 
-def _nondeterministic(result: ResumeResult, again) -> None:
+def _nondeterministic(result: ResumeResult, again: Any) -> None:
     result.verdict = "nondeterministic"
     result.first_divergence = None
     result.uninterrupted = Divergence(step=again.step, stage=again.stage, tensor=again.tensor)
@@ -220,7 +220,7 @@ def _nondeterministic(result: ResumeResult, again) -> None:
     result.causes = [attribute.nondeterministic_cause(f"{place}, stage {again.stage}")]
 
 
-def _more_trials(runs: _Runs, a: Outcome, result: ResumeResult, knobs: list, done: int, say) -> list:
+def _more_trials(runs: _Runs, a: Outcome, result: ResumeResult, knobs: list[str], done: int, say: Any) -> list[Any]:
     """The remaining knobs one at a time (``jobs`` at once) until one removes the divergence;
     if none does, all together, then all-but-one."""
     at, steps, trials = result.at, result.steps, []

@@ -31,10 +31,10 @@ PIECES = {
 }
 
 
-def find_scalers(setup: TrainingSetup) -> list:
+def find_scalers(setup: TrainingSetup) -> list[Any]:
     """``torch.amp.GradScaler`` objects the target's ``step``/``loss`` callables hold (closure
     cells, their module's globals, a bound method's object)."""
-    found: list = []
+    found: list[Any] = []
     for fn in (setup.step, setup.loss):
         if fn is None:
             continue
@@ -49,7 +49,7 @@ def find_scalers(setup: TrainingSetup) -> list:
     return found
 
 
-def _filled(cell) -> bool:
+def _filled(cell: Any) -> bool:
     try:
         _ = cell.cell_contents  # an empty cell raises
     except ValueError:
@@ -57,7 +57,7 @@ def _filled(cell) -> bool:
     return True
 
 
-def snapshot(live: LiveObjects, scalers: list, record: Optional[loader.PassRecord]) -> dict:
+def snapshot(live: LiveObjects, scalers: list[Any], record: Optional[loader.PassRecord]) -> dict[str, Any]:
     """Every piece, as the uninterrupted run has it now (a ``torch.save``-able dict)."""
     snap = {
         "torch_rng": torch.get_rng_state(),
@@ -75,12 +75,12 @@ def snapshot(live: LiveObjects, scalers: list, record: Optional[loader.PassRecor
     return snap
 
 
-def pass_record(snap: dict) -> Optional[loader.PassRecord]:
+def pass_record(snap: dict[str, Any]) -> Optional[loader.PassRecord]:
     data = snap.get("pass")
     return loader.PassRecord(data["epoch"], data["seed_state"], data["order"]) if data else None
 
 
-def restore(knob: str, snap: dict, live: LiveObjects, scalers: list) -> None:
+def restore(knob: str, snap: dict[str, Any], live: LiveObjects, scalers: list[Any]) -> None:
     """Put one piece back as the uninterrupted run had it (data knobs: see :mod:`loader`)."""
     if knob == "torch_rng":
         torch.set_rng_state(snap["torch_rng"])
@@ -104,7 +104,7 @@ def restore(knob: str, snap: dict, live: LiveObjects, scalers: list) -> None:
                     buffers[name].copy_(value.to(buffers[name].device))
 
 
-def known(knobs: Any) -> list:
+def known(knobs: Any) -> list[Any]:
     """``knobs`` checked against :data:`PIECES` (the spec comes from our own orchestrator)."""
     bad = [k for k in knobs if k not in PIECES]
     if bad:

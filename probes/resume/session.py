@@ -18,7 +18,7 @@ import functools
 import inspect
 import os
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -68,7 +68,7 @@ def choose_plan(steps: Optional[int], at: Optional[int], length: Optional[int]) 
     return Plan(steps, at, length, auto)
 
 
-def where(fn) -> Optional[str]:
+def where(fn: Any) -> Optional[str]:
     """``file.py:LINE`` of a user's callable, when Python can tell."""
     try:
         while isinstance(fn, functools.partial):
@@ -79,13 +79,13 @@ def where(fn) -> Optional[str]:
         return None
 
 
-def default_save(path: str, objects: dict) -> None:
+def default_save(path: str, objects: dict[str, Any]) -> None:
     """What most tutorials save: the model's and the optimizer's state dicts."""
     torch.save({"model": objects["model"].state_dict(),
                 "optimizer": objects["optimizer"].state_dict()}, path)
 
 
-def default_load(path: str, objects: dict) -> None:
+def default_load(path: str, objects: dict[str, Any]) -> None:
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     objects["model"].load_state_dict(checkpoint["model"])
     objects["optimizer"].load_state_dict(checkpoint["optimizer"])
@@ -94,8 +94,8 @@ def default_load(path: str, objects: dict) -> None:
 class Session:
     """What one role does around the shared loop (see the module docstring)."""
 
-    def __init__(self, role: str, plan: Plan, setup: TrainingSetup, folder: str, knobs: list,
-                 device=None):
+    def __init__(self, role: str, plan: Plan, setup: TrainingSetup, folder: str, knobs: list[str],
+                 device: Any = None) -> None:
         self.role, self.plan, self.setup, self.knobs = role, plan, setup, knobs
         self.device = device if device is not None else torch.device("cpu")
         self.path = os.path.join(folder, "checkpoint.pt")
@@ -106,7 +106,7 @@ class Session:
         self.steps = plan.steps
         self._record: Optional[loader.PassRecord] = None
 
-    def loaded(self, live: LiveObjects, writer) -> None:
+    def loaded(self, live: LiveObjects, writer: Any) -> None:
         """Resumed run: load the checkpoint, restore the knobs' pieces, write the state."""
         if self.role != "c":
             return
@@ -124,7 +124,7 @@ class Session:
                 pieces.restore(knob, snap, live, self.scalers)
         writer.write(state_record(live, self.scalers, self.plan.at, self.device))
 
-    def open_pass(self, epoch: int) -> Iterator:
+    def open_pass(self, epoch: int) -> Iterator[Any]:
         data = self.setup.data
         if self.role == "a":
             return self.recorder.open_pass(epoch)
@@ -134,7 +134,7 @@ class Session:
             return loader.resumed_pass(data, self.plan.skip, tuple(self.knobs), self._record)
         return iter(data)
 
-    def stepped(self, live: LiveObjects, done: int, writer) -> None:
+    def stepped(self, live: LiveObjects, done: int, writer: Any) -> None:
         if done != self.plan.at or self.role == "c":
             return
         writer.write(state_record(live, self.scalers, done, self.device))
@@ -148,8 +148,8 @@ class Session:
                               "checkpoint can be written") from None
 
 
-def open_session(spec: ResumeSpec, setup: TrainingSetup, device, steps: Optional[int],
-                 writer) -> Session:
+def open_session(spec: ResumeSpec, setup: TrainingSetup, device: Any, steps: Optional[int],
+                 writer: Any) -> Session:
     """The session a worker spec's ``resume`` entry asks for; writes the ``plan`` record."""
     if (setup.save is None) != (setup.load is None):
         given = "save" if setup.save is not None else "load"

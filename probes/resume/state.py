@@ -34,7 +34,7 @@ def _digest(value: Any) -> str:
     return fp.bytes_fingerprint(text.encode("utf-8"))
 
 
-def _optimizer_parts(live: LiveObjects, params: list) -> list:
+def _optimizer_parts(live: LiveObjects, params: list[Any]) -> list[Any]:
     parts = []
     for p in params:
         state = live.optimizer.state.get(p, {})
@@ -43,7 +43,7 @@ def _optimizer_parts(live: LiveObjects, params: list) -> list:
     return parts
 
 
-def state_record(live: LiveObjects, scalers: list, step: int, device) -> dict:
+def state_record(live: LiveObjects, scalers: list[Any], step: int, device: Any) -> dict[str, Any]:
     """The ``state`` trace record: the run's state before step ``step`` (with the global RNG
     states, which the ``state`` stage leaves to each step's ``rng`` stage but attribution
     uses to skip pieces the checkpoint already restores)."""
@@ -70,7 +70,7 @@ def _module(name: str) -> str:
     return name.rpartition(".")[0]
 
 
-def differences(a: dict, b: dict) -> list:
+def differences(a: dict[str, Any], b: dict[str, Any]) -> list[Any]:
     """What differs between two ``state`` records, in the order a step would meet it."""
     out = []
     for key, piece in (("params", "parameter"), ("buffers", "buffer"), ("optim", "optimizer state")):
@@ -96,13 +96,13 @@ KNOB_KEYS = {
 }
 
 
-def _get(rec: dict, key: str):
+def _get(rec: dict[str, Any], key: str) -> Any:
     head, _, tail = key.partition(".")
     value = rec.get(head)
     return (value or {}).get(tail) if tail else value
 
 
-def moot(a: dict, b: dict) -> set:
+def moot(a: dict[str, Any], b: dict[str, Any]) -> set[Any]:
     """Knobs whose piece already agrees right after the load (restoring it changes nothing)."""
     if not a or not b:
         return set()

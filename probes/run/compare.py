@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from audit.probes.results import STAGES, NonFinite, StepAgreement
 from audit.probes.results.records import Record
@@ -33,25 +33,25 @@ class Parting:
     step: Optional[int]
     stage: str
     tensor: Optional[str] = None
-    streams: list = field(default_factory=list)  # rng: which generators differ
+    streams: list[Any] = field(default_factory=list)  # rng: which generators differ
     data: Optional[str] = None  # "order" | "content" for the data stage
     field: Optional[str] = None  # the data stage's record field: inputs, targets, fed, loss_targets
     outside: bool = False  # optimizer stage: parameters changed between the update and the next step
 
-    def key(self) -> tuple:
+    def key(self) -> tuple[Any, ...]:
         return (-1 if self.step is None else self.step, STAGES.index(self.stage))
 
 
-def split(records: list) -> tuple[dict, dict, list]:
+def split(records: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
     """(params header, init record, step records in order) of a trace."""
     # The last header: script mode adds one when an optimizer appears after the first step.
-    header = next((r for r in reversed(records) if r.get("type") == Record.PARAMS), {})
-    init = next((r for r in records if r.get("type") == Record.INIT), {})
+    header: dict[str, Any] = next((r for r in reversed(records) if r.get("type") == Record.PARAMS), {})
+    init: dict[str, Any] = next((r for r in records if r.get("type") == Record.INIT), {})
     steps = [r for r in records if r.get("type") == Record.STEP]
     return header, init, steps
 
 
-def _first_named(names: list, a: list, b: list) -> Optional[str]:
+def _first_named(names: list[str], a: list[Any], b: list[Any]) -> Optional[str]:
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
             return names[i] if i < len(names) else str(i)
@@ -60,7 +60,8 @@ def _first_named(names: list, a: list, b: list) -> Optional[str]:
     return None
 
 
-def stage_states(ra: dict, rb: dict, na: Optional[dict] = None, nb: Optional[dict] = None) -> dict:
+def stage_states(ra: dict[str, Any], rb: dict[str, Any], na: Optional[dict[str, Any]] = None,
+                 nb: Optional[dict[str, Any]] = None) -> dict[str, str]:
     """For one step of two runs, each stage's state: 'agree' or 'differ'. ``na``/``nb`` are
     the runs' next step records (their parameters at the start of that step)."""
     data = any(ra.get(k) != rb.get(k) for k in LOADED + IN_LOOP)
@@ -76,13 +77,13 @@ def stage_states(ra: dict, rb: dict, na: Optional[dict] = None, nb: Optional[dic
     }
 
 
-def _samples(record: dict) -> list:
+def _samples(record: dict[str, Any]) -> list[Any]:
     """A step's samples, each as (input fingerprint, target fingerprint) when they pair up."""
     xs, ys = record.get("inputs_rows", []), record.get("targets_rows", [])
     return list(zip(xs, ys)) if len(xs) == len(ys) else list(xs)
 
 
-def _data_kind(sa: list, sb: list, upto: int) -> str:
+def _data_kind(sa: list[Any], sb: list[Any], upto: int) -> str:
     """'order' when the same samples (input with its target) arrived in another order: every
     sample of the parting step in one run turns up somewhere in the other run (in this batch
     or another step's); else 'content'."""
@@ -94,7 +95,7 @@ def _data_kind(sa: list, sb: list, upto: int) -> str:
     return "order" if here_a and here_a <= all_b and here_b <= all_a else "content"
 
 
-def first_parting(a: list, b: list) -> Optional[Parting]:
+def first_parting(a: list[Any], b: list[Any]) -> Optional[Parting]:
     """The first place two traces differ, or None if they agree on every step both made."""
     header, init_a, sa = split(a)
     _, init_b, sb = split(b)
@@ -129,7 +130,7 @@ def first_parting(a: list, b: list) -> Optional[Parting]:
     return None
 
 
-def _computed_parting(ra: dict, rb: dict, names: list, step: int) -> Optional[Parting]:
+def _computed_parting(ra: dict[str, Any], rb: dict[str, Any], names: list[str], step: int) -> Optional[Parting]:
     """The forward, backward or optimizer parting of one step whose data agree."""
     if ra.get("outputs") != rb.get("outputs"):  # the loss alone may round alike
         return Parting(step, "forward", None)
@@ -142,12 +143,12 @@ def _computed_parting(ra: dict, rb: dict, names: list, step: int) -> Optional[Pa
     return None
 
 
-def earliest(partings: list) -> Optional[Parting]:
+def earliest(partings: list[Any]) -> Optional[Parting]:
     found = [p for p in partings if p is not None]
     return min(found, key=Parting.key) if found else None
 
 
-def timeline(traces: list) -> list:
+def timeline(traces: list[Any]) -> list[Any]:
     """Per step (and the init row), each stage compared across all runs against run 0."""
     if not traces:
         return []
@@ -174,7 +175,7 @@ def timeline(traces: list) -> list:
     return rows
 
 
-def rng_only(traces: list) -> list:
+def rng_only(traces: list[Any]) -> list[Any]:
     """Steps whose RNG states differ although nothing else ever does (a latent difference)."""
     rows = timeline(traces)
     return [r.step for r in rows[1:] if r.stages.get("rng") == "differ"]
@@ -183,11 +184,11 @@ def rng_only(traces: list) -> list:
 # ------------------------------------------------------------------ module localization
 
 
-def _module_events(record: dict) -> list:
+def _module_events(record: dict[str, Any]) -> list[Any]:
     return record.get("modules") or []
 
 
-def localize(a: list, b: list, step: int, stage: str) -> tuple[Optional[str], Optional[str]]:
+def localize(a: list[Any], b: list[Any], step: int, stage: str) -> tuple[Optional[str], Optional[str]]:
     """In detail traces, the first module whose inputs agree while its outputs (forward) or
     its gradients (backward) differ; returns (module, tensor)."""
     header, _, sa = split(a)
@@ -211,7 +212,7 @@ def localize(a: list, b: list, step: int, stage: str) -> tuple[Optional[str], Op
     if stage == "backward":
         grads_a, grads_b = ra.get("grads", []), rb.get("grads", [])
         differing = {names[i] for i, (x, y) in enumerate(zip(grads_a, grads_b)) if x != y and i < len(names)}
-        gouts: dict = {}
+        gouts: dict[tuple[str, int], list[bool]] = {}
         for name, call, phase, value in ev_a:
             if phase.startswith("gout"):
                 gouts.setdefault((name, call), []).append(value == index_b.get((name, call, phase)))
@@ -240,7 +241,7 @@ def _inside(name: str, parent: str) -> bool:
     return parent == "" or name == parent or name.startswith(parent + ".")
 
 
-def first_nonfinite(traces: list) -> Optional[NonFinite]:
+def first_nonfinite(traces: list[Any]) -> Optional[NonFinite]:
     """The earliest step (then the lowest run) whose loss or gradients were NaN or infinite."""
     found = []
     for run, records in enumerate(traces):

@@ -6,7 +6,7 @@ import os
 import platform
 import sys
 from importlib import metadata
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional, Union
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def describe(device) -> dict:
+def describe(device: Union[str, torch.device]) -> dict[str, Any]:
     """Python, platform, CPU, thread counts, torch/NumPy/torchvision/scipy, CUDA and cuDNN
     versions, the device (and the GPU's name on CUDA)."""
     device = torch.device(device)
@@ -52,12 +52,12 @@ def describe(device) -> dict:
     return env
 
 
-def thread_variables() -> dict:
+def thread_variables() -> dict[str, Any]:
     """Each of :data:`THREAD_VARIABLES` as this process sees it (None when unset)."""
     return {name: os.environ.get(name) for name in THREAD_VARIABLES}
 
 
-def _source_files(models: Iterable[torch.nn.Module]) -> set:
+def _source_files(models: Iterable[torch.nn.Module]) -> set[Any]:
     """The user's source files this process has loaded, and those defining the models'
     modules (the built-in example's included; torch's own left out)."""
     files = set()
@@ -89,7 +89,7 @@ def code_fingerprint(models: Iterable[torch.nn.Module] = ()) -> Optional[str]:
     return hashlib.blake2b("\n".join(sorted(digests)).encode(), digest_size=8).hexdigest()
 
 
-def resolve_device(name: str):
+def resolve_device(name: str) -> torch.device:
     import torch
 
     if name == "auto":

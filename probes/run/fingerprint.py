@@ -23,16 +23,21 @@ import hashlib
 import zlib
 
 import numpy as np
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import torch
 
 _C1 = 0x9E3779B97F4A7C15 - (1 << 64)  # odd, as a signed int64
-_weights: dict = {}
+_weights: dict[tuple[str, Optional[int]], Union[np.ndarray, torch.Tensor]] = {}
 _CPU = torch.device("cpu")
 
+#: A fingerprint: an int on the CPU, a 1-element int64 tensor on an accelerator (until gathered).
+Fingerprint = Union[int, torch.Tensor]
+#: One fingerprint per sample: ints, or one int64 tensor of them on an accelerator.
+Rows = Union[list[int], list[Fingerprint], torch.Tensor]
 
-def _weight_table(n: int, device: torch.device):
+
+def _weight_table(n: int, device: torch.device) -> Union[np.ndarray, torch.Tensor]:
     """``w_i = (2i + 1) * C1 mod 2**64`` for i < n: a numpy array on the CPU, else a tensor."""
     key = (device.type, device.index)
     have = _weights.get(key)
@@ -63,7 +68,7 @@ def words(t: torch.Tensor) -> torch.Tensor:
     return flat.view(torch.uint8)
 
 
-_metas: dict = {}
+_metas: dict[tuple[torch.dtype, tuple[int, ...]], int] = {}
 
 
 def _meta(t: torch.Tensor) -> int:
@@ -86,7 +91,7 @@ _FINITE_SCALE = {np.dtype(np.float32): np.full(_BLOCK, 2.0 ** -20, dtype=np.floa
                  np.dtype(np.float64): np.full(_BLOCK // 2, 2.0 ** -20, dtype=np.float64)}
 
 
-def _row_sums(grid: np.ndarray, floats: Optional[np.dtype] = None):
+def _row_sums(grid: np.ndarray, floats: Optional[np.dtype] = None) -> tuple[np.ndarray, bool]:
     """Per row of ``_BLOCK`` words: ``[sum_k a_k, sum_k k * a_k]`` as exact int64.
 
     Computed as a float64 matrix product (BLAS, one pass over the words): every term is an
@@ -127,7 +132,7 @@ def _cpu_dot(a: np.ndarray) -> int:
     return _small_dots([a])[0] if a.size < _SMALL else _cpu_large(a, None)[0]
 
 
-def _cpu_row_dots(rows: np.ndarray):
+def _cpu_row_dots(rows: np.ndarray) -> tuple[list[int], int]:
     """:func:`_cpu_dot` of each row of a 2-D word array (a list), and of the whole array read
     flat (an int), from one :func:`_row_sums` over the rows cut in blocks (a row's last block
     padded with zero words, which add nothing)."""
@@ -155,14 +160,14 @@ def _whole(raw: np.ndarray, total: np.ndarray, length: int) -> int:
         return int(raw.sum() + shift)
 
 
-def _dot(w, device: torch.device):
+def _dot(w: torch.Tensor, device: torch.device) -> Fingerprint:
     """``sum(w_i * weight_i) mod 2**64``: numpy sums on the CPU, torch on an accelerator."""
     if device.type == "cpu":
         return _cpu_dot(w.numpy())
     return (w.to(torch.int64) * _weight_table(w.numel(), device)).sum()
 
 
-def fingerprint(t: torch.Tensor):
+def fingerprint(t: torch.Tensor) -> Fingerprint:
     """The tensor's fingerprint: an int for a CPU tensor, a 1-element int64 tensor on its
     device otherwise (so a step's fingerprints cost one transfer, see :func:`gather`)."""
     w = words(t)
@@ -173,11 +178,11 @@ def fingerprint(t: torch.Tensor):
 class Scan(NamedTuple):
     """:func:`scan` of several tensors."""
 
-    values: list  # the fingerprint of each tensor, None where the tensor was None
+    values: list[Any]  # the fingerprint of each tensor, None where the tensor was None
     finite: object  # 1 when every floating value is finite, else 0 (a 0-d tensor off the CPU)
 
 
-def fingerprints(tensors: Sequence[Optional[torch.Tensor]]) -> list:
+def fingerprints(tensors: Sequence[Optional[torch.Tensor]]) -> list[Optional[Fingerprint]]:
     """:func:`fingerprint` of each tensor (None stays None). On the CPU the small tensors
     (biases, norms) are fingerprinted together, in a few numpy calls instead of a few each."""
     return _many(tensors, False).values
@@ -190,13 +195,13 @@ def scan(tensors: Sequence[Optional[torch.Tensor]]) -> Scan:
     return _many(tensors, True)
 
 
-_FLOATS = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+_FLOATS: dict[torch.dtype, np.dtype] = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 
 def _many(tensors: Sequence[Optional[torch.Tensor]], check: bool) -> Scan:
-    values: list = [None] * len(tensors)
-    small: list = []  # (index, tensor, words)
-    unchecked: list = []  # floating tensors whose values are still to be checked
+    values: list[Any] = [None] * len(tensors)
+    small: list[Any] = []  # (index, tensor, words)
+    unchecked: list[Any] = []  # floating tensors whose values are still to be checked
     finite = True
     for i, t in enumerate(tensors):
         if t is None:
@@ -222,7 +227,7 @@ def _many(tensors: Sequence[Optional[torch.Tensor]], check: bool) -> Scan:
     return Scan(values, _finite_flag([t for t in unchecked if t.is_floating_point()], finite))
 
 
-def _cpu_large(a: np.ndarray, floats: Optional[np.dtype]):
+def _cpu_large(a: np.ndarray, floats: Optional[np.dtype]) -> tuple[int, bool]:
     """:func:`_cpu_dot` of a flat word array of at least ``_SMALL`` words, and (``floats``
     given) whether its values, read as that dtype, are all finite."""
     rows_n = a.size // _BLOCK
@@ -238,10 +243,10 @@ def _cpu_large(a: np.ndarray, floats: Optional[np.dtype]):
     return value, finite
 
 
-_layouts: dict = {}
+_layouts: dict[tuple[Any, ...], Any] = {}
 
 
-def _small_dots(arrays: list) -> list:
+def _small_dots(arrays: list[np.ndarray]) -> list[int]:
     """:func:`_cpu_dot` of each small word array, from one product and one segmented sum."""
     if not arrays:
         return []
@@ -265,7 +270,7 @@ def _small_dots(arrays: list) -> list:
     return out
 
 
-def _finite_flag(tensors: list, finite: bool):
+def _finite_flag(tensors: list[torch.Tensor], finite: bool) -> Fingerprint:
     """``finite`` and whether every value of ``tensors`` is finite: 1 or 0, or a 0-d int64
     tensor on the tensors' device (no host sync of its own; :func:`gather` takes it). CPU
     tensors (the small ones, and dtypes numpy cannot read) are checked together; others from
@@ -285,12 +290,12 @@ def _finite_flag(tensors: list, finite: bool):
     return torch.isfinite(torch.cat(peaks)).all().to(torch.int64)
 
 
-def row_fingerprints(t: torch.Tensor):
+def row_fingerprints(t: torch.Tensor) -> Rows:
     """One fingerprint per sample (along dim 0): lets a comparison tell order from content."""
     return sample_fingerprints(t)[0]
 
 
-def sample_fingerprints(t: torch.Tensor):
+def sample_fingerprints(t: torch.Tensor) -> tuple[Rows, Fingerprint]:
     """:func:`row_fingerprints` and the :func:`fingerprint` of the whole tensor; on the CPU
     from one read of the tensor."""
     if t.dim() == 0 or t.shape[0] == 0:
@@ -311,11 +316,11 @@ def sample_fingerprints(t: torch.Tensor):
     return rows, whole + _meta(t)
 
 
-def gather(parts: Sequence) -> list:
+def gather(parts: Sequence[Any]) -> list[Any]:
     """Bring a step's fingerprints to the host: ints pass through, device tensors are
     concatenated per device and copied once (one sync)."""
     out = list(parts)
-    by_device: dict = {}
+    by_device: dict[torch.device, list[int]] = {}
     for i, p in enumerate(parts):
         if isinstance(p, torch.Tensor):
             by_device.setdefault(p.device, []).append(i)
@@ -334,7 +339,7 @@ def bytes_fingerprint(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
-def as_text(value) -> str:
+def as_text(value: Any) -> str:
     """A fingerprint (int, or list of ints) as stable text for a trace file."""
     if isinstance(value, (list, tuple)):
         return ",".join(as_text(v) for v in value)

@@ -39,8 +39,8 @@ class JitterInit:
                 time.sleep(_delay())
                 return _original(self, index)
 
-            slow.jittered = True
-            cls.fetch = slow
+            slow.jittered = True  # type: ignore[attr-defined]  # our mark on the patched method
+            cls.fetch = slow  # type: ignore[method-assign]  # patched to jitter the fetch
         time.sleep(_delay(MAX_START_DELAY))
         if self.inner is not None:
             self.inner(worker_id)

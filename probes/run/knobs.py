@@ -12,7 +12,7 @@ import functools
 import inspect
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional, Sequence, Union
 
 import torch
 
@@ -24,7 +24,7 @@ from audit.probes.run.environment import describe, thread_variables
 class Knob:
     name: str
     source: str  # the cause it proves (contract vocabulary)
-    env: dict = field(default_factory=dict)
+    env: dict[str, Any] = field(default_factory=dict)
     description: str = ""
 
 
@@ -58,9 +58,9 @@ KNOBS = {
     )
 }
 
-_observed: dict = {"cudnn_benchmark": None, "loaders": [], "threads": None,
+_observed: dict[str, Any] = {"cudnn_benchmark": None, "loaders": [], "threads": None,
                    "deterministic_off": None}
-_pinned: dict = {}
+_pinned: dict[str, Any] = {}
 
 
 def _caller() -> Optional[str]:
@@ -77,7 +77,8 @@ def observe() -> None:
 
 def _observe_cudnn_benchmark() -> None:
     cudnn_cls = type(torch.backends.cudnn)
-    prop = cudnn_cls.__dict__.get("benchmark")
+    # the cudnn module's class, patched to observe the user's settings
+    prop = cudnn_cls.__dict__.get("benchmark")  # type: ignore[attr-defined]
     if prop is None or getattr(cudnn_cls, "_audit_observed", False):
         return
 
@@ -92,11 +93,11 @@ def _observe_cudnn_benchmark() -> None:
                 _observed["cudnn_benchmark"] = _caller()
             prop.__set__(obj, value)
 
-    cudnn_cls.benchmark = Benchmark()
-    cudnn_cls._audit_observed = True
+    cudnn_cls.benchmark = Benchmark()  # type: ignore[attr-defined]  # patched to observe the user's settings
+    cudnn_cls._audit_observed = True  # type: ignore[attr-defined]  # our mark on the patched class
 
 
-def _loader_arguments(arguments: dict) -> None:
+def _loader_arguments(arguments: dict[str, Any]) -> None:
     """A DataLoader's arguments under the ``jitter`` and ``dataloader`` knobs, in place."""
     workers = arguments.get("num_workers", 0)
     if "jitter" in _pinned and workers and "dataloader" not in _pinned:
@@ -133,8 +134,8 @@ def _observe_loaders() -> None:
         _loader_arguments(arguments)
         original_init(self, **arguments, **extra)
 
-    loader_cls.__init__ = init
-    loader_cls._audit_observed = True
+    loader_cls.__init__ = init  # type: ignore[method-assign]  # patched to observe the user's DataLoader arguments
+    loader_cls._audit_observed = True  # type: ignore[attr-defined]  # our mark on the patched class
 
 
 def _observe_threads_and_determinism() -> None:
@@ -160,12 +161,13 @@ def _observe_threads_and_determinism() -> None:
         return original_det(mode, *args, **kwargs)
 
     torch.use_deterministic_algorithms = use_deterministic_algorithms
-    torch._audit_threads_observed = True
-    torch._audit_original_set_num_threads = original_set
-    torch._audit_original_deterministic = original_det
+    torch._audit_threads_observed = True  # type: ignore[attr-defined]  # our marks on the patched module
+    # our marks on the patched module
+    torch._audit_original_set_num_threads = original_set  # type: ignore[attr-defined]
+    torch._audit_original_deterministic = original_det  # type: ignore[attr-defined]  # our marks on the patched module
 
 
-def observed() -> dict:
+def observed() -> dict[str, Any]:
     return dict(_observed, loaders=list(_observed["loaders"]))
 
 
@@ -175,7 +177,7 @@ def jitter_workers() -> None:
     _pinned["jitter"] = True
 
 
-def apply(names: list, escape_log: Optional[str] = None, pin_sites=()) -> None:
+def apply(names: list[str], escape_log: Optional[str] = None, pin_sites: Sequence[str] = ()) -> None:
     """Apply the in-process part of the named knobs (their env part is set by the caller);
     ``pin_sites`` are the seeding calls' places the ``pin_seeds`` knob pins."""
     unknown = [n for n in names if n not in KNOBS]
@@ -199,14 +201,16 @@ def apply(names: list, escape_log: Optional[str] = None, pin_sites=()) -> None:
         getattr(torch, "_audit_original_deterministic", torch.use_deterministic_algorithms)(
             True, warn_only=True)
         torch.backends.cudnn.deterministic = True
-        torch.utils.deterministic.fill_uninitialized_memory = "fill_uninitialized_memory" in names
+        # not in torch's stubs
+        torch.utils.deterministic.fill_uninitialized_memory = "fill_uninitialized_memory" in names  # type: ignore[attr-defined]
 
 
-def flags() -> dict:
+def flags() -> dict[str, Any]:
     """The process's determinism-relevant settings, for the report's environment section."""
     return {
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-        "fill_uninitialized_memory": bool(torch.utils.deterministic.fill_uninitialized_memory),
+        # not in torch's stubs
+        "fill_uninitialized_memory": bool(torch.utils.deterministic.fill_uninitialized_memory),  # type: ignore[attr-defined]
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
         "num_threads": torch.get_num_threads(),
@@ -216,7 +220,7 @@ def flags() -> dict:
     }
 
 
-def module_sources(model: torch.nn.Module) -> dict:
+def module_sources(model: torch.nn.Module) -> dict[str, Any]:
     """``file:line`` of each user-defined module's forward (not torch's own modules)."""
     out = {}
     for name, module in model.named_modules():
@@ -233,7 +237,7 @@ def module_sources(model: torch.nn.Module) -> dict:
     return out
 
 
-def describe_run(device) -> dict:
+def describe_run(device: Union[str, torch.device]) -> dict[str, Any]:
     """What a run records of its place: the machine and versions
     (:func:`audit.probes.run.environment.describe`) and the determinism flags in force."""
     return {**describe(device), "flags": flags()}

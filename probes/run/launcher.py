@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 from audit.probes.progress import Progress, Reporter, silent
 from audit.probes.results.records import Record, Status
@@ -23,7 +23,7 @@ from audit.probes.run.spec import LockstepSpec, ResumeSpec, RunSpec, write_spec
 from audit.probes.run.trace import read_trace
 
 
-def run_env(knobs) -> dict:
+def run_env(knobs: Sequence[str]) -> dict[str, str]:
     """A run's environment: ours, the knobs' part, Agg. Nothing of the tool goes on the
     user's ``PYTHONPATH``: the child imports it from where it is installed."""
     env = dict(os.environ)
@@ -44,11 +44,11 @@ class RunOptions:
     steps: int = 20
     seed: int = 0
     device: str = "auto"
-    input_shape: Optional[list] = None
+    input_shape: Optional[list[Any]] = None
     num_classes: Optional[int] = None
     jobs: int = 1
     attribute: bool = True
-    script: Optional[list] = None  # script mode: ["python", "train.py", ...]
+    script: Optional[list[str]] = None  # script mode: ["python", "train.py", ...]
     cuda_ops: bool = True  # scan the first run's ops for CUDA nondeterminism
     cwd: Optional[str] = None
     timeout: Optional[float] = DEFAULT_TIMEOUT  # seconds a run may go without a step
@@ -60,21 +60,21 @@ class Outcome:
     """One finished worker process."""
 
     name: str
-    records: list
+    records: list[dict[str, Any]]
     exit_code: Optional[int]  # None: ended by the audit (a timeout or an interrupt)
     seconds: float
-    escapes: list = field(default_factory=list)
+    escapes: list[Any] = field(default_factory=list)
     output_tail: str = ""
     stopped: str = ""  # Status.TIMED_OUT or Status.INTERRUPTED: the audit ended it
     stack: str = ""  # the stuck process's stacks (faulthandler), when it timed out
-    seeds: list = field(default_factory=list)  # the seeding calls it logged
+    seeds: list[Any] = field(default_factory=list)  # the seeding calls it logged
 
     @property
-    def end(self) -> dict:
+    def end(self) -> dict[str, Any]:
         return next((r for r in reversed(self.records) if r.get("type") == Record.END), {})
 
     @property
-    def env(self) -> dict:
+    def env(self) -> dict[str, Any]:
         return next((r for r in self.records if r.get("type") == Record.ENV), {})
 
     @property
@@ -92,8 +92,8 @@ class Launcher:
         self.progress = progress or silent
         self.phase = "starting"
         self.count = 0
-        self.stalled: list = []  # outcomes of runs ended for making no progress
-        self.pin_sites: list = []  # the seeding calls the pin_seeds knob pins
+        self.stalled: list[Any] = []  # outcomes of runs ended for making no progress
+        self.pin_sites: list[str] = []  # the seeding calls the pin_seeds knob pins
         self.jitter = False  # vary DataLoader worker timing in the runs started from now on
         self.jitter_tried = False
         self.stdin_path: Optional[str] = None  # script mode: the bytes every run reads
@@ -106,12 +106,12 @@ class Launcher:
 
         data = self.opts.stdin if self.opts.stdin is not None else script_runner.read_stdin()
         self.terminal = data is script_runner.TERMINAL
-        if not self.terminal:
+        if data is not None:  # TERMINAL is None
             self.stdin_path = os.path.join(self.folder, "stdin")
             with open(self.stdin_path, "wb") as fh:
                 fh.write(data)
 
-    def spec(self, name: str, steps: int, knobs=(), detail=False,
+    def spec(self, name: str, steps: int, knobs: Sequence[str] = (), detail: bool = False,
              lockstep: Optional[LockstepSpec] = None, resume: Optional[ResumeSpec] = None,
              cuda_ops: bool = False) -> RunSpec:
         """A worker spec, written to the folder."""
@@ -131,7 +131,7 @@ class Launcher:
         write_spec(spec, base + ".json")
         return spec
 
-    def _env(self, knobs) -> dict:
+    def _env(self, knobs: Sequence[str]) -> dict[str, str]:
         return run_env(knobs)
 
     def start(self, spec: RunSpec) -> Run:
@@ -151,13 +151,13 @@ class Launcher:
                        time.monotonic() - run.started, read_log(spec.escape_log),
                        run.output_tail(), stopped, stack, seed_log.read(spec.seed_log))
 
-    def run_all(self, specs: list, jobs: int, phase: str = "") -> list:
+    def run_all(self, specs: list[Any], jobs: int, phase: str = "") -> list[Any]:
         """Run specs with at most ``jobs`` at a time; lockstep partners always together. A run
         that makes no step for ``opts.timeout`` seconds is ended (its stacks kept)."""
         self.phase = phase or self.phase
-        results: dict = {}
+        results: dict[int, Outcome] = {}
         pending = list(range(len(specs)))
-        running: list = []
+        running: list[tuple[int, Run]] = []
         total = sum(s.steps for s in specs)
         try:
             while pending or running:

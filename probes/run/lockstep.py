@@ -12,14 +12,14 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 
 
 class Lockstep:
     def __init__(self, folder: str, role: str, window: int = 2, timeout: float = 300.0,
-                 rename: Optional[dict] = None):
+                 rename: Optional[dict[str, Any]] = None):
         if role not in ("ref", "cmp"):
             raise ValueError(f"role must be 'ref' or 'cmp', not {role!r}")
         self.folder, self.role, self.window, self.timeout = folder, role, window, timeout
@@ -32,7 +32,7 @@ class Lockstep:
     def _path(self, step: int) -> str:
         return os.path.join(self.folder, f"step{step + 1:06d}.pt")
 
-    def _wait(self, ready, what: str) -> bool:
+    def _wait(self, ready: Callable[[], bool], what: str) -> bool:
         deadline = time.monotonic() + self.timeout
         delay = 0.002
         while not ready():
@@ -46,7 +46,7 @@ class Lockstep:
         other = "cmp" if self.role == "ref" else "ref"
         return os.path.exists(os.path.join(self.folder, f"{other}.done"))
 
-    def exchange(self, step: int, tensors: dict) -> Optional[dict]:
+    def exchange(self, step: int, tensors: dict[str, Any]) -> Optional[dict[str, Any]]:
         """Ref: save this step (returns None). Cmp: compare with ref's step, return the diffs."""
         if not self.active:
             return None
@@ -84,7 +84,7 @@ def _to_cpu(obj):
     return obj
 
 
-def renamed(tensors: dict, rename: Optional[dict]) -> dict:
+def renamed(tensors: dict[str, Any], rename: Optional[dict[str, Any]]) -> dict[str, Any]:
     """``tensors`` with parameter names (grads, params) and module names (outputs, keyed
     ``name#call``) translated; names without a counterpart are dropped."""
     if not rename:
@@ -104,7 +104,7 @@ def renamed(tensors: dict, rename: Optional[dict]) -> dict:
     return out
 
 
-def max_abs_diff(a, b) -> Optional[float]:
+def max_abs_diff(a: Any, b: Any) -> Optional[float]:
     """Largest element-wise difference; None when the shapes differ; inf for NaN mismatches."""
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.shape != b.shape:
         return None
@@ -117,9 +117,9 @@ def max_abs_diff(a, b) -> Optional[float]:
     return math.inf if math.isnan(value) else value
 
 
-def differences(mine: dict, theirs: dict) -> dict:
+def differences(mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
     """Non-zero max-abs differences per named tensor, and the parameter-wide distances."""
-    out: dict = {}
+    out: dict[str, Any] = {}
     for key in ("inputs", "targets", "fed", "loss_targets"):
         a, b = mine.get(key) or [], theirs.get(key) or []
         worst = None

@@ -8,7 +8,7 @@ prefix is taken off every name, so reports name the user's modules.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from audit.probes.results.records import Record, Status
 
@@ -33,7 +33,7 @@ def user_name(name: str, prefix: str = "module.") -> str:
     return name if found is None else found
 
 
-def _strip_keys(obj, prefix: str):
+def _strip_keys(obj: Any, prefix: str) -> Any:
     if isinstance(obj, dict):
         out = {}
         for key, value in obj.items():
@@ -43,7 +43,7 @@ def _strip_keys(obj, prefix: str):
     return obj
 
 
-def _max_merge(values: list):
+def _max_merge(values: list[Any]) -> Any:
     present = [v for v in values if v is not None]
     if not present:
         return None
@@ -54,15 +54,15 @@ def _max_merge(values: list):
     return max(numbers) if numbers else present[0]
 
 
-def _join(values: list):
+def _join(values: list[Any]) -> Any:
     return None if all(v is None for v in values) else "|".join(str(v) for v in values)
 
 
-def _concat(records: list, key: str) -> list:
+def _concat(records: list[dict[str, Any]], key: str) -> list[Any]:
     return [x for r in records for x in (r.get(key) or [])]
 
 
-def _events(records: list, prefix: str) -> list:
+def _events(records: list[dict[str, Any]], prefix: str) -> list[Any]:
     out = []
     for rank, record in enumerate(records):
         for name, call, phase, value in record.get("modules") or []:
@@ -72,7 +72,7 @@ def _events(records: list, prefix: str) -> list:
     return out
 
 
-def merge_step(records: list, prefix: str) -> dict:
+def merge_step(records: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
     """One step of every rank as one record (the ranks' fields side by side)."""
     first = records[0]
     merged = {"type": Record.STEP, "step": first.get("step")}
@@ -93,7 +93,7 @@ def merge_step(records: list, prefix: str) -> dict:
     return merged
 
 
-def _header(headers: list, prefix: str) -> dict:
+def _header(headers: list[Any], prefix: str) -> dict[str, Any]:
     first = headers[0]
     names = [strip_name(n, prefix) or n for n in first.get("names", [])]
     modules = [m for m in (strip_name(n, prefix) for n in first.get("modules", [])) if m is not None]
@@ -101,11 +101,11 @@ def _header(headers: list, prefix: str) -> dict:
             "shapes": (first.get("shapes") or []) * len(headers)}
 
 
-def _by_type(records: list, kind: str) -> list:
+def _by_type(records: list[dict[str, Any]], kind: str) -> list[Any]:
     return [r for r in records if r.get("type") == kind]
 
 
-def merge(rank_traces: list, prefix: str = "module.", blame: Optional[int] = None) -> list:
+def merge(rank_traces: list[Any], prefix: str = "module.", blame: Optional[int] = None) -> list[Any]:
     """The merged trace of one distributed run (``rank_traces`` in rank order); ``blame`` is
     the rank that failed first, whose end record speaks for the run."""
     if not rank_traces:
@@ -133,7 +133,7 @@ def merge(rank_traces: list, prefix: str = "module.", blame: Optional[int] = Non
     return out
 
 
-def _end(ends: list, blame: Optional[int] = None) -> dict:
+def _end(ends: list[Any], blame: Optional[int] = None) -> dict[str, Any]:
     """Rank 0's end record, unless a rank did not end well: then the rank's that failed first
     (``blame``), or the lowest such rank's."""
     order = list(range(len(ends)))

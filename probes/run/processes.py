@@ -26,7 +26,8 @@ import sys
 import sysconfig
 import time
 from dataclasses import dataclass
-from typing import Optional
+from types import FrameType
+from typing import Any, Callable, Optional, Union
 
 from audit.probes.results.records import Record
 
@@ -81,7 +82,7 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-        self.partial = None
+        self.partial: Any = None  # a result of any audit (run/ knows none of them)
         self.report: Optional[str] = None
 
     @property
@@ -133,9 +134,9 @@ def library_dirs() -> tuple[str, ...]:
         if found is not None and found.origin:
             dirs.append(os.path.dirname(os.path.abspath(found.origin)) + os.sep)
     paths = sysconfig.get_paths()
-    found = [paths.get(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")]
-    found += [p for p in sys.path if os.path.basename(p.rstrip(os.sep)) in _SITE_FOLDERS]
-    dirs += [os.path.abspath(p) + os.sep for p in found if p]
+    installed = [paths.get(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")]
+    installed += [p for p in sys.path if os.path.basename(p.rstrip(os.sep)) in _SITE_FOLDERS]
+    dirs += [os.path.abspath(p) + os.sep for p in installed if p]
     return tuple(dict.fromkeys(dirs))
 
 
@@ -150,12 +151,12 @@ def is_user_file(path: str) -> bool:
                 or any(name in full for name in _SITE_FOLDERS))
 
 
-def user_frame(frames: list) -> Optional[Frame]:
+def user_frame(frames: list[Frame]) -> Optional[Frame]:
     """The innermost frame in the user's code (``frames`` innermost first)."""
     return next((f for f in frames if is_user_file(f.file)), None)
 
 
-def parse_stack(text: str) -> list:
+def parse_stack(text: str) -> list[Frame]:
     """The main thread's frames, innermost first, from a :mod:`faulthandler` dump (the main
     thread is the last one it lists)."""
     blocks = re.split(r"^(?:Current thread|Thread) 0x[0-9a-f]+.*\(most recent call first\):$",
@@ -177,7 +178,7 @@ def answer_stack_requests() -> None:
     signal.signal(signal.SIGTERM, _exit_on_term)
 
 
-def _exit_on_term(signum, frame) -> None:
+def _exit_on_term(signum: int, frame: Optional[FrameType]) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(128 + signum)
 
@@ -194,7 +195,7 @@ class Run:
     """One fresh process, in its own process group, writing a trace that grows by one ``step``
     record per training step; its output (stdout and stderr) goes to ``log_path``."""
 
-    def __init__(self, argv: list, log_path: str, trace_path: str, env: dict,
+    def __init__(self, argv: list[str], log_path: str, trace_path: str, env: dict[str, str],
                  cwd: Optional[str] = None, stdin_path: Optional[str] = None):
         self.log_path, self.trace_path = log_path, trace_path
         self.steps = 0
@@ -286,7 +287,7 @@ class Run:
             return fh.read().decode("utf-8", "replace")
 
 
-def end_runs(runs: list, grace: float = GRACE) -> None:
+def end_runs(runs: list[Any], grace: float = GRACE) -> None:
     """End runs and every process of their groups: ``SIGTERM`` to each run's process (it exits
     cleanly and ends its own children: DataLoader workers remove their temporary folders),
     then ``SIGKILL`` to whatever is left of the groups after ``grace`` seconds. A run made of
@@ -315,7 +316,7 @@ class Watchdog:
 
     def __init__(self, limit: Optional[float], phase: str = "starting"):
         self.limit, self.phase = limit, phase
-        self._old = None
+        self._old: Union[Callable[[int, Optional[FrameType]], Any], int, None] = None
         self._armed = False
 
     def __enter__(self) -> "Watchdog":
@@ -331,18 +332,18 @@ class Watchdog:
         if phase:
             self.phase = phase
         if self._armed:
-            signal.setitimer(signal.ITIMER_REAL, self.limit)
+            signal.setitimer(signal.ITIMER_REAL, self.limit or 0)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._armed:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, self._old)
             self._armed = False
 
-    def _fire(self, signum, frame) -> None:
+    def _fire(self, signum: int, frame: Optional[FrameType]) -> None:
         frames = []
         while frame is not None:
             frames.append(Frame(frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
             frame = frame.f_back
         found = user_frame(frames)
-        raise Stalled(self.phase, self.limit, found.where if found else None)
+        raise Stalled(self.phase, self.limit or 0, found.where if found else None)

@@ -23,7 +23,7 @@ import re
 import select
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import IO, Any, Optional
 
 from audit.probes.errors import UsageError
 from audit.probes.run.processes import child_argv
@@ -51,16 +51,16 @@ class Program:
 
     path: Optional[str] = None
     module: Optional[str] = None
-    args: list = field(default_factory=list)
-    options: list = field(default_factory=list)  # interpreter options to pass on
+    args: list[str] = field(default_factory=list)
+    options: list[Any] = field(default_factory=list)  # interpreter options to pass on
 
-    def argv(self) -> list:
+    def argv(self) -> list[Any]:
         """What follows the bootstrap's ``--``: ``[path, *args]`` or ``["-m", module, *args]``."""
         head = ["-m", self.module] if self.module else [self.path]
         return [*head, *self.args]
 
 
-def parse(argv: list, interpreter: bool = True) -> Program:
+def parse(argv: list[str], interpreter: bool = True) -> Program:
     """Read a ``python [options] (FILE | -m MODULE) [args]`` command. With ``interpreter``
     the first word must name a Python interpreter; without, the command starts after it."""
     words = list(argv)
@@ -123,7 +123,7 @@ def _is_python(word: str) -> bool:
         return False
 
 
-def validate(script: list, cwd: Optional[str] = None) -> Program:
+def validate(script: list[str], cwd: Optional[str] = None) -> Program:
     """Check a script command before any run starts: raises :class:`UsageError` (one line)
     when it is not ``python FILE`` / ``python -m MODULE`` with a file or module that exists."""
     cwd = cwd or os.getcwd()
@@ -175,25 +175,25 @@ TERMINAL = None
 STDIN_WAIT = 1.0
 
 
-def read_stdin(stream=None) -> Optional[bytes]:
+def read_stdin(stream: Optional[IO[Any]] = None) -> Optional[bytes]:
     """The tool's standard input, read once to its end so that every run gets the same bytes;
     ``None`` (:data:`TERMINAL`) when it is a terminal: nobody types into several runs at once.
     A closed or unreadable stdin, or a pipe with nothing to read within :data:`STDIN_WAIT`
     seconds, is empty."""
-    stream = sys.stdin if stream is None else stream
+    source: IO[Any] = sys.stdin if stream is None else stream
     try:
-        if stream.isatty():
+        if source.isatty():
             return TERMINAL
-        ready, _, _ = select.select([stream.fileno()], [], [], STDIN_WAIT)
+        ready, _, _ = select.select([source.fileno()], [], [], STDIN_WAIT)
         if not ready:
             return b""
-        buffer = getattr(stream, "buffer", None)
-        return buffer.read() if buffer is not None else stream.read().encode()
+        buffer = getattr(source, "buffer", None)
+        return buffer.read() if buffer is not None else source.read().encode()
     except (AttributeError, OSError, ValueError):
         return b""
 
 
-def command(spec: RunSpec) -> list:
+def command(spec: RunSpec) -> list[Any]:
     """The argv that runs ``spec.script`` under the bootstrap in a fresh process."""
     program = parse(spec.script)
     return child_argv("audit.probes.child.bootstrap", spec.spec_path, "--", *program.argv(),

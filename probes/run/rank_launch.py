@@ -13,11 +13,12 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 from audit.probes.run import rendezvous
 from audit.probes.run import merge
-from audit.probes.run.launcher import Launcher, Outcome, run_env
+from audit.probes.progress import Reporter
+from audit.probes.run.launcher import Launcher, Outcome, RunOptions, run_env
 from audit.probes.run.rng_escape import read_log
 from audit.probes.run.processes import Run, child_argv, end_runs
 from audit.probes.run.spec import DistSpec, LockstepSpec, RunSpec, write_spec
@@ -27,7 +28,7 @@ from audit.probes.run.trace import read_trace
 GRACE_SECONDS = 5.0
 
 
-def rank_env(knobs: list, rank: int, world: int, port: int) -> dict:
+def rank_env(knobs: list[str], rank: int, world: int, port: int) -> dict[str, Any]:
     """The environment of one rank: the knobs' part, our package first on the path, and the
     variables torchrun sets (the rendezvous: the store at ``port``, hosted by the audit)."""
     env = run_env(knobs)
@@ -46,7 +47,7 @@ class RankGroup:
     once a rank has failed the others get :data:`GRACE_SECONDS`, then they are ended (they
     would wait in a collective until the process group's timeout)."""
 
-    def __init__(self, runs: list, store=None):
+    def __init__(self, runs: list[Run], store: Any = None):
         self.runs = runs
         self.store = store  # the run's rendezvous store (rendezvous.host_store), while it runs
         self.started = min(r.started for r in runs)
@@ -100,20 +101,21 @@ class RankGroup:
 class RankOutcome(Outcome):
     """A finished distributed run: the merged trace as ``records``, each rank's in ``ranks``."""
 
-    ranks: list = field(default_factory=list)  # [records], rank order
+    ranks: list[list[dict[str, Any]]] = field(default_factory=list)  # [records], rank order
 
 
 class RankLauncher(Launcher):
     """A :class:`~audit.probes.run.launcher.Launcher` whose every run is ``nproc``
     ranks; keeps every finished run by name for the replica and sampler analysis."""
 
-    def __init__(self, opts, folder: str, nproc: int, timeout: float, progress=None):
+    def __init__(self, opts: RunOptions, folder: str, nproc: int, timeout: float, progress: Reporter = None):
         super().__init__(opts, folder, progress)
         self.nproc, self.timeout = nproc, timeout
-        self.finished: dict = {}  # run name -> RankOutcome
+        self.finished: dict[str, Any] = {}  # run name -> RankOutcome
 
-    def spec(self, name: str, steps: int, knobs=(), detail=False,
-             lockstep: Optional[LockstepSpec] = None, **more) -> RunSpec:
+    # resume= and cuda_ops= pass through by keyword only
+    def spec(self, name: str, steps: int, knobs: Sequence[str] = (),  # type: ignore[override]
+             detail: bool = False, lockstep: Optional[LockstepSpec] = None, **more: Any) -> RunSpec:
         spec = super().spec(name, steps, knobs=knobs, detail=detail, lockstep=lockstep, **more)
         base = spec.spec_path[:-len(".json")]
         for rank in range(self.nproc):
@@ -127,17 +129,18 @@ class RankLauncher(Launcher):
             spec.rank_specs.append(rs)
         return spec
 
-    def command(self, rs: RunSpec) -> list:
+    def command(self, rs: RunSpec) -> list[Any]:
         """The argv of one rank."""
         return child_argv("audit.probes.child.worker", rs.spec_path)
 
-    def environment(self, rs: RunSpec, rank: int, port: int) -> dict:
+    def environment(self, rs: RunSpec, rank: int, port: int) -> dict[str, Any]:
         """The environment of one rank, started as torchrun starts one."""
         return rank_env(rs.knobs, rank, self.nproc, port)
 
-    def start(self, spec: RunSpec) -> RankGroup:
+    # a distributed run is a group of ranks, used where the base class uses a Run
+    def start(self, spec: RunSpec) -> RankGroup:  # type: ignore[override]
         store = rendezvous.host_store(self.nproc)
-        runs: list = []
+        runs: list[Any] = []
         try:
             for rank, rs in enumerate(spec.rank_specs):
                 runs.append(Run(self.command(rs), rs.log, rs.trace,
@@ -148,7 +151,8 @@ class RankLauncher(Launcher):
             raise
         return RankGroup(runs, store)
 
-    def finish(self, spec: RunSpec, group: RankGroup, stopped: str = "", stack: str = "") -> Outcome:
+    def finish(self, spec: RunSpec, group: RankGroup,  # type: ignore[override]  # see start()
+               stopped: str = "", stack: str = "") -> Outcome:
         code = group.end() if stopped else group.end_when_done()
         traces = [read_trace(rs.trace) for rs in spec.rank_specs]
         escapes = [e for rs in spec.rank_specs for e in read_log(rs.escape_log)]

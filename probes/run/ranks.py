@@ -13,7 +13,7 @@ import os
 import traceback
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import torch
 from torch import nn
@@ -22,6 +22,12 @@ from audit.probes.run import fingerprint as fp
 from audit.probes.run.processes import Frame, user_frame
 from audit.probes.run.spec import DistSpec
 from audit.probes.results.records import Record
+
+if TYPE_CHECKING:  # imported by the training loop, which imports this module
+    from torch.utils.hooks import RemovableHandle
+
+    from audit.probes.run.trace import TraceWriter
+    from audit.probes.run.training import TrainingSetup
 
 #: Index lists kept per sampler for the disjointness check (the first epoch of each rank).
 MAX_INDICES = 100_000
@@ -65,7 +71,7 @@ def _wrap(model: nn.Module, ctx: RankContext) -> tuple[nn.Module, bool]:
     return DDP(model, device_ids=ids), True
 
 
-def _shard_synthetic(data: list, model: nn.Module, ctx: RankContext, seed: int) -> list:
+def _shard_synthetic(data: list[Any], model: nn.Module, ctx: RankContext, seed: int) -> list[Any]:
     """Rank r > 0 gets its own synthetic batches (rank 0 keeps the single-process ones)."""
     if ctx.rank == 0 or not data:
         return data
@@ -77,13 +83,13 @@ def _shard_synthetic(data: list, model: nn.Module, ctx: RankContext, seed: int) 
                                       len(data), seed + 7919 * ctx.rank)
 
 
-def prepare(setup, ctx: RankContext, writer, seed: int) -> "RankTracker":
+def prepare(setup: TrainingSetup, ctx: RankContext, writer: TraceWriter, seed: int) -> "RankTracker":
     """Wrap the model in DDP unless the target did, shard the tool's synthetic data, and
     start fingerprinting synchronized buffers; writes a ``dist`` record."""
     if setup.synthetic:
-        setup.data = _shard_synthetic(setup.data, setup.model, ctx, seed)
+        setup.data = _shard_synthetic(cast(list[Any], setup.data), setup.model, ctx, seed)  # the tool's own batches
     setup.model, wrapped = _wrap(setup.model, ctx)
-    inner = setup.model.module
+    inner = cast(nn.Module, setup.model.module)  # DDP's wrapped model
     writer.write({"type": Record.DIST, "rank": ctx.rank, "world": ctx.world, "wrapped": wrapped,
                   "prefix": DDP_PREFIX,
                   "broadcast_buffers": bool(getattr(setup.model, "broadcast_buffers", True)),
@@ -95,10 +101,10 @@ class RankTracker:
     """Fingerprints the wrapped module's buffers at the start of each step's first forward
     (after DDP's broadcast), and writes them, one ``replica`` record per step."""
 
-    def __init__(self, inner: nn.Module, writer):
+    def __init__(self, inner: nn.Module, writer: TraceWriter):
         self.inner, self.writer = inner, writer
-        self.buffers: Optional[list] = None
-        self.handle = inner.register_forward_pre_hook(self._pre)
+        self.buffers: Optional[list[Any]] = None
+        self.handle: Optional[RemovableHandle] = inner.register_forward_pre_hook(self._pre)
         self.samplers_written = False
 
     def _pre(self, module, args):
@@ -149,7 +155,7 @@ class SamplerWatch:
     """Records every ``DistributedSampler``: where it was made, whether it shuffles, each
     pass's epoch and order digest, and the first pass's indices."""
 
-    made: list = []
+    made: list[Any] = []
 
     @classmethod
     def install(cls) -> None:
@@ -175,11 +181,11 @@ class SamplerWatch:
                     record["indices"] = [int(i) for i in indices]
             return iter(indices)
 
-        DistributedSampler.__init__ = init
-        DistributedSampler.__iter__ = iterate
-        DistributedSampler._audit_watched = True
+        DistributedSampler.__init__ = init  # type: ignore[method-assign]  # patched to watch the user's samplers
+        DistributedSampler.__iter__ = iterate  # type: ignore[method-assign]  # patched to watch the user's samplers
+        DistributedSampler._audit_watched = True  # type: ignore[attr-defined]  # our mark on the patched class
 
     @classmethod
-    def report(cls) -> list:
+    def report(cls) -> list[Any]:
         return [dict(r) for r in cls.made]
 

@@ -31,7 +31,7 @@ DRAWN, RESEEDED, UNUSED = "drawn", "reseeded", "unused"
 class Watched:
     """One generator made without a seed, held until the end of the run."""
 
-    key: tuple  # (kind, where) of its escape
+    key: tuple[Any, ...]  # (kind, where) of its escape
     token: Any  # the generator (or what stands for a global one)
     state: Optional[Callable[[], Any]]  # reads its state; None: a draw is reported by a hook
     initial: Any = None
@@ -48,9 +48,9 @@ _WIDTH = 64
 #: Values whose insides are never searched for a generator's holder.
 _LEAVES = (str, bytes, int, float, bool, type(None), types.ModuleType, types.FunctionType)
 
-_live: dict = {}  # id(token) -> Watched, not settled
-_held: dict = {}  # key -> [Watched]
-_forced: set = set()  # keys counted as drawn whatever their generators show
+_live: dict[int, Watched] = {}  # id(token) -> Watched, not settled
+_held: dict[tuple[str, str], list[Watched]] = {}  # (kind, where) -> [Watched]
+_forced: set[Any] = set()  # keys counted as drawn whatever their generators show
 
 
 def same(a: Any, b: Any) -> bool:
@@ -64,7 +64,7 @@ def same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def watch(key: tuple, token: Any, state: Optional[Callable[[], Any]]) -> None:
+def watch(key: tuple[str, str], token: Any, state: Optional[Callable[[], Any]]) -> None:
     """Hold ``token``, made (or reseeded from the OS) at ``key``'s place, until the end."""
     held = _held.setdefault(key, [])
     if len(held) >= LIMIT:
@@ -78,7 +78,7 @@ def watch(key: tuple, token: Any, state: Optional[Callable[[], Any]]) -> None:
     _live[id(token)] = item
 
 
-def key_of(token: Any) -> Optional[tuple]:
+def key_of(token: Any) -> Optional[tuple[Any, ...]]:
     """The escape ``token`` was made at, while it is watched (None: not watched)."""
     item = _live.get(id(token))
     return item.key if item is not None else None
@@ -124,13 +124,13 @@ def _before_fork() -> None:
 os.register_at_fork(before=_before_fork)
 
 
-def combined(uses: list) -> str:
+def combined(uses: list[Any]) -> str:
     """One outcome for several generators (or processes): drawn if any was, else reseeded if
     any was, else unused."""
     return DRAWN if DRAWN in uses else RESEEDED if RESEEDED in uses else UNUSED
 
 
-def outcomes() -> dict:
+def outcomes() -> dict[tuple[str, str], str]:
     """``{(kind, where): "drawn" | "reseeded" | "unused"}`` for every place that made a
     watched generator (a place not listed: nothing was watched there; count it as drawn)."""
     out = {}
@@ -139,7 +139,7 @@ def outcomes() -> dict:
     return out
 
 
-def holders(key: tuple) -> list:
+def holders(key: tuple[str, str]) -> list[Any]:
     """The generators watched for ``key`` that were drawn from (all of them when none was
     seen drawn), to find which of the user's objects holds one."""
     held = _held.get(key, [])
@@ -147,7 +147,7 @@ def holders(key: tuple) -> list:
     return drawn or [w.token for w in held]
 
 
-def _children(obj: Any) -> list:
+def _children(obj: Any) -> list[Any]:
     """``(text to append to the path, child)`` pairs: attributes, items of lists and dicts."""
     if isinstance(obj, (list, tuple)):
         return [(f"[{i}]", v) for i, v in enumerate(obj[:_WIDTH])]
@@ -159,7 +159,7 @@ def _children(obj: Any) -> list:
     return [(f".{k}", v) for k, v in list(attrs.items())[:_WIDTH] if isinstance(k, str)]
 
 
-def _holds(obj: Any, tokens: list) -> bool:
+def _holds(obj: Any, tokens: list[Any]) -> bool:
     """``obj`` has a ``seed`` method and holds one of ``tokens`` directly (or a NumPy
     Generator drawing from one). User objects' attributes may be properties that raise."""
     try:
@@ -171,11 +171,11 @@ def _holds(obj: Any, tokens: list) -> bool:
         return False
 
 
-def holder(tokens: list, roots: dict, budget: int = 5000) -> Optional[str]:
+def holder(tokens: list[Any], roots: dict[str, Any], budget: int = 5000) -> Optional[str]:
     """The path, from the names in ``roots`` (a script's globals), to the nearest object that
     holds one of ``tokens`` and has a ``seed`` method (``envs.single_action_space``); None
     when there is none within ``budget`` objects."""
-    seen: set = set()
+    seen: set[Any] = set()
     queue = deque((name, value) for name, value in list(roots.items())
                   if not name.startswith("_") and not isinstance(value, (type, *_LEAVES)))
     while queue and budget > 0:

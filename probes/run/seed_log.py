@@ -16,11 +16,12 @@ import json
 import operator
 import os
 import sys
-from typing import Optional
+from types import FrameType
+from typing import Any, Optional
 
 from audit.probes.run.processes import is_user_file, short_path
 
-_state: dict = {"path": None}
+_state: dict[str, Any] = {"path": None}
 
 def start(path: Optional[str]) -> None:
     """Log seeding calls to ``path`` (None: stop logging)."""
@@ -34,6 +35,7 @@ _OURS = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 def caller(depth: int) -> Optional[str]:
     """``file:line`` of the frame ``depth`` levels up (past any more of the audit's own
     wrappers) when it is the user's code, else None."""
+    frame: Optional[FrameType]
     try:
         frame = sys._getframe(depth + 1)
     except ValueError:
@@ -50,7 +52,7 @@ def caller(depth: int) -> Optional[str]:
 
 
 
-def value_text(value) -> Optional[object]:
+def value_text(value: Any) -> Optional[object]:
     """A seed as JSON: integers as ints (large ones as text), None as None, others as text."""
     if value is None or isinstance(value, bool):
         return value
@@ -61,7 +63,7 @@ def value_text(value) -> Optional[object]:
     return number if abs(number) < 2 ** 53 else str(number)
 
 
-def record(kind: str, value, depth: int) -> Optional[str]:
+def record(kind: str, value: Any, depth: int) -> Optional[str]:
     """Log one seeding call made by the frame ``depth`` levels above the caller; returns its
     place, or None when that frame is not the user's code."""
     where = caller(depth + 1)
@@ -84,7 +86,7 @@ def _worker_id() -> Optional[int]:
     return None if info is None else info.id
 
 
-def read(path: str) -> list:
+def read(path: str) -> list[Any]:
     """The seeding calls one run logged (main process and workers), in the order written."""
     calls = []
     try:

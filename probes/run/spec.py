@@ -9,7 +9,7 @@ import dataclasses
 import json
 import typing
 from dataclasses import dataclass, field
-from typing import Optional, TypeVar
+from typing import Any, Optional, TypeVar
 
 #: Field metadata of what only the parent keeps (not written for the child).
 PARENT_ONLY = {"parent_only": True}
@@ -21,7 +21,7 @@ class LockstepSpec:
 
     folder: str
     role: str  # "ref" | "cmp"
-    rename: Optional[dict] = None  # audit diff: the ref's names in the partner's naming
+    rename: Optional[dict[str, Any]] = None  # audit diff: the ref's names in the partner's naming
 
 
 @dataclass
@@ -41,7 +41,7 @@ class ResumeSpec:
     role: str
     folder: str  # where the checkpoint is saved and loaded
     at: Optional[int] = None  # K; None: the session chooses it
-    knobs: list = field(default_factory=list)  # the pieces the tool restores itself
+    knobs: list[str] = field(default_factory=list)  # the pieces the tool restores itself
 
 
 @dataclass
@@ -55,35 +55,35 @@ class RunSpec:
     seed: int = 0
     target: Optional[str] = None
     device: str = "auto"
-    input_shape: Optional[list] = None
+    input_shape: Optional[list[Any]] = None
     num_classes: Optional[int] = None
     escape_log: Optional[str] = None
     seed_log: Optional[str] = None
     log: Optional[str] = None  # the run's stdout and stderr
-    knobs: list = field(default_factory=list)
+    knobs: list[str] = field(default_factory=list)
     detail: bool = False  # module-level fingerprints (the replay)
     lockstep: Optional[LockstepSpec] = None
-    script: Optional[list] = None  # script mode: ["python", "train.py", ...]
-    pin_sites: list = field(default_factory=list)  # seeding calls the pin_seeds knob pins
+    script: Optional[list[str]] = None  # script mode: ["python", "train.py", ...]
+    pin_sites: list[str] = field(default_factory=list)  # seeding calls the pin_seeds knob pins
     stdin: str = "file"  # script mode: "file", or "terminal" (reading it says how to give input)
     jitter: bool = False  # vary DataLoader worker timing
     cuda_ops: bool = False  # scan the ops for CUDA nondeterminism after the steps
     resume: Optional[ResumeSpec] = None
     dist: Optional[DistSpec] = None
     spec_path: str = ""  # where the spec is written
-    rank_specs: list = field(default_factory=list, metadata=PARENT_ONLY)  # a distributed run's
+    rank_specs: list[Any] = field(default_factory=list, metadata=PARENT_ONLY)  # a distributed run's
 
 
 @dataclass
 class VarianceRunSpec:
     """One plain run of ``audit variance`` / ``audit compare`` (:mod:`audit.probes.child.variance`)."""
 
-    seeds: dict  # init/data/augment/dropout -> seed
+    seeds: dict[str, Any]  # init/data/augment/dropout -> seed
     base_seed: int
     steps: int
     target: Optional[str] = None
     device: str = "auto"
-    input_shape: Optional[list] = None
+    input_shape: Optional[list[Any]] = None
     num_classes: Optional[int] = None
     environment: bool = False  # also describe the machine
     out: str = ""  # the JSON report the run writes
@@ -107,7 +107,7 @@ class SchemeRunSpec:
 Spec = TypeVar("Spec")
 
 
-def to_dict(spec) -> dict:
+def to_dict(spec: Any) -> dict[str, Any]:
     """The spec as JSON-able data, without what only the parent keeps."""
     out = {}
     for f in dataclasses.fields(spec):
@@ -118,7 +118,7 @@ def to_dict(spec) -> dict:
     return out
 
 
-def from_dict(kind: type[Spec], data: dict) -> Spec:
+def from_dict(kind: type[Spec], data: dict[str, Any]) -> Spec:
     """A ``kind`` spec from :func:`to_dict`'s data (nested specs rebuilt; unknown keys refused)."""
     hints = typing.get_type_hints(kind)
     values = {}
@@ -128,7 +128,7 @@ def from_dict(kind: type[Spec], data: dict) -> Spec:
     return kind(**values)
 
 
-def _spec_type(hint) -> Optional[type]:
+def _spec_type(hint: Any) -> Optional[type]:
     """The dataclass a field holds (``Optional[X]`` or ``X``), else None."""
     for candidate in (hint, *typing.get_args(hint)):
         if isinstance(candidate, type) and dataclasses.is_dataclass(candidate):
@@ -136,7 +136,7 @@ def _spec_type(hint) -> Optional[type]:
     return None
 
 
-def write_spec(spec, path: str) -> None:
+def write_spec(spec: Any, path: str) -> None:
     """Write ``spec`` for a child at ``path`` (a :class:`RunSpec` also learns its path)."""
     if isinstance(spec, RunSpec):
         spec.spec_path = path

@@ -15,9 +15,12 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from audit.probes.errors import TargetError
+
+if TYPE_CHECKING:  # torch: imported when a target is normalized
+    from audit.probes.run.training import TrainingSetup
 
 BUILTIN = "audit.example:build"
 #: The keys a target mapping (or :class:`Target`) may carry.
@@ -29,14 +32,14 @@ class Target:
     """What a target callable may return instead of a plain dict (contract keys)."""
 
     model: Any
-    data: Optional[Iterable] = None
-    loss: Optional[Callable] = None
-    optimizer: Optional[Callable] = None
-    step: Optional[Callable] = None
-    scheduler: Optional[Callable] = None  # callable(optimizer) -> LR scheduler
-    evaluate: Optional[Callable] = None  # callable(model) -> float | dict[str, float]
-    save: Optional[Callable] = None  # callable(path, objects): the user's checkpoint code
-    load: Optional[Callable] = None  # callable(path, objects)
+    data: Optional[Iterable[Any]] = None
+    loss: Optional[Callable[..., Any]] = None
+    optimizer: Optional[Callable[..., Any]] = None
+    step: Optional[Callable[..., Any]] = None
+    scheduler: Optional[Callable[..., Any]] = None  # callable(optimizer) -> LR scheduler
+    evaluate: Optional[Callable[..., Any]] = None  # callable(model) -> float | dict[str, float]
+    save: Optional[Callable[..., Any]] = None  # callable(path, objects): the user's checkpoint code
+    load: Optional[Callable[..., Any]] = None  # callable(path, objects)
 
 
 @dataclass(frozen=True)
@@ -45,14 +48,14 @@ class TargetSpec:
 
     where: str
     name: str
-    kwargs: dict = field(default_factory=dict)
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __str__(self) -> str:
         args = "".join(f",{k}={v!r}" for k, v in self.kwargs.items())
         return f"{self.where}:{self.name}{args}"
 
 
-def split_top_level(text: str, sep: str = ",") -> list:
+def split_top_level(text: str, sep: str = ",") -> list[Any]:
     """``text`` split at ``sep`` outside brackets and quotes (``a=(1,2),b='x,y'`` -> 2 parts)."""
     parts, depth, quote, start, escaped = [], 0, None, 0, False
     for i, ch in enumerate(text):
@@ -109,7 +112,7 @@ def split_spec(spec: str) -> tuple[str, str]:
     return parsed.where, parsed.name
 
 
-def load_callable(spec: str) -> Callable:
+def load_callable(spec: str) -> Callable[..., Any]:
     """Import the object a spec names. A file's folder goes first on ``sys.path``."""
     where, name = split_spec(spec)
     if where.endswith(".py") or os.sep in where or "/" in where:
@@ -121,6 +124,8 @@ def load_callable(spec: str) -> Callable:
             sys.path.insert(0, folder)
         module_name = "__audit_target__"
         spec_obj = importlib.util.spec_from_file_location(module_name, path)
+        if spec_obj is None or spec_obj.loader is None:  # a file Python cannot import (no .py)
+            raise TargetError(f"target file {where!r} is not a Python file; give a .py file")
         module = importlib.util.module_from_spec(spec_obj)
         sys.modules[module_name] = module
         try:
@@ -167,7 +172,7 @@ def _described(exc: BaseException) -> str:
     return f"{text} (at {found.where})" if found else text
 
 
-def call_target(fn: Callable, spec: str, kwargs: Optional[dict] = None) -> Any:
+def call_target(fn: Callable[..., Any], spec: str, kwargs: Optional[dict[str, Any]] = None) -> Any:
     """Call the target with its spec's keyword arguments (none for a plain spec)."""
     kwargs = kwargs or {}
     try:
@@ -182,9 +187,9 @@ def call_target(fn: Callable, spec: str, kwargs: Optional[dict] = None) -> Any:
         raise TargetError(f"{spec} raised {_described(exc)}") from exc
 
 
-def normalize(returned: Any, spec: str, *, input_shape: Optional[tuple] = None,
+def normalize(returned: Any, spec: str, *, input_shape: Optional[tuple[Any, ...]] = None,
               num_classes: Optional[int] = None, batch_size: int = 16,
-              batches: int = 4, seed: int = 0):
+              batches: int = 4, seed: int = 0) -> TrainingSetup:
     """Turn what the target returned into a :class:`probes.run.training.TrainingSetup`."""
     from torch import nn
 
@@ -214,20 +219,20 @@ def normalize(returned: Any, spec: str, *, input_shape: Optional[tuple] = None,
         raise TargetError(
             f"{spec} returned unknown key(s) {sorted(unknown)}; allowed: {', '.join(KEYS)}"
         )
-    model = returned.get("model")
-    if not isinstance(model, nn.Module):
+    own_model = returned.get("model")
+    if not isinstance(own_model, nn.Module):
         raise TargetError(f"{spec} returned no nn.Module under 'model'; add one")
-    data = returned.get("data")
-    if data is None:
+    own_data = returned.get("data")
+    if own_data is None:
         raise TargetError(f"{spec} returned a mapping without 'data'; add a DataLoader or a list of batches")
     # An iterator has __next__; calling iter() to find out would start a DataLoader pass, which
     # draws its base seed from the global generator and shifts every shuffle after it.
-    if not hasattr(data, "__iter__") or hasattr(data, "__next__"):
+    if not hasattr(own_data, "__iter__") or hasattr(own_data, "__next__"):
         raise TargetError(
             f"{spec}: 'data' must be re-iterable (a DataLoader or a list), not a one-shot "
             "iterator or generator"
         )
-    setup = training.TrainingSetup(model=model, data=data)
+    setup = training.TrainingSetup(model=own_model, data=own_data)
     for key in ("loss", "optimizer", "step", "scheduler", "evaluate", "save", "load"):
         value = returned.get(key)
         if value is not None:
@@ -280,7 +285,7 @@ def _module_source(module: str, cwd: str) -> Optional[str]:
 _DYNAMIC = {"globals", "vars", "exec", "setattr", "locals"}
 
 
-def _top_level_names(path: str) -> Optional[set]:
+def _top_level_names(path: str) -> Optional[set[Any]]:
     """Names a module's text binds (anywhere: a superset of its top level); None when the text
     cannot tell (``import *``, ``globals()``, ``exec``, a module ``__getattr__``)."""
     try:
@@ -290,7 +295,7 @@ def _top_level_names(path: str) -> Optional[set]:
         raise TargetError(f"importing {_short(path)} failed: {_described(exc)}") from None
     except (OSError, ValueError):
         return None
-    names: set = set()
+    names: set[Any] = set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)
@@ -312,7 +317,7 @@ def _short(path: str) -> str:
     return short_path(path)
 
 
-def load_target(spec: Optional[str], **options):
+def load_target(spec: Optional[str], **options: Any) -> TrainingSetup:
     """Load, call and normalize a target spec (``None`` means the built-in example)."""
     spec = spec or BUILTIN
     fn = load_callable(spec)

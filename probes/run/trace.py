@@ -25,7 +25,7 @@ import random
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -37,6 +37,11 @@ from audit.probes.run.training import (LiveObjects, TrainingSetup, compute_loss,
                                    tensors_in, to_device)
 from audit.probes.results.records import Record
 
+if TYPE_CHECKING:  # named for the annotation only; the child makes the Lockstep
+    from torch.utils.hooks import RemovableHandle
+
+    from audit.probes.run.lockstep import Lockstep
+
 
 class TraceWriter:
     """Appends JSON records to a file, flushing each (crash-safe by construction)."""
@@ -45,7 +50,7 @@ class TraceWriter:
         self.path = path
         self._fh = open(path, "a", encoding="utf-8")
 
-    def write(self, record: dict) -> None:
+    def write(self, record: dict[str, Any]) -> None:
         self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._fh.flush()
 
@@ -53,7 +58,7 @@ class TraceWriter:
         self._fh.close()
 
 
-def read_trace(path: str) -> list:
+def read_trace(path: str) -> list[Any]:
     """The records of a trace file; a torn last line (a killed run) is dropped."""
     records = []
     try:
@@ -68,7 +73,7 @@ def read_trace(path: str) -> list:
     return records
 
 
-def rng_fingerprints(device: torch.device) -> dict:
+def rng_fingerprints(device: torch.device) -> dict[str, Any]:
     """Digests of every global RNG state that training code commonly draws from."""
     states = {
         "torch_cpu": fp.bytes_fingerprint(torch.get_rng_state().numpy().tobytes()),
@@ -95,11 +100,11 @@ class ModuleRecorder:
     """
 
     def __init__(self, model: Optional[nn.Module], keep_outputs: bool = False):
-        self.events: list = []  # [name or module, call, phase, fingerprint]
-        self.outputs: dict = {}  # "name#call" (or (module, call)) -> output tensor (magnitudes)
+        self.events: list[Any] = []  # [name or module, call, phase, fingerprint]
+        self.outputs: dict[Any, Any] = {}  # "name#call" (or (module, call)) -> output tensor (magnitudes)
         self.keep_outputs = keep_outputs
-        self._calls: dict = {}
-        self._handles: list = []
+        self._calls: dict[str, Any] = {}
+        self._handles: list[RemovableHandle] = []
         self._pid = os.getpid()
         self._names = None if model is None else {module: name for name, module in model.named_modules()}
         try:
@@ -168,13 +173,13 @@ class OutputRecorder:
     modules given (at once or through :meth:`watch`), removed in ``close``; :meth:`record` is
     also a hook for callers that find the top-level calls themselves."""
 
-    def __init__(self, roots: list):
-        self._values: list = []
+    def __init__(self, roots: list[Any]):
+        self._values: list[Any] = []
         self._pid = os.getpid()
-        self._handles = []
+        self._handles: list[RemovableHandle] = []
         self.watch(roots)
 
-    def watch(self, roots: list) -> None:
+    def watch(self, roots: list[Any]) -> None:
         try:
             for root in roots:
                 self._handles.append(root.register_forward_hook(self.record))
@@ -182,7 +187,7 @@ class OutputRecorder:
             self.close()
             raise
 
-    def record(self, module, args, output) -> None:
+    def record(self, module: Any, args: Any, output: Any) -> None:
         if torch.is_grad_enabled() and os.getpid() == self._pid:
             tensors = tensors_in(output)
             if tensors:
@@ -199,11 +204,11 @@ class OutputRecorder:
         self._handles = []
 
 
-def _combined(tensors: list):
+def _combined(tensors: list[Any]) -> Any:
     return combine(fp.fingerprints(tensors))
 
 
-def combine(values: list):
+def combine(values: list[Any]) -> Any:
     """One fingerprint of several, order-sensitive (the fingerprint itself for one; 0 for none)."""
     if not values:
         return 0
@@ -215,7 +220,7 @@ def combine(values: list):
     return sum((2 * i + 1) * torch.as_tensor(v, device=device) for i, v in enumerate(values))
 
 
-def optimizer_state_tensors(optimizer: torch.optim.Optimizer, params: list) -> list:
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer, params: list[Any]) -> list[Any]:
     """The optimizer's per-parameter state tensors, in parameter then key order."""
     out = []
     for p in params:
@@ -227,7 +232,7 @@ def optimizer_state_tensors(optimizer: torch.optim.Optimizer, params: list) -> l
     return out
 
 
-def batch_parts(tensors: list):
+def batch_parts(tensors: list[Any]) -> tuple[Any, Any]:
     """The fingerprint of a batch's tensors (:func:`_combined`) and its rows part for
     :func:`step_fields`: per-sample fingerprints of a lone tensor (read once for both), one
     fingerprint for several tensors, nothing for none."""
@@ -238,14 +243,14 @@ def batch_parts(tensors: list):
     return whole, (whole if tensors else [])
 
 
-def grad_parts(grads: list) -> fp.Scan:
+def grad_parts(grads: list[Any]) -> fp.Scan:
     """Fingerprints of gradients, taken before the optimizer may change them (None: no grad),
     and the finite flag (1 when every gradient is finite, else 0; off the CPU a 0-d tensor
     until :func:`step_fields` gathers it with the fingerprints, no host sync of its own)."""
     return fp.scan(grads)
 
 
-def read_grads(params: list, names: list, copy: bool) -> tuple:
+def read_grads(params: list[Any], names: list[str], copy: bool) -> tuple[Any, ...]:
     """(:func:`grad_parts` values, finite flag, copies by name for the lockstep or None) of
     the parameters' gradients now: one evaluation of a step."""
     scanned = grad_parts([p.grad for p in params])
@@ -255,7 +260,7 @@ def read_grads(params: list, names: list, copy: bool) -> tuple:
     return scanned.values, scanned.finite, copies
 
 
-def combine_evaluations(evaluations: list) -> tuple:
+def combine_evaluations(evaluations: list[Any]) -> tuple[Any, ...]:
     """A step's gradients from the :func:`read_grads` of each evaluation of its closure (LBFGS
     evaluates it several times): each gradient's fingerprints combined over the evaluations
     (a difference in any of them shows), the finite flags together, the copies joined. One
@@ -273,7 +278,7 @@ def combine_evaluations(evaluations: list) -> tuple:
     return grads, finite, copies
 
 
-def _loss_bits(losses: list):
+def _loss_bits(losses: list[Any]) -> Any:
     """The float32 bits of the summed loss: gathered with the fingerprints, so the loss value
     costs no host sync of its own."""
     if not losses:
@@ -285,14 +290,14 @@ def _loss_bits(losses: list):
     return int(bits) if bits.device.type == "cpu" else bits.to(torch.int64).reshape(())
 
 
-def _bits_value(bits) -> Optional[float]:
+def _bits_value(bits: Any) -> Optional[float]:
     return None if bits is None else struct.unpack("<f", struct.pack("<i", int(bits)))[0]
 
 
-def step_fields(inputs, targets, input_rows: list, target_rows: list, losses: list,
-                grads: list, params: list, optim_state: Optional[list] = None,
-                events: Optional[list] = None, outputs=None, grads_finite=1,
-                extra: Optional[dict] = None) -> dict:
+def step_fields(inputs: Any, targets: Any, input_rows: list[Any], target_rows: list[Any], losses: list[Any],
+                grads: list[Any], params: list[Any], optim_state: Optional[list[Any]] = None,
+                events: Optional[list[Any]] = None, outputs: Any = None, grads_finite: Any = 1,
+                extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """A step's fingerprint fields of a trace record, gathered with the step's one host sync.
 
     ``inputs``/``targets`` are the batch's fingerprints (``_combined`` of its tensors);
@@ -322,7 +327,7 @@ def step_fields(inputs, targets, input_rows: list, target_rows: list, losses: li
     rows_t, at = values[at:at + nt], at + nt
     grad_values, at = values[at:at + n], at + n
     param_values, at = values[at:at + n], at + n
-    fields = {
+    fields: dict[str, Any] = {
         "inputs": fp.as_text(values[0]), "targets": fp.as_text(values[1]),
         "inputs_rows": [fp.as_text(v) for part in rows_in for v in _as_list(part)],
         "targets_rows": [fp.as_text(v) for part in rows_t for v in _as_list(part)],
@@ -354,22 +359,22 @@ class _Loop:
     device: torch.device
     optimizer: Any
     scheduler: Any
-    named: list  # (name, parameter)
+    named: list[Any]  # (name, parameter)
     detail: bool = False
     lockstep: Any = None
     recorder: Optional["ModuleRecorder"] = None  # detail mode: every module call
     watched: Optional["OutputRecorder"] = None  # the model's outputs
 
     @property
-    def params(self) -> list:
+    def params(self) -> list[Any]:
         return [p for _, p in self.named]
 
     @property
-    def names(self) -> list:
+    def names(self) -> list[Any]:
         return [n for n, _ in self.named]
 
 
-def params_record(model: nn.Module, named: list) -> dict:
+def params_record(model: nn.Module, named: list[Any]) -> dict[str, Any]:
     """The ``params`` record: parameter and module names, module types, parameter shapes."""
     return {"type": Record.PARAMS, "names": [n for n, _ in named],
             "modules": [n for n, _ in model.named_modules()],
@@ -377,7 +382,7 @@ def params_record(model: nn.Module, named: list) -> dict:
             "shapes": [list(p.shape) for _, p in named]}
 
 
-def _traced_step(loop: _Loop, step: int, batch) -> dict:
+def _traced_step(loop: _Loop, step: int, batch: Any) -> dict[str, Any]:
     """Train one step on ``batch``; its ``step`` record."""
     started = time.perf_counter()
     batch = to_device(batch, loop.device)
@@ -424,9 +429,9 @@ def run_traced(
     device: torch.device,
     writer: TraceWriter,
     detail: bool = False,
-    lockstep=None,
+    lockstep: Optional[Lockstep] = None,
     on_step: Optional[Callable[[int], None]] = None,
-    session=None,
+    session: Any = None,  # an engine's (resume's Session): run/ names no engine
 ) -> int:
     """Train ``steps`` optimizer steps and trace them; returns the number of steps completed.
 
@@ -466,7 +471,7 @@ def run_traced(
     return done
 
 
-def init_record(params: list, names: list, lockstep=None) -> dict:
+def init_record(params: list[Any], names: list[str], lockstep: Any = None) -> dict[str, Any]:
     """The ``init`` record: every parameter before the first update (and, in lockstep, how far
     the partner's are)."""
     record = {"type": Record.INIT, "params": [fp.as_text(v) for v in fp.gather(fp.fingerprints(params))]}
@@ -477,5 +482,5 @@ def init_record(params: list, names: list, lockstep=None) -> dict:
     return record
 
 
-def _as_list(value) -> list:
+def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Generator, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
 
 
-def default_optimizer(params) -> torch.optim.Optimizer:
+def default_optimizer(params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
     """The optimizer used when the target names none: plain SGD with momentum."""
     return torch.optim.SGD(params, lr=0.01, momentum=0.9)
 
@@ -22,24 +22,24 @@ def default_optimizer(params) -> torch.optim.Optimizer:
 @dataclass
 class TrainingSetup:
     model: nn.Module
-    data: Iterable
-    loss: Callable = nn.functional.cross_entropy
-    optimizer: Callable = default_optimizer  # callable(params) -> Optimizer
-    step: Optional[Callable] = None  # callable(model, batch, loss) -> scalar loss
-    scheduler: Optional[Callable] = None  # callable(optimizer) -> LR scheduler, stepped per step
-    evaluate: Optional[Callable] = None  # callable(model) -> float | dict[str, float]
-    save: Optional[Callable] = None  # callable(path, objects): the user's checkpoint code
-    load: Optional[Callable] = None  # callable(path, objects)
+    data: Iterable[Any]
+    loss: Callable[..., Any] = nn.functional.cross_entropy
+    optimizer: Callable[..., Any] = default_optimizer  # callable(params) -> Optimizer
+    step: Optional[Callable[..., Any]] = None  # callable(model, batch, loss) -> scalar loss
+    scheduler: Optional[Callable[..., Any]] = None  # callable(optimizer) -> LR scheduler, stepped per step
+    evaluate: Optional[Callable[..., Any]] = None  # callable(model) -> float | dict[str, float]
+    save: Optional[Callable[..., Any]] = None  # callable(path, objects): the user's checkpoint code
+    load: Optional[Callable[..., Any]] = None  # callable(path, objects)
     synthetic: bool = False  # data made by the tool for a bare module
     description: str = ""
 
 
-def make_scheduler(setup: TrainingSetup, optimizer: torch.optim.Optimizer):
+def make_scheduler(setup: TrainingSetup, optimizer: torch.optim.Optimizer) -> Any:
     """The target's LR scheduler for ``optimizer``, or None when it gives none."""
     return setup.scheduler(optimizer) if setup.scheduler is not None else None
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, scheduler=None,
+def optimizer_step(optimizer: torch.optim.Optimizer, scheduler: Any = None,
                    closure: Optional[Callable[[], Any]] = None) -> None:
     """One update, and the scheduler's step after it (as every audit's loop does). ``closure``
     (:func:`step_closure`) is given to an optimizer whose ``step`` takes one: LBFGS needs it
@@ -61,7 +61,7 @@ def takes_closure(optimizer: torch.optim.Optimizer) -> bool:
 
 
 def step_closure(setup: TrainingSetup, optimizer: torch.optim.Optimizer, batch: Any,
-                 loss: torch.Tensor, after: Optional[Callable[[], None]] = None) -> Callable:
+                 loss: torch.Tensor, after: Optional[Callable[[], None]] = None) -> Callable[..., Any]:
     """``optimizer.step``'s closure for a step whose forward and backward the loop has run:
     the first call returns that ``loss``; each later one (LBFGS's line search, at parameters
     the optimizer moved) clears the gradients, runs forward and backward on ``batch`` again and
@@ -94,14 +94,14 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def split_batch(batch: Any) -> tuple[list, list]:
+def split_batch(batch: Any) -> tuple[list[Any], list[Any]]:
     """(input tensors, target tensors) of a batch; everything counts as input if not a pair."""
     if isinstance(batch, (list, tuple)) and len(batch) == 2 and not hasattr(batch, "_fields"):
         return tensors_in(batch[0]), tensors_in(batch[1])
     return tensors_in(batch), []
 
 
-def tensors_in(obj: Any) -> list:
+def tensors_in(obj: Any) -> list[Any]:
     """Every tensor inside a nested structure, in a stable order."""
     if isinstance(obj, torch.Tensor):
         return [obj]
@@ -125,7 +125,7 @@ def compute_loss(setup: TrainingSetup, batch: Any) -> torch.Tensor:
     return setup.loss(setup.model(inputs), targets)
 
 
-def data_length(data: Iterable) -> Optional[int]:
+def data_length(data: Iterable[Any]) -> Optional[int]:
     """Batches in one pass over ``data`` (``len``), or None when it has no length."""
     try:
         length = len(data)  # type: ignore[arg-type]
@@ -147,8 +147,8 @@ def set_sampler_epoch(data: Any, epoch: int) -> None:
             sampler.set_epoch(epoch)
 
 
-def cycle_batches(data: Iterable, steps: int, start: int = 0,
-                  open_pass: Optional[Callable[[int], Iterator]] = None) -> Iterator[tuple[int, Any]]:
+def cycle_batches(data: Iterable[Any], steps: int, start: int = 0,
+                  open_pass: Optional[Callable[[int], Iterator[Any]]] = None) -> Generator[tuple[int, Any], None, None]:
     """Yield ``(step, batch)`` for steps ``start`` .. ``steps - 1``, starting a new pass over
     ``data`` when it ends (as epochs do). Before each pass the loader's samplers are told its
     epoch (:func:`set_sampler_epoch`): the loop is the audit's, so it does what a training
@@ -187,14 +187,14 @@ class LiveObjects:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    data: Iterable
+    data: Iterable[Any]
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler,
                 "data": self.data}
 
 
-def infer_input_shape(model: nn.Module) -> tuple:
+def infer_input_shape(model: nn.Module) -> tuple[Any, ...]:
     """A plausible per-sample input shape for a bare module, from its first layer."""
     for module in model.modules():
         if isinstance(module, nn.Conv1d):
@@ -219,8 +219,8 @@ def infer_num_classes(model: nn.Module) -> int:
     return last.out_features if last is not None else 10
 
 
-def synthetic_batches(input_shape: tuple, num_classes: int, batch_size: int, count: int,
-                      seed: int) -> list:
+def synthetic_batches(input_shape: tuple[Any, ...], num_classes: int, batch_size: int, count: int,
+                      seed: int) -> list[Any]:
     """Fixed random ``(inputs, targets)`` batches for a bare module; the same for every run."""
     gen = torch.Generator().manual_seed(seed)
     batches = []

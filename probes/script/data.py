@@ -8,7 +8,7 @@ functional losses, which the loss modules (``nn.CrossEntropyLoss`` ...) call too
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch.nn import functional as F
@@ -26,14 +26,14 @@ LOSS_TARGETS = {
 }
 
 
-def target_of(name: str, args: tuple, kwargs: dict):
+def target_of(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The target tensor given to functional loss ``name``, or None."""
     position, keyword = LOSS_TARGETS[name]
     value = args[position] if len(args) > position else kwargs.get(keyword)
     return value if isinstance(value, torch.Tensor) else None
 
 
-def install(on_target: Callable[[torch.Tensor], None]) -> list:
+def install(on_target: Callable[[torch.Tensor], None]) -> list[Any]:
     """Wrap the functional losses; returns ``[(owner, name, original)]`` for the caller to put
     back. ``on_target(tensor)`` is called with each target before the loss runs."""
     patches = []
@@ -46,19 +46,19 @@ def install(on_target: Callable[[torch.Tensor], None]) -> list:
     return patches
 
 
-def _wrap(name: str, original, on_target):
+def _wrap(name: str, original: Any, on_target: Any) -> Any:
     def loss(*args, **kwargs):
         target = target_of(name, args, kwargs)
         if target is not None:
             on_target(target)
         return original(*args, **kwargs)
 
-    loss.__wrapped__ = original
+    loss.__wrapped__ = original  # type: ignore[attr-defined]  # as functools.wraps sets it
     loss.__name__ = original.__name__
     loss.__doc__ = original.__doc__
     return loss
 
 
-def is_loss_module(module) -> bool:
+def is_loss_module(module: Any) -> bool:
     """A loss module: torch's (``_Loss``) or the script's own (a class named ``...Loss``)."""
     return isinstance(module, torch.nn.modules.loss._Loss) or type(module).__name__.endswith("Loss")

@@ -9,6 +9,7 @@ wrapped in DDP (or DataParallel) is named as the wrapped model (no ``module.`` p
 """
 from __future__ import annotations
 
+from typing import Any
 import gc
 import sys
 import warnings
@@ -18,7 +19,7 @@ from torch import nn
 from audit.probes.run.training import tensors_in
 
 
-def live_modules() -> list:
+def live_modules() -> list[Any]:
     """Every ``nn.Module`` alive in the process (``type()`` checks: no attribute lookups on
     foreign objects)."""
     with warnings.catch_warnings():
@@ -26,7 +27,7 @@ def live_modules() -> list:
         return [o for o in gc.get_objects() if issubclass(type(o), nn.Module)]
 
 
-def graph_leaves(tensors) -> list:
+def graph_leaves(tensors: Any) -> list[Any]:
     """The leaf tensors an autograd graph accumulates gradients into (its trained tensors),
     in a fixed walk order, each once."""
     stack = [t.grad_fn for t in reversed(tensors_in(tensors)) if t.grad_fn is not None]
@@ -44,11 +45,11 @@ def graph_leaves(tensors) -> list:
     return out
 
 
-def _main_globals() -> dict:
+def _main_globals() -> dict[int, str]:
     """``id(tensor) -> name`` for tensors the script keeps as globals (``w1 = torch.randn(...,
     requires_grad=True)`` in an old-style tutorial)."""
     main = sys.modules.get("__main__")
-    names = {}
+    names: dict[int, str] = {}
     for name, value in list(getattr(main, "__dict__", {}).items()):
         if isinstance(value, torch.Tensor) and not name.startswith("_"):
             names.setdefault(id(value), name)
@@ -58,18 +59,19 @@ def _main_globals() -> dict:
 class Naming:
     """The traced models (roots) and the names of their modules and tensors."""
 
-    def __init__(self):
-        self.roots: list = []  # [(root module, label)]
-        self.module_names: dict = {}  # module -> dotted name (with its root's label)
-        self._extra: dict = {}
+    def __init__(self) -> None:
+        self.roots: list[Any] = []  # [(root module, label)]
+        self.module_names: dict[str, Any] = {}  # module -> dotted name (with its root's label)
+        self._extra: dict[str, Any] = {}
 
-    def name_tensors(self, new: list, groups: dict) -> list:
+    def name_tensors(self, new: list[Any], groups: dict[str, Any]) -> list[Any]:
         """Names for ``new`` tensors, each ``(group, fallback, tensor)``: ``group`` says which
         optimizer trains it (None when steps are backward passes), ``groups`` maps each
         optimizer index to the ids of all its tensors (for the model labels)."""
         owner, parent = _owners()
         known = {id(r) for r, _ in self.roots}
-        fresh, root_groups = [], {}
+        fresh: list[Any] = []
+        root_groups: dict[int, set[Any]] = {}
         for group, _, p in new:
             m = owner.get(id(p))
             if m is None:
@@ -84,14 +86,14 @@ class Naming:
                 if ids & {id(p) for p in root.parameters()}:
                     root_groups.setdefault(id(root), set()).add(index)
         self._add_roots(fresh, root_groups)
-        named = {}
+        named: dict[int, str] = {}
         for root, label in self.roots:
             for name, q in root.named_parameters():
                 named.setdefault(id(q), join(label, name))
         plain = _main_globals()
         return [named.get(id(p)) or plain.get(id(p)) or fallback for _, fallback, p in new]
 
-    def _add_roots(self, fresh: list, root_groups: dict) -> None:
+    def _add_roots(self, fresh: list[Any], root_groups: dict[int, set[Any]]) -> None:
         roots = [r for r, _ in self.roots] + fresh
         for k, root in enumerate(fresh, start=len(self.roots)):
             label = self._label(root, k, roots, root_groups)
@@ -99,7 +101,7 @@ class Naming:
             for name, module in root.named_modules():
                 self.module_names.setdefault(module, join(label, name))
 
-    def _label(self, root, k: int, roots: list, root_groups: dict) -> str:
+    def _label(self, root: Any, k: int, roots: list[Any], root_groups: dict[int, set[Any]]) -> str:
         """No prefix for a single model; with several, the optimizer that trains it alone
         (``opt1``), else ``model{k}``."""
         if len(roots) == 1 and not self.roots:
@@ -110,7 +112,7 @@ class Naming:
             return f"opt{next(iter(groups))}"
         return f"model{k}"
 
-    def module_name(self, module) -> str:
+    def module_name(self, module: Any) -> str:
         name = self.module_names.get(unwrap(module))
         if name is None:  # not inside a traced model (a loss module, a transform): its class
             name = self._extra.get(module)
@@ -121,17 +123,18 @@ class Naming:
                 self._extra[module] = name
         return name
 
-    def modules(self) -> list:
+    def modules(self) -> list[Any]:
         return [n for root, label in self.roots for n in (join(label, m) for m, _ in root.named_modules())]
 
-    def types(self) -> list:
+    def types(self) -> list[Any]:
         """The class name of each module :meth:`modules` names, in the same order."""
         return [type(m).__name__ for root, _ in self.roots for _, m in root.named_modules()]
 
 
-def _owners() -> tuple:
+def _owners() -> tuple[dict[int, Any], dict[int, Any]]:
     """(id(parameter) -> module holding it, id(module) -> its parent) over the live modules."""
-    parent, owner = {}, {}
+    parent: dict[int, Any] = {}
+    owner: dict[int, Any] = {}
     for m in live_modules():
         for child in getattr(m, "_modules", {}).values():
             if child is not None:
@@ -142,7 +145,7 @@ def _owners() -> tuple:
     return owner, parent
 
 
-def _root(m, parent: dict):
+def _root(m: Any, parent: dict[int, Any]) -> Any:
     seen = set()
     while id(m) in parent and id(m) not in seen:
         seen.add(id(m))

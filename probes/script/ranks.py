@@ -15,7 +15,7 @@ children started with ``torch.multiprocessing`` are traced as ranks.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any, Optional, Union
 from urllib.parse import urlsplit, urlunsplit
 
 from audit.probes.run import ranks, rendezvous
@@ -25,7 +25,7 @@ from audit.probes.run.spec import RunSpec
 LOOPBACK = rendezvous.LOOPBACK
 
 
-def attach(spec: RunSpec, writer, tracer, runner: str):
+def attach(spec: RunSpec, writer: Any, tracer: Any, runner: str) -> Any:
     """Start observing: a rank's :class:`RankObserver` (also set as the tracer's ``on_step``),
     or the :class:`SpawnPatch` of a script that may start ranks itself (``runner``,
     ``"module:function"``, runs a child's function under the bootstrap)."""
@@ -39,7 +39,7 @@ def attach(spec: RunSpec, writer, tracer, runner: str):
     return patch
 
 
-def local_url(url: str, port: Optional[str]) -> str:
+def local_url(url: str, port: Union[int, str, None]) -> str:
     """The rendezvous the script asked for, moved to the run's store, which the audit hosts on
     a loopback port (:mod:`audit.probes.run.rendezvous`): ``env://`` reads the environment (set
     here), ``tcp://HOST:PORT`` is rewritten; others are left alone."""
@@ -59,11 +59,11 @@ class RankObserver:
     """One rank's distributed records: ``dist`` (at the first DDP), ``replica`` per step and
     ``samplers`` at the end; :meth:`close` also leaves the process group the script made."""
 
-    def __init__(self, writer, port: Optional[str] = None):
+    def __init__(self, writer: Any, port: Union[int, str, None] = None) -> None:
         self.writer = writer
         self.port = port or os.environ.get("MASTER_PORT")
         self.tracker: Optional[ranks.RankTracker] = None
-        self._patches: list = []
+        self._patches: list[Any] = []
         self.closed = False
 
     def install(self) -> None:
@@ -81,11 +81,13 @@ class RankObserver:
         def rendezvous(url, *args, **kwargs):
             return original_rendezvous(local_url(url, observer.port), *args, **kwargs)
 
-        ddp_init.__wrapped__, rendezvous.__wrapped__ = original_init, original_rendezvous
-        DDP.__init__, c10d.rendezvous = ddp_init, rendezvous
+        # as functools.wraps sets it
+        ddp_init.__wrapped__, rendezvous.__wrapped__ = original_init, original_rendezvous  # type: ignore[attr-defined]
+        # patched to join the audit's store
+        DDP.__init__, c10d.rendezvous = ddp_init, rendezvous  # type: ignore[method-assign, assignment]
         self._patches = [(DDP, "__init__", original_init), (c10d, "rendezvous", original_rendezvous)]
 
-    def on_ddp(self, ddp) -> None:
+    def on_ddp(self, ddp: Any) -> None:
         """The script's first DDP: its rank, its buffers, and the tracker of its module."""
         import torch.distributed as dist
 

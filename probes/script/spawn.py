@@ -17,7 +17,7 @@ import importlib
 import os
 import sys
 from dataclasses import replace
-from typing import Callable
+from typing import Any, Callable
 
 from audit.probes.run import rendezvous
 from audit.probes.results.records import Record
@@ -27,7 +27,7 @@ from audit.probes.run.spec import DistSpec, RunSpec
 EXIT_CODES = (3, 4)
 
 
-def child_specs(spec: RunSpec, nprocs: int, port: int) -> list:
+def child_specs(spec: RunSpec, nprocs: int, port: int) -> list[Any]:
     """The spec of each child: the script's, with files and a lockstep folder of its own."""
     out = []
     for rank in range(nprocs):
@@ -47,10 +47,10 @@ class TracedRank:
     specs, and where the bootstrap's ``run`` is: ``"module:function"``, imported in the child,
     since the bootstrap runs as ``__main__`` in the script's process)."""
 
-    def __init__(self, fn: Callable, specs: list, runner: str):
+    def __init__(self, fn: Callable[..., Any], specs: list[Any], runner: str):
         self.fn, self.specs, self.runner = fn, specs, runner
 
-    def __call__(self, index: int, *args) -> None:
+    def __call__(self, index: int, *args: Any) -> None:
         from audit.probes.run.processes import answer_stack_requests
 
         answer_stack_requests()  # SIGTERM from mp.spawn's clean-up: the end record is written
@@ -71,18 +71,19 @@ class SpawnPatch:
     """``torch.multiprocessing.start_processes`` (which ``spawn`` calls) with the first call's
     children traced; :meth:`close` puts the original back."""
 
-    def __init__(self, spec: RunSpec, writer, runner: str):
+    def __init__(self, spec: RunSpec, writer: Any, runner: str) -> None:
         self.spec, self.writer, self.runner = spec, writer, runner
         self.used = False
-        self._original = None
-        self._store = None  # the children's rendezvous store, served while the script runs
+        self._original: Any = None  # torch's start_processes, while installed
+        self._store: Any = None  # the children's rendezvous store, served while the script runs
 
     def install(self) -> None:
         import torch.multiprocessing as tmp
 
         module = sys.modules["torch.multiprocessing.spawn"]
         self._original = module.start_processes
-        module.start_processes = tmp.start_processes = self.start_processes
+        # patched where the script calls it; torch.multiprocessing's stub does not list it
+        module.start_processes = tmp.start_processes = self.start_processes  # type: ignore[attr-defined]
 
     def start_processes(self, fn, args=(), nprocs=1, join=True, daemon=False,
                         start_method="spawn"):
@@ -103,7 +104,8 @@ class SpawnPatch:
             return
         import torch.multiprocessing as tmp
 
-        sys.modules["torch.multiprocessing.spawn"].start_processes = self._original
+        # the module object, not in torch's stub
+        sys.modules["torch.multiprocessing.spawn"].start_processes = self._original  # type: ignore[attr-defined]
         tmp.start_processes = self._original
         self._original = None
         self._store = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from audit.probes.errors import UsageError
 
@@ -38,11 +38,11 @@ class Launch:
     """A launcher command read: ranks per run and the ``python`` command each rank runs."""
 
     nproc: int
-    python: list = field(default_factory=list)  # ["python", (FILE | -m MODULE), args...]
+    python: list[Any] = field(default_factory=list)  # ["python", (FILE | -m MODULE), args...]
     launcher: str = "torchrun"
 
 
-def _launcher_module(words: list) -> Optional[str]:
+def _launcher_module(words: list[str]) -> Optional[str]:
     """``torch.distributed.run`` (or ``.launch``) when ``words`` is ``python [opts] -m`` it."""
     from audit.probes.run import program as script_runner
 
@@ -53,7 +53,7 @@ def _launcher_module(words: list) -> Optional[str]:
     return program.module if program.module in _MODULES else None
 
 
-def is_launch(words: list) -> bool:
+def is_launch(words: list[str]) -> bool:
     """Is this command a launcher (``torchrun``, ``python -m torch.distributed.run``)?"""
     if not words:
         return False
@@ -62,7 +62,7 @@ def is_launch(words: list) -> bool:
     return _launcher_module(words) is not None
 
 
-def parse(words: list) -> Launch:
+def parse(words: list[str]) -> Launch:
     """Read a launcher command; raises :class:`UsageError` (one line) for what the audit cannot
     run: several nodes, restarts, output redirection, a missing script."""
     from audit.probes.run import program as script_runner
@@ -83,9 +83,9 @@ def parse(words: list) -> Launch:
     return Launch(nproc, ["python", *interpreter, *head, *script[1:]], launcher)
 
 
-def _options(words: list, launcher: str) -> tuple:
+def _options(words: list[str], launcher: str) -> tuple[Any, ...]:
     """(option -> value, [script, args...]) of the launcher's own options."""
-    values: dict = {}
+    values: dict[str, Any] = {}
     while words:
         word = words.pop(0)
         if word == "--":
@@ -116,7 +116,7 @@ def _options(words: list, launcher: str) -> tuple:
     return values, words
 
 
-def _nproc(values: dict, launcher: str) -> int:
+def _nproc(values: dict[str, Any], launcher: str) -> int:
     nnodes = str(values.get("nnodes", "1"))
     if nnodes not in ("1", "1:1"):
         raise UsageError(f"{launcher} --nnodes {nnodes}: the audit runs the ranks of one node; "
@@ -136,7 +136,7 @@ def _nproc(values: dict, launcher: str) -> int:
     return int(text)
 
 
-def validate(script: list, cwd: Optional[str] = None, launchers: bool = True):
+def validate(script: list[str], cwd: Optional[str] = None, launchers: bool = True) -> Any:
     """:func:`audit.probes.run.program.validate`, launcher commands included (``launchers``:
     the audit runs them; else they are refused with one line)."""
     from audit.probes.run import program as script_runner
@@ -149,7 +149,7 @@ def validate(script: list, cwd: Optional[str] = None, launchers: bool = True):
     return script_runner.validate(script, cwd)
 
 
-def python_command(script: list, nproc: int) -> tuple:
+def python_command(script: list[str], nproc: int) -> tuple[Any, ...]:
     """``(ranks per run, the python command each rank runs)`` of a script command and the
     ``--nproc`` asked for (1 when not asked); a launcher's rank count and a different
     ``--nproc`` are refused."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -36,12 +36,12 @@ class CompareOptions:
     alpha: float = 0.05
     jobs: int = 1
     device: str = "auto"
-    input_shape: Optional[list] = None
+    input_shape: Optional[list[Any]] = None
     num_classes: Optional[int] = None
     cwd: Optional[str] = None
 
 
-def compare_samples(a: list, b: list, direction: str = "lower", alpha: float = 0.05,
+def compare_samples(a: list[Any], b: list[Any], direction: str = "lower", alpha: float = 0.05,
                     confidence: float = 0.95) -> CompareResult:
     """The statistics of paired samples ``a`` (baseline) and ``b`` (candidate), same length."""
     if len(a) != len(b):
@@ -69,7 +69,7 @@ def compare_samples(a: list, b: list, direction: str = "lower", alpha: float = 0
         power=stats.power(len(deltas), mean / sd_d, alpha) if sd_d > 0 else None)
 
 
-def _mean(values: list) -> Optional[float]:
+def _mean(values: list[Any]) -> Optional[float]:
     return float(np.mean(values)) if len(values) else None
 
 
@@ -81,7 +81,7 @@ def _check(opts: CompareOptions) -> None:
         raise UsageError(f"alpha {opts.alpha}: choose a level between 0 and 1, e.g. 0.05")
 
 
-def _diverged(a_seeds: list, b_seeds: list) -> Optional[str]:
+def _diverged(a_seeds: list[Any], b_seeds: list[Any]) -> Optional[str]:
     """A verdict when one side never gave a finite value and the other did."""
     if not b_seeds and a_seeds:
         return "worse"

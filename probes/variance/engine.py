@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from audit.probes.errors import TargetError, UsageError
 from audit.probes.results.variance import (ALL, VARIANCE_SOURCES, MetricVariance, Routing,
@@ -40,11 +40,11 @@ class VarianceOptions:
     seeds: int = 8
     steps: int = 50
     seed: int = 0
-    sources: tuple = VARIANCE_SOURCES
+    sources: tuple[Any, ...] = VARIANCE_SOURCES
     jobs: int = 1
     device: str = "auto"
-    directions: dict = field(default_factory=dict)  # metric -> "lower" | "higher"
-    input_shape: Optional[list] = None
+    directions: dict[str, Any] = field(default_factory=dict)  # metric -> "lower" | "higher"
+    input_shape: Optional[list[Any]] = None
     num_classes: Optional[int] = None
     cwd: Optional[str] = None
 
@@ -59,7 +59,7 @@ def validate_seeds(seeds: int, steps: int, jobs: int) -> None:
         raise UsageError(f"--jobs {jobs}: run at least 1 job at a time")
 
 
-def _seeds(base: int, group: str, seed: int) -> dict:
+def _seeds(base: int, group: str, seed: int) -> dict[str, Any]:
     if group == ALL:
         return {s: seed for s in VARIANCE_SOURCES}
     return {s: (seed if s == group else base) for s in VARIANCE_SOURCES}
@@ -76,8 +76,8 @@ def to_record(out: RunOutcome) -> RunRecord:
                      where=rep.get("where"))
 
 
-def run_in_fresh_processes(runs: list, pool_opts: PoolOptions, on_done: Callable,
-                           stop: Callable) -> list:
+def run_in_fresh_processes(runs: list[Any], pool_opts: PoolOptions, on_done: Callable[..., Any],
+                           stop: Callable[..., Any]) -> list[Any]:
     """The default runner: each run a fresh process, ``pool_opts.jobs`` at a time."""
     folder = tempfile.mkdtemp(prefix="audit-variance-")
     try:
@@ -88,11 +88,11 @@ def run_in_fresh_processes(runs: list, pool_opts: PoolOptions, on_done: Callable
 
 #: ``runner(runs, pool_opts, on_done, stop) -> [RunOutcome]``; tests may run the worker
 #: in-process.
-Runner = Callable[[list, PoolOptions, Callable, Callable], list]
+Runner = Callable[[list[Any], PoolOptions, Callable[..., Any], Callable[..., Any]], list[Any]]
 
 
-def execute(runs: list, pool_opts: PoolOptions, progress: Optional[Progress],
-            runner: Optional[Runner] = None) -> list:
+def execute(runs: list[Any], pool_opts: PoolOptions, progress: Optional[Progress],
+            runner: Optional[Runner] = None) -> list[Any]:
     """Run every spec. A target that cannot be loaded before any run has trained stops the
     pool and raises :class:`TargetError`; one that fails for some seeds only is a failed run."""
     done, ok = [0], [0]
@@ -113,8 +113,8 @@ def execute(runs: list, pool_opts: PoolOptions, progress: Optional[Progress],
     return outs
 
 
-def metric_names(records: list) -> list:
-    names: list = []
+def metric_names(records: list[RunRecord]) -> list[str]:
+    names: list[str] = []
     for r in records:
         for name in r.metrics:
             if name not in names:
@@ -122,7 +122,7 @@ def metric_names(records: list) -> list:
     return names
 
 
-def finite_values(records: list, metric: str) -> tuple:
+def finite_values(records: list[RunRecord], metric: str) -> tuple[Any, ...]:
     """(seeds, values) of the finished runs with a finite value of ``metric``, seed order."""
     pairs = sorted((r.seed, float(r.metrics[metric])) for r in records
                    if r.status == Status.OK and metric in r.metrics
@@ -130,7 +130,7 @@ def finite_values(records: list, metric: str) -> tuple:
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def source_stats(records: list, metric: str, confidence: float, rng_seed: int) -> SourceStats:
+def source_stats(records: list[RunRecord], metric: str, confidence: float, rng_seed: int) -> SourceStats:
     seeds, values = finite_values(records, metric)
     out = SourceStats(values=values, seeds=seeds, excluded=len(records) - len(values))
     if values:
@@ -140,7 +140,7 @@ def source_stats(records: list, metric: str, confidence: float, rng_seed: int) -
     return out
 
 
-def _metric_variance(records: list, metric: str, groups: list, direction: str,
+def _metric_variance(records: list[RunRecord], metric: str, groups: list[Any], direction: str,
                      confidence: float) -> MetricVariance:
     mv = MetricVariance(direction=direction)
     for k, group in enumerate(groups):
@@ -153,7 +153,7 @@ def _metric_variance(records: list, metric: str, groups: list, direction: str,
     return mv
 
 
-def _control(records: list, base: int) -> tuple:
+def _control(records: list[RunRecord], base: int) -> tuple[Any, ...]:
     """(controlled, spread): do the runs with every seed at ``base`` agree on every metric?"""
     controls = [r for r in records if r.seed == base and r.status == Status.OK]
     spread = 0.0
@@ -166,8 +166,8 @@ def _control(records: list, base: int) -> tuple:
     return spread == 0.0, spread
 
 
-def _routing(outs: list, controlled: Optional[bool]) -> list:
-    report = next((o.report for o in outs if o.report.get("routing")), {})
+def _routing(outs: list[Any], controlled: Optional[bool]) -> list[Any]:
+    report: dict[str, Any] = next((o.report for o in outs if o.report.get("routing")), {})
     routes = [Routing(**r) for r in report.get("routing", [])]
     if controlled is False:
         for route in routes:
@@ -180,8 +180,8 @@ def _routing(outs: list, controlled: Optional[bool]) -> list:
     return routes
 
 
-def environment_of(outs: list) -> tuple:
-    report = next((o.report for o in outs if o.report.get("environment")), {})
+def environment_of(outs: list[Any]) -> tuple[Any, ...]:
+    report: dict[str, Any] = next((o.report for o in outs if o.report.get("environment")), {})
     device = next((o.report["device"] for o in outs if o.report.get("device")), "cpu")
     return report.get("environment", {}), device
 
@@ -225,7 +225,7 @@ def audit_variance(opts: VarianceOptions, progress: Optional[Progress] = None,
 CRASHED = (Status.CRASHED, Status.KILLED, Status.TARGET_ERROR)
 
 
-def crash_error(records: list) -> Optional[str]:
+def crash_error(records: list[RunRecord]) -> Optional[str]:
     """The error of a result whose runs crashed (they are left out of the statistics)."""
     bad = [r for r in records if r.status in CRASHED]
     if not bad:
@@ -236,7 +236,7 @@ def crash_error(records: list) -> Optional[str]:
             f"first: {first.group} seed {first.seed}: {first.message}{at}")
 
 
-def _all_failed(records: list) -> str:
+def _all_failed(records: list[RunRecord]) -> str:
     first = next((r for r in records if r.status != Status.OK), None)
     detail = f": {first.status}, {first.message}" if first else ""
     return f"no run finished with a metric{detail}"

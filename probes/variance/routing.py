@@ -38,12 +38,12 @@ def derived_seed(seed: int, source: str) -> int:
     return int(state[0]) << 31 ^ int(state[1])
 
 
-def _capture() -> tuple:
+def _capture() -> tuple[Any, ...]:
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     return torch.get_rng_state(), cuda, np.random.get_state(), random.getstate()
 
 
-def _restore(state: tuple) -> None:
+def _restore(state: tuple[Any, ...]) -> None:
     cpu, cuda, numpy_state, python_state = state
     torch.set_rng_state(cpu)
     if cuda is not None and torch.cuda.is_initialized():
@@ -55,7 +55,7 @@ def _restore(state: tuple) -> None:
 class Streams:
     """Named states of the global generators; :meth:`use` runs a block on one of them."""
 
-    def __init__(self, seeds: dict):
+    def __init__(self, seeds: dict[str, Any]):
         outer = _capture()
         self._states = {}
         try:
@@ -98,7 +98,7 @@ def _route_sampler(sampler: Any, data_seed: int) -> Routing:
                         "'generator' attribute")
 
 
-def route_data(data: Any, data_seed: int, augment_seed: int) -> list:
+def route_data(data: Any, data_seed: int, augment_seed: int) -> list[Any]:
     """Point the target's data at the data and augment seeds; the routing of both sources."""
     augment_main = ("torch, NumPy and Python global generators on their own stream while "
                     "batches are fetched")
@@ -123,7 +123,7 @@ def route_data(data: Any, data_seed: int, augment_seed: int) -> list:
     return routes
 
 
-def fixed_routes() -> list:
+def fixed_routes() -> list[Any]:
     """The routing of the two sources that do not depend on the data."""
     return [Routing("init", "Python, NumPy and torch seeded with the init seed just before the "
                             "target builds the model (everything the target draws while "

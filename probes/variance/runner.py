@@ -13,7 +13,7 @@ import os
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from audit.probes.run.processes import child_argv
 from audit.probes.run.spec import VarianceRunSpec, write_spec
@@ -26,7 +26,7 @@ class RunSpec:
 
     group: str
     seed: int
-    seeds: dict  # init/data/augment/dropout -> seed
+    seeds: dict[str, Any]  # init/data/augment/dropout -> seed
     target: Optional[str] = None
 
 
@@ -34,7 +34,7 @@ class RunSpec:
 class RunOutcome:
     spec: RunSpec
     exit_code: int
-    report: dict = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
     output_tail: str = ""
 
     @property
@@ -49,7 +49,7 @@ class PoolOptions:
     steps: int
     base_seed: int = 0
     device: str = "auto"
-    input_shape: Optional[list] = None
+    input_shape: Optional[list[Any]] = None
     num_classes: Optional[int] = None
     jobs: int = 1
     cwd: Optional[str] = None
@@ -62,7 +62,7 @@ def worker_spec(run: RunSpec, opts: PoolOptions, environment: bool = False) -> V
                            num_classes=opts.num_classes, environment=environment)
 
 
-def child_environment(jobs: int) -> dict:
+def child_environment(jobs: int) -> dict[str, Any]:
     env = dict(os.environ)
     env.setdefault("MPLBACKEND", "Agg")
     if jobs > 1 and "OMP_NUM_THREADS" not in env:
@@ -84,7 +84,7 @@ class Pool:
         write_spec(spec, base + ".json")
         return base
 
-    def _start(self, index: int, run: RunSpec) -> tuple:
+    def _start(self, index: int, run: RunSpec) -> tuple[Any, ...]:
         base = self._write_spec(index, run)
         log = open(base + ".log", "wb")
         proc = subprocess.Popen(child_argv("audit.probes.child.variance", base + ".json"),
@@ -93,7 +93,7 @@ class Pool:
         return proc, log, base
 
     @staticmethod
-    def _finish(run: RunSpec, proc, log, base: str) -> RunOutcome:
+    def _finish(run: RunSpec, proc: Any, log: Any, base: str) -> RunOutcome:
         log.close()
         with open(base + ".log", "rb") as fh:
             tail = fh.read()[-2000:].decode("utf-8", "replace")
@@ -104,12 +104,12 @@ class Pool:
             report = {}
         return RunOutcome(run, proc.returncode, report, tail)
 
-    def run(self, runs: list, on_done: Optional[Callable[[RunOutcome], None]] = None,
-            stop: Optional[Callable[[RunOutcome], bool]] = None) -> list:
+    def run(self, runs: list[Any], on_done: Optional[Callable[[RunOutcome], None]] = None,
+            stop: Optional[Callable[[RunOutcome], bool]] = None) -> list[Any]:
         """Outcomes in the order of ``runs``; ``stop(outcome)`` true ends the pool early."""
-        results: dict = {}
+        results: dict[str, Any] = {}
         pending = list(range(len(runs)))
-        running: list = []
+        running: list[Any] = []
         try:
             while pending or running:
                 while pending and len(running) < max(1, self.opts.jobs):
@@ -133,7 +133,7 @@ class Pool:
         return [results[i] for i in sorted(results)]
 
 
-def _terminate(running: list) -> None:
+def _terminate(running: list[Any]) -> None:
     for _, proc, _log, _ in running:
         if proc.poll() is None:
             proc.terminate()

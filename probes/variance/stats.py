@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from scipy import stats
@@ -38,7 +38,7 @@ class Summary:
     max: float
     q1: float
     q3: float
-    std_ci: tuple  # (lo, hi) bootstrap CI of the std, or (None, None) under 3 values
+    std_ci: tuple[Optional[float], Optional[float]]  # (lo, hi) bootstrap CI of the std, or (None, None) under 3 values
 
     @property
     def iqr(self) -> float:
@@ -49,7 +49,8 @@ def _constant(values: np.ndarray) -> bool:
     return values.size == 0 or bool(np.all(values == values[0]))
 
 
-def _bootstrap_ci(values: np.ndarray, statistic, confidence: float, rng_seed: int) -> tuple:
+def _bootstrap_ci(values: np.ndarray, statistic: Callable[..., Any], confidence: float,
+                  rng_seed: int) -> tuple[Optional[float], Optional[float]]:
     """BCa CI of ``statistic``; percentile when BCa is undefined (NaN) for this sample."""
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings():
@@ -73,6 +74,7 @@ def describe(values: Sequence[float], confidence: float = 0.95, rng_seed: int = 
     if arr.size == 0:
         raise ValueError("describe() needs at least one value")
     std = float(np.std(arr, ddof=1)) if arr.size > 1 else 0.0
+    ci: tuple[Optional[float], Optional[float]]
     if _constant(arr):
         ci = (0.0, 0.0)
     elif arr.size < 3:
@@ -84,7 +86,8 @@ def describe(values: Sequence[float], confidence: float = 0.95, rng_seed: int = 
                    max=float(arr.max()), q1=float(q1), q3=float(q3), std_ci=ci)
 
 
-def mean_ci(values: Sequence[float], confidence: float = 0.95, rng_seed: int = 0) -> tuple:
+def mean_ci(values: Sequence[float], confidence: float = 0.95,
+            rng_seed: int = 0) -> tuple[Optional[float], Optional[float]]:
     """BCa bootstrap CI of the mean; ``(x, x)`` for a constant sample, ``(None, None)`` under 2."""
     arr = np.asarray(values, dtype=float)
     if arr.size and _constant(arr):
