@@ -18,7 +18,6 @@ of each escape's generators (drawn from, reseeded before their first draw, unuse
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import sys
@@ -31,7 +30,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from audit.probes.run import rng_use, seed_log
+from audit.probes.run import escape_log, rng_use, seed_log
+from audit.probes.run.escape_log import read_log  # noqa: F401 (re-exported: its readers import it here)
 from audit.probes.run.processes import is_user_file, library_dirs  # noqa: F401 (re-exported)
 from audit.probes.run.seed_log import short_path  # noqa: F401  (the place format, re-exported)
 
@@ -117,12 +117,9 @@ def _record(kind: str, detail: str = "") -> tuple:
     _state["count"][key] = count
     if key not in _state["seen"]:
         _state["seen"][key] = Escape(kind, where, detail, made_by, names)
-        log = _state["log"]
-        if log:
-            line = json.dumps({"kind": kind, "where": where, "detail": detail, "made_by": made_by,
-                               "pid": os.getpid()})
-            with open(log, "a", encoding="utf-8") as fh:
-                fh.write(line + "\n")
+        if _state["log"]:
+            escape_log.append(_state["log"], [{"kind": kind, "where": where, "detail": detail,
+                                               "made_by": made_by, "pid": os.getpid()}])
     return where, count
 
 
@@ -489,9 +486,7 @@ def finish() -> None:
         found = uses()
     except Exception:  # a user object that cannot be read: no say, so every escape counts as drawn
         return
-    with open(log, "a", encoding="utf-8") as fh:
-        for item in found:
-            fh.write(json.dumps({**item, "pid": os.getpid()}) + "\n")
+    escape_log.append(log, [{**item, "pid": os.getpid()} for item in found])
 
 
 def escapes() -> list:
@@ -501,38 +496,6 @@ def escapes() -> list:
          "count": _state["count"][key]}
         for key, e in _state["seen"].items()
     ]
-
-
-def read_log(path: str) -> list:
-    """Escapes recorded by every process that wrote to ``path`` (main and workers), one entry
-    per kind and place; ``count`` is how many processes hit it; ``use`` what became of its
-    generators (``drawn`` when a process that made one did not say: it may have)."""
-    seen: dict = {}
-    told: dict = {}  # (kind, where, pid) -> use line
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    item = json.loads(line)
-                except ValueError:
-                    continue
-                key = (item.get("kind"), item.get("where"))
-                if "use" in item:
-                    told[(*key, item.get("pid"))] = item
-                elif key in seen:
-                    seen[key]["count"] += 1
-                    seen[key]["pids"].append(item.get("pid"))
-                else:
-                    seen[key] = {"kind": key[0], "where": key[1], "detail": item.get("detail", ""),
-                                 "made_by": item.get("made_by"), "count": 1,
-                                 "pids": [item.get("pid")]}
-    except FileNotFoundError:
-        return []
-    for key, entry in seen.items():
-        said = [told.get((*key, pid)) for pid in entry.pop("pids")]
-        entry["use"] = rng_use.combined([s["use"] if s else rng_use.DRAWN for s in said])
-        entry["holder"] = next((s.get("holder") for s in said if s and s.get("holder")), None)
-    return list(seen.values())
 
 
 def seeding_helpers() -> Callable:

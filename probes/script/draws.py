@@ -23,7 +23,6 @@ with the ``seed_escapes`` knob (the bootstrap then seeds every global generator 
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
-from audit.probes.run import rng_escape
+from audit.probes.run import escape_log, rng_escape
 
 #: The escape kinds, per generator.
 KINDS = {
@@ -226,9 +225,7 @@ class DrawWatch:
             setattr(owner, name, original)
         self._patches = []
         if write and self.escape_log and os.getpid() == self._pid:
-            with open(self.escape_log, "a", encoding="utf-8") as fh:
-                for draw in self.first.values():
-                    fh.write(json.dumps(_escape(draw)) + "\n")
+            escape_log.append(self.escape_log, [_escape(draw) for draw in self.first.values()])
 
     def reported(self) -> set:
         """The generators whose first unseeded draw this watch has seen."""
