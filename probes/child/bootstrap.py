@@ -1,16 +1,18 @@
 """Script mode's bootstrap: runs an unmodified training script under the audit's hooks.
 
-Started by :mod:`audit.probes.determinism.orchestrate` (through
-:func:`audit.probes.run.program.command`, a :func:`audit.probes.run.processes.child_argv`) as what
-amounts to::
+Started by :class:`audit.probes.run.launcher.Launcher` (and, for ranks, the script launchers of
+:mod:`audit.probes.determinism.script_launcher`) through :func:`audit.probes.run.program.command`,
+a :func:`audit.probes.run.processes.child_argv`, as what amounts to::
 
     python -m audit.probes.child.bootstrap SPEC.json -- train.py args...
     python -m audit.probes.child.bootstrap SPEC.json -- -m package.module args...
 
 but with the tool imported from where it is installed, never from the working folder.
 
-Before the script's own code runs it starts the RNG escape tracing, the knob observers, the
-knobs the spec asks for, and a :class:`probes.script.tracer.ScriptTracer`. The script then runs
+Before the script's own code runs it starts the RNG escape tracing (:mod:`audit.probes.run.rng_escape`),
+the knob observers, the knobs the spec asks for, the rank observer or ``mp.spawn`` patch
+(:mod:`audit.probes.script.ranks`) and a :class:`audit.probes.script.tracer.ScriptTracer` with
+its :class:`audit.probes.script.draws.DrawWatch`. The script then runs
 as ``python train.py`` would run it: as ``__main__``, with its own ``sys.argv``, its folder
 first on ``sys.path`` (the working folder for ``-m``), the working folder, standard streams and
 seeding it was given. The audit observes; it seeds nothing.

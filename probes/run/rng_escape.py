@@ -5,7 +5,8 @@ the clock: NumPy ``default_rng()`` / ``RandomState()`` / ``seed()`` without a se
 ``random.Random()`` and ``random.seed()`` without one, ``random.SystemRandom``,
 ``torch.seed()``, ``torch.Generator().seed()``, and any of these (plus ``torch.manual_seed``)
 given a seed that is the current time. Each call is recorded once per place as an
-:class:`Escape`, appended to a JSON-lines log so that DataLoader worker processes report too.
+:class:`Escape` and appended to the escape log (:mod:`probes.run.escape_log`), so that
+DataLoader worker processes report too.
 
 With ``pin=True`` (the ``unseeded_rng`` knob of the attribution reruns) each such call gets a
 seed derived from its place and occurrence instead, the same in every run: if that removes the
