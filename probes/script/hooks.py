@@ -151,7 +151,8 @@ class ScriptHooks:
                 data = original_next(it)
             finally:
                 hooks.in_loader = False
-            if os.getpid() == hooks._pid and getattr(it, "_num_workers", 0):
+            workers: int = getattr(it, "_num_workers", 0)
+            if workers and os.getpid() == hooks._pid:
                 hooks._iterators.add(it)
             listener.on_batch(data)
             return data
