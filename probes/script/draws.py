@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -66,7 +66,8 @@ class _TorchDraws(TorchFunctionMode):
         super().__init__()
         self.watch = watch
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),
+                           kwargs: Optional[dict[str, Any]] = None) -> Any:
         kwargs = kwargs or {}
         if not self.watch.wants("torch"):
             return func(*args, **kwargs)
@@ -79,7 +80,7 @@ class _TorchDraws(TorchFunctionMode):
         return result
 
 
-def _torch_states() -> dict:
+def _torch_states() -> dict[str, torch.Tensor]:
     states = {"torch": torch.default_generator.get_state()}
     if torch.cuda.is_initialized():
         try:
@@ -89,7 +90,7 @@ def _torch_states() -> dict:
     return states
 
 
-def _same(a, b) -> bool:
+def _same(a: torch.Tensor, b: Optional[torch.Tensor]) -> bool:
     return b is not None and torch.equal(a, b)
 
 
@@ -99,9 +100,9 @@ class DrawWatch:
 
     def __init__(self, escape_log: Optional[str]):
         self.escape_log = escape_log
-        self.first: dict = {}  # stream -> Draw
-        self.seeded: dict = {}  # stream -> where it was first seeded
-        self._patches: list = []
+        self.first: dict[str, Draw] = {}
+        self.seeded: dict[str, Optional[str]] = {}  # stream -> where it was first seeded
+        self._patches: list[tuple[Any, str, Any]] = []  # (owner, name, original)
         self._mode: Optional[_TorchDraws] = None
         self._pid = os.getpid()
         self._skip = rng_escape.library_dirs()
@@ -124,7 +125,7 @@ class DrawWatch:
         if where is not None:  # a library drawing while it is imported is not the script's
             self.first[stream] = Draw(stream, where, op)
 
-    def _seed(self, streams: tuple) -> None:
+    def _seed(self, streams: tuple[str, ...]) -> None:
         if os.getpid() != self._pid:
             return
         where = rng_escape.user_frame(self._skip)
@@ -167,8 +168,9 @@ class DrawWatch:
         self._mode = _TorchDraws(self)
         self._mode.__enter__()
 
-    def _seeding(self, original, streams: tuple, restores: bool = False):
-        def wrapper(*args, **kwargs):
+    def _seeding(self, original: Callable[..., Any], streams: tuple[str, ...],
+                 restores: bool = False) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
             value = args[0] if args else next(iter(kwargs.values()), None)
             # seed(None) draws from the OS again, and a state this process gave out restores
             # the unseeded generator: neither is a seed
@@ -178,26 +180,26 @@ class DrawWatch:
 
         return wrapper
 
-    def _handing(self, original, stream: str):
-        def wrapper(*args, **kwargs):
+    def _handing(self, original: Callable[..., Any], stream: str) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
             state = original(*args, **kwargs)
             self._handed.setdefault(stream, set()).add(_digest(state))
             return state
 
         return wrapper
 
-    def _gave_out(self, stream: str, state) -> bool:
+    def _gave_out(self, stream: str, state: Any) -> bool:
         return _digest(state) in self._handed.get(stream, ())
 
-    def _drawing(self, original, stream: str, name: str):
-        def wrapper(*args, **kwargs):
+    def _drawing(self, original: Callable[..., Any], stream: str, name: str) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
             if stream not in self.seeded and stream not in self.first:
                 self.drew(stream, name)
             return original(*args, **kwargs)
 
         return wrapper
 
-    def _wrap(self, owner, name: str, replacement) -> None:
+    def _wrap(self, owner: Any, name: str, replacement: Any) -> None:
         original = getattr(owner, name)
         replacement.__wrapped__ = original
         replacement.__name__ = getattr(original, "__name__", name)
@@ -227,12 +229,12 @@ class DrawWatch:
         if write and self.escape_log and os.getpid() == self._pid:
             escape_log.append(self.escape_log, [_escape(draw) for draw in self.first.values()])
 
-    def reported(self) -> set:
+    def reported(self) -> set[str]:
         """The generators whose first unseeded draw this watch has seen."""
         return set(self.first)
 
 
-def _digest(state) -> int:
+def _digest(state: Any) -> int:
     """A number that tells generator states apart within this process (a torch ByteTensor,
     NumPy's ``get_state`` tuple or dict, Python's ``getstate`` tuple)."""
     if isinstance(state, torch.Tensor):
@@ -249,7 +251,7 @@ def _digest(state) -> int:
         return id(state)
 
 
-def _escape(draw: Draw) -> dict:
+def _escape(draw: Draw) -> dict[str, Any]:
     if draw.seeded_at:
         detail = (f"drawn from ({draw.op}) before the script seeds it; it is first seeded at "
                   f"{draw.seeded_at}")
