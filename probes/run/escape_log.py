@@ -1,15 +1,17 @@
 """The escape log: the JSON-lines file where every process of a run records randomness that
 escapes the matched seed, written by :func:`append` and read by :func:`read_log`.
 
-Each process opens the file to append and closes it again (DataLoader workers and a script's
-ranks write to the same file). Three kinds of line, each with the writer's ``pid``:
+Each write opens the file to append and closes it again: a run's DataLoader worker processes
+write to their parent's file (each rank of a distributed run has its own). Two kinds of line,
+each with the writer's ``pid``:
 
 * an escape: ``kind``, ``where`` (``file:line``, or None), ``detail``, and ``made_by``
   (:mod:`probes.run.rng_escape`: a generator made or seeded from the OS or the clock) or
   ``seeded_at`` (:mod:`probes.script.draws`: a global generator drawn from before it was seeded;
   the script tracer's global generator that moved but was never seeded has neither);
 * a use: ``kind``, ``where``, ``use`` (``drawn``, ``reseeded``, ``unused``: what became of the
-  escape's generators) and, when known, ``holder`` (:func:`probes.run.rng_escape.finish`).
+  escape's generators in that process) and, for a generator a library made that was drawn
+  from, ``holder`` (:func:`probes.run.rng_escape.finish`, at the end of the compared steps).
 """
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ run. :class:`DrawWatch` records, per generator, the first draw made before any s
 the innermost line of the user's code, and the first seeding call after it:
 
 * torch: a ``TorchFunctionMode`` compares the default generators' states around each torch call
-  until torch is seeded or drawn from (then it stands aside and is removed);
+  while no draw from them is known and they are not seeded; it stands aside (is removed) when
+  torch is seeded and at the script's first step;
 * NumPy and Python: the module-level functions bound to the global generator
   (``np.random.rand``, ``random.shuffle``, ...);
 * seeding: ``torch.manual_seed``, ``torch.cuda.manual_seed(_all)``, ``torch.set_rng_state``,
@@ -18,8 +19,9 @@ the innermost line of the user's code, and the first seeding call after it:
   check, ``torch.utils.checkpoint`` and ``fork_rng`` restore states taken from the unseeded
   generator; a state loaded from a checkpoint file does seed.
 
-:meth:`DrawWatch.finish` writes each unseeded draw to the escape log, where attribution proves it
-with the ``seed_escapes`` knob (the bootstrap then seeds every global generator at start-up).
+:meth:`DrawWatch.finish` writes each unseeded draw to the escape log (:mod:`probes.run.escape_log`),
+where attribution proves it with the ``seed_escapes`` knob (the bootstrap then seeds every global
+generator at start-up).
 """
 from __future__ import annotations
 
@@ -95,8 +97,9 @@ def _same(a: torch.Tensor, b: Optional[torch.Tensor]) -> bool:
 
 
 class DrawWatch:
-    """Install before the script runs; :meth:`settle` at its first optimizer step (the watch
-    of torch calls ends there); :meth:`finish` at the end writes what it saw."""
+    """Install before the script runs; :meth:`settle` at its first step (an optimizer step or,
+    without optimizers, a backward pass: the watch of torch calls ends there); :meth:`finish`
+    at the end writes what it saw."""
 
     def __init__(self, escape_log: Optional[str]):
         self.escape_log = escape_log
@@ -217,7 +220,7 @@ class DrawWatch:
             self._mode = None
 
     def settle(self) -> None:
-        """The first optimizer step: draws from torch before it are known; stop watching."""
+        """The first step: draws from torch before it are known; stop watching torch calls."""
         self._stand_aside()
 
     def finish(self, write: bool = True) -> None:
