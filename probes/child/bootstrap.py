@@ -1,16 +1,18 @@
 """Script mode's bootstrap: runs an unmodified training script under the audit's hooks.
 
-Started by :mod:`audit.probes.determinism.orchestrate` (through
-:func:`audit.probes.run.program.command`, a :func:`audit.probes.run.processes.child_argv`) as what
-amounts to::
+Started by :class:`audit.probes.run.launcher.Launcher` (and, for ranks, the script launchers of
+:mod:`audit.probes.determinism.script_launcher`) through :func:`audit.probes.run.program.command`,
+a :func:`audit.probes.run.processes.child_argv`, as what amounts to::
 
     python -m audit.probes.child.bootstrap SPEC.json -- train.py args...
     python -m audit.probes.child.bootstrap SPEC.json -- -m package.module args...
 
 but with the tool imported from where it is installed, never from the working folder.
 
-Before the script's own code runs it starts the RNG escape tracing, the knob observers, the
-knobs the spec asks for, and a :class:`probes.script.tracer.ScriptTracer`. The script then runs
+Before the script's own code runs it starts the RNG escape tracing (:mod:`audit.probes.run.rng_escape`),
+the knob observers, the knobs the spec asks for, the rank observer or ``mp.spawn`` patch
+(:mod:`audit.probes.script.ranks`) and a :class:`audit.probes.script.tracer.ScriptTracer` with
+its :class:`audit.probes.script.draws.DrawWatch`. The script then runs
 as ``python train.py`` would run it: as ``__main__``, with its own ``sys.argv``, its folder
 first on ``sys.path`` (the working folder for ``-m``), the working folder, standard streams and
 seeding it was given. The audit observes; it seeds nothing.
@@ -28,9 +30,16 @@ import io
 import os
 import sys
 import traceback
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Protocol
 
 from audit.probes.run.spec import RunSpec, read_spec
 from audit.probes.results.records import Record, Status
+
+if TYPE_CHECKING:  # imported where they are used: torch only once the spec has set the device
+    from audit.probes.run.lockstep import Lockstep
+    from audit.probes.run.program import Program
+    from audit.probes.run.trace import TraceWriter
+    from audit.probes.script.tracer import ScriptTracer
 
 EXIT_OK, EXIT_TARGET, EXIT_CRASH = 0, 3, 4
 #: :func:`run` by import path, for ``torch.multiprocessing`` children (this module is ``__main__``).
@@ -53,13 +62,13 @@ class _TerminalStdin(io.TextIOBase):
     def readable(self) -> bool:
         return True
 
-    def read(self, size=-1):
+    def read(self, size: Optional[int] = -1) -> NoReturn:
         raise StdinNeeded(STDIN_HELP)
 
-    def readline(self, size=-1):
+    def readline(self, size: Optional[int] = -1) -> NoReturn:
         raise StdinNeeded(STDIN_HELP)
 
-    def readlines(self, hint=-1):
+    def readlines(self, hint: int = -1) -> NoReturn:
         raise StdinNeeded(STDIN_HELP)
 
     def isatty(self) -> bool:
@@ -69,11 +78,11 @@ class _TerminalStdin(io.TextIOBase):
 class _Run:
     """The end of one run, written once whichever way the script ends."""
 
-    def __init__(self, spec: RunSpec, writer, tracer):
+    def __init__(self, spec: RunSpec, writer: TraceWriter, tracer: Optional[ScriptTracer]):
         self.spec, self.writer, self.tracer = spec, writer, tracer
         self.written = False
 
-    def end(self, status: str, exit_code: int = 0, message: str = "", **extra) -> int:
+    def end(self, status: str, exit_code: int = 0, message: str = "", **extra: Any) -> int:
         from audit.probes.run import rng_escape
         from audit.probes.run import knobs
 
@@ -101,7 +110,7 @@ class _Run:
         return {Status.TARGET_ERROR: EXIT_TARGET, Status.CRASHED: EXIT_CRASH}.get(status, EXIT_OK)
 
 
-def _no_step_message(status: str, exit_code: int, message: str, extra: dict) -> str:
+def _no_step_message(status: str, exit_code: int, message: str, extra: dict[str, Any]) -> str:
     tail = ("the audit counts a step each time a torch.optim optimizer's step() runs, or "
             "each backward pass when the script makes no optimizer; does the script train, "
             "with these arguments?")
@@ -141,7 +150,7 @@ def _exit_code(exc: SystemExit) -> tuple[int, str]:
     return code, ""
 
 
-def _crash(exc: BaseException) -> dict:
+def _crash(exc: BaseException) -> dict[str, Any]:
     """message, where (the innermost frame in the user's code) and a traceback from the script
     down (the bootstrap's and runpy's frames left out)."""
     from audit.probes.run.processes import is_user_file, short_path
@@ -197,7 +206,7 @@ def _start_observing(spec: RunSpec) -> None:
         _pin_global_generators()
 
 
-def _lockstep(spec: RunSpec):
+def _lockstep(spec: RunSpec) -> Optional[Lockstep]:
     """The replay partner the spec asks for (None: not a replay)."""
     if not spec.lockstep:
         return None
@@ -206,28 +215,36 @@ def _lockstep(spec: RunSpec):
     return Lockstep(spec.lockstep.folder, spec.lockstep.role, rename=spec.lockstep.rename)
 
 
-def _exit_hook(run_end: _Run, lockstep, real_exit):
+class _Exit(Protocol):
+    """``os._exit``'s type."""
+
+    def __call__(self, status: int) -> NoReturn: ...
+
+
+def _exit_hook(run_end: _Run, tracer: ScriptTracer, lockstep: Optional[Lockstep],
+               real_exit: _Exit) -> _Exit:
     """``os._exit`` for the script: it skips every finally, so the end is written first (in
     the main process)."""
     main_pid = os.getpid()
-    tracer, writer = run_end.tracer, run_end.writer
+    writer = run_end.writer
 
-    def os_exit(code):
+    def os_exit(status: int) -> NoReturn:
         if os.getpid() == main_pid:
             tracer.uninstall()
-            run_end.end(Status.ENDED_EARLY if code == 0 else Status.EXITED, code,
-                        f"the script called os._exit({code}) after {tracer.done} steps")
+            run_end.end(Status.ENDED_EARLY if status == 0 else Status.EXITED, status,
+                        f"the script called os._exit({status}) after {tracer.done} steps")
             if lockstep is not None:
                 lockstep.finish()
             writer.close()
             sys.stdout.flush()
             sys.stderr.flush()
-        real_exit(code)
+        real_exit(status)
 
     return os_exit
 
 
-def _run_script(program, tracer, run_end: _Run, call=None) -> int:
+def _run_script(program: Optional[Program], tracer: ScriptTracer, run_end: _Run,
+                call: Optional[Callable[[], Any]] = None) -> int:
     """Run the program as ``python`` would (or ``call``, a spawned rank's function), under the
     installed tracer; the end record's status."""
     import runpy
@@ -241,9 +258,10 @@ def _run_script(program, tracer, run_end: _Run, call=None) -> int:
     try:
         if call is not None:
             call()
-        elif program.module:
+        elif program is not None and program.module:
             runpy.run_module(program.module, run_name="__main__", alter_sys=True)
         else:
+            assert program is not None and program.path is not None  # parse gives one of the two
             runpy.run_path(program.path, run_name="__main__")
         tracer.uninstall()
         return run_end.end(Status.ENDED_EARLY,
@@ -266,7 +284,7 @@ def _run_script(program, tracer, run_end: _Run, call=None) -> int:
         return run_end.end(Status.CRASHED, 1, details.pop("message"), **details)
 
 
-def run(spec: RunSpec, program, call=None) -> int:
+def run(spec: RunSpec, program: Optional[Program], call: Optional[Callable[[], Any]] = None) -> int:
     """Run the program under the tracer and write the end record; returns the exit status.
     ``call``: run this function instead (a rank's function in a ``torch.multiprocessing``
     child, :mod:`audit.probes.script.spawn`); ``program`` is then None."""
@@ -294,7 +312,7 @@ def run(spec: RunSpec, program, call=None) -> int:
 
             tracer.scan = StepScan(writer)
         attached = script_ranks.attach(spec, writer, tracer, RUNNER)  # ranks, or spawned ones
-        os._exit = _exit_hook(run_end, lockstep, real_exit)
+        os._exit = _exit_hook(run_end, tracer, lockstep, real_exit)
         if spec.stdin == "terminal":
             sys.stdin = _TerminalStdin()
         tracer.install()
@@ -319,7 +337,7 @@ def run(spec: RunSpec, program, call=None) -> int:
         writer.close()
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     from audit.probes.run import program as script_runner
 
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -5,7 +5,8 @@ the clock: NumPy ``default_rng()`` / ``RandomState()`` / ``seed()`` without a se
 ``random.Random()`` and ``random.seed()`` without one, ``random.SystemRandom``,
 ``torch.seed()``, ``torch.Generator().seed()``, and any of these (plus ``torch.manual_seed``)
 given a seed that is the current time. Each call is recorded once per place as an
-:class:`Escape`, appended to a JSON-lines log so that DataLoader worker processes report too.
+:class:`Escape` and appended to the escape log (:mod:`probes.run.escape_log`), so that
+DataLoader worker processes report too.
 
 With ``pin=True`` (the ``unseeded_rng`` knob of the attribution reruns) each such call gets a
 seed derived from its place and occurrence instead, the same in every run: if that removes the
@@ -18,7 +19,6 @@ of each escape's generators (drawn from, reseeded before their first draw, unuse
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import sys
@@ -26,16 +26,17 @@ import time
 import zlib
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import torch
 
-from audit.probes.run import rng_use, seed_log
+from audit.probes.run import escape_log, rng_use, seed_log
+from audit.probes.run.escape_log import read_log  # noqa: F401 (re-exported: its readers import it here)
 from audit.probes.run.processes import is_user_file, library_dirs  # noqa: F401 (re-exported)
 from audit.probes.run.seed_log import short_path  # noqa: F401  (the place format, re-exported)
 
-_state: dict = {"log": None, "pin": False, "seen": {}, "count": {}, "installed": False,
+_state: dict[str, Any] = {"log": None, "pin": False, "seen": {}, "count": {}, "installed": False,
                 "pin_sites": frozenset(), "site_count": {}, "building": 0, "pid": None}
 
 
@@ -45,12 +46,12 @@ class Escape:
     where: Optional[str]
     detail: str = ""
     made_by: Optional[str] = None  # the library call the user's line made it through
-    names: Optional[dict] = None  # the globals of the user's code there (to find its holder)
+    names: Optional[dict[str, Any]] = None  # the globals of the user's code there (to find its holder)
 
 
-def user_frame(skip_dirs: tuple) -> Optional[str]:
+def user_frame(skip_dirs: tuple[str, ...]) -> Optional[str]:
     """``file:line`` of the innermost frame that is the user's code, not ours or a library's."""
-    frame = sys._getframe(2)
+    frame: Optional[FrameType] = sys._getframe(2)
     fallback = None
     while frame is not None:
         filename = frame.f_code.co_filename
@@ -80,14 +81,14 @@ def call_name(frame: FrameType) -> str:
     return f"{module}.{name}" if module else name
 
 
-def origin(depth: int = 2) -> tuple:
+def origin(depth: int = 2) -> tuple[Optional[str], Optional[str], Optional[dict[str, Any]]]:
     """``(where, made_by, names)`` of a generator being made: the innermost line of the user's
     code on the stack, the library call that line made (None: the user's code called the
     generator's maker itself) and that code's globals. ``(None, None, None)``: no user code
     (a library making a generator while it is imported)."""
     frame: Optional[FrameType] = sys._getframe(depth)
     called: Optional[FrameType] = None
-    fallback: Optional[tuple] = None
+    fallback: Optional[tuple[str, Optional[FrameType], dict[str, Any]]] = None
     while frame is not None:
         filename = frame.f_code.co_filename
         if filename.startswith("<frozen importlib"):
@@ -107,7 +108,7 @@ def origin(depth: int = 2) -> tuple:
     return where, call_name(called) if called is not None else None, names
 
 
-def _record(kind: str, detail: str = "") -> tuple:
+def _record(kind: str, detail: str = "") -> tuple[Optional[str], int]:
     """Note one escape at the caller's place; returns (where, how many times seen there)."""
     where, made_by, names = origin(3)
     if where is None:  # made while a library is imported
@@ -117,22 +118,19 @@ def _record(kind: str, detail: str = "") -> tuple:
     _state["count"][key] = count
     if key not in _state["seen"]:
         _state["seen"][key] = Escape(kind, where, detail, made_by, names)
-        log = _state["log"]
-        if log:
-            line = json.dumps({"kind": kind, "where": where, "detail": detail, "made_by": made_by,
-                               "pid": os.getpid()})
-            with open(log, "a", encoding="utf-8") as fh:
-                fh.write(line + "\n")
+        if _state["log"]:
+            escape_log.append(_state["log"], [{"kind": kind, "where": where, "detail": detail,
+                                               "made_by": made_by, "pid": os.getpid()}])
     return where, count
 
 
-def _pinned_seed(place: tuple) -> int:
+def _pinned_seed(place: tuple[Optional[str], int]) -> int:
     """The seed the ``unseeded_rng`` knob substitutes: the same for the same place and call."""
     where, count = place
     return zlib.crc32(f"{where}|{count}".encode()) & 0x7FFFFFFF
 
 
-def _is_clock(value) -> bool:
+def _is_clock(value: Any) -> bool:
     """A seed that is the current wall-clock time (seconds, milliseconds or nanoseconds)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
@@ -143,7 +141,8 @@ def _is_clock(value) -> bool:
     return False
 
 
-def _unseeded(kind: str, seed_arg_missing: bool, seed) -> tuple:
+def _unseeded(kind: str, seed_arg_missing: bool,
+              seed: Any) -> tuple[Optional[int], Optional[tuple[str, str]]]:
     """Record an escape if this call draws entropy. Returns ``(pinned, key)``: the seed to use
     instead under the knob (else None) and the escape's ``(kind, where)`` (None: no escape)."""
     if seed_arg_missing or seed is None:
@@ -159,7 +158,8 @@ def _unseeded(kind: str, seed_arg_missing: bool, seed) -> tuple:
     return (_pinned_seed(place) if _state["pin"] else None), (name, place[0])
 
 
-def _seeding(kind: str, seed_arg_missing: bool, seed) -> tuple:
+def _seeding(kind: str, seed_arg_missing: bool,
+             seed: Any) -> tuple[Optional[int], Optional[tuple[str, str]]]:
     """Every seeding call: logged with its value (:mod:`probes.run.seed_log`), checked for entropy
     (:func:`_unseeded`). Returns ``(pinned, key)``: the seed to use instead under a knob (else
     None) and the escape it is (else None). Called by the wrappers, directly from the user's call."""
@@ -173,14 +173,14 @@ def _seeding(kind: str, seed_arg_missing: bool, seed) -> tuple:
     return pinned, key
 
 
-def pin_sites(sites) -> None:
+def pin_sites(sites: Iterable[str]) -> None:
     """The ``pin_seeds`` knob: seeding calls at these places (``file:line``) get a seed derived
     from the place and the call's count there instead of the value they compute."""
     _state["pin_sites"] = frozenset(sites)
 
 
 _MISSING = object()
-_originals: dict = {}
+_originals: dict[tuple[Any, str], Any] = {}
 
 
 @dataclass
@@ -191,7 +191,7 @@ class Global:
     state: Callable[[], object]
 
 
-def _building(original: Callable, *args: Any, **kwargs: Any) -> Any:
+def _building(original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Make a generator: a SeedSequence asked for entropy meanwhile is not drawn from."""
     _state["building"] += 1
     try:
@@ -205,7 +205,7 @@ def _bit_state(gen: Any) -> Callable[[], object]:
     return lambda: bits.state
 
 
-def _made(key: Optional[tuple], seed: Any, made: Any,
+def _made(key: Optional[tuple[str, str]], seed: Any, made: Any,
           state: Optional[Callable[[], object]]) -> None:
     """Watch a generator just made: its own escape, or the watched seed sequence it came from."""
     if key is not None:
@@ -214,14 +214,14 @@ def _made(key: Optional[tuple], seed: Any, made: Any,
         rng_use.derived(made, seed, state)
 
 
-def _wrap_function(owner, name: str, kind: str, seed_index: int = 0, seed_kw: str = "seed",
-                   reseeds: Optional[Global] = None, makes: bool = False):
+def _wrap_function(owner: Any, name: str, kind: str, seed_index: int = 0, seed_kw: str = "seed",
+                   reseeds: Optional[Global] = None, makes: bool = False) -> None:
     """``reseeds``: the global generator the function seeds; ``makes``: it returns a new
     NumPy generator (``default_rng``)."""
     original = getattr(owner, name)
     _originals[(owner, name)] = original
 
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         if len(args) > seed_index:
             seed, missing = args[seed_index], False
         else:
@@ -229,9 +229,8 @@ def _wrap_function(owner, name: str, kind: str, seed_index: int = 0, seed_kw: st
             missing = seed is _MISSING
         pinned, key = _seeding(kind, missing, None if missing else seed)
         if pinned is not None:
-            args = list(args)
             if len(args) > seed_index:
-                args[seed_index] = pinned
+                args = (*args[:seed_index], pinned, *args[seed_index + 1:])
             else:
                 kwargs[seed_kw] = pinned
         if reseeds is not None and key is None and not missing and seed is not None:
@@ -243,13 +242,13 @@ def _wrap_function(owner, name: str, kind: str, seed_index: int = 0, seed_kw: st
             rng_use.watch(key, reseeds.token(), reseeds.state)
         return result
 
-    wrapper.__wrapped__ = original
+    wrapper.__wrapped__ = original  # type: ignore[attr-defined]  # as functools.wraps sets it
     wrapper.__name__ = getattr(original, "__name__", name)
     wrapper.__doc__ = getattr(original, "__doc__", None)
     setattr(owner, name, wrapper)
 
 
-def _copied(original: type) -> dict:
+def _copied(original: Any) -> dict[str, Callable[..., Any]]:
     """A bit generator's ``__setstate__`` (``copy.deepcopy``, pickling): a copy of a watched
     generator is watched too."""
     def __setstate__(self, state):
@@ -259,7 +258,7 @@ def _copied(original: type) -> dict:
     return {"__setstate__": __setstate__}
 
 
-def _reseeded(original: type) -> dict:
+def _reseeded(original: Any) -> dict[str, Callable[..., Any]]:
     """``RandomState.seed``: a value given reaches this generator before what comes next."""
     def seed(self, *args, **kwargs):
         if args and args[0] is not None or kwargs.get("seed") is not None:
@@ -269,11 +268,11 @@ def _reseeded(original: type) -> dict:
     return {"seed": seed}
 
 
-def _asked_for_entropy(original: type) -> dict:
+def _asked_for_entropy(original: Any) -> dict[str, Callable[..., Any]]:
     """A SeedSequence's ``generate_state`` / ``spawn`` outside the making of a generator: its
     entropy goes where the audit cannot follow, so it counts as drawn from."""
-    def hook(name: str):
-        def method(self, *args, **kwargs):
+    def hook(name: str) -> Callable[..., Any]:
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
             if not _state["building"]:
                 rng_use.drew(self)
             return getattr(original, name)(self, *args, **kwargs)
@@ -296,14 +295,14 @@ def _by_pickle() -> bool:
     return frame is not None and frame.f_globals.get("__name__") == "numpy.random._pickle"
 
 
-def _wrap_class(owner, name: str, kind: str, seed_kw: str = "seed") -> None:
+def _wrap_class(owner: Any, name: str, kind: str, seed_kw: str = "seed") -> None:
     """Replace a seedable class by a subclass that sees unseeded construction. Instances of
     the original class still pass ``isinstance`` checks against the replacement."""
     original = getattr(owner, name)
     _originals[(owner, name)] = original
     state_of = _CLASS_STATE.get(name, _bit_state)
 
-    class Meta(type(original)):
+    class Meta(type(original)):  # type: ignore[misc]  # the metaclass of the class wrapped
         def __instancecheck__(cls, obj):
             return isinstance(obj, original)
 
@@ -329,7 +328,7 @@ def _wrap_class(owner, name: str, kind: str, seed_kw: str = "seed") -> None:
     setattr(owner, name, replacement)
 
 
-def _make_random_class(base):
+def _make_random_class(base: Any) -> Any:
     class Random(base):  # random.Random() without a seed draws from the OS
         def __init__(self, x=_MISSING):
             pinned, key = _seeding("random.Random", x is _MISSING, None if x is _MISSING else x)
@@ -347,7 +346,7 @@ def _make_random_class(base):
     return Random
 
 
-def _make_system_random(base):
+def _make_system_random(base: Any) -> Any:
     class SystemRandom(base):  # cannot be seeded at all; under the knob it becomes seeded
         def __init__(self, x=None):
             place = _record("random.SystemRandom()", "fed by os.urandom and cannot be seeded")
@@ -374,7 +373,7 @@ def _make_system_random(base):
     return SystemRandom
 
 
-def _make_generator_class(base):
+def _make_generator_class(base: Any) -> Any:
     class Generator(base):  # torch.Generator().seed() draws from the OS
         def seed(self):
             pinned, key = _unseeded("torch.Generator.seed", True, None)
@@ -422,9 +421,9 @@ def install(log_path: Optional[str] = None, pin: bool = False,
     _wrap_function(random, "seed", "random.seed", seed_kw="a",
                    reseeds=Global(lambda: random._inst, random.getstate))
     _originals[(random, "Random")] = random.Random
-    random.Random = _make_random_class(random.Random)
+    random.Random = _make_random_class(random.Random)  # type: ignore[misc]  # a subclass
     _originals[(random, "SystemRandom")] = random.SystemRandom
-    random.SystemRandom = _make_system_random(random.SystemRandom)
+    random.SystemRandom = _make_system_random(random.SystemRandom)  # type: ignore[misc]  # a subclass
     _install_torch()
     _state["installed"] = True
 
@@ -448,7 +447,7 @@ def _install_torch() -> None:
 
     torch.seed = torch_seed
     _originals[(torch, "Generator")] = torch.Generator
-    torch.Generator = _make_generator_class(torch.Generator)
+    torch.Generator = _make_generator_class(torch.Generator)  # type: ignore[misc]  # a subclass
 
 
 def uninstall() -> None:
@@ -462,7 +461,7 @@ def uninstall() -> None:
     seed_log.start(None)
 
 
-def uses() -> list:
+def uses() -> list[dict[str, Any]]:
     """What became of each escape's generators in this process: ``{kind, where, use}`` and,
     for one a library made that was drawn from, ``holder``: the path from the user's globals
     to the object holding it that has a ``seed`` method (None: not found)."""
@@ -489,12 +488,10 @@ def finish() -> None:
         found = uses()
     except Exception:  # a user object that cannot be read: no say, so every escape counts as drawn
         return
-    with open(log, "a", encoding="utf-8") as fh:
-        for item in found:
-            fh.write(json.dumps({**item, "pid": os.getpid()}) + "\n")
+    escape_log.append(log, [{**item, "pid": os.getpid()} for item in found])
 
 
-def escapes() -> list:
+def escapes() -> list[dict[str, Any]]:
     """What this process saw, first occurrence order, with counts."""
     return [
         {"kind": e.kind, "where": e.where, "detail": e.detail, "made_by": e.made_by,
@@ -503,38 +500,6 @@ def escapes() -> list:
     ]
 
 
-def read_log(path: str) -> list:
-    """Escapes recorded by every process that wrote to ``path`` (main and workers), one entry
-    per kind and place; ``count`` is how many processes hit it; ``use`` what became of its
-    generators (``drawn`` when a process that made one did not say: it may have)."""
-    seen: dict = {}
-    told: dict = {}  # (kind, where, pid) -> use line
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    item = json.loads(line)
-                except ValueError:
-                    continue
-                key = (item.get("kind"), item.get("where"))
-                if "use" in item:
-                    told[(*key, item.get("pid"))] = item
-                elif key in seen:
-                    seen[key]["count"] += 1
-                    seen[key]["pids"].append(item.get("pid"))
-                else:
-                    seen[key] = {"kind": key[0], "where": key[1], "detail": item.get("detail", ""),
-                                 "made_by": item.get("made_by"), "count": 1,
-                                 "pids": [item.get("pid")]}
-    except FileNotFoundError:
-        return []
-    for key, entry in seen.items():
-        said = [told.get((*key, pid)) for pid in entry.pop("pids")]
-        entry["use"] = rng_use.combined([s["use"] if s else rng_use.DRAWN for s in said])
-        entry["holder"] = next((s.get("holder") for s in said if s and s.get("holder")), None)
-    return list(seen.values())
-
-
-def seeding_helpers() -> Callable:
+def seeding_helpers() -> Callable[..., Any]:
     """The unwrapped ``torch.manual_seed`` (the tool's own seeding must not count as an escape)."""
     return _originals.get((torch, "manual_seed"), torch.manual_seed)

@@ -8,7 +8,8 @@ run. :class:`DrawWatch` records, per generator, the first draw made before any s
 the innermost line of the user's code, and the first seeding call after it:
 
 * torch: a ``TorchFunctionMode`` compares the default generators' states around each torch call
-  until torch is seeded or drawn from (then it stands aside and is removed);
+  while no draw from them is known and they are not seeded; it stands aside (is removed) when
+  torch is seeded and at the script's first step;
 * NumPy and Python: the module-level functions bound to the global generator
   (``np.random.rand``, ``random.shuffle``, ...);
 * seeding: ``torch.manual_seed``, ``torch.cuda.manual_seed(_all)``, ``torch.set_rng_state``,
@@ -18,22 +19,22 @@ the innermost line of the user's code, and the first seeding call after it:
   check, ``torch.utils.checkpoint`` and ``fork_rng`` restore states taken from the unseeded
   generator; a state loaded from a checkpoint file does seed.
 
-:meth:`DrawWatch.finish` writes each unseeded draw to the escape log, where attribution proves it
-with the ``seed_escapes`` knob (the bootstrap then seeds every global generator at start-up).
+:meth:`DrawWatch.finish` writes each unseeded draw to the escape log (:mod:`probes.run.escape_log`),
+where attribution proves it with the ``seed_escapes`` knob (the bootstrap then seeds every global
+generator at start-up).
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
-from audit.probes.run import rng_escape
+from audit.probes.run import escape_log, rng_escape
 
 #: The escape kinds, per generator.
 KINDS = {
@@ -67,7 +68,8 @@ class _TorchDraws(TorchFunctionMode):
         super().__init__()
         self.watch = watch
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),
+                           kwargs: Optional[dict[str, Any]] = None) -> Any:
         kwargs = kwargs or {}
         if not self.watch.wants("torch"):
             return func(*args, **kwargs)
@@ -80,7 +82,7 @@ class _TorchDraws(TorchFunctionMode):
         return result
 
 
-def _torch_states() -> dict:
+def _torch_states() -> dict[str, torch.Tensor]:
     states = {"torch": torch.default_generator.get_state()}
     if torch.cuda.is_initialized():
         try:
@@ -90,19 +92,20 @@ def _torch_states() -> dict:
     return states
 
 
-def _same(a, b) -> bool:
+def _same(a: torch.Tensor, b: Optional[torch.Tensor]) -> bool:
     return b is not None and torch.equal(a, b)
 
 
 class DrawWatch:
-    """Install before the script runs; :meth:`settle` at its first optimizer step (the watch
-    of torch calls ends there); :meth:`finish` at the end writes what it saw."""
+    """Install before the script runs; :meth:`settle` at its first step (an optimizer step or,
+    without optimizers, a backward pass: the watch of torch calls ends there); :meth:`finish`
+    at the end writes what it saw."""
 
     def __init__(self, escape_log: Optional[str]):
         self.escape_log = escape_log
-        self.first: dict = {}  # stream -> Draw
-        self.seeded: dict = {}  # stream -> where it was first seeded
-        self._patches: list = []
+        self.first: dict[str, Draw] = {}
+        self.seeded: dict[str, Optional[str]] = {}  # stream -> where it was first seeded
+        self._patches: list[tuple[Any, str, Any]] = []  # (owner, name, original)
         self._mode: Optional[_TorchDraws] = None
         self._pid = os.getpid()
         self._skip = rng_escape.library_dirs()
@@ -125,7 +128,7 @@ class DrawWatch:
         if where is not None:  # a library drawing while it is imported is not the script's
             self.first[stream] = Draw(stream, where, op)
 
-    def _seed(self, streams: tuple) -> None:
+    def _seed(self, streams: tuple[str, ...]) -> None:
         if os.getpid() != self._pid:
             return
         where = rng_escape.user_frame(self._skip)
@@ -168,8 +171,9 @@ class DrawWatch:
         self._mode = _TorchDraws(self)
         self._mode.__enter__()
 
-    def _seeding(self, original, streams: tuple, restores: bool = False):
-        def wrapper(*args, **kwargs):
+    def _seeding(self, original: Callable[..., Any], streams: tuple[str, ...],
+                 restores: bool = False) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
             value = args[0] if args else next(iter(kwargs.values()), None)
             # seed(None) draws from the OS again, and a state this process gave out restores
             # the unseeded generator: neither is a seed
@@ -179,26 +183,26 @@ class DrawWatch:
 
         return wrapper
 
-    def _handing(self, original, stream: str):
-        def wrapper(*args, **kwargs):
+    def _handing(self, original: Callable[..., Any], stream: str) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
             state = original(*args, **kwargs)
             self._handed.setdefault(stream, set()).add(_digest(state))
             return state
 
         return wrapper
 
-    def _gave_out(self, stream: str, state) -> bool:
+    def _gave_out(self, stream: str, state: Any) -> bool:
         return _digest(state) in self._handed.get(stream, ())
 
-    def _drawing(self, original, stream: str, name: str):
-        def wrapper(*args, **kwargs):
+    def _drawing(self, original: Callable[..., Any], stream: str, name: str) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
             if stream not in self.seeded and stream not in self.first:
                 self.drew(stream, name)
             return original(*args, **kwargs)
 
         return wrapper
 
-    def _wrap(self, owner, name: str, replacement) -> None:
+    def _wrap(self, owner: Any, name: str, replacement: Any) -> None:
         original = getattr(owner, name)
         replacement.__wrapped__ = original
         replacement.__name__ = getattr(original, "__name__", name)
@@ -216,7 +220,7 @@ class DrawWatch:
             self._mode = None
 
     def settle(self) -> None:
-        """The first optimizer step: draws from torch before it are known; stop watching."""
+        """The first step: draws from torch before it are known; stop watching torch calls."""
         self._stand_aside()
 
     def finish(self, write: bool = True) -> None:
@@ -226,16 +230,14 @@ class DrawWatch:
             setattr(owner, name, original)
         self._patches = []
         if write and self.escape_log and os.getpid() == self._pid:
-            with open(self.escape_log, "a", encoding="utf-8") as fh:
-                for draw in self.first.values():
-                    fh.write(json.dumps(_escape(draw)) + "\n")
+            escape_log.append(self.escape_log, [_escape(draw) for draw in self.first.values()])
 
-    def reported(self) -> set:
+    def reported(self) -> set[str]:
         """The generators whose first unseeded draw this watch has seen."""
         return set(self.first)
 
 
-def _digest(state) -> int:
+def _digest(state: Any) -> int:
     """A number that tells generator states apart within this process (a torch ByteTensor,
     NumPy's ``get_state`` tuple or dict, Python's ``getstate`` tuple)."""
     if isinstance(state, torch.Tensor):
@@ -252,7 +254,7 @@ def _digest(state) -> int:
         return id(state)
 
 
-def _escape(draw: Draw) -> dict:
+def _escape(draw: Draw) -> dict[str, Any]:
     if draw.seeded_at:
         detail = (f"drawn from ({draw.op}) before the script seeds it; it is first seeded at "
                   f"{draw.seeded_at}")
