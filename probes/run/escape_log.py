@@ -44,7 +44,7 @@ def read_log(path: str) -> list[dict[str, Any]]:
                     continue
                 key = (item.get("kind"), item.get("where"))
                 if "use" in item:
-                    told[(*key, item.get("pid"))] = item
+                    told[key + (item.get("pid"),)] = item
                 elif key in seen:
                     seen[key]["count"] += 1
                     seen[key]["pids"].append(item.get("pid"))

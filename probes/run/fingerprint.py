@@ -179,7 +179,7 @@ class Scan(NamedTuple):
     """:func:`scan` of several tensors."""
 
     values: list[Any]  # the fingerprint of each tensor, None where the tensor was None
-    finite: object  # 1 when every floating value is finite, else 0 (a 0-d tensor off the CPU)
+    finite: Fingerprint  # 1 when every floating value is finite, else 0 (a 0-d tensor off the CPU)
 
 
 def fingerprints(tensors: Sequence[Optional[torch.Tensor]]) -> list[Optional[Fingerprint]]:
@@ -262,6 +262,7 @@ def _small_dots(arrays: list[np.ndarray]) -> list[int]:
     out = [0] * len(arrays)
     nonempty = [k for k, n in enumerate(sizes) if n]
     if nonempty:
+        assert weights is not None  # a nonempty array: sum(sizes) > 0 built the table
         words_ = np.concatenate(arrays, dtype=np.int64)
         with np.errstate(over="ignore"):
             sums = np.add.reduceat(words_ * weights, starts[nonempty])

@@ -64,7 +64,7 @@ class Naming:
         self.module_names: dict[str, Any] = {}  # module -> dotted name (with its root's label)
         self._extra: dict[str, Any] = {}
 
-    def name_tensors(self, new: list[Any], groups: dict[str, Any]) -> list[Any]:
+    def name_tensors(self, new: list[Any], groups: dict[int, set[int]]) -> list[Any]:
         """Names for ``new`` tensors, each ``(group, fallback, tensor)``: ``group`` says which
         optimizer trains it (None when steps are backward passes), ``groups`` maps each
         optimizer index to the ids of all its tensors (for the model labels)."""

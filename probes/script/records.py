@@ -133,7 +133,7 @@ class TraceRecords:
     def _lockstep_tensors(self, step: Step) -> dict[str, Any]:
         loader = [b.tensors for b in step.batches if b.tensors]
         fed, targets = step.fed_tensors or [], step.target_tensors or []
-        tensors = {"grads": step.grad_copies or {}, "outputs": step.outputs or {},
+        tensors: dict[str, Any] = {"grads": step.grad_copies or {}, "outputs": step.outputs or {},
                    "params": {n: p.detach() for n, p in zip(self.traced.names, self.traced.params)},
                    "start": step.start_copies or {}}
         if self.source == "dataloader":

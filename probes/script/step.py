@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 from typing import Any, Callable, Optional
 
 import torch
@@ -66,17 +67,26 @@ class Batch:
         self.tensors = (inputs, targets) if keep else None
 
 
+@dataclasses.dataclass(slots=True)
 class Step:
     """What one step gathered, taken when its gradients are known; written with the
     parameters after its update."""
 
-    __slots__ = ("batches", "fed", "fed_tensors", "targets", "target_tensors", "losses", "rng",
-                 "grads", "grad_copies", "start", "start_copies", "events", "outputs",
-                 "model_outputs", "finite")
-
-    def __init__(self, **values: Any):
-        for name in self.__slots__:
-            setattr(self, name, values.get(name))
+    batches: list[Batch]
+    fed: Any
+    fed_tensors: Optional[list[torch.Tensor]]
+    targets: list[Any]
+    target_tensors: list[torch.Tensor]
+    losses: list[torch.Tensor]
+    rng: dict[str, Any]
+    grads: list[Any]
+    grad_copies: Optional[dict[str, torch.Tensor]]
+    start: Optional[list[Any]]
+    start_copies: Optional[dict[str, torch.Tensor]]
+    events: Optional[list[list[Any]]]
+    outputs: Optional[dict[str, Any]]
+    model_outputs: Any
+    finite: fp.Fingerprint
 
 
 class StepState:
@@ -100,7 +110,7 @@ class StepState:
         self.grad_copies: Optional[dict[str, torch.Tensor]] = None
         self.start: Optional[list[Any]] = None
         self.start_copies: Optional[dict[str, torch.Tensor]] = None
-        self.finite = 1  # the finite flag of the step's gradients (grad_parts)
+        self.finite: fp.Fingerprint = 1  # the finite flag of the step's gradients (grad_parts)
         # A step given a closure: each of its evaluations' (grads, finite, copies), else None
         self.evaluations: Optional[list[tuple[Any, ...]]] = None
         self.closure_outputs: Any = None  # its first evaluation's model outputs

@@ -71,6 +71,7 @@ def parse(words: list[str]) -> Launch:
         interpreter, rest, launcher = [], list(words[1:]), "torchrun"
     else:
         program = script_runner.parse(words)
+        assert program.module is not None  # callers check is_launch: -m one of _MODULES
         if not _MODULES[program.module]:
             raise UsageError("python -m torch.distributed.launch is deprecated: write "
                              "'-- torchrun --nproc_per_node N train.py' (the script reads LOCAL_RANK "
