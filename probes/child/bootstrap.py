@@ -252,7 +252,7 @@ def _run_script(program: Optional[Program], tracer: ScriptTracer, run_end: _Run,
     from audit.probes.script.tracer import StopScript
 
     if program is not None:
-        sys.argv = [program.path or program.module, *program.args]
+        sys.argv = [program.target, *program.args]
         sys.path.insert(0, os.getcwd() if program.path is None
                         else os.path.dirname(os.path.abspath(program.path)))
     try:

@@ -185,7 +185,7 @@ def run(spec: SchemeRunSpec, program: script_runner.Program) -> dict[str, Any]:
     import runpy
 
     scheme = SchemeRun(spec)
-    sys.argv = [program.path or program.module, *program.args]
+    sys.argv = [program.target, *program.args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(program.path)) if program.path
                     else os.getcwd())
     scheme.install()
@@ -193,7 +193,7 @@ def run(spec: SchemeRunSpec, program: script_runner.Program) -> dict[str, Any]:
         if program.module:
             runpy.run_module(program.module, run_name="__main__", alter_sys=True)
         else:
-            runpy.run_path(program.path, run_name="__main__")
+            runpy.run_path(program.target, run_name="__main__")
     except Stop:
         pass
     except SystemExit as exc:

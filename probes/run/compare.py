@@ -123,10 +123,9 @@ def first_parting(a: list[Any], b: list[Any]) -> Optional[Parting]:
         computed = _computed_parting(ra, rb, names, step)
         if computed is not None:
             return pending_rng or computed
-        na, nb = (sa[i + 1], sb[i + 1]) if i + 1 < min(len(sa), len(sb)) else (None, None)
-        if na is not None and na.get("start") != nb.get("start"):
-            tensor = _first_named(names, na.get("start") or [], nb.get("start") or [])
-            return pending_rng or Parting(step, "optimizer", tensor, outside=True)
+        if i + 1 < min(len(sa), len(sb)) and sa[i + 1].get("start") != sb[i + 1].get("start"):
+            moved = _first_named(names, sa[i + 1].get("start") or [], sb[i + 1].get("start") or [])
+            return pending_rng or Parting(step, "optimizer", moved, outside=True)
     return None
 
 

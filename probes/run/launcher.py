@@ -142,11 +142,13 @@ class Launcher:
         else:
             argv = child_argv("audit.probes.child.worker", spec.spec_path)
         stdin = self.stdin_path if spec.script else None
+        assert spec.log is not None  # Launcher.spec sets every run's log
         return Run(argv, spec.log, spec.trace, self._env(spec.knobs), cwd=self.opts.cwd,
                    stdin_path=stdin)
 
     def finish(self, spec: RunSpec, run: Run, stopped: str = "", stack: str = "") -> Outcome:
         code = run.end() if stopped else run.end_when_done()
+        assert spec.escape_log is not None and spec.seed_log is not None  # set by Launcher.spec
         return Outcome(spec.name, read_trace(spec.trace), None if stopped else code,
                        time.monotonic() - run.started, read_log(spec.escape_log),
                        run.output_tail(), stopped, stack, seed_log.read(spec.seed_log))

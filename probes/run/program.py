@@ -54,6 +54,13 @@ class Program:
     args: list[str] = field(default_factory=list)
     options: list[Any] = field(default_factory=list)  # interpreter options to pass on
 
+    @property
+    def target(self) -> str:
+        """The file or the module (:func:`parse` sets one of them)."""
+        target = self.path or self.module
+        assert target is not None  # parse returns a program with a path or a module
+        return target
+
     def argv(self) -> list[Any]:
         """What follows the bootstrap's ``--``: ``[path, *args]`` or ``["-m", module, *args]``."""
         head = ["-m", self.module] if self.module else [self.path]
@@ -137,6 +144,7 @@ def validate(script: list[str], cwd: Optional[str] = None) -> Program:
         elif not os.path.isfile(full):
             raise UsageError(f"script {program.path!r} not found (looked in {cwd})")
     else:
+        assert program.module is not None  # parse returns a program with a path or a module
         problem = _module_problem(program.module, cwd)
         if problem:
             raise UsageError(problem)
@@ -195,6 +203,7 @@ def read_stdin(stream: Optional[IO[Any]] = None) -> Optional[bytes]:
 
 def command(spec: RunSpec) -> list[Any]:
     """The argv that runs ``spec.script`` under the bootstrap in a fresh process."""
+    assert spec.script is not None  # only script mode's runs are commanded here
     program = parse(spec.script)
     return child_argv("audit.probes.child.bootstrap", spec.spec_path, "--", *program.argv(),
                       options=tuple(program.options))

@@ -250,6 +250,7 @@ def check_target(spec: Optional[str], cwd: Optional[str] = None) -> None:
     if spec is None:
         return
     where, name = split_spec(spec)
+    source: Optional[str]
     if _is_file(where):
         source = os.path.join(cwd or os.getcwd(), where)
         if not os.path.isfile(source):
@@ -268,15 +269,17 @@ def _is_file(where: str) -> bool:
 def _module_source(module: str, cwd: str) -> Optional[str]:
     """The source file of ``module`` found without importing anything (None: a package or a
     module without Python source); raises :class:`TargetError` when there is none."""
-    from importlib.machinery import PathFinder
+    from importlib.machinery import ModuleSpec, PathFinder
 
-    found, locations = None, [cwd, *sys.path]
+    found: Optional[ModuleSpec] = None
+    locations: Optional[list[str]] = [cwd, *sys.path]
     for part in module.split("."):
         found = PathFinder.find_spec(part, locations) if locations is not None else None
         if found is None:
             raise TargetError(f"cannot import module {module!r}; is it installed, or run from "
                               "the folder that holds it?")
         locations = list(found.submodule_search_locations or []) or None
+    assert found is not None  # a module name has a part: each one was found or raised
     origin = found.origin or ""
     return origin if origin.endswith(".py") and not origin.endswith("__init__.py") else None
 

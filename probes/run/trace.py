@@ -112,6 +112,7 @@ class ModuleRecorder:
                 self._handles.append(nn.modules.module.register_module_forward_pre_hook(self._pre))
                 self._handles.append(nn.modules.module.register_module_forward_hook(self._post))
             else:
+                assert self._names is not None  # made from the model just above
                 for module in self._names:
                     self._handles.append(module.register_forward_pre_hook(self._pre))
                     self._handles.append(module.register_forward_hook(self._post))
@@ -397,6 +398,7 @@ def _traced_step(loop: _Loop, step: int, batch: Any) -> dict[str, Any]:
     loss.backward()
     params, names = loop.params, loop.names
     evaluations = [read_grads(params, names, loop.lockstep is not None)]
+    assert loop.watched is not None  # run_traced sets it before the first step
     outputs = loop.watched.take()  # the step's forward; an LBFGS line search's count by its grads
     optimizer_step(loop.optimizer, loop.scheduler, step_closure(
         loop.setup, loop.optimizer, batch, loss,
@@ -409,11 +411,12 @@ def _traced_step(loop: _Loop, step: int, batch: Any) -> dict[str, Any]:
     record.update(step_fields(
         inputs_fp, targets_fp, [inputs_rows], [targets_rows], [loss], grads, params,
         optim_state=optimizer_state_tensors(loop.optimizer, params) if loop.detail else None,
-        events=loop.recorder.events if loop.detail else None, outputs=outputs,
+        events=loop.recorder.events if loop.recorder is not None else None, outputs=outputs,
         grads_finite=finite))
     record["rng"] = rng
     record["seconds"] = round(time.perf_counter() - started, 6)
     if loop.lockstep is not None:
+        assert loop.recorder is not None  # a lockstep run is a detail run: it records modules
         tensors = {"inputs": inputs, "targets": targets, "grads": grad_copies,
                    "params": {n_: p.detach() for n_, p in loop.named},
                    "outputs": loop.recorder.outputs}
