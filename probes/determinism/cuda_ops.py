@@ -39,7 +39,10 @@ class ModuleMap:
         self.handles: list[Any] = []
         self.local = threading.local()  # the backward node running in this thread
         try:
-            for name, module in (named if named is not None else model.named_modules()):
+            if named is None:
+                assert model is not None  # callers give a model or its named modules
+                named = list(model.named_modules())
+            for name, module in named:
                 self.handles.append(module.register_forward_pre_hook(self._pre(name), with_kwargs=True))
                 self.handles.append(module.register_forward_hook(self._post))
         except Exception:

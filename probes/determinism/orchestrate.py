@@ -62,6 +62,7 @@ def _run_info(index: int, out: Outcome, timeout: Optional[float] = None) -> RunI
     status = end.get("status")
     if status is None:  # it ended without its last record: os._exit, a signal, a fatal error
         code = out.exit_code
+        assert code is not None  # a run not stopped has its exit status
         if code < 0:
             status, how = Status.KILLED, f"was killed by {_signal_name(-code)}"
         else:
@@ -110,6 +111,7 @@ def _magnitude(parting: compare.Parting, records: list[dict[str, Any]], module: 
     """The largest difference the replay measured where the runs part: the stage's own tensor,
     else the stage's largest."""
     if parting.outside:
+        assert parting.step is not None  # an outside parting is found between two steps
         found = _step_diffs(records, parting.step + 1).get("start") or {}
         return found.get(parting.tensor) or (max(found.values()) if found else None)
     diffs = _step_diffs(records, None if parting.stage == "init" else parting.step)
@@ -162,8 +164,10 @@ def _localize(parting: compare.Parting, again: Optional[compare.Parting],
     original step, where the replay's records may show the same stage differing."""
     if parting.stage not in ("forward", "backward"):
         return None, None, None
-    places = []
+    assert parting.step is not None  # a forward or backward parting is at a step
+    places: list[tuple[int, str]] = []
     if again is not None and again.stage == parting.stage:
+        assert again.step is not None  # so is the replay's, at the same stage
         places.append((again.step, again.stage))
     places.append((parting.step, parting.stage))
     for step, stage in dict.fromkeys(places):
@@ -402,6 +406,7 @@ def _replay(opts: RunOptions, launcher: Launcher, result: DeterminismResult,
     if again is not None and again.key() < parting.key() and module is None:
         result.detail["replay"] = f"the replay parted earlier, at step {again.step} ({again.stage})"
     if parting.outside:
+        assert parting.step is not None  # an outside parting is found between two steps
         module = (tensor or "").rpartition(".")[0] or None
         result.detail["outside_optimizer"] = (
             f"parameters changed outside the optimizer: {tensor} agrees after the update of "

@@ -90,7 +90,8 @@ def first_failed(files: list[RankFiles], traces: list[list[dict[str, Any]]]) -> 
     """The failed rank whose trace was written last the earliest: a rank's failure ends its
     trace before its peers see the connection close and fail in turn."""
     failed = [rank for rank, t in enumerate(traces)
-              if next((r for r in reversed(t) if r.get("type") == Record.END), {}).get("status") in FAILED]
+              if (next((r for r in reversed(t) if r.get("type") == Record.END), None) or {}).get("status")
+              in FAILED]
 
     def written(rank: int) -> float:
         try:

@@ -53,6 +53,7 @@ class StepScan:
     def backward(self, tensors: Any) -> None:
         if self.state != RECORDING or self.recorder is None:
             return
+        assert self.modules is not None  # start made it before the recorder
         for t in tensors_in(tensors):
             if t.grad_fn is not None:
                 self.modules.hook_graph(t)
