@@ -87,11 +87,10 @@ def _common(sig_a: list[Any], sig_b: list[Any]) -> list[Any]:
 
 def _pair_stretch(xs: list[Any], ys: list[Any], m: Matching) -> None:
     """Between two aligned pairs: same length, same parameter shapes -> a type change."""
-    same_length = len(xs) == len(ys)
-    for k in range(max(len(xs), len(ys))):
-        x = xs[k] if k < len(xs) else None
-        y = ys[k] if k < len(ys) else None
-        if same_length and x.shapes == y.shapes:
+    if len(xs) != len(ys):
+        return
+    for x, y in zip(xs, ys):
+        if x.shapes == y.shapes:
             m.modules[x.name] = y.name
             m.replaced.append((x.name, y.name, x.type, y.type))
 

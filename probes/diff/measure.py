@@ -100,9 +100,10 @@ def magnitude(step: Optional[int], stage: str, module: Optional[str], tensor: Op
     """The largest difference where the sides part: from the lockstep differences side b's
     replay recorded, or from the loss values for the ``loss`` stage."""
     if stage == "loss":
-        if step is None or step >= min(len(loss.a), len(loss.b)) or None in (loss.a[step], loss.b[step]):
+        if step is None or step >= min(len(loss.a), len(loss.b)):
             return None
-        return abs(float(loss.a[step]) - float(loss.b[step]))
+        la, lb = loss.a[step], loss.b[step]
+        return abs(float(la) - float(lb)) if la is not None and lb is not None else None
     diffs = _record(detail_b, step).get("diffs") or {}
     if stage == "data":
         return diffs.get(tensor or "inputs")
