@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeGuard
 
 import numpy as np
 from scipy import stats
@@ -121,7 +121,7 @@ def _cannot_beat(candidate: SchemeResult, own: SchemeResult, margin: float) -> b
     return math.isnan(typical_loss(candidate)) or (p is not None and p.low > -margin)
 
 
-def _healthy(scheme: Optional[SchemeResult]) -> bool:
+def _healthy(scheme: Optional[SchemeResult]) -> TypeGuard[SchemeResult]:
     return scheme is not None and scheme.error is None and not scheme.findings
 
 
@@ -159,6 +159,7 @@ def settle(schemes: list[SchemeResult], run_seed: RunSeed,
         target = FIRST_SEEDS if seeds == 0 else seeds + 1
         for seed in range(seeds + 1, target + 1):
             for scheme in (own, *active):
+                assert scheme.loss_seeds is not None  # set above for own and every candidate
                 scheme.loss_seeds.append(list(run_seed(scheme.name, seed)))
         seeds = target
         margin = _margin(own, limits)

@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections import Counter, OrderedDict
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, cast
 
 import torch
 from torch import nn
@@ -174,6 +174,7 @@ def weight_scale(kind: str, weight: torch.Tensor, gain_name: str = "linear",
     ``gain = calculate_gain(gain_name, param)`` (a ``leaky_relu``'s slope is ``param``).
     """
     if kind in ("normal",):
+        assert std is not None  # normal:STD is parsed with its STD
         return float(std)
     if kind == "lsuv":
         return 1.0
@@ -188,6 +189,11 @@ def weight_scale(kind: str, weight: torch.Tensor, gain_name: str = "linear",
     else:
         raise ValueError(f"unknown init scheme {kind!r}; valid schemes: {VALID}")
     return scale * math.sqrt(3.0) if kind.endswith("uniform") else scale
+
+
+def _weight(layer: nn.Module) -> torch.Tensor:
+    """A weight layer's weight (:func:`is_weight_layer` checked that it is a tensor)."""
+    return cast(torch.Tensor, layer.weight)
 
 
 class DrawCache:
@@ -206,7 +212,7 @@ class DrawCache:
     """
 
     def __init__(self, model: Optional[nn.Module], max_bytes: int = 512 * 2**20):
-        total = sum(m.weight.numel() * m.weight.element_size()
+        total = sum(_weight(m).numel() * _weight(m).element_size()
                     for m in model.modules() if is_weight_layer(m)) if model is not None \
             else math.inf
         self.enabled = 3 * total <= max_bytes

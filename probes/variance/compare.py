@@ -66,7 +66,7 @@ def compare_samples(a: list[Any], b: list[Any], direction: str = "lower", alpha:
         seeds_needed=stats.seeds_needed(deltas, alpha), mean_delta=mean,
         effect_size=(sign * mean / pooled) if pooled > 0 and mean is not None else None,
         alpha=alpha, confidence=confidence, min_seeds=stats.min_seeds_for(alpha),
-        power=stats.power(len(deltas), mean / sd_d, alpha) if sd_d > 0 else None)
+        power=stats.power(len(deltas), mean / sd_d, alpha) if sd_d > 0 and mean is not None else None)
 
 
 def _mean(values: list[Any]) -> Optional[float]:
