@@ -66,6 +66,7 @@ def divergence(diffs: list[Any], parting: Optional[compare.Parting], at: int) ->
         return ResumeDivergence(at, "state", first.module if first.name else None, tensor)
     module = parting.tensor.rpartition(".")[0] if parting.tensor and parting.stage in (
         "backward", "optimizer") and "." in parting.tensor else None
+    assert parting.step is not None  # the traces compared are cut to steps: no init parting
     return ResumeDivergence(parting.step, parting.stage, module, parting.tensor)
 
 

@@ -16,7 +16,7 @@ pass had been opened back at the start of the epoch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, TypeGuard
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset
@@ -33,7 +33,7 @@ class PassRecord:
     order: Optional[list[Any]] = None  # what the index sampler yielded, whole pass
 
 
-def is_loader(data: Any) -> bool:
+def is_loader(data: Any) -> TypeGuard[DataLoader[Any]]:
     """A ``DataLoader`` over a map-style dataset (an iterable dataset has no order to keep)."""
     return isinstance(data, DataLoader) and not isinstance(data.dataset, IterableDataset)
 
@@ -117,6 +117,7 @@ def resumed_pass(loader: DataLoader[Any], skip: int, knobs: tuple[str, ...],
     own = source.get_state()
     if not wanted:
         return iter(loader)
+    assert record is not None  # wanted is empty without a record
     attr = "batch_sampler" if loader.batch_sampler is not None else "sampler"
     order = record.order if "data_position" in wanted else None
     before = None

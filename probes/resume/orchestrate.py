@@ -188,7 +188,9 @@ def _judge(runs: _Runs, result: ResumeResult, a: Outcome, diffs: list[Any], part
     whether the target is nondeterministic before any more pieces are tried."""
     plan_record = _plan_record(a)
     result.verdict = "diverges"
-    result.first_divergence = compare.divergence(diffs, parting, result.at)
+    divergence = compare.divergence(diffs, parting, result.at)
+    assert divergence is not None  # judged only when the steps part
+    result.first_divergence = divergence
     if parting.stage == "data" and parting.data:
         result.detail["data_difference"] = parting.data
     if parting.streams:
@@ -208,7 +210,7 @@ def _judge(runs: _Runs, result: ResumeResult, a: Outcome, diffs: list[Any], part
             return
         trials += _more_trials(runs, a, result, knobs, len(trials), say)
     result.knob_trials = trials
-    result.causes = attribute.causes(result.first_divergence, trials, result.checkpoint,
+    result.causes = attribute.causes(divergence, trials, result.checkpoint,
                                      plan_record.get("save_where"), result.steps)
 
 

@@ -74,7 +74,10 @@ def where(fn: Any) -> Optional[str]:
         while isinstance(fn, functools.partial):
             fn = fn.func
         fn = inspect.unwrap(getattr(fn, "__func__", fn))
-        return f"{os.path.basename(inspect.getsourcefile(fn))}:{inspect.getsourcelines(fn)[1]}"
+        source = inspect.getsourcefile(fn)
+        if source is None:
+            return None
+        return f"{os.path.basename(source)}:{inspect.getsourcelines(fn)[1]}"
     except (TypeError, OSError):
         return None
 
