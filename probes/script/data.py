@@ -8,7 +8,8 @@ functional losses, which the loss modules (``nn.CrossEntropyLoss`` ...) call too
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from types import ModuleType
+from typing import Any, Callable, Optional
 
 import torch
 from torch.nn import functional as F
@@ -26,14 +27,14 @@ LOSS_TARGETS = {
 }
 
 
-def target_of(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def target_of(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Optional[torch.Tensor]:
     """The target tensor given to functional loss ``name``, or None."""
     position, keyword = LOSS_TARGETS[name]
     value = args[position] if len(args) > position else kwargs.get(keyword)
     return value if isinstance(value, torch.Tensor) else None
 
 
-def install(on_target: Callable[[torch.Tensor], None]) -> list[Any]:
+def install(on_target: Callable[[torch.Tensor], None]) -> list[tuple[ModuleType, str, Callable[..., Any]]]:
     """Wrap the functional losses; returns ``[(owner, name, original)]`` for the caller to put
     back. ``on_target(tensor)`` is called with each target before the loss runs."""
     patches = []
@@ -46,8 +47,9 @@ def install(on_target: Callable[[torch.Tensor], None]) -> list[Any]:
     return patches
 
 
-def _wrap(name: str, original: Any, on_target: Any) -> Any:
-    def loss(*args, **kwargs):
+def _wrap(name: str, original: Callable[..., Any],
+          on_target: Callable[[torch.Tensor], None]) -> Callable[..., Any]:
+    def loss(*args: Any, **kwargs: Any) -> Any:
         target = target_of(name, args, kwargs)
         if target is not None:
             on_target(target)

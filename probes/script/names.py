@@ -9,7 +9,7 @@ wrapped in DDP (or DataParallel) is named as the wrapped model (no ``module.`` p
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional, Sequence
 import gc
 import sys
 import warnings
@@ -19,7 +19,7 @@ from torch import nn
 from audit.probes.run.training import tensors_in
 
 
-def live_modules() -> list[Any]:
+def live_modules() -> list[nn.Module]:
     """Every ``nn.Module`` alive in the process (``type()`` checks: no attribute lookups on
     foreign objects)."""
     with warnings.catch_warnings():
@@ -27,7 +27,7 @@ def live_modules() -> list[Any]:
         return [o for o in gc.get_objects() if issubclass(type(o), nn.Module)]
 
 
-def graph_leaves(tensors: Any) -> list[Any]:
+def graph_leaves(tensors: Any) -> list[torch.Tensor]:
     """The leaf tensors an autograd graph accumulates gradients into (its trained tensors),
     in a fixed walk order, each once."""
     stack = [t.grad_fn for t in reversed(tensors_in(tensors)) if t.grad_fn is not None]
@@ -60,18 +60,19 @@ class Naming:
     """The traced models (roots) and the names of their modules and tensors."""
 
     def __init__(self) -> None:
-        self.roots: list[Any] = []  # [(root module, label)]
-        self.module_names: dict[str, Any] = {}  # module -> dotted name (with its root's label)
-        self._extra: dict[str, Any] = {}
+        self.roots: list[tuple[nn.Module, str]] = []  # [(root module, label)]
+        self.module_names: dict[nn.Module, str] = {}  # module -> dotted name (with its root's label)
+        self._extra: dict[nn.Module, str] = {}
 
-    def name_tensors(self, new: list[Any], groups: dict[int, set[int]]) -> list[Any]:
+    def name_tensors(self, new: Sequence[tuple[Optional[int], str, torch.Tensor]],
+                     groups: dict[int, set[int]]) -> list[str]:
         """Names for ``new`` tensors, each ``(group, fallback, tensor)``: ``group`` says which
         optimizer trains it (None when steps are backward passes), ``groups`` maps each
         optimizer index to the ids of all its tensors (for the model labels)."""
         owner, parent = _owners()
         known = {id(r) for r, _ in self.roots}
-        fresh: list[Any] = []
-        root_groups: dict[int, set[Any]] = {}
+        fresh: list[nn.Module] = []
+        root_groups: dict[int, set[Optional[int]]] = {}
         for group, _, p in new:
             m = owner.get(id(p))
             if m is None:
@@ -93,7 +94,7 @@ class Naming:
         plain = _main_globals()
         return [named.get(id(p)) or plain.get(id(p)) or fallback for _, fallback, p in new]
 
-    def _add_roots(self, fresh: list[Any], root_groups: dict[int, set[Any]]) -> None:
+    def _add_roots(self, fresh: list[nn.Module], root_groups: dict[int, set[Optional[int]]]) -> None:
         roots = [r for r, _ in self.roots] + fresh
         for k, root in enumerate(fresh, start=len(self.roots)):
             label = self._label(root, k, roots, root_groups)
@@ -101,7 +102,8 @@ class Naming:
             for name, module in root.named_modules():
                 self.module_names.setdefault(module, join(label, name))
 
-    def _label(self, root: Any, k: int, roots: list[Any], root_groups: dict[int, set[Any]]) -> str:
+    def _label(self, root: nn.Module, k: int, roots: list[nn.Module],
+               root_groups: dict[int, set[Optional[int]]]) -> str:
         """No prefix for a single model; with several, the optimizer that trains it alone
         (``opt1``), else ``model{k}``."""
         if len(roots) == 1 and not self.roots:
@@ -112,7 +114,7 @@ class Naming:
             return f"opt{next(iter(groups))}"
         return f"model{k}"
 
-    def module_name(self, module: Any) -> str:
+    def module_name(self, module: nn.Module) -> str:
         name = self.module_names.get(unwrap(module))
         if name is None:  # not inside a traced model (a loss module, a transform): its class
             name = self._extra.get(module)
@@ -123,18 +125,18 @@ class Naming:
                 self._extra[module] = name
         return name
 
-    def modules(self) -> list[Any]:
+    def modules(self) -> list[str]:
         return [n for root, label in self.roots for n in (join(label, m) for m, _ in root.named_modules())]
 
-    def types(self) -> list[Any]:
+    def types(self) -> list[str]:
         """The class name of each module :meth:`modules` names, in the same order."""
         return [type(m).__name__ for root, _ in self.roots for _, m in root.named_modules()]
 
 
-def _owners() -> tuple[dict[int, Any], dict[int, Any]]:
+def _owners() -> tuple[dict[int, nn.Module], dict[int, nn.Module]]:
     """(id(parameter) -> module holding it, id(module) -> its parent) over the live modules."""
-    parent: dict[int, Any] = {}
-    owner: dict[int, Any] = {}
+    parent: dict[int, nn.Module] = {}
+    owner: dict[int, nn.Module] = {}
     for m in live_modules():
         for child in getattr(m, "_modules", {}).values():
             if child is not None:
@@ -145,15 +147,15 @@ def _owners() -> tuple[dict[int, Any], dict[int, Any]]:
     return owner, parent
 
 
-def _root(m: Any, parent: dict[int, Any]) -> Any:
-    seen = set()
+def _root(m: nn.Module, parent: dict[int, nn.Module]) -> nn.Module:
+    seen: set[int] = set()
     while id(m) in parent and id(m) not in seen:
         seen.add(id(m))
         m = parent[id(m)]
     return unwrap(m)
 
 
-def unwrap(module):
+def unwrap(module: nn.Module) -> nn.Module:
     """The user's model inside a (Distributed)DataParallel wrapper: names without ``module.``."""
     while isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         module = module.module

@@ -15,17 +15,22 @@ children started with ``torch.multiprocessing`` are traced as ranks.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 from urllib.parse import urlsplit, urlunsplit
 
 from audit.probes.run import ranks, rendezvous
 from audit.probes.script.spawn import SpawnPatch
 from audit.probes.run.spec import RunSpec
 
+if TYPE_CHECKING:
+    from audit.probes.run.trace import TraceWriter
+    from audit.probes.script.tracer import ScriptTracer
+
 LOOPBACK = rendezvous.LOOPBACK
 
 
-def attach(spec: RunSpec, writer: Any, tracer: Any, runner: str) -> Any:
+def attach(spec: RunSpec, writer: TraceWriter, tracer: ScriptTracer,
+           runner: str) -> Union[RankObserver, SpawnPatch]:
     """Start observing: a rank's :class:`RankObserver` (also set as the tracer's ``on_step``),
     or the :class:`SpawnPatch` of a script that may start ranks itself (``runner``,
     ``"module:function"``, runs a child's function under the bootstrap)."""
@@ -59,11 +64,11 @@ class RankObserver:
     """One rank's distributed records: ``dist`` (at the first DDP), ``replica`` per step and
     ``samplers`` at the end; :meth:`close` also leaves the process group the script made."""
 
-    def __init__(self, writer: Any, port: Union[int, str, None] = None) -> None:
+    def __init__(self, writer: TraceWriter, port: Union[int, str, None] = None) -> None:
         self.writer = writer
         self.port = port or os.environ.get("MASTER_PORT")
         self.tracker: Optional[ranks.RankTracker] = None
-        self._patches: list[Any] = []
+        self._patches: list[tuple[Any, str, Any]] = []  # (owner, name, original)
         self.closed = False
 
     def install(self) -> None:

@@ -17,17 +17,20 @@ import importlib
 import os
 import sys
 from dataclasses import replace
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from audit.probes.run import rendezvous
 from audit.probes.results.records import Record
 from audit.probes.run.spec import DistSpec, RunSpec
 
+if TYPE_CHECKING:
+    from audit.probes.run.trace import TraceWriter
+
 #: What a child's run ending ends its process with (crashed, the script found nothing to run).
 EXIT_CODES = (3, 4)
 
 
-def child_specs(spec: RunSpec, nprocs: int, port: int) -> list[Any]:
+def child_specs(spec: RunSpec, nprocs: int, port: int) -> list[RunSpec]:
     """The spec of each child: the script's, with files and a lockstep folder of its own."""
     out = []
     for rank in range(nprocs):
@@ -47,7 +50,7 @@ class TracedRank:
     specs, and where the bootstrap's ``run`` is: ``"module:function"``, imported in the child,
     since the bootstrap runs as ``__main__`` in the script's process)."""
 
-    def __init__(self, fn: Callable[..., Any], specs: list[Any], runner: str):
+    def __init__(self, fn: Callable[..., Any], specs: list[RunSpec], runner: str):
         self.fn, self.specs, self.runner = fn, specs, runner
 
     def __call__(self, index: int, *args: Any) -> None:
@@ -71,7 +74,7 @@ class SpawnPatch:
     """``torch.multiprocessing.start_processes`` (which ``spawn`` calls) with the first call's
     children traced; :meth:`close` puts the original back."""
 
-    def __init__(self, spec: RunSpec, writer: Any, runner: str) -> None:
+    def __init__(self, spec: RunSpec, writer: TraceWriter, runner: str) -> None:
         self.spec, self.writer, self.runner = spec, writer, runner
         self.used = False
         self._original: Any = None  # torch's start_processes, while installed

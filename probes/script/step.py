@@ -67,7 +67,7 @@ class Batch:
         self.tensors = (inputs, targets) if keep else None
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, eq=False)  # compared and hashed by identity, as before
 class Step:
     """What one step gathered, taken when its gradients are known; written with the
     parameters after its update."""

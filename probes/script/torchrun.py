@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 from audit.probes.errors import UsageError
+
+if TYPE_CHECKING:
+    from audit.probes.run.program import Program
 
 #: Options with a value the audit accepts and ignores: it starts the ranks of one node itself,
 #: on the loopback interface, with a free port per run (no rendezvous, no restarts).
@@ -38,7 +41,7 @@ class Launch:
     """A launcher command read: ranks per run and the ``python`` command each rank runs."""
 
     nproc: int
-    python: list[Any] = field(default_factory=list)  # ["python", (FILE | -m MODULE), args...]
+    python: list[str] = field(default_factory=list)  # ["python", (FILE | -m MODULE), args...]
     launcher: str = "torchrun"
 
 
@@ -84,9 +87,9 @@ def parse(words: list[str]) -> Launch:
     return Launch(nproc, ["python", *interpreter, *head, *script[1:]], launcher)
 
 
-def _options(words: list[str], launcher: str) -> tuple[Any, ...]:
+def _options(words: list[str], launcher: str) -> tuple[dict[str, Union[str, bool]], list[str]]:
     """(option -> value, [script, args...]) of the launcher's own options."""
-    values: dict[str, Any] = {}
+    values: dict[str, Union[str, bool]] = {}
     while words:
         word = words.pop(0)
         if word == "--":
@@ -117,7 +120,7 @@ def _options(words: list[str], launcher: str) -> tuple[Any, ...]:
     return values, words
 
 
-def _nproc(values: dict[str, Any], launcher: str) -> int:
+def _nproc(values: dict[str, Union[str, bool]], launcher: str) -> int:
     nnodes = str(values.get("nnodes", "1"))
     if nnodes not in ("1", "1:1"):
         raise UsageError(f"{launcher} --nnodes {nnodes}: the audit runs the ranks of one node; "
@@ -137,7 +140,7 @@ def _nproc(values: dict[str, Any], launcher: str) -> int:
     return int(text)
 
 
-def validate(script: list[str], cwd: Optional[str] = None, launchers: bool = True) -> Any:
+def validate(script: list[str], cwd: Optional[str] = None, launchers: bool = True) -> Program:
     """:func:`audit.probes.run.program.validate`, launcher commands included (``launchers``:
     the audit runs them; else they are refused with one line)."""
     from audit.probes.run import program as script_runner
@@ -150,7 +153,7 @@ def validate(script: list[str], cwd: Optional[str] = None, launchers: bool = Tru
     return script_runner.validate(script, cwd)
 
 
-def python_command(script: list[str], nproc: int) -> tuple[Any, ...]:
+def python_command(script: list[str], nproc: int) -> tuple[int, list[str]]:
     """``(ranks per run, the python command each rank runs)`` of a script command and the
     ``--nproc`` asked for (1 when not asked); a launcher's rank count and a different
     ``--nproc`` are refused."""
