@@ -50,7 +50,7 @@ class ModuleMap:
             raise
 
     def _pre(self, name: str) -> Callable[..., None]:
-        def hook(module, args, kwargs):
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             self.entered(name, [args, kwargs])
         return hook
 
@@ -60,13 +60,14 @@ class ModuleMap:
         self.stack.append(name)
         self.inputs.append({t.grad_fn for t in tensors_in(args) if t.grad_fn is not None})
 
-    def _post(self, module, args, output):
+    def _post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         """Claim the graph nodes this call made: those between its outputs and its inputs
         that no inner module claimed first (inner modules return first)."""
         if not self.stack:  # a call that began before the hooks
             return
         name, stop = self.stack.pop(), self.inputs.pop()
-        seen, todo = set(), [t.grad_fn for t in tensors_in(output) if t.grad_fn is not None]
+        seen: set[Any] = set()
+        todo = [t.grad_fn for t in tensors_in(output) if t.grad_fn is not None]
         while todo:
             node = todo.pop()
             if node is None or node in stop or node in seen:
@@ -78,7 +79,7 @@ class ModuleMap:
     def forward_module(self) -> Optional[str]:
         return self.stack[-1] if self.stack else None
 
-    def backward_node(self):
+    def backward_node(self) -> Optional[tuple[str, Optional[str]]]:
         """(node name, module) of the backward node this thread runs, or None."""
         return getattr(self.local, "node", None)
 
@@ -95,12 +96,12 @@ class ModuleMap:
             self.handles.append(node.register_hook(self._leave))
             todo.extend(n for n, _ in node.next_functions)
 
-    def _enter(self, info):
-        def hook(grad_outputs):
+    def _enter(self, info: tuple[str, Optional[str]]) -> Callable[[Any], None]:
+        def hook(grad_outputs: Any) -> None:
             self.local.node = info
         return hook
 
-    def _leave(self, grad_inputs, grad_outputs):
+    def _leave(self, grad_inputs: Any, grad_outputs: Any) -> None:
         self.local.node = None
 
     def close(self) -> None:

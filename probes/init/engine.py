@@ -144,7 +144,7 @@ class _SchemeRunner:
         self.trace: Optional[ForwardTrace] = None
         self._seed_cache: tuple[Any, ...] = (0, None)  # (init seed, DrawCache) of the seed running
 
-    def _forward(self):
+    def _forward(self) -> Any:
         """The forward pass on the first batch that lsuv (and a fallback trace) run. It
         reseeds first, so its dropout masks never depend on how many random numbers the
         scheme drew (a cached draw draws none)."""

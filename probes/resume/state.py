@@ -21,7 +21,7 @@ from audit.probes.results.records import Record
 
 def _digest(value: Any) -> str:
     """A digest of host-side state (dicts of numbers, lists, tensors as values)."""
-    def plain(v):
+    def plain(v: Any) -> Any:
         if isinstance(v, torch.Tensor):
             return fp.as_text(fp.gather([fp.fingerprint(v.detach())])[0])
         if isinstance(v, dict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any, Callable, Optional
 
 #: The longest delay before a fetch, in seconds.
 MAX_DELAY = 0.02
@@ -24,7 +25,7 @@ def _delay(longest: float = MAX_DELAY) -> float:
 class JitterInit:
     """A ``worker_init_fn`` that installs the delays, then calls the script's own (if any)."""
 
-    def __init__(self, inner=None):
+    def __init__(self, inner: Optional[Callable[[int], Any]] = None) -> None:
         self.inner = inner
 
     def __call__(self, worker_id: int) -> None:
@@ -35,7 +36,7 @@ class JitterInit:
             if getattr(original, "jittered", False):
                 continue
 
-            def slow(self, index, _original=original):
+            def slow(self: Any, index: Any, _original: Callable[..., Any] = original) -> Any:
                 time.sleep(_delay())
                 return _original(self, index)
 

@@ -51,7 +51,7 @@ class Lockstep:
         if not self.active:
             return None
         if self.role == "ref":
-            def room():
+            def room() -> bool:
                 return sum(name.endswith(".pt") for name in os.listdir(self.folder)) < self.window
 
             if not self._wait(room, "room"):
@@ -74,7 +74,7 @@ class Lockstep:
             fh.write("done\n")
 
 
-def _to_cpu(obj):
+def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
     if isinstance(obj, dict):

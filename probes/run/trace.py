@@ -125,12 +125,12 @@ class ModuleRecorder:
         self.outputs = {}
         self._calls = {}
 
-    def _key(self, module):
+    def _key(self, module: nn.Module) -> Any:
         if self._names is not None:
             return self._names[module]
         return module if os.getpid() == self._pid else None
 
-    def _pre(self, module, args):
+    def _pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         key = self._key(module)
         if key is None:
             return
@@ -142,7 +142,7 @@ class ModuleRecorder:
             if t.requires_grad:
                 t.register_hook(self._grad_hook(key, call, f"gin{i}"))
 
-    def _post(self, module, args, output):
+    def _post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         key = self._key(module)
         if key is None:
             return
@@ -156,8 +156,8 @@ class ModuleRecorder:
             if t.requires_grad:
                 t.register_hook(self._grad_hook(key, call, f"gout{i}"))
 
-    def _grad_hook(self, key, call, phase):
-        def hook(grad):
+    def _grad_hook(self, key: Any, call: int, phase: str) -> Callable[[torch.Tensor], None]:
+        def hook(grad: torch.Tensor) -> None:
             self.events.append([key, call, phase, fp.fingerprint(grad)])
 
         return hook
@@ -194,7 +194,7 @@ class OutputRecorder:
             if tensors:
                 self._values.append(_combined(tensors))
 
-    def take(self):
+    def take(self) -> Any:
         """The step's combined output fingerprint (0 when the model made no call), reset."""
         values, self._values = self._values, []
         return combine(values)

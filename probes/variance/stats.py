@@ -64,7 +64,7 @@ def _bootstrap_ci(values: np.ndarray, statistic: Callable[..., Any], confidence:
     return None, None
 
 
-def _std(sample, axis=-1):
+def _std(sample: Any, axis: int = -1) -> Any:
     return np.std(sample, axis=axis, ddof=1)
 
 
