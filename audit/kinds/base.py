@@ -13,11 +13,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
+from audit.probes.progress import Reporter
 from audit.probes.results import Check
 from audit.probes.run.processes import DEFAULT_TIMEOUT
 
-#: A progress callback: called with a short phase description ("run 1 of 2: step 3/20").
-Progress = Optional[Callable[[str], None]]
 #: One regression against a baseline: its text and, when known, the place (file:line).
 Regression = tuple
 
@@ -70,7 +69,7 @@ class AuditKind:
     add_arguments: Callable[[argparse.ArgumentParser], None]  # the kind's own flags
     check_table: Callable[[Any, dict], dict]  # (config checker, [tool.audit.NAME]) -> settings
     tolerances: Mapping[str, float]  # baseline tolerances and their defaults
-    run: Callable[[Settings, Progress], Any]  # the engine; raises UsageError for bad input
+    run: Callable[[Settings, Reporter], Any]  # the engine; raises UsageError for bad input
     checks: Callable[[Any], list]  # result -> [Check]
     snapshot: Callable[[Any], dict]  # result -> what a baseline keeps
     regressions: Callable[[dict, dict, dict], list]  # (base, now, tolerances) -> [Regression]

@@ -11,7 +11,8 @@ from typing import Optional
 
 from audit import config
 from audit.kinds import snapshot_shape as shape
-from audit.kinds.base import (AuditKind, Progress, Settings, at_least, failing_names, plural,
+from audit.probes.progress import Reporter
+from audit.kinds.base import (AuditKind, Settings, at_least, failing_names, plural,
                               positive_arg,
                               rounded)
 from audit.probes.determinism import latent
@@ -63,7 +64,7 @@ def check_table(chk: config.Checker, table: dict) -> dict:
     return config.check_table(chk, "determinism", table, rules, {"tolerances": tolerances})
 
 
-def run(s: DeterminismSettings, progress: Progress = None) -> DeterminismResult:
+def run(s: DeterminismSettings, progress: Reporter = None) -> DeterminismResult:
     from audit.probes.determinism.orchestrate import audit_determinism
     from audit.probes.run.launcher import RunOptions, TargetFailed
 
@@ -86,13 +87,13 @@ def run(s: DeterminismSettings, progress: Progress = None) -> DeterminismResult:
     return result
 
 
-def _run_distributed(s: DeterminismSettings, opts, progress: Progress) -> DeterminismResult:
+def _run_distributed(s: DeterminismSettings, opts, progress: Reporter) -> DeterminismResult:
     from audit.probes.determinism.distributed import audit_distributed
 
     return audit_distributed(opts, s.nproc, progress=progress)
 
 
-def _run_script(s: DeterminismSettings, opts, progress: Progress) -> DeterminismResult:
+def _run_script(s: DeterminismSettings, opts, progress: Reporter) -> DeterminismResult:
     """Script mode: one process per run, or ranks (``--nproc``, torchrun, mp.spawn)."""
     from audit.probes.determinism.script_launcher import audit_script
 

@@ -10,7 +10,8 @@ from typing import Any, Optional
 
 from audit import config
 from audit.kinds import snapshot_shape as shape
-from audit.kinds.base import (AuditKind, Progress, Settings, failing_names, plural, positive_arg,
+from audit.probes.progress import Reporter
+from audit.kinds.base import (AuditKind, Settings, failing_names, plural, positive_arg,
                               rounded)
 from audit.probes.errors import TargetError, UsageError
 from audit.probes.init.scheme_names import scheme_problem
@@ -94,7 +95,7 @@ def check_table(chk: config.Checker, table: dict) -> dict:
     return config.check_table(chk, "init", table, {"steps": config.positive_int()}, special)
 
 
-def run_script(s: InitSettings, progress: Progress = None) -> InitResult:
+def run_script(s: InitSettings, progress: Reporter = None) -> InitResult:
     """Script mode: each scheme is one fresh run of the script."""
     from audit.probes.init.script import ScriptInitOptions, run_init_script
 
@@ -119,7 +120,7 @@ def _setup(s: InitSettings, name: str):
     return normalize(s.target, name, **options)
 
 
-def run(s: InitSettings, progress: Progress = None) -> InitResult:
+def run(s: InitSettings, progress: Reporter = None) -> InitResult:
     """Build the target in this process and run every scheme on it, under a watchdog that
     each step kicks. ``s.target`` may also be an ``nn.Module`` or a callable (the Python API
     and the pytest fixture)."""

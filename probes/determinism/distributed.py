@@ -10,7 +10,7 @@ Ranks are compared by their trace files afterwards: no collective is added to tr
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 from audit.probes.run import compare
 from audit.probes.run.launcher import RunOptions
@@ -19,6 +19,7 @@ from audit.probes.run.rank_launch import RankLauncher
 from audit.probes.determinism.replicas import ReplicaParting, replica_cause, replica_parting
 from audit.probes.determinism.samplers import rank_rng_note, sampler_causes, sharding_note
 from audit.probes.errors import UsageError
+from audit.probes.progress import Reporter
 from audit.probes.results import DeterminismResult, RankTimeline, Replicas
 
 #: Seconds a rank waits for its peers (start-up and each collective) before it fails.
@@ -26,13 +27,13 @@ DEFAULT_TIMEOUT = 120.0
 
 
 def audit_distributed(opts: RunOptions, nproc: int,
-                      progress: Optional[Callable[[str], None]] = None,
+                      progress: Reporter = None,
                       timeout: float = DEFAULT_TIMEOUT) -> DeterminismResult:
     """The determinism audit with every run made of ``nproc`` ranks under torch.distributed."""
     _check_devices(opts.device, nproc)
     launchers: list = []
 
-    def make(o, folder, reporter=None):
+    def make(o: RunOptions, folder: str, reporter: Reporter = None) -> RankLauncher:
         launchers.append(RankLauncher(o, folder, nproc, timeout, reporter))
         return launchers[-1]
 

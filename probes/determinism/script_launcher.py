@@ -17,7 +17,7 @@ import glob
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 from audit.probes.script import torchrun as script_launch
 
@@ -28,6 +28,7 @@ from audit.probes.run.launcher import Launcher, RunOptions
 from audit.probes.determinism.orchestrate import audit_determinism
 from audit.probes.run.rank_launch import RankGroup, RankLauncher, RankOutcome, rank_env
 from audit.probes.errors import ChildExit
+from audit.probes.progress import Reporter
 from audit.probes.results import DeterminismResult
 from audit.probes.results.records import Record, Status
 from audit.probes.run.rng_escape import read_log
@@ -40,7 +41,7 @@ FAILED = (Status.CRASHED, Status.TARGET_ERROR, Status.EXITED)
 
 
 def audit_script(opts: RunOptions, nproc: int = 1,
-                 progress: Optional[Callable[[str], None]] = None,
+                 progress: Reporter = None,
                  keep: Optional[str] = None) -> DeterminismResult:
     """The determinism audit of a script command, ranks included (``nproc``: ``--nproc``);
     ``keep``: a folder where the runs' specs and traces stay."""
@@ -50,7 +51,7 @@ def audit_script(opts: RunOptions, nproc: int = 1,
     if keep:
         os.makedirs(keep, exist_ok=True)
 
-    def make(o, folder, reporter=None):
+    def make(o: RunOptions, folder: str, reporter: Reporter = None) -> Launcher:
         launchers.append(ScriptRankLauncher(o, folder, nproc, reporter) if ranks
                          else SpawnLauncher(o, folder, reporter))
         return launchers[-1]
@@ -115,7 +116,7 @@ def rank_outcome(name: str, files: list, code: Optional[int], seconds: float, ta
 class ScriptRankLauncher(RankLauncher):
     """Every run is ``nproc`` bootstrap processes started as torchrun starts its workers."""
 
-    def __init__(self, opts: RunOptions, folder: str, nproc: int, progress=None):
+    def __init__(self, opts: RunOptions, folder: str, nproc: int, progress: Reporter = None):
         super().__init__(opts, folder, nproc, DistSpec(nproc).timeout, progress)
 
     def command(self, rs: RunSpec) -> list:
@@ -167,7 +168,7 @@ class SpawnLauncher(Launcher):
     """One process per run, as in plain script mode; a run whose script started ranks with
     ``torch.multiprocessing`` is those ranks (``nproc``: the most any run started)."""
 
-    def __init__(self, opts: RunOptions, folder: str, progress=None):
+    def __init__(self, opts: RunOptions, folder: str, progress: Reporter = None):
         super().__init__(opts, folder, progress)
         self.nproc = 1
         self.finished: dict = {}  # run name -> RankOutcome, runs that spawned ranks

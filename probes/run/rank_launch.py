@@ -17,7 +17,8 @@ from typing import Optional
 
 from audit.probes.run import rendezvous
 from audit.probes.run import merge
-from audit.probes.run.launcher import Launcher, Outcome, run_env
+from audit.probes.progress import Reporter
+from audit.probes.run.launcher import Launcher, Outcome, RunOptions, run_env
 from audit.probes.run.rng_escape import read_log
 from audit.probes.run.processes import Run, child_argv, end_runs
 from audit.probes.run.spec import DistSpec, LockstepSpec, RunSpec, write_spec
@@ -107,7 +108,7 @@ class RankLauncher(Launcher):
     """A :class:`~audit.probes.run.launcher.Launcher` whose every run is ``nproc``
     ranks; keeps every finished run by name for the replica and sampler analysis."""
 
-    def __init__(self, opts, folder: str, nproc: int, timeout: float, progress=None):
+    def __init__(self, opts: RunOptions, folder: str, nproc: int, timeout: float, progress: Reporter = None):
         super().__init__(opts, folder, progress)
         self.nproc, self.timeout = nproc, timeout
         self.finished: dict = {}  # run name -> RankOutcome

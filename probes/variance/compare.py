@@ -18,7 +18,8 @@ import numpy as np
 from audit.probes.errors import UsageError
 from audit.probes.results.variance import DIRECTIONS, VARIANCE_SOURCES, CompareResult, Variant
 from audit.probes.variance import stats
-from audit.probes.variance.engine import (Progress, Runner, crash_error, environment_of, execute,
+from audit.probes.progress import Reporter
+from audit.probes.variance.engine import (Runner, crash_error, environment_of, execute,
                                           finite_values, guess_direction, metric_names,
                                           to_record, validate_seeds)
 from audit.probes.variance.runner import PoolOptions, RunSpec
@@ -90,7 +91,7 @@ def _diverged(a_seeds: list, b_seeds: list) -> Optional[str]:
     return None
 
 
-def audit_compare(opts: CompareOptions, progress: Optional[Progress] = None,
+def audit_compare(opts: CompareOptions, progress: Reporter = None,
                   runner: Optional[Runner] = None) -> CompareResult:
     """Train both variants on the same seeds and compare them."""
     _check(opts)
