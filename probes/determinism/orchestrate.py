@@ -23,7 +23,7 @@ from audit.probes.determinism import attribute, latent, proof, seeds
 from audit.probes.run import compare
 from audit.probes.determinism.cuda_ops_check import cite_scan
 from audit.probes.progress import Reporter
-from audit.probes.results import DeterminismResult, Divergence, GrowthPoint, RunInfo
+from audit.probes.results import BUILTIN_LABEL, DeterminismResult, Divergence, GrowthPoint, RunInfo
 from audit.probes.results.cuda_ops import CudaOpsScan
 from audit.probes.run.rng_escape import read_log
 from audit.probes.run.processes import (Interrupted, last_words, parse_stack, user_frame)
@@ -228,7 +228,7 @@ def _first_result(opts: RunOptions, outs: list):
     result = DeterminismResult(
         verdict="deterministic", runs=opts.runs, steps=opts.steps, seed=opts.seed,
         device=device, environment=env.get("environment", {}),
-        target=" ".join(opts.script) if opts.script else (opts.target or "audit.example:build (built-in)"),
+        target=" ".join(opts.script) if opts.script else (opts.target or BUILTIN_LABEL),
         mode="script" if opts.script else "target", run_info=infos,
         timeline=compare.timeline([o.records for o in outs]),
         nonfinite=compare.first_nonfinite([o.records for o in outs]),

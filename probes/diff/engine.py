@@ -30,9 +30,8 @@ from audit.probes.progress import Progress, Reporter, silent
 from audit.probes.run.spec import LockstepSpec
 from audit.probes.results.diff import (DiffResult, DiffSide, Difference, RecordResult, Rename,
                                        Replaced, SelfDifference, Unmatched)
+from audit.probes.results import BUILTIN_LABEL
 from audit.probes.results.records import Record, Status
-
-BUILTIN = "audit.example:build (built-in)"
 
 
 @dataclass
@@ -60,7 +59,7 @@ def _launcher(opts: DiffOptions, folder: str, side: str) -> Launcher:
 
 
 def _label(opts: RunOptions) -> str:
-    return " ".join(opts.script) if opts.script else (opts.target or BUILTIN)
+    return " ".join(opts.script) if opts.script else (opts.target or BUILTIN_LABEL)
 
 
 def _side(opts: RunOptions, env: dict) -> DiffSide:

@@ -24,15 +24,13 @@ from audit.probes.run import compare as det_compare
 from audit.probes.run.launcher import Launcher, Outcome, RunOptions
 from audit.probes.errors import TargetError, UsageError
 from audit.probes.progress import Progress, Reporter, silent
-from audit.probes.results import Divergence, RunInfo
+from audit.probes.results import BUILTIN_LABEL, Divergence, RunInfo
 from audit.probes.results.resume import ResumeResult
 from audit.probes.resume import attribute, compare
 from audit.probes.resume.session import choose_plan
 from audit.probes.run.spec import ResumeSpec, RunSpec
 from audit.probes.run.target import parse_spec
 from audit.probes.results.records import Status
-
-BUILTIN_LABEL = "audit.example:build (built-in)"
 
 
 @dataclass
