@@ -1,6 +1,6 @@
 """Script mode's bootstrap: runs an unmodified training script under the audit's hooks.
 
-Started by :mod:`audit.probes.determinism.orchestrate` (through
+Started by a :class:`audit.probes.run.launcher.Launcher` in script mode (through
 :func:`audit.probes.run.program.command`, a :func:`audit.probes.run.processes.child_argv`) as what
 amounts to::
 

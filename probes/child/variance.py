@@ -1,7 +1,7 @@
 """One run of ``audit variance`` / ``audit compare``: a fresh process that trains plainly.
 
 Started as ``python -m audit.probes.child.variance SPEC.json``. It seeds and builds the target
-under the init seed, routes the data, augment and dropout seeds (:mod:`.routing`), trains
+under the init seed, routes the data, augment and dropout seeds (:mod:`audit.probes.variance.routing`), trains
 ``steps`` steps with no tracing, evaluates, and writes one JSON object to the spec's ``out``:
 ``status`` (``ok`` | ``target_error`` | ``crashed``), ``metrics``, ``routing``, ``message``.
 Exit status (:class:`audit.probes.errors.ChildExit`): ``OK`` trained; ``TARGET`` the target

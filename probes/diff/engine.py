@@ -1,4 +1,5 @@
-"""Running ``audit diff`` and ``audit record`` with the determinism audit's machinery.
+"""Running ``audit diff`` and ``audit record`` on the runs every engine shares
+(:mod:`audit.probes.run`: the launcher, the trace comparison, the lockstep replay).
 
 * ``diff A B``: both sides train under the same seed in fresh processes (plain traces, side by
   side). Modules are matched across renames, side a's trace is put into side b's names, and

@@ -48,7 +48,7 @@ class ResumeOptions:
 
 
 class _Runs:
-    """Worker specs for the roles, on top of the determinism audit's :class:`Launcher`."""
+    """Worker specs for the roles, on top of the :class:`Launcher` every engine that traces uses."""
 
     def __init__(self, opts: ResumeOptions, folder: str):
         self.opts = opts
