@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from audit import config
 from audit.kinds import snapshot_shape as shape
-from audit.probes.progress import Reporter
+from audit.probes.progress import Progress, Reporter
 from audit.kinds.base import (AuditKind, Settings, failing_names, plural, positive_arg,
                               rounded)
 from audit.probes.errors import TargetError, UsageError
@@ -142,7 +142,7 @@ def run(s: InitSettings, progress: Reporter = None) -> InitResult:
         with Watchdog(s.timeout, "loading the target") as dog:
             setup = _setup(s, name)
 
-            def report(event) -> None:
+            def report(event: Progress) -> None:
                 dog.kick(f"{event.phase}, in step {event.done}")
                 if progress is not None:
                     progress(event)
