@@ -11,7 +11,7 @@ from __future__ import annotations
 import textwrap
 from typing import Any, Optional
 
-from audit.probes.results import DeterminismResult, GateResult, InitResult
+from audit.probes.results import BUILTIN_LABEL, DeterminismResult, GateResult, InitResult
 from audit.probes.results.cuda_ops import CudaOpsScan
 from audit.probes.results.diff import DiffResult, DiffSide, RecordResult
 from audit.probes.results.resume import ResumeResult
@@ -559,7 +559,7 @@ def variance_summary(result: VarianceResult, report_path: Optional[str] = None, 
 
 def _side_line(label: str, side: DiffSide) -> str:
     kind = {"reference": " (reference file)", "script": " (script mode)"}.get(side.mode, "")
-    return f"{label}: {one_line(side.target or 'audit.example:build (built-in)')}{kind}"
+    return f"{label}: {one_line(side.target or BUILTIN_LABEL)}{kind}"
 
 
 def diff_summary(result: DiffResult, report_path: Optional[str] = None, *,

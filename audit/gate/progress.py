@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Optional, TextIO, Union
+from typing import Optional, TextIO
 
 from audit.probes.progress import Progress
 
@@ -28,9 +28,7 @@ class ProgressDisplay:
         self._bar = None
         self._drawn = 0.0
 
-    def __call__(self, event: Union[Progress, str]) -> None:
-        if isinstance(event, str):  # an engine that only names its phases
-            event = Progress(event)
+    def __call__(self, event: Progress) -> None:
         if event.phase != self.phase:
             self._begin(event)
         if self._bar is None:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from audit import config
 from audit.kinds import snapshot_shape as shape
-from audit.kinds.base import (AuditKind, Progress, Regression, Settings, at_least, failing_names, plural,
+from audit.probes.progress import Reporter
+from audit.kinds.base import (AuditKind, Regression, Settings, at_least, failing_names, plural,
                               positive_arg,
                               rounded)
 from audit.probes.determinism import latent
@@ -66,7 +67,7 @@ def check_table(chk: config.Checker, table: dict[str, Any]) -> dict[str, Any]:
     return config.check_table(chk, "determinism", table, rules, {"tolerances": tolerances})
 
 
-def run(s: DeterminismSettings, progress: Progress = None) -> DeterminismResult:
+def run(s: DeterminismSettings, progress: Reporter = None) -> DeterminismResult:
     from audit.probes.determinism.orchestrate import audit_determinism
     from audit.probes.run.launcher import RunOptions, TargetFailed
 
@@ -89,13 +90,13 @@ def run(s: DeterminismSettings, progress: Progress = None) -> DeterminismResult:
     return result
 
 
-def _run_distributed(s: DeterminismSettings, opts: RunOptions, progress: Progress) -> DeterminismResult:
+def _run_distributed(s: DeterminismSettings, opts: RunOptions, progress: Reporter) -> DeterminismResult:
     from audit.probes.determinism.distributed import audit_distributed
 
     return audit_distributed(opts, s.nproc, progress=progress)
 
 
-def _run_script(s: DeterminismSettings, opts: RunOptions, progress: Progress) -> DeterminismResult:
+def _run_script(s: DeterminismSettings, opts: RunOptions, progress: Reporter) -> DeterminismResult:
     """Script mode: one process per run, or ranks (``--nproc``, torchrun, mp.spawn)."""
     from audit.probes.determinism.script_launcher import audit_script
 

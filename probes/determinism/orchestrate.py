@@ -1,13 +1,20 @@
-"""Running ``audit determinism``: fresh processes, then localization, then proof.
+"""Running ``audit determinism``: the runs, then localization, then proof.
 
-1. **Runs.** ``runs`` fresh worker processes train ``steps`` steps under matched seeds, each
-   writing a trace. If all agree, the audit ends here (the cost of a deterministic target is
-   the runs themselves plus fingerprinting).
+This module decides which runs to make and reads what they show; every run is a fresh process
+that a :class:`audit.probes.run.launcher.Launcher` starts (``audit.probes.child.worker`` for a
+target, ``audit.probes.child.bootstrap`` for a script; a distributed launcher's run is N ranks).
+
+1. **Runs.** ``runs`` fresh processes train ``steps`` steps under matched seeds, each writing a
+   trace (the first also scans its ops for CUDA nondeterminism). If all agree while a
+   DataLoader's order may follow its workers' timing, they run again with that timing varied
+   (:mod:`audit.probes.run.jitter`). If they agree, the audit ends here, listing the latent
+   sources (the cost of a deterministic target is the runs themselves plus fingerprinting).
 2. **Replay.** Two more fresh processes rerun in lockstep with module hooks, exchanging full
    tensors: they name the first module and measure how far apart the runs drift.
 3. **Attribution.** Pairs of fresh processes rerun up to the divergent step with one knob
-   flipped at a time; a knob that makes the pair agree is a proven cause. If none does alone,
-   all knobs together and then all-but-one say which are needed together.
+   flipped at a time; a knob is a proven cause when its pairs agree more often than chance
+   allows (:mod:`audit.probes.determinism.proof`). If none does alone, all knobs together and
+   then all-but-one say which are needed together.
 """
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ from audit.probes.determinism import attribute, latent, proof, seeds
 from audit.probes.run import compare
 from audit.probes.determinism.cuda_ops_check import cite_scan
 from audit.probes.progress import Reporter
-from audit.probes.results import DeterminismResult, Divergence, GrowthPoint, RunInfo
+from audit.probes.results import BUILTIN_LABEL, DeterminismResult, Divergence, GrowthPoint, RunInfo
 from audit.probes.results.cuda_ops import CudaOpsScan
 from audit.probes.run.rng_escape import read_log
 from audit.probes.run.processes import (Interrupted, last_words, parse_stack, user_frame)
@@ -228,7 +235,7 @@ def _first_result(opts: RunOptions, outs: list[Any]) -> tuple[Any, Any, Any]:
     result = DeterminismResult(
         verdict="deterministic", runs=opts.runs, steps=opts.steps, seed=opts.seed,
         device=device, environment=env.get("environment", {}),
-        target=" ".join(opts.script) if opts.script else (opts.target or "audit.example:build (built-in)"),
+        target=" ".join(opts.script) if opts.script else (opts.target or BUILTIN_LABEL),
         mode="script" if opts.script else "target", run_info=infos,
         timeline=compare.timeline([o.records for o in outs]),
         nonfinite=compare.first_nonfinite([o.records for o in outs]),

@@ -28,6 +28,7 @@ from audit.probes.determinism.distributed import annotate
 from audit.probes.run.launcher import Launcher, Outcome, RunOptions
 from audit.probes.determinism.orchestrate import audit_determinism
 from audit.probes.run.rank_launch import RankGroup, RankLauncher, RankOutcome, rank_env
+from audit.probes.errors import ChildExit
 from audit.probes.results import DeterminismResult
 from audit.probes.results.records import Record, Status
 from audit.probes.run.rng_escape import read_log
@@ -51,7 +52,7 @@ def audit_script(opts: RunOptions, nproc: int = 1,
     if keep:
         os.makedirs(keep, exist_ok=True)
 
-    def make(o, folder, reporter=None):
+    def make(o: RunOptions, folder: str, reporter: Reporter = None) -> Launcher:
         launchers.append(ScriptRankLauncher(o, folder, nproc, reporter) if ranks
                          else SpawnLauncher(o, folder, reporter))
         return launchers[-1]
@@ -188,7 +189,7 @@ class SpawnLauncher(Launcher):
         ranks = rank_outcome(spec.name, files, out.exit_code, out.seconds, out.output_tail,
                              out.stopped, out.stack)
         if ranks.end.get("status") in (Status.OK, Status.ENDED_EARLY) and out.exit_code is not None:
-            ranks.exit_code = 0  # the script's own process traced nothing: its ranks did
+            ranks.exit_code = ChildExit.OK  # the script's own process traced nothing: its ranks did
         self.nproc = max(self.nproc, int(spawned["nprocs"]))
         self.finished[spec.name] = ranks
         return ranks

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 from audit.probes.run import program as script_runner
 from audit.probes.errors import UsageError
 from audit.probes.init.thresholds import resolve_thresholds
+from audit.probes.progress import Progress, Reporter
 from audit.probes.init.scheme_names import validate_schemes
 from audit.probes.results import BUILTIN_SCHEMES, InitResult, LayerStats, SchemeResult
 from audit.probes.results.records import Status
@@ -102,12 +103,12 @@ def _scheme_result(data: dict[str, Any], limits: dict[str, Any], seconds: float)
 
 
 def _seed_runs(opts: ScriptInitOptions, folder: str, limits: dict[str, Any],
-               progress: Optional[Callable[[str], None]]) -> Callable[[str, int], list[float]]:
+               progress: Reporter) -> Callable[[str, int], list[float]]:
     """Runs of the script on more init seeds (:func:`probes.init.ranking.settle`): their
     loss curves (empty where the run made no step)."""
     def run(name: str, init_seed: int) -> list[float]:
         if progress is not None:
-            progress(f"init seed {init_seed + 1}: {name}")
+            progress(Progress(f"init seed {init_seed + 1}: {name}"))
         data = _run_scheme(opts, name, folder, limits["saturation_margin"], init_seed)
         return [x for x in data.get("loss", []) if x is not None]
     return run
@@ -142,7 +143,7 @@ def _noise_note(runs: list[Any]) -> str:
 
 
 def run_init_script(opts: ScriptInitOptions,
-                    progress: Optional[Callable[[str], None]] = None) -> InitResult:
+                    progress: Reporter = None) -> InitResult:
     """Every scheme as one run of the script; the diagnosed, ranked :class:`InitResult`."""
     started = time.perf_counter()
     names = validate_schemes(opts.schemes or list(BUILTIN_SCHEMES))
@@ -153,7 +154,7 @@ def run_init_script(opts: ScriptInitOptions,
     with tempfile.TemporaryDirectory(prefix="audit-init-script-") as folder:
         for i, name in enumerate(names):
             if progress is not None:
-                progress(f"scheme {i + 1} of {len(names)}: {name}")
+                progress(Progress(f"scheme {i + 1} of {len(names)}: {name}"))
             t0 = time.perf_counter()
             runs.append(_run_scheme(opts, name, folder, limits["saturation_margin"]))
             if i == 0 and _own_failure(runs[0]):

@@ -19,6 +19,10 @@ from audit.probes.results.distributed import (DISTRIBUTED_SOURCES, RankTimeline,
 DETERMINISM_SCHEMA = "audit.determinism/1"
 INIT_SCHEMA = "audit.init/1"
 
+#: The target an audit runs when none is given, and the label results and reports give it.
+BUILTIN_TARGET = "audit.example:build"
+BUILTIN_LABEL = f"{BUILTIN_TARGET} (built-in)"
+
 #: Stages in the order one training step flows (contract).
 STAGES = ("init", "data", "rng", "forward", "backward", "optimizer")
 #: Cause sources, in the contract's order.

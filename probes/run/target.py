@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from audit.probes.errors import TargetError
+from audit.probes.results import BUILTIN_TARGET
 
 if TYPE_CHECKING:  # torch: imported when a target is normalized
     from audit.probes.run.training import TrainingSetup
 
-BUILTIN = "audit.example:build"
 #: The keys a target mapping (or :class:`Target`) may carry.
 KEYS = ("model", "data", "loss", "optimizer", "step", "scheduler", "evaluate", "save", "load")
 
@@ -319,6 +319,6 @@ def _short(path: str) -> str:
 
 def load_target(spec: Optional[str], **options: Any) -> TrainingSetup:
     """Load, call and normalize a target spec (``None`` means the built-in example)."""
-    spec = spec or BUILTIN
+    spec = spec or BUILTIN_TARGET
     fn = load_callable(spec)
     return normalize(call_target(fn, spec, parse_spec(spec).kwargs), spec, **options)

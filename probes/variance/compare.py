@@ -16,9 +16,11 @@ from typing import Any, Optional
 import numpy as np
 
 from audit.probes.errors import UsageError
+from audit.probes.results import BUILTIN_LABEL
 from audit.probes.results.variance import DIRECTIONS, VARIANCE_SOURCES, CompareResult, Variant
 from audit.probes.variance import stats
-from audit.probes.variance.engine import (Progress, Runner, crash_error, environment_of, execute,
+from audit.probes.progress import Reporter
+from audit.probes.variance.engine import (Runner, crash_error, environment_of, execute,
                                           finite_values, guess_direction, metric_names,
                                           to_record, validate_seeds)
 from audit.probes.variance.runner import PoolOptions, RunSpec
@@ -90,7 +92,7 @@ def _diverged(a_seeds: list[Any], b_seeds: list[Any]) -> Optional[str]:
     return None
 
 
-def audit_compare(opts: CompareOptions, progress: Optional[Progress] = None,
+def audit_compare(opts: CompareOptions, progress: Reporter = None,
                   runner: Optional[Runner] = None) -> CompareResult:
     """Train both variants on the same seeds and compare them."""
     _check(opts)
@@ -115,8 +117,8 @@ def audit_compare(opts: CompareOptions, progress: Optional[Progress] = None,
                              opts.alpha)
     result.seeds, result.metric, result.paired_seeds, result.metrics = opts.seeds, metric, paired, names
     result.steps, result.seed, result.runs = opts.steps, opts.seed, records
-    result.a.target = opts.baseline or "audit.example:build (built-in)"
-    result.b.target = opts.candidate or "audit.example:build (built-in)"
+    result.a.target = opts.baseline or BUILTIN_LABEL
+    result.b.target = opts.candidate or BUILTIN_LABEL
     result.environment, result.device = environment_of(outs)
     problems = [crash_error(records)]
     if len(paired) < 2:

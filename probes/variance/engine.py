@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from audit.probes.errors import TargetError, UsageError
+from audit.probes.progress import Progress, Reporter
 from audit.probes.results.variance import (ALL, VARIANCE_SOURCES, MetricVariance, Routing,
                                            RunRecord, SourceStats, VarianceResult)
 from audit.probes.variance import stats
 from audit.probes.variance.runner import Pool, PoolOptions, RunOutcome, RunSpec
+from audit.probes.results import BUILTIN_LABEL
 from audit.probes.results.records import Status
 
-Progress = Callable[[int, int, str], None]
 _LOWER_WORDS = ("loss", "error", "err", "perplexity", "ppl", "mse", "mae", "rmse", "nll", "time")
 
 
@@ -91,7 +92,7 @@ def run_in_fresh_processes(runs: list[Any], pool_opts: PoolOptions, on_done: Cal
 Runner = Callable[[list[Any], PoolOptions, Callable[..., Any], Callable[..., Any]], list[Any]]
 
 
-def execute(runs: list[Any], pool_opts: PoolOptions, progress: Optional[Progress],
+def execute(runs: list[Any], pool_opts: PoolOptions, progress: Reporter,
             runner: Optional[Runner] = None) -> list[Any]:
     """Run every spec. A target that cannot be loaded before any run has trained stops the
     pool and raises :class:`TargetError`; one that fails for some seeds only is a failed run."""
@@ -100,8 +101,9 @@ def execute(runs: list[Any], pool_opts: PoolOptions, progress: Optional[Progress
     def on_done(out: RunOutcome) -> None:
         done[0] += 1
         ok[0] += out.status == Status.OK
-        if progress:
-            progress(done[0], len(runs), f"{out.spec.group} seed {out.spec.seed}: {out.status}")
+        if progress:  # one phase per run: a run is many steps, made in another process
+            progress(Progress(f"run {done[0]} of {len(runs)} ({out.spec.group} seed "
+                              f"{out.spec.seed}: {out.status})"))
 
     def stop(out: RunOutcome) -> bool:
         return out.status == Status.TARGET_ERROR and not ok[0]
@@ -186,7 +188,7 @@ def environment_of(outs: list[Any]) -> tuple[Any, ...]:
     return report.get("environment", {}), device
 
 
-def audit_variance(opts: VarianceOptions, progress: Optional[Progress] = None,
+def audit_variance(opts: VarianceOptions, progress: Reporter = None,
                    runner: Optional[Runner] = None) -> VarianceResult:
     """Train ``seeds`` runs per source and ``seeds`` with all varied; the statistics."""
     validate_seeds(opts.seeds, opts.steps, opts.jobs)
@@ -205,7 +207,7 @@ def audit_variance(opts: VarianceOptions, progress: Optional[Progress] = None,
     controlled, spread = _control(records, opts.seed)
     env, device = environment_of(outs)
     result = VarianceResult(seeds=opts.seeds, steps=opts.steps, seed=opts.seed,
-                            target=opts.target or "audit.example:build (built-in)", device=device,
+                            target=opts.target or BUILTIN_LABEL, device=device,
                             sources=groups[:-1], routing=_routing(outs, controlled),
                             controlled=controlled, control_spread=spread, runs=records,
                             environment=env)

@@ -1,6 +1,6 @@
 """Fresh-process runs for ``audit variance`` and ``audit compare``, up to ``jobs`` at a time.
 
-A small pool of its own rather than the determinism launcher: these runs write one JSON report
+A small pool of its own rather than :class:`audit.probes.run.launcher.Launcher`: these runs write one JSON report
 each (no traces, no knobs, no lockstep partners), and their cost must stay that of plain
 training runs. With ``jobs > 1`` each process gets ``cpu_count // jobs`` intra-op threads (unless
 ``OMP_NUM_THREADS`` is set), so parallel runs do not fight over cores. Every process still
