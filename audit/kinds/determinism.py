@@ -384,7 +384,7 @@ def verdict_detail(result: DeterminismResult) -> str:
     elif any(e.drawn for e in result.rng_escapes):
         drawn = sum(1 for e in result.rng_escapes if e.drawn)
         text += f", but {plural(drawn, 'unseeded generator')} drawn from"
-    return text + f" ({result.runs} runs x {result.steps} steps)"
+    return text + f" ({result.runs} runs x {plural(result.steps, 'step')})"
 
 
 def index(result: DeterminismResult) -> tuple[Any, ...]:
