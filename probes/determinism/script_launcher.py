@@ -24,7 +24,8 @@ from audit.probes.script import torchrun as script_launch
 from audit.probes.run import program as script_runner, seed_log
 from audit.probes.run import merge
 from audit.probes.determinism.distributed import annotate
-from audit.probes.run.launcher import Launcher, RunOptions
+from audit.probes.run.executors import Finished
+from audit.probes.run.launcher import Launcher, Outcome, RunOptions
 from audit.probes.determinism.orchestrate import audit_determinism
 from audit.probes.run.rank_launch import RankGroup, RankLauncher, RankOutcome, rank_env
 from audit.probes.results import DeterminismResult
@@ -176,7 +177,13 @@ class SpawnLauncher(Launcher):
                         self._env(spec.knobs), cwd=self.opts.cwd, stdin_path=self.stdin_path)
 
     def finish(self, spec: RunSpec, run: Run, stopped: str = "", stack: str = ""):
-        out = super().finish(spec, run, stopped, stack)
+        return self._ranks(spec, super().finish(spec, run, stopped, stack))
+
+    def arrived(self, spec: RunSpec, done: Finished):
+        return self._ranks(spec, super().arrived(spec, done))
+
+    def _ranks(self, spec: RunSpec, out: Outcome):
+        """The run, or the ranks its script spawned when it spawned some."""
         spawned = next((r for r in out.records if r.get("type") == Record.SPAWN), None)
         if spawned is None:
             return out
