@@ -1,8 +1,12 @@
 """The interface every executor offers, and what goes in and comes out of it."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+#: Seconds between two looks at running jobs.
+TICK = 0.05
 
 
 @dataclass
@@ -66,3 +70,15 @@ class Executor:
     def close(self) -> None:
         """Release what the executor holds (a cluster connection); cancels first."""
         self.cancel()
+
+    def run(self, job: Job) -> Finished:
+        """One job, waited for (for audits that run one at a time); ended if we are stopped."""
+        self.submit(0, job)
+        try:
+            while True:
+                done = self.collect()
+                if done:
+                    return done[0]
+                time.sleep(TICK)
+        finally:
+            self.cancel()
