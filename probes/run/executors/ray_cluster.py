@@ -90,7 +90,8 @@ class RayExecutor(Executor):
         _connect(ray, address, self.cwd)
         gpus = 1 if device.startswith("cuda") or (
             device == "auto" and ray.cluster_resources().get("GPU", 0) > 0) else 0
-        self.task = ray.remote(_on_node).options(num_cpus=1, num_gpus=gpus, max_retries=RETRIES)
+        self.task = ray.remote(_on_node)
+        self.options = {"num_cpus": 1, "num_gpus": gpus, "max_retries": RETRIES}
         self.group, self.bundles = self._spread(spread, gpus) if spread > 1 else (None, 0)
         self.out: dict = {}  # ObjectRef -> (key, job)
 
@@ -113,13 +114,14 @@ class RayExecutor(Executor):
         return group, bundles
 
     def submit(self, key: int, job: Job) -> None:
-        task = self.task
+        options = dict(self.options)
         if self.group is not None and job.place is not None:
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-            task = task.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
-                self.group, placement_group_bundle_index=job.place % self.bundles))
-        self.out[task.remote(node.pack(job, self.address is not None))] = (key, job, time.monotonic())
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                self.group, placement_group_bundle_index=job.place % self.bundles)
+        ref = self.task.options(**options).remote(node.pack(job, self.address is not None))
+        self.out[ref] = (key, job, time.monotonic())
 
     def collect(self, wait: float = 0.05) -> list[Finished]:
         if not self.out:
