@@ -9,6 +9,8 @@ from audit.probes.results.records import Status
 from audit.probes.run.executors.base import Executor, Finished, Job
 from audit.probes.run.processes import Run, end_runs
 
+#: How a job ended: (exit code, None when we ended it; why we did; its stacks then).
+Ended = tuple[Optional[int], str, str]
 #: What starts a job here: ``(key, job) -> run`` (a :class:`Run` or anything answering as one).
 Starter = Callable[[int, Job], Any]
 
@@ -18,7 +20,7 @@ def start_run(key: int, job: Job) -> Run:
     return Run(job.argv, job.log, job.trace, job.env, cwd=job.cwd, stdin_path=job.stdin)
 
 
-def check(run: Any, timeout: Optional[float]) -> Optional[tuple]:
+def check(run: Any, timeout: Optional[float]) -> Optional[Ended]:
     """``(exit_code, stopped, stack)`` once ``run`` has ended (ended by us, with its stacks,
     when it made no progress for ``timeout`` seconds), else None."""
     run.read_steps()

@@ -17,7 +17,7 @@ import time
 from typing import Any, Optional
 
 from audit.probes.run.executors.base import Job
-from audit.probes.run.executors.local import check
+from audit.probes.run.executors.local import Ended, check
 from audit.probes.run.processes import Run, end_runs
 
 #: Seconds between two looks at a running child.
@@ -113,7 +113,7 @@ def run_here(payload: dict) -> dict[str, Any]:
         shutil.rmtree(here, ignore_errors=True)
 
 
-def watch(run: Run, timeout: Optional[float]) -> tuple:
+def watch(run: Run, timeout: Optional[float]) -> Ended:
     """Wait for ``run`` as the local executor does; a cancel (KeyboardInterrupt) ends it."""
     try:
         while True:

@@ -66,9 +66,9 @@ def _connect(ray: Any, address: Optional[str], cwd: str) -> None:
     try:
         ray.init(address=address, runtime_env=runtime_env, include_dashboard=False,
                  log_to_driver=False, logging_level=logging.ERROR)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        where = f"the Ray cluster at {address}" if address else "Ray on this machine"
-        raise UsageError(f"--executor ray: cannot reach {where}: {' '.join(str(exc).split())[:300]}; "
+    except Exception as exc:  # noqa: BLE001 (Ray raises bare Exception when a node cannot start)
+        what = f"reach the Ray cluster at {address}" if address else "start Ray on this machine"
+        raise UsageError(f"--executor ray: cannot {what}: {' '.join(str(exc).split())[:300]}; "
                          "check --ray-address (e.g. auto, or ray://HOST:10001)") from None
     finally:
         for sig, handler in kept.items():
@@ -91,11 +91,14 @@ class RayExecutor(Executor):
         gpus = 1 if device.startswith("cuda") or (
             device == "auto" and ray.cluster_resources().get("GPU", 0) > 0) else 0
         self.task = ray.remote(_on_node)
-        self.options = {"num_cpus": 1, "num_gpus": gpus, "max_retries": RETRIES}
-        self.group, self.bundles = self._spread(spread, gpus) if spread > 1 else (None, 0)
+        self.options: dict[str, Any] = {"num_cpus": 1, "num_gpus": gpus, "max_retries": RETRIES}
+        self.group: Any = None
+        self.bundles = 0
+        if spread > 1:
+            self.group, self.bundles = self._spread(spread, gpus)
         self.out: dict = {}  # ObjectRef -> (key, job)
 
-    def _spread(self, count: int, gpus: int) -> tuple:
+    def _spread(self, count: int, gpus: int) -> tuple[Any, int]:
         from ray.util.placement_group import placement_group
 
         alive = [n for n in self.ray.nodes() if n.get("Alive")]
