@@ -19,6 +19,7 @@ from audit.probes.results.records import Record
 from audit.probes.run.executors import node
 from audit.probes.run.executors.base import Job
 from audit.probes.run.launcher import Outcome
+from audit.reports.terminal import determinism_summary
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGETS = os.path.join(HERE, "targets")
@@ -115,6 +116,8 @@ def test_across_nodes_names_the_nodes_and_how_they_differ_when_runs_part():
     doc = parted.to_dict()
     assert [(n["run"], n["node"]) for n in doc["nodes"]] == [(0, "a/1"), (1, "b/2")]
     assert doc["environment_changes"] == [{"key": "cpu", "a": "Xeon", "b": "EPYC"}]
+    shown = determinism_summary(parted, width=100)
+    assert "b/2" in shown and "EPYC" in shown  # the terminal names the nodes and the change
     agreed = DeterminismResult(verdict="deterministic", runs=2, steps=3, seed=0, device="cpu")
     annotate_nodes(agreed, outs, False)
     doc = agreed.to_dict()
