@@ -190,8 +190,9 @@ def test_across_nodes_runs_land_on_different_nodes(cluster, project, capsys):
 
 @pytest.mark.slow
 def test_a_node_lost_mid_audit_still_gives_every_run(cluster, project):
-    """A worker node removed once the first run is in: its runs are retried elsewhere and the
-    numbers are those of local runs. (Last of the module: the cluster gets a node back.)"""
+    """Both worker nodes removed once the first run is in (three runs were out, one per
+    node, so at least one was running on a removed node): the lost runs are retried on the
+    head and the numbers are those of local runs. (The cluster gets its nodes back.)"""
     from audit.probes.variance.engine import VarianceOptions, audit_variance
 
     def variance(executor, progress=None):
@@ -202,15 +203,17 @@ def test_a_node_lost_mid_audit_still_gives_every_run(cluster, project):
 
     killed: list = []
 
-    def kill_one(done, total, message):
+    def kill_workers(done, total, message):
         if not killed:
-            killed.append(cluster.list_all_nodes()[1])
-            cluster.remove_node(killed[0])
+            killed.extend(cluster.list_all_nodes()[1:])
+            for lost in killed:
+                cluster.remove_node(lost)
 
     try:
-        there = variance("ray", kill_one)
+        there = variance("ray", kill_workers)
     finally:
-        cluster.add_node(num_cpus=1, object_store_memory=80 * 2**20)
+        for _ in killed:
+            cluster.add_node(num_cpus=1, object_store_memory=80 * 2**20)
     here = variance("local")
     assert killed and there.error is None
     assert [r.status for r in there.runs] == ["ok"] * 4
