@@ -218,3 +218,23 @@ def test_a_node_lost_mid_audit_still_gives_every_run(cluster, project):
     assert killed and there.error is None
     assert [r.status for r in there.runs] == ["ok"] * 4
     assert [r.metrics for r in there.runs] == [r.metrics for r in here.runs]
+
+
+def test_a_run_lost_with_its_node_is_a_killed_run_naming_the_node():
+    """What the Ray executor makes of a task that failed every retry, and how variance
+    reports it (the other runs are untouched: each run is its own outcome)."""
+    ray = pytest.importorskip("ray")
+    from audit.probes.run.executors.ray_cluster import RayExecutor
+    from audit.probes.variance.engine import to_record
+    from audit.probes.variance.runner import RunOutcome, RunSpec
+
+    executor = object.__new__(RayExecutor)  # no cluster: only how a failure is read
+    executor.ray = ray
+    died = ray.exceptions.NodeDiedError("Task failed: node ID: 66bdac88b73cfa18 is dead")
+    done = executor.lost(3, 0.0, died)
+    assert (done.key, done.exit_code) == (3, None) and done.node.endswith("/66bdac88")
+    assert "66bdac88" in done.lost
+    unnamed = executor.lost(4, 0.0, ray.exceptions.WorkerCrashedError())
+    assert unnamed.lost and unnamed.exit_code is None
+    record = to_record(RunOutcome(RunSpec("init", 1, {}), -9, {}, "", done.node, done.lost))
+    assert record.status == "killed" and "66bdac88" in record.message

@@ -136,7 +136,7 @@ class RayExecutor(Executor):
         try:
             got = self.ray.get(ref)
         except self.ray.exceptions.RayError as exc:
-            return self._lost(key, sent, exc)
+            return self.lost(key, sent, exc)
         for rel, data in got["files"].items():
             path = os.path.join(job.folder, rel)
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -145,7 +145,7 @@ class RayExecutor(Executor):
         return Finished(key, got["exit_code"], got["seconds"], got["node"], got["steps"],
                         got["stopped"], got["stack"])
 
-    def _lost(self, key: int, sent: float, exc: Exception) -> Finished:
+    def lost(self, key: int, sent: float, exc: Exception) -> Finished:
         """A task that gave no result: its node or worker died through every retry, or the
         task itself failed (an error of ours on that node)."""
         found = _NODE_IN_ERROR.search(str(exc))
