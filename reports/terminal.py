@@ -264,6 +264,8 @@ def determinism_summary(result: DeterminismResult, report_path: Optional[str] = 
         w.wrap(f"{nonfinite_sentence(result.nonfinite)}; {NONFINITE_FIX}")
     if result.first_divergence is not None:
         _divergence(w, result)
+    if result.nodes:
+        _nodes(w, result)
     if result.nproc:
         w.heading(f"Ranks ({result.nproc} per run)")
         for line in rank_lines(result):
@@ -281,6 +283,18 @@ def determinism_summary(result: DeterminismResult, report_path: Optional[str] = 
         _cuda_ops(w, result.cuda_ops)
     _report_line(w, report_path)
     return w.text()
+
+
+def _nodes(w: _Writer, result: DeterminismResult) -> None:
+    """``--across-nodes``: where each run ran and, when they part, how the nodes differ."""
+    w.heading("Nodes (--across-nodes)")
+    w.fields([(f"run {n.get('run')}", one_line(n.get("node"))) for n in result.nodes])
+    if result.environment_changes:
+        w.wrap("The nodes' environments differ in:")
+        w.fields([(one_line(c.get("key")), f"{one_line(c.get('a'))} -> {one_line(c.get('b'))}")
+                  for c in result.environment_changes])
+    elif result.verdict == "nondeterministic":
+        w.wrap("The nodes' recorded environments are the same.")
 
 
 CUDA_CATEGORY = {"made_deterministic": "made deterministic by use_deterministic_algorithms(True)",

@@ -35,6 +35,8 @@ class Settings:
     timeout: float = DEFAULT_TIMEOUT  # seconds a run may go without a training step
     script: Optional[list[str]] = None  # script mode: the command after "--"
     cwd: str = field(default_factory=os.getcwd)
+    executor: str = "local"  # where fresh runs execute: local, or ray
+    ray_address: Optional[str] = None  # the Ray cluster to join (None: Ray on this machine)
     tolerances: dict[str, Any] = field(default_factory=dict)  # baseline tolerances the config sets
     config_path: Optional[str] = None
 
@@ -47,7 +49,8 @@ class Settings:
 
 
 #: Keys of ``[tool.audit]`` (the common table) that are settings, not gate options.
-COMMON_KEYS = ("target", "seed", "device", "out", "input_shape", "num_classes", "timeout")
+COMMON_KEYS = ("target", "seed", "device", "out", "input_shape", "num_classes", "timeout",
+               "executor", "ray_address")
 
 
 def _no_annotations(check: Check, result: Any) -> list[Check]:

@@ -87,7 +87,8 @@ def run(s: CompareSettings, progress: Reporter = None) -> CompareResult:
     opts = CompareOptions(
         baseline=s.target, candidate=s.candidate, seeds=s.seeds, steps=s.steps, seed=s.seed,
         metric=s.metric, direction=s.direction, alpha=s.alpha, jobs=s.jobs, device=s.device,
-        input_shape=s.input_shape, num_classes=s.num_classes, cwd=s.cwd)
+        input_shape=s.input_shape, num_classes=s.num_classes, cwd=s.cwd, executor=s.executor,
+        ray_address=s.ray_address)
     try:
         return audit_compare(opts, progress)
     except TargetError as exc:

@@ -41,6 +41,7 @@ class DeterminismSettings(Settings):
     cuda_ops: str = "warn"  # "fail": ops nondeterministic on CUDA fail the gate
     latent: str = "warn"  # "fail": sources that act only sometimes fail the gate
     nproc: int = 1  # ranks per run under torch.distributed
+    across_nodes: bool = False  # with the Ray executor: the runs on different nodes
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nproc", type=positive_arg, default=None,
                    help="ranks per run under torch.distributed (gloo on CPU, NCCL on GPU; "
                         "with a script: its ranks, started as torchrun starts them; default 1)")
+    p.add_argument("--across-nodes", action="store_const", const=True, default=None,
+                   help="with --executor ray: run the compared runs on different nodes (does it "
+                        "reproduce on another machine?)")
 
 
 def check_table(chk: config.Checker, table: dict[str, Any]) -> dict[str, Any]:
@@ -73,10 +77,18 @@ def run(s: DeterminismSettings, progress: Reporter = None) -> DeterminismResult:
 
     if s.runs < 2:
         raise UsageError("runs must be 2 or more: a comparison needs two runs")
+    if s.across_nodes and s.executor != "ray":
+        raise UsageError("audit determinism: --across-nodes places runs on a Ray cluster's "
+                         "nodes; add --executor ray (and --ray-address for a cluster)")
+    if s.across_nodes and s.nproc > 1:
+        raise UsageError("audit determinism: --across-nodes runs single-process runs; the ranks "
+                         "of --nproc run on this machine. Leave out one of them")
     opts = RunOptions(
         target=s.target, runs=s.runs, steps=s.steps, seed=s.seed, device=s.device,
-        input_shape=s.input_shape, num_classes=s.num_classes, jobs=s.jobs,
-        attribute=s.attribution, script=s.script, cwd=s.cwd, timeout=s.timeout)
+        input_shape=s.input_shape, num_classes=s.num_classes, jobs=max(s.jobs, s.runs)
+        if s.across_nodes else s.jobs, attribute=s.attribution, script=s.script, cwd=s.cwd,
+        timeout=s.timeout, executor=s.executor, ray_address=s.ray_address,
+        across_nodes=s.across_nodes)
     try:
         if s.script:
             result = _run_script(s, opts, progress)

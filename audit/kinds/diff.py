@@ -62,7 +62,8 @@ def run(s: DiffSettings, progress: Reporter = None) -> DiffResult:
     from audit.probes.diff.engine import DiffOptions, diff, diff_against
 
     common: dict[str, Any] = dict(seed=s.seed, device=s.device, input_shape=s.input_shape,
-                  num_classes=s.num_classes, cwd=s.cwd, steps=s.steps)
+                                  num_classes=s.num_classes, cwd=s.cwd, steps=s.steps,
+                                  executor=s.executor, ray_address=s.ray_address)
     try:
         if s.against:
             if s.target_b:

@@ -105,7 +105,8 @@ def run_script(s: InitSettings, progress: Reporter = None) -> InitResult:
 
     assert s.script is not None  # script mode
     opts = ScriptInitOptions(script=s.script, schemes=s.schemes, steps=s.steps, seed=s.seed,
-                             device=s.device, thresholds=s.thresholds or None, cwd=s.cwd)
+                             device=s.device, thresholds=s.thresholds or None, cwd=s.cwd,
+                             executor=s.executor, ray_address=s.ray_address)
     try:
         return run_init_script(opts, progress)
     except (UsageError, ValueError) as exc:  # the engine's lines name no command
@@ -132,6 +133,7 @@ def run(s: InitSettings, progress: Reporter = None) -> InitResult:
     and the pytest fixture)."""
     if s.script:
         return run_script(s, progress)
+    # A target's schemes train here, in no fresh run: the executor has nothing to move.
     from audit.probes.init.engine import run_init
     from audit.probes.run.processes import Stalled, Watchdog
     from audit.probes.run.seeding import seed_all

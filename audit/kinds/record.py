@@ -63,7 +63,7 @@ def run(s: RecordSettings, progress: Reporter = None) -> RecordResult:
         raise UsageError(f"audit record: --out {s.out} {problem}")
     opts = DiffOptions(target_a=s.target, script_a=s.script, steps=s.steps, seed=s.seed,
                        device=s.device, input_shape=s.input_shape, num_classes=s.num_classes,
-                       cwd=s.cwd)
+                       cwd=s.cwd, executor=s.executor, ray_address=s.ray_address)
     try:
         result, ref = record(opts, progress=progress)
     except TargetFailed as exc:

@@ -50,7 +50,8 @@ def run(s: ResumeSettings, progress: Reporter = None) -> ResumeResult:
 
     opts = ResumeOptions(target=s.target, steps=s.steps, at=s.at, seed=s.seed, device=s.device,
                          input_shape=s.input_shape, num_classes=s.num_classes, jobs=s.jobs,
-                         attribute=s.attribution, cwd=s.cwd)
+                         attribute=s.attribution, cwd=s.cwd, executor=s.executor,
+                         ray_address=s.ray_address)
     try:
         return audit_resume(opts, progress=progress)
     except UsageError as exc:

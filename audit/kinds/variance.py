@@ -78,7 +78,8 @@ def run(s: VarianceSettings, progress: Reporter = None) -> VarianceResult:
         target=s.target, seeds=s.seeds, steps=s.steps, seed=s.seed,
         sources=tuple(s.sources or VARIANCE_SOURCES), jobs=s.jobs, device=s.device,
         directions={s.metric: s.direction} if s.metric and s.direction else {},
-        input_shape=s.input_shape, num_classes=s.num_classes, cwd=s.cwd)
+        input_shape=s.input_shape, num_classes=s.num_classes, cwd=s.cwd, executor=s.executor,
+        ray_address=s.ray_address)
     try:
         result = audit_variance(opts, progress)
     except TargetError as exc:

@@ -18,6 +18,7 @@ target, ``audit.probes.child.bootstrap`` for a script; a distributed launcher's 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -38,6 +39,7 @@ from audit.probes.run.spec import LockstepSpec
 from audit.probes.run.target import TargetError, check_target
 from audit.probes.run.trace import read_trace
 from audit.probes.run.launcher import Launcher, Outcome, RunOptions, TargetFailed
+from audit.probes.run.machines import environment_changes
 from audit.probes.results.records import Record, Status
 
 def _in_step(out: Outcome) -> str:
@@ -206,6 +208,7 @@ def audit_determinism(opts: RunOptions, progress: Reporter = None,
         exc.partial = _partial(opts, runs, state, exc, started)
         raise
     finally:
+        launcher.close()
         if keep is None:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -284,6 +287,8 @@ def _audit(opts: RunOptions, launcher: Launcher, state: _State,
         if out.end.get("status") == Status.TARGET_ERROR:
             raise TargetFailed(out.end.get("message", "the target could not be loaded"))
     result, parting, env = _first_result(opts, outs)
+    if opts.across_nodes:
+        annotate_nodes(result, outs, parting is not None)
     launcher.pin_sites = [c.where for c in result.varying_seeds]
     state.result = result
     observed = _observed(outs)
@@ -299,6 +304,23 @@ def _audit(opts: RunOptions, launcher: Launcher, state: _State,
         result.error = _run_error(info, launcher.stalled[0], f"run {launcher.stalled[0].name}")
     result.seconds = round(time.monotonic() - started, 3)
     return result
+
+
+def annotate_nodes(result: DeterminismResult, outs: list[Outcome], parted: bool) -> None:
+    """``--across-nodes``: the node each compared run ran on, with its environment; when the
+    runs part, how the first run's node differs from the first other node's; when they agree,
+    on which machines."""
+    result.nodes = [{"run": i, "node": o.node, "environment": o.env.get("environment", {})}
+                    for i, o in enumerate(outs)]
+    names = list(dict.fromkeys(o.node for o in outs))
+    other = next((o for o in outs[1:] if o.node != outs[0].node), None)
+    if parted and other is not None:
+        changes = environment_changes(outs[0].env.get("environment", {}),
+                                      other.env.get("environment", {}))
+        result.environment_changes = [dataclasses.asdict(c) for c in changes]
+    elif not parted:
+        result.detail["nodes"] = (f"the runs agreed on {len(names)} machine"
+                                  f"{'' if len(names) == 1 else 's'}: {', '.join(names)}")
 
 
 def _plural(n: int, word: str) -> str:

@@ -25,6 +25,7 @@ from audit.probes.script import torchrun as script_launch
 from audit.probes.run import program as script_runner, seed_log
 from audit.probes.run import merge
 from audit.probes.determinism.distributed import annotate
+from audit.probes.run.executors import Finished
 from audit.probes.run.launcher import Launcher, Outcome, RunOptions
 from audit.probes.determinism.orchestrate import audit_determinism
 from audit.probes.run.rank_launch import RankGroup, RankLauncher, RankOutcome, rank_env
@@ -179,8 +180,14 @@ class SpawnLauncher(Launcher):
         return SpawnRun(script_runner.command(spec), spec.log, spec.trace,
                         self._env(spec.knobs), cwd=self.opts.cwd, stdin_path=self.stdin_path)
 
-    def finish(self, spec: RunSpec, run: Run, stopped: str = "", stack: str = "") -> Outcome:
-        out = super().finish(spec, run, stopped, stack)
+    def finish(self, spec: RunSpec, run: Run, stopped: str = "", stack: str = ""):
+        return self._ranks(spec, super().finish(spec, run, stopped, stack))
+
+    def arrived(self, spec: RunSpec, done: Finished):
+        return self._ranks(spec, super().arrived(spec, done))
+
+    def _ranks(self, spec: RunSpec, out: Outcome):
+        """The run, or the ranks its script spawned when it spawned some."""
         spawned = next((r for r in out.records if r.get("type") == Record.SPAWN), None)
         if spawned is None:
             return out

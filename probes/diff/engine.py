@@ -49,13 +49,16 @@ class DiffOptions:
     input_shape: Optional[list[Any]] = None
     num_classes: Optional[int] = None
     cwd: Optional[str] = None
+    executor: str = "local"  # where the plain runs execute (the lockstep pairs: here)
+    ray_address: Optional[str] = None
 
 
 def _launcher(opts: DiffOptions, folder: str, side: str) -> Launcher:
     target, script = (opts.target_a, opts.script_a) if side == "a" else (opts.target_b, opts.script_b)
     det = RunOptions(target=target, steps=opts.steps, seed=opts.seed, device=opts.device,
                              input_shape=opts.input_shape, num_classes=opts.num_classes,
-                             script=script, cwd=opts.cwd)
+                             script=script, cwd=opts.cwd, executor=opts.executor,
+                             ray_address=opts.ray_address)
     return Launcher(det, folder)
 
 
@@ -184,7 +187,7 @@ def diff_against(ref: Reference, opts: DiffOptions, progress: Reporter = None,
     started, say = time.monotonic(), progress or silent
     opts = DiffOptions(target_b=opts.target_b, script_b=opts.script_b, steps=ref.steps, seed=ref.seed,
                        device=ref.device, input_shape=ref.input_shape, num_classes=ref.num_classes,
-                       cwd=opts.cwd)
+                       cwd=opts.cwd, executor=opts.executor, ray_address=opts.ray_address)
     folder = _workspace(keep)
     try:
         lb = _launcher(opts, folder, "b")

@@ -261,9 +261,17 @@ class DeterminismResult(Renderable):
     replicas: Optional[Replicas] = None  # distributed runs: replica consistency
     rank_timelines: list[RankTimeline] = field(default_factory=list)  # [RankTimeline], distributed runs
     nonfinite: Optional[NonFinite] = None  # the first NaN/inf loss or gradient
+    # --across-nodes: [{"run": 0, "node": "...", "environment": {...}}, ...], and when the runs
+    # part, how the nodes' environments differ ([{"key", "a", "b"}] as in diff.json).
+    nodes: list = field(default_factory=list)
+    environment_changes: list = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = _plain(self)
+        if not self.nodes:  # additive: only runs across nodes carry them
+            data.pop("nodes", None)
+        if not self.nodes or self.verdict != "nondeterministic":
+            data.pop("environment_changes", None)
         if data.get("cuda_ops") is None:
             data.pop("cuda_ops", None)  # additive field: absent where no scan ran
         if self.nproc is None:  # single-process documents keep their shape

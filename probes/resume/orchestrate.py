@@ -45,6 +45,10 @@ class ResumeOptions:
     jobs: int = 2
     attribute: bool = True
     cwd: Optional[str] = None
+    # Every resume run shares the checkpoint folder: they run on this machine whatever this
+    # says (passed on so that the Launcher's rule, not ours, decides).
+    executor: str = "local"
+    ray_address: Optional[str] = None
 
 
 class _Runs:
@@ -56,7 +60,8 @@ class _Runs:
         os.makedirs(self.checkpoints, exist_ok=True)
         self.launcher = Launcher(RunOptions(
             target=opts.target, seed=opts.seed, device=opts.device, input_shape=opts.input_shape,
-            num_classes=opts.num_classes, cwd=opts.cwd), folder)
+            num_classes=opts.num_classes, cwd=opts.cwd, executor=opts.executor,
+            ray_address=opts.ray_address), folder)
 
     def spec(self, name: str, role: str, knobs: Any = (), folder: Optional[str] = None) -> RunSpec:
         folder = folder or self.checkpoints

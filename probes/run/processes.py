@@ -195,7 +195,7 @@ class Run:
     """One fresh process, in its own process group, writing a trace that grows by one ``step``
     record per training step; its output (stdout and stderr) goes to ``log_path``."""
 
-    def __init__(self, argv: list[str], log_path: str, trace_path: str, env: dict[str, str],
+    def __init__(self, argv: list[str], log_path: str, trace_path: Optional[str], env: dict[str, str],
                  cwd: Optional[str] = None, stdin_path: Optional[str] = None):
         self.log_path, self.trace_path = log_path, trace_path
         self.steps = 0
@@ -217,7 +217,10 @@ class Run:
 
     def read_steps(self) -> int:
         """Steps the trace holds now (read incrementally); any new record is progress (the
-        worker writes one when it starts loading the target, then one per step)."""
+        worker writes one when it starts loading the target, then one per step; a run with
+        no trace makes none)."""
+        if not self.trace_path:
+            return self.steps
         try:
             with open(self.trace_path, "rb") as fh:
                 fh.seek(self._offset)

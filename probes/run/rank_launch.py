@@ -107,7 +107,10 @@ class RankOutcome(Outcome):
 
 class RankLauncher(Launcher):
     """A :class:`~audit.probes.run.launcher.Launcher` whose every run is ``nproc``
-    ranks; keeps every finished run by name for the replica and sampler analysis."""
+    ranks; keeps every finished run by name for the replica and sampler analysis. The ranks
+    of a run rendezvous on this machine: they run here whatever the executor."""
+
+    remote_runs = False
 
     def __init__(self, opts: RunOptions, folder: str, nproc: int, timeout: float, progress: Reporter = None):
         super().__init__(opts, folder, progress)

@@ -41,6 +41,8 @@ class CompareOptions:
     input_shape: Optional[list[Any]] = None
     num_classes: Optional[int] = None
     cwd: Optional[str] = None
+    executor: str = "local"  # where the runs execute: local or ray
+    ray_address: Optional[str] = None
 
 
 def compare_samples(a: list[Any], b: list[Any], direction: str = "lower", alpha: float = 0.05,
@@ -101,7 +103,7 @@ def audit_compare(opts: CompareOptions, progress: Reporter = None,
             for i in range(opts.seeds)
             for side, target in (("a", opts.baseline), ("b", opts.candidate))]
     pool = PoolOptions(opts.steps, opts.seed, opts.device, opts.input_shape, opts.num_classes,
-                       opts.jobs, opts.cwd)
+                       opts.jobs, opts.cwd, opts.executor, opts.ray_address)
     outs = execute(runs, pool, progress, runner)
     records = [to_record(o) for o in outs]
     names = metric_names(records)

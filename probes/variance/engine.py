@@ -21,6 +21,7 @@ from audit.probes.errors import TargetError, UsageError
 from audit.probes.progress import Progress, Reporter
 from audit.probes.results.variance import (ALL, VARIANCE_SOURCES, MetricVariance, Routing,
                                            RunRecord, SourceStats, VarianceResult)
+from audit.probes.run import executors
 from audit.probes.variance import stats
 from audit.probes.variance.runner import Pool, PoolOptions, RunOutcome, RunSpec
 from audit.probes.results import BUILTIN_LABEL
@@ -48,6 +49,8 @@ class VarianceOptions:
     input_shape: Optional[list[Any]] = None
     num_classes: Optional[int] = None
     cwd: Optional[str] = None
+    executor: str = "local"  # where the runs execute: local or ray
+    ray_address: Optional[str] = None
 
 
 def validate_seeds(seeds: int, steps: int, jobs: int) -> None:
@@ -69,7 +72,9 @@ def _seeds(base: int, group: str, seed: int) -> dict[str, Any]:
 def to_record(out: RunOutcome) -> RunRecord:
     rep = out.report
     message = rep.get("message", "")
-    if not rep:
+    if out.lost:
+        message = f"the run {out.lost}"
+    elif not rep:
         message = (f"the process ended with status {out.exit_code} and no report; output: "
                    f"{out.output_tail[-600:]}")
     return RunRecord(group=out.spec.group, seed=out.spec.seed, status=out.status,
@@ -79,11 +84,15 @@ def to_record(out: RunOutcome) -> RunRecord:
 
 def run_in_fresh_processes(runs: list[Any], pool_opts: PoolOptions, on_done: Callable[..., Any],
                            stop: Callable[..., Any]) -> list[Any]:
-    """The default runner: each run a fresh process, ``pool_opts.jobs`` at a time."""
+    """The default runner: each run a fresh process, ``pool_opts.jobs`` at a time, on the
+    executor ``pool_opts`` names."""
     folder = tempfile.mkdtemp(prefix="audit-variance-")
+    executor = executors.make(pool_opts.executor, pool_opts.ray_address, pool_opts.cwd,
+                              device=pool_opts.device)
     try:
-        return Pool(pool_opts, folder).run(runs, on_done, stop)
+        return Pool(pool_opts, folder, executor).run(runs, on_done, stop)
     finally:
+        executor.close()
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -201,7 +210,7 @@ def audit_variance(opts: VarianceOptions, progress: Reporter = None,
     runs = [RunSpec(g, opts.seed + i, _seeds(opts.seed, g, opts.seed + i), opts.target)
             for g in groups for i in range(opts.seeds)]
     pool = PoolOptions(opts.steps, opts.seed, opts.device, opts.input_shape, opts.num_classes,
-                       opts.jobs, opts.cwd)
+                       opts.jobs, opts.cwd, opts.executor, opts.ray_address)
     outs = execute(runs, pool, progress, runner)
     records = [to_record(o) for o in outs]
     controlled, spread = _control(records, opts.seed)
