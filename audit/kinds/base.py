@@ -44,7 +44,9 @@ class Settings:
 
     @property
     def target_label(self) -> str:
-        return self.target if isinstance(self.target, str) else "audit.example:build (built-in)"
+        from audit.probes.run.target import label
+
+        return label(self.target if isinstance(self.target, str) else None)
 
 
 #: Keys of ``[tool.audit]`` (the common table) that are settings, not gate options.

@@ -28,7 +28,7 @@ from audit.probes.results.cuda_ops import CudaOpsScan
 from audit.probes.run.rng_escape import read_log
 from audit.probes.run.processes import (Interrupted, last_words, parse_stack, user_frame)
 from audit.probes.run.spec import LockstepSpec
-from audit.probes.run.target import TargetError, check_target
+from audit.probes.run.target import TargetError, check_target, label
 from audit.probes.run.trace import read_trace
 from audit.probes.run.launcher import Launcher, Outcome, RunOptions, TargetFailed
 from audit.probes.results.records import Record, Status
@@ -228,7 +228,7 @@ def _first_result(opts: RunOptions, outs: list):
     result = DeterminismResult(
         verdict="deterministic", runs=opts.runs, steps=opts.steps, seed=opts.seed,
         device=device, environment=env.get("environment", {}),
-        target=" ".join(opts.script) if opts.script else (opts.target or "audit.example:build (built-in)"),
+        target=" ".join(opts.script) if opts.script else label(opts.target),
         mode="script" if opts.script else "target", run_info=infos,
         timeline=compare.timeline([o.records for o in outs]),
         nonfinite=compare.first_nonfinite([o.records for o in outs]),

@@ -27,11 +27,11 @@ from audit.probes.diff import measure, traces
 from audit.probes.diff.match import Matching, match
 from audit.probes.diff.reference import Reference
 from audit.probes.run.spec import LockstepSpec
+from audit.probes.run.target import label
 from audit.probes.results.diff import (DiffResult, DiffSide, Difference, RecordResult, Rename,
                                        Replaced, SelfDifference, Unmatched)
 from audit.probes.results.records import Record, Status
 
-BUILTIN = "audit.example:build (built-in)"
 
 
 @dataclass
@@ -59,7 +59,7 @@ def _launcher(opts: DiffOptions, folder: str, side: str) -> Launcher:
 
 
 def _label(opts: RunOptions) -> str:
-    return " ".join(opts.script) if opts.script else (opts.target or BUILTIN)
+    return " ".join(opts.script) if opts.script else label(opts.target)
 
 
 def _side(opts: RunOptions, env: dict) -> DiffSide:

@@ -28,10 +28,9 @@ from audit.probes.results.resume import ResumeResult
 from audit.probes.resume import attribute, compare
 from audit.probes.resume.session import choose_plan
 from audit.probes.run.spec import ResumeSpec, RunSpec
-from audit.probes.run.target import parse_spec
+from audit.probes.run.target import label, parse_spec
 from audit.probes.results.records import Status
 
-BUILTIN_LABEL = "audit.example:build (built-in)"
 
 
 @dataclass
@@ -153,7 +152,7 @@ def _base(runs: _Runs, a: Outcome, c: Outcome) -> ResumeResult:
         verdict="equivalent", steps=plan.get("steps", runs.opts.steps or 0),
         at=plan.get("at", runs.opts.at or 0), seed=runs.opts.seed,
         device=environment.get("device", runs.opts.device), environment=environment,
-        target=runs.opts.target or BUILTIN_LABEL, checkpoint=plan.get("checkpoint", "default"),
+        target=label(runs.opts.target), checkpoint=plan.get("checkpoint", "default"),
         epoch_length=plan.get("epoch_length"), auto=bool(plan.get("auto")),
         run_info=[_run_info(i, o) for i, o in enumerate((a, c))])
     if env.get("description"):
@@ -172,7 +171,7 @@ def _failed(runs: _Runs, outs: list, name: str, out: Outcome) -> ResumeResult:
     info = _run_info(0, out)
     return ResumeResult(verdict="diverges", steps=plan.get("steps", runs.opts.steps or 0),
                         at=plan.get("at", runs.opts.at or 0), seed=runs.opts.seed,
-                        target=runs.opts.target or BUILTIN_LABEL,
+                        target=label(runs.opts.target),
                         run_info=[_run_info(i, o) for i, o in enumerate(outs)],
                         error=f"{name} {info.status}: {info.message}")
 

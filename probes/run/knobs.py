@@ -18,6 +18,7 @@ import torch
 
 from audit.probes.run import rng_escape
 from audit.probes.run.environment import describe, thread_variables
+from audit.probes.run.processes import place
 
 
 @dataclass(frozen=True)
@@ -223,13 +224,9 @@ def module_sources(model: torch.nn.Module) -> dict:
         cls = type(module)
         if cls.__module__.startswith("torch"):
             continue
-        try:
-            path = inspect.getsourcefile(cls.forward)
-            line = inspect.getsourcelines(cls.forward)[1]
-        except (TypeError, OSError):
-            continue
-        if path:
-            out[name] = f"{rng_escape.short_path(os.path.abspath(path))}:{line}"
+        code = getattr(cls.forward, "__code__", None)
+        if code is not None:  # a notebook cell's code has a file name but no file
+            out[name] = place(code.co_filename, code.co_firstlineno)
     return out
 
 

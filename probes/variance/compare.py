@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 
 from audit.probes.errors import UsageError
+from audit.probes.run.target import label
 from audit.probes.results.variance import DIRECTIONS, VARIANCE_SOURCES, CompareResult, Variant
 from audit.probes.variance import stats
 from audit.probes.variance.engine import (Progress, Runner, crash_error, environment_of, execute,
@@ -115,8 +116,8 @@ def audit_compare(opts: CompareOptions, progress: Optional[Progress] = None,
                              opts.alpha)
     result.seeds, result.metric, result.paired_seeds, result.metrics = opts.seeds, metric, paired, names
     result.steps, result.seed, result.runs = opts.steps, opts.seed, records
-    result.a.target = opts.baseline or "audit.example:build (built-in)"
-    result.b.target = opts.candidate or "audit.example:build (built-in)"
+    result.a.target = label(opts.baseline)
+    result.b.target = label(opts.candidate)
     result.environment, result.device = environment_of(outs)
     problems = [crash_error(records)]
     if len(paired) < 2:

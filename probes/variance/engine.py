@@ -23,6 +23,7 @@ from audit.probes.results.variance import (ALL, VARIANCE_SOURCES, MetricVariance
 from audit.probes.variance import stats
 from audit.probes.variance.runner import Pool, PoolOptions, RunOutcome, RunSpec
 from audit.probes.results.records import Status
+from audit.probes.run.target import label
 
 Progress = Callable[[int, int, str], None]
 _LOWER_WORDS = ("loss", "error", "err", "perplexity", "ppl", "mse", "mae", "rmse", "nll", "time")
@@ -205,7 +206,7 @@ def audit_variance(opts: VarianceOptions, progress: Optional[Progress] = None,
     controlled, spread = _control(records, opts.seed)
     env, device = environment_of(outs)
     result = VarianceResult(seeds=opts.seeds, steps=opts.steps, seed=opts.seed,
-                            target=opts.target or "audit.example:build (built-in)", device=device,
+                            target=label(opts.target), device=device,
                             sources=groups[:-1], routing=_routing(outs, controlled),
                             controlled=controlled, control_spread=spread, runs=records,
                             environment=env)
