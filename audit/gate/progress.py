@@ -85,9 +85,9 @@ def _notebook_bar(options: dict) -> Any:
 def in_notebook() -> bool:
     """A Jupyter kernel runs this process (ipykernel's shell), and its output is no terminal."""
     ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None and "ipykernel" in sys.modules else None
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell" \
-        and not sys.stderr.isatty()
+    if ipython is None or "ipykernel" not in sys.modules or sys.stderr.isatty():
+        return False
+    return type(ipython.get_ipython()).__name__ == "ZMQInteractiveShell"
 
 
 def notebook_display() -> Optional[ProgressDisplay]:
