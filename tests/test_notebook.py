@@ -6,6 +6,8 @@ execute notebooks in a real Jupyter kernel (nbclient), skipped without the ``not
 """
 from __future__ import annotations
 
+import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -18,7 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from audit.gate.progress import PREFIX, ProgressDisplay, in_notebook
 from audit.probes.errors import UsageError
+from audit.probes.progress import Progress
 from audit.probes.run import processes, shipped
 from audit.probes.run.seeding import seed_all
 from audit.probes.run.target import is_shipped, label, load_target, shipped_spec
@@ -157,6 +161,19 @@ def test_an_ipython_sessions_cells_are_found_by_their_code_files(cells, tmp_path
         assert shipped.label(build) == "build (cell 2, line 1)"
     finally:
         InteractiveShell.clear_instance()
+
+
+def test_in_a_notebook_progress_is_a_bar_not_lines():
+    stream = io.StringIO()
+    show = ProgressDisplay(stream=stream, tty=False, notebook=True)
+    show(Progress("runs (2 x 3 steps)", 0, 6))
+    show(Progress("runs (2 x 3 steps)", 4, 6))
+    show("replaying to localize")
+    show.close()
+    text = stream.getvalue()
+    assert PREFIX not in text and not in_notebook()  # pytest is no kernel
+    if importlib.util.find_spec("ipywidgets") is None:  # the text bar, redrawn in place
+        assert "audit: runs (2 x 3 steps)" in text and "4/6" in text
 
 
 # --------------------------------------------------------------------------- in a real kernel
