@@ -176,6 +176,21 @@ def test_in_a_notebook_progress_is_a_bar_not_lines():
         assert "audit: runs (2 x 3 steps)" in text and "4/6" in text
 
 
+def test_runs_of_variance_and_compare_are_one_bar_and_a_log_line_each():
+    from audit.kinds.variance import progress_adapter
+
+    log, tty = io.StringIO(), io.StringIO()
+    for stream, is_tty in ((log, False), (tty, True)):
+        show = ProgressDisplay(stream=stream, tty=is_tty)
+        report = progress_adapter(show)
+        report(1, 3, "a seed 0: ok")
+        report(2, 3, "b seed 0: crashed")
+        show.close()
+    assert [x.rsplit(" at ", 1)[0] for x in log.getvalue().splitlines()] == [
+        f"{PREFIX} run 1 of 3 (a seed 0: ok)", f"{PREFIX} run 2 of 3 (b seed 0: crashed)"]
+    assert "audit: 3 runs" in tty.getvalue() and "2/3" in tty.getvalue() and PREFIX not in tty.getvalue()
+
+
 # --------------------------------------------------------------------------- in a real kernel
 
 #: A lesson's exercise: the model and its builders in cells; a generator the seed does not

@@ -30,6 +30,7 @@ class ProgressDisplay:
         self.notebook = notebook  # a Jupyter kernel: tqdm's notebook bar
         self.started = time.monotonic()
         self.phase: Optional[str] = None
+        self.note = ""
         self._bar = None
         self._drawn = 0.0
 
@@ -38,8 +39,13 @@ class ProgressDisplay:
             event = Progress(event)
         if event.phase != self.phase:
             self._begin(event)
+        elif self._bar is None and event.note and event.note != self.note:
+            self._line(event)
+        self.note = event.note
         if self._bar is None:
             return
+        if event.note:
+            self._bar.set_postfix_str(event.note, refresh=False)
         now = time.monotonic()
         if event.done != self._bar.n or now - self._drawn > _REDRAW:
             self._bar.n = min(event.done, self._bar.total or event.done)
@@ -50,10 +56,9 @@ class ProgressDisplay:
         self._close_bar()
         self.phase = event.phase
         if not self.tty and not self.notebook:
-            elapsed = time.monotonic() - self.started
-            print(f"{PREFIX} {event.phase} at {elapsed:.1f} s", file=self.stream, flush=True)
+            self._line(event)
             return
-        options = dict(total=event.total or None, desc=f"audit: {event.phase}", unit="step",
+        options = dict(total=event.total or None, desc=f"audit: {event.phase}", unit=event.unit,
                        leave=False, mininterval=0)
         self._bar = _notebook_bar(options) if self.notebook else None
         if self._bar is None:
@@ -61,6 +66,11 @@ class ProgressDisplay:
 
             self._bar = tqdm(file=self.stream, dynamic_ncols=True, **options)
         self._drawn = time.monotonic()
+
+    def _line(self, event: Progress) -> None:
+        elapsed = time.monotonic() - self.started
+        print(f"{PREFIX} {event.note or event.phase} at {elapsed:.1f} s", file=self.stream,
+              flush=True)
 
     def _close_bar(self) -> None:
         if self._bar is not None:
@@ -73,13 +83,11 @@ class ProgressDisplay:
 
 
 def _notebook_bar(options: dict) -> Any:
-    """tqdm's notebook bar (a widget), or None without ipywidgets."""
-    from tqdm.notebook import tqdm as notebook_tqdm
+    """tqdm's notebook bar (a widget), or None without ipywidgets (then a text bar, redrawn in
+    place, stands in)."""
+    from tqdm import notebook
 
-    try:
-        return notebook_tqdm(**options)
-    except ImportError:  # "IProgress not found": no ipywidgets; a text bar redrawn in place
-        return None
+    return notebook.tqdm(**options) if notebook.IProgress is not None else None
 
 
 def in_notebook() -> bool:

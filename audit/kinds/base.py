@@ -16,8 +16,9 @@ from typing import Any, Callable, Mapping, Optional
 from audit.probes.results import Check
 from audit.probes.run.processes import DEFAULT_TIMEOUT
 
-#: A progress callback: called with a short phase description ("run 1 of 2: step 3/20").
-Progress = Optional[Callable[[str], None]]
+#: A progress callback: called with a short phase description ("replaying to localize") or an
+#: :class:`audit.probes.progress.Progress` event (the gate's display takes both).
+Progress = Optional[Callable[[Any], None]]
 #: One regression against a baseline: its text and, when known, the place (file:line).
 Regression = tuple
 

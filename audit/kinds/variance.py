@@ -11,6 +11,7 @@ from audit import config
 from audit.kinds.base import (AuditKind, Progress, Settings, failing_names, plural, positive_arg,
                               rounded)
 from audit.probes.errors import TargetError, UsageError
+from audit.probes.progress import Progress as Event
 from audit.probes.results import Check
 from audit.probes.results.variance import DIRECTIONS, VARIANCE_SOURCES, VarianceResult
 from audit.reports import html, terminal
@@ -68,10 +69,12 @@ def check_table(chk: config.Checker, table: dict) -> dict:
 
 
 def progress_adapter(progress: Progress):
-    """The engine's ``(done, total, message)`` as the gate's one-line progress."""
+    """The engine's ``(done, total, message)`` as the gate's progress: one bar for the runs, a
+    log line per run that ends."""
     if progress is None:
         return None
-    return lambda done, total, message: progress(f"run {done} of {total} ({message})")
+    return lambda done, total, message: progress(Event(
+        f"{total} runs", done, total, unit="run", note=f"run {done} of {total} ({message})"))
 
 
 def run(s: VarianceSettings, progress: Progress = None) -> VarianceResult:

@@ -32,6 +32,7 @@ from audit.probes.errors import UsageError
 from audit.probes.run import processes
 from audit.probes.run.target import shipped_spec
 
+
 def kernel_cells() -> dict[str, int]:
     """The running IPython session's cells: code file name -> execution count (``In [N]``);
     empty outside IPython."""
