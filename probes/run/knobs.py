@@ -218,13 +218,14 @@ def flags() -> dict:
 
 
 def module_sources(model: torch.nn.Module) -> dict:
-    """``file:line`` of each user-defined module's forward (not torch's own modules)."""
+    """``file:line`` (``cell N, line L``) of each user-defined module's forward (not torch's own
+    modules)."""
     out = {}
     for name, module in model.named_modules():
         cls = type(module)
         if cls.__module__.startswith("torch"):
             continue
-        code = getattr(cls.forward, "__code__", None)
+        code = getattr(inspect.unwrap(cls.forward), "__code__", None)
         if code is not None:  # a notebook cell's code has a file name but no file
             out[name] = place(code.co_filename, code.co_firstlineno)
     return out
