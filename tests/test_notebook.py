@@ -10,6 +10,7 @@ import importlib.util
 import io
 import json
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -25,7 +26,7 @@ from audit.probes.errors import UsageError
 from audit.probes.progress import Progress
 from audit.probes.run import processes, shipped
 from audit.probes.run.seeding import seed_all
-from audit.probes.run.target import is_shipped, label, load_target, shipped_spec
+from audit.probes.run.target import is_shipped, label, load_target, parse_spec, shipped_spec
 from audit.probes.results.variance import COMPARE_VERDICTS
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
@@ -79,6 +80,20 @@ def test_a_closure_is_rebuilt_bit_identically_in_fresh_processes_under_matched_s
     assert all(torch.equal(a, b) for x, y in zip(first["data"], here.data) for a, b in zip(x, y))
     other = _rebuilt(spec, 1, str(tmp_path / "other.pt"))
     assert not _same(first["state"], other["state"])  # the seed reaches the build
+
+
+def _sized(width: int):
+    return lambda: nn.Linear(4, width)
+
+
+def test_closures_over_other_values_are_other_code_to_the_fingerprint(tmp_path):
+    specs = [shipped.ship(_sized(w), str(tmp_path)) for w in (5, 5, 6)]
+    codes = []
+    for spec in specs:
+        with open(parse_spec(spec).where, "rb") as fh:
+            codes.append(pickle.load(fh)["code"])
+    assert codes[0] == codes[1] != codes[2]
+    assert any("def _sized" in text for text in codes[0])  # the source text, for the same code
 
 
 def _generator(tmp_path):

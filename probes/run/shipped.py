@@ -8,7 +8,7 @@ target spec that every fresh run loads as it loads ``file.py:NAME``
 then :func:`audit.probes.run.target.load_callable` unpickles the object (rebuilding functions
 and classes: no model is built by unpickling), then calls it, exactly as a file's function.
 
-The pickle also carries the notebook's cell names (code file -> execution count), registered
+The file also carries the notebook's cell names (code file -> execution count), registered
 in the run with :func:`audit.probes.run.processes.name_cells`, so that every place a run
 reports in a cell reads ``cell 3, line 2``; and the source text of the code it ships, for the
 run's code fingerprint. What cannot be pickled (an open file written to, a socket, a running
@@ -16,6 +16,7 @@ generator, a lock) is a :class:`UsageError` naming the object. Light: no torch.
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import io
 import linecache
@@ -68,11 +69,14 @@ def ship(obj: Any, folder: str, cells: Optional[dict] = None) -> str:
     cells = kernel_cells() if cells is None else cells
     processes.name_cells(cells)
     name = label(obj)
-    payload = {"target": obj, "cells": cells, "code": code_texts(obj)}
     try:
-        data = dumps(payload)
+        body = dumps(obj)
     except Exception as exc:
         raise UsageError(_refusal(obj, name, exc)) from None
+    # What the run's code fingerprint reads: the code's text, and the object's own bytes (two
+    # closures over other values are other code, as two specs with other arguments are).
+    code = [*code_texts(obj), "pickle " + hashlib.blake2b(body, digest_size=16).hexdigest()]
+    data = dumps({"target": body, "cells": cells, "code": code})
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"target-{len(os.listdir(folder))}.pkl")
     with open(path, "wb") as fh:

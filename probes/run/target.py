@@ -196,7 +196,7 @@ def _unpickled(path: str) -> Callable:
             payload = cloudpickle.load(fh)
         name_cells(payload.get("cells") or {})
         SHIPPED_CODE.extend(payload.get("code") or [])
-        return payload["target"]
+        return cloudpickle.loads(payload["target"])
     except Exception as exc:  # e.g. a module the notebook imported that this process lacks
         raise TargetError(f"the target shipped from this session cannot be rebuilt in a fresh "
                           f"run: {_described(exc)}; make what it imports importable from the working "
