@@ -6,7 +6,8 @@ draws a tqdm bar per phase (steps done of the phase's total, elapsed time and an
 redrawn at least twice a second so a slow step is told from a hang); in a Jupyter notebook the
 same bar in tqdm's notebook form (a widget; a text bar redrawn in place without ipywidgets),
 and nothing printed line by line; elsewhere (CI logs) it prints one line per phase,
-``audit progress: PHASE at 12.3 s`` (since the start), on stderr.
+``audit progress: PHASE at 12.3 s`` (since the start), on stderr, and one per event that
+carries a note (each run of ``variance`` and ``compare`` that ends).
 """
 from __future__ import annotations
 
