@@ -25,6 +25,7 @@ from typing import Any, Iterator, Optional
 
 from audit import registry
 from audit.gate.outputs import write_audit_files
+from audit.kinds.base import AuditKind, Settings
 from audit.gate.progress import notebook_display
 from audit.probes.errors import UsageError
 from audit.probes.results import HTML_RENDERERS
@@ -47,7 +48,7 @@ def _settings(kind, target: Any, options: dict):
 
 
 @contextlib.contextmanager
-def _shipped(kind, settings) -> Iterator[Any]:
+def _shipped(kind: AuditKind, settings: Settings) -> Iterator[Settings]:
     """``settings`` with every target given as an object shipped by value (a temporary folder
     holds the pickles while the audit runs); unchanged for an audit that runs in this process."""
     from audit.probes.run import processes, shipped

@@ -83,7 +83,7 @@ class ProgressDisplay:
         self._close_bar()
 
 
-def _notebook_bar(options: dict) -> Any:
+def _notebook_bar(options: dict[str, Any]) -> Any:
     """tqdm's notebook bar (a widget), or None without ipywidgets (then a text bar, redrawn in
     place, stands in)."""
     from tqdm import notebook

@@ -25,7 +25,7 @@ import os
 import sys
 import types
 from collections import ChainMap
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import cloudpickle
 
@@ -62,7 +62,7 @@ def label(obj: Any) -> str:
     return f"{name} ({processes.place(code.co_filename, code.co_firstlineno)})" if code else name
 
 
-def ship(obj: Any, folder: str, cells: Optional[dict] = None) -> str:
+def ship(obj: Any, folder: str, cells: Optional[dict[str, int]] = None) -> str:
     """Pickle ``obj`` by value into ``folder``; the target spec that loads it in a fresh run.
     Raises :class:`UsageError` naming what cannot be pickled."""
     refuse_unfit(obj)
@@ -84,7 +84,7 @@ def ship(obj: Any, folder: str, cells: Optional[dict] = None) -> str:
     return shipped_spec(path, name)
 
 
-def _code_reduce(code: types.CodeType) -> tuple:
+def _code_reduce(code: types.CodeType) -> tuple[Callable[[bytes], Any], tuple[bytes]]:
     return marshal.loads, (marshal.dumps(code),)
 
 
@@ -121,7 +121,7 @@ def code_texts(obj: Any) -> list[str]:
     return sorted("".join(linecache.getlines(f)) for f in files)
 
 
-def _codes(obj: Any, seen: set) -> Iterator[types.CodeType]:
+def _codes(obj: Any, seen: set[int]) -> Iterator[types.CodeType]:
     """Code objects of the user's functions and classes reachable from ``obj``."""
     if id(obj) in seen or not _users(obj):
         return
@@ -186,7 +186,7 @@ def _global_names(code: types.CodeType) -> set[str]:
     return names
 
 
-def culprit(obj: Any, path: str, seen: Optional[set] = None) -> Optional[tuple[str, Any]]:
+def culprit(obj: Any, path: str, seen: Optional[set[int]] = None) -> Optional[tuple[str, Any]]:
     """``(path, object)`` of the first thing reachable from ``obj`` that cannot be pickled
     (``build -> log``), looking inside functions, classes and containers; None when each
     part pickles alone."""

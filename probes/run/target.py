@@ -182,7 +182,7 @@ def load_callable(spec: str) -> Callable:
 
 
 #: The source texts of the code shipped by value to this process (its code fingerprint).
-SHIPPED_CODE: list = []
+SHIPPED_CODE: list[str] = []
 
 
 def _unpickled(path: str) -> Callable:
