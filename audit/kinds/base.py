@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from audit.probes.progress import Reporter
-from audit.probes.results import BUILTIN_LABEL, Check
+from audit.probes.results import Check
 from audit.probes.run.processes import DEFAULT_TIMEOUT
 
 #: One regression against a baseline: its text and, when known, the place (file:line).
@@ -45,7 +45,9 @@ class Settings:
 
     @property
     def target_label(self) -> str:
-        return self.target if isinstance(self.target, str) else BUILTIN_LABEL
+        from audit.probes.run.target import label
+
+        return label(self.target if isinstance(self.target, str) else None)
 
 
 #: Keys of ``[tool.audit]`` (the common table) that are settings, not gate options.

@@ -81,9 +81,6 @@ def run(s: CompareSettings, progress: Reporter = None) -> CompareResult:
     if not s.candidate:
         raise UsageError("audit compare needs two targets: audit compare TARGET_A TARGET_B "
                          "(or baseline and candidate in [tool.audit.compare])")
-    if not isinstance(s.target, (str, type(None))) or not isinstance(s.candidate, str):
-        raise UsageError("audit compare trains in fresh processes: give both targets as "
-                         "'file.py:NAME' or 'package.module:NAME'")
     opts = CompareOptions(
         baseline=s.target, candidate=s.candidate, seeds=s.seeds, steps=s.steps, seed=s.seed,
         metric=s.metric, direction=s.direction, alpha=s.alpha, jobs=s.jobs, device=s.device,

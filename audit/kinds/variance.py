@@ -71,9 +71,6 @@ def check_table(chk: config.Checker, table: dict[str, Any]) -> dict[str, Any]:
 def run(s: VarianceSettings, progress: Reporter = None) -> VarianceResult:
     from audit.probes.variance.engine import VarianceOptions, audit_variance
 
-    if s.target is not None and not isinstance(s.target, str):
-        raise UsageError("audit variance trains in fresh processes: give the target as "
-                         "'file.py:NAME' or 'package.module:NAME'")
     opts = VarianceOptions(
         target=s.target, seeds=s.seeds, steps=s.steps, seed=s.seed,
         sources=tuple(s.sources or VARIANCE_SOURCES), jobs=s.jobs, device=s.device,

@@ -155,10 +155,10 @@ def _exit_code(exc: SystemExit) -> tuple[int, str]:
 def _crash(exc: BaseException) -> dict[str, Any]:
     """message, where (the innermost frame in the user's code) and a traceback from the script
     down (the bootstrap's and runpy's frames left out)."""
-    from audit.probes.run.processes import is_user_file, short_path
+    from audit.probes.run.processes import is_user_file, place
 
     frames = traceback.extract_tb(exc.__traceback__)
-    where = next((f"{short_path(os.path.abspath(f.filename))}:{f.lineno}" for f in reversed(frames)
+    where = next((place(f.filename, f.lineno or 0) for f in reversed(frames)
                   if is_user_file(f.filename)), None)
     tb = exc.__traceback__
     while tb is not None and not is_user_file(tb.tb_frame.f_code.co_filename):

@@ -31,12 +31,12 @@ from audit.probes.determinism import attribute, latent, proof, seeds
 from audit.probes.run import compare
 from audit.probes.determinism.cuda_ops_check import cite_scan
 from audit.probes.progress import Reporter
-from audit.probes.results import BUILTIN_LABEL, DeterminismResult, Divergence, GrowthPoint, RunInfo
+from audit.probes.results import DeterminismResult, Divergence, GrowthPoint, RunInfo
 from audit.probes.results.cuda_ops import CudaOpsScan
 from audit.probes.run.rng_escape import read_log
 from audit.probes.run.processes import (Interrupted, last_words, parse_stack, user_frame)
 from audit.probes.run.spec import LockstepSpec
-from audit.probes.run.target import TargetError, check_target
+from audit.probes.run.target import TargetError, check_target, label
 from audit.probes.run.trace import read_trace
 from audit.probes.run.launcher import Launcher, Outcome, RunOptions, TargetFailed
 from audit.probes.run.machines import environment_changes
@@ -238,7 +238,7 @@ def _first_result(opts: RunOptions, outs: list[Any]) -> tuple[Any, Any, Any]:
     result = DeterminismResult(
         verdict="deterministic", runs=opts.runs, steps=opts.steps, seed=opts.seed,
         device=device, environment=env.get("environment", {}),
-        target=" ".join(opts.script) if opts.script else (opts.target or BUILTIN_LABEL),
+        target=" ".join(opts.script) if opts.script else label(opts.target),
         mode="script" if opts.script else "target", run_info=infos,
         timeline=compare.timeline([o.records for o in outs]),
         nonfinite=compare.first_nonfinite([o.records for o in outs]),

@@ -29,9 +29,9 @@ from audit.probes.diff.match import Matching, match
 from audit.probes.diff.reference import Reference
 from audit.probes.progress import Progress, Reporter, silent
 from audit.probes.run.spec import LockstepSpec
+from audit.probes.run.target import label
 from audit.probes.results.diff import (DiffResult, DiffSide, Difference, RecordResult, Rename,
                                        Replaced, SelfDifference, Unmatched)
-from audit.probes.results import BUILTIN_LABEL
 from audit.probes.results.records import Record, Status
 
 
@@ -63,7 +63,7 @@ def _launcher(opts: DiffOptions, folder: str, side: str) -> Launcher:
 
 
 def _label(opts: RunOptions) -> str:
-    return " ".join(opts.script) if opts.script else (opts.target or BUILTIN_LABEL)
+    return " ".join(opts.script) if opts.script else label(opts.target)
 
 
 def _side(opts: RunOptions, env: dict[str, Any]) -> DiffSide:

@@ -129,6 +129,9 @@ class Divergence:
 
 @dataclass
 class Cause:
+    """Why the runs differ: ``source`` (contract's sources), ``confirmed`` (a rerun with the
+    source removed agreed), ``evidence``, ``fix`` and ``where`` (the user's line, if known)."""
+
     source: str
     confirmed: bool
     evidence: str
@@ -233,6 +236,14 @@ class NonFinite:
 
 @dataclass
 class DeterminismResult(Renderable):
+    """What ``audit determinism`` found (``determinism.json``); Jupyter shows it as its report.
+
+    ``verdict``: ``"deterministic"`` or ``"nondeterministic"``. ``causes``: the :class:`Cause`
+    list, most likely first (``source``, ``confirmed``, ``evidence``, ``fix`` and ``where``, a
+    place such as ``train.py:12`` or ``cell 3, line 2``). ``first_divergence``: the
+    :class:`Divergence` where the runs first part (``step``, ``stage``, ``module``,
+    ``tensor``), None when they agree."""
+
     verdict: str  # "deterministic" | "nondeterministic"
     runs: int
     steps: int
@@ -408,6 +419,13 @@ class Recommendation:
 
 @dataclass
 class InitResult(Renderable):
+    """What ``audit init`` found (``init.json``); Jupyter shows it as its report.
+
+    ``verdict``: ``"healthy"`` or ``"unhealthy"``, for the model's own init (scheme
+    ``default``). ``recommended``: the scheme to use; ``recommendation`` says why.
+    ``schemes``: a :class:`SchemeResult` per scheme tried (its layers, ``findings`` and loss);
+    :meth:`scheme` finds one by name."""
+
     verdict: str  # of the "default" scheme
     recommended: Optional[str]
     schemes: list[SchemeResult] = field(default_factory=list)  # [SchemeResult]

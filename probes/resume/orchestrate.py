@@ -24,12 +24,12 @@ from audit.probes.run import compare as det_compare
 from audit.probes.run.launcher import Launcher, Outcome, RunOptions
 from audit.probes.errors import TargetError, UsageError
 from audit.probes.progress import Progress, Reporter, silent
-from audit.probes.results import BUILTIN_LABEL, Divergence, RunInfo
+from audit.probes.results import Divergence, RunInfo
 from audit.probes.results.resume import ResumeResult
 from audit.probes.resume import attribute, compare
 from audit.probes.resume.session import choose_plan
 from audit.probes.run.spec import ResumeSpec, RunSpec
-from audit.probes.run.target import parse_spec
+from audit.probes.run.target import label, parse_spec
 from audit.probes.results.records import Status
 
 
@@ -157,7 +157,7 @@ def _base(runs: _Runs, a: Outcome, c: Outcome) -> ResumeResult:
         verdict="equivalent", steps=plan.get("steps", runs.opts.steps or 0),
         at=plan.get("at", runs.opts.at or 0), seed=runs.opts.seed,
         device=environment.get("device", runs.opts.device), environment=environment,
-        target=runs.opts.target or BUILTIN_LABEL, checkpoint=plan.get("checkpoint", "default"),
+        target=label(runs.opts.target), checkpoint=plan.get("checkpoint", "default"),
         epoch_length=plan.get("epoch_length"), auto=bool(plan.get("auto")),
         run_info=[_run_info(i, o) for i, o in enumerate((a, c))])
     if env.get("description"):
@@ -176,7 +176,7 @@ def _failed(runs: _Runs, outs: list[Any], name: str, out: Outcome) -> ResumeResu
     info = _run_info(0, out)
     return ResumeResult(verdict="diverges", steps=plan.get("steps", runs.opts.steps or 0),
                         at=plan.get("at", runs.opts.at or 0), seed=runs.opts.seed,
-                        target=runs.opts.target or BUILTIN_LABEL,
+                        target=label(runs.opts.target),
                         run_info=[_run_info(i, o) for i, o in enumerate(outs)],
                         error=f"{name} {info.status}: {info.message}")
 

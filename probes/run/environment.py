@@ -104,9 +104,12 @@ def _source_files(models: Iterable[torch.nn.Module]) -> set[Any]:
 
 def code_fingerprint(models: Iterable[torch.nn.Module] = ()) -> Optional[str]:
     """A fingerprint of the code being trained: the contents (not the paths) of the user's
-    source files loaded when training starts and of the files defining the models' modules.
+    source files loaded when training starts, of the files defining the models' modules and of
+    the cells (or files) a target shipped by value came from.
     The same code, wherever it lies, gives the same fingerprint; None when no file is known."""
-    digests = set()
+    from audit.probes.run.target import SHIPPED_CODE
+
+    digests = {hashlib.blake2b(text.encode(), digest_size=16).hexdigest() for text in SHIPPED_CODE}
     for path in _source_files(models):
         try:
             with open(path, "rb") as fh:

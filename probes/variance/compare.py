@@ -16,7 +16,7 @@ from typing import Any, Optional
 import numpy as np
 
 from audit.probes.errors import UsageError
-from audit.probes.results import BUILTIN_LABEL
+from audit.probes.run.target import label
 from audit.probes.results.variance import DIRECTIONS, VARIANCE_SOURCES, CompareResult, Variant
 from audit.probes.variance import stats
 from audit.probes.progress import Reporter
@@ -119,8 +119,8 @@ def audit_compare(opts: CompareOptions, progress: Reporter = None,
                              opts.alpha)
     result.seeds, result.metric, result.paired_seeds, result.metrics = opts.seeds, metric, paired, names
     result.steps, result.seed, result.runs = opts.steps, opts.seed, records
-    result.a.target = opts.baseline or BUILTIN_LABEL
-    result.b.target = opts.candidate or BUILTIN_LABEL
+    result.a.target = label(opts.baseline)
+    result.b.target = label(opts.candidate)
     result.environment, result.device = environment_of(outs)
     problems = [crash_error(records)]
     if len(paired) < 2:

@@ -24,8 +24,8 @@ from audit.probes.results.variance import (ALL, VARIANCE_SOURCES, MetricVariance
 from audit.probes.run import executors
 from audit.probes.variance import stats
 from audit.probes.variance.runner import Pool, PoolOptions, RunOutcome, RunSpec
-from audit.probes.results import BUILTIN_LABEL
 from audit.probes.results.records import Status
+from audit.probes.run.target import label
 
 _LOWER_WORDS = ("loss", "error", "err", "perplexity", "ppl", "mse", "mae", "rmse", "nll", "time")
 
@@ -110,9 +110,11 @@ def execute(runs: list[Any], pool_opts: PoolOptions, progress: Reporter,
     def on_done(out: RunOutcome) -> None:
         done[0] += 1
         ok[0] += out.status == Status.OK
-        if progress:  # one phase per run: a run is many steps, made in another process
-            progress(Progress(f"run {done[0]} of {len(runs)} ({out.spec.group} seed "
-                              f"{out.spec.seed}: {out.status})"))
+        if progress:  # one bar for the runs (a run is many steps, made in another process)
+            total = len(runs)
+            progress(Progress(f"{total} runs", done[0], total, unit="run",
+                              note=f"run {done[0]} of {total} ({out.spec.group} seed "
+                                   f"{out.spec.seed}: {out.status})"))
 
     def stop(out: RunOutcome) -> bool:
         return out.status == Status.TARGET_ERROR and not ok[0]
@@ -216,7 +218,7 @@ def audit_variance(opts: VarianceOptions, progress: Reporter = None,
     controlled, spread = _control(records, opts.seed)
     env, device = environment_of(outs)
     result = VarianceResult(seeds=opts.seeds, steps=opts.steps, seed=opts.seed,
-                            target=opts.target or BUILTIN_LABEL, device=device,
+                            target=label(opts.target), device=device,
                             sources=groups[:-1], routing=_routing(outs, controlled),
                             controlled=controlled, control_spread=spread, runs=records,
                             environment=env)
