@@ -183,7 +183,7 @@ def test_in_a_notebook_progress_is_a_bar_not_lines():
     show = ProgressDisplay(stream=stream, tty=False, notebook=True)
     show(Progress("runs (2 x 3 steps)", 0, 6))
     show(Progress("runs (2 x 3 steps)", 4, 6))
-    show("replaying to localize")
+    show(Progress("replaying to localize"))
     show.close()
     text = stream.getvalue()
     assert PREFIX not in text and not in_notebook()  # pytest is no kernel
@@ -192,14 +192,21 @@ def test_in_a_notebook_progress_is_a_bar_not_lines():
 
 
 def test_runs_of_variance_and_compare_are_one_bar_and_a_log_line_each():
-    from audit.kinds.variance import progress_adapter
+    from types import SimpleNamespace
+
+    from audit.probes.variance.engine import execute
+
+    def runner(runs, pool_opts, on_done, stop):  # the engine's runs, finished as a pool would
+        outs = [SimpleNamespace(spec=SimpleNamespace(group=g, seed=0), status=s, report={})
+                for g, s in (("a", "ok"), ("b", "crashed"))]
+        for out in outs:
+            on_done(out)
+        return outs
 
     log, tty = io.StringIO(), io.StringIO()
     for stream, is_tty in ((log, False), (tty, True)):
         show = ProgressDisplay(stream=stream, tty=is_tty)
-        report = progress_adapter(show)
-        report(1, 3, "a seed 0: ok")
-        report(2, 3, "b seed 0: crashed")
+        execute([None] * 3, None, show, runner=runner)
         show.close()
     assert [x.rsplit(" at ", 1)[0] for x in log.getvalue().splitlines()] == [
         f"{PREFIX} run 1 of 3 (a seed 0: ok)", f"{PREFIX} run 2 of 3 (b seed 0: crashed)"]

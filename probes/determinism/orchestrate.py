@@ -208,7 +208,7 @@ def audit_determinism(opts: RunOptions, progress: Reporter = None,
         exc.partial = _partial(opts, runs, state, exc, started)
         raise
     finally:
-        launcher.close()
+        runs.close()
         if keep is None:
             shutil.rmtree(folder, ignore_errors=True)
 
