@@ -107,6 +107,29 @@ def _outcome(name: str, node_name: str, cpu: str, threads: int) -> Outcome:
     return Outcome(name, [env], 0, 1.0, node=node_name)
 
 
+def test_a_shipped_object_goes_to_the_node_with_its_runs_files(tmp_path):
+    """A notebook's builder (pickled in the audit's own temp folder) reaches a node that shares
+    no folder with the audit: carried into the work folder, named there by the moved spec."""
+    from audit.probes.run import shipped, target
+
+    width = 3
+
+    def build():  # a closure, as a cell's builder over a notebook variable
+        return width
+
+    spec = shipped.ship(build, str(tmp_path / "api"))
+    work, there = tmp_path / "work", tmp_path / "node"
+    work.mkdir()
+    moved, files = target.carry(spec, str(work))
+    assert files == [target.parse_spec(moved).where] and files[0].startswith(str(work))
+    assert target.label(moved) == target.label(spec) and target.carry("a.py:build", str(work)) == ("a.py:build", [])
+    shutil.copytree(work, there)
+    on_node = node.relocate(moved, {str(work): str(there)})
+    shutil.rmtree(tmp_path / "api")
+    shutil.rmtree(work)
+    assert target.load_callable(on_node)() == 3
+
+
 def test_across_nodes_names_the_nodes_and_how_they_differ_when_runs_part():
     from audit.probes.determinism.orchestrate import annotate_nodes
 

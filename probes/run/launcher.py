@@ -24,6 +24,7 @@ from audit.probes.run.processes import DEFAULT_TIMEOUT, Run, child_argv
 from audit.probes.run.rng_escape import read_log
 from audit.probes.run.spec import LockstepSpec, ResumeSpec, RunSpec, write_spec
 from audit.probes.run.trace import read_trace
+from audit.probes.run.target import carry
 
 
 def run_env(knobs: Sequence[str]) -> dict[str, str]:
@@ -115,6 +116,9 @@ class Launcher:
         self._batch: list = []  # the specs run_all is running
         self.local = LocalExecutor(start=lambda key, job: self.start(self._batch[key]))
         self.remote: Optional[Executor] = None  # made when a run first needs it
+        #: The target as the runs get it, and the files a node needs for it (a shipped object).
+        self.target, self.carried = (carry(opts.target, folder) if opts.executor != "local"
+                                     else (opts.target, []))
         if opts.script:
             self._keep_stdin()
 
@@ -136,7 +140,7 @@ class Launcher:
         base = os.path.join(self.folder, f"{self.count:03d}-{name}")
         spec = RunSpec(
             name=name, trace=base + ".trace", escape_log=base + ".escapes",
-            target=self.opts.target, seed=self.opts.seed, steps=steps,
+            target=self.target, seed=self.opts.seed, steps=steps,
             device=self.opts.device, input_shape=self.opts.input_shape,
             num_classes=self.opts.num_classes, knobs=list(knobs), detail=detail,
             lockstep=lockstep, script=self.opts.script, log=base + ".log",
@@ -182,7 +186,7 @@ class Launcher:
         else:
             argv = child_argv("audit.probes.child.worker", spec.spec_path)
         stdin = self.stdin_path if spec.script else None
-        return Job(argv, self._env(spec.knobs), spec.log, self.folder, [spec.spec_path],
+        return Job(argv, self._env(spec.knobs), spec.log, self.folder, [spec.spec_path, *self.carried],
                    cwd=self.opts.cwd, stdin=stdin, trace=spec.trace, timeout=self.opts.timeout,
                    place=place)
 

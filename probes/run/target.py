@@ -9,9 +9,11 @@ is wrong and what to do.
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib
 import importlib.util
 import os
+import shutil
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -126,6 +128,20 @@ def is_shipped(spec: Optional[str]) -> bool:
         return spec is not None and parse_spec(spec).where.endswith(SHIPPED_SUFFIX)
     except TargetError:
         return False
+
+
+def carry(spec: Optional[str], folder: str) -> tuple[Optional[str], list[str]]:
+    """For runs on other machines: a shipped object's spec with its pickle copied into
+    ``folder`` (the audit's work folder, whose input files an executor sends to the node that
+    runs a job, naming them there), and the files to send; any other spec as it is, with none."""
+    if spec is None or not is_shipped(spec):
+        return spec, []
+    parsed = parse_spec(spec)
+    digest = hashlib.blake2b(os.path.abspath(parsed.where).encode(), digest_size=6).hexdigest()
+    copy = os.path.join(folder, f"shipped-{digest}{SHIPPED_SUFFIX}")
+    if not os.path.exists(copy):
+        shutil.copyfile(parsed.where, copy)
+    return shipped_spec(copy, label(spec)), [copy]
 
 
 def label(spec: Optional[str]) -> str:

@@ -20,6 +20,7 @@ from audit.probes.run.executors import Executor, Finished, Job
 from audit.probes.run.executors.local import LocalExecutor
 from audit.probes.run.processes import child_argv
 from audit.probes.run.spec import VarianceRunSpec, write_spec
+from audit.probes.run.target import carry
 from audit.probes.results.records import Status
 
 
@@ -90,9 +91,12 @@ class Pool:
         base = os.path.join(self.folder, f"{index:04d}-{run.group}-{run.seed}")
         spec = worker_spec(run, self.opts, index == 0)
         spec.out = base + ".out.json"
+        carried: list[str] = []
+        if self.opts.executor != "local":  # a shipped object goes to the node with the spec
+            spec.target, carried = carry(spec.target, self.folder)
         write_spec(spec, base + ".json")
         job = Job(child_argv("audit.probes.child.variance", base + ".json"), self.env,
-                  base + ".log", self.folder, [base + ".json"], cwd=self.opts.cwd)
+                  base + ".log", self.folder, [base + ".json", *carried], cwd=self.opts.cwd)
         return job, base
 
     @staticmethod
