@@ -81,6 +81,12 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="per-sample input shape for a bare module, e.g. 3,224,224")
     p.add_argument("--num-classes", type=positive_arg, default=None,
                    help="classes of the synthetic targets for a bare module")
+    p.add_argument("--executor", choices=["local", "ray"], default=None,
+                   help="where fresh runs execute: this machine's processes (local, the "
+                        "default) or Ray tasks (ray; pip install 'audit[ray]')")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="with --executor ray: the cluster to join (auto, ray://HOST:PORT); "
+                        "default: Ray started on this machine")
     _gate_options(p)
 
 

@@ -221,6 +221,9 @@ _COMMON_RULES = {
     "input_shape": ((lambda v: parse_shape(v) is not None),
                     "an array of positive integers like [3, 32, 32]"),
     "timeout": ((lambda v: is_number(v) and v > 0), "a positive number of seconds"),
+    "executor": ((lambda v: v in ("local", "ray")), "'local' or 'ray'"),
+    "ray_address": ((lambda v: isinstance(v, str) and bool(v.strip())),
+                    "a Ray address: 'auto', 'ray://HOST:PORT' or a cluster's HOST:PORT"),
 }
 
 

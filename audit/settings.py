@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 from audit import config, registry
 from audit.kinds.base import COMMON_KEYS, AuditKind, Settings
+from audit.probes.run import executors
 
 
 def load_config(path: Optional[str] = None, start: Optional[str] = None) -> config.Config:
@@ -21,4 +22,6 @@ def resolve(kind: AuditKind, cfg: config.Config, flags: Optional[dict[str, Any]]
     values.update(cfg.section(kind.name))
     values.update({k: v for k, v in (flags or {}).items() if v is not None and k in fields})
     values["config_path"] = cfg.path
-    return kind.settings(**{k: v for k, v in values.items() if k in fields})
+    settings = kind.settings(**{k: v for k, v in values.items() if k in fields})
+    executors.require(settings.executor)  # a missing Ray: one line, before any training
+    return settings

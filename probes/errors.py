@@ -15,6 +15,15 @@ class ExitCode(enum.IntEnum):
     TERMINATED = 143  # SIGTERM
 
 
+class ChildExit(enum.IntEnum):
+    """The exit status of a fresh run's process (``audit.probes.child``): the trace's or
+    report's last record says what happened; the status says it again for whoever waits."""
+
+    OK = 0  # the run ended as it should (or the script ended on its own)
+    TARGET = 3  # the target could not be loaded or called (a usage error for the CLI)
+    CRASH = 4  # training raised
+
+
 class UsageError(Exception):
     """Bad input: reported as one line, exit status 2."""
 

@@ -11,11 +11,13 @@ from typing import Callable, Optional
 
 @dataclass(frozen=True)
 class Progress:
-    """Where an audit is: its phase, and the training steps done of the phase's total."""
+    """Where an audit is: its phase, and the training steps (or runs) done of the phase's total."""
 
     phase: str  # e.g. "runs (2 x 20 steps)", "replaying to localize", "knob trial: seed_escapes"
     done: int = 0
     total: int = 0  # 0 when unknown
+    unit: str = "step"
+    note: str = ""  # what just ended, e.g. "run 3 of 8 (b seed 1: ok)": a log line of its own
 
 
 Reporter = Optional[Callable[[Progress], None]]

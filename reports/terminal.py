@@ -11,7 +11,7 @@ from __future__ import annotations
 import textwrap
 from typing import Any, Optional
 
-from audit.probes.results import DeterminismResult, GateResult, InitResult
+from audit.probes.results import BUILTIN_LABEL, DeterminismResult, GateResult, InitResult
 from audit.probes.results.cuda_ops import CudaOpsScan
 from audit.probes.results.diff import DiffResult, DiffSide, RecordResult
 from audit.probes.results.resume import ResumeResult
@@ -264,6 +264,8 @@ def determinism_summary(result: DeterminismResult, report_path: Optional[str] = 
         w.wrap(f"{nonfinite_sentence(result.nonfinite)}; {NONFINITE_FIX}")
     if result.first_divergence is not None:
         _divergence(w, result)
+    if result.nodes:
+        _nodes(w, result)
     if result.nproc:
         w.heading(f"Ranks ({result.nproc} per run)")
         for line in rank_lines(result):
@@ -281,6 +283,18 @@ def determinism_summary(result: DeterminismResult, report_path: Optional[str] = 
         _cuda_ops(w, result.cuda_ops)
     _report_line(w, report_path)
     return w.text()
+
+
+def _nodes(w: _Writer, result: DeterminismResult) -> None:
+    """``--across-nodes``: where each run ran and, when they part, how the nodes differ."""
+    w.heading("Nodes (--across-nodes)")
+    w.fields([(f"run {n.get('run')}", one_line(n.get("node"))) for n in result.nodes])
+    if result.environment_changes:
+        w.wrap("The nodes' environments differ in:")
+        w.fields([(one_line(c.get("key")), f"{one_line(c.get('a'))} -> {one_line(c.get('b'))}")
+                  for c in result.environment_changes])
+    elif result.verdict == "nondeterministic":
+        w.wrap("The nodes' recorded environments are the same.")
 
 
 CUDA_CATEGORY = {"made_deterministic": "made deterministic by use_deterministic_algorithms(True)",
@@ -559,7 +573,7 @@ def variance_summary(result: VarianceResult, report_path: Optional[str] = None, 
 
 def _side_line(label: str, side: DiffSide) -> str:
     kind = {"reference": " (reference file)", "script": " (script mode)"}.get(side.mode, "")
-    return f"{label}: {one_line(side.target or 'audit.example:build (built-in)')}{kind}"
+    return f"{label}: {one_line(side.target or BUILTIN_LABEL)}{kind}"
 
 
 def diff_summary(result: DiffResult, report_path: Optional[str] = None, *,

@@ -31,9 +31,9 @@ def test_run_init_in_process_renders_in_jupyter_and_as_json(tmp_path):
     assert {"init.json", "init.html"} <= set(os.listdir(tmp_path))
 
 
-def test_run_refuses_objects_for_audits_in_fresh_processes_and_unknown_settings():
-    with pytest.raises(UsageError, match="fresh processes"):
-        audit.run("determinism", tiny)
+def test_run_refuses_built_models_for_audits_in_fresh_processes_and_unknown_settings():
+    with pytest.raises(UsageError, match="built model"):
+        audit.run("determinism", tiny())
     with pytest.raises(UsageError, match="unknown setting"):
         audit.run("init", tiny, stepz=3)
     with pytest.raises(UsageError, match="unknown audit"):

@@ -4,6 +4,7 @@ face -> gate -> engines -> result model; reports -> result model."""
 from __future__ import annotations
 
 import ast
+import re
 import dataclasses
 import pathlib
 
@@ -265,3 +266,76 @@ def test_no_function_is_longer_than_the_limit():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{module}:{node.lineno} {node.name} ({lines} lines)")
     assert not long, "\n".join(long)
+
+
+# ------------------------------------------------------------------ docstrings name what exists
+
+#: ``:mod:`x```, ``:class:`x``` ... in a module's docstring, and ````audit.probes.x```` spelled out.
+REFERENCE = re.compile(r":(?:mod|func|class|meth|data|attr):`~?([\w.]+)`|``((?:audit\.)?probes\.[\w.]+)``")
+
+
+def _names(tree: ast.Module) -> set[str]:
+    """What a module defines, imports or exports (``__all__``) at its top level, and
+    ``Class.member`` of its classes."""
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        for n in ast.walk(node) if not isinstance(node, (ast.FunctionDef, ast.ClassDef)) else ():
+            targets = n.targets if isinstance(n, ast.Assign) else [n.target] if isinstance(n, ast.AnnAssign) else []
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+            if isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in targets):
+                names.update(ast.literal_eval(n.value))
+        if isinstance(node, ast.ClassDef):
+            inner = _names(ast.Module(body=node.body, type_ignores=[]))
+            names.update(f"{node.name}.{n}" for n in inner)
+    return names
+
+
+def _defines(module: str) -> set[str]:
+    return _names(ast.parse(MODULES[module].read_text(encoding="utf-8")))
+
+
+def _exists(name: str) -> bool:
+    """Whether a dotted name is a module of ours, or something one of them defines."""
+    module = _resolve(name)
+    return module is not None and (name == module or name[len(module) + 1:] in _defines(module))
+
+
+def _reference_exists(name: str, module: str) -> bool:
+    """Whether a docstring's reference is true; names outside the tool (``torch.``, ``os.``)
+    are not checked."""
+    package = module if MODULES[module].name == "__init__.py" else module.rpartition(".")[0]
+    name = "audit." + name if name.startswith("probes.") else name
+    first = name.split(".")[0]
+    if name.startswith("."):
+        return _exists(package + name)
+    if first == "audit":
+        return _exists(name)
+    if f"{package}.{first}" in MODULES:
+        return _exists(f"{package}.{name}")
+    if "." in name and not any(n.startswith(first + ".") for n in _defines(module)):
+        return True  # not one of the module's classes: ``torch.nn.init``, ``os.replace``
+    return _exists(f"{module}.{name}")
+
+
+def _false_references(module: str, doc: str) -> list[str]:
+    return [f"{module}: {a or b}" for a, b in REFERENCE.findall(doc)
+            if not _reference_exists(a or b, module)]
+
+
+def test_module_docstrings_name_modules_and_names_that_exist():
+    wrong = []
+    for module, path in MODULES.items():
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        wrong += _false_references(module, doc)
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_docstring_check_sees_a_moved_module():
+    doc = "See :mod:`audit.probes.worker`, :class:`probes.flow.FlowProbe` and ``audit.probes.runs``."
+    assert len(_false_references("audit.probes.run.trace", doc)) == 3
+    good = "See :mod:`audit.probes.child.worker`, :class:`~audit.probes.init.flow.FlowProbe`, :func:`run_traced`."
+    assert _false_references("audit.probes.run.trace", good) == []

@@ -14,7 +14,7 @@ from audit.probes.run import compare
 from audit.probes.diff import measure, reference, traces
 from audit.probes.diff.match import match
 from audit.probes.errors import UsageError
-from audit.probes.results import GrowthPoint, StepAgreement
+from audit.probes.results import BUILTIN_LABEL, BUILTIN_TARGET, GrowthPoint, StepAgreement
 from audit.probes.results.diff import (DiffResult, DiffSide, Difference, EnvironmentChange,
                                        LossCurves, Rename, Replaced, SelfDifference, Unmatched)
 from audit.reports import files, html, json_report, terminal
@@ -294,6 +294,16 @@ def test_reports_match_their_gold_files(verdict, tmp_path):
     compare_gold(f"diff_{verdict}.txt", terminal.diff_summary(r, "audit-report/diff.html"), tmp_path)
     compare_gold(f"diff_{verdict}.json", json_report.dumps(r), tmp_path)
     compare_gold(f"diff_{verdict}.html", html.diff_html(r, charts=False), tmp_path)
+
+
+def test_a_side_without_a_target_is_named_as_the_built_in_example():
+    from audit.kinds.base import Settings
+
+    r = sample("identical")
+    r.a = DiffSide("", r.a.environment)
+    side_a = next(line for line in terminal.diff_summary(r).splitlines() if BUILTIN_LABEL in line)
+    assert r.b.target not in side_a and BUILTIN_LABEL.startswith(BUILTIN_TARGET)
+    assert Settings().target_label == BUILTIN_LABEL
 
 
 def test_the_html_page_draws_both_loss_curves_and_marks_the_first_difference():

@@ -7,12 +7,12 @@ import os
 
 import pytest
 
-from audit.probes.errors import TargetError, UsageError
-from audit.probes.results.variance import CompareResult, VarianceResult
+from audit.probes.errors import ChildExit, TargetError, UsageError
+from audit.probes.results.variance import VARIANCE_SOURCES, CompareResult, VarianceResult
 from audit.probes.child import variance as worker
 from audit.probes.variance.compare import CompareOptions, audit_compare
 from audit.probes.variance.engine import VarianceOptions, audit_variance
-from audit.probes.variance.runner import RunOutcome, worker_spec
+from audit.probes.variance.runner import PoolOptions, RunOutcome, RunSpec, worker_spec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGETS = os.path.join(HERE, "targets", "variance_targets.py")
@@ -113,6 +113,16 @@ def test_a_target_that_fails_to_build_for_one_seed_is_a_failed_run_not_an_error(
     assert "crashed" in res.error
 
 
+def test_the_worker_exit_status_says_how_the_run_ended():
+    def code(target: str, seed: int) -> int:
+        run = RunSpec("all", seed, dict.fromkeys(VARIANCE_SOURCES, seed), f"{TARGETS}:{target}")
+        return worker.run(worker_spec(run, PoolOptions(steps=1, device="cpu")))[0]
+
+    assert code("full_batch,crash_seed=1", 0) == ChildExit.OK
+    assert code("full_batch,crash_seed=1", 1) == ChildExit.CRASH
+    assert code("full_batch,build_crash_seed=2", 2) == ChildExit.TARGET
+
+
 def test_unknown_metric_and_bad_counts_are_usage_errors():
     with pytest.raises(UsageError, match="--metric nope"):
         compare("full_batch", "full_batch", seeds=2, steps=1, metric="nope")
@@ -140,8 +150,8 @@ def test_fresh_processes_in_parallel_with_progress_and_a_crash():
     seen = []
     opts = VarianceOptions(target=f"{TARGETS}:full_batch,crash_seed=1", seeds=2, steps=2,
                            sources=("init",), jobs=2, device="cpu")
-    result = audit_variance(opts, progress=lambda done, total, msg: seen.append((done, total)))
-    assert seen[-1] == (4, 4) and len(seen) == 4
+    result = audit_variance(opts, progress=seen.append)
+    assert len({event.phase for event in seen}) == len(seen) == 4  # one phase per run
     assert sorted((r.group, r.status) for r in result.crashed) == [("all", "crashed"), ("init", "crashed")]
     init = result.metrics["loss"].sources["init"]
     assert init.seeds == [0] and init.excluded == 1

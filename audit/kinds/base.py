@@ -13,11 +13,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
+from audit.probes.progress import Reporter
 from audit.probes.results import Check
 from audit.probes.run.processes import DEFAULT_TIMEOUT
 
-#: A progress callback: called with a short phase description ("run 1 of 2: step 3/20").
-Progress = Optional[Callable[[str], None]]
 #: One regression against a baseline: its text and, when known, the place (file:line).
 Regression = tuple[str, Optional[str]]
 
@@ -36,6 +35,8 @@ class Settings:
     timeout: float = DEFAULT_TIMEOUT  # seconds a run may go without a training step
     script: Optional[list[str]] = None  # script mode: the command after "--"
     cwd: str = field(default_factory=os.getcwd)
+    executor: str = "local"  # where fresh runs execute: local, or ray
+    ray_address: Optional[str] = None  # the Ray cluster to join (None: Ray on this machine)
     tolerances: dict[str, Any] = field(default_factory=dict)  # baseline tolerances the config sets
     config_path: Optional[str] = None
 
@@ -44,11 +45,14 @@ class Settings:
 
     @property
     def target_label(self) -> str:
-        return self.target if isinstance(self.target, str) else "audit.example:build (built-in)"
+        from audit.probes.run.target import label
+
+        return label(self.target if isinstance(self.target, str) else None)
 
 
 #: Keys of ``[tool.audit]`` (the common table) that are settings, not gate options.
-COMMON_KEYS = ("target", "seed", "device", "out", "input_shape", "num_classes", "timeout")
+COMMON_KEYS = ("target", "seed", "device", "out", "input_shape", "num_classes", "timeout",
+               "executor", "ray_address")
 
 
 def _no_annotations(check: Check, result: Any) -> list[Check]:
@@ -70,7 +74,7 @@ class AuditKind:
     add_arguments: Callable[[argparse.ArgumentParser], None]  # the kind's own flags
     check_table: Callable[[Any, dict[str, Any]], dict[str, Any]]  # (config checker, [tool.audit.NAME]) -> settings
     tolerances: Mapping[str, float]  # baseline tolerances and their defaults
-    run: Callable[[Any, Progress], Any]  # the engine, on the kind's own Settings; raises UsageError for bad input
+    run: Callable[[Any, Reporter], Any]  # the engine, on the kind's own Settings; raises UsageError for bad input
     checks: Callable[[Any], list[Check]]  # result -> its checks
     snapshot: Callable[[Any], dict[str, Any]]  # result -> what a baseline keeps
     regressions: Callable[[dict[str, Any], dict[str, Any], dict[str, Any]], list[Regression]]  # (base, now, tolerances)

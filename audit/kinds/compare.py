@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from audit import config
-from audit.kinds.base import AuditKind, Progress, Regression, Settings, failing_names, positive_arg, rounded
-from audit.kinds.variance import progress_adapter, runs_check
+from audit.probes.progress import Reporter
+from audit.kinds.base import AuditKind, Regression, Settings, failing_names, positive_arg, rounded
+from audit.kinds.variance import runs_check
 from audit.probes.errors import TargetError, UsageError
 from audit.probes.results import Check
 from audit.probes.results.variance import DIRECTIONS, CompareResult
@@ -74,21 +75,19 @@ def check_table(chk: config.Checker, table: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run(s: CompareSettings, progress: Progress = None) -> CompareResult:
+def run(s: CompareSettings, progress: Reporter = None) -> CompareResult:
     from audit.probes.variance.compare import CompareOptions, audit_compare
 
     if not s.candidate:
         raise UsageError("audit compare needs two targets: audit compare TARGET_A TARGET_B "
                          "(or baseline and candidate in [tool.audit.compare])")
-    if not isinstance(s.target, (str, type(None))) or not isinstance(s.candidate, str):
-        raise UsageError("audit compare trains in fresh processes: give both targets as "
-                         "'file.py:NAME' or 'package.module:NAME'")
     opts = CompareOptions(
         baseline=s.target, candidate=s.candidate, seeds=s.seeds, steps=s.steps, seed=s.seed,
         metric=s.metric, direction=s.direction, alpha=s.alpha, jobs=s.jobs, device=s.device,
-        input_shape=s.input_shape, num_classes=s.num_classes, cwd=s.cwd)
+        input_shape=s.input_shape, num_classes=s.num_classes, cwd=s.cwd, executor=s.executor,
+        ray_address=s.ray_address)
     try:
-        return audit_compare(opts, progress_adapter(progress))
+        return audit_compare(opts, progress)
     except TargetError as exc:
         raise UsageError(f"audit compare: {exc}") from None
 

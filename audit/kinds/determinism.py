@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from audit import config
 from audit.kinds import snapshot_shape as shape
-from audit.kinds.base import (AuditKind, Progress, Regression, Settings, at_least, failing_names, plural,
+from audit.probes.progress import Reporter
+from audit.kinds.base import (AuditKind, Regression, Settings, at_least, failing_names, plural,
                               positive_arg,
                               rounded)
 from audit.probes.determinism import latent
@@ -40,6 +41,7 @@ class DeterminismSettings(Settings):
     cuda_ops: str = "warn"  # "fail": ops nondeterministic on CUDA fail the gate
     latent: str = "warn"  # "fail": sources that act only sometimes fail the gate
     nproc: int = 1  # ranks per run under torch.distributed
+    across_nodes: bool = False  # with the Ray executor: the runs on different nodes
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nproc", type=positive_arg, default=None,
                    help="ranks per run under torch.distributed (gloo on CPU, NCCL on GPU; "
                         "with a script: its ranks, started as torchrun starts them; default 1)")
+    p.add_argument("--across-nodes", action="store_const", const=True, default=None,
+                   help="with --executor ray: run the compared runs on different nodes (does it "
+                        "reproduce on another machine?)")
 
 
 def check_table(chk: config.Checker, table: dict[str, Any]) -> dict[str, Any]:
@@ -66,16 +71,24 @@ def check_table(chk: config.Checker, table: dict[str, Any]) -> dict[str, Any]:
     return config.check_table(chk, "determinism", table, rules, {"tolerances": tolerances})
 
 
-def run(s: DeterminismSettings, progress: Progress = None) -> DeterminismResult:
+def run(s: DeterminismSettings, progress: Reporter = None) -> DeterminismResult:
     from audit.probes.determinism.orchestrate import audit_determinism
     from audit.probes.run.launcher import RunOptions, TargetFailed
 
     if s.runs < 2:
         raise UsageError("runs must be 2 or more: a comparison needs two runs")
+    if s.across_nodes and s.executor != "ray":
+        raise UsageError("audit determinism: --across-nodes places runs on a Ray cluster's "
+                         "nodes; add --executor ray (and --ray-address for a cluster)")
+    if s.across_nodes and s.nproc > 1:
+        raise UsageError("audit determinism: --across-nodes runs single-process runs; the ranks "
+                         "of --nproc run on this machine. Leave out one of them")
     opts = RunOptions(
         target=s.target, runs=s.runs, steps=s.steps, seed=s.seed, device=s.device,
-        input_shape=s.input_shape, num_classes=s.num_classes, jobs=s.jobs,
-        attribute=s.attribution, script=s.script, cwd=s.cwd, timeout=s.timeout)
+        input_shape=s.input_shape, num_classes=s.num_classes, jobs=max(s.jobs, s.runs)
+        if s.across_nodes else s.jobs, attribute=s.attribution, script=s.script, cwd=s.cwd,
+        timeout=s.timeout, executor=s.executor, ray_address=s.ray_address,
+        across_nodes=s.across_nodes)
     try:
         if s.script:
             result = _run_script(s, opts, progress)
@@ -89,13 +102,13 @@ def run(s: DeterminismSettings, progress: Progress = None) -> DeterminismResult:
     return result
 
 
-def _run_distributed(s: DeterminismSettings, opts: RunOptions, progress: Progress) -> DeterminismResult:
+def _run_distributed(s: DeterminismSettings, opts: RunOptions, progress: Reporter) -> DeterminismResult:
     from audit.probes.determinism.distributed import audit_distributed
 
     return audit_distributed(opts, s.nproc, progress=progress)
 
 
-def _run_script(s: DeterminismSettings, opts: RunOptions, progress: Progress) -> DeterminismResult:
+def _run_script(s: DeterminismSettings, opts: RunOptions, progress: Reporter) -> DeterminismResult:
     """Script mode: one process per run, or ranks (``--nproc``, torchrun, mp.spawn)."""
     from audit.probes.determinism.script_launcher import audit_script
 
@@ -383,7 +396,7 @@ def verdict_detail(result: DeterminismResult) -> str:
     elif any(e.drawn for e in result.rng_escapes):
         drawn = sum(1 for e in result.rng_escapes if e.drawn)
         text += f", but {plural(drawn, 'unseeded generator')} drawn from"
-    return text + f" ({result.runs} runs x {result.steps} steps)"
+    return text + f" ({result.runs} runs x {plural(result.steps, 'step')})"
 
 
 def index(result: DeterminismResult) -> tuple[Any, ...]:

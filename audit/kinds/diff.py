@@ -11,7 +11,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Optional
 
 from audit import config
-from audit.kinds.base import AuditKind, Progress, Regression, Settings, failing_names, positive_arg, rounded
+from audit.probes.progress import Reporter
+from audit.kinds.base import AuditKind, Regression, Settings, failing_names, positive_arg, rounded
 from audit.probes.errors import UsageError
 from audit.probes.results import Check
 from audit.probes.results.diff import DiffResult
@@ -55,13 +56,14 @@ def check_table(chk: config.Checker, table: dict[str, Any]) -> dict[str, Any]:
                               {"against": _check_against, "tolerances": tolerances})
 
 
-def run(s: DiffSettings, progress: Progress = None) -> DiffResult:
+def run(s: DiffSettings, progress: Reporter = None) -> DiffResult:
     from audit.probes.run.launcher import TargetFailed
     from audit.probes.diff import reference
     from audit.probes.diff.engine import DiffOptions, diff, diff_against
 
     common: dict[str, Any] = dict(seed=s.seed, device=s.device, input_shape=s.input_shape,
-                  num_classes=s.num_classes, cwd=s.cwd, steps=s.steps)
+                                  num_classes=s.num_classes, cwd=s.cwd, steps=s.steps,
+                                  executor=s.executor, ray_address=s.ray_address)
     try:
         if s.against:
             if s.target_b:

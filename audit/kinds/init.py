@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from audit import config
 from audit.kinds import snapshot_shape as shape
-from audit.kinds.base import (AuditKind, Progress, Regression, Settings, failing_names, plural, positive_arg,
+from audit.probes.progress import Progress, Reporter
+from audit.kinds.base import (AuditKind, Regression, Settings, failing_names, plural, positive_arg,
                               rounded)
 from audit.probes.errors import TargetError, UsageError
 from audit.probes.init.scheme_names import scheme_problem
@@ -19,7 +20,6 @@ from audit.probes.results import Check, InitResult
 from audit.reports import html, terminal
 from audit.reports.common import finding_advice, finding_numbers, finding_title, init_headline
 
-from audit.probes.progress import Progress as ProgressEvent
 
 if TYPE_CHECKING:  # torch: imported when an audit runs
     from audit.probes.run.training import TrainingSetup
@@ -99,13 +99,14 @@ def check_table(chk: config.Checker, table: dict[str, Any]) -> dict[str, Any]:
     return config.check_table(chk, "init", table, {"steps": config.positive_int()}, special)
 
 
-def run_script(s: InitSettings, progress: Progress = None) -> InitResult:
+def run_script(s: InitSettings, progress: Reporter = None) -> InitResult:
     """Script mode: each scheme is one fresh run of the script."""
     from audit.probes.init.script import ScriptInitOptions, run_init_script
 
     assert s.script is not None  # script mode
     opts = ScriptInitOptions(script=s.script, schemes=s.schemes, steps=s.steps, seed=s.seed,
-                             device=s.device, thresholds=s.thresholds or None, cwd=s.cwd)
+                             device=s.device, thresholds=s.thresholds or None, cwd=s.cwd,
+                             executor=s.executor, ray_address=s.ray_address)
     try:
         return run_init_script(opts, progress)
     except (UsageError, ValueError) as exc:  # the engine's lines name no command
@@ -126,12 +127,13 @@ input_shape=tuple(s.input_shape) if s.input_shape else None,
     return normalize(s.target, name, **options)
 
 
-def run(s: InitSettings, progress: Progress = None) -> InitResult:
+def run(s: InitSettings, progress: Reporter = None) -> InitResult:
     """Build the target in this process and run every scheme on it, under a watchdog that
     each step kicks. ``s.target`` may also be an ``nn.Module`` or a callable (the Python API
     and the pytest fixture)."""
     if s.script:
         return run_script(s, progress)
+    # A target's schemes train here, in no fresh run: the executor has nothing to move.
     from audit.probes.init.engine import run_init
     from audit.probes.run.processes import Stalled, Watchdog
     from audit.probes.run.seeding import seed_all
@@ -148,7 +150,7 @@ def run(s: InitSettings, progress: Progress = None) -> InitResult:
         with Watchdog(s.timeout, "loading the target") as dog:
             setup = _setup(s, name)
 
-            def report(event: ProgressEvent) -> None:
+            def report(event: Progress) -> None:
                 dog.kick(f"{event.phase}, in step {event.done}")
                 if progress is not None:
                     progress(event)

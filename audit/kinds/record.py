@@ -10,7 +10,8 @@ import os
 from dataclasses import dataclass
 
 from audit import config
-from audit.kinds.base import AuditKind, Progress, Regression, Settings, positive_arg
+from audit.probes.progress import Reporter
+from audit.kinds.base import AuditKind, Regression, Settings, positive_arg
 from audit.probes.errors import UsageError
 from audit.probes.results import Check
 from audit.probes.results.diff import RecordResult
@@ -52,7 +53,7 @@ def out_problem(path: str) -> str:
     return ""
 
 
-def run(s: RecordSettings, progress: Progress = None) -> RecordResult:
+def run(s: RecordSettings, progress: Reporter = None) -> RecordResult:
     from audit.probes.run.launcher import TargetFailed
     from audit.probes.diff import reference
     from audit.probes.diff.engine import DiffOptions, record
@@ -62,7 +63,7 @@ def run(s: RecordSettings, progress: Progress = None) -> RecordResult:
         raise UsageError(f"audit record: --out {s.out} {problem}")
     opts = DiffOptions(target_a=s.target, script_a=s.script, steps=s.steps, seed=s.seed,
                        device=s.device, input_shape=s.input_shape, num_classes=s.num_classes,
-                       cwd=s.cwd)
+                       cwd=s.cwd, executor=s.executor, ray_address=s.ray_address)
     try:
         result, ref = record(opts, progress=progress)
     except TargetFailed as exc:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from audit import config
-from audit.kinds.base import AuditKind, Progress, Regression, Settings, failing_names, positive_arg
+from audit.probes.progress import Reporter
+from audit.kinds.base import AuditKind, Regression, Settings, failing_names, positive_arg
 from audit.probes.errors import UsageError
 from audit.probes.results import Check
 from audit.probes.results.resume import ResumeResult
@@ -44,12 +45,13 @@ def check_table(chk: config.Checker, table: dict[str, Any]) -> dict[str, Any]:
     return config.check_table(chk, "resume", table, rules)
 
 
-def run(s: ResumeSettings, progress: Progress = None) -> ResumeResult:
+def run(s: ResumeSettings, progress: Reporter = None) -> ResumeResult:
     from audit.probes.resume.orchestrate import ResumeOptions, audit_resume
 
     opts = ResumeOptions(target=s.target, steps=s.steps, at=s.at, seed=s.seed, device=s.device,
                          input_shape=s.input_shape, num_classes=s.num_classes, jobs=s.jobs,
-                         attribute=s.attribution, cwd=s.cwd)
+                         attribute=s.attribution, cwd=s.cwd, executor=s.executor,
+                         ray_address=s.ray_address)
     try:
         return audit_resume(opts, progress=progress)
     except UsageError as exc:

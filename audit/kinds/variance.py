@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from audit import config
-from audit.kinds.base import (AuditKind, Progress, Regression, Settings, failing_names, plural, positive_arg,
+from audit.probes.progress import Reporter
+from audit.kinds.base import (AuditKind, Regression, Settings, failing_names, plural, positive_arg,
                               rounded)
 from audit.probes.errors import TargetError, UsageError
 from audit.probes.results import Check
@@ -67,26 +68,17 @@ def check_table(chk: config.Checker, table: dict[str, Any]) -> dict[str, Any]:
     return config.check_table(chk, "variance", table, rules, special)
 
 
-def progress_adapter(progress: Progress) -> Optional[Callable[[int, int, str], None]]:
-    """The engine's ``(done, total, message)`` as the gate's one-line progress."""
-    if progress is None:
-        return None
-    return lambda done, total, message: progress(f"run {done} of {total} ({message})")
-
-
-def run(s: VarianceSettings, progress: Progress = None) -> VarianceResult:
+def run(s: VarianceSettings, progress: Reporter = None) -> VarianceResult:
     from audit.probes.variance.engine import VarianceOptions, audit_variance
 
-    if s.target is not None and not isinstance(s.target, str):
-        raise UsageError("audit variance trains in fresh processes: give the target as "
-                         "'file.py:NAME' or 'package.module:NAME'")
     opts = VarianceOptions(
         target=s.target, seeds=s.seeds, steps=s.steps, seed=s.seed,
         sources=tuple(s.sources or VARIANCE_SOURCES), jobs=s.jobs, device=s.device,
         directions={s.metric: s.direction} if s.metric and s.direction else {},
-        input_shape=s.input_shape, num_classes=s.num_classes, cwd=s.cwd)
+        input_shape=s.input_shape, num_classes=s.num_classes, cwd=s.cwd, executor=s.executor,
+        ray_address=s.ray_address)
     try:
-        result = audit_variance(opts, progress_adapter(progress))
+        result = audit_variance(opts, progress)
     except TargetError as exc:
         raise UsageError(f"audit variance: {exc}") from None
     if s.metric and result.metrics and s.metric not in result.metrics:

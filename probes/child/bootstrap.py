@@ -22,7 +22,8 @@ run was stopped there), ``ended_early`` (the script returned, or exited with sta
 ``exited`` (``sys.exit`` / ``os._exit`` with another status: ``exit_code``), ``crashed`` (an
 exception: ``message``, ``where`` in the script, ``traceback``; what was measured is kept), or
 ``target_error`` when no optimizer step happened at all (the CLI's one-line usage error).
-Exit status: 0, or 3 for ``target_error``, 4 for ``crashed`` (as :mod:`audit.probes.child.worker`).
+Exit status (:class:`audit.probes.errors.ChildExit`): ``OK``, or ``TARGET`` for ``target_error``,
+``CRASH`` for ``crashed`` (as :mod:`audit.probes.child.worker`).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import sys
 import traceback
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Protocol
 
+from audit.probes.errors import ChildExit
 from audit.probes.run.spec import RunSpec, read_spec
 from audit.probes.results.records import Record, Status
 
@@ -41,7 +43,6 @@ if TYPE_CHECKING:  # imported where they are used: torch only once the spec has 
     from audit.probes.run.trace import TraceWriter
     from audit.probes.script.tracer import ScriptTracer
 
-EXIT_OK, EXIT_TARGET, EXIT_CRASH = 0, 3, 4
 #: :func:`run` by import path, for ``torch.multiprocessing`` children (this module is ``__main__``).
 RUNNER = "audit.probes.child.bootstrap:run"
 STDIN_HELP = ("the script reads standard input, and the audit runs it several times, so it "
@@ -87,7 +88,7 @@ class _Run:
         from audit.probes.run import knobs
 
         if self.written:
-            return EXIT_OK
+            return ChildExit.OK
         self.written = True
         rng_escape.finish()  # what became of the generators made without a seed
         said = extra.pop("said", False)  # the script printed its own message (sys.exit("..."))
@@ -107,7 +108,8 @@ class _Run:
         record = {"type": Record.END, "status": status, "steps": steps, "exit_code": exit_code,
                   "message": message, "observed": knobs.observed(), **extra}
         self.writer.write(record)
-        return {Status.TARGET_ERROR: EXIT_TARGET, Status.CRASHED: EXIT_CRASH}.get(status, EXIT_OK)
+        return {Status.TARGET_ERROR: ChildExit.TARGET,
+                Status.CRASHED: ChildExit.CRASH}.get(status, ChildExit.OK)
 
 
 def _no_step_message(status: str, exit_code: int, message: str, extra: dict[str, Any]) -> str:
@@ -153,10 +155,10 @@ def _exit_code(exc: SystemExit) -> tuple[int, str]:
 def _crash(exc: BaseException) -> dict[str, Any]:
     """message, where (the innermost frame in the user's code) and a traceback from the script
     down (the bootstrap's and runpy's frames left out)."""
-    from audit.probes.run.processes import is_user_file, short_path
+    from audit.probes.run.processes import is_user_file, place
 
     frames = traceback.extract_tb(exc.__traceback__)
-    where = next((f"{short_path(os.path.abspath(f.filename))}:{f.lineno}" for f in reversed(frames)
+    where = next((place(f.filename, f.lineno or 0) for f in reversed(frames)
                   if is_user_file(f.filename)), None)
     tb = exc.__traceback__
     while tb is not None and not is_user_file(tb.tb_frame.f_code.co_filename):

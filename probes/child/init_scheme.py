@@ -25,6 +25,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from audit.probes.errors import ChildExit
 from audit.probes.run import fingerprint as fp
 from audit.probes.run import program as script_runner
 from audit.probes.run.environment import describe as environment
@@ -219,7 +220,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     with open(spec.result, "w", encoding="utf-8") as fh:
         json.dump(out, fh, default=float)
     sys.stdout.flush()
-    return 0
+    return ChildExit.OK
 
 
 if __name__ == "__main__":

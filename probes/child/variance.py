@@ -1,10 +1,11 @@
 """One run of ``audit variance`` / ``audit compare``: a fresh process that trains plainly.
 
 Started as ``python -m audit.probes.child.variance SPEC.json``. It seeds and builds the target
-under the init seed, routes the data, augment and dropout seeds (:mod:`.routing`), trains
+under the init seed, routes the data, augment and dropout seeds (:mod:`audit.probes.variance.routing`), trains
 ``steps`` steps with no tracing, evaluates, and writes one JSON object to the spec's ``out``:
 ``status`` (``ok`` | ``target_error`` | ``crashed``), ``metrics``, ``routing``, ``message``.
-Exit status: 0 trained; 3 the target could not be loaded; 4 training raised.
+Exit status (:class:`audit.probes.errors.ChildExit`): ``OK`` trained; ``TARGET`` the target
+could not be loaded; ``CRASH`` training raised.
 """
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ import sys
 import time
 import traceback
 
+from audit.probes.errors import ChildExit
 from audit.probes.run.spec import VarianceRunSpec, read_spec
 from audit.probes.results.records import Status
 
-EXIT_OK, EXIT_TARGET, EXIT_CRASH = 0, 3, 4
 
 
 def tail_length(steps: int) -> int:
@@ -133,11 +134,11 @@ def run(spec: VarianceRunSpec) -> tuple[Any, ...]:
     from audit.probes.errors import TargetError
 
     try:
-        return EXIT_OK, _measure(spec)
+        return ChildExit.OK, _measure(spec)
     except TargetError as exc:
-        return EXIT_TARGET, {"status": Status.TARGET_ERROR, "message": str(exc)}
+        return ChildExit.TARGET, {"status": Status.TARGET_ERROR, "message": str(exc)}
     except Exception as exc:  # the user's training raised
-        return EXIT_CRASH, {"status": Status.CRASHED, "message": f"{type(exc).__name__}: {exc}",
+        return ChildExit.CRASH, {"status": Status.CRASHED, "message": f"{type(exc).__name__}: {exc}",
                             "where": _where(exc)}
 
 

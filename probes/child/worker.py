@@ -2,9 +2,10 @@
 
 Started by :class:`audit.probes.run.launcher.Launcher` as ``python -m audit.probes.child.worker
 SPEC.json`` would start it (:func:`audit.probes.run.processes.child_argv`). It writes its
-trace (JSON lines) to the path the spec names and exits with:
-0 the steps ran; 3 the target could not be loaded or called (a usage error for the CLI);
-4 training raised. Either way the trace's last record says what happened.
+trace (JSON lines) to the path the spec names and exits with a
+:class:`audit.probes.errors.ChildExit`: ``OK`` (0) the steps ran; ``TARGET`` (3) the target could
+not be loaded or called (a usage error for the CLI); ``CRASH`` (4) training raised. Either way
+the trace's last record says what happened.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import os
 import sys
 import traceback
 
-from audit.probes.errors import UsageError
+from audit.probes.errors import ChildExit, UsageError
 from audit.probes.run.environment import resolve_device
 from audit.probes.run.knobs import describe_run as environment
 from audit.probes.run.spec import RunSpec, read_spec
@@ -23,7 +24,6 @@ if TYPE_CHECKING:  # torch: imported when the run starts
     from audit.probes.run.lockstep import Lockstep
     from audit.probes.run.ranks import RankTracker
 
-EXIT_OK, EXIT_TARGET, EXIT_CRASH = 0, 3, 4
 #: Synthetic batches for a bare module when the audit chooses the steps (``audit resume``).
 AUTO_BATCHES = 8
 
@@ -170,13 +170,13 @@ def run(spec: RunSpec) -> int:
     worker = WorkerRun(spec, writer)
     try:
         try:
-            end, code = _steps(worker), EXIT_OK
+            end, code = _steps(worker), ChildExit.OK
         except (_TargetFailed, UsageError) as exc:  # UsageError: e.g. a checkpoint load cannot read
-            end, code = {"status": Status.TARGET_ERROR, "message": str(exc)}, EXIT_TARGET
+            end, code = {"status": Status.TARGET_ERROR, "message": str(exc)}, ChildExit.TARGET
         except BaseException as exc:  # the user's training raised: keep what was measured
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            end, code = _crash(exc), EXIT_CRASH
+            end, code = _crash(exc), ChildExit.CRASH
         writer.write({"type": Record.END, **end})
         return code
     finally:

@@ -33,7 +33,7 @@ def audit_distributed(opts: RunOptions, nproc: int,
     _check_devices(opts.device, nproc)
     launchers: list[Any] = []
 
-    def make(o, folder, reporter=None):
+    def make(o: RunOptions, folder: str, reporter: Reporter = None) -> RankLauncher:
         launchers.append(RankLauncher(o, folder, nproc, timeout, reporter))
         return launchers[-1]
 

@@ -1,16 +1,24 @@
-"""Running ``audit determinism``: fresh processes, then localization, then proof.
+"""Running ``audit determinism``: the runs, then localization, then proof.
 
-1. **Runs.** ``runs`` fresh worker processes train ``steps`` steps under matched seeds, each
-   writing a trace. If all agree, the audit ends here (the cost of a deterministic target is
-   the runs themselves plus fingerprinting).
+This module decides which runs to make and reads what they show; every run is a fresh process
+that a :class:`audit.probes.run.launcher.Launcher` starts (``audit.probes.child.worker`` for a
+target, ``audit.probes.child.bootstrap`` for a script; a distributed launcher's run is N ranks).
+
+1. **Runs.** ``runs`` fresh processes train ``steps`` steps under matched seeds, each writing a
+   trace (the first also scans its ops for CUDA nondeterminism). If all agree while a
+   DataLoader's order may follow its workers' timing, they run again with that timing varied
+   (:mod:`audit.probes.run.jitter`). If they agree, the audit ends here, listing the latent
+   sources (the cost of a deterministic target is the runs themselves plus fingerprinting).
 2. **Replay.** Two more fresh processes rerun in lockstep with module hooks, exchanging full
    tensors: they name the first module and measure how far apart the runs drift.
 3. **Attribution.** Pairs of fresh processes rerun up to the divergent step with one knob
-   flipped at a time; a knob that makes the pair agree is a proven cause. If none does alone,
-   all knobs together and then all-but-one say which are needed together.
+   flipped at a time; a knob is a proven cause when its pairs agree more often than chance
+   allows (:mod:`audit.probes.determinism.proof`). If none does alone, all knobs together and
+   then all-but-one say which are needed together.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -28,9 +36,10 @@ from audit.probes.results.cuda_ops import CudaOpsScan
 from audit.probes.run.rng_escape import read_log
 from audit.probes.run.processes import (Interrupted, last_words, parse_stack, user_frame)
 from audit.probes.run.spec import LockstepSpec
-from audit.probes.run.target import TargetError, check_target
+from audit.probes.run.target import TargetError, check_target, label
 from audit.probes.run.trace import read_trace
 from audit.probes.run.launcher import Launcher, Outcome, RunOptions, TargetFailed
+from audit.probes.run.machines import environment_changes
 from audit.probes.results.records import Record, Status
 
 def _in_step(out: Outcome) -> str:
@@ -203,6 +212,7 @@ def audit_determinism(opts: RunOptions, progress: Reporter = None,
         exc.partial = _partial(opts, runs, state, exc, started)
         raise
     finally:
+        runs.close()
         if keep is None:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -232,7 +242,7 @@ def _first_result(opts: RunOptions, outs: list[Any]) -> tuple[Any, Any, Any]:
     result = DeterminismResult(
         verdict="deterministic", runs=opts.runs, steps=opts.steps, seed=opts.seed,
         device=device, environment=env.get("environment", {}),
-        target=" ".join(opts.script) if opts.script else (opts.target or "audit.example:build (built-in)"),
+        target=" ".join(opts.script) if opts.script else label(opts.target),
         mode="script" if opts.script else "target", run_info=infos,
         timeline=compare.timeline([o.records for o in outs]),
         nonfinite=compare.first_nonfinite([o.records for o in outs]),
@@ -281,6 +291,8 @@ def _audit(opts: RunOptions, launcher: Launcher, state: _State,
         if out.end.get("status") == Status.TARGET_ERROR:
             raise TargetFailed(out.end.get("message", "the target could not be loaded"))
     result, parting, env = _first_result(opts, outs)
+    if opts.across_nodes:
+        annotate_nodes(result, outs, parting is not None)
     launcher.pin_sites = [c.where for c in result.varying_seeds]
     state.result = result
     observed = _observed(outs)
@@ -296,6 +308,23 @@ def _audit(opts: RunOptions, launcher: Launcher, state: _State,
         result.error = _run_error(info, launcher.stalled[0], f"run {launcher.stalled[0].name}")
     result.seconds = round(time.monotonic() - started, 3)
     return result
+
+
+def annotate_nodes(result: DeterminismResult, outs: list[Outcome], parted: bool) -> None:
+    """``--across-nodes``: the node each compared run ran on, with its environment; when the
+    runs part, how the first run's node differs from the first other node's; when they agree,
+    on which machines."""
+    result.nodes = [{"run": i, "node": o.node, "environment": o.env.get("environment", {})}
+                    for i, o in enumerate(outs)]
+    names = list(dict.fromkeys(o.node for o in outs))
+    other = next((o for o in outs[1:] if o.node != outs[0].node), None)
+    if parted and other is not None:
+        changes = environment_changes(outs[0].env.get("environment", {}),
+                                      other.env.get("environment", {}))
+        result.environment_changes = [dataclasses.asdict(c) for c in changes]
+    elif not parted:
+        result.detail["nodes"] = (f"the runs agreed on {len(names)} machine"
+                                  f"{'' if len(names) == 1 else 's'}: {', '.join(names)}")
 
 
 def _plural(n: int, word: str) -> str:

@@ -25,9 +25,11 @@ from audit.probes.script import torchrun as script_launch
 from audit.probes.run import program as script_runner, seed_log
 from audit.probes.run import merge
 from audit.probes.determinism.distributed import annotate
+from audit.probes.run.executors import Finished
 from audit.probes.run.launcher import Launcher, Outcome, RunOptions
 from audit.probes.determinism.orchestrate import audit_determinism
 from audit.probes.run.rank_launch import RankGroup, RankLauncher, RankOutcome, rank_env
+from audit.probes.errors import ChildExit
 from audit.probes.results import DeterminismResult
 from audit.probes.results.records import Record, Status
 from audit.probes.run.rng_escape import read_log
@@ -51,7 +53,7 @@ def audit_script(opts: RunOptions, nproc: int = 1,
     if keep:
         os.makedirs(keep, exist_ok=True)
 
-    def make(o, folder, reporter=None):
+    def make(o: RunOptions, folder: str, reporter: Reporter = None) -> Launcher:
         launchers.append(ScriptRankLauncher(o, folder, nproc, reporter) if ranks
                          else SpawnLauncher(o, folder, reporter))
         return launchers[-1]
@@ -179,8 +181,14 @@ class SpawnLauncher(Launcher):
         return SpawnRun(script_runner.command(spec), spec.log, spec.trace,
                         self._env(spec.knobs), cwd=self.opts.cwd, stdin_path=self.stdin_path)
 
-    def finish(self, spec: RunSpec, run: Run, stopped: str = "", stack: str = "") -> Outcome:
-        out = super().finish(spec, run, stopped, stack)
+    def finish(self, spec: RunSpec, run: Run, stopped: str = "", stack: str = ""):
+        return self._ranks(spec, super().finish(spec, run, stopped, stack))
+
+    def arrived(self, spec: RunSpec, done: Finished):
+        return self._ranks(spec, super().arrived(spec, done))
+
+    def _ranks(self, spec: RunSpec, out: Outcome):
+        """The run, or the ranks its script spawned when it spawned some."""
         spawned = next((r for r in out.records if r.get("type") == Record.SPAWN), None)
         if spawned is None:
             return out
@@ -189,7 +197,7 @@ class SpawnLauncher(Launcher):
         ranks = rank_outcome(spec.name, files, out.exit_code, out.seconds, out.output_tail,
                              out.stopped, out.stack)
         if ranks.end.get("status") in (Status.OK, Status.ENDED_EARLY) and out.exit_code is not None:
-            ranks.exit_code = 0  # the script's own process traced nothing: its ranks did
+            ranks.exit_code = ChildExit.OK  # the script's own process traced nothing: its ranks did
         self.nproc = max(self.nproc, int(spawned["nprocs"]))
         self.finished[spec.name] = ranks
         return ranks

@@ -1,4 +1,5 @@
-"""Running ``audit diff`` and ``audit record`` with the determinism audit's machinery.
+"""Running ``audit diff`` and ``audit record`` on the runs every engine shares
+(:mod:`audit.probes.run`: the launcher, the trace comparison, the lockstep replay).
 
 * ``diff A B``: both sides train under the same seed in fresh processes (plain traces, side by
   side). Modules are matched across renames, side a's trace is put into side b's names, and
@@ -19,19 +20,19 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from audit.probes.run import compare
 from audit.probes.run.launcher import Launcher, Outcome, RunOptions, TargetFailed
 from audit.probes.diff import measure, traces
 from audit.probes.diff.match import Matching, match
 from audit.probes.diff.reference import Reference
+from audit.probes.progress import Progress, Reporter, silent
 from audit.probes.run.spec import LockstepSpec
+from audit.probes.run.target import label
 from audit.probes.results.diff import (DiffResult, DiffSide, Difference, RecordResult, Rename,
                                        Replaced, SelfDifference, Unmatched)
 from audit.probes.results.records import Record, Status
-
-BUILTIN = "audit.example:build (built-in)"
 
 
 @dataclass
@@ -48,18 +49,21 @@ class DiffOptions:
     input_shape: Optional[list[Any]] = None
     num_classes: Optional[int] = None
     cwd: Optional[str] = None
+    executor: str = "local"  # where the plain runs execute (the lockstep pairs: here)
+    ray_address: Optional[str] = None
 
 
 def _launcher(opts: DiffOptions, folder: str, side: str) -> Launcher:
     target, script = (opts.target_a, opts.script_a) if side == "a" else (opts.target_b, opts.script_b)
     det = RunOptions(target=target, steps=opts.steps, seed=opts.seed, device=opts.device,
                              input_shape=opts.input_shape, num_classes=opts.num_classes,
-                             script=script, cwd=opts.cwd)
+                             script=script, cwd=opts.cwd, executor=opts.executor,
+                             ray_address=opts.ray_address)
     return Launcher(det, folder)
 
 
 def _label(opts: RunOptions) -> str:
-    return " ".join(opts.script) if opts.script else (opts.target or BUILTIN)
+    return " ".join(opts.script) if opts.script else label(opts.target)
 
 
 def _side(opts: RunOptions, env: dict[str, Any]) -> DiffSide:
@@ -91,14 +95,14 @@ def _workspace(keep: Optional[str]) -> str:
     return keep or tempfile.mkdtemp(prefix="audit-diff-")
 
 
-def diff(opts: DiffOptions, progress: Optional[Callable[[str], None]] = None,
+def diff(opts: DiffOptions, progress: Reporter = None,
          keep: Optional[str] = None) -> DiffResult:
     """Compare two targets; raises :class:`TargetFailed` when one cannot be loaded."""
-    started, say = time.monotonic(), progress or (lambda msg: None)
+    started, say = time.monotonic(), progress or silent
     folder = _workspace(keep)
     try:
         la, lb = _launcher(opts, folder, "a"), _launcher(opts, folder, "b")
-        say(f"2 sides x {opts.steps} steps")
+        say(Progress(f"2 sides x {opts.steps} steps"))
         a, b = _checked(la.run_all([la.spec("a-run", opts.steps), lb.spec("b-run", opts.steps)], 2),
                         [la, lb])
         side_a, side_b = _side(la.opts, a.env), _side(lb.opts, b.env)
@@ -108,7 +112,7 @@ def diff(opts: DiffOptions, progress: Optional[Callable[[str], None]] = None,
         parting = compare.first_parting(traces.translate(traces.plain(a.records), m, _header(b)),
                                         traces.plain(b.records))
         if parting is not None:
-            say("replaying both sides to localize")
+            say(Progress("replaying both sides to localize"))
             _explain_pair(result, parting, m, (la, lb), (a, b), folder)
         result.seconds = round(time.monotonic() - started, 3)
         return result
@@ -176,18 +180,18 @@ def _conclude(result: DiffResult, parting: Any, m: Matching, detail_a: list[Any]
             break
 
 
-def diff_against(ref: Reference, opts: DiffOptions, progress: Optional[Callable[[str], None]] = None,
+def diff_against(ref: Reference, opts: DiffOptions, progress: Reporter = None,
                  keep: Optional[str] = None) -> DiffResult:
     """Compare side b (``opts.target_b`` or ``opts.script_b``) with a recorded reference;
     steps, seed, device and the synthetic-data shape come from the reference."""
-    started, say = time.monotonic(), progress or (lambda msg: None)
+    started, say = time.monotonic(), progress or silent
     opts = DiffOptions(target_b=opts.target_b, script_b=opts.script_b, steps=ref.steps, seed=ref.seed,
                        device=ref.device, input_shape=ref.input_shape, num_classes=ref.num_classes,
-                       cwd=opts.cwd)
+                       cwd=opts.cwd, executor=opts.executor, ray_address=opts.ray_address)
     folder = _workspace(keep)
     try:
         lb = _launcher(opts, folder, "b")
-        say(f"1 run x {opts.steps} steps against the reference")
+        say(Progress(f"1 run x {opts.steps} steps against the reference"))
         (b,) = _checked(lb.run_all([lb.spec("b-run", opts.steps)], 1), [lb])
         env_a: dict[str, Any] = next((r for r in ref.records if r.get("type") == Record.ENV), {})
         side_a = DiffSide(ref.target, ref.environment, "reference", env_a.get("code"))
@@ -198,7 +202,7 @@ def diff_against(ref: Reference, opts: DiffOptions, progress: Optional[Callable[
         parting = compare.first_parting(traces.translate(traces.plain(ref.records), m, _header(b)),
                                         traces.plain(b.records))
         if parting is not None:
-            say("rerunning in detail to localize")
+            say(Progress("rerunning in detail to localize"))
             (again,) = lb.run_all([lb.spec("b-replay", opts.steps, detail=True)], 1)
             _conclude(result, parting, m, ref.records, again.records, [("b", b.records, again.records)])
         result.seconds = round(time.monotonic() - started, 3)
@@ -208,15 +212,15 @@ def diff_against(ref: Reference, opts: DiffOptions, progress: Optional[Callable[
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def record(opts: DiffOptions, progress: Optional[Callable[[str], None]] = None,
+def record(opts: DiffOptions, progress: Reporter = None,
            keep: Optional[str] = None) -> tuple[Any, ...]:
     """Train side a (``opts.target_a`` / ``opts.script_a``) twice in detail: returns the
     :class:`RecordResult` and the :class:`Reference` (None when the runs disagree)."""
-    started, say = time.monotonic(), progress or (lambda msg: None)
+    started, say = time.monotonic(), progress or silent
     folder = _workspace(keep)
     try:
         la = _launcher(opts, folder, "a")
-        say(f"2 runs x {opts.steps} steps")
+        say(Progress(f"2 runs x {opts.steps} steps"))
         specs = [la.spec(f"record{i}", opts.steps, detail=True) for i in range(2)]
         first, second = _checked(la.run_all(specs, 2), [la, la])
         env = first.env.get("environment", {})

@@ -7,34 +7,10 @@ from typing import Any, Optional
 
 from audit.probes.run import compare
 from audit.probes.results import GrowthPoint
-from audit.probes.results.diff import ENVIRONMENT_KEYS, ROUNDING_LEVEL, EnvironmentChange, LossCurves
+from audit.probes.results.diff import ROUNDING_LEVEL, LossCurves
+from audit.probes.run.machines import environment_changes
 
-#: Recorded twice under two names; listed once, under the first.
-_SAME_AS = {"flags.num_threads": "threads"}
-#: Not a property of the environment: why a side's description is incomplete.
-_NOT_ENVIRONMENT = {"error"}
-
-
-def _flat(env: dict[str, Any]) -> dict[str, Any]:
-    """``{"threads": 2, "flags.OMP_NUM_THREADS": "2", ...}``: nested tables one level down."""
-    out = {}
-    for key, value in env.items():
-        if isinstance(value, dict):
-            out.update({f"{key}.{k}": v for k, v in value.items()})
-        elif key not in _NOT_ENVIRONMENT:
-            out[key] = value
-    return {k: v for k, v in out.items() if k not in _SAME_AS}
-
-
-def environment_changes(env_a: dict[str, Any], env_b: dict[str, Any]) -> list[Any]:
-    """Every recorded key whose value differs between the sides (a key one side lacks counts
-    as None there): :data:`ENVIRONMENT_KEYS` first, in that order, then the rest by name
-    (the determinism flags and thread variables as ``flags.NAME``)."""
-    a, b = _flat(env_a), _flat(env_b)
-    keys = set(a) | set(b)
-    order = [k for k in ENVIRONMENT_KEYS if k in keys] + sorted(keys - set(ENVIRONMENT_KEYS))
-    return [EnvironmentChange(key=k, a=a.get(k), b=b.get(k)) for k in order if a.get(k) != b.get(k)]
-
+__all__ = ["environment_changes"]  # moved to run/ (determinism across nodes uses it too)
 
 def _rel(x: float, y: float) -> float:
     if x == y:

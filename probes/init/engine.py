@@ -6,13 +6,13 @@ measured step also traces which nonlinearity follows each layer (the gains of th
 schemes). Then, for each scheme: reseed (``random``, NumPy, torch incl. CUDA), restore the
 snapshot, apply the scheme in place, reseed again, build a fresh optimizer with the target's
 ``optimizer`` callable and train ``steps`` optimizer steps in train mode. The first step is
-the measured one (:class:`probes.flow.FlowProbe` around its forward and backward), so
+the measured one (:class:`audit.probes.init.flow.FlowProbe` around its forward and backward), so
 measuring costs no extra pass. A non-finite loss ends a scheme's steps early. A scheme that
 raises is recorded with its error and counts as unhealthy; the others still run. The model
 is left in its original state.
 
 Cost, beyond the plain training steps: per scheme a partial state restore, the scheme's
-random draws (shared between schemes of one family, see :class:`probes.schemes.DrawCache`),
+random draws (shared between schemes of one family, see :class:`audit.probes.init.schemes.DrawCache`),
 the measured step's statistics (one host sync), and for ``lsuv`` one forward pass.
 """
 from __future__ import annotations

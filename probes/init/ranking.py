@@ -19,7 +19,7 @@
    interval is looked at after every round (six looks at most).
 3. Among healthy schemes that tie (the model's own init unhealthy, where no extra seeds are
    spent, or several candidates that beat the model's own init): the one whose activations and
-   gradients keep their scale through depth (:attr:`DepthTrend.fold` within
+   gradients keep their scale through depth (:attr:`audit.probes.results.DepthTrend.fold` within
    :data:`PROPAGATION_SLACK` of the best), then a fixed order (:data:`PREFERENCE`), so the
    answer does not follow one seed's loss.
 """

@@ -12,7 +12,7 @@ tensors are written in place: a parameter keeps its identity, and the model is n
 ``state_dict`` (:func:`snapshot_state`) and reloads it (:func:`restore_state`) before every scheme.
 
 Gains follow the nonlinearity that actually follows each layer, as a traced forward pass
-found it (:class:`probes.flow.ForwardTrace`; ``torch.nn.init.calculate_gain``):
+found it (:class:`audit.probes.init.flow.ForwardTrace`; ``torch.nn.init.calculate_gain``):
 
 * ``kaiming_normal`` / ``kaiming_uniform``: He et al. 2015, ``mode="fan_in"``, std
   ``gain / sqrt(fan_in)`` (uniform bound ``sqrt(3)`` times that); ``leaky_relu`` uses its slope.

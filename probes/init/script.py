@@ -12,7 +12,6 @@ import importlib
 import json
 import os
 import shlex
-import subprocess
 import tempfile
 import threading
 import time
@@ -21,9 +20,12 @@ from typing import Any, Callable, Optional
 from audit.probes.run import program as script_runner
 from audit.probes.errors import UsageError
 from audit.probes.init.thresholds import resolve_thresholds
+from audit.probes.progress import Progress, Reporter
 from audit.probes.init.scheme_names import validate_schemes
 from audit.probes.results import BUILTIN_SCHEMES, InitResult, LayerStats, SchemeResult
 from audit.probes.results.records import Status
+from audit.probes.run import executors
+from audit.probes.run.executors import Executor, Job
 from audit.probes.run.processes import child_argv
 from audit.probes.run.spec import SchemeRunSpec, write_spec
 
@@ -39,6 +41,8 @@ class ScriptInitOptions:
     device: str = "auto"
     thresholds: Optional[dict[str, Any]] = None
     cwd: Optional[str] = None
+    executor: str = "local"  # where the scheme runs execute: local or ray
+    ray_address: Optional[str] = None
 
 
 def _layer(data: dict[str, Any]) -> LayerStats:
@@ -47,7 +51,7 @@ def _layer(data: dict[str, Any]) -> LayerStats:
 
 
 def _run_scheme(opts: ScriptInitOptions, scheme: str, folder: str, margin: float,
-                init_seed: int = 0) -> dict[str, Any]:
+                executor: Executor, init_seed: int = 0) -> dict[str, Any]:
     """One fresh run of the script under ``scheme`` (on init seed ``init_seed``); its
     measurements."""
     spec_path = os.path.join(folder, f"{scheme.replace(':', '_')}.{init_seed}.json")
@@ -60,14 +64,16 @@ def _run_scheme(opts: ScriptInitOptions, scheme: str, folder: str, margin: float
     program = script_runner.parse(opts.script)
     argv = child_argv("audit.probes.child.init_scheme", spec_path, "--", *program.argv(),
                       options=tuple(program.options))
-    with open(log_path, "wb") as log:
-        code = subprocess.run(argv, cwd=opts.cwd, stdin=subprocess.DEVNULL, stdout=log,
-                              stderr=subprocess.STDOUT).returncode
+    done = executor.run(Job(argv, dict(os.environ), log_path, folder, [spec_path], cwd=opts.cwd))
     if not os.path.isfile(result_path):
-        with open(log_path, "rb") as fh:
-            tail = fh.read()[-600:].decode("utf-8", "replace").strip().splitlines()
+        tail = []
+        if os.path.isfile(log_path):
+            with open(log_path, "rb") as fh:
+                tail = fh.read()[-600:].decode("utf-8", "replace").strip().splitlines()
+        error = (f"the run {done.lost}" if done.lost else f"the run exited with status "
+                 f"{done.exit_code}: {tail[-1] if tail else 'no output'}")
         return {"scheme": scheme, "layers": [], "loss": [], "status": Status.CRASHED,
-                "error": f"the run exited with status {code}: {tail[-1] if tail else 'no output'}"}
+                "error": error}
     with open(result_path, encoding="utf-8") as fh:
         return json.load(fh)
 
@@ -101,14 +107,14 @@ def _scheme_result(data: dict[str, Any], limits: dict[str, Any], seconds: float)
     return result
 
 
-def _seed_runs(opts: ScriptInitOptions, folder: str, limits: dict[str, Any],
-               progress: Optional[Callable[[str], None]]) -> Callable[[str, int], list[float]]:
+def _seed_runs(opts: ScriptInitOptions, folder: str, limits: dict[str, Any], executor: Executor,
+               progress: Reporter) -> Callable[[str, int], list[float]]:
     """Runs of the script on more init seeds (:func:`probes.init.ranking.settle`): their
     loss curves (empty where the run made no step)."""
     def run(name: str, init_seed: int) -> list[float]:
         if progress is not None:
-            progress(f"init seed {init_seed + 1}: {name}")
-        data = _run_scheme(opts, name, folder, limits["saturation_margin"], init_seed)
+            progress(Progress(f"init seed {init_seed + 1}: {name}"))
+        data = _run_scheme(opts, name, folder, limits["saturation_margin"], executor, init_seed)
         return [x for x in data.get("loss", []) if x is not None]
     return run
 
@@ -142,7 +148,7 @@ def _noise_note(runs: list[Any]) -> str:
 
 
 def run_init_script(opts: ScriptInitOptions,
-                    progress: Optional[Callable[[str], None]] = None) -> InitResult:
+                    progress: Reporter = None) -> InitResult:
     """Every scheme as one run of the script; the diagnosed, ranked :class:`InitResult`."""
     started = time.perf_counter()
     names = validate_schemes(opts.schemes or list(BUILTIN_SCHEMES))
@@ -150,18 +156,22 @@ def run_init_script(opts: ScriptInitOptions,
     limits = resolve_thresholds(opts.thresholds)
     _warm_diagnosis()
     runs, results = [], []
+    executor = executors.make(opts.executor, opts.ray_address, opts.cwd, device=opts.device)
     with tempfile.TemporaryDirectory(prefix="audit-init-script-") as folder:
-        for i, name in enumerate(names):
-            if progress is not None:
-                progress(f"scheme {i + 1} of {len(names)}: {name}")
-            t0 = time.perf_counter()
-            runs.append(_run_scheme(opts, name, folder, limits["saturation_margin"]))
-            if i == 0 and _own_failure(runs[0]):
-                raise UsageError(_own_failure(runs[0]))
-            results.append(_scheme_result(runs[-1], limits, time.perf_counter() - t0))
-        from audit.probes.init.ranking import recommend, settle
+        try:
+            for i, name in enumerate(names):
+                if progress is not None:
+                    progress(Progress(f"scheme {i + 1} of {len(names)}: {name}"))
+                t0 = time.perf_counter()
+                runs.append(_run_scheme(opts, name, folder, limits["saturation_margin"], executor))
+                if i == 0 and _own_failure(runs[0]):
+                    raise UsageError(_own_failure(runs[0]))
+                results.append(_scheme_result(runs[-1], limits, time.perf_counter() - t0))
+            from audit.probes.init.ranking import recommend, settle
 
-        settle(results, _seed_runs(opts, folder, limits, progress), limits)
+            settle(results, _seed_runs(opts, folder, limits, executor, progress), limits)
+        finally:
+            executor.close()
     choice = recommend(results, limits)
     best, reason = choice.scheme, choice.reason
     code = next((r.get("code", "") for r in runs if r["scheme"] == best), "") if best else ""

@@ -19,6 +19,10 @@ from audit.probes.results.distributed import (DISTRIBUTED_SOURCES, RankTimeline,
 DETERMINISM_SCHEMA = "audit.determinism/1"
 INIT_SCHEMA = "audit.init/1"
 
+#: The target an audit runs when none is given, and the label results and reports give it.
+BUILTIN_TARGET = "audit.example:build"
+BUILTIN_LABEL = f"{BUILTIN_TARGET} (built-in)"
+
 #: Stages in the order one training step flows (contract).
 STAGES = ("init", "data", "rng", "forward", "backward", "optimizer")
 #: Cause sources, in the contract's order.
@@ -125,6 +129,9 @@ class Divergence:
 
 @dataclass
 class Cause:
+    """Why the runs differ: ``source`` (contract's sources), ``confirmed`` (a rerun with the
+    source removed agreed), ``evidence``, ``fix`` and ``where`` (the user's line, if known)."""
+
     source: str
     confirmed: bool
     evidence: str
@@ -229,6 +236,14 @@ class NonFinite:
 
 @dataclass
 class DeterminismResult(Renderable):
+    """What ``audit determinism`` found (``determinism.json``); Jupyter shows it as its report.
+
+    ``verdict``: ``"deterministic"`` or ``"nondeterministic"``. ``causes``: the :class:`Cause`
+    list, most likely first (``source``, ``confirmed``, ``evidence``, ``fix`` and ``where``, a
+    place such as ``train.py:12`` or ``cell 3, line 2``). ``first_divergence``: the
+    :class:`Divergence` where the runs first part (``step``, ``stage``, ``module``,
+    ``tensor``), None when they agree."""
+
     verdict: str  # "deterministic" | "nondeterministic"
     runs: int
     steps: int
@@ -257,9 +272,17 @@ class DeterminismResult(Renderable):
     replicas: Optional[Replicas] = None  # distributed runs: replica consistency
     rank_timelines: list[RankTimeline] = field(default_factory=list)  # [RankTimeline], distributed runs
     nonfinite: Optional[NonFinite] = None  # the first NaN/inf loss or gradient
+    # --across-nodes: [{"run": 0, "node": "...", "environment": {...}}, ...], and when the runs
+    # part, how the nodes' environments differ ([{"key", "a", "b"}] as in diff.json).
+    nodes: list = field(default_factory=list)
+    environment_changes: list = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = _plain(self)
+        if not self.nodes:  # additive: only runs across nodes carry them
+            data.pop("nodes", None)
+        if not self.nodes or self.verdict != "nondeterministic":
+            data.pop("environment_changes", None)
         if data.get("cuda_ops") is None:
             data.pop("cuda_ops", None)  # additive field: absent where no scan ran
         if self.nproc is None:  # single-process documents keep their shape
@@ -396,6 +419,13 @@ class Recommendation:
 
 @dataclass
 class InitResult(Renderable):
+    """What ``audit init`` found (``init.json``); Jupyter shows it as its report.
+
+    ``verdict``: ``"healthy"`` or ``"unhealthy"``, for the model's own init (scheme
+    ``default``). ``recommended``: the scheme to use; ``recommendation`` says why.
+    ``schemes``: a :class:`SchemeResult` per scheme tried (its layers, ``findings`` and loss);
+    :meth:`scheme` finds one by name."""
+
     verdict: str  # of the "default" scheme
     recommended: Optional[str]
     schemes: list[SchemeResult] = field(default_factory=list)  # [SchemeResult]

@@ -98,6 +98,14 @@ class SelfDifference:
 
 @dataclass
 class DiffResult(Renderable):
+    """What ``audit diff`` found (``diff.json``); Jupyter shows it as its report.
+
+    ``verdict``: ``"identical"``, ``"differs"`` or ``"nondeterministic"`` (a side disagrees
+    with itself). ``first_difference`` (also ``first_divergence``): where side ``b`` first
+    parts from side ``a`` (``step``, ``stage``, ``module``, ``tensor``), None when they agree.
+    ``renamed``: modules matched across a rename; ``environment_changes``: what differs in the
+    machines or versions."""
+
     verdict: str  # "identical" | "differs" | "nondeterministic"
     steps: int
     seed: int
@@ -119,6 +127,11 @@ class DiffResult(Renderable):
     detail: dict[str, Any] = field(default_factory=dict)
     error: Optional[str] = None
     seconds: Optional[float] = None
+
+    @property
+    def first_divergence(self) -> Optional[Difference]:
+        """``first_difference`` under the name the other audits use."""
+        return self.first_difference
 
     @property
     def same_code(self) -> Optional[bool]:

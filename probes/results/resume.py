@@ -49,6 +49,14 @@ class ResumeStep:
 
 @dataclass
 class ResumeResult(Renderable):
+    """What ``audit resume`` found (``resume.json``); Jupyter shows it as its report.
+
+    ``verdict``: ``"equivalent"``, ``"diverges"`` or ``"nondeterministic"`` (the uninterrupted
+    runs already differ). ``first_divergence``: where the resumed run first parts from the
+    uninterrupted one (``step``, ``stage``, ...), None when it does not. ``causes``: what the
+    checkpoint misses, most likely first (``source`` from the resume sources, ``fix``,
+    ``where``)."""
+
     verdict: str  # RESUME_VERDICTS
     steps: int
     at: int

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from audit.probes.results import build, plain
+from audit.probes.results import Renderable, build, plain
 from audit.probes.results.records import Status
 
 VARIANCE_SCHEMA = "audit.variance/1"
@@ -74,7 +74,14 @@ class MetricVariance:
 
 
 @dataclass
-class VarianceResult:
+class VarianceResult(Renderable):
+    """What ``audit variance`` measured (``variance.json``); Jupyter shows it as its report.
+
+    ``metrics``: metric name -> :class:`MetricVariance`, whose ``sources`` map each source of
+    randomness varied alone (``init``, ``data``, ``augment``, ``dropout``) and ``all`` together
+    to the metric's values, mean and std over the seeds. ``dominant``: metric -> the source
+    with the largest spread. ``controlled``: did identical seeds give identical metrics?"""
+
     seeds: int
     steps: int
     metrics: dict[str, MetricVariance] = field(default_factory=dict)  # metric name -> MetricVariance
@@ -131,7 +138,14 @@ class Variant:
 
 
 @dataclass
-class CompareResult:
+class CompareResult(Renderable):
+    """What ``audit compare`` found (``compare.json``); Jupyter shows it as its report.
+
+    ``verdict``: the candidate (``b``) against the baseline (``a``): ``"better"``, ``"worse"``
+    or ``"no_difference"`` (the gain is not beyond seed noise). ``deltas``: b - a per paired
+    seed; ``ci``, ``p_value``, ``prob_improvement``: how sure; ``seeds_needed``: seeds for a
+    conclusive answer at the observed effect."""
+
     seeds: int
     metric: str
     direction: str

@@ -1,5 +1,6 @@
 """The resumed run against the uninterrupted one: the state right after the load, then each
-step from K on, with the determinism audit's comparison (:mod:`probes.run.compare`)."""
+step from K on, with the trace comparison the determinism audit uses too
+(:mod:`audit.probes.run.compare`)."""
 from __future__ import annotations
 
 from typing import Any, Optional

@@ -23,15 +23,14 @@ from typing import Any, Callable, Optional
 from audit.probes.run import compare as det_compare
 from audit.probes.run.launcher import Launcher, Outcome, RunOptions
 from audit.probes.errors import TargetError, UsageError
+from audit.probes.progress import Progress, Reporter, silent
 from audit.probes.results import Divergence, RunInfo
 from audit.probes.results.resume import ResumeResult
 from audit.probes.resume import attribute, compare
 from audit.probes.resume.session import choose_plan
 from audit.probes.run.spec import ResumeSpec, RunSpec
-from audit.probes.run.target import parse_spec
+from audit.probes.run.target import label, parse_spec
 from audit.probes.results.records import Status
-
-BUILTIN_LABEL = "audit.example:build (built-in)"
 
 
 @dataclass
@@ -46,10 +45,14 @@ class ResumeOptions:
     jobs: int = 2
     attribute: bool = True
     cwd: Optional[str] = None
+    # Every resume run shares the checkpoint folder: they run on this machine whatever this
+    # says (passed on so that the Launcher's rule, not ours, decides).
+    executor: str = "local"
+    ray_address: Optional[str] = None
 
 
 class _Runs:
-    """Worker specs for the roles, on top of the determinism audit's :class:`Launcher`."""
+    """Worker specs for the roles, on top of the :class:`Launcher` every engine that traces uses."""
 
     def __init__(self, opts: ResumeOptions, folder: str):
         self.opts = opts
@@ -57,7 +60,8 @@ class _Runs:
         os.makedirs(self.checkpoints, exist_ok=True)
         self.launcher = Launcher(RunOptions(
             target=opts.target, seed=opts.seed, device=opts.device, input_shape=opts.input_shape,
-            num_classes=opts.num_classes, cwd=opts.cwd), folder)
+            num_classes=opts.num_classes, cwd=opts.cwd, executor=opts.executor,
+            ray_address=opts.ray_address), folder)
 
     def spec(self, name: str, role: str, knobs: Any = (), folder: Optional[str] = None) -> RunSpec:
         folder = folder or self.checkpoints
@@ -99,7 +103,7 @@ def check_options(opts: ResumeOptions) -> None:
             raise TargetError(f"target file {where!r} does not exist; check the path")
 
 
-def audit_resume(opts: ResumeOptions, progress: Optional[Callable[[str], None]] = None,
+def audit_resume(opts: ResumeOptions, progress: Reporter = None,
                  keep: Optional[str] = None) -> ResumeResult:
     """Run the whole audit; raises :class:`TargetError` when the target cannot be loaded or
     its checkpoint cannot be saved or read back."""
@@ -107,7 +111,7 @@ def audit_resume(opts: ResumeOptions, progress: Optional[Callable[[str], None]] 
     started = time.monotonic()
     folder = keep or tempfile.mkdtemp(prefix="audit-resume-")
     try:
-        result = _audit(_Runs(opts, folder), progress or (lambda msg: None))
+        result = _audit(_Runs(opts, folder), progress or silent)
         result.seconds = round(time.monotonic() - started, 3)
         return result
     finally:
@@ -115,12 +119,12 @@ def audit_resume(opts: ResumeOptions, progress: Optional[Callable[[str], None]] 
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _audit(runs: _Runs, say: Any) -> ResumeResult:
-    say("uninterrupted run, saving at step K")
+def _audit(runs: _Runs, say: Callable[[Progress], None]) -> ResumeResult:
+    say(Progress("uninterrupted run, saving at step K"))
     (a,) = runs.run([runs.spec("a-uninterrupted", "a")])
     if a.end.get("status") != Status.OK:
         return _failed(runs, [a], "the uninterrupted run (A)", a)
-    say("resumed run")
+    say(Progress("resumed run"))
     (c,) = runs.run([runs.spec("c-resumed", "c")])
     result = _base(runs, a, c)
     if c.end.get("status") != Status.OK:
@@ -153,7 +157,7 @@ def _base(runs: _Runs, a: Outcome, c: Outcome) -> ResumeResult:
         verdict="equivalent", steps=plan.get("steps", runs.opts.steps or 0),
         at=plan.get("at", runs.opts.at or 0), seed=runs.opts.seed,
         device=environment.get("device", runs.opts.device), environment=environment,
-        target=runs.opts.target or BUILTIN_LABEL, checkpoint=plan.get("checkpoint", "default"),
+        target=label(runs.opts.target), checkpoint=plan.get("checkpoint", "default"),
         epoch_length=plan.get("epoch_length"), auto=bool(plan.get("auto")),
         run_info=[_run_info(i, o) for i, o in enumerate((a, c))])
     if env.get("description"):
@@ -172,7 +176,7 @@ def _failed(runs: _Runs, outs: list[Any], name: str, out: Outcome) -> ResumeResu
     info = _run_info(0, out)
     return ResumeResult(verdict="diverges", steps=plan.get("steps", runs.opts.steps or 0),
                         at=plan.get("at", runs.opts.at or 0), seed=runs.opts.seed,
-                        target=runs.opts.target or BUILTIN_LABEL,
+                        target=label(runs.opts.target),
                         run_info=[_run_info(i, o) for i, o in enumerate(outs)],
                         error=f"{name} {info.status}: {info.message}")
 
@@ -198,11 +202,11 @@ def _judge(runs: _Runs, result: ResumeResult, a: Outcome, diffs: list[Any], part
     knobs = attribute.plan(plan_record, parting, diffs, moot) if runs.opts.attribute else []
     trials = []
     if knobs:
-        say(f"rerunning with {knobs[0]}")
+        say(Progress(f"rerunning with {knobs[0]}"))
         (first,) = runs.run([runs.spec(f"c-{knobs[0]}", "c", [knobs[0]])])
         trials.append(attribute.trial(knobs[0], _removed(a, first, result.at, result.steps), result.steps))
     if not any(t.removed for t in trials):
-        say("second uninterrupted run")
+        say(Progress("second uninterrupted run"))
         (again_out,) = runs.run([runs.spec("a2-uninterrupted", "a", folder=runs.checkpoints + "-a2")])
         again = det_compare.first_parting(a.records, again_out.records)
         if again is not None:
@@ -228,14 +232,14 @@ def _more_trials(runs: _Runs, a: Outcome, result: ResumeResult, knobs: list[str]
     at, steps, trials = result.at, result.steps, []
     for i in range(done, len(knobs), max(1, runs.opts.jobs)):
         batch = knobs[i:i + max(1, runs.opts.jobs)]
-        say(f"rerunning with {', '.join(batch)}")
+        say(Progress(f"rerunning with {', '.join(batch)}"))
         outs = runs.run([runs.spec(f"c-{k}", "c", [k]) for k in batch])
         trials += [attribute.trial(k, _removed(a, o, at, steps), steps) for k, o in zip(batch, outs)]
         if any(t.removed for t in trials):
             return trials
     if len(knobs) < 2:
         return trials
-    say("no single piece removed it: trying them together")
+    say(Progress("no single piece removed it: trying them together"))
     (together,) = runs.run([runs.spec("c-all", "c", knobs)])
     if not _removed(a, together, at, steps):
         return trials

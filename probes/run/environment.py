@@ -30,13 +30,41 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+#: The CPU features whose presence changes which kernels the math libraries pick.
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile",
+             "asimd", "sve")
+
+
+def cpu_flags() -> str:
+    """The :data:`CPU_FLAGS` this processor has (Linux reads /proc/cpuinfo; else empty)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith(("flags", "features")):
+                    have = set(line.split(":", 1)[1].split())
+                    return " ".join(f for f in CPU_FLAGS if f in have)
+    except OSError:
+        pass
+    return ""
+
+
+def gpu_driver() -> Optional[str]:
+    """The NVIDIA kernel driver's version (Linux), else None."""
+    try:
+        with open("/proc/driver/nvidia/version", encoding="utf-8") as fh:
+            words = fh.readline().split()
+    except OSError:
+        return None
+    return next((w for w in words if w[:1].isdigit() and "." in w), None)
+
+
 def describe(device: Union[str, torch.device]) -> dict[str, Any]:
     """Python, platform, CPU, thread counts, torch/NumPy/torchvision/scipy, CUDA and cuDNN
     versions, the device (and the GPU's name on CUDA)."""
     device = torch.device(device)
     env = {
         "python": platform.python_version(), "platform": platform.platform(),
-        "cpu": cpu_name(), "threads": torch.get_num_threads(),
+        "cpu": cpu_name(), "cpu_flags": cpu_flags(), "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),  # reading it fixes nothing
         "torch": torch.__version__, "numpy": np.__version__, "device": str(device),
         "cuda": torch.version.cuda,
@@ -49,6 +77,7 @@ def describe(device: Union[str, torch.device]) -> dict[str, Any]:
             pass
     if device.type == "cuda" and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(device)
+        env["driver"] = gpu_driver()
     return env
 
 
@@ -75,9 +104,12 @@ def _source_files(models: Iterable[torch.nn.Module]) -> set[Any]:
 
 def code_fingerprint(models: Iterable[torch.nn.Module] = ()) -> Optional[str]:
     """A fingerprint of the code being trained: the contents (not the paths) of the user's
-    source files loaded when training starts and of the files defining the models' modules.
+    source files loaded when training starts, of the files defining the models' modules and of
+    the cells (or files) a target shipped by value came from.
     The same code, wherever it lies, gives the same fingerprint; None when no file is known."""
-    digests = set()
+    from audit.probes.run.target import SHIPPED_CODE
+
+    digests = {hashlib.blake2b(text.encode(), digest_size=16).hexdigest() for text in SHIPPED_CODE}
     for path in _source_files(models):
         try:
             with open(path, "rb") as fh:

@@ -18,6 +18,7 @@ import torch
 
 from audit.probes.run import rng_escape
 from audit.probes.run.environment import describe, thread_variables
+from audit.probes.run.processes import place
 
 
 @dataclass(frozen=True)
@@ -221,19 +222,16 @@ def flags() -> dict[str, Any]:
 
 
 def module_sources(model: torch.nn.Module) -> dict[str, Any]:
-    """``file:line`` of each user-defined module's forward (not torch's own modules)."""
+    """``file:line`` (``cell N, line L``) of each user-defined module's forward (not torch's own
+    modules)."""
     out = {}
     for name, module in model.named_modules():
         cls = type(module)
         if cls.__module__.startswith("torch"):
             continue
-        try:
-            path = inspect.getsourcefile(cls.forward)
-            line = inspect.getsourcelines(cls.forward)[1]
-        except (TypeError, OSError):
-            continue
-        if path:
-            out[name] = f"{rng_escape.short_path(os.path.abspath(path))}:{line}"
+        code = getattr(inspect.unwrap(cls.forward), "__code__", None)
+        if code is not None:  # a notebook cell's code has a file name but no file
+            out[name] = place(code.co_filename, code.co_firstlineno)
     return out
 
 

@@ -109,7 +109,27 @@ class Frame:
 
     @property
     def where(self) -> str:
-        return f"{short_path(self.file)}:{self.line}"
+        return place(self.file, self.line)
+
+
+#: Notebook cells where this process runs a notebook's code: the code file name a cell's code
+#: carries (``/tmp/ipykernel_1/123.py``) -> the cell's execution count (``In [3]``). Filled by
+#: :func:`name_cells` (a shipped target, :mod:`audit.probes.run.shipped`, brings its own).
+CELLS: dict[str, int] = {}
+
+
+def name_cells(cells: dict[str, int]) -> None:
+    """Name these code files as the notebook names its cells (see :data:`CELLS`)."""
+    CELLS.update(cells)
+
+
+def place(path: str, line: int) -> str:
+    """Where a line of code is, as reports name it: ``file.py:12`` (relative to the working
+    folder when it lies under it), or ``cell 3, line 2`` for a notebook cell's code."""
+    cell = CELLS.get(path)
+    if cell is not None:
+        return f"cell {cell}, line {line}"
+    return f"{short_path(path if path.startswith('<') else os.path.abspath(path))}:{line}"
 
 
 def short_path(path: str) -> str:
@@ -146,6 +166,8 @@ _SITE_FOLDERS = ("site-packages", "dist-packages")
 
 def is_user_file(path: str) -> bool:
     """Not the audit's own code, the standard library or an installed package."""
+    if path in CELLS:
+        return True
     full = os.path.abspath(path)
     return not (path.startswith("<") or full.startswith(library_dirs())
                 or any(name in full for name in _SITE_FOLDERS))
@@ -195,7 +217,7 @@ class Run:
     """One fresh process, in its own process group, writing a trace that grows by one ``step``
     record per training step; its output (stdout and stderr) goes to ``log_path``."""
 
-    def __init__(self, argv: list[str], log_path: str, trace_path: str, env: dict[str, str],
+    def __init__(self, argv: list[str], log_path: str, trace_path: Optional[str], env: dict[str, str],
                  cwd: Optional[str] = None, stdin_path: Optional[str] = None):
         self.log_path, self.trace_path = log_path, trace_path
         self.steps = 0
@@ -217,7 +239,10 @@ class Run:
 
     def read_steps(self) -> int:
         """Steps the trace holds now (read incrementally); any new record is progress (the
-        worker writes one when it starts loading the target, then one per step)."""
+        worker writes one when it starts loading the target, then one per step; a run with
+        no trace makes none)."""
+        if not self.trace_path:
+            return self.steps
         try:
             with open(self.trace_path, "rb") as fh:
                 fh.seek(self._offset)

@@ -1,11 +1,12 @@
-"""Starting one distributed run: N worker processes, as ``torchrun`` starts them.
+"""Starting one distributed run: N processes, as ``torchrun`` starts its workers.
 
-Every rank gets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, its own spec and trace, and joins its
-run's rendezvous store, which the audit hosts on a loopback port (:mod:`audit.probes.run.rendezvous`,
-as torchrun's agent does). A :class:`RankGroup` stands
-for the run where the orchestrator expects one process: when a rank fails, the others are
-given a few seconds and then killed (they would wait in a collective until the process group's
-timeout), and nothing is left behind when the audit stops.
+:class:`RankLauncher` starts every rank (``audit.probes.child.worker``; script mode's launchers
+start the bootstrap instead) with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, its own spec and
+trace; every rank joins its run's rendezvous store, which the audit hosts on a loopback port
+(:mod:`audit.probes.run.rendezvous`, as torchrun's agent does). A :class:`RankGroup` stands for
+the run where the :class:`~audit.probes.run.launcher.Launcher` expects one process: when a rank
+fails, the others are given a few seconds and then killed (they would wait in a collective
+until the process group's timeout), and nothing is left behind when the audit stops.
 """
 from __future__ import annotations
 
@@ -106,7 +107,10 @@ class RankOutcome(Outcome):
 
 class RankLauncher(Launcher):
     """A :class:`~audit.probes.run.launcher.Launcher` whose every run is ``nproc``
-    ranks; keeps every finished run by name for the replica and sampler analysis."""
+    ranks; keeps every finished run by name for the replica and sampler analysis. The ranks
+    of a run rendezvous on this machine: they run here whatever the executor."""
+
+    remote_runs = False
 
     def __init__(self, opts: RunOptions, folder: str, nproc: int, timeout: float, progress: Reporter = None):
         super().__init__(opts, folder, progress)

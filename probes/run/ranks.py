@@ -1,11 +1,12 @@
 """Inside one rank of a distributed run: the process group, the DDP wrap, buffer fingerprints
 where DDP keeps buffers in sync, and what the distributed samplers did.
 
-The parent (:mod:`audit.probes.determinism.distributed`) starts every rank the way ``torchrun``
-does (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``); the worker
-calls :func:`start` before the target, :func:`prepare` after it and :meth:`RankTracker.close`
-at the end. Buffers are fingerprinted at the start of each step's first forward pass of the
-wrapped module, after DDP's buffer broadcast: where DDP keeps them equal, they must be equal.
+The parent (:class:`audit.probes.run.rank_launch.RankLauncher`, for ``--nproc``) starts every
+rank the way ``torchrun`` does (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
+``MASTER_PORT``); the worker calls :func:`start` before the target, :func:`prepare` after it
+and :meth:`RankTracker.close` at the end. Buffers are fingerprinted at the start of each step's
+first forward pass of the wrapped module, after DDP's buffer broadcast: where DDP keeps them
+equal, they must be equal.
 """
 from __future__ import annotations
 

@@ -33,8 +33,7 @@ import torch
 
 from audit.probes.run import escape_log, rng_use, seed_log
 from audit.probes.run.escape_log import read_log  # noqa: F401 (re-exported: its readers import it here)
-from audit.probes.run.processes import is_user_file, library_dirs  # noqa: F401 (re-exported)
-from audit.probes.run.seed_log import short_path  # noqa: F401  (the place format, re-exported)
+from audit.probes.run.processes import CELLS, is_user_file, library_dirs, place  # noqa: F401 (re-exported)
 
 _state: dict[str, Any] = {"log": None, "pin": False, "seen": {}, "count": {}, "installed": False,
                 "pin_sites": frozenset(), "site_count": {}, "building": 0, "pid": None}
@@ -58,8 +57,8 @@ def user_frame(skip_dirs: tuple[str, ...]) -> Optional[str]:
         if filename.startswith("<frozen importlib"):
             return None  # a library making a generator while it is imported: not the user's
         path = os.path.abspath(filename) if not filename.startswith("<") else filename
-        if not filename.startswith("<") and not path.startswith(skip_dirs):
-            return f"{short_path(path)}:{frame.f_lineno}"
+        if filename in CELLS or (not filename.startswith("<") and not path.startswith(skip_dirs)):
+            return place(filename, frame.f_lineno)
         if fallback is None and filename.startswith("<") and "frozen" not in filename:
             fallback = f"{filename}:{frame.f_lineno}"
         frame = frame.f_back
@@ -93,12 +92,12 @@ def origin(depth: int = 2) -> tuple[Optional[str], Optional[str], Optional[dict[
         filename = frame.f_code.co_filename
         if filename.startswith("<frozen importlib"):
             return None, None, None
+        if is_user_file(filename):  # a notebook cell's code included (``<ipython-input-...>``)
+            where = place(filename, frame.f_lineno)
+            return where, call_name(called) if called is not None else None, frame.f_globals
         if filename.startswith("<"):
             if fallback is None and "frozen" not in filename:
                 fallback = (f"{filename}:{frame.f_lineno}", called, frame.f_globals)
-        elif is_user_file(filename):
-            where = f"{short_path(os.path.abspath(filename))}:{frame.f_lineno}"
-            return where, call_name(called) if called is not None else None, frame.f_globals
         elif not filename.startswith(_OURS):
             called = frame
         frame = frame.f_back

@@ -19,7 +19,7 @@ import sys
 from types import FrameType
 from typing import Any, Optional
 
-from audit.probes.run.processes import is_user_file, short_path
+from audit.probes.run.processes import is_user_file, place, short_path  # noqa: F401 (re-exported)
 
 _state: dict[str, Any] = {"path": None}
 
@@ -47,7 +47,7 @@ def caller(depth: int) -> Optional[str]:
     filename = frame.f_code.co_filename
     if not is_user_file(filename):
         return None
-    return f"{short_path(os.path.abspath(filename))}:{frame.f_lineno}"
+    return place(filename, frame.f_lineno)
 
 
 

@@ -9,20 +9,24 @@ is wrong and what to do.
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib
 import importlib.util
 import os
+import shutil
 import sys
 import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from audit.probes.errors import TargetError
+from audit.probes.results import BUILTIN_LABEL, BUILTIN_TARGET
 
 if TYPE_CHECKING:  # torch: imported when a target is normalized
     from audit.probes.run.training import TrainingSetup
 
-BUILTIN = "audit.example:build"
+#: How a shipped target's file ends (an object pickled by :mod:`audit.probes.run.shipped`).
+SHIPPED_SUFFIX = ".pkl"
 #: The keys a target mapping (or :class:`Target`) may carry.
 KEYS = ("model", "data", "loss", "optimizer", "step", "scheduler", "evaluate", "save", "load")
 
@@ -112,9 +116,48 @@ def split_spec(spec: str) -> tuple[str, str]:
     return parsed.where, parsed.name
 
 
+def shipped_spec(path: str, label: str) -> str:
+    """The spec of an object shipped by value to ``path`` (see :mod:`audit.probes.run.shipped`),
+    named ``label`` in reports."""
+    return f"{path}:target,label={label!r}"
+
+
+def is_shipped(spec: Optional[str]) -> bool:
+    """Whether ``spec`` names an object shipped by value (not a file or module)."""
+    try:
+        return spec is not None and parse_spec(spec).where.endswith(SHIPPED_SUFFIX)
+    except TargetError:
+        return False
+
+
+def carry(spec: Optional[str], folder: str) -> tuple[Optional[str], list[str]]:
+    """For runs on other machines: a shipped object's spec with its pickle copied into
+    ``folder`` (the audit's work folder, whose input files an executor sends to the node that
+    runs a job, naming them there), and the files to send; any other spec as it is, with none."""
+    if spec is None or not is_shipped(spec):
+        return spec, []
+    parsed = parse_spec(spec)
+    digest = hashlib.blake2b(os.path.abspath(parsed.where).encode(), digest_size=6).hexdigest()
+    copy = os.path.join(folder, f"shipped-{digest}{SHIPPED_SUFFIX}")
+    if not os.path.exists(copy):
+        shutil.copyfile(parsed.where, copy)
+    return shipped_spec(copy, label(spec)), [copy]
+
+
+def label(spec: Optional[str]) -> str:
+    """How reports name a target: its spec; a shipped object's name and where it was defined
+    (``build (cell 3, line 1)``); or the built-in example."""
+    if spec is None:
+        return BUILTIN_LABEL
+    return str(parse_spec(spec).kwargs.get("label", spec)) if is_shipped(spec) else spec
+
+
 def load_callable(spec: str) -> Callable[..., Any]:
-    """Import the object a spec names. A file's folder goes first on ``sys.path``."""
+    """Import the object a spec names. A file's folder goes first on ``sys.path``; a shipped
+    object is unpickled."""
     where, name = split_spec(spec)
+    if where.endswith(SHIPPED_SUFFIX):
+        return _unpickled(where)
     if where.endswith(".py") or os.sep in where or "/" in where:
         path = os.path.abspath(where)
         if not os.path.isfile(path):
@@ -157,15 +200,37 @@ def load_callable(spec: str) -> Callable[..., Any]:
     return obj
 
 
+#: The source texts of the code shipped by value to this process (its code fingerprint).
+SHIPPED_CODE: list[str] = []
+
+
+def _unpickled(path: str) -> Callable:
+    """A shipped object (:mod:`audit.probes.run.shipped`), its notebook cells named."""
+    import cloudpickle
+
+    from audit.probes.run.processes import name_cells
+
+    try:
+        with open(path, "rb") as fh:
+            payload = cloudpickle.load(fh)
+        name_cells(payload.get("cells") or {})
+        SHIPPED_CODE.extend(payload.get("code") or [])
+        return cloudpickle.loads(payload["target"])
+    except Exception as exc:  # e.g. a module the notebook imported that this process lacks
+        raise TargetError(f"the target shipped from this session cannot be rebuilt in a fresh "
+                          f"run: {_described(exc)}; make what it imports importable from the working "
+                          "folder, or save the builder in a file") from exc
+
+
 def _described(exc: BaseException) -> str:
     """``Type: message (at file.py:LINE)``, the place being the innermost frame of the user's
     code (for a syntax error, the line that does not parse)."""
-    from audit.probes.run.processes import Frame, short_path, user_frame
+    from audit.probes.run.processes import Frame, place, user_frame
 
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
         text = f"{type(exc).__name__}: {exc.msg}"
-        return f"{text} (at {short_path(exc.filename)}:{exc.lineno})"
+        return f"{text} (at {place(exc.filename, exc.lineno)})"
     frames = [Frame(f.filename, f.lineno or 0, f.name)
               for f in reversed(traceback.extract_tb(exc.__traceback__))]
     found = user_frame(frames)
@@ -250,6 +315,10 @@ def check_target(spec: Optional[str], cwd: Optional[str] = None) -> None:
     if spec is None:
         return
     where, name = split_spec(spec)
+    if where.endswith(SHIPPED_SUFFIX):
+        if not os.path.isfile(where):
+            raise TargetError(f"the shipped target {where!r} is gone; pass the object again")
+        return
     source: Optional[str]
     if _is_file(where):
         source = os.path.join(cwd or os.getcwd(), where)
@@ -322,6 +391,7 @@ def _short(path: str) -> str:
 
 def load_target(spec: Optional[str], **options: Any) -> TrainingSetup:
     """Load, call and normalize a target spec (``None`` means the built-in example)."""
-    spec = spec or BUILTIN
-    fn = load_callable(spec)
-    return normalize(call_target(fn, spec, parse_spec(spec).kwargs), spec, **options)
+    spec = spec or BUILTIN_TARGET
+    fn, name = load_callable(spec), label(spec)
+    kwargs = {} if is_shipped(spec) else parse_spec(spec).kwargs
+    return normalize(call_target(fn, name, kwargs), name, **options)

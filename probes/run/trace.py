@@ -11,7 +11,7 @@ JSON line per record, flushed as it goes (a run that crashes keeps what it measu
   the update;
 * in detail mode (the replay that localizes): every module call's input and output, the
   gradients flowing back through each module's output and input, the optimizer state, and,
-  through a :class:`~probes.lockstep.Lockstep`, the tensors themselves for the magnitudes.
+  through a :class:`~audit.probes.run.lockstep.Lockstep`, the tensors themselves for the magnitudes.
 
 All fingerprints of a step are gathered with one host sync (:func:`step_fields`, which
 script mode's tracer, :mod:`probes.script.tracer`, shares).

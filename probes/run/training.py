@@ -1,8 +1,8 @@
 """The training step every audit drives: one protocol, whatever the target supplied.
 
-A :class:`TrainingSetup` is the target after normalization (``audit/target.py`` builds it
-from the user's callable): a model, a re-iterable of batches, and how to turn a batch into a
-scalar loss. :func:`cycle_batches` re-iterates the data when it runs out, as epochs do.
+A :class:`TrainingSetup` is the target after normalization (:mod:`audit.probes.run.target`
+builds it from the user's callable): a model, a re-iterable of batches, and how to turn a batch
+into a scalar loss. :func:`cycle_batches` re-iterates the data when it runs out, as epochs do.
 """
 from __future__ import annotations
 

@@ -16,9 +16,11 @@ from typing import Any, Optional
 import numpy as np
 
 from audit.probes.errors import UsageError
+from audit.probes.run.target import label
 from audit.probes.results.variance import DIRECTIONS, VARIANCE_SOURCES, CompareResult, Variant
 from audit.probes.variance import stats
-from audit.probes.variance.engine import (Progress, Runner, crash_error, environment_of, execute,
+from audit.probes.progress import Reporter
+from audit.probes.variance.engine import (Runner, crash_error, environment_of, execute,
                                           finite_values, guess_direction, metric_names,
                                           to_record, validate_seeds)
 from audit.probes.variance.runner import PoolOptions, RunSpec
@@ -39,6 +41,8 @@ class CompareOptions:
     input_shape: Optional[list[Any]] = None
     num_classes: Optional[int] = None
     cwd: Optional[str] = None
+    executor: str = "local"  # where the runs execute: local or ray
+    ray_address: Optional[str] = None
 
 
 def compare_samples(a: list[Any], b: list[Any], direction: str = "lower", alpha: float = 0.05,
@@ -90,7 +94,7 @@ def _diverged(a_seeds: list[Any], b_seeds: list[Any]) -> Optional[str]:
     return None
 
 
-def audit_compare(opts: CompareOptions, progress: Optional[Progress] = None,
+def audit_compare(opts: CompareOptions, progress: Reporter = None,
                   runner: Optional[Runner] = None) -> CompareResult:
     """Train both variants on the same seeds and compare them."""
     _check(opts)
@@ -99,7 +103,7 @@ def audit_compare(opts: CompareOptions, progress: Optional[Progress] = None,
             for i in range(opts.seeds)
             for side, target in (("a", opts.baseline), ("b", opts.candidate))]
     pool = PoolOptions(opts.steps, opts.seed, opts.device, opts.input_shape, opts.num_classes,
-                       opts.jobs, opts.cwd)
+                       opts.jobs, opts.cwd, opts.executor, opts.ray_address)
     outs = execute(runs, pool, progress, runner)
     records = [to_record(o) for o in outs]
     names = metric_names(records)
@@ -115,8 +119,8 @@ def audit_compare(opts: CompareOptions, progress: Optional[Progress] = None,
                              opts.alpha)
     result.seeds, result.metric, result.paired_seeds, result.metrics = opts.seeds, metric, paired, names
     result.steps, result.seed, result.runs = opts.steps, opts.seed, records
-    result.a.target = opts.baseline or "audit.example:build (built-in)"
-    result.b.target = opts.candidate or "audit.example:build (built-in)"
+    result.a.target = label(opts.baseline)
+    result.b.target = label(opts.candidate)
     result.environment, result.device = environment_of(outs)
     problems = [crash_error(records)]
     if len(paired) < 2:

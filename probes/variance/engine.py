@@ -18,13 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from audit.probes.errors import TargetError, UsageError
+from audit.probes.progress import Progress, Reporter
 from audit.probes.results.variance import (ALL, VARIANCE_SOURCES, MetricVariance, Routing,
                                            RunRecord, SourceStats, VarianceResult)
+from audit.probes.run import executors
 from audit.probes.variance import stats
 from audit.probes.variance.runner import Pool, PoolOptions, RunOutcome, RunSpec
 from audit.probes.results.records import Status
+from audit.probes.run.target import label
 
-Progress = Callable[[int, int, str], None]
 _LOWER_WORDS = ("loss", "error", "err", "perplexity", "ppl", "mse", "mae", "rmse", "nll", "time")
 
 
@@ -47,6 +49,8 @@ class VarianceOptions:
     input_shape: Optional[list[Any]] = None
     num_classes: Optional[int] = None
     cwd: Optional[str] = None
+    executor: str = "local"  # where the runs execute: local or ray
+    ray_address: Optional[str] = None
 
 
 def validate_seeds(seeds: int, steps: int, jobs: int) -> None:
@@ -68,7 +72,9 @@ def _seeds(base: int, group: str, seed: int) -> dict[str, Any]:
 def to_record(out: RunOutcome) -> RunRecord:
     rep = out.report
     message = rep.get("message", "")
-    if not rep:
+    if out.lost:
+        message = f"the run {out.lost}"
+    elif not rep:
         message = (f"the process ended with status {out.exit_code} and no report; output: "
                    f"{out.output_tail[-600:]}")
     return RunRecord(group=out.spec.group, seed=out.spec.seed, status=out.status,
@@ -78,11 +84,15 @@ def to_record(out: RunOutcome) -> RunRecord:
 
 def run_in_fresh_processes(runs: list[Any], pool_opts: PoolOptions, on_done: Callable[..., Any],
                            stop: Callable[..., Any]) -> list[Any]:
-    """The default runner: each run a fresh process, ``pool_opts.jobs`` at a time."""
+    """The default runner: each run a fresh process, ``pool_opts.jobs`` at a time, on the
+    executor ``pool_opts`` names."""
     folder = tempfile.mkdtemp(prefix="audit-variance-")
+    executor = executors.make(pool_opts.executor, pool_opts.ray_address, pool_opts.cwd,
+                              device=pool_opts.device)
     try:
-        return Pool(pool_opts, folder).run(runs, on_done, stop)
+        return Pool(pool_opts, folder, executor).run(runs, on_done, stop)
     finally:
+        executor.close()
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -91,7 +101,7 @@ def run_in_fresh_processes(runs: list[Any], pool_opts: PoolOptions, on_done: Cal
 Runner = Callable[[list[Any], PoolOptions, Callable[..., Any], Callable[..., Any]], list[Any]]
 
 
-def execute(runs: list[Any], pool_opts: PoolOptions, progress: Optional[Progress],
+def execute(runs: list[Any], pool_opts: PoolOptions, progress: Reporter,
             runner: Optional[Runner] = None) -> list[Any]:
     """Run every spec. A target that cannot be loaded before any run has trained stops the
     pool and raises :class:`TargetError`; one that fails for some seeds only is a failed run."""
@@ -100,8 +110,11 @@ def execute(runs: list[Any], pool_opts: PoolOptions, progress: Optional[Progress
     def on_done(out: RunOutcome) -> None:
         done[0] += 1
         ok[0] += out.status == Status.OK
-        if progress:
-            progress(done[0], len(runs), f"{out.spec.group} seed {out.spec.seed}: {out.status}")
+        if progress:  # one bar for the runs (a run is many steps, made in another process)
+            total = len(runs)
+            progress(Progress(f"{total} runs", done[0], total, unit="run",
+                              note=f"run {done[0]} of {total} ({out.spec.group} seed "
+                                   f"{out.spec.seed}: {out.status})"))
 
     def stop(out: RunOutcome) -> bool:
         return out.status == Status.TARGET_ERROR and not ok[0]
@@ -186,7 +199,7 @@ def environment_of(outs: list[Any]) -> tuple[Any, ...]:
     return report.get("environment", {}), device
 
 
-def audit_variance(opts: VarianceOptions, progress: Optional[Progress] = None,
+def audit_variance(opts: VarianceOptions, progress: Reporter = None,
                    runner: Optional[Runner] = None) -> VarianceResult:
     """Train ``seeds`` runs per source and ``seeds`` with all varied; the statistics."""
     validate_seeds(opts.seeds, opts.steps, opts.jobs)
@@ -199,13 +212,13 @@ def audit_variance(opts: VarianceOptions, progress: Optional[Progress] = None,
     runs = [RunSpec(g, opts.seed + i, _seeds(opts.seed, g, opts.seed + i), opts.target)
             for g in groups for i in range(opts.seeds)]
     pool = PoolOptions(opts.steps, opts.seed, opts.device, opts.input_shape, opts.num_classes,
-                       opts.jobs, opts.cwd)
+                       opts.jobs, opts.cwd, opts.executor, opts.ray_address)
     outs = execute(runs, pool, progress, runner)
     records = [to_record(o) for o in outs]
     controlled, spread = _control(records, opts.seed)
     env, device = environment_of(outs)
     result = VarianceResult(seeds=opts.seeds, steps=opts.steps, seed=opts.seed,
-                            target=opts.target or "audit.example:build (built-in)", device=device,
+                            target=label(opts.target), device=device,
                             sources=groups[:-1], routing=_routing(outs, controlled),
                             controlled=controlled, control_spread=spread, runs=records,
                             environment=env)
