@@ -150,6 +150,7 @@ class SpawnRun(Run):
     def read_steps(self) -> int:
         self.steps = self.own
         self.own = own = super().read_steps()
+        assert self.trace_path is not None  # a script's run always writes a trace
         for path in glob.glob(glob.escape(self.trace_path) + ".rank*"):
             self.ranks.setdefault(path, [0, 0])
         for path, state in self.ranks.items():
@@ -181,13 +182,13 @@ class SpawnLauncher(Launcher):
         return SpawnRun(script_runner.command(spec), spec.log, spec.trace,
                         self._env(spec.knobs), cwd=self.opts.cwd, stdin_path=self.stdin_path)
 
-    def finish(self, spec: RunSpec, run: Run, stopped: str = "", stack: str = ""):
+    def finish(self, spec: RunSpec, run: Run, stopped: str = "", stack: str = "") -> Outcome:
         return self._ranks(spec, super().finish(spec, run, stopped, stack))
 
-    def arrived(self, spec: RunSpec, done: Finished):
+    def arrived(self, spec: RunSpec, done: Finished) -> Outcome:
         return self._ranks(spec, super().arrived(spec, done))
 
-    def _ranks(self, spec: RunSpec, out: Outcome):
+    def _ranks(self, spec: RunSpec, out: Outcome) -> Outcome:
         """The run, or the ranks its script spawned when it spawned some."""
         spawned = next((r for r in out.records if r.get("type") == Record.SPAWN), None)
         if spawned is None:

@@ -274,8 +274,8 @@ class DeterminismResult(Renderable):
     nonfinite: Optional[NonFinite] = None  # the first NaN/inf loss or gradient
     # --across-nodes: [{"run": 0, "node": "...", "environment": {...}}, ...], and when the runs
     # part, how the nodes' environments differ ([{"key", "a", "b"}] as in diff.json).
-    nodes: list = field(default_factory=list)
-    environment_changes: list = field(default_factory=list)
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    environment_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = _plain(self)

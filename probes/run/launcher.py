@@ -113,7 +113,7 @@ class Launcher:
         self.jitter_tried = False
         self.stdin_path: Optional[str] = None  # script mode: the bytes every run reads
         self.terminal = False  # script mode: the tool's stdin is a terminal
-        self._batch: list = []  # the specs run_all is running
+        self._batch: list[RunSpec] = []  # the specs run_all is running
         self.local = LocalExecutor(start=lambda key, job: self.start(self._batch[key]))
         self.remote: Optional[Executor] = None  # made when a run first needs it
         #: The target as the runs get it, and the files a node needs for it (a shipped object).
@@ -187,12 +187,15 @@ class Launcher:
         else:
             argv = child_argv("audit.probes.child.worker", spec.spec_path)
         stdin = self.stdin_path if spec.script else None
+        assert spec.log is not None  # Launcher.spec sets every run's log
         return Job(argv, self._env(spec.knobs), spec.log, self.folder, [spec.spec_path, *self.carried],
                    cwd=self.opts.cwd, stdin=stdin, trace=spec.trace, timeout=self.opts.timeout,
                    place=place)
 
     def arrived(self, spec: RunSpec, done: Finished) -> Outcome:
         """A run that ran elsewhere, its files now here: its :class:`Outcome`."""
+        # Launcher.spec sets every run's log, escape log and seed log
+        assert spec.log is not None and spec.escape_log is not None and spec.seed_log is not None
         tail = done.lost
         if not tail and os.path.exists(spec.log):
             with open(spec.log, "rb") as fh:
@@ -215,14 +218,14 @@ class Launcher:
             self.remote.close()
             self.remote = None
 
-    def run_all(self, specs: list, jobs: int, phase: str = "") -> list:
+    def run_all(self, specs: list[RunSpec], jobs: int, phase: str = "") -> list[Outcome]:
         """Run specs with at most ``jobs`` at a time; lockstep partners always together. A run
         that makes no step for ``opts.timeout`` seconds is ended (its stacks kept)."""
         self.phase = phase or self.phase
         self._batch = specs
-        results: dict = {}
+        results: dict[int, Outcome] = {}
         pending = list(range(len(specs)))
-        running: dict = {}  # index -> its executor
+        running: dict[int, Executor] = {}  # index -> its executor
         total = sum(s.steps for s in specs)
         try:
             while pending or running:
@@ -236,9 +239,9 @@ class Launcher:
                         results[done.key] = self.collected(specs[done.key], done)
                         if done.stopped == Status.TIMED_OUT:
                             self.stalled.append(results[done.key])
-                done = sum(min(o.steps_done, specs[i].steps) for i, o in results.items())
-                done += sum(min(n, specs[i].steps) for i, n in self.local.steps().items())
-                self.progress(Progress(self.phase, done, total))
+                steps = sum(min(o.steps_done, specs[i].steps) for i, o in results.items())
+                steps += sum(min(n, specs[i].steps) for i, n in self.local.steps().items())
+                self.progress(Progress(self.phase, steps, total))
                 time.sleep(0.05)
         finally:  # an interrupt, or an error of ours: end them all
             for executor in dict.fromkeys([self.local, *running.values()]):

@@ -3,6 +3,8 @@
 them between its sides, ``audit determinism --across-nodes`` between the nodes its runs ran on."""
 from __future__ import annotations
 
+from typing import Any
+
 from audit.probes.results.diff import ENVIRONMENT_KEYS, EnvironmentChange
 
 #: Recorded twice under two names; listed once, under the first.
@@ -11,7 +13,7 @@ _SAME_AS = {"flags.num_threads": "threads"}
 _NOT_ENVIRONMENT = {"error"}
 
 
-def _flat(env: dict) -> dict:
+def _flat(env: dict[str, Any]) -> dict[str, Any]:
     """``{"threads": 2, "flags.OMP_NUM_THREADS": "2", ...}``: nested tables one level down."""
     out = {}
     for key, value in env.items():
@@ -22,7 +24,7 @@ def _flat(env: dict) -> dict:
     return {k: v for k, v in out.items() if k not in _SAME_AS}
 
 
-def environment_changes(env_a: dict, env_b: dict) -> list:
+def environment_changes(env_a: dict[str, Any], env_b: dict[str, Any]) -> list[EnvironmentChange]:
     """Every recorded key whose value differs between the sides (a key one side lacks counts
     as None there): :data:`ENVIRONMENT_KEYS` first, in that order, then the rest by name
     (the determinism flags and thread variables as ``flags.NAME``)."""

@@ -204,7 +204,7 @@ def load_callable(spec: str) -> Callable[..., Any]:
 SHIPPED_CODE: list[str] = []
 
 
-def _unpickled(path: str) -> Callable:
+def _unpickled(path: str) -> Callable[..., Any]:
     """A shipped object (:mod:`audit.probes.run.shipped`), its notebook cells named."""
     import cloudpickle
 

@@ -117,9 +117,9 @@ class Pool:
     def run(self, runs: list[Any], on_done: Optional[Callable[[RunOutcome], None]] = None,
             stop: Optional[Callable[[RunOutcome], bool]] = None) -> list[Any]:
         """Outcomes in the order of ``runs``; ``stop(outcome)`` true ends the pool early."""
-        results: dict[str, Any] = {}
+        results: dict[int, Any] = {}
         pending = list(range(len(runs)))
-        running: dict = {}  # index -> its files' base path
+        running: dict[int, str] = {}  # index -> its files' base path
         try:
             while pending or running:
                 while pending and len(running) < max(1, self.opts.jobs):

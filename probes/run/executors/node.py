@@ -63,7 +63,7 @@ def relocate(value: Any, moves: dict[str, str]) -> Any:
     return value
 
 
-def _write_inputs(payload: dict, here: str, moves: dict[str, str]) -> None:
+def _write_inputs(payload: dict[str, Any], here: str, moves: dict[str, str]) -> None:
     for rel, data in payload["inputs"].items():
         path = os.path.join(here, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -73,7 +73,7 @@ def _write_inputs(payload: dict, here: str, moves: dict[str, str]) -> None:
             fh.write(data)
 
 
-def _files_back(here: str, inputs: dict, folder: str) -> dict[str, bytes]:
+def _files_back(here: str, inputs: dict[str, bytes], folder: str) -> dict[str, bytes]:
     """Every file the child wrote under ``here``, the node's folder named as ``folder``."""
     same = json.dumps(folder)[1:-1] == folder  # a path JSON writes as it is
     out = {}
@@ -89,7 +89,7 @@ def _files_back(here: str, inputs: dict, folder: str) -> dict[str, bytes]:
     return out
 
 
-def run_here(payload: dict) -> dict[str, Any]:
+def run_here(payload: dict[str, Any]) -> dict[str, Any]:
     """Run a packed job on this node; returns its exit code, how it stopped, its stacks, steps,
     seconds and the files it wrote (relative to the audit's work folder)."""
     here = tempfile.mkdtemp(prefix="audit-run-")

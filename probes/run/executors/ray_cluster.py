@@ -33,7 +33,7 @@ EXCLUDES = [".git", ".venv", "venv", "__pycache__", "node_modules", "audit-repor
 _NODE_IN_ERROR = re.compile(r"node ID: ([0-9a-f]+)")
 
 
-def _on_node(payload: dict) -> dict:
+def _on_node(payload: dict[str, Any]) -> dict[str, Any]:
     """The Ray task: the job run on this node, and the node's name."""
     import ray
 
@@ -48,7 +48,7 @@ def node_name(node_id: str) -> str:
 
 
 #: The connection this process made: (address, working folder sent), None before any.
-_joined: list = [None]
+_joined: list[Optional[tuple[Optional[str], Optional[str]]]] = [None]
 
 
 def _connect(ray: Any, address: Optional[str], cwd: str) -> None:
@@ -96,7 +96,7 @@ class RayExecutor(Executor):
         self.bundles = 0
         if spread > 1:
             self.group, self.bundles = self._spread(spread, gpus)
-        self.out: dict = {}  # ObjectRef -> (key, job)
+        self.out: dict[Any, tuple[int, Job, float]] = {}  # ObjectRef -> (key, job, when sent)
 
     def _spread(self, count: int, gpus: int) -> tuple[Any, int]:
         from ray.util.placement_group import placement_group
