@@ -35,6 +35,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from audit.probes.run import escape_log, rng_escape
+from audit.probes.script.patch import swap
 
 #: The escape kinds, per generator.
 KINDS = {
@@ -203,12 +204,7 @@ class DrawWatch:
         return wrapper
 
     def _wrap(self, owner: Any, name: str, replacement: Any) -> None:
-        original = getattr(owner, name)
-        replacement.__wrapped__ = original
-        replacement.__name__ = getattr(original, "__name__", name)
-        replacement.__doc__ = getattr(original, "__doc__", None)
-        setattr(owner, name, replacement)
-        self._patches.append((owner, name, original))
+        self._patches.append((owner, name, swap(owner, name, replacement)))
 
     def _stand_aside(self) -> None:
         """Remove the torch mode when it is the innermost one (else it stays, inert)."""

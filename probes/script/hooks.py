@@ -31,6 +31,7 @@ from audit.probes.run.training import tensors_in
 from audit.probes.script import data as script_data
 from audit.probes.script.draws import DrawWatch
 from audit.probes.script.seeded import SeedWatch
+from audit.probes.script.patch import swap
 
 
 class Listener(Protocol):
@@ -195,12 +196,7 @@ class ScriptHooks:
         self._patch(torch.autograd, "grad", grad)
 
     def _patch(self, owner: Any, name: str, replacement: Any) -> None:
-        original = getattr(owner, name)
-        replacement.__wrapped__ = original
-        replacement.__name__ = getattr(original, "__name__", name)
-        replacement.__doc__ = getattr(original, "__doc__", None)
-        setattr(owner, name, replacement)
-        self._undo.append(functools.partial(setattr, owner, name, original))
+        self._undo.append(functools.partial(setattr, owner, name, swap(owner, name, replacement)))
 
     def _handle(self, handle: Any) -> None:
         self._undo.append(handle.remove)
