@@ -85,6 +85,16 @@ ALLOWED = {
 }
 
 
+def test_every_package_folder_is_installed():
+    """A regular install (``pip install .``) ships only the packages pyproject.toml lists."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join([FOLDERS[path.relative_to(ROOT).parts[0]], *path.relative_to(ROOT).parts[1:-1]])
+             for folder in FOLDERS for path in (ROOT / folder).rglob("__init__.py")}
+    assert found == listed, f"not installed: {sorted(found - listed)}; listed, not there: {sorted(listed - found)}"
+
+
 def test_the_module_map_sees_the_house():
     assert {"audit.cli", "audit.registry", "audit.probes.results", "audit.reports.html",
             "audit.probes.determinism.orchestrate", "audit.probes.init.engine",
