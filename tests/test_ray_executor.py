@@ -226,7 +226,7 @@ def test_a_node_lost_mid_audit_still_gives_every_run(cluster, project):
 
     killed: list = []
 
-    def kill_workers(done, total, message):
+    def kill_workers(event):
         if not killed:
             killed.extend(cluster.list_all_nodes()[1:])
             for lost in killed:

@@ -151,7 +151,9 @@ def test_fresh_processes_in_parallel_with_progress_and_a_crash():
     opts = VarianceOptions(target=f"{TARGETS}:full_batch,crash_seed=1", seeds=2, steps=2,
                            sources=("init",), jobs=2, device="cpu")
     result = audit_variance(opts, progress=seen.append)
-    assert len({event.phase for event in seen}) == len(seen) == 4  # one phase per run
+    # one bar for the runs: each finished run moves it by one and has a log line of its own
+    assert [(e.phase, e.done, e.total, e.unit) for e in seen] == [("4 runs", i, 4, "run") for i in (1, 2, 3, 4)]
+    assert len({e.note for e in seen}) == 4
     assert sorted((r.group, r.status) for r in result.crashed) == [("all", "crashed"), ("init", "crashed")]
     init = result.metrics["loss"].sources["init"]
     assert init.seeds == [0] and init.excluded == 1
