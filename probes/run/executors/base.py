@@ -1,6 +1,7 @@
 """The interface every executor offers, and what goes in and comes out of it."""
 from __future__ import annotations
 
+import abc
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -46,26 +47,26 @@ class Finished:
     handle: Any = None  # the local process (or group) that ran it, for whoever started it
 
 
-class Executor:
+class Executor(abc.ABC):
     """Runs submitted :class:`Job` s; whatever ends the audit, :meth:`cancel` leaves none running."""
 
     name = ""
 
+    @abc.abstractmethod
     def submit(self, key: int, job: Job) -> None:
         """Start (or queue) ``job``; its :class:`Finished` will carry ``key``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def collect(self, wait: float = 0.05) -> list[Finished]:
         """The jobs that ended since the last call (waiting up to ``wait`` seconds for one)."""
-        raise NotImplementedError
 
     def steps(self) -> dict[int, int]:
         """Steps each running job has made so far, where the executor can see them."""
         return {}
 
+    @abc.abstractmethod
     def cancel(self) -> None:
         """End every job still running or queued."""
-        raise NotImplementedError
 
     def close(self) -> None:
         """Release what the executor holds (a cluster connection); cancels first."""
