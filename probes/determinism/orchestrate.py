@@ -33,7 +33,7 @@ from audit.probes.determinism.cuda_ops_check import cite_scan
 from audit.probes.progress import Reporter
 from audit.probes.results import DeterminismResult, Divergence, GrowthPoint, RunInfo
 from audit.probes.results.cuda_ops import CudaOpsScan
-from audit.probes.run.rng_escape import read_log
+from audit.probes.run.escape_log import read_log
 from audit.probes.run.processes import (Interrupted, last_words, parse_stack, user_frame)
 from audit.probes.run.spec import LockstepSpec
 from audit.probes.run.target import TargetError, check_target, label

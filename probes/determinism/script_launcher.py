@@ -32,7 +32,7 @@ from audit.probes.run.rank_launch import RankGroup, RankLauncher, RankOutcome, r
 from audit.probes.errors import ChildExit
 from audit.probes.results import DeterminismResult
 from audit.probes.results.records import Record, Status
-from audit.probes.run.rng_escape import read_log
+from audit.probes.run.escape_log import read_log
 from audit.probes.run.processes import STEP_PREFIX, Run
 from audit.probes.run.spec import DistSpec, RunSpec
 from audit.probes.run.trace import read_trace

@@ -21,7 +21,7 @@ from audit.probes.run import executors
 from audit.probes.run.executors import Executor, Finished, Job
 from audit.probes.run.executors.local import LocalExecutor
 from audit.probes.run.processes import DEFAULT_TIMEOUT, Run, child_argv
-from audit.probes.run.rng_escape import read_log
+from audit.probes.run.escape_log import read_log
 from audit.probes.run.spec import LockstepSpec, ResumeSpec, RunSpec, write_spec
 from audit.probes.run.trace import read_trace
 from audit.probes.run.target import carry

@@ -20,7 +20,7 @@ from audit.probes.run import rendezvous
 from audit.probes.run import merge
 from audit.probes.progress import Reporter
 from audit.probes.run.launcher import Launcher, Outcome, RunOptions, run_env
-from audit.probes.run.rng_escape import read_log
+from audit.probes.run.escape_log import read_log
 from audit.probes.run.processes import Run, child_argv, end_runs
 from audit.probes.run.spec import DistSpec, LockstepSpec, RunSpec, write_spec
 from audit.probes.run.trace import read_trace
